@@ -1,0 +1,352 @@
+"""Configuration: dataclasses per section, the only place defaults live.
+
+The same YAML file serves the ROS node (``/**: ros__parameters: {...}``) and the offline
+tools (the wrapper is stripped). ROS parameter names are the dotted paths of the fields
+(``frontend.type``, ``geometry.ransac_threshold_px``).
+
+Sections of :class:`VOConfig` (the node, replay, bench) and :class:`TrainConfig` (the trainer)
+are validated once by :func:`load_config` / :func:`from_dict`; an unknown key or an invalid value
+raises :class:`ConfigError` naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from kp2d_ros.errors import ConfigError
+
+
+# --------------------------------------------------------------------------------------------
+# VO sections
+# --------------------------------------------------------------------------------------------
+@dataclass
+class FrontendConfig:
+    """Keypoint detector/descriptor (``orb``, ``sift`` or the learned ``kp2d``)."""
+
+    type: str = "sift"
+    num_features: int = 2000  # ORB/SIFT: max keypoints; kp2d: top-k
+    # Working resolution [width, height] the frontend sees; [0, 0] keeps the input size.
+    # Keypoints are always returned in input-image pixels.
+    resolution: list[int] = field(default_factory=lambda: [0, 0])
+    orb_scale_factor: float = 1.2
+    orb_levels: int = 8
+    orb_fast_threshold: int = 20
+    sift_contrast_threshold: float = 0.04
+    sift_edge_threshold: float = 10.0
+    # Grid bucketing: keep at most num_features / (grid_cols * grid_rows) per cell (0 = off).
+    grid_cols: int = 0
+    grid_rows: int = 0
+    # Learned frontend.
+    model_path: str = "models/keypoint_net.pt"
+    device: str = "auto"  # auto | cpu | cuda
+    nms_radius: int = 0  # pixels at working resolution, 0 = off
+    score_threshold: float = 0.0
+    half_precision: bool = True  # fp16 on CUDA / bf16 autocast on CPU
+
+    def validate(self) -> None:
+        _choice("frontend.type", self.type, ("orb", "sift", "kp2d"))
+        _choice("frontend.device", self.device, ("auto", "cpu", "cuda"))
+        _positive("frontend.num_features", self.num_features)
+        if len(self.resolution) != 2 or any(v < 0 for v in self.resolution):
+            raise ConfigError(f"frontend.resolution: expected [width, height] >= 0, got {self.resolution}")
+        if (self.resolution[0] == 0) != (self.resolution[1] == 0):
+            raise ConfigError("frontend.resolution: width and height must both be 0 or both be > 0")
+        _nonneg("frontend.nms_radius", self.nms_radius)
+        _nonneg("frontend.grid_cols", self.grid_cols)
+        _nonneg("frontend.grid_rows", self.grid_rows)
+
+
+@dataclass
+class MatchingConfig:
+    """Descriptor matching and (learned) outlier rejection."""
+
+    mutual: bool = True  # mutual nearest neighbour (cross-check)
+    ratio: float = 0.0  # Lowe ratio test threshold, 0 = off
+    max_distance: float = 0.0  # max descriptor distance, 0 = off
+    device: str = "auto"  # device for learned matching: auto | cpu | cuda
+    # IO-Net at inference.
+    io_net: bool = False
+    io_net_path: str = "models/io_net.pt"
+    io_threshold: float = 0.0  # drop matches with inlier probability below this
+
+    def validate(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(f"matching.ratio: must be in [0, 1), got {self.ratio}")
+        _nonneg("matching.max_distance", self.max_distance)
+        _choice("matching.device", self.device, ("auto", "cpu", "cuda"))
+        if not 0.0 <= self.io_threshold < 1.0:
+            raise ConfigError(f"matching.io_threshold: must be in [0, 1), got {self.io_threshold}")
+
+
+@dataclass
+class GeometryConfig:
+    """Two-view geometry: essential matrix (OpenCV USAC) and pose recovery."""
+
+    method: str = "magsac"  # magsac | ransac | prosac | lmeds
+    ransac_threshold_px: float = 1.0
+    confidence: float = 0.999
+    max_iters: int = 10000
+    # recoverPose cheirality distance threshold (in units of the unit baseline). The 4-argument
+    # overload uses 50, which silently breaks small baselines; keep it large.
+    distance_threshold: float = 1000.0
+    min_inliers: int = 15
+
+    def validate(self) -> None:
+        _choice("geometry.method", self.method, ("magsac", "ransac", "prosac", "lmeds"))
+        _positive("geometry.ransac_threshold_px", self.ransac_threshold_px)
+        if not 0.0 < self.confidence < 1.0:
+            raise ConfigError(f"geometry.confidence: must be in (0, 1), got {self.confidence}")
+        _positive("geometry.max_iters", self.max_iters)
+        _positive("geometry.distance_threshold", self.distance_threshold)
+        _positive("geometry.min_inliers", self.min_inliers)
+
+
+@dataclass
+class PipelineConfig:
+    """Keyframe selection, scale propagation and tracking-loss handling."""
+
+    # A frame becomes a keyframe only when the median match displacement exceeds this (pixels);
+    # below it the camera is treated as static and the pose is held.
+    min_parallax_px: float = 1.0
+    # Relative scale from triangulated points shared between consecutive pairs.
+    min_scale_points: int = 8
+    max_scale_change: float = 3.0  # clamp of the per-pair relative scale ratio
+    # Frames without a valid pose before the tracker declares itself lost and re-initialises.
+    max_lost_frames: int = 3
+
+    def validate(self) -> None:
+        _nonneg("pipeline.min_parallax_px", self.min_parallax_px)
+        _positive("pipeline.min_scale_points", self.min_scale_points)
+        if self.max_scale_change <= 1.0:
+            raise ConfigError(f"pipeline.max_scale_change: must be > 1, got {self.max_scale_change}")
+        _positive("pipeline.max_lost_frames", self.max_lost_frames)
+
+
+@dataclass
+class CameraConfig:
+    """Intrinsics used when the input provides none (a bag without CameraInfo). fx = 0: unset."""
+
+    fx: float = 0.0
+    fy: float = 0.0
+    cx: float = 0.0
+    cy: float = 0.0
+    distortion: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0, 0.0])
+
+    def validate(self) -> None:
+        for name in ("fx", "fy", "cx", "cy"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0:
+                raise ConfigError(f"camera.{name}: must be finite and >= 0, got {v}")
+        if len(self.distortion) not in (4, 5, 8, 12, 14):
+            raise ConfigError(f"camera.distortion: expected 4, 5, 8, 12 or 14 coefficients, got {len(self.distortion)}")
+
+    @property
+    def is_set(self) -> bool:
+        return self.fx > 0 and self.fy > 0
+
+
+@dataclass
+class RosConfig:
+    """ROS adapter settings (ignored by the offline tools)."""
+
+    odom_frame: str = "odom"
+    base_frame: str = "base_link"
+    camera_frame: str = "camera_optical_frame"
+    # Camera-to-base extrinsic T_base_camera as [x, y, z, qx, qy, qz, qw]. The default is the
+    # REP-103 optical frame (z forward, x right, y down) mounted at the base origin.
+    camera_to_base: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5])
+    compressed: bool = False  # subscribe sensor_msgs/CompressedImage instead of Image
+    qos_depth: int = 1
+    publish_tf: bool = True
+    max_path_length: int = 10000
+
+    def validate(self) -> None:
+        if len(self.camera_to_base) != 7:
+            raise ConfigError("ros.camera_to_base: expected [x, y, z, qx, qy, qz, qw]")
+        q = self.camera_to_base[3:]
+        if abs(math.sqrt(sum(v * v for v in q)) - 1.0) > 1e-3:
+            raise ConfigError("ros.camera_to_base: quaternion must have unit norm")
+        _positive("ros.qos_depth", self.qos_depth)
+        _positive("ros.max_path_length", self.max_path_length)
+
+
+@dataclass
+class VOConfig:
+    """Everything the VO pipeline and its ROS node read."""
+
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    ros: RosConfig = field(default_factory=RosConfig)
+
+    def validate(self) -> None:
+        for f in fields(self):
+            getattr(self, f.name).validate()
+
+
+# --------------------------------------------------------------------------------------------
+# Generic machinery: dict <-> dataclass, YAML, validation helpers
+# --------------------------------------------------------------------------------------------
+def _choice(key: str, value: Any, options: tuple) -> None:
+    if value not in options:
+        raise ConfigError(f"{key}: must be one of {', '.join(map(str, options))}; got {value!r}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key}: must be > 0, got {value!r}")
+
+
+def _nonneg(key: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{key}: must be >= 0, got {value!r}")
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Coerce a YAML/ROS value to the annotated field type, or raise naming the key."""
+    origin = get_origin(typ)
+    if origin is list:
+        (item_t,) = get_args(typ)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_t) for i, v in enumerate(value)]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {typ}")
+
+
+def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict; unknown keys and bad types raise ConfigError."""
+    data = dict(data or {})
+    hints = get_type_hints(cls)
+    kwargs = {}
+    known = {f.name for f in fields(cls)}
+    for k in data:
+        if k not in known:
+            raise ConfigError(f"{prefix}{k}: unknown key (known: {', '.join(sorted(known))})")
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        typ = hints[f.name]
+        key = f"{prefix}{f.name}"
+        if is_dataclass(typ):
+            if not isinstance(data[f.name], dict):
+                raise ConfigError(f"{key}: expected a mapping, got {data[f.name]!r}")
+            kwargs[f.name] = from_dict(typ, data[f.name], prefix=f"{key}.")
+        else:
+            kwargs[f.name] = _coerce(key, data[f.name], typ)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Nested plain dict of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (the ROS parameter names)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+    """Inverse of :func:`flatten`."""
+    out: dict = {}
+    for key, v in flat.items():
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    return out
+
+
+def strip_ros_wrapper(data: dict) -> dict:
+    """Accept ``{node_or_/**: {ros__parameters: {...}}}`` as well as the bare mapping."""
+    if isinstance(data, dict) and len(data) == 1:
+        (inner,) = data.values()
+        if isinstance(inner, dict) and set(inner) == {"ros__parameters"}:
+            data = inner["ros__parameters"]
+    if not isinstance(data, dict):
+        raise ConfigError("config file: expected a mapping at the top level")
+    # ROS params files may also use dotted keys ("frontend.type: orb"); normalise to nesting.
+    data = unflatten(flatten(data))
+    return data
+
+
+def load_config(path: str | Path | None = None, cls: type = VOConfig, overrides: dict | None = None) -> Any:
+    """Load, merge dotted ``overrides`` (``{"frontend.type": "orb"}``) and validate a config.
+
+    Raises
+    ------
+    ConfigError
+        missing/unreadable file, unknown key or invalid value (the message names the key).
+    """
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p}: invalid YAML ({e})") from None
+        data = strip_ros_wrapper(raw)
+    if overrides:
+        merged = flatten(data)
+        merged.update(overrides)
+        data = unflatten(merged)
+    cfg = from_dict(cls, data)
+    cfg.validate()
+    return cfg
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style for mappings, flow style for lists (``resolution: [640, 480]``)."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+def dump_config(cfg: Any, path: str | Path | None = None, ros: bool = True) -> str:
+    """YAML text of ``cfg`` (ROS params form by default); written to ``path`` when given."""
+    body = to_dict(cfg)
+    doc = {"/**": {"ros__parameters": body}} if ros else body
+    text = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    if path is not None:
+        Path(path).write_text(text)
+    return text
+
+
+if __name__ == "__main__":  # pragma: no cover - regenerates config/vo.yaml
+    import sys
+
+    sys.stdout.write(dump_config(VOConfig()))

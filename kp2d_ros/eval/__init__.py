@@ -1,0 +1,1 @@
+"""kp2d_ros.eval"""

@@ -1,0 +1,162 @@
+"""Typed data passed between the stages of the pipeline (no ROS, no torch)."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Camera:
+    """Pinhole camera with OpenCV (plumb_bob / rational) distortion.
+
+    Attributes
+    ----------
+    K : (3, 3) float64 intrinsic matrix.
+    dist : (N,) float64 distortion coefficients (N in 4, 5, 8, ...); zeros for rectified images.
+    width, height : image size in pixels.
+    """
+
+    K: np.ndarray
+    dist: np.ndarray
+    width: int
+    height: int
+
+    @classmethod
+    def from_intrinsics(cls, fx: float, fy: float, cx: float, cy: float, width: int, height: int,
+                        dist=None) -> "Camera":
+        K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+        d = np.zeros(5) if dist is None else np.asarray(dist, dtype=np.float64).ravel()
+        return cls(K=K, dist=d, width=int(width), height=int(height))
+
+    @property
+    def has_distortion(self) -> bool:
+        return bool(np.any(self.dist != 0))
+
+
+@dataclass
+class Frame:
+    """One camera image.
+
+    Attributes
+    ----------
+    image : (H, W) uint8 grey or (H, W, 3) uint8 RGB.
+    camera : intrinsics of this image.
+    stamp : time in seconds.
+    index : running frame number (from the reader).
+    """
+
+    image: np.ndarray
+    camera: Camera
+    stamp: float
+    index: int = 0
+
+
+@dataclass
+class Features:
+    """Keypoints of one image, in input-image pixel coordinates (x right, y down, 0-based centres).
+
+    Attributes
+    ----------
+    keypoints : (N, 2) float32 pixel coordinates (x, y).
+    descriptors : (N, D) float32 (L2-normalised for learned/SIFT) or (N, D/8) uint8 for binary.
+    scores : (N,) float32 detection scores (higher is better).
+    binary : True when descriptors are packed bits (Hamming distance).
+    """
+
+    keypoints: np.ndarray
+    descriptors: np.ndarray
+    scores: np.ndarray
+    binary: bool = False
+
+    def __len__(self) -> int:
+        return int(self.keypoints.shape[0])
+
+    @classmethod
+    def empty(cls, dim: int = 256, binary: bool = False) -> "Features":
+        dt = np.uint8 if binary else np.float32
+        return cls(np.zeros((0, 2), np.float32), np.zeros((0, dim), dt), np.zeros((0,), np.float32), binary)
+
+
+@dataclass
+class Matches:
+    """Correspondences between a previous (0) and a current (1) feature set.
+
+    Attributes
+    ----------
+    idx0, idx1 : (M,) int64 indices into the two feature sets.
+    distances : (M,) float32 descriptor distances.
+    scores : (M,) float32 match quality in [0, 1] (IO-Net inlier probability, or 1 - normalised
+        distance without IO-Net); higher is better, used to order a guided sampler.
+    """
+
+    idx0: np.ndarray
+    idx1: np.ndarray
+    distances: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.idx0.shape[0])
+
+    def subset(self, mask: np.ndarray) -> "Matches":
+        return Matches(self.idx0[mask], self.idx1[mask], self.distances[mask], self.scores[mask])
+
+
+@dataclass
+class TwoViewGeometry:
+    """Relative pose between two views: x1 = R x0 + t (camera 0 -> camera 1 coordinates).
+
+    Attributes
+    ----------
+    R : (3, 3) rotation, t : (3,) unit-norm translation direction.
+    inliers : (M,) bool mask over the matches given.
+    points3d : (P, 3) triangulated inlier points in camera-0 coordinates (unit baseline).
+    point_match_idx : (P,) index into the matches of each triangulated point.
+    """
+
+    R: np.ndarray
+    t: np.ndarray
+    inliers: np.ndarray
+    points3d: np.ndarray
+    point_match_idx: np.ndarray
+
+
+class TrackingStatus(str, enum.Enum):
+    INITIALIZING = "initializing"  # first frame, no pose yet
+    TRACKING = "tracking"  # a new keyframe with a valid relative pose
+    STATIC = "static"  # too little parallax: pose held (camera static or nearly)
+    LOST = "lost"  # too few inliers / matches: pose held, re-initialising
+
+
+@dataclass
+class PoseEstimate:
+    """Result of :meth:`kp2d_ros.pipeline.VOPipeline.process` for one frame.
+
+    Attributes
+    ----------
+    stamp : frame time (s).
+    T_world_cam : (4, 4) camera-to-world pose (world = first camera frame, optical convention).
+    status : tracking state after this frame.
+    num_features, num_matches, num_inliers : counts at this frame.
+    is_keyframe : True when this frame became the new reference.
+    timings_ms : per-stage wall times, keys ``network``/``matching``/``io_net``/``pose``/``total``.
+    features : the frame's features (for visualisation/publishing).
+    matched : (N,) bool, which of ``features`` are inlier matches to the reference frame.
+    ref_keypoints, cur_keypoints : (I, 2) inlier correspondences (reference, current) in pixels.
+    quality : in [0, 1], from inlier ratio and count (drives the published covariance).
+    """
+
+    stamp: float
+    T_world_cam: np.ndarray
+    status: TrackingStatus
+    num_features: int = 0
+    num_matches: int = 0
+    num_inliers: int = 0
+    is_keyframe: bool = False
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    features: Features | None = None
+    matched: np.ndarray | None = None
+    ref_keypoints: np.ndarray | None = None
+    cur_keypoints: np.ndarray | None = None
+    quality: float = 0.0
