@@ -160,3 +160,33 @@ class PoseEstimate:
     ref_keypoints: np.ndarray | None = None
     cur_keypoints: np.ndarray | None = None
     quality: float = 0.0
+
+
+@dataclass
+class Trajectory:
+    """Timed camera poses.
+
+    Attributes
+    ----------
+    stamps : (N,) float64 seconds.
+    poses : (N, 4, 4) float64 T_world_cam (camera-to-world).
+    """
+
+    stamps: np.ndarray
+    poses: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.stamps.shape[0])
+
+
+class Frontend:
+    """Interface shared by every keypoint frontend (ORB, SIFT, KP2D).
+
+    ``detect`` takes an (H, W) uint8 grey or (H, W, 3) uint8 RGB image and returns
+    :class:`Features` in that image's pixel coordinates.
+    """
+
+    name: str = "base"
+
+    def detect(self, image: np.ndarray) -> Features:  # pragma: no cover - interface
+        raise NotImplementedError
