@@ -192,6 +192,182 @@ class VOConfig:
 
 
 # --------------------------------------------------------------------------------------------
+# Training sections (KeyPointNet / IO-Net, homography adaptation, losses, optimiser)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class KeyPointNetConfig:
+    """KeyPointNet architecture and pre/post-processing constants (KP2D, ICLR 2020)."""
+
+    in_channels: int = 3  # RGB; grey images are replicated to 3 channels
+    # Encoder widths of the four stages before the width multiplier (paper: 32, 64, 128, 256).
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    width_multiplier: float = 1.0  # 0.5 gives the CPU-sized variant
+    descriptor_dim: int = 256
+    cell: int = 8  # score/location grid stride = 2 ** (number of max-pools)
+    cross_ratio: float = 2.0  # offsets reach cross_ratio * cell / 2 from the cell centre
+    dropout: float = 0.2
+    leaky_slope: float = 0.1
+    bn_momentum: float = 0.1
+    input_mean: float = 0.5  # image in [0, 1] -> (x - mean) / std
+    input_std: float = 0.225
+    border_px: int = 4  # keypoints closer than this to the image border are suppressed at detection
+    pad_mode: str = "replicate"  # inputs not a multiple of `cell` are padded right/bottom
+
+    def validate(self) -> None:
+        if len(self.channels) != 4:
+            raise ConfigError("keypoint_net.channels: expected 4 stage widths")
+        for c in self.channels:
+            _positive("keypoint_net.channels", c)
+        _positive("keypoint_net.width_multiplier", self.width_multiplier)
+        _positive("keypoint_net.descriptor_dim", self.descriptor_dim)
+        if self.cell != 8:
+            raise ConfigError(f"keypoint_net.cell: the encoder has three 2x2 pools, cell must be 8, got {self.cell}")
+        _positive("keypoint_net.cross_ratio", self.cross_ratio)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"keypoint_net.dropout: must be in [0, 1), got {self.dropout}")
+        _positive("keypoint_net.input_std", self.input_std)
+        _nonneg("keypoint_net.border_px", self.border_px)
+        _choice("keypoint_net.pad_mode", self.pad_mode, ("replicate", "constant", "reflect"))
+
+
+@dataclass
+class IONetConfig:
+    """IO-Net: point-wise inlier/outlier classifier over matched pairs."""
+
+    in_channels: int = 5  # (u, v, u', v', descriptor distance)
+    channels: int = 128
+    num_blocks: int = 4
+    bn_momentum: float = 0.1
+
+    def validate(self) -> None:
+        _positive("io_net.in_channels", self.in_channels)
+        _positive("io_net.channels", self.channels)
+        _positive("io_net.num_blocks", self.num_blocks)
+
+
+@dataclass
+class HomographyConfig:
+    """Random homography sampler (homography adaptation; paper: 0.7, 0.2, pi/4, 0.4)."""
+
+    patch_ratio: float = 0.7
+    scaling_amplitude: float = 0.2
+    max_angle: float = 0.7853981633974483  # pi / 4
+    perspective_amplitude: float = 0.4
+    translation: bool = True
+    max_tries: int = 50
+
+    def validate(self) -> None:
+        if not 0.0 < self.patch_ratio <= 1.0:
+            raise ConfigError(f"homography.patch_ratio: must be in (0, 1], got {self.patch_ratio}")
+        _nonneg("homography.scaling_amplitude", self.scaling_amplitude)
+        _nonneg("homography.max_angle", self.max_angle)
+        _nonneg("homography.perspective_amplitude", self.perspective_amplitude)
+        _positive("homography.max_tries", self.max_tries)
+
+
+@dataclass
+class AugmentationConfig:
+    """Photometric augmentation of the warped (source) image."""
+
+    brightness: float = 0.5
+    contrast: float = 0.5
+    saturation: float = 0.2
+    hue: float = 0.05
+    channel_shuffle_prob: float = 0.1
+    greyscale_prob: float = 0.1
+    noise_std: float = 0.02  # Gaussian noise, max std in [0, 1] intensity units
+    noise_prob: float = 0.5
+    blur_prob: float = 0.2
+    blur_max_sigma: float = 1.5
+
+    def validate(self) -> None:
+        for name in ("brightness", "contrast", "saturation", "hue", "noise_std", "blur_max_sigma"):
+            _nonneg(f"augmentation.{name}", getattr(self, name))
+        for name in ("channel_shuffle_prob", "greyscale_prob", "noise_prob", "blur_prob"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"augmentation.{name}: must be in [0, 1], got {v}")
+
+
+@dataclass
+class LossConfig:
+    """Loss weights and thresholds (one loss function each in kp2d_ros.training.losses)."""
+
+    location_weight: float = 1.0
+    descriptor_weight: float = 2.0
+    score_weight: float = 1.0
+    io_weight: float = 1.0
+    match_threshold_px: float = 4.0  # nearest-neighbour association / IO inlier threshold
+    descriptor_margin: float = 0.2
+    relax_radius_px: float = 8.0  # negatives must lie farther than this from the positive
+    io_top_k: int = 300  # keypoints per image that enter the IO loss
+    io_start_step: int = 0  # IO loss switched on from this step (descriptors first)
+    border_px: int = 4  # source keypoints warped outside the target minus this border are ignored
+
+    def validate(self) -> None:
+        for name in ("location_weight", "descriptor_weight", "score_weight", "io_weight", "border_px",
+                     "io_start_step"):
+            _nonneg(f"loss.{name}", getattr(self, name))
+        _positive("loss.match_threshold_px", self.match_threshold_px)
+        _nonneg("loss.descriptor_margin", self.descriptor_margin)
+        _nonneg("loss.relax_radius_px", self.relax_radius_px)
+        _positive("loss.io_top_k", self.io_top_k)
+
+
+@dataclass
+class OptimConfig:
+    """Adam optimiser and schedule."""
+
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    lr_decay_steps: int = 0  # StepLR step size in optimiser steps, 0 = constant
+    lr_decay_gamma: float = 0.5
+    grad_clip: float = 0.0  # max grad norm, 0 = off
+
+    def validate(self) -> None:
+        _positive("optim.lr", self.lr)
+        _nonneg("optim.weight_decay", self.weight_decay)
+        _nonneg("optim.lr_decay_steps", self.lr_decay_steps)
+        _positive("optim.lr_decay_gamma", self.lr_decay_gamma)
+        _nonneg("optim.grad_clip", self.grad_clip)
+
+
+@dataclass
+class TrainConfig:
+    """``kp2d train``: data, networks, losses, optimiser, schedule and logging."""
+
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    num_threads: int = 0  # torch CPU threads, 0 = torch default
+    resolution: list[int] = field(default_factory=lambda: [320, 240])  # training [width, height]
+    batch_size: int = 4
+    num_workers: int = 0
+    steps: int = 10000
+    log_every: int = 10
+    checkpoint_every: int = 200  # steps
+    checkpoint_minutes: float = 5.0  # also checkpoint after this much wall time (0 = off)
+    keypoint_net: KeyPointNetConfig = field(default_factory=KeyPointNetConfig)
+    io_net: IONetConfig = field(default_factory=IONetConfig)
+    homography: HomographyConfig = field(default_factory=HomographyConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def validate(self) -> None:
+        _choice("device", self.device, ("auto", "cpu", "cuda"))
+        _nonneg("num_threads", self.num_threads)
+        if len(self.resolution) != 2 or any(v < 16 for v in self.resolution):
+            raise ConfigError(f"resolution: expected [width, height] >= 16, got {self.resolution}")
+        for name in ("batch_size", "steps", "log_every", "checkpoint_every"):
+            _positive(name, getattr(self, name))
+        _nonneg("num_workers", self.num_workers)
+        _nonneg("checkpoint_minutes", self.checkpoint_minutes)
+        for sec in (self.keypoint_net, self.io_net, self.homography, self.augmentation, self.loss, self.optim):
+            sec.validate()
+
+
+# --------------------------------------------------------------------------------------------
 # Generic machinery: dict <-> dataclass, YAML, validation helpers
 # --------------------------------------------------------------------------------------------
 def _choice(key: str, value: Any, options: tuple) -> None:
