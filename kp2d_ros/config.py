@@ -38,6 +38,7 @@ class FrontendConfig:
     orb_fast_threshold: int = 20
     sift_contrast_threshold: float = 0.04
     sift_edge_threshold: float = 10.0
+    root_sift: bool = True  # SIFT descriptors as RootSIFT (Hellinger kernel)
     # Grid bucketing: keep at most num_features / (grid_cols * grid_rows) per cell (0 = off).
     grid_cols: int = 0
     grid_rows: int = 0
@@ -95,6 +96,9 @@ class GeometryConfig:
     # overload uses 50, which silently breaks small baselines; keep it large.
     distance_threshold: float = 1000.0
     min_inliers: int = 15
+    # Median rotation-compensated parallax (pixels) below which the translation is unobservable:
+    # the pose is treated as a pure rotation (t = 0, rotation from the rays alone).
+    rotation_only_parallax_px: float = 0.5
 
     def validate(self) -> None:
         _choice("geometry.method", self.method, ("magsac", "ransac", "prosac", "lmeds"))
@@ -104,6 +108,7 @@ class GeometryConfig:
         _positive("geometry.max_iters", self.max_iters)
         _positive("geometry.distance_threshold", self.distance_threshold)
         _positive("geometry.min_inliers", self.min_inliers)
+        _nonneg("geometry.rotation_only_parallax_px", self.rotation_only_parallax_px)
 
 
 @dataclass
@@ -116,6 +121,10 @@ class PipelineConfig:
     # Relative scale from triangulated points shared between consecutive pairs.
     min_scale_points: int = 8
     max_scale_change: float = 3.0  # clamp of the per-pair relative scale ratio
+    # Only points seen under at least this triangulation angle (degrees) in both pairs vote for the scale.
+    min_triangulation_deg: float = 0.5
+    # A pure rotation (no observable translation) becomes a keyframe only beyond this angle.
+    rotation_keyframe_deg: float = 5.0
     # Frames without a valid pose before the tracker declares itself lost and re-initialises.
     max_lost_frames: int = 3
 
@@ -125,6 +134,8 @@ class PipelineConfig:
         if self.max_scale_change <= 1.0:
             raise ConfigError(f"pipeline.max_scale_change: must be > 1, got {self.max_scale_change}")
         _positive("pipeline.max_lost_frames", self.max_lost_frames)
+        _nonneg("pipeline.min_triangulation_deg", self.min_triangulation_deg)
+        _nonneg("pipeline.rotation_keyframe_deg", self.rotation_keyframe_deg)
 
 
 @dataclass

@@ -1,0 +1,249 @@
+"""Two-view geometry: point normalisation, essential matrix and pose recovery, SE(3) helpers, scale.
+
+Conventions: a relative pose (R, t) maps camera-0 coordinates to camera-1 coordinates,
+``x1 = R x0 + t``; absolute poses are 4x4 ``T_world_cam`` (camera-to-world).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from kp2d_ros.config import GeometryConfig
+from kp2d_ros.errors import ConfigError
+from kp2d_ros.types import Camera, TwoViewGeometry
+
+_METHODS = {
+    "magsac": cv2.USAC_MAGSAC,
+    "ransac": cv2.RANSAC,
+    "prosac": cv2.USAC_PROSAC,
+    "lmeds": cv2.LMEDS,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Points
+# --------------------------------------------------------------------------------------------
+def normalize_points(pts: np.ndarray, camera: Camera) -> np.ndarray:
+    """Undistorted normalised image coordinates (x/z, y/z) of pixel points.
+
+    Parameters
+    ----------
+    pts : (N, 2) pixel coordinates.
+    camera : intrinsics and distortion.
+
+    Returns
+    -------
+    (N, 2) float64.
+    """
+    pts = np.asarray(pts, np.float64).reshape(-1, 2)
+    if pts.shape[0] == 0:
+        return pts.copy()
+    if not camera.has_distortion:
+        K = camera.K
+        return np.stack([(pts[:, 0] - K[0, 2]) / K[0, 0], (pts[:, 1] - K[1, 2]) / K[1, 1]], axis=1)
+    return cv2.undistortPoints(pts.reshape(-1, 1, 2), camera.K, camera.dist).reshape(-1, 2)
+
+
+def undistort_pixels(pts: np.ndarray, camera: Camera) -> np.ndarray:
+    """(N, 2) pixel points -> (N, 2) float64 pixels of the ideal (distortion-free) pinhole camera K."""
+    n = normalize_points(pts, camera)
+    K = camera.K
+    return np.stack([n[:, 0] * K[0, 0] + K[0, 2], n[:, 1] * K[1, 1] + K[1, 2]], axis=1)
+
+
+def bearings(normalised: np.ndarray) -> np.ndarray:
+    """(N, 2) normalised coordinates -> (N, 3) unit ray directions."""
+    b = np.concatenate([normalised, np.ones((normalised.shape[0], 1))], axis=1)
+    return b / np.linalg.norm(b, axis=1, keepdims=True)
+
+
+def focal_length(camera: Camera) -> float:
+    """Mean focal length in pixels (converts pixel thresholds to normalised units)."""
+    return 0.5 * float(camera.K[0, 0] + camera.K[1, 1])
+
+
+# --------------------------------------------------------------------------------------------
+# SE(3)
+# --------------------------------------------------------------------------------------------
+def se3(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """4x4 homogeneous transform from a (3, 3) rotation and a (3,) translation."""
+    T = np.eye(4)
+    T[:3, :3] = R
+    T[:3, 3] = np.asarray(t, np.float64).ravel()
+    return T
+
+
+def invert_se3(T: np.ndarray) -> np.ndarray:
+    """Inverse of a 4x4 rigid transform."""
+    R, t = T[:3, :3], T[:3, 3]
+    return se3(R.T, -R.T @ t)
+
+
+def compose_relative(T_world_cam0: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Camera-1 pose from camera-0 pose and the relative motion ``x1 = R x0 + t`` (metric t).
+
+    Returns
+    -------
+    (4, 4) T_world_cam1 = T_world_cam0 @ inv([R | t]).
+    """
+    return T_world_cam0 @ invert_se3(se3(R, t))
+
+
+def rotation_angle_deg(R: np.ndarray) -> float:
+    """Angle of a rotation matrix in degrees."""
+    c = np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)
+    return float(np.degrees(np.arccos(c)))
+
+
+# --------------------------------------------------------------------------------------------
+# Two-view
+# --------------------------------------------------------------------------------------------
+def rotation_compensated_parallax(n0: np.ndarray, n1: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Angle (radians) between each ray of view 1 and the rotated ray of view 0.
+
+    Zero for every point under a pure rotation (and for points at infinity): the parallax that
+    makes the translation observable.
+
+    Parameters
+    ----------
+    n0, n1 : (N, 2) normalised coordinates. R : (3, 3) rotation view 0 -> view 1.
+
+    Returns
+    -------
+    (N,) float64 radians.
+    """
+    b0 = bearings(n0) @ R.T
+    b1 = bearings(n1)
+    cross = np.linalg.norm(np.cross(b0, b1), axis=1)
+    return np.arctan2(cross, np.sum(b0 * b1, axis=1))
+
+
+def rotation_from_bearings(n0: np.ndarray, n1: np.ndarray) -> np.ndarray:
+    """Least-squares rotation with ``b1 ~ R b0`` (Kabsch on unit rays), for pure rotations.
+
+    Parameters
+    ----------
+    n0, n1 : (N, 2) normalised coordinates of inlier correspondences, N >= 2.
+
+    Returns
+    -------
+    (3, 3) rotation view 0 -> view 1.
+    """
+    b0, b1 = bearings(n0), bearings(n1)
+    U, _, Vt = np.linalg.svd(b1.T @ b0)
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    return U @ D @ Vt
+
+
+def triangulation_angles(points3d: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Angle (degrees) at each point between the rays to camera 0 and camera 1.
+
+    Parameters
+    ----------
+    points3d : (P, 3) points in camera-0 coordinates. R, t : relative pose 0 -> 1.
+
+    Returns
+    -------
+    (P,) float64 degrees; small angles mean poorly conditioned depth.
+    """
+    c1 = -R.T @ np.asarray(t, np.float64).ravel()  # camera-1 centre in camera-0 coordinates
+    r0 = points3d
+    r1 = points3d - c1[None, :]
+    cos = np.sum(r0 * r1, axis=1) / np.maximum(np.linalg.norm(r0, axis=1) * np.linalg.norm(r1, axis=1), 1e-12)
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, cfg: GeometryConfig,
+                           ordered: bool = False) -> TwoViewGeometry | None:
+    """Relative pose of view 1 w.r.t. view 0 from matched pixel points.
+
+    Steps: undistort and normalise the points, robust essential matrix (OpenCV USAC, threshold
+    converted from pixels with the focal length), cheirality check with ``recoverPose`` using a
+    large ``distanceThresh`` (the 4-argument overload rejects every point farther than 50
+    baselines, which picks wrong poses on small baselines), triangulation of the inliers.
+    When the translation is unobservable (median rotation-compensated parallax below
+    ``cfg.rotation_only_parallax_px``) the rotation is re-estimated from the rays alone and the
+    result carries ``t = 0`` and no points.
+
+    Parameters
+    ----------
+    pts0, pts1 : (M, 2) matched pixel coordinates in view 0 and view 1.
+    camera : intrinsics/distortion shared by both views.
+    cfg : robust estimator settings.
+    ordered : the matches are sorted best first; with ``cfg.method == "prosac"`` the PROSAC
+        sampler uses that order (otherwise MAGSAC/RANSAC/LMedS as configured).
+
+    Returns
+    -------
+    TwoViewGeometry (t unit norm, or zero for a pure rotation), or None when fewer than
+    ``cfg.min_inliers`` correspondences survive.
+    """
+    pts0 = np.asarray(pts0, np.float64).reshape(-1, 2)
+    pts1 = np.asarray(pts1, np.float64).reshape(-1, 2)
+    if pts0.shape != pts1.shape:
+        raise ConfigError(f"estimate_relative_pose: point arrays differ in shape {pts0.shape} vs {pts1.shape}")
+    m = pts0.shape[0]
+    if m < max(5, cfg.min_inliers):
+        return None
+    n0, n1 = normalize_points(pts0, camera), normalize_points(pts1, camera)
+    f = focal_length(camera)
+    method = cfg.method
+    if method == "prosac" and not ordered:
+        method = "magsac"
+    I3 = np.eye(3)
+    E, mask = cv2.findEssentialMat(n0, n1, I3, method=_METHODS[method], prob=cfg.confidence,
+                                   threshold=cfg.ransac_threshold_px / f, maxIters=cfg.max_iters)
+    if E is None or E.shape[0] < 3 or mask is None:
+        return None
+    E = E[:3]
+    inl = mask.ravel().astype(bool)
+    if inl.sum() < cfg.min_inliers:
+        return None
+    # Keyword arguments select the overload with distanceThresh (positional ones are ambiguous).
+    _, R, t, pose_mask, X = cv2.recoverPose(E, n0, n1, I3, distanceThresh=cfg.distance_threshold,
+                                            mask=inl.astype(np.uint8).reshape(-1, 1))
+    t = t.ravel()
+    chiral = pose_mask.ravel().astype(bool) & inl
+
+    # Translation observability: rotation-compensated parallax of the epipolar inliers.
+    parallax_px = np.median(rotation_compensated_parallax(n0[inl], n1[inl], R)) * f
+    if parallax_px < cfg.rotation_only_parallax_px:
+        R = rotation_from_bearings(n0[inl], n1[inl])
+        return TwoViewGeometry(R=R, t=np.zeros(3), inliers=inl, points3d=np.zeros((0, 3)),
+                               point_match_idx=np.zeros(0, np.int64))
+    if chiral.sum() < cfg.min_inliers:
+        return None
+    X = X[:3] / X[3:4]
+    idx = np.flatnonzero(chiral)
+    P = X[:, idx].T
+    finite = np.all(np.isfinite(P), axis=1) & (P[:, 2] > 0)
+    return TwoViewGeometry(R=R, t=t / np.linalg.norm(t), inliers=chiral, points3d=P[finite],
+                           point_match_idx=idx[finite].astype(np.int64))
+
+
+# --------------------------------------------------------------------------------------------
+# Scale
+# --------------------------------------------------------------------------------------------
+def relative_scale(prev_points: np.ndarray, new_points: np.ndarray, min_points: int = 8) -> float | None:
+    """Scale factor that brings ``new_points`` onto ``prev_points`` (same physical points).
+
+    Both sets are in the same camera frame (the shared view), with arbitrary scales. The result is
+    the median of the distance ratios ``|prev| / |new|``, robust to outliers.
+
+    Parameters
+    ----------
+    prev_points, new_points : (P, 3) corresponding points.
+    min_points : fewer correspondences than this give None.
+
+    Returns
+    -------
+    float > 0 or None.
+    """
+    if prev_points.shape[0] < min_points:
+        return None
+    d_prev = np.linalg.norm(prev_points, axis=1)
+    d_new = np.linalg.norm(new_points, axis=1)
+    ok = (d_prev > 0) & (d_new > 0) & np.isfinite(d_prev) & np.isfinite(d_new)
+    if ok.sum() < min_points:
+        return None
+    return float(np.exp(np.median(np.log(d_prev[ok] / d_new[ok]))))

@@ -1,0 +1,143 @@
+"""Descriptor matching (mutual nearest neighbour, ratio test) and the learned-filtering hook.
+
+Matches come out sorted by descending score, so a guided sampler (PROSAC) can use their order.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kp2d_ros.config import MatchingConfig
+from kp2d_ros.errors import DataError
+from kp2d_ros.types import Features, Matches
+
+
+def _empty_matches() -> Matches:
+    return Matches(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32))
+
+
+def hamming_distances(d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
+    """Pairwise Hamming distances of packed binary descriptors.
+
+    Parameters
+    ----------
+    d0 : (N0, B) uint8, d1 : (N1, B) uint8 (B bytes = 8 B bits).
+
+    Returns
+    -------
+    (N0, N1) float32 number of differing bits.
+    """
+    b0 = np.unpackbits(d0, axis=1).astype(np.float32)
+    b1 = np.unpackbits(d1, axis=1).astype(np.float32)
+    return b0.sum(1, keepdims=True) + b1.sum(1)[None, :] - 2.0 * (b0 @ b1.T)
+
+
+def l2_distances(d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
+    """Pairwise Euclidean distances (N0, N1) float32 of (N0, D) and (N1, D) float descriptors."""
+    d0 = d0.astype(np.float32, copy=False)
+    d1 = d1.astype(np.float32, copy=False)
+    sq = (d0 * d0).sum(1, keepdims=True) + (d1 * d1).sum(1)[None, :] - 2.0 * (d0 @ d1.T)
+    return np.sqrt(np.maximum(sq, 0.0))
+
+
+def descriptor_distances(f0: Features, f1: Features) -> tuple[np.ndarray, float]:
+    """Pairwise distance matrix and the largest possible distance (for score normalisation).
+
+    Returns
+    -------
+    dist : (N0, N1) float32; Hamming bits for binary descriptors, L2 otherwise.
+    max_dist : bits per descriptor (binary) or 2 (unit-norm float descriptors).
+
+    Raises
+    ------
+    DataError
+        the two sets have different descriptor kinds or sizes.
+    """
+    if f0.binary != f1.binary or f0.descriptors.shape[1] != f1.descriptors.shape[1]:
+        raise DataError(f"matching: incompatible descriptors {f0.descriptors.shape}/{f0.binary} "
+                        f"and {f1.descriptors.shape}/{f1.binary}")
+    if f0.binary:
+        return hamming_distances(f0.descriptors, f1.descriptors), 8.0 * f0.descriptors.shape[1]
+    return l2_distances(f0.descriptors, f1.descriptors), 2.0
+
+
+def match_features(f0: Features, f1: Features, cfg: MatchingConfig) -> Matches:
+    """Nearest-neighbour matching from ``f0`` (reference) to ``f1`` (current).
+
+    Parameters
+    ----------
+    f0, f1 : feature sets with N0 and N1 keypoints.
+    cfg : ``mutual`` keeps only mutual nearest neighbours; ``ratio`` > 0 applies Lowe's ratio test
+        (best / second-best distance < ratio); ``max_distance`` > 0 drops matches farther than it.
+
+    Returns
+    -------
+    Matches with M <= min(N0, N1) entries sorted by descending score, where
+    ``scores = 1 - distance / max_distance_possible`` (in [0, 1]).
+    """
+    if len(f0) == 0 or len(f1) == 0:
+        return _empty_matches()
+    dist, max_dist = descriptor_distances(f0, f1)
+    n0, n1 = dist.shape
+    rows = np.arange(n0)
+    nn01 = np.argmin(dist, axis=1)
+    best = dist[rows, nn01]
+    keep = np.ones(n0, bool)
+    if cfg.mutual:
+        nn10 = np.argmin(dist, axis=0)
+        keep &= nn10[nn01] == rows
+    if cfg.ratio > 0 and n1 >= 2:
+        second = np.partition(dist, 1, axis=1)[:, 1]
+        keep &= best < cfg.ratio * second
+    if cfg.max_distance > 0:
+        keep &= best <= cfg.max_distance
+    idx0 = rows[keep].astype(np.int64)
+    idx1 = nn01[keep].astype(np.int64)
+    d = best[keep].astype(np.float32)
+    order = np.argsort(d, kind="stable")
+    idx0, idx1, d = idx0[order], idx1[order], d[order]
+    scores = np.clip(1.0 - d / max_dist, 0.0, 1.0).astype(np.float32)
+    return Matches(idx0=idx0, idx1=idx1, distances=d, scores=scores)
+
+
+class MatchScorer:
+    """Interface of a learned match filter (IO-Net): inlier probability of each putative match."""
+
+    name: str = "base"
+
+    def score(self, kp0: np.ndarray, kp1: np.ndarray, distances: np.ndarray,
+              image_size: tuple[int, int]) -> np.ndarray:  # pragma: no cover - interface
+        """Inlier probabilities of M matches.
+
+        Parameters
+        ----------
+        kp0, kp1 : (M, 2) float32 matched keypoints in pixels (reference, current).
+        distances : (M,) float32 descriptor distances.
+        image_size : (width, height) of the images, for coordinate normalisation.
+
+        Returns
+        -------
+        (M,) float32 probabilities in [0, 1].
+        """
+        raise NotImplementedError
+
+
+def filter_matches(matches: Matches, scores: np.ndarray, threshold: float) -> Matches:
+    """Replace match scores, drop those below ``threshold`` and sort by descending score.
+
+    Parameters
+    ----------
+    matches : M matches.
+    scores : (M,) new scores (e.g. inlier probabilities from a :class:`MatchScorer`).
+    threshold : keep matches with ``score >= threshold``.
+
+    Returns
+    -------
+    Matches with K <= M entries, ordered best first (for a PROSAC-ordered sampler).
+    """
+    scores = np.asarray(scores, np.float32).ravel()
+    if scores.shape[0] != len(matches):
+        raise DataError(f"filter_matches: {scores.shape[0]} scores for {len(matches)} matches")
+    m = Matches(matches.idx0, matches.idx1, matches.distances, scores)
+    keep = np.flatnonzero(scores >= threshold)
+    keep = keep[np.argsort(-scores[keep], kind="stable")]
+    return m.subset(keep)

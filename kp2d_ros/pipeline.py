@@ -1,0 +1,225 @@
+"""Monocular visual odometry: one :meth:`VOPipeline.process` call per frame.
+
+Each frame is matched against the reference keyframe; the essential matrix gives the rotation and
+the translation direction, and the translation length comes from the points triangulated by the
+previous keyframe pair (the first pair's translation has unit norm, so the whole trajectory
+shares one unknown scale). World frame = first camera frame, optical convention.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kp2d_ros.config import VOConfig
+from kp2d_ros.errors import DataError
+from kp2d_ros.frontend import build_frontend
+from kp2d_ros.geometry import (compose_relative, estimate_relative_pose, relative_scale, rotation_angle_deg,
+                               triangulation_angles)
+from kp2d_ros.matching import MatchScorer, filter_matches, match_features
+from kp2d_ros.types import (Camera, Features, Frame, Frontend, Matches, PoseEstimate, TrackingStatus,
+                            TwoViewGeometry)
+
+STAGES = ("network", "matching", "io_net", "pose")
+
+
+@dataclass
+class Keyframe:
+    """Reference view that new frames are matched against.
+
+    Attributes
+    ----------
+    features : its features.
+    T_world_cam : (4, 4) its pose.
+    points : (P, 3) points triangulated by the pair that created it, in its camera frame and in
+        trajectory units (used to scale the next pair).
+    point_features : (P,) index into ``features`` of each point.
+    """
+
+    features: Features
+    T_world_cam: np.ndarray
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    point_features: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] += (time.perf_counter() - t0) * 1e3
+
+
+class VOPipeline:
+    """Frame-to-keyframe monocular VO.
+
+    Parameters
+    ----------
+    cfg : validated configuration.
+    frontend : feature extractor; built from ``cfg.frontend`` when None.
+    scorer : optional learned match filter (IO-Net); its probabilities replace the match scores,
+        matches below ``cfg.matching.io_threshold`` are dropped and the rest ordered for PROSAC.
+    """
+
+    def __init__(self, cfg: VOConfig, frontend: Frontend | None = None, scorer: MatchScorer | None = None):
+        self.cfg = cfg
+        self.frontend = frontend if frontend is not None else build_frontend(cfg.frontend)
+        self.scorer = scorer
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every frame: the next one re-initialises at the identity."""
+        self.ref: Keyframe | None = None
+        self.last_pose = np.eye(4)
+        self.last_scale = 1.0  # trajectory length of the last unit-baseline translation
+        self.lost_frames = 0
+
+    # ----------------------------------------------------------------------------------------
+    def process(self, frame: Frame) -> PoseEstimate:
+        """Pose of ``frame`` (camera-to-world) and the tracking state after it.
+
+        Steps: detect -> match against the reference keyframe -> (learned filtering) ->
+        essential matrix and pose -> scale -> compose.
+        """
+        t_start = time.perf_counter()
+        timings = {k: 0.0 for k in STAGES}
+        camera = self._camera(frame)
+        with _timed(timings, "network"):
+            feats = self.frontend.detect(frame.image)
+        if self.ref is None:
+            est = self._initialise(frame, feats)
+        else:
+            with _timed(timings, "matching"):
+                matches = match_features(self.ref.features, feats, self.cfg.matching)
+            if self.scorer is not None:
+                with _timed(timings, "io_net"):
+                    matches = self._filter(matches, feats, camera)
+            with _timed(timings, "pose"):
+                est = self._track(frame, camera, feats, matches)
+        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        est.timings_ms = timings
+        self.last_pose = est.T_world_cam
+        return est
+
+    # ----------------------------------------------------------------------------------------
+    def _camera(self, frame: Frame) -> Camera:
+        if frame.camera is not None and frame.camera.K[0, 0] > 0:
+            return frame.camera
+        c = self.cfg.camera
+        if not c.is_set:
+            raise DataError("frame has no camera intrinsics and camera.fx/fy are not configured")
+        h, w = frame.image.shape[:2]
+        return Camera.from_intrinsics(c.fx, c.fy, c.cx, c.cy, w, h, c.distortion)
+
+    def _filter(self, matches: Matches, feats: Features, camera: Camera) -> Matches:
+        kp0 = self.ref.features.keypoints[matches.idx0]
+        kp1 = feats.keypoints[matches.idx1]
+        probs = self.scorer.score(kp0, kp1, matches.distances, (camera.width, camera.height))
+        return filter_matches(matches, probs, self.cfg.matching.io_threshold)
+
+    def _initialise(self, frame: Frame, feats: Features) -> PoseEstimate:
+        self.ref = Keyframe(features=feats, T_world_cam=self.last_pose.copy())
+        self.lost_frames = 0
+        return PoseEstimate(stamp=frame.stamp, T_world_cam=self.ref.T_world_cam.copy(),
+                            status=TrackingStatus.INITIALIZING, num_features=len(feats), is_keyframe=True,
+                            features=feats, matched=np.zeros(len(feats), bool),
+                            ref_keypoints=np.zeros((0, 2), np.float32), cur_keypoints=np.zeros((0, 2), np.float32))
+
+    def _track(self, frame: Frame, camera: Camera, feats: Features, matches: Matches) -> PoseEstimate:
+        cfg = self.cfg
+        ref = self.ref
+        kp0 = ref.features.keypoints[matches.idx0]
+        kp1 = feats.keypoints[matches.idx1]
+        if len(matches) < cfg.geometry.min_inliers:
+            return self._lost(frame, feats, matches)
+        if np.median(np.linalg.norm(kp1 - kp0, axis=1)) < cfg.pipeline.min_parallax_px:
+            return self._static(frame, feats, matches)
+        geom = estimate_relative_pose(kp0, kp1, camera, cfg.geometry, ordered=True)
+        if geom is None:
+            return self._lost(frame, feats, matches)
+        self.lost_frames = 0
+        if not np.any(geom.t):  # pure rotation: translation unobservable
+            T = compose_relative(ref.T_world_cam, geom.R, np.zeros(3))
+            is_kf = rotation_angle_deg(geom.R) > cfg.pipeline.rotation_keyframe_deg
+            if is_kf:
+                self.ref = Keyframe(features=feats, T_world_cam=T)
+            return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf)
+        scale = self._scale(geom, matches)
+        T = compose_relative(ref.T_world_cam, geom.R, scale * geom.t)
+        self._new_keyframe(feats, matches, geom, scale, T)
+        return self._estimate(frame, ref.features, feats, matches, geom, T, True)
+
+    def _scale(self, geom: TwoViewGeometry, matches: Matches) -> float:
+        """Trajectory length of this pair's unit translation, from points shared with the last pair."""
+        pc = self.cfg.pipeline
+        ref = self.ref
+        angles = triangulation_angles(geom.points3d, geom.R, geom.t)
+        good = angles >= pc.min_triangulation_deg
+        feat_idx = matches.idx0[geom.point_match_idx[good]]
+        _, i_prev, i_new = np.intersect1d(ref.point_features, feat_idx, assume_unique=True, return_indices=True)
+        s = relative_scale(ref.points[i_prev], geom.points3d[good][i_new], pc.min_scale_points)
+        if s is None:  # no shared structure: keep the last step length (constant speed)
+            return self.last_scale
+        lo, hi = self.last_scale / pc.max_scale_change, self.last_scale * pc.max_scale_change
+        return float(np.clip(s, lo, hi))
+
+    def _new_keyframe(self, feats: Features, matches: Matches, geom: TwoViewGeometry, scale: float,
+                      T_world_cam: np.ndarray) -> None:
+        """Make the current frame the reference; carry its well-triangulated points for the next scale."""
+        pc = self.cfg.pipeline
+        angles = triangulation_angles(geom.points3d, geom.R, geom.t)
+        good = angles >= pc.min_triangulation_deg
+        pts_cur = (geom.points3d[good] @ geom.R.T + geom.t[None, :]) * scale
+        self.ref = Keyframe(features=feats, T_world_cam=T_world_cam, points=pts_cur,
+                            point_features=matches.idx1[geom.point_match_idx[good]])
+        self.last_scale = scale
+
+    def _static(self, frame: Frame, feats: Features, matches: Matches) -> PoseEstimate:
+        """Too little parallax: hold the reference pose, keep the reference keyframe."""
+        self.lost_frames = 0
+        matched = np.zeros(len(feats), bool)
+        matched[matches.idx1] = True
+        return PoseEstimate(stamp=frame.stamp, T_world_cam=self.ref.T_world_cam.copy(),
+                            status=TrackingStatus.STATIC, num_features=len(feats), num_matches=len(matches),
+                            num_inliers=0, is_keyframe=False, features=feats, matched=matched,
+                            ref_keypoints=self.ref.features.keypoints[matches.idx0],
+                            cur_keypoints=feats.keypoints[matches.idx1],
+                            quality=self._quality(len(matches), len(matches)))
+
+    def _lost(self, frame: Frame, feats: Features, matches: Matches) -> PoseEstimate:
+        """No valid pose: hold it; after ``max_lost_frames`` restart from this frame, keeping the scale."""
+        self.lost_frames += 1
+        is_kf = False
+        if self.lost_frames >= self.cfg.pipeline.max_lost_frames:
+            self.ref = Keyframe(features=feats, T_world_cam=self.last_pose.copy())
+            self.lost_frames = 0
+            is_kf = True
+        return PoseEstimate(stamp=frame.stamp, T_world_cam=self.last_pose.copy(), status=TrackingStatus.LOST,
+                            num_features=len(feats), num_matches=len(matches), num_inliers=0, is_keyframe=is_kf,
+                            features=feats, matched=np.zeros(len(feats), bool),
+                            ref_keypoints=np.zeros((0, 2), np.float32), cur_keypoints=np.zeros((0, 2), np.float32),
+                            quality=0.0)
+
+    def _estimate(self, frame: Frame, ref_features: Features, feats: Features, matches: Matches,
+                  geom: TwoViewGeometry, T_world_cam: np.ndarray, is_keyframe: bool) -> PoseEstimate:
+        inl = geom.inliers
+        matched = np.zeros(len(feats), bool)
+        matched[matches.idx1[inl]] = True
+        n_inl = int(inl.sum())
+        return PoseEstimate(stamp=frame.stamp, T_world_cam=T_world_cam.copy(), status=TrackingStatus.TRACKING,
+                            num_features=len(feats), num_matches=len(matches), num_inliers=n_inl,
+                            is_keyframe=is_keyframe, features=feats, matched=matched,
+                            ref_keypoints=ref_features.keypoints[matches.idx0[inl]],
+                            cur_keypoints=feats.keypoints[matches.idx1[inl]],
+                            quality=self._quality(n_inl, len(matches)))
+
+    def _quality(self, n_inliers: int, n_matches: int) -> float:
+        """Inlier ratio times a count term saturating at 10x the minimum inlier count."""
+        if n_matches == 0:
+            return 0.0
+        ratio = n_inliers / n_matches
+        count = min(1.0, n_inliers / (10.0 * self.cfg.geometry.min_inliers))
+        return float(ratio * count)
