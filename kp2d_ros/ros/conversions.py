@@ -1,0 +1,368 @@
+"""Conversions between ROS messages and the core's types (no cv_bridge, no tf2).
+
+Everything here is a pure function on message objects and numpy arrays, so it is tested without
+a running ROS graph. Invalid input raises :class:`kp2d_ros.errors.DataError` with a message that
+names what is wrong; the node turns it into a throttled warning and drops the frame.
+
+Frames (REP-103/105):
+    ``T_world_cam``  pose of the camera optical frame (z forward, x right, y down) in the world
+                     frame = the first camera's optical frame (what the pipeline returns).
+    ``T_base_cam``   camera-to-base extrinsic (``ros.camera_to_base``).
+    ``T_odom_base``  what ``odom`` carries: odom is the base frame at the first image, so
+                     ``T_odom_base = T_base_cam @ T_world_cam @ inv(T_base_cam)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from kp2d_ros.errors import DataError
+from kp2d_ros.types import Camera, PoseEstimate, TrackingStatus
+
+# encoding -> (channels, numpy dtype)
+IMAGE_ENCODINGS: dict[str, tuple[int, type]] = {
+    "mono8": (1, np.uint8),
+    "8UC1": (1, np.uint8),
+    "rgb8": (3, np.uint8),
+    "bgr8": (3, np.uint8),
+    "rgba8": (4, np.uint8),
+    "bgra8": (4, np.uint8),
+    "mono16": (1, np.uint16),
+    "16UC1": (1, np.uint16),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Time
+# --------------------------------------------------------------------------------------------
+def stamp_to_sec(stamp) -> float:
+    """``builtin_interfaces/Time`` -> float seconds."""
+    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
+
+
+def stamp_to_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def sec_to_stamp(t: float, stamp_cls):
+    """Float seconds -> a new ``stamp_cls`` (``builtin_interfaces.msg.Time``)."""
+    ns = int(round(t * 1e9))
+    return stamp_cls(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+def image_to_array(msg) -> np.ndarray:
+    """``sensor_msgs/Image`` -> (H, W) uint8 grey or (H, W, 3) uint8 RGB (what a Frame holds).
+
+    Supports mono8/8UC1, rgb8, bgr8, rgba8, bgra8 and mono16/16UC1 (scaled to 8 bit by /257),
+    row padding (``step`` > width * bytes per pixel) and big-endian 16-bit data.
+
+    Raises
+    ------
+    DataError
+        unsupported encoding (named), zero size, ``step`` too small, or
+        ``len(data) != step * height``.
+    """
+    enc = msg.encoding
+    if enc not in IMAGE_ENCODINGS:
+        raise DataError(f"unsupported image encoding '{enc}' (supported: {', '.join(IMAGE_ENCODINGS)})")
+    channels, dtype = IMAGE_ENCODINGS[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise DataError(f"empty image ({w}x{h})")
+    itemsize = np.dtype(dtype).itemsize
+    row = w * channels * itemsize
+    if step < row:
+        raise DataError(f"image step {step} < width * bytes per pixel = {row} ({enc}, {w}x{h})")
+    n = len(msg.data)
+    if n != step * h:
+        raise DataError(f"image data has {n} bytes, expected step * height = {step} * {h} = {step * h}")
+    buf = np.frombuffer(memoryview(msg.data), dtype=np.uint8).reshape(h, step)[:, :row]
+    if itemsize == 1:
+        img = buf.reshape(h, w, channels) if channels > 1 else buf
+    else:
+        big = bool(msg.is_bigendian)
+        img = np.ascontiguousarray(buf).view(">u2" if big else "<u2").reshape(h, w)
+        img = ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if enc == "bgr8":
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    elif enc == "rgba8":
+        img = cv2.cvtColor(img, cv2.COLOR_RGBA2RGB)
+    elif enc == "bgra8":
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    return np.ascontiguousarray(img)
+
+
+def compressed_to_array(msg) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (JPEG/PNG) -> (H, W) uint8 grey or (H, W, 3) uint8 RGB.
+
+    Raises
+    ------
+    DataError
+        empty payload or data OpenCV cannot decode (the ``format`` string is named).
+    """
+    data = np.frombuffer(memoryview(msg.data), dtype=np.uint8)
+    if data.size == 0:
+        raise DataError(f"empty compressed image (format '{msg.format}')")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise DataError(f"cannot decode compressed image (format '{msg.format}')")
+    if img.dtype == np.uint16:
+        img = ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    elif img.ndim == 3 and img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    return np.ascontiguousarray(img)
+
+
+def array_to_image(img: np.ndarray, msg_cls, stamp=None, frame_id: str = ""):
+    """(H, W) uint8 or (H, W, 3) uint8 RGB -> ``sensor_msgs/Image`` (mono8 / rgb8)."""
+    img = np.ascontiguousarray(img)
+    if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
+        raise DataError(f"array_to_image: expected (H, W) or (H, W, 3) uint8, got {img.shape} {img.dtype}")
+    msg = msg_cls()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(img.shape[0]), int(img.shape[1])
+    msg.encoding = "mono8" if img.ndim == 2 else "rgb8"
+    msg.is_bigendian = 0
+    msg.step = int(img.shape[1] * (1 if img.ndim == 2 else 3))
+    msg.data = img.tobytes()
+    return msg
+
+
+# --------------------------------------------------------------------------------------------
+# Camera
+# --------------------------------------------------------------------------------------------
+def camera_info_to_camera(msg) -> Camera:
+    """``sensor_msgs/CameraInfo`` -> :class:`Camera` (K and D; the image is assumed unrectified).
+
+    Raises
+    ------
+    DataError
+        zero size, non-finite K/D, or fx, fy <= 0.
+    """
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    d = np.asarray(msg.d, dtype=np.float64).ravel()
+    w, h = int(msg.width), int(msg.height)
+    if not np.all(np.isfinite(K)) or not np.all(np.isfinite(d)):
+        raise DataError("CameraInfo: K or D contains NaN/inf")
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise DataError(f"CameraInfo: invalid focal length fx={K[0, 0]}, fy={K[1, 1]}")
+    if w <= 0 or h <= 0:
+        raise DataError(f"CameraInfo: invalid size {w}x{h}")
+    if d.size == 0:
+        d = np.zeros(5)
+    elif d.size not in (4, 5, 8, 12, 14):
+        raise DataError(f"CameraInfo: unsupported number of distortion coefficients {d.size}")
+    return Camera(K=K, dist=d, width=w, height=h)
+
+
+def camera_from_config(cam_cfg, width: int, height: int) -> Camera | None:
+    """Camera from the ``camera.*`` parameters (None when ``camera.fx`` is unset)."""
+    if not cam_cfg.is_set:
+        return None
+    cx = cam_cfg.cx if cam_cfg.cx > 0 else (width - 1) / 2.0
+    cy = cam_cfg.cy if cam_cfg.cy > 0 else (height - 1) / 2.0
+    return Camera.from_intrinsics(cam_cfg.fx, cam_cfg.fy, cx, cy, width, height, dist=cam_cfg.distortion)
+
+
+def camera_for_image(cam: Camera, width: int, height: int) -> Camera:
+    """Scale ``cam`` to an image of a different size (CameraInfo of the full-size stream)."""
+    if cam.width == width and cam.height == height:
+        return cam
+    sx, sy = width / cam.width, height / cam.height
+    K = cam.K.copy()
+    K[0, :] *= sx
+    K[1, :] *= sy
+    return Camera(K=K, dist=cam.dist, width=width, height=height)
+
+
+# --------------------------------------------------------------------------------------------
+# Poses
+# --------------------------------------------------------------------------------------------
+def quat_to_rot(q: Sequence[float]) -> np.ndarray:
+    """Quaternion (x, y, z, w) -> 3x3 rotation (normalised first)."""
+    x, y, z, w = (float(v) for v in q)
+    n = math.sqrt(x * x + y * y + z * z + w * w)
+    if n == 0 or not math.isfinite(n):
+        raise DataError(f"invalid quaternion {tuple(q)}")
+    x, y, z, w = x / n, y / n, z / n, w / n
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def rot_to_quat(R: np.ndarray) -> np.ndarray:
+    """3x3 rotation -> unit quaternion (x, y, z, w) with w >= 0."""
+    R = np.asarray(R, dtype=np.float64)
+    tr = R[0, 0] + R[1, 1] + R[2, 2]
+    if tr > 0:
+        s = 2.0 * math.sqrt(tr + 1.0)
+        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s]
+    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2])
+        q = [0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s]
+    elif R[1, 1] > R[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2])
+        q = [(R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s]
+    else:
+        s = 2.0 * math.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1])
+        q = [(R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s, (R[1, 0] - R[0, 1]) / s]
+    q = np.asarray(q)
+    q /= np.linalg.norm(q)
+    return -q if q[3] < 0 else q
+
+
+def xyzquat_to_matrix(v: Sequence[float]) -> np.ndarray:
+    """[x, y, z, qx, qy, qz, qw] -> 4x4 transform."""
+    T = np.eye(4)
+    T[:3, :3] = quat_to_rot(v[3:7])
+    T[:3, 3] = v[:3]
+    return T
+
+
+def matrix_to_xyzquat(T: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(T)[:3, 3], rot_to_quat(np.asarray(T)[:3, :3])])
+
+
+def invert(T: np.ndarray) -> np.ndarray:
+    Ti = np.eye(4)
+    Ti[:3, :3] = T[:3, :3].T
+    Ti[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return Ti
+
+
+def camera_to_base_pose(T_world_cam: np.ndarray, T_base_cam: np.ndarray) -> np.ndarray:
+    """Camera pose in the first camera frame -> base pose in odom (odom = base at the first image)."""
+    return T_base_cam @ T_world_cam @ invert(T_base_cam)
+
+
+def base_to_camera_pose(T_odom_base: np.ndarray, T_base_cam: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`camera_to_base_pose` (used by ``kp2d play`` to record camera poses)."""
+    return invert(T_base_cam) @ T_odom_base @ T_base_cam
+
+
+def pose_covariance(quality: float, status: TrackingStatus) -> list[float]:
+    """6x6 row-major covariance (x, y, z, rx, ry, rz) in the child frame, from the estimate's quality.
+
+    The standard deviations grow linearly as quality drops: 1 cm .. 1 m (position, in the
+    monocular map's arbitrary scale) and 0.005 .. 0.5 rad; a lost tracker reports 1e3.
+    """
+    q = min(max(float(quality), 0.0), 1.0) if math.isfinite(quality) else 0.0
+    if status == TrackingStatus.LOST:
+        sp = sr = 1e3
+    else:
+        sp = 0.01 + 0.99 * (1.0 - q)
+        sr = 0.005 + 0.495 * (1.0 - q)
+    if status == TrackingStatus.INITIALIZING:  # identity by definition of the odom frame
+        sp, sr = 1e-6, 1e-6
+    cov = np.zeros((6, 6))
+    cov[np.diag_indices(3)] = sp * sp
+    cov[3:, 3:][np.diag_indices(3)] = sr * sr
+    return cov.ravel().tolist()
+
+
+def fill_pose(pose_msg, T: np.ndarray) -> None:
+    """Write a 4x4 transform into a ``geometry_msgs/Pose``."""
+    v = matrix_to_xyzquat(T)
+    pose_msg.position.x, pose_msg.position.y, pose_msg.position.z = (float(x) for x in v[:3])
+    o = pose_msg.orientation
+    o.x, o.y, o.z, o.w = (float(x) for x in v[3:])
+
+
+def fill_transform(tf_msg, T: np.ndarray) -> None:
+    """Write a 4x4 transform into a ``geometry_msgs/Transform``."""
+    v = matrix_to_xyzquat(T)
+    tf_msg.translation.x, tf_msg.translation.y, tf_msg.translation.z = (float(x) for x in v[:3])
+    r = tf_msg.rotation
+    r.x, r.y, r.z, r.w = (float(x) for x in v[3:])
+
+
+def pose_msg_to_matrix(pose_msg) -> np.ndarray:
+    p, o = pose_msg.position, pose_msg.orientation
+    return xyzquat_to_matrix([p.x, p.y, p.z, o.x, o.y, o.z, o.w])
+
+
+# --------------------------------------------------------------------------------------------
+# Keypoints
+# --------------------------------------------------------------------------------------------
+KEYPOINT_FIELDS = ("u", "v", "score", "matched")
+
+
+def keypoints_to_cloud(estimate: PoseEstimate, cloud_cls, field_cls, header) -> object:
+    """Keypoints of an estimate -> ``sensor_msgs/PointCloud2`` with float32 fields u, v, score, matched.
+
+    ``u, v`` are pixel coordinates in the input image, ``matched`` is 1.0 for inlier matches to the
+    reference frame, else 0.0. An estimate without features gives an empty cloud.
+    """
+    feats = estimate.features
+    n = 0 if feats is None else len(feats)
+    arr = np.zeros((n, 4), dtype=np.float32)
+    if n:
+        arr[:, 0:2] = feats.keypoints[:, :2]
+        arr[:, 2] = feats.scores if feats.scores is not None and len(feats.scores) == n else 0.0
+        if estimate.matched is not None and len(estimate.matched) == n:
+            arr[:, 3] = estimate.matched.astype(np.float32)
+    msg = cloud_cls()
+    msg.header = header
+    msg.height, msg.width = 1, n
+    msg.fields = [field_cls(name=name, offset=4 * i, datatype=field_cls.FLOAT32, count=1)
+                  for i, name in enumerate(KEYPOINT_FIELDS)]
+    msg.is_bigendian = False
+    msg.point_step = 16
+    msg.row_step = 16 * n
+    msg.is_dense = True
+    msg.data = arr.tobytes()
+    return msg
+
+
+def cloud_to_keypoints(msg) -> np.ndarray:
+    """Inverse of :func:`keypoints_to_cloud`: (N, 4) float32 columns u, v, score, matched."""
+    names = [f.name for f in msg.fields]
+    if tuple(names) != KEYPOINT_FIELDS or msg.point_step != 16:
+        raise DataError(f"not a keypoint cloud: fields {names}, point_step {msg.point_step}")
+    return np.frombuffer(memoryview(msg.data), dtype=np.float32).reshape(-1, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# Debug image
+# --------------------------------------------------------------------------------------------
+_STATUS_COLOURS = {  # RGB
+    TrackingStatus.INITIALIZING: (255, 255, 0),
+    TrackingStatus.TRACKING: (0, 255, 0),
+    TrackingStatus.STATIC: (0, 200, 255),
+    TrackingStatus.LOST: (255, 0, 0),
+}
+
+
+def draw_debug(image: np.ndarray, estimate: PoseEstimate) -> np.ndarray:
+    """RGB image with keypoints (grey: unmatched, green: inlier), match tracks and the status."""
+    if image.ndim == 2:
+        out = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    else:
+        out = image.copy()
+    feats = estimate.features
+    if feats is not None and len(feats):
+        matched = estimate.matched if estimate.matched is not None else np.zeros(len(feats), bool)
+        for (x, y), m in zip(feats.keypoints[:, :2].astype(int), matched):
+            cv2.circle(out, (int(x), int(y)), 2, (0, 255, 0) if m else (160, 160, 160), -1, cv2.LINE_AA)
+    if estimate.ref_keypoints is not None and estimate.cur_keypoints is not None:
+        for p0, p1 in zip(estimate.ref_keypoints.astype(int), estimate.cur_keypoints.astype(int)):
+            cv2.line(out, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), (255, 128, 0), 1, cv2.LINE_AA)
+    text = (f"{estimate.status.value}  feat {estimate.num_features}  match {estimate.num_matches}  "
+            f"inl {estimate.num_inliers}  q {estimate.quality:.2f}")
+    cv2.putText(out, text, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                _STATUS_COLOURS.get(estimate.status, (255, 255, 255)), 1, cv2.LINE_AA)
+    return out
