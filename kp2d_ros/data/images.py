@@ -1,0 +1,140 @@
+"""Image decoding: files and ROS ``sensor_msgs`` Image / CompressedImage -> uint8 grey or RGB.
+
+Every reader hands the pipeline (H, W) uint8 grey or (H, W, 3) uint8 RGB. 16-bit images are
+scaled to 8 bit by ``round(v / 257)`` (so 8-bit data stored as ``v * 257`` comes back exact);
+alpha channels are dropped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from kp2d_ros.errors import DataError
+
+# encoding -> (channels, numpy dtype, channel order of the result before conversion)
+_ENCODINGS = {
+    "mono8": (1, np.uint8, "grey"),
+    "8uc1": (1, np.uint8, "grey"),
+    "mono16": (1, np.uint16, "grey"),
+    "16uc1": (1, np.uint16, "grey"),
+    "rgb8": (3, np.uint8, "rgb"),
+    "bgr8": (3, np.uint8, "bgr"),
+    "8uc3": (3, np.uint8, "bgr"),
+    "rgba8": (4, np.uint8, "rgba"),
+    "bgra8": (4, np.uint8, "bgra"),
+    "8uc4": (4, np.uint8, "bgra"),
+    "rgb16": (3, np.uint16, "rgb"),
+    "bgr16": (3, np.uint16, "bgr"),
+}
+
+SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """Scale a uint16 image to uint8 (``round(v / 257)``); uint8 passes through."""
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    raise DataError(f"unsupported image dtype {img.dtype}")
+
+
+def _to_grey_or_rgb(img: np.ndarray, order: str) -> np.ndarray:
+    """(H, W[, C]) in ``order`` -> (H, W) grey or (H, W, 3) RGB, uint8, contiguous."""
+    img = to_uint8(img)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        return np.ascontiguousarray(img)
+    if order == "rgb":
+        return np.ascontiguousarray(img)
+    if order == "bgr":
+        return np.ascontiguousarray(img[:, :, ::-1])
+    if order == "rgba":
+        return np.ascontiguousarray(img[:, :, :3])
+    if order == "bgra":
+        return np.ascontiguousarray(img[:, :, 2::-1])
+    raise DataError(f"unsupported channel order {order}")
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as (H, W) uint8 grey or (H, W, 3) uint8 RGB.
+
+    Raises
+    ------
+    DataError
+        missing or undecodable file.
+    """
+    path = Path(path)
+    try:
+        buf = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as e:
+        raise DataError(f"cannot read image {path}: {e.strerror or e}") from None
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if img is None:
+        raise DataError(f"cannot decode image {path} (not an image or corrupt)")
+    order = {3: "bgr", 4: "bgra"}.get(img.shape[2] if img.ndim == 3 else 1, "grey")
+    return _to_grey_or_rgb(img, order)
+
+
+def decode_image_msg(msg) -> np.ndarray:
+    """``sensor_msgs/Image`` -> (H, W) uint8 grey or (H, W, 3) uint8 RGB (row padding honoured)."""
+    enc = str(msg.encoding).lower()
+    if enc not in _ENCODINGS:
+        raise DataError(f"unsupported image encoding '{msg.encoding}' (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+    channels, dtype, order = _ENCODINGS[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    itemsize = np.dtype(dtype).itemsize
+    data = np.asarray(msg.data, dtype=np.uint8)
+    row = w * channels * itemsize
+    if step < row or data.size < step * h:
+        raise DataError(f"image message too small: {w}x{h} {msg.encoding}, step {step}, {data.size} bytes")
+    rows = data[: step * h].reshape(h, step)[:, :row]
+    img = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<"))
+    img = img.astype(dtype).reshape(h, w, channels)
+    return _to_grey_or_rgb(img, order)
+
+
+def decode_compressed_msg(msg) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (JPEG/PNG) -> (H, W) uint8 grey or (H, W, 3) uint8 RGB."""
+    img = cv2.imdecode(np.asarray(msg.data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DataError(f"cannot decode compressed image (format '{msg.format}')")
+    order = {3: "bgr", 4: "bgra"}.get(img.shape[2] if img.ndim == 3 else 1, "grey")
+    return _to_grey_or_rgb(img, order)
+
+
+def encode_image(img: np.ndarray, encoding: str) -> tuple[np.ndarray, int]:
+    """(H, W) grey or (H, W, 3) RGB uint8 -> (raw bytes (K,) uint8, step) in ``encoding``.
+
+    mono16/16UC1 store ``v * 257``. Colour encodings from a grey image replicate the channel;
+    mono encodings from a colour image convert to grey.
+    """
+    enc = encoding.lower()
+    if enc not in _ENCODINGS:
+        raise DataError(f"unsupported image encoding '{encoding}' (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+    channels, dtype, order = _ENCODINGS[enc]
+    img = np.asarray(img)
+    if channels == 1:
+        out = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    else:
+        rgb = img if img.ndim == 3 else np.repeat(img[:, :, None], 3, axis=2)
+        out = {"rgb": rgb, "bgr": rgb[:, :, ::-1],
+               "rgba": np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]),
+               "bgra": np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 255, np.uint8)])}[order]
+    if dtype == np.uint16:
+        out = out.astype("<u2") * 257
+    out = np.ascontiguousarray(out)
+    step = out.shape[1] * channels * out.dtype.itemsize
+    return out.view(np.uint8).reshape(-1), step
+
+
+def encode_compressed(img: np.ndarray, fmt: str = "png") -> np.ndarray:
+    """(H, W) grey or (H, W, 3) RGB uint8 -> PNG/JPEG bytes (K,) uint8."""
+    bgr = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode("." + fmt, bgr)
+    if not ok:
+        raise DataError(f"cannot encode image as {fmt}")
+    return buf.reshape(-1)
