@@ -1,0 +1,201 @@
+"""Message <-> array/pose conversions of the ROS adapter (no ROS graph needed)."""
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+from builtin_interfaces.msg import Time  # noqa: E402
+from geometry_msgs.msg import Pose  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from kp2d_ros.config import CameraConfig  # noqa: E402
+from kp2d_ros.errors import DataError  # noqa: E402
+from kp2d_ros.ros import conversions as conv  # noqa: E402
+from kp2d_ros.types import Features, PoseEstimate, TrackingStatus  # noqa: E402
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+
+
+def make_image(arr: np.ndarray, encoding: str, pad: int = 0, bigendian: bool = False) -> Image:
+    h, w = arr.shape[:2]
+    row = arr.reshape(h, -1).view(np.uint8).reshape(h, -1)
+    if bigendian:
+        row = arr.astype(">u2").reshape(h, -1).view(np.uint8).reshape(h, -1)
+    padded = np.zeros((h, row.shape[1] + pad), np.uint8)
+    padded[:, : row.shape[1]] = row
+    msg = Image(height=h, width=w, encoding=encoding, is_bigendian=int(bigendian), step=padded.shape[1])
+    msg.data = padded.tobytes()
+    return msg
+
+
+@pytest.mark.parametrize("pad", [0, 3])
+@pytest.mark.parametrize("encoding,make", [
+    ("rgb8", lambda a: a),
+    ("bgr8", lambda a: a[:, :, ::-1].copy()),
+    ("rgba8", lambda a: np.dstack([a, np.full(a.shape[:2], 9, np.uint8)])),
+    ("bgra8", lambda a: np.dstack([a[:, :, ::-1], np.full(a.shape[:2], 9, np.uint8)])),
+])
+def test_colour_encodings_give_rgb(encoding, make, pad):
+    out = conv.image_to_array(make_image(make(RGB), encoding, pad))
+    assert out.shape == RGB.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, RGB)
+
+
+@pytest.mark.parametrize("encoding", ["mono8", "8UC1"])
+def test_mono8_with_padding(encoding):
+    grey = RGB[:, :, 0].copy()
+    np.testing.assert_array_equal(conv.image_to_array(make_image(grey, encoding, pad=5)), grey)
+
+
+@pytest.mark.parametrize("encoding", ["mono16", "16UC1"])
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_mono16_scaled_to_8bit(encoding, bigendian):
+    v = np.array([[0, 257, 65535], [32896, 1000, 514]], np.uint16)
+    out = conv.image_to_array(make_image(v, encoding, pad=2, bigendian=bigendian))
+    np.testing.assert_array_equal(out, [[0, 1, 255], [128, 4, 2]])
+
+
+def test_unsupported_encoding_is_named():
+    msg = make_image(RGB, "rgb8")
+    msg.encoding = "yuv422"
+    with pytest.raises(DataError, match="yuv422"):
+        conv.image_to_array(msg)
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda m: setattr(m, "height", 0), "empty"),
+    (lambda m: setattr(m, "width", 0), "empty"),
+    (lambda m: setattr(m, "step", 7), "step"),
+    (lambda m: setattr(m, "data", bytes(len(m.data) - 1)), "bytes"),
+    (lambda m: setattr(m, "data", bytes(len(m.data) + 21)), "bytes"),
+])
+def test_malformed_images_raise(mutate, match):
+    msg = make_image(RGB, "rgb8")
+    mutate(msg)
+    with pytest.raises(DataError, match=match):
+        conv.image_to_array(msg)
+
+
+def test_array_to_image_round_trip():
+    msg = conv.array_to_image(RGB, Image, Time(sec=3, nanosec=5), "cam")
+    assert (msg.encoding, msg.step, msg.header.frame_id) == ("rgb8", 21, "cam")
+    np.testing.assert_array_equal(conv.image_to_array(msg), RGB)
+    grey = conv.array_to_image(RGB[:, :, 1].copy(), Image)
+    assert grey.encoding == "mono8"
+    np.testing.assert_array_equal(conv.image_to_array(grey), RGB[:, :, 1])
+
+
+def test_compressed_png_and_garbage():
+    ok, buf = cv2.imencode(".png", RGB[:, :, ::-1])
+    msg = CompressedImage(format="rgb8; png compressed bgr8")
+    msg.data = buf.tobytes()
+    np.testing.assert_array_equal(conv.compressed_to_array(msg), RGB)
+    msg.data = b"not an image"
+    with pytest.raises(DataError, match="decode"):
+        conv.compressed_to_array(msg)
+    msg.data = b""
+    with pytest.raises(DataError, match="empty"):
+        conv.compressed_to_array(msg)
+
+
+def camera_info(k, d=(0.1, 0, 0, 0, 0), w=640, h=480) -> CameraInfo:
+    msg = CameraInfo(width=w, height=h)
+    msg.k = [float(v) for v in k]
+    msg.d = [float(v) for v in d]
+    return msg
+
+
+def test_camera_info_valid_and_scaled():
+    cam = conv.camera_info_to_camera(camera_info([500, 0, 320, 0, 501, 240, 0, 0, 1]))
+    assert cam.K[0, 0] == 500 and cam.K[1, 1] == 501 and cam.dist[0] == pytest.approx(0.1)
+    half = conv.camera_for_image(cam, 320, 240)
+    assert half.K[0, 0] == 250 and half.K[1, 2] == 120 and (half.width, half.height) == (320, 240)
+
+
+@pytest.mark.parametrize("k,d,match", [
+    ([0] * 9, (0,) * 5, "focal"),
+    ([math.nan, 0, 320, 0, 500, 240, 0, 0, 1], (0,) * 5, "NaN"),
+    ([500, 0, 320, 0, 500, 240, 0, 0, 1], (math.inf, 0, 0, 0, 0), "NaN"),
+])
+def test_camera_info_invalid(k, d, match):
+    with pytest.raises(DataError, match=match):
+        conv.camera_info_to_camera(camera_info(k, d))
+
+
+def test_camera_from_config():
+    assert conv.camera_from_config(CameraConfig(), 640, 480) is None
+    cam = conv.camera_from_config(CameraConfig(fx=400.0, fy=410.0), 640, 480)
+    assert cam.K[0, 2] == pytest.approx(319.5) and cam.K[1, 1] == 410.0
+
+
+def random_pose(rng) -> np.ndarray:
+    q = rng.normal(size=4)
+    return conv.xyzquat_to_matrix(np.concatenate([rng.normal(size=3), q / np.linalg.norm(q)]))
+
+
+def test_quaternion_round_trip():
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        T = random_pose(rng)
+        np.testing.assert_allclose(conv.xyzquat_to_matrix(conv.matrix_to_xyzquat(T)), T, atol=1e-12)
+    for R in (np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1]), np.diag([-1.0, -1, 1])):  # 180 deg
+        np.testing.assert_allclose(conv.quat_to_rot(conv.rot_to_quat(R)), R, atol=1e-12)
+
+
+def test_optical_to_base_convention():
+    """REP-103: the default extrinsic maps optical z (forward) to base x, optical x (right) to base -y."""
+    T_base_cam = conv.xyzquat_to_matrix([0, 0, 0, -0.5, 0.5, -0.5, 0.5])
+    np.testing.assert_allclose(T_base_cam[:3, :3], [[0, 0, 1], [-1, 0, 0], [0, -1, 0]], atol=1e-12)
+    forward = np.eye(4)
+    forward[2, 3] = 2.0  # camera moved 2 along its optical axis
+    T_odom_base = conv.camera_to_base_pose(forward, T_base_cam)
+    np.testing.assert_allclose(T_odom_base[:3, 3], [2, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(conv.base_to_camera_pose(T_odom_base, T_base_cam), forward, atol=1e-12)
+    np.testing.assert_allclose(conv.camera_to_base_pose(np.eye(4), T_base_cam), np.eye(4), atol=1e-12)
+
+
+def test_pose_message_round_trip():
+    T = random_pose(np.random.default_rng(2))
+    msg = Pose()
+    conv.fill_pose(msg, T)
+    np.testing.assert_allclose(conv.pose_msg_to_matrix(msg), T, atol=1e-12)
+
+
+def test_covariance_grows_as_quality_drops():
+    good = conv.pose_covariance(0.9, TrackingStatus.TRACKING)
+    bad = conv.pose_covariance(0.1, TrackingStatus.TRACKING)
+    lost = conv.pose_covariance(0.9, TrackingStatus.LOST)
+    assert len(good) == 36 and good[0] < bad[0] < lost[0] and good[35] < bad[35]
+    assert conv.pose_covariance(float("nan"), TrackingStatus.TRACKING) == conv.pose_covariance(0.0, TrackingStatus.TRACKING)
+
+
+def test_keypoint_cloud_fields_and_values():
+    feats = Features(np.array([[1.5, 2.5], [3, 4], [5, 6]], np.float32), np.zeros((3, 8), np.float32),
+                     np.array([0.9, 0.5, 0.1], np.float32))
+    est = PoseEstimate(stamp=1.0, T_world_cam=np.eye(4), status=TrackingStatus.TRACKING, features=feats,
+                       matched=np.array([True, False, True]))
+    msg = conv.keypoints_to_cloud(est, PointCloud2, PointField, Header(frame_id="cam"))
+    assert [f.name for f in msg.fields] == ["u", "v", "score", "matched"]
+    assert all(f.datatype == PointField.FLOAT32 for f in msg.fields)
+    assert (msg.width, msg.height, msg.point_step, msg.row_step, len(msg.data)) == (3, 1, 16, 48, 48)
+    np.testing.assert_allclose(conv.cloud_to_keypoints(msg),
+                               [[1.5, 2.5, 0.9, 1], [3, 4, 0.5, 0], [5, 6, 0.1, 1]], rtol=1e-6)
+    empty = conv.keypoints_to_cloud(PoseEstimate(0.0, np.eye(4), TrackingStatus.LOST), PointCloud2, PointField,
+                                    Header())
+    assert empty.width == 0 and len(empty.data) == 0
+
+
+def test_draw_debug_shape_and_marks():
+    img = np.zeros((60, 80), np.uint8)
+    feats = Features(np.array([[10, 10], [40, 30]], np.float32), np.zeros((2, 8), np.float32),
+                     np.ones(2, np.float32))
+    est = PoseEstimate(0.0, np.eye(4), TrackingStatus.TRACKING, features=feats, matched=np.array([True, False]),
+                       ref_keypoints=np.array([[20.0, 50.0]]), cur_keypoints=np.array([[40.0, 30.0]]))
+    out = conv.draw_debug(img, est)
+    assert out.shape == (60, 80, 3) and out.dtype == np.uint8
+    assert tuple(out[10, 10]) == (0, 255, 0)  # matched keypoint drawn green
+    assert out.sum() > 0 and img.sum() == 0  # input untouched
