@@ -96,7 +96,7 @@ class VONode(Node):
         self.pub_odom = self.create_publisher(Odometry, "odom", 10)
         self.pub_path = self.create_publisher(Path, "path", 10)
         self.pub_keypoints = self.create_publisher(PointCloud2, "keypoints", 10)
-        self.pub_debug = self.create_publisher(Image, "debug_image", sensor_qos)
+        self.pub_debug = self.create_publisher(Image, "debug_image", 1)  # reliable: rviz and image_view
         self.pub_diag = self.create_publisher(DiagnosticArray, "diagnostics", 10)
         self.tf = TfOutput(self) if rc.publish_tf else None
         if self.tf is not None:
@@ -128,9 +128,11 @@ class VONode(Node):
         try:
             cam = conv.camera_info_to_camera(msg)
         except DataError as e:
+            self.stats["camera_info_rejected"] += 1
             self._warn("camera_info", f"ignoring CameraInfo: {e}")
             return
         with self._cond:
+            self.stats["camera_info"] += 1
             self._camera_info = cam
             self._cond.notify()
 
@@ -250,7 +252,8 @@ class VONode(Node):
         st.message = est.status.value if est is not None else "waiting for images"
         values = {
             "status": st.message,
-            **{k: str(self.stats[k]) for k in ("received", "processed", "dropped", "rejected", "errors")},
+            **{k: str(self.stats[k]) for k in ("received", "processed", "dropped", "rejected", "errors",
+                                                "camera_info_rejected")},
             "num_features": str(est.num_features if est else 0),
             "num_matches": str(est.num_matches if est else 0),
             "num_inliers": str(est.num_inliers if est else 0),

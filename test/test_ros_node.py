@@ -1,0 +1,343 @@
+"""vo_node in-process: bad input never crashes it, newest frame wins, outputs are well formed.
+
+The node and a driver node share one rclpy context; messages go through the middleware
+(loopback only, a private domain id). Waits use generous deadlines that only fail a broken node.
+"""
+import math
+import os
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from nav_msgs.msg import Odometry, Path  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSProfile  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2  # noqa: E402
+
+from kp2d_ros.ros import conversions as conv  # noqa: E402
+from kp2d_ros.ros.node import VONode  # noqa: E402
+from kp2d_ros.types import Features, PoseEstimate, TrackingStatus  # noqa: E402
+
+from conftest import data_path  # noqa: E402
+
+DOMAIN = 100 + (os.getpid() + 23) % 100
+W, H = 160, 120
+TIMEOUT = 30.0
+
+
+def wait_until(pred, what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+class FakePipeline:
+    """Moves 0.1 along the optical axis per frame; optional delay to make the node busy."""
+
+    def __init__(self, delay: float = 0.0):
+        self.delay, self.frames, self.resets = delay, [], 0
+
+    def process(self, frame):
+        time.sleep(self.delay)
+        self.frames.append(frame)
+        T = np.eye(4)
+        T[2, 3] = 0.1 * (len(self.frames) - 1)
+        feats = Features(np.array([[10.0, 20.0], [30.0, 40.0]], np.float32), np.zeros((2, 32), np.uint8),
+                         np.array([0.5, 0.25], np.float32), binary=True)
+        return PoseEstimate(frame.stamp, T, TrackingStatus.TRACKING, 2, 1, 1, True, {"total": 1.0}, feats,
+                            np.array([True, False]), np.array([[9.0, 19.0]]), np.array([[10.0, 20.0]]), 0.8)
+
+    def reset(self):
+        self.resets += 1
+        self.frames.clear()
+
+
+class Rig:
+    """A VONode plus a driver node publishing images and recording the node's outputs."""
+
+    def __init__(self, pipeline=None, params=None, debug_subscriber=False):
+        self.closed = False
+        self.ctx = rclpy.Context()
+        rclpy.init(args=[], context=self.ctx, domain_id=DOMAIN)
+        overrides = [Parameter(k, value=v) for k, v in {"frontend.type": "orb", **(params or {})}.items()]
+        self.node = VONode(pipeline=pipeline, context=self.ctx, parameter_overrides=overrides)
+        self.driver = rclpy.create_node("driver", context=self.ctx)
+        compressed = self.node.cfg.ros.compressed
+        qos = QoSProfile(depth=10)
+        self.pub_image = self.driver.create_publisher(CompressedImage if compressed else Image, "image", qos)
+        self.pub_info = self.driver.create_publisher(CameraInfo, "camera_info", qos)
+        self.odom, self.paths, self.clouds, self.debug, self.diag = [], [], [], [], []
+        self.driver.create_subscription(Odometry, "odom", self.odom.append, qos)
+        self.driver.create_subscription(Path, "path", self.paths.append, qos)
+        self.driver.create_subscription(PointCloud2, "keypoints", self.clouds.append, qos)
+        self.driver.create_subscription(DiagnosticArray, "diagnostics", self.diag.append, qos)
+        if debug_subscriber:
+            self.driver.create_subscription(Image, "debug_image", self.debug.append, qos)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.driver)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        wait_until(lambda: self.pub_image.get_subscription_count() > 0 and self.pub_info.get_subscription_count() > 0
+                   and self.driver.count_publishers("odom") > 0, "discovery")
+
+    def handled(self) -> int:
+        s = self.node.stats
+        return s["processed"] + s["rejected"] + s["errors"]
+
+    def send_image(self, msg, expect_handled: bool = True) -> None:
+        before = self.handled()
+        received = self.node.stats["received"]
+        self.pub_image.publish(msg)
+        wait_until(lambda: self.node.stats["received"] > received, "image received")
+        if expect_handled:
+            wait_until(lambda: self.handled() > before, "image handled")
+
+    def send_info(self, msg) -> None:
+        before = self.node.stats["camera_info"] + self.node.stats["camera_info_rejected"]
+        self.pub_info.publish(msg)
+        wait_until(lambda: self.node.stats["camera_info"] + self.node.stats["camera_info_rejected"] > before,
+                   "camera_info handled")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        self.driver.destroy_node()
+        rclpy.try_shutdown(context=self.ctx)
+        self.thread.join(timeout=2.0)
+
+
+@pytest.fixture
+def rig():
+    made = []
+
+    def make(**kwargs):
+        r = Rig(**kwargs)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def texture(shift: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    big = cv2.GaussianBlur(rng.integers(0, 256, (H + 40, W + 40, 3), dtype=np.uint8), (0, 0), 1.5)
+    M = np.float32([[1, 0, -20 + shift], [0, 1, -20]])
+    return cv2.warpAffine(big, M, (W, H))
+
+
+def stamp(t: float) -> Time:
+    return conv.sec_to_stamp(t, Time)
+
+
+def image_msg(t: float, img=None) -> Image:
+    return conv.array_to_image(texture() if img is None else img, Image, stamp(t), "cam")
+
+
+def info_msg(k=(200.0, 0.0, 80.0, 0.0, 200.0, 60.0, 0.0, 0.0, 1.0), w=W, h=H) -> CameraInfo:
+    msg = CameraInfo(width=w, height=h)
+    msg.k = [float(v) for v in k]
+    msg.d = [0.0] * 5
+    return msg
+
+
+# --------------------------------------------------------------------------------------------
+def test_good_frames_publish_odom_path_keypoints_diagnostics(rig):
+    fake = FakePipeline()
+    r = rig(pipeline=fake)
+    r.send_info(info_msg())
+    for i in range(3):
+        r.send_image(image_msg(1.0 + 0.1 * i))
+    wait_until(lambda: len(r.odom) == 3 and len(r.paths) == 3 and len(r.clouds) == 3, "outputs")
+    o = r.odom[-1]
+    assert (o.header.frame_id, o.child_frame_id) == ("odom", "base_link")
+    assert conv.stamp_to_sec(o.header.stamp) == pytest.approx(1.2)
+    # camera moved 0.2 along its optical axis = 0.2 forward (x) for the REP-103 base
+    assert (o.pose.pose.position.x, o.pose.pose.position.y, o.pose.pose.position.z) == pytest.approx((0.2, 0, 0))
+    assert o.pose.covariance[0] == pytest.approx(conv.pose_covariance(0.8, TrackingStatus.TRACKING)[0])
+    assert len(r.paths[-1].poses) == 3 and r.paths[-1].header.frame_id == "odom"
+    kp = conv.cloud_to_keypoints(r.clouds[-1])
+    np.testing.assert_allclose(kp, [[10, 20, 0.5, 1], [30, 40, 0.25, 0]])
+    assert r.clouds[-1].header.frame_id == "camera_optical_frame"
+    # intrinsics reached the pipeline from CameraInfo
+    assert fake.frames[0].camera.K[0, 0] == 200.0 and fake.frames[0].image.shape == (H, W, 3)
+    wait_until(lambda: any(d.status[0].message == "tracking" for d in r.diag), "diagnostics")
+    values = {kv.key: kv.value for kv in r.diag[-1].status[0].values}
+    assert values["processed"] == "3" and values["num_inliers"] == "1" and "latency_ms_median" in values
+    assert not r.debug  # no subscriber: no debug image
+
+
+def test_debug_image_only_with_subscribers(rig, monkeypatch):
+    calls = []
+    real = conv.draw_debug
+    monkeypatch.setattr(conv, "draw_debug", lambda *a: calls.append(1) or real(*a))
+    r = rig(pipeline=FakePipeline())
+    r.send_info(info_msg())
+    r.send_image(image_msg(1.0))
+    wait_until(lambda: len(r.odom) == 1, "odom")
+    assert calls == []
+    r.close()  # one rig at a time: they share the domain
+    r2 = rig(pipeline=FakePipeline(), debug_subscriber=True)
+    wait_until(lambda: r2.node.pub_debug.get_subscription_count() > 0, "debug subscriber")
+    r2.send_info(info_msg())
+    r2.send_image(image_msg(1.0))
+    wait_until(lambda: len(r2.debug) == 1, "debug image")
+    assert calls and (r2.debug[0].width, r2.debug[0].height, r2.debug[0].encoding) == (W, H, "rgb8")
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda m: setattr(m, "encoding", "yuv422"), "yuv422"),
+    (lambda m: (setattr(m, "height", 0), setattr(m, "width", 0), setattr(m, "data", b"")), "empty"),
+    (lambda m: setattr(m, "data", bytes(len(m.data) - 5)), "bytes"),
+    (lambda m: setattr(m, "step", 3), "step"),
+])
+def test_malformed_image_rejected_node_keeps_working(rig, mutate, match):
+    fake = FakePipeline()
+    r = rig(pipeline=fake)
+    r.send_info(info_msg())
+    r.send_image(image_msg(1.0))
+    bad = image_msg(1.1)
+    mutate(bad)
+    r.send_image(bad)
+    assert r.node.stats["rejected"] == 1 and match in r.node.last_warning
+    r.send_image(image_msg(1.2))
+    wait_until(lambda: len(r.odom) == 2, "odom after bad input")
+    assert [f.stamp for f in fake.frames] == pytest.approx([1.0, 1.2])
+
+
+@pytest.mark.parametrize("k", [(0.0,) * 9, (math.nan, 0, 80, 0, 200, 60, 0, 0, 1)])
+def test_bad_camera_info_ignored(rig, k):
+    fake = FakePipeline()
+    r = rig(pipeline=fake)
+    r.send_info(info_msg(k))
+    assert r.node.stats["camera_info_rejected"] == 1
+    r.send_image(image_msg(1.0), expect_handled=False)  # no intrinsics yet: waits, is not processed
+    time.sleep(0.3)
+    assert r.node.stats["processed"] == 0 and r.node._pending is not None
+    r.send_info(info_msg())  # a good CameraInfo releases the waiting frame
+    wait_until(lambda: r.node.stats["processed"] == 1, "processing after a good CameraInfo")
+    r.send_info(info_msg(k))  # a bad one later keeps the previous intrinsics
+    r.send_image(image_msg(1.1))
+    assert fake.frames[-1].camera.K[0, 0] == 200.0 and r.node.stats["camera_info_rejected"] == 2
+
+
+def test_camera_parameters_used_without_camera_info(rig):
+    fake = FakePipeline()
+    r = rig(pipeline=fake, params={"camera.fx": 300.0, "camera.fy": 310.0})
+    r.send_image(image_msg(1.0))
+    K = fake.frames[0].camera.K
+    assert (K[0, 0], K[1, 1], K[0, 2], K[1, 2]) == (300.0, 310.0, (W - 1) / 2, (H - 1) / 2)
+
+
+def test_duplicate_and_backward_stamps(rig):
+    fake = FakePipeline()
+    r = rig(pipeline=fake)
+    r.send_info(info_msg())
+    r.send_image(image_msg(10.0))
+    r.send_image(image_msg(10.0))  # duplicate
+    assert r.node.stats["rejected"] == 1 and "not after" in r.node.last_warning
+    r.send_image(image_msg(9.8))  # slightly out of order
+    assert r.node.stats["rejected"] == 2
+    r.send_image(image_msg(10.1))
+    assert r.node.stats["processed"] == 2 and fake.resets == 0
+    r.send_image(image_msg(3.0))  # far back: a replayed bag, the trajectory restarts
+    assert fake.resets == 1 and r.node.stats["processed"] == 3
+    wait_until(lambda: len(r.paths) == 3, "path")
+    assert len(r.paths[-1].poses) == 1 and r.odom[-1].pose.pose.position.x == 0.0
+
+
+def test_zero_stamp_uses_node_clock(rig):
+    fake = FakePipeline()
+    r = rig(pipeline=fake)
+    r.send_info(info_msg())
+    r.send_image(image_msg(0.0))
+    r.send_image(image_msg(0.0))
+    assert r.node.stats["processed"] == 2 and fake.frames[1].stamp > fake.frames[0].stamp > 0
+
+
+def test_newest_frame_wins(rig):
+    fake = FakePipeline(delay=0.3)
+    r = rig(pipeline=fake)
+    r.send_info(info_msg())
+    for i in range(6):  # straight into the callback: far faster than the node processes
+        r.node._on_image(image_msg(1.0 + 0.1 * i))
+    wait_until(lambda: r.node._pending is None and r.handled() + r.node.stats["dropped"] == 6, "queue drained")
+    stats = r.node.stats
+    assert stats["dropped"] >= 3 and stats["processed"] + stats["dropped"] == 6
+    assert fake.frames[-1].stamp == pytest.approx(1.5)  # the newest frame is always processed
+
+
+def test_pipeline_exception_does_not_kill_node(rig):
+    class Flaky(FakePipeline):
+        def process(self, frame):
+            if len(self.frames) == 1 and not getattr(self, "failed", False):
+                self.failed = True
+                raise RuntimeError("boom")
+            return super().process(frame)
+
+    r = rig(pipeline=Flaky())
+    r.send_info(info_msg())
+    r.send_image(image_msg(1.0))
+    r.send_image(image_msg(1.1))
+    assert r.node.stats["errors"] == 1 and "boom" in r.node.last_warning
+    r.send_image(image_msg(1.2))
+    wait_until(lambda: len(r.odom) == 2, "odom after the error")
+
+
+def test_compressed_input(rig):
+    fake = FakePipeline()
+    r = rig(pipeline=fake, params={"ros.compressed": True})
+    r.send_info(info_msg())
+    ok, buf = cv2.imencode(".png", texture()[:, :, ::-1])
+    msg = CompressedImage(format="rgb8; png compressed bgr8", header=image_msg(1.0).header)
+    msg.data = buf.tobytes()
+    r.send_image(msg)
+    np.testing.assert_array_equal(fake.frames[0].image, texture())
+    bad = CompressedImage(format="jpeg", header=image_msg(1.1).header)
+    bad.data = b"\xff\xd8garbage"
+    r.send_image(bad)
+    assert r.node.stats["rejected"] == 1 and "decode" in r.node.last_warning
+
+
+def test_tracking_loss_with_real_pipeline(rig):
+    """Black and noise frames between real frames: LOST with a large covariance, then tracking again."""
+    folder = data_path("vo", "tum_fr2_desk_20f")
+    from kp2d_ros.data import open_sequence
+
+    frames = list(open_sequence(folder, max_frames=8))
+    r = rig(params={"frontend.num_features": 500})
+    cam = frames[0].camera
+    info = info_msg(cam.K.ravel(), cam.width, cam.height)
+    info.d = [float(v) for v in cam.dist]
+    r.send_info(info)
+    t = frames[0].stamp
+    for f in frames[:3]:
+        r.send_image(image_msg(f.stamp, f.image))
+    black = np.zeros_like(frames[0].image)
+    noise = np.random.default_rng(0).integers(0, 256, frames[0].image.shape, dtype=np.uint8)
+    for i, img in enumerate([black, black, noise, black, black]):
+        t = frames[2].stamp + 0.01 * (i + 1)
+        r.send_image(image_msg(t, img))
+    assert r.node.last_estimate.status == TrackingStatus.LOST
+    wait_until(lambda: len(r.odom) == 8, "odom during loss")
+    assert r.odom[-1].pose.covariance[0] == pytest.approx(1e6)
+    for f in frames[3:]:
+        r.send_image(image_msg(f.stamp, f.image))
+    wait_until(lambda: len(r.odom) == 13, "odom after loss")
+    assert r.node.stats["errors"] == 0 and r.node.stats["processed"] == 13
+    assert r.node.last_estimate.status in (TrackingStatus.TRACKING, TrackingStatus.STATIC,
+                                           TrackingStatus.INITIALIZING)
