@@ -1,0 +1,192 @@
+"""End to end over real DDS: bag -> ``kp2d play`` -> ``vo_node`` (separate process) -> odometry.
+
+The test bags are written from ../shared/data/vo/tum_fr2_desk_20f with the rosbags writer (sqlite3
+and mcap). The node runs as its own process with the shipped Fast DDS shared-memory profile
+(640x480 rgb8 frames do not fit the default segments), on loopback only and a private domain id.
+The trajectory recorded by ``kp2d play --lockstep`` must equal the offline pipeline on the same
+bag with the same config.
+"""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from nav_msgs.msg import Odometry, Path as PathMsg  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import QoSProfile  # noqa: E402
+from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
+
+from kp2d_ros.config import dump_config, load_config  # noqa: E402
+from kp2d_ros.ros import conversions as conv  # noqa: E402
+
+from conftest import data_path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DOMAIN = 100 + (os.getpid() + 37) % 100
+OVERRIDES = {"frontend.type": "orb", "frontend.num_features": 1000}
+ENV = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(DOMAIN),
+           FASTDDS_DEFAULT_PROFILES_FILE=str(REPO / "config" / "fastdds_shm.xml"), PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture(scope="module")
+def params_file(tmp_path_factory) -> Path:
+    f = tmp_path_factory.mktemp("cfg") / "vo_test.yaml"
+    dump_config(load_config(REPO / "config" / "vo.yaml", overrides=OVERRIDES), f)
+    return f
+
+
+@pytest.fixture(scope="module")
+def sequence():
+    from kp2d_ros.data import open_sequence
+
+    return open_sequence(data_path("vo", "tum_fr2_desk_20f"))
+
+
+@pytest.fixture(scope="module")
+def bags(sequence, tmp_path_factory) -> dict:
+    from kp2d_ros.data import write_bag
+
+    root = tmp_path_factory.mktemp("bags")
+    return {s: write_bag(root / s, sequence, storage=s) for s in ("sqlite3", "mcap")}
+
+
+def offline_replay(bag: Path, params_file: Path):
+    """The same bag through VOPipeline in this process: (stamps, T_world_cam)."""
+    from kp2d_ros.data import open_sequence
+    from kp2d_ros.pipeline import VOPipeline
+
+    pipe = VOPipeline(load_config(params_file))
+    est = [pipe.process(f) for f in open_sequence(bag)]
+    return np.array([e.stamp for e in est]), np.stack([e.T_world_cam for e in est])
+
+
+class Listener:
+    """Records the node's odom, path and keypoints; can publish a malformed image."""
+
+    def __init__(self):
+        self.ctx = rclpy.Context()
+        rclpy.init(args=[], context=self.ctx, domain_id=DOMAIN)
+        self.node = rclpy.create_node("test_listener", context=self.ctx)
+        self.odom, self.paths, self.clouds, self.diag = [], [], [], []
+        q = QoSProfile(depth=100)
+        self.node.create_subscription(Odometry, "/odom", self.odom.append, q)
+        self.node.create_subscription(PathMsg, "/path", self.paths.append, q)
+        self.node.create_subscription(PointCloud2, "/keypoints", self.clouds.append, q)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diag.append, q)
+        self.pub_bad = self.node.create_publisher(Image, "/camera/image_raw", 10)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def diagnostic(self, key: str) -> str | None:
+        if not self.diag:
+            return None
+        return {kv.key: kv.value for kv in self.diag[-1].status[0].values}.get(key)
+
+    def close(self):
+        self.executor.shutdown(timeout_sec=1.0)
+        rclpy.try_shutdown(context=self.ctx)
+        self.thread.join(timeout=2.0)
+
+
+def wait_until(pred, what, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def start_node(params_file: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "vo_node"), "--ros-args", "--params-file", str(params_file),
+         "-r", "image:=/camera/image_raw", "-r", "camera_info:=/camera/camera_info"],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stop_node(proc: subprocess.Popen) -> tuple[float, str]:
+    """SIGINT; returns (seconds to exit, stderr)."""
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        return float("inf"), err
+    return time.monotonic() - t0, err
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_bag_through_node_matches_offline_replay(storage, bags, params_file, tmp_path):
+    bag = bags[storage]
+    proc = start_node(params_file)
+    listener = Listener()
+    try:
+        wait_until(lambda: listener.pub_bad.get_subscription_count() > 0
+                   and listener.node.count_publishers("/odom") > 0, "vo_node to come up")
+        out = tmp_path / "odom.tum"
+        play = subprocess.run([str(BIN / "kp2d"), "play", str(bag), "--lockstep", "--rate", "0",
+                               "--record-odom", str(out), "--config", str(params_file), "--wait", "60"],
+                              env=ENV, capture_output=True, text=True, timeout=300)
+        assert play.returncode == 0, play.stderr
+        assert "images published: 20, odometry received: 20, without odometry: 0" in play.stdout
+
+        wait_until(lambda: len(listener.odom) >= 20 and len(listener.clouds) >= 20
+                   and listener.paths and len(listener.paths[-1].poses) == 20, "odom/path/keypoints")
+        # a malformed image: rejected with a warning naming the encoding, the node stays up
+        bad = conv.array_to_image(np.zeros((4, 4, 3), np.uint8), Image)
+        bad.encoding = "yuv422"
+        listener.pub_bad.publish(bad)
+        wait_until(lambda: listener.diagnostic("rejected") == "1", "rejection in diagnostics")
+        assert listener.diagnostic("processed") == "20" and "yuv422" in listener.diagnostic("last_warning")
+        assert proc.poll() is None, "vo_node died"
+    finally:
+        listener.close()
+        dt, err = stop_node(proc)
+
+    assert dt < 2.0, f"vo_node took {dt:.2f} s to stop on SIGINT"
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert "yuv422" in err  # the warning names the encoding
+
+    # recorded camera trajectory == offline replay of the same bag and config
+    from kp2d_ros.data import read_tum
+
+    rec = read_tum(out)
+    stamps, poses = offline_replay(bag, params_file)
+    assert len(rec) == 20
+    np.testing.assert_allclose(rec.stamps, stamps, atol=1e-6)
+    np.testing.assert_allclose(rec.poses, poses, atol=1e-5)
+    assert np.linalg.norm(poses[-1][:3, 3]) > 0.1  # the camera moved: not a trivial comparison
+
+    # the other outputs
+    odom = listener.odom[-1]
+    assert (odom.header.frame_id, odom.child_frame_id) == ("odom", "base_link")
+    T_base_cam = conv.xyzquat_to_matrix(load_config(params_file).ros.camera_to_base)
+    np.testing.assert_allclose(conv.base_to_camera_pose(conv.pose_msg_to_matrix(odom.pose.pose), T_base_cam),
+                               poses[-1], atol=1e-5)
+    cloud = listener.clouds[-1]
+    kp = conv.cloud_to_keypoints(cloud)
+    assert cloud.width > 100 and kp[:, 3].sum() > 15  # matched keypoints flagged
+    assert (0 <= kp[:, 0]).all() and (kp[:, 0] < 640).all() and (kp[:, 1] < 480).all()
+
+
+def test_play_without_node_fails_clearly(bags, tmp_path):
+    env = dict(ENV, ROS_DOMAIN_ID=str((DOMAIN + 50) % 200 + 1))  # nobody listens there
+    p = subprocess.run([str(BIN / "kp2d"), "play", str(bags["sqlite3"]), "--wait", "1"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "no vo_node subscribed to /camera/image_raw" in p.stderr
+    assert "Traceback" not in p.stderr
+    p = subprocess.run([str(BIN / "kp2d"), "play", str(tmp_path)], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 2 and "not a rosbag2 bag" in p.stderr
