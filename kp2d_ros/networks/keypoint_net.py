@@ -246,7 +246,10 @@ def select_top_k(output: KeyPointNetOutput, k: int, border_px: int = 0, score_th
             sel = radius_nms(p, nms_radius, k)
             s, p = s[sel], p[sel]
         s, p = s[:k], p[:k]
-        d = output.sample_descriptors(p[None])[0] if len(p) else output.descriptors.new_zeros((0, output.descriptors.shape[1]))
+        if len(p):
+            d = sample_descriptors(output.descriptors[i:i + 1], p[None], output.padded_size)[0]
+        else:
+            d = output.descriptors.new_zeros((0, output.descriptors.shape[1]))
         out.append((p, s, d))
     return out
 
