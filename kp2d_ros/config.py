@@ -99,6 +99,8 @@ class GeometryConfig:
     # Median rotation-compensated parallax (pixels) below which the translation is unobservable:
     # the pose is treated as a pure rotation (t = 0, rotation from the rays alone).
     rotation_only_parallax_px: float = 0.5
+    # Rounds of robust least-squares polishing of (R, t) on the inliers' Sampson errors (0 = off).
+    refine_rounds: int = 2
 
     def validate(self) -> None:
         _choice("geometry.method", self.method, ("magsac", "ransac", "prosac", "lmeds"))
@@ -109,6 +111,7 @@ class GeometryConfig:
         _positive("geometry.distance_threshold", self.distance_threshold)
         _positive("geometry.min_inliers", self.min_inliers)
         _nonneg("geometry.rotation_only_parallax_px", self.rotation_only_parallax_px)
+        _nonneg("geometry.refine_rounds", self.refine_rounds)
 
 
 @dataclass

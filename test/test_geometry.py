@@ -1,0 +1,166 @@
+"""Two-view geometry on synthetic scenes with known relative pose."""
+import cv2
+import numpy as np
+import pytest
+
+from kp2d_ros.config import GeometryConfig
+from kp2d_ros.geometry import (compose_relative, estimate_relative_pose, invert_se3, normalize_points,
+                               relative_scale, rotation_angle_deg, rotation_compensated_parallax, se3,
+                               triangulation_angles, undistort_pixels)
+from kp2d_ros.types import Camera
+
+CAM = Camera.from_intrinsics(500.0, 500.0, 320.0, 240.0, 640, 480)
+DIST = np.array([-0.28, 0.07, 0.0002, 0.00002, 0.0])  # EuRoC-like radial-tangential
+
+
+def rot(rx, ry, rz):
+    return cv2.Rodrigues(np.radians([rx, ry, rz]))[0]
+
+
+def project(X, camera, R=np.eye(3), t=np.zeros(3)):
+    """Pixels of world points X (N, 3) seen by a camera with x_cam = R X + t."""
+    px, _ = cv2.projectPoints(X, cv2.Rodrigues(R)[0], t.astype(np.float64), camera.K, camera.dist)
+    return px.reshape(-1, 2)
+
+
+def scene(rng, n=300, near=5.0, far=20.0):
+    z = rng.uniform(near, far, n)
+    return np.c_[rng.uniform(-0.5, 0.5, n) * z, rng.uniform(-0.35, 0.35, n) * z, z]
+
+
+def two_views(rng, R, t, camera=CAM, noise=0.3, n=300, near=5.0, far=20.0, outliers=0.0):
+    X = scene(rng, n, near, far)
+    p0 = project(X, camera) + rng.normal(0, noise, (n, 2))
+    p1 = project(X, camera, R, t) + rng.normal(0, noise, (n, 2))
+    k = int(outliers * n)
+    p1[:k] = rng.uniform([0, 0], [camera.width, camera.height], (k, 2))
+    return p0, p1
+
+
+def angle_between(a, b):
+    c = np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+
+
+def rot_err(Ra, Rb):
+    return rotation_angle_deg(Ra.T @ Rb)
+
+
+@pytest.mark.parametrize("method", ["magsac", "ransac"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recovers_known_pose(method, seed):
+    rng = np.random.default_rng(seed)
+    R = rot(*rng.normal(0, 3, 3))
+    t = np.array([0.2, -0.1, 1.0])
+    p0, p1 = two_views(rng, R, t, outliers=0.2)
+    g = estimate_relative_pose(p0, p1, CAM, GeometryConfig(method=method))
+    assert g is not None
+    assert rot_err(g.R, R) < 0.1
+    assert angle_between(g.t, t) < 1.0
+    assert np.linalg.norm(g.t) == pytest.approx(1.0)
+    # outliers (the first 20 %) are rejected, most true matches kept
+    assert g.inliers[:60].mean() < 0.1 and g.inliers[60:].mean() > 0.8
+    # triangulated points: in front of camera 0, consistent with the true depth up to the scale |t|
+    assert g.points3d.shape[0] == g.point_match_idx.shape[0] > 100
+    assert np.all(g.points3d[:, 2] > 0)
+
+
+def test_distorted_camera():
+    cam = Camera.from_intrinsics(458.0, 457.0, 367.0, 248.0, 752, 480, dist=DIST)
+    rng = np.random.default_rng(3)
+    R, t = rot(1.0, -2.0, 0.5), np.array([-0.5, 0.1, 1.0])
+    p0, p1 = two_views(rng, R, t, camera=cam, noise=0.2)
+    g = estimate_relative_pose(p0, p1, cam, GeometryConfig())
+    assert rot_err(g.R, R) < 0.1 and angle_between(g.t, t) < 1.0
+    # ignoring the distortion is visibly worse: the undistortion step matters
+    g_bad = estimate_relative_pose(p0, p1, Camera(cam.K, np.zeros(5), 752, 480), GeometryConfig())
+    assert g_bad is None or rot_err(g_bad.R, R) > 0.2 or angle_between(g_bad.t, t) > 2.0
+
+
+def test_normalize_and_undistort_round_trip():
+    cam = Camera.from_intrinsics(458.0, 457.0, 367.0, 248.0, 752, 480, dist=DIST)
+    rng = np.random.default_rng(4)
+    X = scene(rng, 50)
+    px = project(X, cam)
+    n = normalize_points(px, cam)
+    np.testing.assert_allclose(n, X[:, :2] / X[:, 2:], atol=1e-5)
+    ideal = undistort_pixels(px, cam)
+    np.testing.assert_allclose(ideal, project(X, Camera(cam.K, np.zeros(5), 752, 480)), atol=2e-3)
+
+
+def test_small_baseline_needs_large_distance_threshold():
+    """Points 75-200 baselines away: the 4-argument recoverPose (distanceThresh=50) picks t blindly."""
+    R, t = rot(0.3, -0.5, 0.2), np.array([0.2, 0.02, 0.05])
+    flipped = 0
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        p0, p1 = two_views(rng, R, t, noise=0.1, near=15.0, far=40.0, n=500)
+        g = estimate_relative_pose(p0, p1, CAM, GeometryConfig())
+        assert g is not None
+        assert rot_err(g.R, R) < 0.1 and angle_between(g.t, t) < 2.0
+        # The 4-argument overload on an essential matrix of the same points: no point is nearer
+        # than 50 baselines, none passes its cheirality test, and the sign of t is a coin toss.
+        E, mask = cv2.findEssentialMat(p0, p1, CAM.K, cv2.USAC_MAGSAC, 0.999, 1.0, 10000)
+        n_good, _, t4, _ = cv2.recoverPose(E, p0, p1, CAM.K, mask=mask.copy())
+        assert n_good == 0
+        flipped += angle_between(t4.ravel(), t) > 90.0
+    assert flipped >= 1
+
+
+def test_pure_rotation_flags_translation():
+    rng = np.random.default_rng(5)
+    R = rot(2.0, 4.0, -1.0)
+    p0, p1 = two_views(rng, R, np.zeros(3), noise=0.3)
+    g = estimate_relative_pose(p0, p1, CAM, GeometryConfig())
+    assert g is not None
+    assert rot_err(g.R, R) < 0.1
+    assert not np.any(g.t) and g.points3d.shape == (0, 3)
+    # with real translation the same call gives a unit t
+    p0, p1 = two_views(rng, R, np.array([0.0, 0.0, 1.0]))
+    assert np.linalg.norm(estimate_relative_pose(p0, p1, CAM, GeometryConfig()).t) == pytest.approx(1.0)
+
+
+def test_too_few_points_gives_none():
+    rng = np.random.default_rng(6)
+    p0, p1 = two_views(rng, rot(0, 1, 0), np.array([0, 0, 1.0]), n=10)
+    assert estimate_relative_pose(p0, p1, CAM, GeometryConfig(min_inliers=15)) is None
+
+
+def test_rotation_compensated_parallax_zero_for_rotation():
+    rng = np.random.default_rng(8)
+    R = rot(5, -3, 2)
+    X = scene(rng, 30)
+    n0 = X[:, :2] / X[:, 2:]
+    Y = X @ R.T
+    n1 = Y[:, :2] / Y[:, 2:]
+    assert np.max(rotation_compensated_parallax(n0, n1, R)) < 1e-9
+    Y = X @ R.T + np.array([1.0, 0, 0])
+    assert np.min(rotation_compensated_parallax(n0, Y[:, :2] / Y[:, 2:], R)) > 1e-3
+
+
+def test_se3_helpers():
+    R, t = rot(10, 20, 30), np.array([1.0, 2.0, 3.0])
+    T = se3(R, t)
+    np.testing.assert_allclose(T @ invert_se3(T), np.eye(4), atol=1e-12)
+    # camera 1 pose from camera 0 pose and x1 = R x0 + t
+    T_w_c0 = se3(rot(0, 45, 0), np.array([5.0, 0, 0]))
+    T_w_c1 = compose_relative(T_w_c0, R, t)
+    X_c0 = np.array([0.3, -0.2, 4.0])
+    X_w = T_w_c0[:3, :3] @ X_c0 + T_w_c0[:3, 3]
+    X_c1 = R @ X_c0 + t
+    np.testing.assert_allclose(T_w_c1[:3, :3] @ X_c1 + T_w_c1[:3, 3], X_w, atol=1e-12)
+
+
+def test_triangulation_angles():
+    X = np.array([[0.5, 0.0, 1.0 / np.tan(np.radians(10.0)) * 0.5]])  # symmetric between centres 0 and 1
+    R, t = np.eye(3), np.array([-1.0, 0.0, 0.0])  # camera 1 centre at x = 1
+    assert triangulation_angles(X, R, t)[0] == pytest.approx(20.0, abs=1e-6)
+
+
+def test_relative_scale_median_is_robust():
+    rng = np.random.default_rng(9)
+    P = scene(rng, 100)
+    Q = P / 2.5 * rng.normal(1.0, 0.01, (100, 1))
+    Q[:20] *= rng.uniform(0.1, 10.0, (20, 1))  # 20 % outliers
+    assert relative_scale(P, Q) == pytest.approx(2.5, rel=0.02)
+    assert relative_scale(P[:5], Q[:5], min_points=8) is None
