@@ -178,12 +178,16 @@ def test_keypoint_cloud_fields_and_values():
                      np.array([0.9, 0.5, 0.1], np.float32))
     est = PoseEstimate(stamp=1.0, T_world_cam=np.eye(4), status=TrackingStatus.TRACKING, features=feats,
                        matched=np.array([True, False, True]))
-    msg = conv.keypoints_to_cloud(est, PointCloud2, PointField, Header(frame_id="cam"))
-    assert [f.name for f in msg.fields] == ["u", "v", "score", "matched"]
-    assert all(f.datatype == PointField.FLOAT32 for f in msg.fields)
-    assert (msg.width, msg.height, msg.point_step, msg.row_step, len(msg.data)) == (3, 1, 16, 48, 48)
-    np.testing.assert_allclose(conv.cloud_to_keypoints(msg),
+    K = np.array([[2.0, 0, 1], [0, 4.0, 2], [0, 0, 1]])
+    msg = conv.keypoints_to_cloud(est, PointCloud2, PointField, Header(frame_id="cam"), K)
+    assert [f.name for f in msg.fields][:4] == ["u", "v", "score", "matched"]
+    assert [f.offset for f in msg.fields][:4] == [0, 4, 8, 12]
+    assert all(f.datatype == PointField.FLOAT32 and f.count == 1 for f in msg.fields)
+    assert (msg.width, msg.height, msg.point_step, msg.row_step, len(msg.data)) == (3, 1, 28, 84, 84)
+    np.testing.assert_allclose(conv.cloud_to_keypoints(msg)[:, :4],
                                [[1.5, 2.5, 0.9, 1], [3, 4, 0.5, 0], [5, 6, 0.1, 1]], rtol=1e-6)
+    # x, y, z: the pinhole ray at unit depth, for RViz
+    np.testing.assert_allclose(conv.cloud_to_keypoints(msg)[:, 4:], [[0.25, 0.125, 1], [1, 0.5, 1], [2, 1, 1]])
     empty = conv.keypoints_to_cloud(PoseEstimate(0.0, np.eye(4), TrackingStatus.LOST), PointCloud2, PointField,
                                     Header())
     assert empty.width == 0 and len(empty.data) == 0

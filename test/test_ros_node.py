@@ -171,7 +171,8 @@ def test_good_frames_publish_odom_path_keypoints_diagnostics(rig):
     assert o.pose.covariance[0] == pytest.approx(conv.pose_covariance(0.8, TrackingStatus.TRACKING)[0])
     assert len(r.paths[-1].poses) == 3 and r.paths[-1].header.frame_id == "odom"
     kp = conv.cloud_to_keypoints(r.clouds[-1])
-    np.testing.assert_allclose(kp, [[10, 20, 0.5, 1], [30, 40, 0.25, 0]])
+    np.testing.assert_allclose(kp[:, :4], [[10, 20, 0.5, 1], [30, 40, 0.25, 0]])
+    np.testing.assert_allclose(kp[:, 4:], [[-0.35, -0.2, 1], [-0.25, -0.1, 1]], rtol=1e-6)
     assert r.clouds[-1].header.frame_id == "camera_optical_frame"
     # intrinsics reached the pipeline from CameraInfo
     assert fake.frames[0].camera.K[0, 0] == 200.0 and fake.frames[0].image.shape == (H, W, 3)

@@ -298,42 +298,48 @@ def pose_msg_to_matrix(pose_msg) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Keypoints
 # --------------------------------------------------------------------------------------------
-KEYPOINT_FIELDS = ("u", "v", "score", "matched")
+KEYPOINT_FIELDS = ("u", "v", "score", "matched", "x", "y", "z")
 
 
-def keypoints_to_cloud(estimate: PoseEstimate, cloud_cls, field_cls, header) -> object:
+def keypoints_to_cloud(estimate: PoseEstimate, cloud_cls, field_cls, header, K: np.ndarray | None = None) -> object:
     """Keypoints of an estimate -> ``sensor_msgs/PointCloud2`` with float32 fields u, v, score, matched.
 
     ``u, v`` are pixel coordinates in the input image, ``matched`` is 1.0 for inlier matches to the
-    reference frame, else 0.0. An estimate without features gives an empty cloud.
+    reference frame, else 0.0. For RViz the cloud also carries ``x, y, z``: the keypoint's pinhole
+    ray at unit depth in the camera optical frame (from ``K``, distortion ignored; zeros without
+    ``K``). An estimate without features gives an empty cloud.
     """
     feats = estimate.features
     n = 0 if feats is None else len(feats)
-    arr = np.zeros((n, 4), dtype=np.float32)
+    arr = np.zeros((n, len(KEYPOINT_FIELDS)), dtype=np.float32)
     if n:
         arr[:, 0:2] = feats.keypoints[:, :2]
         arr[:, 2] = feats.scores if feats.scores is not None and len(feats.scores) == n else 0.0
         if estimate.matched is not None and len(estimate.matched) == n:
             arr[:, 3] = estimate.matched.astype(np.float32)
+        if K is not None:
+            arr[:, 4] = (arr[:, 0] - K[0, 2]) / K[0, 0]
+            arr[:, 5] = (arr[:, 1] - K[1, 2]) / K[1, 1]
+            arr[:, 6] = 1.0
     msg = cloud_cls()
     msg.header = header
     msg.height, msg.width = 1, n
     msg.fields = [field_cls(name=name, offset=4 * i, datatype=field_cls.FLOAT32, count=1)
                   for i, name in enumerate(KEYPOINT_FIELDS)]
     msg.is_bigendian = False
-    msg.point_step = 16
-    msg.row_step = 16 * n
+    msg.point_step = 4 * len(KEYPOINT_FIELDS)
+    msg.row_step = msg.point_step * n
     msg.is_dense = True
     msg.data = arr.tobytes()
     return msg
 
 
 def cloud_to_keypoints(msg) -> np.ndarray:
-    """Inverse of :func:`keypoints_to_cloud`: (N, 4) float32 columns u, v, score, matched."""
+    """Inverse of :func:`keypoints_to_cloud`: (N, 7) float32 columns u, v, score, matched, x, y, z."""
     names = [f.name for f in msg.fields]
-    if tuple(names) != KEYPOINT_FIELDS or msg.point_step != 16:
+    if tuple(names) != KEYPOINT_FIELDS or msg.point_step != 4 * len(KEYPOINT_FIELDS):
         raise DataError(f"not a keypoint cloud: fields {names}, point_step {msg.point_step}")
-    return np.frombuffer(memoryview(msg.data), dtype=np.float32).reshape(-1, 4)
+    return np.frombuffer(memoryview(msg.data), dtype=np.float32).reshape(-1, len(KEYPOINT_FIELDS))
 
 
 # --------------------------------------------------------------------------------------------

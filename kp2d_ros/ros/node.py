@@ -5,7 +5,7 @@ callback only stores the newest message; a worker thread processes the newest on
 free, so stale frames never queue up (replaced frames are counted as dropped).
 
 Subscribes  ``image`` (sensor_msgs/Image, or CompressedImage with ``ros.compressed``), ``camera_info``.
-Publishes   ``odom`` (odom -> base), ``path``, ``keypoints`` (PointCloud2: u, v, score, matched),
+Publishes   ``odom`` (odom -> base), ``path``, ``keypoints`` (PointCloud2: u, v, score, matched + x, y, z rays),
             ``debug_image`` (only with subscribers), ``diagnostics`` (1 Hz), TF odom -> base.
 Parameters  the fields of :class:`kp2d_ros.config.VOConfig`, dotted (``frontend.type``).
 """
@@ -224,7 +224,7 @@ class VONode(Node):
         self.pub_path.publish(self.path)
 
         cam_header = Header(stamp=stamp, frame_id=rc.camera_frame)
-        self.pub_keypoints.publish(conv.keypoints_to_cloud(est, PointCloud2, PointField, cam_header))
+        self.pub_keypoints.publish(conv.keypoints_to_cloud(est, PointCloud2, PointField, cam_header, frame.camera.K))
         if self.pub_debug.get_subscription_count() > 0:
             self.pub_debug.publish(conv.array_to_image(conv.draw_debug(frame.image, est), Image, stamp,
                                                        rc.camera_frame))
