@@ -1,0 +1,234 @@
+"""Homography sampler, augmentation, losses (incl. the IO-loss gradient path), trainer checkpoint/resume."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from kp2d_ros.config import AugmentationConfig, HomographyConfig, TrainConfig
+from kp2d_ros.errors import DataError, ModelError
+from kp2d_ros.networks.io_net import IONet
+from kp2d_ros.networks.keypoint_net import KeyPointNet, KeyPointNetOutput
+from kp2d_ros.training import losses as L
+from kp2d_ros.training.augment import photometric_augment
+from kp2d_ros.training.dataset import PairSampler, list_images, make_pair
+from kp2d_ros.training.homography import sample_homography, scale_homography, warp_image, warp_points
+from kp2d_ros.training.trainer import Trainer, compute_losses
+
+
+def texture(h=64, w=80, seed=0):
+    rng = np.random.default_rng(seed)
+    img = cv2.resize(rng.integers(0, 255, (h // 4, w // 4, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    return img
+
+
+# ---------------------------------------------------------------------------------------- homography
+def test_homography_identity_at_zero_amplitudes():
+    cfg = HomographyConfig(patch_ratio=1.0, scaling_amplitude=0.0, max_angle=0.0, perspective_amplitude=0.0)
+    H = sample_homography(320, 240, cfg, np.random.default_rng(0))
+    assert np.allclose(H, np.eye(3), atol=1e-9)
+
+
+def test_homography_target_corners_stay_inside_source():
+    rng = np.random.default_rng(1)
+    w, h = 160, 120
+    corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
+    hs = [sample_homography(w, h, HomographyConfig(), rng) for _ in range(300)]
+    for H in hs:
+        back = warp_points(corners, np.linalg.inv(H))
+        assert back.min() >= -1e-6 and back[:, 0].max() <= w - 1 + 1e-6 and back[:, 1].max() <= h - 1 + 1e-6
+    assert max(np.abs(H - np.eye(3)).max() for H in hs) > 0.1  # not degenerate
+
+
+def test_warp_points_matches_warp_image_and_torch():
+    H = sample_homography(80, 64, HomographyConfig(), np.random.default_rng(2))
+    img = np.zeros((64, 80), np.uint8)
+    img[20, 30] = 255
+    out = warp_image(img, H)
+    p = warp_points(np.array([[30.0, 20.0]]), H)[0]
+    peak = np.unravel_index(np.argmax(out), out.shape)
+    assert abs(peak[1] - p[0]) <= 1.0 and abs(peak[0] - p[1]) <= 1.0
+    t = warp_points(torch.tensor([[[30.0, 20.0]]], dtype=torch.float64), torch.tensor(H[None]))
+    assert np.allclose(t.numpy()[0, 0], p)
+
+
+def test_scale_homography_commutes_with_resizing():
+    H = sample_homography(200, 100, HomographyConfig(), np.random.default_rng(3))
+    Hs = scale_homography(H, (0.5, 0.5), (0.5, 0.5))
+    x = np.array([[40.0, 30.0]])
+    full = warp_points(x, H)
+    small = warp_points((x + 0.5) * 0.5 - 0.5, Hs)
+    assert np.allclose(small, (full + 0.5) * 0.5 - 0.5)
+
+
+def test_make_pair_homography_maps_source_to_target():
+    no_aug = AugmentationConfig(brightness=0, contrast=0, saturation=0, hue=0, channel_shuffle_prob=0,
+                                greyscale_prob=0, noise_prob=0, blur_prob=0)
+    src, tgt, H = make_pair(texture(96, 128), 80, 64, HomographyConfig(), no_aug, np.random.default_rng(4))
+    assert src.shape == tgt.shape == (64, 80, 3)
+    # target = warp(source, H) inside the region the source covers
+    recon = warp_image(src, H)
+    mask = warp_image(np.full(src.shape[:2], 255, np.uint8), H) == 255
+    mask = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    err = np.abs(recon.astype(float) - tgt.astype(float)).mean(axis=2)[mask]
+    assert mask.sum() > 500 and err.mean() < 12
+
+
+def test_photometric_augment_changes_image_keeps_dtype():
+    img = texture()
+    out = photometric_augment(img, AugmentationConfig(), np.random.default_rng(5))
+    assert out.dtype == np.uint8 and out.shape == img.shape and not np.array_equal(out, img)
+
+
+def test_list_images_errors(tmp_path):
+    with pytest.raises(DataError):
+        list_images(tmp_path / "nope")
+    with pytest.raises(DataError):
+        list_images(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------- losses
+def synthetic_output(h=32, w=40, seed=0, shuffle=False):
+    """Dense output with perfectly placed keypoints and random unit descriptors."""
+    g = torch.Generator().manual_seed(seed)
+    hc, wc = h // 8, w // 8
+    ys, xs = torch.meshgrid(torch.arange(hc) * 8 + 3.5, torch.arange(wc) * 8 + 3.5, indexing="ij")
+    kps = torch.stack([xs, ys])[None].float()
+    desc = torch.nn.functional.normalize(torch.randn(1, 256, 2 * hc, 2 * wc, generator=g), dim=1)
+    if shuffle:
+        flat = desc.reshape(1, 256, -1)
+        desc = flat[:, :, torch.randperm(flat.shape[-1], generator=g)].reshape(desc.shape)
+    scores = torch.rand(1, 1, hc, wc, generator=g)
+    return KeyPointNetOutput(scores, kps, desc, (h, w), (h, w))
+
+
+def test_losses_near_zero_for_identical_pairs_and_larger_when_shuffled():
+    src = synthetic_output()
+    same = synthetic_output()
+    shuffled = synthetic_output(shuffle=True)
+    H = torch.eye(3)[None]
+    a = L.associate(src, same, H, border_px=0)
+    assert float(L.location_loss(a, 4.0)) < 1e-5
+    assert abs(float(L.score_loss(a, 4.0))) < 1e-5
+    d_same = float(L.descriptor_loss(src, same, a, 0.2, 8.0))
+    assert d_same < 1e-5
+    a2 = L.associate(src, shuffled, H, border_px=0)
+    assert float(L.descriptor_loss(src, shuffled, a2, 0.2, 8.0)) > 0.1
+    # a shifted target increases the location loss
+    moved = synthetic_output()
+    moved.keypoints = moved.keypoints + 2.0
+    assert float(L.location_loss(L.associate(src, moved, H, 0), 4.0)) > 2.0
+
+
+def test_score_loss_prefers_high_scores_on_close_points():
+    src, tgt = synthetic_output(), synthetic_output()
+    tgt.keypoints = tgt.keypoints.clone()
+    tgt.keypoints[0, 0, 0, :] += 3.0  # first row poorly repeated
+    H = torch.eye(3)[None]
+    good, bad = synthetic_output(), synthetic_output()
+    good.scores = torch.ones_like(good.scores); good.scores[0, 0, 0, :] = 0.0
+    bad.scores = torch.zeros_like(bad.scores); bad.scores[0, 0, 0, :] = 1.0
+    tgt.scores = good.scores.clone()
+    loss_good = float(L.score_loss(L.associate(good, tgt, H, 0), 4.0))
+    tgt.scores = bad.scores.clone()
+    loss_bad = float(L.score_loss(L.associate(bad, tgt, H, 0), 4.0))
+    assert loss_good < loss_bad
+
+
+def test_io_loss_gradients_reach_the_encoder():
+    torch.manual_seed(0)
+    net = KeyPointNet(width_multiplier=0.25)
+    io = IONet(channels=16, num_blocks=1)
+    img = torch.from_numpy(texture(64, 64)).permute(2, 0, 1)[None].float() / 255
+    H = torch.eye(3)[None]
+    src, tgt = net((img - 0.5) / 0.225), net((img.flip(-1) - 0.5) / 0.225)
+    a = L.associate(src, tgt, H, border_px=4)
+    loss, stats = L.io_loss(io, src, tgt, H, a, top_k=32, threshold_px=4.0)
+    loss.backward()
+    for layer in (net.conv1a[0], net.loc_b, net.desc_c):
+        g = layer.weight.grad
+        assert g is not None and torch.isfinite(g).all() and float(g.abs().sum()) > 0, layer
+    assert float(io.input_conv.weight.grad.abs().sum()) > 0
+    assert 0 <= stats["io_accuracy"] <= 1
+    assert net.score_b.weight.grad is None  # scores only select the points; they are not trained by IO
+
+
+# ---------------------------------------------------------------------------------------- trainer
+@pytest.fixture()
+def image_dir(tmp_path):
+    d = tmp_path / "images" / "sub"
+    d.mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(d / f"im{i}.png"), texture(80, 100, seed=i))
+    return tmp_path / "images"
+
+
+def tiny_config(**kw) -> TrainConfig:
+    cfg = TrainConfig(resolution=[48, 40], batch_size=2, steps=4, log_every=1, checkpoint_every=100,
+                      checkpoint_minutes=0.0, num_threads=1, device="cpu", **kw)
+    cfg.keypoint_net.width_multiplier = 0.25
+    cfg.io_net.channels = 16
+    cfg.io_net.num_blocks = 1
+    cfg.loss.io_top_k = 16
+    cfg.validate()
+    return cfg
+
+
+def _weights(trainer):
+    return {k: v.clone() for k, v in trainer.keypoint_net.state_dict().items()}
+
+
+def test_checkpoint_resume_loses_nothing(tmp_path, image_dir):
+    straight = Trainer(tiny_config(), image_dir, tmp_path / "a")
+    straight.train(4)
+    first = Trainer(tiny_config(), image_dir, tmp_path / "b")
+    first.train(2)
+    first.save_checkpoint()
+    resumed = Trainer(tiny_config(), image_dir, tmp_path / "b", resume=True)
+    assert resumed.step == 2
+    resumed.train(4)
+    wa, wb = _weights(straight), _weights(resumed)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [r["step"] for r in resumed.history] == [1, 2, 3, 4]
+    assert (tmp_path / "b" / "loss.png").is_file() and (tmp_path / "b" / "keypoint_net.pt").is_file()
+    assert not list((tmp_path / "b").glob("*.tmp"))
+    net = KeyPointNet.from_file(tmp_path / "b" / "keypoint_net.pt")
+    assert net.metadata["step"] == 4
+
+
+def test_corrupt_or_missing_checkpoint_raises(tmp_path, image_dir):
+    with pytest.raises(ModelError, match="no checkpoint"):
+        Trainer(tiny_config(), image_dir, tmp_path / "empty", resume=True)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "checkpoint.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(ModelError, match="cannot resume"):
+        Trainer(tiny_config(), image_dir, tmp_path / "c", resume=True)
+
+
+def test_cli_train_one_step(tmp_path, image_dir):
+    from kp2d_ros.cli import main
+
+    rc = main(["train", "--data", str(image_dir), "--out", str(tmp_path / "run"), "--steps", "1", "--no-progress",
+               "--set", "resolution=[48,40]", "batch_size=1", "keypoint_net.width_multiplier=0.25",
+               "io_net.channels=8", "loss.io_top_k=8", "num_threads=1", "device=cpu"])
+    assert rc == 0
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 1
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_overfit_lowers_the_loss(image_dir):
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    cfg.keypoint_net.dropout = 0.0
+    net, io = KeyPointNet(cfg.keypoint_net), IONet(cfg.io_net)
+    sampler = PairSampler(list_images(image_dir), 64, 48, cfg.homography, cfg.augmentation, seed=0)
+    batch = sampler.batch(2)
+    opt = torch.optim.Adam(list(net.parameters()) + list(io.parameters()), lr=1e-3)
+    losses = []
+    for _ in range(40):
+        total, _ = compute_losses(net, io, batch, cfg)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        losses.append(float(total))
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
