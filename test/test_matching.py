@@ -1,0 +1,120 @@
+"""Descriptor matching on synthetic descriptors with a known correspondence."""
+import numpy as np
+import pytest
+
+from kp2d_ros.config import MatchingConfig
+from kp2d_ros.errors import DataError
+from kp2d_ros.matching import MatchScorer, filter_matches, hamming_distances, match_features
+from kp2d_ros.types import Features
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def float_features(desc):
+    n = desc.shape[0]
+    return Features(np.zeros((n, 2), np.float32), desc, np.ones(n, np.float32), binary=False)
+
+
+def binary_features(desc):
+    n = desc.shape[0]
+    return Features(np.zeros((n, 2), np.float32), desc, np.ones(n, np.float32), binary=True)
+
+
+def test_mutual_nn_recovers_permutation_float():
+    rng = np.random.default_rng(0)
+    d0 = unit(rng.normal(size=(200, 128)))
+    perm = rng.permutation(200)
+    d1 = unit(d0[perm] + 0.05 * rng.normal(size=(200, 128)))  # d1[j] ~ d0[perm[j]]
+    m = match_features(float_features(d0), float_features(d1), MatchingConfig())
+    assert len(m) == 200
+    np.testing.assert_array_equal(perm[m.idx1], m.idx0)
+    assert m.idx0.dtype == np.int64 and m.distances.dtype == np.float32 and m.scores.dtype == np.float32
+    assert np.all((m.scores >= 0) & (m.scores <= 1))
+    np.testing.assert_allclose(m.scores, 1 - m.distances / 2, atol=1e-6)
+    assert np.all(np.diff(m.scores) <= 0)  # sorted best first
+
+
+def test_mutual_check_drops_one_sided_matches():
+    # two reference descriptors both closest to the same current one: only the closer survives
+    d0 = unit(np.array([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 0.0, 1.0]]))
+    d1 = unit(np.array([[1.0, 0.02, 0.0], [0.0, 0.1, 1.0]]))
+    m = match_features(float_features(d0), float_features(d1), MatchingConfig(mutual=True))
+    assert sorted(zip(m.idx0.tolist(), m.idx1.tolist())) == [(0, 0), (2, 1)]
+    m = match_features(float_features(d0), float_features(d1), MatchingConfig(mutual=False))
+    assert len(m) == 3
+
+
+def test_ratio_test_drops_ambiguous():
+    rng = np.random.default_rng(1)
+    d0 = unit(rng.normal(size=(100, 64)))
+    d1 = unit(d0 + 0.05 * rng.normal(size=(100, 64)))
+    # make current descriptors 0..9 ambiguous: a near-duplicate of each is added
+    dup = unit(d1[:10] + 0.01 * rng.normal(size=(10, 64)))
+    d1 = np.concatenate([d1, dup])
+    no_ratio = match_features(float_features(d0), float_features(d1), MatchingConfig(ratio=0.0))
+    with_ratio = match_features(float_features(d0), float_features(d1), MatchingConfig(ratio=0.8))
+    assert set(range(10)) <= set(no_ratio.idx0.tolist())
+    assert not set(range(10)) & set(with_ratio.idx0.tolist())
+    assert set(range(10, 100)) == set(with_ratio.idx0.tolist())
+
+
+def test_binary_hamming_matching():
+    rng = np.random.default_rng(2)
+    d0 = rng.integers(0, 256, size=(150, 32), dtype=np.uint8)
+    perm = rng.permutation(150)
+    bits = np.unpackbits(d0[perm], axis=1)
+    flips = np.zeros_like(bits)
+    n_flip = rng.integers(0, 20, size=150)
+    for i, k in enumerate(n_flip):
+        flips[i, rng.choice(256, k, replace=False)] = 1
+    d1 = np.packbits(bits ^ flips, axis=1)
+    m = match_features(binary_features(d0), binary_features(d1), MatchingConfig())
+    assert len(m) == 150
+    np.testing.assert_array_equal(perm[m.idx1], m.idx0)
+    np.testing.assert_array_equal(m.distances, n_flip[m.idx1].astype(np.float32))
+    np.testing.assert_allclose(m.scores, 1 - m.distances / 256)
+    # max distance (in bits)
+    m = match_features(binary_features(d0), binary_features(d1), MatchingConfig(max_distance=10))
+    assert np.all(m.distances <= 10) and len(m) == int(np.sum(n_flip <= 10))
+
+
+def test_hamming_distances_match_bit_count():
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, size=(5, 32), dtype=np.uint8)
+    b = rng.integers(0, 256, size=(7, 32), dtype=np.uint8)
+    ref = np.array([[np.unpackbits(x ^ y).sum() for y in b] for x in a])
+    np.testing.assert_array_equal(hamming_distances(a, b), ref)
+
+
+def test_empty_and_incompatible():
+    f = float_features(unit(np.ones((3, 8))))
+    assert len(match_features(f, Features.empty(dim=8), MatchingConfig())) == 0
+    with pytest.raises(DataError):
+        match_features(f, binary_features(np.zeros((3, 1), np.uint8)), MatchingConfig())
+
+
+class _ByDistance(MatchScorer):
+    name = "by-distance"
+
+    def score(self, kp0, kp1, distances, image_size):
+        return np.exp(-distances)
+
+
+def test_filter_matches_drops_and_orders():
+    rng = np.random.default_rng(4)
+    d0 = unit(rng.normal(size=(50, 32)))
+    d1 = unit(d0 + 0.1 * rng.normal(size=(50, 32)))
+    m = match_features(float_features(d0), float_features(d1), MatchingConfig())
+    probs = rng.uniform(size=len(m)).astype(np.float32)
+    f = filter_matches(m, probs, 0.5)
+    assert len(f) == int(np.sum(probs >= 0.5))
+    assert np.all(f.scores >= 0.5) and np.all(np.diff(f.scores) <= 0)
+    # the kept matches keep their index pairs
+    pairs = dict(zip(m.idx0.tolist(), m.idx1.tolist()))
+    assert all(pairs[a] == b for a, b in zip(f.idx0.tolist(), f.idx1.tolist()))
+    with pytest.raises(DataError):
+        filter_matches(m, probs[:-1], 0.5)
+    s = _ByDistance().score(None, None, m.distances, (640, 480))
+    assert filter_matches(m, s, 0.0).idx0.tolist() == m.idx0[np.argsort(-s, kind="stable")].tolist()
