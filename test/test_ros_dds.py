@@ -60,13 +60,12 @@ def bags(sequence, tmp_path_factory) -> dict:
 
 
 def offline_replay(bag: Path, params_file: Path):
-    """The same bag through VOPipeline in this process: (stamps, T_world_cam)."""
+    """The same bag through the offline replay (VOPipeline in this process): (stamps, T_world_cam)."""
     from kp2d_ros.data import open_sequence
-    from kp2d_ros.pipeline import VOPipeline
+    from kp2d_ros.eval.replay import replay
 
-    pipe = VOPipeline(load_config(params_file))
-    est = [pipe.process(f) for f in open_sequence(bag)]
-    return np.array([e.stamp for e in est]), np.stack([e.T_world_cam for e in est])
+    res = replay(open_sequence(bag), load_config(params_file), progress=False)
+    return res.estimate.stamps, res.estimate.poses
 
 
 class Listener:

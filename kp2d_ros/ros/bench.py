@@ -1,0 +1,188 @@
+"""Benchmark a running ``vo_node`` process over DDS: image -> odometry latency, drops, node memory.
+
+:func:`bench_node` first sends ``warmup`` frames in lockstep (one at a time, waiting for each
+odometry) to measure the node's processing rate, then publishes ``frames`` images (the given
+frames reused cyclically, fresh increasing stamps) at ``rate_factor`` times that rate. Latency is
+measured from the moment an image is published to the moment its odometry arrives, both on this
+process's monotonic clock. A frame without odometry was dropped by the node (newest frame wins).
+The node's resident memory is read from ``/proc/<pid>/status`` while the benchmark runs.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kp2d_ros.errors import DataError
+from kp2d_ros.types import Frame
+
+
+@dataclass
+class NodeBenchResult:
+    """Numbers of one :func:`bench_node` run (``asdict`` gives the JSON report)."""
+
+    frames: int  # images published in the measured phase
+    received: int  # odometry messages received for them
+    drop_rate: float  # 1 - received / frames
+    publish_rate_hz: float  # achieved publishing rate
+    node_rate_hz: float  # processing rate measured in lockstep during warm-up
+    latency_ms_median: float
+    latency_ms_p95: float
+    latency_ms_mean: float
+    latency_ms_max: float
+    rss_mb_start: float  # after warm-up
+    rss_mb_max: float
+    rss_mb_end: float
+    image_width: int
+    image_height: int
+    encoding: str
+    wall_s: float
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of process ``pid`` in MiB (0 when unreadable)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate_factor: float = 2.0,
+               warmup: int = 10, image_topic: str = "image", camera_info_topic: str = "camera_info",
+               odom_topic: str = "odom", wait_s: float = 60.0, frame_timeout_s: float = 30.0,
+               progress=None) -> NodeBenchResult:
+    """Publish ``frames`` cyclically to a running vo_node (process ``node_pid``) and measure it.
+
+    Raises
+    ------
+    DataError
+        no frames, or the node does not come up / answer within the timeouts.
+    """
+    import rclpy
+    from builtin_interfaces.msg import Time
+    from nav_msgs.msg import Odometry
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from kp2d_ros.ros import conversions as conv
+
+    if not frames:
+        raise DataError("bench_node: no frames")
+    images = [conv.array_to_image(f.image, Image, frame_id="camera_optical_frame") for f in frames]
+    cam = frames[0].camera
+    info = CameraInfo(width=cam.width, height=cam.height, distortion_model="plumb_bob")
+    info.k = [float(v) for v in np.asarray(cam.K).ravel()]
+    info.d = [float(v) for v in np.asarray(cam.dist).ravel()]
+
+    arrived: dict[int, float] = {}
+    cond = threading.Condition()
+
+    def on_odom(msg: Odometry) -> None:
+        t = time.monotonic()
+        with cond:
+            arrived[conv.stamp_to_ns(msg.header.stamp)] = t
+            cond.notify_all()
+
+    ctx = rclpy.Context()
+    rclpy.init(args=[], context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    sent: dict[int, float] = {}
+    rss: list[float] = []
+    stamp_ns = time.time_ns()
+    try:
+        node = rclpy.create_node("kp2d_bench", context=ctx)
+        q = QoSProfile(depth=10)
+        pub_img = node.create_publisher(Image, image_topic, q)
+        pub_info = node.create_publisher(CameraInfo, camera_info_topic, q)
+        node.create_subscription(Odometry, odom_topic, on_odom, QoSProfile(depth=1000))
+        executor.add_node(node)
+        spinner.start()
+        deadline = time.monotonic() + wait_s
+        while pub_img.get_subscription_count() == 0 or node.count_publishers(odom_topic) == 0:
+            if time.monotonic() > deadline:
+                raise DataError(f"no vo_node on {image_topic} / {odom_topic} within {wait_s:.0f} s")
+            time.sleep(0.05)
+        time.sleep(0.5)
+
+        def send(i: int) -> int:
+            nonlocal stamp_ns
+            stamp_ns = max(time.time_ns(), stamp_ns + 1000)
+            stamp = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+            msg = images[i % len(images)]
+            msg.header.stamp = stamp
+            info.header = msg.header
+            pub_info.publish(info)
+            pub_img.publish(msg)
+            sent[stamp_ns] = time.monotonic()
+            return stamp_ns
+
+        def wait_for(ns: int, timeout: float) -> bool:
+            end = time.monotonic() + timeout
+            with cond:
+                while ns not in arrived:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        return False
+                    cond.wait(timeout=left)
+            return True
+
+        # warm-up in lockstep: the node's processing rate
+        round_trips = []
+        for i in range(max(warmup, 1)):
+            ns = send(i)
+            if not wait_for(ns, frame_timeout_s):
+                raise DataError(f"vo_node sent no odometry within {frame_timeout_s:.0f} s during warm-up")
+            round_trips.append(arrived[ns] - sent[ns])
+        node_rate = 1.0 / max(float(np.median(round_trips)), 1e-6)
+        period = 1.0 / (rate_factor * node_rate)
+        sent.clear()
+        rss.append(rss_mb(node_pid))  # after warm-up: models loaded, buffers allocated
+
+        # measured phase: publish at rate_factor x the node's rate
+        t0 = time.monotonic()
+        next_rss = t0
+        last = 0
+        for i in range(n_frames):
+            delay = t0 + i * period - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            last = send(i)
+            if time.monotonic() >= next_rss:
+                rss.append(rss_mb(node_pid))
+                next_rss += 0.5
+            if progress is not None:
+                progress(i + 1, n_frames)
+        t_pub = time.monotonic() - t0
+        wait_for(last, frame_timeout_s)  # the newest frame is always processed
+        rss.append(rss_mb(node_pid))
+        wall = time.monotonic() - t0
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        rclpy.try_shutdown(context=ctx)
+        spinner.join(timeout=2.0)
+
+    with cond:
+        lat = np.array([(arrived[k] - t) * 1e3 for k, t in sent.items() if k in arrived])
+    if lat.size == 0:
+        raise DataError("vo_node published no odometry during the benchmark")
+    return NodeBenchResult(
+        frames=len(sent), received=int(lat.size), drop_rate=1.0 - lat.size / len(sent),
+        publish_rate_hz=len(sent) / t_pub if t_pub > 0 else 0.0, node_rate_hz=node_rate,
+        latency_ms_median=float(np.median(lat)), latency_ms_p95=float(np.percentile(lat, 95)),
+        latency_ms_mean=float(lat.mean()), latency_ms_max=float(lat.max()),
+        rss_mb_start=rss[0], rss_mb_max=max(rss), rss_mb_end=rss[-1],
+        image_width=int(images[0].width), image_height=int(images[0].height), encoding=images[0].encoding,
+        wall_s=wall)
+
+
+def report(result: NodeBenchResult, **extra) -> dict:
+    """JSON-ready dict of a result plus context (frontend, sequence, ...)."""
+    return {**asdict(result), **extra}

@@ -1,0 +1,37 @@
+"""``kp2d bench-node`` smoke test: a few frames through a real vo_node process, JSON report keys."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rclpy")
+from conftest import data_path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS = {"frames", "received", "drop_rate", "publish_rate_hz", "node_rate_hz", "latency_ms_median",
+        "latency_ms_p95", "latency_ms_mean", "latency_ms_max", "rss_mb_start", "rss_mb_max", "rss_mb_end",
+        "image_width", "image_height", "encoding", "wall_s", "frontend", "sequence", "unique_frames", "rate_factor"}
+
+
+def test_bench_node_smoke(tmp_path):
+    seq = data_path("vo", "tum_fr2_desk_20f")
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               ROS_DOMAIN_ID=str(100 + (os.getpid() + 53) % 100),
+               FASTDDS_DEFAULT_PROFILES_FILE=str(REPO / "config" / "fastdds_shm.xml"))
+    out = tmp_path / "bench.json"
+    p = subprocess.run([str(Path(sys.executable).with_name("kp2d")), "bench-node", str(seq), "--frames", "8",
+                        "--unique", "4", "--warmup", "2", "--set", "frontend.type=orb",
+                        "--set", "frontend.num_features=300", "--out", str(out)],
+                       env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(out.read_text())
+    assert KEYS <= set(report)
+    assert report["frames"] == 8 and 1 <= report["received"] <= 8  # the newest frame is always processed
+    assert report["drop_rate"] == pytest.approx(1 - report["received"] / 8)
+    assert report["frontend"] == "orb" and (report["image_width"], report["image_height"]) == (640, 480)
+    assert report["rss_mb_max"] >= report["rss_mb_start"] > 0
+    assert report["latency_ms_p95"] >= report["latency_ms_median"] > 0
+    assert json.loads(p.stdout) == report
