@@ -31,46 +31,13 @@ from std_msgs.msg import Header
 from kp2d_ros.errors import DataError, Kp2dError
 from kp2d_ros.ros import conversions as conv
 from kp2d_ros.ros.params import declare_parameters, read_config
+from kp2d_ros.ros.tf_output import TfOutput
 from kp2d_ros.types import Frame, PoseEstimate, TrackingStatus
 
 WARN_PERIOD_S = 5.0
 BACKWARD_RESET_S = 1.0  # a stamp this far in the past restarts the trajectory (a bag replayed again)
 _LEVELS = {TrackingStatus.TRACKING: DiagnosticStatus.OK, TrackingStatus.STATIC: DiagnosticStatus.OK,
            TrackingStatus.INITIALIZING: DiagnosticStatus.WARN, TrackingStatus.LOST: DiagnosticStatus.WARN}
-
-
-class TfOutput:
-    """odom -> base (and static base -> camera) through tf2_ros, else raw /tf messages, else nothing."""
-
-    def __init__(self, node: Node):
-        self.mode = "none"
-        try:
-            import tf2_ros
-
-            self._dynamic = tf2_ros.TransformBroadcaster(node)
-            self._static = tf2_ros.StaticTransformBroadcaster(node)
-            self.mode = "tf2_ros"
-            return
-        except ImportError:
-            pass
-        try:
-            from tf2_msgs.msg import TFMessage
-
-            self._msg = TFMessage
-            self._dynamic = node.create_publisher(TFMessage, "/tf", 100)
-            latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                                 reliability=ReliabilityPolicy.RELIABLE)
-            self._static = node.create_publisher(TFMessage, "/tf_static", latched)
-            self.mode = "tf2_msgs"
-        except ImportError:
-            node.get_logger().info("TF output unavailable (neither tf2_ros nor tf2_msgs importable): "
-                                   "publishing odom/path only")
-
-    def send(self, tf: TransformStamped, static: bool = False) -> None:
-        if self.mode == "tf2_ros":
-            (self._static.sendTransform if static else self._dynamic.sendTransform)(tf)
-        elif self.mode == "tf2_msgs":
-            (self._static if static else self._dynamic).publish(self._msg(transforms=[tf]))
 
 
 class VONode(Node):
