@@ -274,8 +274,9 @@ def test_newest_frame_wins(rig):
     fake = FakePipeline(delay=0.3)
     r = rig(pipeline=fake)
     r.send_info(info_msg())
-    for i in range(6):  # straight into the callback: far faster than the node processes
-        r.node._on_image(image_msg(1.0 + 0.1 * i))
+    msgs = [image_msg(1.0 + 0.1 * i) for i in range(6)]
+    for m in msgs:  # straight into the callback: far faster than the node processes
+        r.node._on_image(m)
     wait_until(lambda: r.node._pending is None and r.handled() + r.node.stats["dropped"] == 6, "queue drained")
     stats = r.node.stats
     assert stats["dropped"] >= 3 and stats["processed"] + stats["dropped"] == 6

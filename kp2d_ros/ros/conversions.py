@@ -255,7 +255,9 @@ def base_to_camera_pose(T_odom_base: np.ndarray, T_base_cam: np.ndarray) -> np.n
 
 
 def pose_covariance(quality: float, status: TrackingStatus) -> list[float]:
-    """6x6 row-major covariance (x, y, z, rx, ry, rz) in the child frame, from the estimate's quality.
+    """6x6 row-major pose covariance (x, y, z, rx, ry, rz) from the estimate's quality.
+
+    Isotropic in position and in rotation, so it reads the same in the odom and the base frame.
 
     The standard deviations grow linearly as quality drops: 1 cm .. 1 m (position, in the
     monocular map's arbitrary scale) and 0.005 .. 0.5 rad; a lost tracker reports 1e3.
