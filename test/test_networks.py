@@ -165,3 +165,18 @@ def test_frontend_detect(small_net):
     assert f2.keypoints[:, 0].max() > 45  # scaled up from the 45 px working width
     with pytest.raises(DataError):
         fe.detect(img.astype(np.float32))
+
+
+def test_onnx_export_matches_torch(tmp_path, small_net):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from kp2d_ros.networks.export import export_onnx
+
+    path = export_onnx(small_net, tmp_path / "kp.onnx", width=64, height=48)
+    x = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        ref = small_net(x)
+    outs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})
+    for got, want in zip(outs, (ref.scores, ref.keypoints, ref.descriptors)):
+        assert got.shape == tuple(want.shape)
+        assert np.abs(got - want.numpy()).max() < 1e-4
