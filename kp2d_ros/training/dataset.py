@@ -70,32 +70,32 @@ def make_pair(image: np.ndarray, width: int, height: int, homography: Homography
 
 
 class PairSampler:
-    """Draws batches of training pairs; fully determined by the seed (resumable via ``state``)."""
+    """Draws batches of training pairs.
+
+    The batch of step ``t`` is a pure function of ``(seed, t)``, so a resumed run (or any DDP rank,
+    given its own seed) continues exactly where it stopped without storing sampler state.
+    """
 
     def __init__(self, files: list[Path], width: int, height: int, homography: HomographyConfig,
                  augmentation: AugmentationConfig, seed: int, num_workers: int = 0):
         self.files = files
         self.width, self.height = width, height
         self.homography, self.augmentation = homography, augmentation
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
         self.num_workers = num_workers
         self._pool = None
-
-    def state(self) -> dict:
-        return self.rng.bit_generator.state
-
-    def set_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state
 
     def _item(self, args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         index, seed = args
         rng = np.random.default_rng(seed)
         return make_pair(read_rgb(self.files[index]), self.width, self.height, self.homography, self.augmentation, rng)
 
-    def batch(self, batch_size: int) -> dict[str, torch.Tensor]:
-        """{"source": (B, 3, H, W) float in [0, 1], "target": same, "H": (B, 3, 3) float32}."""
-        indices = self.rng.integers(0, len(self.files), batch_size)
-        seeds = self.rng.integers(0, 2**63 - 1, batch_size)
+    def batch(self, batch_size: int, step: int = 0) -> dict[str, torch.Tensor]:
+        """Batch of step ``step``: {"source": (B, 3, H, W) float in [0, 1], "target": same,
+        "H": (B, 3, 3) float32 source -> target pixels}."""
+        rng = np.random.default_rng([self.seed, step])
+        indices = rng.integers(0, len(self.files), batch_size)
+        seeds = rng.integers(0, 2**63 - 1, batch_size)
         jobs = list(zip(indices.tolist(), seeds.tolist()))
         if self.num_workers > 0:
             if self._pool is None:

@@ -150,7 +150,8 @@ class Trainer:
         """One optimisation step on a fresh batch."""
         self.kp_model.train()
         self.io_model.train()
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in self.sampler.batch(self.cfg.batch_size).items()}
+        batch = self.sampler.batch(self.cfg.batch_size, self.step)
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         use_io = self.step >= self.cfg.loss.io_start_step
         with torch.autocast(self.device.type, enabled=self.use_amp):
             total, logs = compute_losses(self.kp_model, self.io_model, batch, self.cfg, use_io)
@@ -218,7 +219,6 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "numpy_global": _np_state(),
                 "python": _py_state(),
-                "sampler": self.sampler.state(),
             },
         }
         path = self.out / CHECKPOINT
@@ -254,7 +254,6 @@ class Trainer:
                 torch.cuda.set_rng_state_all(rng["cuda"])
             _set_np_state(rng["numpy_global"])
             _set_py_state(rng["python"])
-            self.sampler.set_state(rng["sampler"])
             self.step = int(state["step"])
         except ModelError:
             raise
