@@ -130,6 +130,8 @@ class VONode(Node):
             try:
                 self._process(msg, t_recv, camera_info)
             except Exception as e:  # noqa: BLE001 - the node outlives any single bad frame
+                if self._stop:  # shutting down: publishers may be gone already
+                    return
                 self.stats["errors"] += 1
                 detail = "" if isinstance(e, Kp2dError) else "\n" + traceback.format_exc()
                 self._warn(f"error:{type(e).__name__}", f"frame dropped: {type(e).__name__}: {e}{detail}",
