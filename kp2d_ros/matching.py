@@ -4,6 +4,8 @@ Matches come out sorted by descending score, so a guided sampler (PROSAC) can us
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from kp2d_ros.config import MatchingConfig
@@ -76,6 +78,9 @@ def match_features(f0: Features, f1: Features, cfg: MatchingConfig) -> Matches:
     """
     if len(f0) == 0 or len(f1) == 0:
         return _empty_matches()
+    device = torch_matching_device(cfg.device, f0, f1)
+    if device is not None:
+        return match_features_torch(f0, f1, cfg, device)
     dist, max_dist = descriptor_distances(f0, f1)
     n0, n1 = dist.shape
     rows = np.arange(n0)
@@ -97,6 +102,58 @@ def match_features(f0: Features, f1: Features, cfg: MatchingConfig) -> Matches:
     idx0, idx1, d = idx0[order], idx1[order], d[order]
     scores = np.clip(1.0 - d / max_dist, 0.0, 1.0).astype(np.float32)
     return Matches(idx0=idx0, idx1=idx1, distances=d, scores=scores)
+
+
+@lru_cache(maxsize=None)
+def _resolve_device(name: str):
+    from kp2d_ros.networks.kp2d_frontend import select_device  # torch only for learned matching
+
+    return select_device(name, key="matching.device")
+
+
+def torch_matching_device(name: str, f0: Features, f1: Features):
+    """The torch device for mutual-NN matching of float descriptors, or None for the numpy path.
+
+    Binary descriptors and ``matching.device: cpu`` use numpy; ``auto``/``cuda`` use torch on CUDA
+    when it is available (``cuda`` without CUDA logs one line and stays on numpy/CPU).
+    """
+    if f0.binary or f1.binary or name == "cpu":
+        return None
+    device = _resolve_device(name)
+    return device if device.type != "cpu" else None
+
+
+def match_features_torch(f0: Features, f1: Features, cfg: MatchingConfig, device) -> Matches:
+    """:func:`match_features` for unit-norm float descriptors, computed with torch on ``device``.
+
+    Same rules and output as the numpy path (distances from the similarity matrix:
+    ``|a - b| = sqrt(2 - 2 a.b)`` for unit vectors).
+    """
+    import torch
+
+    if f0.descriptors.shape[1] != f1.descriptors.shape[1]:
+        raise DataError(f"matching: incompatible descriptors {f0.descriptors.shape} and {f1.descriptors.shape}")
+    d0 = torch.as_tensor(f0.descriptors, dtype=torch.float32).to(device, non_blocking=True)
+    d1 = torch.as_tensor(f1.descriptors, dtype=torch.float32).to(device, non_blocking=True)
+    with torch.inference_mode():
+        sim = d0 @ d1.T
+        best_sim, nn01 = sim.max(dim=1)
+        keep = torch.ones_like(nn01, dtype=torch.bool)
+        rows = torch.arange(len(nn01), device=device)
+        if cfg.mutual:
+            keep &= sim.argmax(dim=0)[nn01] == rows
+        best = torch.sqrt((2.0 - 2.0 * best_sim).clamp(min=0.0))
+        if cfg.ratio > 0 and sim.shape[1] >= 2:
+            second = torch.sqrt((2.0 - 2.0 * sim.topk(2, dim=1).values[:, 1]).clamp(min=0.0))
+            keep &= best < cfg.ratio * second
+        if cfg.max_distance > 0:
+            keep &= best <= cfg.max_distance
+        idx0, idx1, d = rows[keep], nn01[keep], best[keep]
+        order = torch.argsort(d, stable=True)
+        idx0, idx1, d = (x[order].cpu().numpy() for x in (idx0, idx1, d))
+    scores = np.clip(1.0 - d / 2.0, 0.0, 1.0).astype(np.float32)
+    return Matches(idx0=idx0.astype(np.int64), idx1=idx1.astype(np.int64), distances=d.astype(np.float32),
+                   scores=scores)
 
 
 class MatchScorer:

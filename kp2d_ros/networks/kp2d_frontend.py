@@ -1,23 +1,99 @@
-"""The learned KP2D frontend: image -> :class:`~kp2d_ros.types.Features` with KeyPointNet."""
+"""The learned KP2D frontend: image -> :class:`~kp2d_ros.types.Features` with KeyPointNet.
+
+Inference path (what :meth:`KP2DFrontend.detect` does, in order):
+
+1. resize to ``frontend.resolution`` on the CPU (``cv2.INTER_AREA``), upload the uint8 image
+   and normalise it on the device;
+2. run an inference copy of the network: BatchNorm folded into the convolutions, channels-last
+   memory layout, weights in fp16 on CUDA / bf16 on CPU when ``frontend.half_precision``;
+3. rebuild the keypoint coordinates in fp32 from the location head's raw output (in fp16/bf16 a
+   coordinate near x = 600 px would be quantised to 0.5-4 px);
+4. vectorised non-maximum suppression within ``frontend.nms_radius`` pixels, border and score
+   filters, top-k (``frontend.num_features``);
+5. bilinear descriptors at the kept keypoints only, L2-normalised in fp32;
+6. keypoints mapped back to input pixels (pixel-centre convention).
+"""
 from __future__ import annotations
 
-import contextlib
+import copy
+import logging
+import math
 
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from kp2d_ros.config import FrontendConfig
 from kp2d_ros.errors import DataError
-from kp2d_ros.networks.keypoint_net import KeyPointNet, preprocess, select_top_k
+from kp2d_ros.networks.keypoint_net import KeyPointNet, sample_descriptors
 from kp2d_ros.types import Features, Frontend
 
+log = logging.getLogger(__name__)
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA falls back to CPU."""
-    if name == "cpu" or not torch.cuda.is_available():
+
+def select_device(name: str, key: str = "frontend.device") -> torch.device:
+    """Resolve a device setting: ``auto`` -> CUDA when available, else CPU; ``cpu``; ``cuda``.
+
+    ``cuda`` without a usable CUDA device falls back to the CPU and logs one warning naming
+    ``key`` (the setting that asked for it).
+    """
+    if name == "cpu":
         return torch.device("cpu")
-    return torch.device("cuda")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if name == "cuda":
+        log.warning("%s: cuda requested but CUDA is not available; running on the CPU", key)
+    return torch.device("cpu")
+
+
+pick_device = select_device  # the name used before the device logging existed
+
+
+def inference_copy(model: KeyPointNet, device: torch.device, dtype: torch.dtype) -> KeyPointNet:
+    """An eval-mode copy of ``model`` for inference: BatchNorm folded into the preceding convolution,
+    channels-last layout, weights in ``dtype`` on ``device``. The original is left untouched."""
+    net = copy.deepcopy(model).eval()
+    for block in net.modules():
+        if isinstance(block, nn.Sequential) and len(block) >= 2 and isinstance(block[0], nn.Conv2d) \
+                and isinstance(block[1], nn.BatchNorm2d):
+            block[0] = fuse_conv_bn_eval(block[0], block[1])
+            block[1] = nn.Identity()
+    return net.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+
+
+def local_maxima(scores: torch.Tensor, keypoints: torch.Tensor, radius: float, reach_cells: int) -> torch.Tensor:
+    """Keypoints that score highest among all keypoints within ``radius`` pixels (ties: lower index wins).
+
+    One pass, fully vectorised: every cell compares itself with the keypoints of the
+    ``(2 * reach_cells + 1)^2`` cells around it (keypoints may sit up to a cell outside their own
+    cell, so the window must cover ``radius`` plus twice that offset).
+
+    Parameters
+    ----------
+    scores : (Hc, Wc) float32 cell scores.
+    keypoints : (2, Hc, Wc) float32 keypoint (x, y) per cell.
+    radius : suppression radius in pixels (> 0).
+    reach_cells : neighbourhood half-width in cells.
+
+    Returns
+    -------
+    (Hc * Wc,) bool, True for the kept cells (row-major).
+    """
+    hc, wc = scores.shape
+    k = 2 * reach_cells + 1
+    pad = (reach_cells,) * 4
+    s_nb = F.unfold(F.pad(scores[None, None], pad, value=-math.inf), k)[0]  # (k*k, N)
+    p_nb = F.unfold(F.pad(keypoints[None], pad, value=-1e6), k)[0].view(2, k * k, -1)  # (2, k*k, N)
+    s = scores.reshape(1, -1)
+    p = keypoints.reshape(2, 1, -1)
+    idx = torch.arange(hc * wc, device=scores.device).view(hc, wc).float()
+    i_nb = F.unfold(F.pad(idx[None, None], pad, value=-1.0), k)[0]
+    near = ((p_nb - p) ** 2).sum(0) < radius * radius
+    stronger = (s_nb > s) | ((s_nb == s) & (i_nb < idx.reshape(1, -1)) & (i_nb >= 0))
+    return ~(near & stronger).any(0)
 
 
 class KP2DFrontend(Frontend):
@@ -26,7 +102,8 @@ class KP2DFrontend(Frontend):
     Parameters
     ----------
     config : ``frontend`` section: model_path, device, resolution ([w, h] working size, [0, 0] =
-        input size), num_features (top-k), nms_radius, score_threshold, half_precision.
+        input size), num_features (top-k), nms_radius (pixels at the working size, 0 = off),
+        score_threshold, half_precision (fp16 on CUDA, bf16 on CPU).
     model : an already loaded network (tests, evaluation); default loads ``config.model_path``.
 
     Raises
@@ -39,9 +116,24 @@ class KP2DFrontend(Frontend):
 
     def __init__(self, config: FrontendConfig | None = None, model: KeyPointNet | None = None):
         self.config = config or FrontendConfig(type="kp2d")
-        self.device = pick_device(self.config.device)
-        self.model = (model or KeyPointNet.from_file(self.config.model_path, self.device)).to(self.device).eval()
+        self.device = select_device(self.config.device)
+        self.model = (model or KeyPointNet.from_file(self.config.model_path, "cpu")).eval()
+        if not self.config.half_precision:
+            self.dtype = torch.float32
+        else:
+            self.dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.net = inference_copy(self.model, self.device, self.dtype)
+        cfg = self.model.config
+        self._offset_px = cfg.cross_ratio * cfg.cell / 2  # largest keypoint offset from its cell centre
+        self._mean = torch.tensor(cfg.input_mean, device=self.device)
+        self._std = torch.tensor(cfg.input_std, device=self.device)
+        self._loc_raw: torch.Tensor | None = None
+        self.net.loc_b.register_forward_hook(self._keep_location_output)
 
+    def _keep_location_output(self, module, inputs, output) -> None:
+        self._loc_raw = output
+
+    # ----------------------------------------------------------------------------------------
     def detect(self, image: np.ndarray) -> Features:
         """Keypoints, descriptors and scores of one image.
 
@@ -54,6 +146,33 @@ class KP2DFrontend(Frontend):
         Features with keypoints (N, 2) float32 in input pixels, descriptors (N, 256) float32
         L2-normalised, scores (N,) float32, best first, N <= num_features.
         """
+        kps, scores, desc = self.detect_tensors(image)
+        return Features(kps.cpu().numpy(), desc.cpu().numpy(), scores.cpu().numpy())
+
+    def detect_tensors(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like :meth:`detect` but returns float32 tensors on the frontend's device:
+        keypoints (N, 2) in input pixels, scores (N,), descriptors (N, D)."""
+        work, (w, h), (rw, rh) = self._working_image(image)
+        x = self._to_tensor(work)
+        with torch.inference_mode():
+            out = self.net(x)
+            scores, kps = self._cells(out)
+            keep = self._filter(scores, kps, rw, rh)
+            s = scores.reshape(-1)[keep]
+            p = kps.reshape(2, -1)[:, keep].T.contiguous()
+            order = torch.argsort(s, descending=True)[: self.config.num_features]
+            s, p = s[order], p[order]
+            dense = out.descriptors[:1].float()
+            if len(p):
+                desc = sample_descriptors(dense, p[None], out.padded_size)[0]
+            else:
+                desc = dense.new_zeros((0, dense.shape[1]))
+            scale = p.new_tensor([w / rw, h / rh])
+            p = (p + 0.5) * scale - 0.5  # working pixels -> input pixels (pixel-centre convention)
+        return p, s.float(), desc
+
+    # ----------------------------------------------------------------------------------------
+    def _working_image(self, image: np.ndarray):
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim not in (2, 3) \
                 or (image.ndim == 3 and image.shape[2] not in (1, 3)) or min(image.shape[:2]) < 8:
             raise DataError(f"KP2DFrontend.detect: expected an (H, W) or (H, W, 3) uint8 image >= 8 px, got "
@@ -63,27 +182,42 @@ class KP2DFrontend(Frontend):
         h, w = image.shape[:2]
         rw, rh = self.config.resolution
         if rw > 0 and (rw, rh) != (w, h):
-            interp = cv2.INTER_AREA if rw < w else cv2.INTER_LINEAR
-            work = cv2.resize(image, (rw, rh), interpolation=interp)
-        else:
-            work, rw, rh = image, w, h
-        cfg = self.model.config
-        x = preprocess(work, cfg, self.device)
-        with torch.inference_mode(), self._autocast():
-            out = self.model(x)
-            (kps, scores, desc), = select_top_k(out, self.config.num_features, border_px=cfg.border_px,
-                                                score_threshold=self.config.score_threshold,
-                                                nms_radius=self.config.nms_radius)
-        kps = kps.float().cpu().numpy()
-        # working pixels -> input pixels (pixel-centre convention)
-        kps[:, 0] = (kps[:, 0] + 0.5) * (w / rw) - 0.5
-        kps[:, 1] = (kps[:, 1] + 0.5) * (h / rh) - 0.5
-        desc = desc.float()
-        desc = torch.nn.functional.normalize(desc, dim=-1).cpu().numpy()
-        return Features(kps.astype(np.float32), desc.astype(np.float32), scores.float().cpu().numpy().astype(np.float32))
+            interp = cv2.INTER_AREA if rw * rh < w * h else cv2.INTER_LINEAR
+            return cv2.resize(image, (rw, rh), interpolation=interp), (w, h), (rw, rh)
+        return image, (w, h), (w, h)
 
-    def _autocast(self):
-        if not self.config.half_precision:
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype)
+    def _to_tensor(self, work: np.ndarray) -> torch.Tensor:
+        """uint8 (h, w[, 3]) -> normalised (1, C, h, w) channels-last tensor of the network dtype."""
+        t = torch.from_numpy(np.ascontiguousarray(work)).to(self.device, non_blocking=True)
+        t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
+        c = self.model.config.in_channels
+        if t.shape[1] != c:
+            t = t.float().mean(dim=1, keepdim=True).expand(-1, c, -1, -1) if t.shape[1] == 3 else t.expand(-1, c, -1, -1)
+        t = (t.float() / 255.0 - self._mean) / self._std
+        return t.to(self.dtype).contiguous(memory_format=torch.channels_last)
+
+    def _cells(self, out) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Hc, Wc) fp32 scores and (2, Hc, Wc) fp32 keypoints (working pixels) of the first image."""
+        h, w = out.image_size
+        scores = out.scores[0, 0].float()
+        offsets = torch.tanh(self._loc_raw[0].float())
+        cell = self.model.config.cell
+        hc, wc = scores.shape
+        ys = torch.arange(hc, device=scores.device, dtype=torch.float32) * cell + (cell - 1) / 2
+        xs = torch.arange(wc, device=scores.device, dtype=torch.float32) * cell + (cell - 1) / 2
+        kx = (xs[None, :] + offsets[0] * self._offset_px).clamp(0, w - 1)
+        ky = (ys[:, None] + offsets[1] * self._offset_px).clamp(0, h - 1)
+        return scores, torch.stack([kx, ky])
+
+    def _filter(self, scores: torch.Tensor, kps: torch.Tensor, w: int, h: int) -> torch.Tensor:
+        """(Hc * Wc,) bool: score threshold, image border and non-maximum suppression."""
+        border = self.model.config.border_px
+        x, y = kps[0].reshape(-1), kps[1].reshape(-1)
+        keep = scores.reshape(-1) >= self.config.score_threshold
+        if border > 0:
+            keep &= (x >= border) & (x <= w - 1 - border) & (y >= border) & (y <= h - 1 - border)
+        r = self.config.nms_radius
+        if r > 0:
+            reach = math.ceil((r + 2 * self._offset_px) / self.model.config.cell)
+            keep &= local_maxima(scores, kps, float(r), reach)
+        return keep
