@@ -62,11 +62,16 @@ class VOPipeline:
     frontend : feature extractor; built from ``cfg.frontend`` when None.
     scorer : optional learned match filter (IO-Net); its probabilities replace the match scores,
         matches below ``cfg.matching.io_threshold`` are dropped and the rest ordered for PROSAC.
+        Built from ``cfg.matching.io_net_path`` when None and ``cfg.matching.io_net`` is set.
     """
 
     def __init__(self, cfg: VOConfig, frontend: Frontend | None = None, scorer: MatchScorer | None = None):
         self.cfg = cfg
         self.frontend = frontend if frontend is not None else build_frontend(cfg.frontend)
+        if scorer is None and cfg.matching.io_net:
+            from kp2d_ros.networks.io_scorer import build_scorer  # torch only when IO-Net is on
+
+            scorer = build_scorer(cfg.matching)
         self.scorer = scorer
         self.reset()
 
