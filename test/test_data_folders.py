@@ -27,7 +27,8 @@ def test_kitti07(data_dir):
     frames = list(open_sequence(path, max_frames=3))
     assert [f.index for f in frames] == [0, 1, 2]
     assert frames[0].image.shape == (370, 1226) and frames[0].image.dtype == np.uint8
-    np.testing.assert_array_equal(frames[2].image, cv2.imread(str(path / "image_0" / "000002.png"), cv2.IMREAD_GRAYSCALE))
+    expected = cv2.imread(str(path / "image_0" / "000002.png"), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(frames[2].image, expected)
 
 
 def test_kitti06_pairs_use_file_numbers(data_dir):

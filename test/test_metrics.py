@@ -19,7 +19,8 @@ def _random_walk(n: int, seed: int, dt: float = 0.1, t0: float = 100.0) -> Traje
     poses = np.tile(np.eye(4), (n, 1, 1))
     yaw = np.cumsum(np.full(n, 0.03) + 0.01 * rng.standard_normal(n))
     for i in range(n):
-        poses[i, :3, :3] = Rotation.from_euler("yxz", [yaw[i], 0.02 * np.sin(i / 5), 0.01 * rng.standard_normal()]).as_matrix()
+        angles = [yaw[i], 0.02 * np.sin(i / 5), 0.01 * rng.standard_normal()]
+        poses[i, :3, :3] = Rotation.from_euler("yxz", angles).as_matrix()
     steps = np.stack([np.sin(yaw), 0.02 * rng.standard_normal(n), np.cos(yaw)], axis=1) * 0.5
     poses[:, :3, 3] = np.cumsum(steps, axis=0)
     return Trajectory(stamps=t0 + dt * np.arange(n), poses=poses)

@@ -1,7 +1,8 @@
 """``kp2d demo``: render the synthetic sequence and run the VO replay on it (no data needed).
 
 The sequence (textured planes, known camera path, 80 frames 640x480) is written to
-OUT/synthetic (reused when it matches --frames/--seed), the replay results (report.json, trajectories, trajectory.png, config.yaml) to OUT.
+OUT/synthetic (reused when it matches --frames/--seed), the replay results (report.json,
+trajectories, trajectory.png, config.yaml) to OUT.
 """
 from __future__ import annotations
 

@@ -96,7 +96,8 @@ def _pick_topic(topics: dict[str, str], wanted: str | None, types: tuple[str, ..
         if wanted not in topics:
             raise DataError(f"{path}: no topic '{wanted}' in the bag; topics: {_topics_text(topics)}")
         if topics[wanted] not in types:
-            raise DataError(f"{path}: topic '{wanted}' is {topics[wanted]}; {'an' if what[0] in 'aeiou' else 'a'} {what} topic must be "
+            article = "an" if what[0] in "aeiou" else "a"
+            raise DataError(f"{path}: topic '{wanted}' is {topics[wanted]}; {article} {what} topic must be "
                             f"{' or '.join(types)}")
         return wanted
     candidates = sorted(t for t, m in topics.items() if m in types)

@@ -4,8 +4,8 @@ The scene is a street-like corridor in the first camera's optical frame (x right
 z forward): a ground plane, two side walls, an end wall and a few boxes at different depths,
 textured with images shipped with scikit-image (brick, grass, gravel, astronaut, coffee,
 chelsea, rocket, camera; procedural noise textures when scikit-image is missing). The camera
-drives forward at 0.2 m per frame (10 Hz) and turns right by 25 degrees halfway, with a slight
-vertical bob. Each frame is ray-cast per pixel (plane intersection, z-buffer, bilinear texture
+drives forward at 0.2 m per frame (10 Hz) and turns right by 25 degrees between frames 26 and 54,
+with a slight vertical bob and pitch. Each frame is ray-cast per pixel (plane intersection, z-buffer, bilinear texture
 lookup with wrap-around tiling) at 2x supersampling, then box-filtered down, plus mild noise.
 
 :func:`synthetic_sequence` renders lazily in memory; :func:`write_synthetic_sequence` writes a
@@ -32,6 +32,7 @@ FPS = 10.0
 T0 = 100.0  # stamp of the first frame (s)
 SPEED = 0.2  # m per frame
 TURN_DEG = 25.0
+TURN_FRAMES = (26, 54)  # the right turn happens between these frames
 
 
 @dataclass
@@ -60,9 +61,8 @@ def _procedural_texture(seed: int, size: int = 256) -> np.ndarray:
     return np.clip(img * 255, 0, 255).astype(np.uint8)
 
 
-@lru_cache(maxsize=None)
-def _texture(name: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB texture by scikit-image sample name (procedural fallback)."""
+def _sample_image(name: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB scikit-image sample (procedural fallback), longest side 256 px."""
     try:
         from skimage import data as skdata
 
@@ -74,6 +74,31 @@ def _texture(name: str) -> np.ndarray:
     img = img[:, :, :3].astype(np.uint8)
     scale = 256.0 / max(img.shape[:2])  # limit the texel density (less aliasing far away)
     return cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+
+
+@lru_cache(maxsize=None)
+def _texture(name: str) -> np.ndarray:
+    """Texture by name: a sample image, or ``mosaic:ROWSxCOLS:a,b,c`` = a grid of 256 px cells
+    cut from those samples, each cell rotated/flipped differently so the pattern does not repeat
+    within the grid (repeats along the direction of travel would fake alternative motions)."""
+    if not name.startswith("mosaic:"):
+        return _sample_image(name)
+    _, shape, names = name.split(":")
+    rows, cols = (int(v) for v in shape.split("x"))
+    sources = [_sample_image(n) for n in names.split(",")]
+    rng = np.random.default_rng(sum(map(ord, name)))
+    cell = 256
+    out = np.zeros((rows * cell, cols * cell, 3), np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            src = sources[(r * cols + c) % len(sources)]
+            src = cv2.resize(src, (cell * 2, cell * 2), interpolation=cv2.INTER_LINEAR)
+            y, x = rng.integers(0, cell, 2)
+            tile = np.rot90(src[y:y + cell, x:x + cell], int(rng.integers(0, 4)))
+            if rng.random() < 0.5:
+                tile = tile[:, ::-1]
+            out[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] = tile
+    return out
 
 
 def _box(x: float, z: float, w: float, h: float, d: float, ground_y: float, texture: str) -> list[_Plane]:
@@ -92,9 +117,13 @@ def _scene() -> list[_Plane]:
     top = -3.0
     ex, ey, ez = np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), np.array([0, 0, 1.0])
     planes = [
-        _Plane(np.array([-7.0, g, -2.0]), ex, ez, 14.0, 40.0, "gravel", 3.0),  # ground
-        _Plane(np.array([-7.0, top, -2.0]), ez, ey, 40.0, g - top, "brick", 3.0),  # left wall
-        _Plane(np.array([7.0, top, -2.0]), ez, ey, 40.0, g - top, "grass", 3.0),  # right wall
+        # ground: 14 m x 40 m, 2.5 m cells, pattern period 15 m across x 30 m
+        _Plane(np.array([-7.0, g, -2.0]), ex, ez, 14.0, 40.0, "mosaic:12x6:gravel,grass,brick,moon", 15.0),
+        # side walls: 3 m cells, period 36 m along the street
+        _Plane(np.array([-7.0, top, -2.0]), ez, ey, 40.0, g - top,
+               "mosaic:2x12:brick,camera,gravel,text,coins,grass,page", 36.0),
+        _Plane(np.array([7.0, top, -2.0]), ez, ey, 40.0, g - top,
+               "mosaic:2x12:grass,clock,brick,moon,gravel,immunohistochemistry", 36.0),
         _Plane(np.array([-7.0, top - 2.0, 38.0]), ex, ey, 14.0, g - top + 2.0, "coffee", 4.0),  # end wall
         _Plane(np.array([-7.0, top, 6.0]), ex, ey, 2.5, 2.0, "rocket", 2.5),  # banner on the left
     ]
@@ -119,9 +148,8 @@ def synthetic_trajectory(n_frames: int) -> Trajectory:
     The world frame is the first camera's optical frame (first pose = identity).
     """
     k = np.arange(n_frames, dtype=np.float64)
-    mid, span = 0.5 * n_frames, 0.35 * n_frames
-    # smoothstep yaw profile centred on the middle of the sequence
-    x = np.clip((k - (mid - span / 2)) / span, 0.0, 1.0)
+    # smoothstep yaw profile over frames TURN_FRAMES (shorter sequences are prefixes of longer ones)
+    x = np.clip((k - TURN_FRAMES[0]) / (TURN_FRAMES[1] - TURN_FRAMES[0]), 0.0, 1.0)
     yaw = np.radians(TURN_DEG) * x * x * (3 - 2 * x)
     heading = np.stack([np.sin(yaw), np.zeros_like(yaw), np.cos(yaw)], axis=1)
     pos = np.vstack([np.zeros(3), np.cumsum(SPEED * heading[:-1], axis=0)])

@@ -219,7 +219,8 @@ def rpe(est: Trajectory, gt: Trajectory, alignment: Alignment | None = None) -> 
     return RPEResult(rot_rmse_deg=_rmse(rot), trans_rmse_m=_rmse(trans), rot_errors_deg=rot, trans_errors_m=trans)
 
 
-def evaluate(est: Trajectory, gt: Trajectory, *, max_diff: float = 0.01, correct_scale: bool = True) -> TrajectoryMetrics:
+def evaluate(est: Trajectory, gt: Trajectory, *, max_diff: float = 0.01,
+             correct_scale: bool = True) -> TrajectoryMetrics:
     """Associate, align (Sim(3) by default) and compute ATE and per-frame RPE.
 
     Raises

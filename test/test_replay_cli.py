@@ -1,0 +1,159 @@
+"""``kp2d replay`` / ``kp2d demo`` end to end (subprocess), report contents, bad-input errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, data_path
+
+from kp2d_ros.data import open_sequence, write_bag
+from kp2d_ros.data.synthetic import write_synthetic_sequence
+from kp2d_ros.eval.replay import REPORT_KEYS
+
+
+def kp2d(*args, cwd=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "kp2d_ros.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd or REPO, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory) -> Path:
+    return write_synthetic_sequence(tmp_path_factory.mktemp("syn") / "seq", n_frames=12)
+
+
+def _assert_clean_error(res: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_replay_synthetic_end_to_end(tmp_path, synthetic_dir):
+    out = tmp_path / "out"
+    res = kp2d("replay", synthetic_dir, "--out", out, "--no-progress", "--set", "frontend.num_features=1000")
+    assert res.returncode == 0, res.stderr
+    assert "ATE" in res.stdout and "FPS" in res.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert tuple(report) == REPORT_KEYS
+    assert report["frames"] == 12 and report["frontend"] == "sift"
+    assert report["tracked_frames"] >= 10
+    assert report["path_length_m"] == pytest.approx(11 * 0.2, rel=0.02)
+    assert report["ate_rmse_m"] < 0.03 * report["path_length_m"]
+    assert report["rpe_rot_deg"] < 0.5 and report["fps"] > 0
+    est = np.loadtxt(out / "trajectory_est.tum")
+    gt = np.loadtxt(out / "trajectory_gt.tum")
+    assert est.shape == gt.shape == (12, 8)
+    assert (out / "trajectory.png").stat().st_size > 10_000
+    cfg_text = (out / "config.yaml").read_text()
+    assert "ros__parameters" in cfg_text and "num_features: 1000" in cfg_text
+
+
+def test_replay_bag_with_and_without_ground_truth(tmp_path, synthetic_dir):
+    seq = open_sequence(synthetic_dir)
+    bag = write_bag(tmp_path / "with_gt", seq, storage="mcap", encoding="bgr8")
+    res = kp2d("replay", bag, "--out", tmp_path / "o1", "--no-progress", "--frontend", "orb", "--max-frames", "6")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "o1" / "report.json").read_text())
+    assert report["frames"] == 6 and report["frontend"] == "orb" and report["ate_rmse_m"] is not None
+
+    bag2 = write_bag(tmp_path / "no_gt", seq, storage="sqlite3", encoding="mono8", gt_topic=None)
+    res = kp2d("replay", bag2, "--out", tmp_path / "o2", "--no-progress", "--max-frames", "4")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "o2" / "report.json").read_text())
+    assert tuple(report) == REPORT_KEYS
+    assert all(report[k] is None for k in ("path_length_m", "ate_rmse_m", "rpe_rot_deg", "rpe_trans_m"))
+    assert report["frames"] == 4
+    assert not (tmp_path / "o2" / "trajectory_gt.tum").exists()
+    assert "no ground truth" in res.stdout
+
+
+def test_demo_short(tmp_path):
+    res = kp2d("demo", "--frames", "5", "--out", tmp_path / "demo", "--no-progress", "--frontend", "orb")
+    assert res.returncode == 0, res.stderr
+    assert "ATE" in res.stdout and "RPE" in res.stdout and "FPS" in res.stdout
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["frames"] == 5 and report["frontend"] == "orb"
+    assert (tmp_path / "demo" / "synthetic" / "rgb.txt").is_file()
+
+
+@pytest.mark.slow
+def test_demo_full_sift_accuracy(tmp_path):
+    """The `make demo` run: 80 frames, 15.8 m; SIFT VO must stay within 1% of the path length."""
+    res = kp2d("demo", "--out", tmp_path / "demo", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["frames"] == 80 and report["tracked_frames"] >= 76
+    assert report["ate_rmse_m"] < 0.01 * report["path_length_m"]
+
+
+@pytest.mark.slow
+def test_replay_kitti07_sift(tmp_path, data_dir):
+    path = data_path("vo", "kitti07_f0000-0159")
+    res = kp2d("replay", path, "--out", tmp_path / "k07", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "k07" / "report.json").read_text())
+    assert report["frames"] == 160 and report["path_length_m"] == pytest.approx(91, abs=1.5)
+    assert report["ate_rmse_m"] < 0.05 * report["path_length_m"]
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: one clear error line, exit status 2, no traceback
+# ---------------------------------------------------------------------------------------------
+def test_missing_folder(tmp_path):
+    _assert_clean_error(kp2d("replay", tmp_path / "nope", "--out", tmp_path / "o"), "no such file or folder")
+
+
+def test_unknown_layout(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _assert_clean_error(kp2d("replay", tmp_path / "empty", "--out", tmp_path / "o"), "unknown input layout")
+
+
+def test_unreadable_image(tmp_path, synthetic_dir):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(synthetic_dir, broken)
+    victim = sorted((broken / "rgb").iterdir())[3]
+    victim.write_bytes(b"\x89PNG not really")
+    _assert_clean_error(kp2d("replay", broken, "--out", tmp_path / "o", "--no-progress"), "cannot decode image",
+                        victim.name)
+
+
+def test_bag_without_image_topic(tmp_path):
+    from rosbags.rosbag2 import Writer
+
+    from kp2d_ros.data.bags import default_typestore
+
+    ts = default_typestore()
+    T = ts.types
+    with Writer(tmp_path / "poses", version=8) as w:
+        conn = w.add_connection("/odom_pose", "geometry_msgs/msg/PoseStamped", typestore=ts)
+        msg = T["geometry_msgs/msg/PoseStamped"](
+            header=T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=1, nanosec=0), frame_id="w"),
+            pose=T["geometry_msgs/msg/Pose"](position=T["geometry_msgs/msg/Point"](x=0.0, y=0.0, z=0.0),
+                                             orientation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0,
+                                                                                           w=1.0)))
+        w.write(conn, 1_000_000_000, ts.serialize_cdr(msg, "geometry_msgs/msg/PoseStamped"))
+    _assert_clean_error(kp2d("replay", tmp_path / "poses", "--out", tmp_path / "o"), "no image topic", "/odom_pose")
+
+
+def test_real_bag_without_image_topic(tmp_path, data_dir):
+    bag = data_path("bags", "real_evo", "ROS_example.bag")
+    _assert_clean_error(kp2d("replay", bag, "--out", tmp_path / "o"), "no image topic", "groundtruth")
+
+
+def test_wrong_topic_name(tmp_path, synthetic_dir):
+    bag = write_bag(tmp_path / "bag", open_sequence(synthetic_dir, max_frames=2), encoding="mono8")
+    _assert_clean_error(kp2d("replay", bag, "--image-topic", "/camera/wrong", "--out", tmp_path / "o"),
+                        "'/camera/wrong'", "/camera/image_raw")
+
+
+def test_bad_config_override(tmp_path, synthetic_dir):
+    _assert_clean_error(kp2d("replay", synthetic_dir, "--set", "frontend.bogus=1", "--out", tmp_path / "o"),
+                        "frontend.bogus")
