@@ -1,0 +1,155 @@
+"""Speed benchmark of the whole VO pipeline (image -> pose), per stage and end to end.
+
+Frames are read into memory first, so only :meth:`VOPipeline.process` is timed: resizing and the
+network (``network``), descriptor matching (``matching``), IO-Net scoring and filtering
+(``io_net``) and the essential matrix, pose and scale (``pose``). Figures are medians over the
+frames after ``warmup`` frames (the first frame only initialises and is never counted).
+
+The JSON written by ``kp2d bench`` (:meth:`BenchResult.report`)::
+
+    {"fps": ..., "fps_mean": ..., "stages_ms": {"network", "matching", "io_net", "pose", "total"},
+     "device": "cpu" | "cuda", "frontend": ..., "resolution": [w, h], "frames": ..., "warmup": ...,
+     "sequence": ..., "model": ..., "io_net": ..., "precision": ..., "machine": {...}}
+"""
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kp2d_ros.config import VOConfig
+from kp2d_ros.data.sequence import Sequence
+from kp2d_ros.errors import DataError
+
+STAGES = ("network", "matching", "io_net", "pose", "total")
+
+
+def machine_info() -> dict:
+    """CPU model, core count, load average, library versions, torch threads and the GPU (if any)."""
+    info = {"cpu": _cpu_model(), "logical_cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version()}
+    try:
+        info["load_average_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    import cv2
+
+    info["opencv"] = cv2.__version__
+    info["opencv_threads"] = cv2.getNumThreads()
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+@dataclass
+class BenchResult:
+    """Per-frame stage times of a benchmark run.
+
+    Attributes
+    ----------
+    stage_ms : {stage: (F,) milliseconds} for the F timed frames.
+    device : where the network ran (``cpu``/``cuda``; ``cpu`` for ORB/SIFT).
+    config : the effective configuration. sequence : its name.
+    warmup : frames run before timing. machine : :func:`machine_info` at the end of the run.
+    """
+
+    stage_ms: dict[str, np.ndarray]
+    device: str
+    config: VOConfig
+    sequence: str
+    warmup: int
+    tracked: int
+    machine: dict = field(default_factory=dict)
+
+    @property
+    def frames(self) -> int:
+        return int(len(self.stage_ms["total"]))
+
+    def report(self) -> dict:
+        total = self.stage_ms["total"]
+        fe, mc = self.config.frontend, self.config.matching
+        learned = fe.type == "kp2d"
+        return {
+            "fps": 1000.0 / float(np.median(total)),
+            "fps_mean": 1000.0 * len(total) / float(np.sum(total)),
+            "stages_ms": {k: float(np.median(v)) for k, v in self.stage_ms.items()},
+            "stages_ms_p90": {k: float(np.percentile(v, 90)) for k, v in self.stage_ms.items()},
+            "device": self.device,
+            "frontend": fe.type,
+            "resolution": list(fe.resolution),
+            "num_features": fe.num_features,
+            "precision": (("fp16" if self.device == "cuda" else "bf16") if fe.half_precision else "fp32")
+            if learned else None,
+            "model": fe.model_path if learned else None,
+            "io_net": mc.io_net_path if mc.io_net else None,
+            "frames": self.frames,
+            "warmup": self.warmup,
+            "tracked_frames": self.tracked,
+            "sequence": self.sequence,
+            "machine": self.machine,
+        }
+
+
+def bench(sequence: Sequence, cfg: VOConfig, frames: int = 50, warmup: int = 5, pipeline=None) -> BenchResult:
+    """Time :meth:`VOPipeline.process` over the first ``warmup + frames`` frames of ``sequence``.
+
+    Parameters
+    ----------
+    sequence : frames (read into memory before timing).
+    cfg : validated configuration (frontend type, resolution, device, IO-Net...).
+    frames : frames to time (after ``warmup``); fewer if the sequence is shorter.
+    warmup : untimed frames first (network and allocator warm-up; the first frame only initialises).
+    pipeline : a ready pipeline (built from ``cfg`` when None).
+
+    Raises
+    ------
+    DataError
+        fewer than ``warmup + 2`` frames, or bad counts.
+    """
+    from kp2d_ros.pipeline import VOPipeline
+    from kp2d_ros.types import TrackingStatus
+
+    if frames < 1 or warmup < 1:
+        raise DataError(f"bench: frames and warmup must be >= 1, got {frames}, {warmup}")
+    images = []
+    for frame in sequence:
+        images.append(frame)
+        if len(images) >= warmup + frames:
+            break
+    if len(images) < warmup + 2:
+        raise DataError(f"bench: sequence {sequence.name} has {len(images)} frames, need at least {warmup + 2}")
+    pipe = pipeline if pipeline is not None else VOPipeline(cfg)
+    times = {k: [] for k in STAGES}
+    tracked = 0
+    for i, frame in enumerate(images):
+        est = pipe.process(frame)
+        if i < warmup:
+            continue
+        for k in STAGES:
+            times[k].append(float(est.timings_ms.get(k, 0.0)))
+        tracked += est.status in (TrackingStatus.TRACKING, TrackingStatus.STATIC)
+    device = "cpu"
+    fe_device = getattr(pipe.frontend, "device", None)
+    if fe_device is not None:
+        device = str(getattr(fe_device, "type", fe_device))
+    return BenchResult({k: np.asarray(v) for k, v in times.items()}, device, cfg, sequence.name, warmup, tracked,
+                       machine_info())
