@@ -15,6 +15,7 @@ COMMANDS = {
     "replay": "replay",
     "bench": "bench",
     "train": "train",
+    "train-io": "train_io",
     "eval-homography": "eval_homography",
     "export-onnx": "export_onnx",
     "play": "play",
