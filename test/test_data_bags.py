@@ -178,3 +178,47 @@ def test_not_a_bag(tmp_path):
     p.write_bytes(b"garbage")
     with pytest.raises(DataError, match="cannot open bag"):
         open_sequence(p)
+
+
+def test_ros1_image_bag(tmp_path, tum):
+    """ROS 1 .bag with Image (bgr8) + CameraInfo (upper-case K/D fields) + PoseStamped ground truth."""
+    from rosbags.rosbag1 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from kp2d_ros.data.bag_writer import stamp_to_ns
+    from kp2d_ros.data.images import encode_image
+    from kp2d_ros.data.trajectory_io import tq_from_poses
+
+    ts = get_typestore(Stores.ROS1_NOETIC)
+    T = ts.types
+    frames = list(tum)[:3]
+    path = tmp_path / "cam.bag"
+    with Writer(path) as w:
+        c_img = w.add_connection("/cam/image", "sensor_msgs/msg/Image", typestore=ts)
+        c_info = w.add_connection("/cam/info", "sensor_msgs/msg/CameraInfo", typestore=ts)
+        c_gt = w.add_connection("/mocap/groundtruth", "geometry_msgs/msg/PoseStamped", typestore=ts)
+        for i, f in enumerate(frames):
+            ns = stamp_to_ns(f.stamp)
+            hdr = T["std_msgs/msg/Header"](seq=i, stamp=T["builtin_interfaces/msg/Time"](
+                sec=ns // 10**9, nanosec=ns % 10**9), frame_id="cam")
+            data, step = encode_image(f.image, "bgr8")
+            img = T["sensor_msgs/msg/Image"](header=hdr, height=480, width=640, encoding="bgr8", is_bigendian=0,
+                                             step=step, data=data)
+            w.write(c_img, ns, ts.serialize_ros1(img, "sensor_msgs/msg/Image"))
+            roi = T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+            info = T["sensor_msgs/msg/CameraInfo"](
+                header=hdr, height=480, width=640, distortion_model="plumb_bob", D=tum.camera.dist,
+                K=tum.camera.K.ravel(), R=np.eye(3).ravel(), P=np.zeros(12), binning_x=0, binning_y=0, roi=roi)
+            w.write(c_info, ns, ts.serialize_ros1(info, "sensor_msgs/msg/CameraInfo"))
+            t, q = tq_from_poses(tum.ground_truth.poses[i][None])
+            pose = T["geometry_msgs/msg/PoseStamped"](header=hdr, pose=T["geometry_msgs/msg/Pose"](
+                position=T["geometry_msgs/msg/Point"](x=t[0, 0], y=t[0, 1], z=t[0, 2]),
+                orientation=T["geometry_msgs/msg/Quaternion"](x=q[0, 0], y=q[0, 1], z=q[0, 2], w=q[0, 3])))
+            w.write(c_gt, ns, ts.serialize_ros1(pose, "geometry_msgs/msg/PoseStamped"))
+    seq = open_sequence(path)  # image, info and ground-truth topics all found automatically
+    assert len(seq) == 3
+    np.testing.assert_array_equal(seq.camera.K, tum.camera.K)
+    np.testing.assert_array_equal(seq.camera.dist, tum.camera.dist)
+    np.testing.assert_allclose(seq.ground_truth.poses, tum.ground_truth.poses[:3], atol=1e-12)
+    for a, b in zip(frames, seq):
+        np.testing.assert_array_equal(a.image, b.image)

@@ -193,10 +193,12 @@ def _looks_like_ground_truth(topic: str) -> bool:
 
 
 def _camera_from_info(msg) -> Camera | None:
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    k = msg.k if hasattr(msg, "k") else msg.K  # ROS 2 lower case, ROS 1 upper case
+    d = msg.d if hasattr(msg, "d") else msg.D
+    K = np.asarray(k, dtype=np.float64).reshape(3, 3)
     if K[0, 0] <= 0 or K[1, 1] <= 0:
         return None
-    d = np.asarray(msg.d, dtype=np.float64).ravel()
+    d = np.asarray(d, dtype=np.float64).ravel()
     return Camera(K=K, dist=d if d.size else np.zeros(5), width=int(msg.width), height=int(msg.height))
 
 

@@ -257,8 +257,20 @@ def synthetic_sequence(n_frames: int = 80, seed: int = 0, width: int = 640, heig
     return Sequence("synthetic", "synthetic", camera, gt.stamps, images, ground_truth=gt, loader=load)
 
 
+def texture_source() -> str:
+    """``scikit-image`` when its sample images are available, else ``procedural``."""
+    try:
+        from skimage import data as skdata
+
+        skdata.brick()
+        return "scikit-image"
+    except Exception:
+        return "procedural"
+
+
 def _marker_line(n_frames: int, seed: int, width: int, height: int) -> str:
-    return f"Synthetic kp2d_ros sequence v{VERSION}: {n_frames} frames {width}x{height} at {FPS:g} Hz, seed {seed}."
+    return (f"Synthetic kp2d_ros sequence v{VERSION}: {n_frames} frames {width}x{height} at {FPS:g} Hz, "
+            f"seed {seed}, {texture_source()} textures.")
 
 
 def synthetic_matches(out_dir: str | Path, n_frames: int = 80, seed: int = 0, width: int = 640,
