@@ -161,3 +161,20 @@ def test_pose_helpers_quaternion_order():
     P = poses_from_tq(np.array([[1.0, 2.0, 3.0]]), np.array([[0.0, 0.0, np.sin(0.25), np.cos(0.25)]]))[0]
     np.testing.assert_allclose(P[:2, :2], [[np.cos(0.5), -np.sin(0.5)], [np.sin(0.5), np.cos(0.5)]], atol=1e-12)
     np.testing.assert_array_equal(P[:3, 3], [1, 2, 3])
+
+
+def test_euroc_partial_ground_truth(tmp_path, data_dir):
+    """With only the original ASL ground truth (starts 1.04 s after the first image), the early
+    frames have no ground truth and the rest do."""
+    src = data_path("vo", "euroc_v101_static_19f", "mav0")
+    mav = tmp_path / "V1_01" / "mav0"
+    (mav / "state_groundtruth_estimate0").mkdir(parents=True)
+    (mav / "cam0").symlink_to(src / "cam0", target_is_directory=True)
+    name = "V1_01_easy_groundtruth_asl_tum.txt"
+    (mav / "state_groundtruth_estimate0" / name).symlink_to(src / "state_groundtruth_estimate0" / name)
+    seq = open_sequence(tmp_path / "V1_01")
+    assert seq.name == "V1_01" and len(seq) == 19
+    gt = seq.ground_truth
+    assert len(gt) == 14
+    np.testing.assert_array_equal(gt.stamps, seq.stamps[5:])
+    assert gt.stamps[0] >= 1403715274.30214 - 0.02

@@ -154,6 +154,14 @@ def test_wrong_topic_name(tmp_path, synthetic_dir):
                         "'/camera/wrong'", "/camera/image_raw")
 
 
+def test_output_not_writable(tmp_path, synthetic_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    res = kp2d("replay", synthetic_dir, "--max-frames", "3", "--out", blocker / "sub", "--no-progress",
+               "--frontend", "orb")
+    _assert_clean_error(res, "cannot write results to")
+
+
 def test_bad_config_override(tmp_path, synthetic_dir):
     _assert_clean_error(kp2d("replay", synthetic_dir, "--set", "frontend.bogus=1", "--out", tmp_path / "o"),
                         "frontend.bogus")

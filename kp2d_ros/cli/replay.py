@@ -81,6 +81,15 @@ def load_effective_config(args):
 
 def write_outputs(result, sequence, cfg, out_dir: Path) -> dict:
     """report.json, trajectory_est.tum, trajectory_gt.tum, trajectory.png, config.yaml; returns the report."""
+    from kp2d_ros.errors import DataError
+
+    try:
+        return _write_outputs(result, sequence, cfg, out_dir)
+    except OSError as e:
+        raise DataError(f"cannot write results to {out_dir}: {e.strerror or e}") from None
+
+
+def _write_outputs(result, sequence, cfg, out_dir: Path) -> dict:
     from kp2d_ros.config import dump_config
     from kp2d_ros.eval.metrics import write_tum
     from kp2d_ros.eval.plots import plot_replay
