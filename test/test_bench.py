@@ -1,0 +1,52 @@
+"""kp2d bench: library result and CLI JSON (smoke: few frames, keys and consistency, no timings asserted)."""
+import json
+
+import pytest
+import torch
+
+from kp2d_ros.cli import main
+from kp2d_ros.config import VOConfig
+from kp2d_ros.data.synthetic import synthetic_sequence
+from kp2d_ros.errors import DataError
+from kp2d_ros.eval.bench import STAGES, bench
+from kp2d_ros.networks.io_net import IONet
+from kp2d_ros.networks.keypoint_net import KeyPointNet
+from kp2d_ros.networks.weights import save_network
+
+
+@pytest.fixture(scope="module")
+def seq():
+    return synthetic_sequence(n_frames=5, width=160, height=120)
+
+
+def test_bench_library_orb(seq):
+    cfg = VOConfig()
+    cfg.frontend.type = "orb"
+    result = bench(seq, cfg, frames=3, warmup=1)
+    assert result.frames == 3 and set(result.stage_ms) == set(STAGES)
+    r = result.report()
+    assert r["device"] == "cpu" and r["frontend"] == "orb" and r["precision"] is None
+    assert r["fps"] > 0 and r["stages_ms"]["total"] >= r["stages_ms"]["network"] > 0
+    assert r["machine"]["logical_cores"] >= 1 and "cpu" in r["machine"]
+    with pytest.raises(DataError):
+        bench(seq, cfg, frames=3, warmup=4)  # only 5 frames: nothing left to time
+
+
+def test_bench_cli_kp2d_with_io_net(tmp_path):
+    torch.manual_seed(0)
+    kp = save_network(KeyPointNet(width_multiplier=0.25).eval(), tmp_path / "kp.pt")
+    io = save_network(IONet(channels=16, num_blocks=1).eval(), tmp_path / "io.pt")
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--frontend", "kp2d", "--resolution", "160x120", "--device", "cpu", "--model", str(kp),
+               "--io-net", str(io), "--frames", "3", "--warmup", "1", "--out", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert {"fps", "stages_ms", "device", "machine"} <= set(r)
+    assert set(r["stages_ms"]) >= {"network", "matching", "io_net", "pose"}
+    assert r["device"] == "cpu" and r["resolution"] == [160, 120] and r["frames"] == 3
+    assert r["io_net"] == str(io) and r["model"] == str(kp) and r["precision"] == "bf16"
+    assert r["stages_ms"]["io_net"] > 0  # the scorer ran
+    rc = main(["bench", "--frontend", "kp2d", "--resolution", "160x120", "--device", "cpu", "--model", str(kp),
+               "--io-net", "none", "--precision", "fp32", "--frames", "2", "--warmup", "1", "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert rc == 0 and r["io_net"] is None and r["stages_ms"]["io_net"] == 0 and r["precision"] == "fp32"

@@ -1,0 +1,112 @@
+"""KP2DFrontend inference path: parity with the reference network, mixed precision, NMS, devices."""
+import logging
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from kp2d_ros.config import FrontendConfig
+from kp2d_ros.networks import kp2d_frontend
+from kp2d_ros.networks.keypoint_net import KeyPointNet, preprocess, select_top_k
+from kp2d_ros.networks.kp2d_frontend import KP2DFrontend, local_maxima, select_device
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    model = KeyPointNet(width_multiplier=0.25).eval()
+    # non-trivial BatchNorm statistics, so that folding them into the convolutions is tested
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.1, 0.1)
+    return model
+
+
+def image(w=160, h=120, seed=0):
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.uniform(0, 255, (h, w)).astype(np.float32), (0, 0), 1.5)
+    return cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
+
+def make(net, **kw):
+    kw.setdefault("device", "cpu")
+    kw.setdefault("half_precision", False)
+    return KP2DFrontend(FrontendConfig(type="kp2d", **kw), model=net)
+
+
+def test_fp32_path_equals_the_reference_network(net):
+    img = image()
+    f = make(net, num_features=100).detect(img)
+    with torch.no_grad():
+        (kps, scores, desc), = select_top_k(net(preprocess(img, net.config)), 100, border_px=net.config.border_px)
+    assert len(f) == 100
+    np.testing.assert_allclose(f.keypoints, kps.numpy(), atol=1e-3)
+    np.testing.assert_allclose(f.scores, scores.numpy(), atol=1e-5)
+    np.testing.assert_allclose(f.descriptors, desc.numpy(), atol=1e-4)
+
+
+def test_output_contract_and_input_pixels(net):
+    img = image(200, 100)
+    f = make(net, num_features=50, resolution=[100, 50]).detect(np.stack([img] * 3, axis=2))
+    assert f.keypoints.shape == (50, 2) and f.keypoints.dtype == np.float32
+    assert f.descriptors.shape == (50, 256) and f.descriptors.dtype == np.float32 and not f.binary
+    assert f.scores.shape == (50,) and f.scores.dtype == np.float32
+    assert np.all(np.diff(f.scores) <= 0)  # best first
+    np.testing.assert_allclose(np.linalg.norm(f.descriptors, axis=1), 1.0, atol=1e-4)
+    assert f.keypoints[:, 0].max() > 100 and f.keypoints[:, 0].max() <= 199.5
+    assert f.keypoints[:, 1].min() >= -0.5 and f.keypoints[:, 1].max() <= 99.5
+
+
+def test_half_precision_keeps_coordinates_exact(net):
+    """bf16 must not quantise coordinates: at x > 512 bf16 steps are 4 px."""
+    img = image(704, 96, seed=1)
+    n = (704 // 8) * (96 // 8)
+    full = make(net, num_features=n).detect(img)
+    half = make(net, num_features=n, half_precision=True).detect(img)
+    assert half.keypoints[:, 0].max() > 600
+    d = np.linalg.norm(half.keypoints[:, None] - full.keypoints[None], axis=2).min(axis=1)
+    assert np.median(d) < 0.1  # same cells, sub-pixel offsets within bf16 precision of the offset
+    assert len(half) > 0.9 * len(full)
+
+
+def test_nms_keeps_local_maxima_only(net):
+    img = image(seed=2)
+    fe = make(net, num_features=10000, nms_radius=10)
+    f = fe.detect(img)
+    d = np.linalg.norm(f.keypoints[:, None] - f.keypoints[None], axis=2) + np.eye(len(f)) * 1e9
+    assert d.min() >= 10 - 1e-3
+    best = make(net, num_features=1).detect(img)
+    np.testing.assert_allclose(f.keypoints[0], best.keypoints[0])  # the global best always survives
+    assert len(f) < len(make(net, num_features=10000).detect(img))
+
+
+def test_local_maxima_ties_and_isolated_points():
+    scores = torch.tensor([[0.5, 0.5, 0.1], [0.2, 0.9, 0.3]])
+    kps = torch.stack(torch.meshgrid(torch.arange(3.0) * 100, torch.arange(2.0) * 100, indexing="xy"))
+    kps[:, 0, 1] = kps[:, 0, 0] + torch.tensor([1.0, 0.0])  # cell (0,1) 1 px from cell (0,0)
+    keep = local_maxima(scores, kps, radius=5.0, reach_cells=1).view(2, 3)
+    # (0,0) and (0,1) tie: the lower index wins; every other point is isolated
+    assert keep.tolist() == [[True, False, True], [True, True, True]]
+
+
+def test_score_threshold_can_empty_the_set(net):
+    f = make(net, score_threshold=1.5).detect(image())
+    assert len(f) == 0 and f.keypoints.shape == (0, 2) and f.descriptors.shape == (0, 256)
+
+
+def test_cuda_request_falls_back_to_cpu_with_one_log_line(monkeypatch, caplog, net):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger=kp2d_frontend.__name__):
+        fe = make(net, device="cuda")
+    assert fe.device.type == "cpu"
+    lines = [r for r in caplog.records if r.name == kp2d_frontend.__name__]
+    assert len(lines) == 1 and "cuda" in lines[0].getMessage() and "CPU" in lines[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=kp2d_frontend.__name__):
+        assert select_device("auto").type == "cpu" and select_device("cpu").type == "cpu"
+    assert not caplog.records  # auto and cpu are silent
+    assert len(fe.detect(image())) > 0
