@@ -28,6 +28,7 @@ setup(
         "rosbags-image",
         "tqdm",
         "matplotlib",
+        "scikit-image",  # textures of the synthetic demo scene
     ],
     extras_require={
         # ROS 2 Kilted from PyPI wheels: pip-only use without a ROS install.
