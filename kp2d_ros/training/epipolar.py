@@ -310,7 +310,7 @@ def train_io_net(train: list[MatchSet], cfg: EpipolarPairConfig, steps: int = 20
         loss.backward()
         opt.step()
         sched.step()
-        window.append(float(loss))
+        window.append(float(loss.detach()))
         if log is not None and (step % 100 == 0 or step == steps):
             row = {"step": step, "loss": float(np.mean(window)), "seconds": time.monotonic() - t0}
             if val:
