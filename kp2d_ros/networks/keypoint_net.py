@@ -130,6 +130,10 @@ class KeyPointNet(nn.Module):
         self.pixel_shuffle = nn.PixelShuffle(2)
         self.desc_b = block(c3 + c3, c4)
         self.desc_c = nn.Conv2d(c4, config.descriptor_dim, kernel_size=3, padding=1)
+        # Centre the raw descriptors before L2 normalisation; without it they all share one
+        # dominant direction (post-activation inputs are non-negative) and the triplet loss
+        # starts from a collapsed set of descriptors.
+        self.desc_norm = nn.BatchNorm2d(config.descriptor_dim, momentum=config.bn_momentum)
 
     def forward(self, image: torch.Tensor) -> KeyPointNetOutput:
         """Dense keypoints and descriptors.
@@ -169,7 +173,7 @@ class KeyPointNet(nn.Module):
         d = self.desc_a(x)
         d = self.pixel_shuffle(self.desc_up(d))  # (B, c3, H/4, W/4)
         d = self.desc_b(torch.cat([d, skip], dim=1))
-        descriptors = F.normalize(self.desc_c(d), p=2, dim=1)
+        descriptors = F.normalize(self.desc_norm(self.desc_c(d)), p=2, dim=1)
         return KeyPointNetOutput(scores, keypoints, descriptors, (h, w), (h + pad_h, w + pad_w))
 
     def cell_centres(self, grid: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
