@@ -61,6 +61,10 @@ def inference_copy(model: KeyPointNet, device: torch.device, dtype: torch.dtype)
                 and isinstance(block[1], nn.BatchNorm2d):
             block[0] = fuse_conv_bn_eval(block[0], block[1])
             block[1] = nn.Identity()
+    # the descriptor head's last convolution may be followed by its own BatchNorm
+    if isinstance(getattr(net, "desc_c", None), nn.Conv2d) and isinstance(getattr(net, "desc_norm", None), nn.BatchNorm2d):
+        net.desc_c = fuse_conv_bn_eval(net.desc_c, net.desc_norm)
+        net.desc_norm = nn.Identity()
     return net.to(device=device, dtype=dtype, memory_format=torch.channels_last)
 
 
