@@ -24,6 +24,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="folder of training images (searched recursively)")
     p.add_argument("--model", default="models/keypoint_net.pt", help="frozen KeyPointNet weights")
+    p.add_argument("--frontend", choices=("kp2d", "sift"), default="kp2d", help="features to match (default kp2d)")
     p.add_argument("--init", default=None, help="start from these IO-Net weights (e.g. models/io_net.pt)")
     p.add_argument("--out", default="models/io_net_epipolar.pt", help="output IO-Net weights")
     p.add_argument("--cache", default=None, help="match-set cache file (built when missing)")
@@ -65,7 +66,7 @@ def run(args) -> int:
                 print(f"  pairs {i}/{n}", file=sys.stderr, flush=True)
 
         sets = build_match_sets(images, args.model, n_total, cfg, seed=args.seed, device=args.device,
-                                progress=progress)
+                                progress=progress, frontend_type=args.frontend)
         if cache is not None:
             save_match_sets(sets, cache)
             print(f"cached {len(sets)} match sets in {cache}", file=sys.stderr)
@@ -82,7 +83,8 @@ def run(args) -> int:
 
     net = train_io_net(train, cfg, steps=args.steps, lr=args.lr, init=init, seed=args.seed, log=log, val=val)
     metrics = evaluate_io_net(net, val, cfg) if val else {}
-    save_network(net, args.out, training="epipolar", keypoint_net=str(args.model), init=args.init or "",
+    save_network(net, args.out, training="epipolar", frontend=args.frontend,
+                 keypoint_net=str(args.model) if args.frontend == "kp2d" else "", init=args.init or "",
                  pairs=len(train), val_pairs=len(val), steps=args.steps, resolution=[w, h],
                  inlier_px=cfg.inlier_px, outlier_px=cfg.outlier_px, seed=args.seed,
                  val_metrics={k: float(v) for k, v in metrics.items()})

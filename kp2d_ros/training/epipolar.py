@@ -224,21 +224,24 @@ def make_match_set(frontend, image: np.ndarray, cfg: EpipolarPairConfig, rng: np
 
 def build_match_sets(images: list[Path], keypoint_net_path: str | Path, n_pairs: int, cfg: EpipolarPairConfig,
                      seed: int = 0, device: str = "auto", half_precision: bool = True,
-                     progress: Callable[[int, int], None] | None = None) -> list[MatchSet]:
-    """Match sets of ``n_pairs`` synthetic pairs (images drawn with replacement) with the frozen KeyPointNet.
+                     progress: Callable[[int, int], None] | None = None, frontend_type: str = "kp2d") -> list[MatchSet]:
+    """Match sets of ``n_pairs`` synthetic pairs (images drawn with replacement) with the frozen KeyPointNet
+    (or, with ``frontend_type="sift"``, RootSIFT: an IO-Net for any unit-norm float descriptor).
 
     Raises
     ------
     DataError
         no images. ModelError: missing/invalid KeyPointNet weights.
     """
-    from kp2d_ros.networks.kp2d_frontend import KP2DFrontend
+    from kp2d_ros.frontend import build_frontend
 
     if not images:
         raise DataError("build_match_sets: no training images")
-    frontend = KP2DFrontend(FrontendConfig(type="kp2d", model_path=str(keypoint_net_path), device=device,
-                                           num_features=cfg.num_features, nms_radius=cfg.nms_radius,
-                                           half_precision=half_precision))
+    if frontend_type not in ("kp2d", "sift"):
+        raise DataError(f"build_match_sets: IO-Net needs float descriptors (kp2d or sift), got {frontend_type!r}")
+    frontend = build_frontend(FrontendConfig(type=frontend_type, model_path=str(keypoint_net_path), device=device,
+                                             num_features=cfg.num_features, nms_radius=cfg.nms_radius,
+                                             half_precision=half_precision))
     rng = np.random.default_rng(seed)
     sets = []
     for i in range(n_pairs):
