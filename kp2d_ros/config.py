@@ -89,7 +89,7 @@ class GeometryConfig:
     """Two-view geometry: essential matrix (OpenCV USAC) and pose recovery."""
 
     method: str = "magsac"  # magsac | ransac | prosac | lmeds
-    ransac_threshold_px: float = 1.0
+    ransac_threshold_px: float = 0.5
     confidence: float = 0.999
     max_iters: int = 10000
     # recoverPose cheirality distance threshold (in units of the unit baseline). The 4-argument
@@ -120,11 +120,18 @@ class PipelineConfig:
 
     # A frame becomes a keyframe only when the median match displacement exceeds this (pixels);
     # below it the camera is treated as static and the pose is held.
-    min_parallax_px: float = 1.0
+    min_parallax_px: float = 2.0
+    # A tracked frame becomes the new keyframe when its median rotation-compensated parallax to the
+    # reference exceeds this (pixels), or when fewer than keyframe_min_inliers inliers remain.
+    keyframe_parallax_px: float = 0.0
+    keyframe_min_inliers: int = 100
     # Relative scale from triangulated points shared between consecutive pairs.
     min_scale_points: int = 8
+    # inverse_depth: errors-in-variables fit of the inverse depths shared by consecutive pairs (far
+    # points weigh little, none is dropped); ratio: median distance ratio of well-triangulated points.
+    scale_method: str = "inverse_depth"
     max_scale_change: float = 3.0  # clamp of the per-pair relative scale ratio
-    # Only points seen under at least this triangulation angle (degrees) in both pairs vote for the scale.
+    # ratio method: only points seen under at least this triangulation angle (degrees) in both pairs vote.
     min_triangulation_deg: float = 0.5
     # A pure rotation (no observable translation) becomes a keyframe only beyond this angle.
     rotation_keyframe_deg: float = 5.0
@@ -133,7 +140,10 @@ class PipelineConfig:
 
     def validate(self) -> None:
         _nonneg("pipeline.min_parallax_px", self.min_parallax_px)
+        _nonneg("pipeline.keyframe_parallax_px", self.keyframe_parallax_px)
+        _nonneg("pipeline.keyframe_min_inliers", self.keyframe_min_inliers)
         _positive("pipeline.min_scale_points", self.min_scale_points)
+        _choice("pipeline.scale_method", self.scale_method, ("inverse_depth", "ratio"))
         if self.max_scale_change <= 1.0:
             raise ConfigError(f"pipeline.max_scale_change: must be > 1, got {self.max_scale_change}")
         _positive("pipeline.max_lost_frames", self.max_lost_frames)

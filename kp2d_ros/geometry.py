@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares, minimize_scalar
 
 from kp2d_ros.config import GeometryConfig
 from kp2d_ros.errors import ConfigError
@@ -210,9 +210,12 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
     """Relative pose of view 1 w.r.t. view 0 from matched pixel points.
 
     Steps: undistort and normalise the points, robust essential matrix (OpenCV USAC, threshold
-    converted from pixels with the focal length), cheirality check with ``recoverPose`` using a
-    large ``distanceThresh`` (the 4-argument overload rejects every point farther than 50
-    baselines, which picks wrong poses on small baselines), triangulation of the inliers.
+    converted from pixels with the focal length), robust least-squares polishing of (R, t) on the
+    inliers' Sampson errors, cheirality check with ``recoverPose`` using a large
+    ``distanceThresh`` (the 4-argument overload rejects every point farther than 50 baselines,
+    which picks wrong poses on small baselines), triangulation of the inliers.
+    ``inliers`` marks the epipolar inliers (far points included); ``points3d`` holds those that
+    pass the cheirality test, in front of both cameras and nearer than ``cfg.distance_threshold``.
     When the translation is unobservable (median rotation-compensated parallax below
     ``cfg.rotation_only_parallax_px``) the rotation is re-estimated from the rays alone and the
     result carries ``t = 0`` and no points.
@@ -267,19 +270,22 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
     t = t.ravel()
     chiral = pose_mask.ravel().astype(bool) & inl
 
-    # Translation observability: rotation-compensated parallax of the epipolar inliers.
-    parallax_px = np.median(rotation_compensated_parallax(n0[inl], n1[inl], R)) * f
+    # Translation observability: parallax left after the best pure rotation (model selection; the
+    # essential matrix of a pure rotation is degenerate and its R may be the twisted solution).
+    R_rot = rotation_from_bearings(n0[inl], n1[inl])
+    parallax_px = np.median(rotation_compensated_parallax(n0[inl], n1[inl], R_rot)) * f
     if parallax_px < cfg.rotation_only_parallax_px:
-        R = rotation_from_bearings(n0[inl], n1[inl])
+        R = R_rot
         return TwoViewGeometry(R=R, t=np.zeros(3), inliers=inl, points3d=np.zeros((0, 3)),
                                point_match_idx=np.zeros(0, np.int64))
     if chiral.sum() < cfg.min_inliers:
         return None
-    X = X[:3] / X[3:4]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        X = X[:3] / X[3:4]
     idx = np.flatnonzero(chiral)
     P = X[:, idx].T
     finite = np.all(np.isfinite(P), axis=1) & (P[:, 2] > 0)
-    return TwoViewGeometry(R=R, t=t / np.linalg.norm(t), inliers=chiral, points3d=P[finite],
+    return TwoViewGeometry(R=R, t=t / np.linalg.norm(t), inliers=inl, points3d=P[finite],
                            point_match_idx=idx[finite].astype(np.int64))
 
 
@@ -309,3 +315,123 @@ def relative_scale(prev_points: np.ndarray, new_points: np.ndarray, min_points: 
     if ok.sum() < min_points:
         return None
     return float(np.exp(np.median(np.log(d_prev[ok] / d_new[ok]))))
+
+
+
+def inverse_depths(n0: np.ndarray, n1: np.ndarray, R: np.ndarray, t: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Signed inverse distances of matched points along their rays in both views (unit baseline).
+
+    Linear in the parallax, so points at (or, by noise, beyond) infinity get inverse depths near
+    zero instead of being dropped: no truncation bias when they vote for the scale.
+
+    Parameters
+    ----------
+    n0, n1 : (N, 2) normalised coordinates. R, t : relative pose 0 -> 1 (t unit norm).
+
+    Returns
+    -------
+    rho0, rho1 : (N,) inverse distances from camera 0 / camera 1 along the observed rays.
+    sin0, sin1 : (N,) sine of the angle between the other view's ray and the baseline; the
+        standard deviation of rho is ``angular_noise / sin``.
+    """
+    b0, b1 = bearings(n0), bearings(n1)
+    c0 = -R.T @ t  # camera-1 centre in camera-0 coordinates
+    b1_in0 = b1 @ R  # rows: R^T b1
+    u = np.cross(b1_in0, c0[None, :])
+    rho0 = np.sum(np.cross(b1_in0, b0) * u, axis=1) / np.maximum(np.sum(u * u, axis=1), 1e-18)
+    b0_in1 = b0 @ R.T  # rows: R b0
+    v = np.cross(b0_in1, t[None, :])  # camera-0 centre is t in camera-1 coordinates
+    rho1 = np.sum(np.cross(b0_in1, b1) * v, axis=1) / np.maximum(np.sum(v * v, axis=1), 1e-18)
+    return rho0, rho1, np.linalg.norm(u, axis=1), np.linalg.norm(v, axis=1)
+
+
+def scale_from_inverse_depths(rho_ref: np.ndarray, sigma_ref: np.ndarray, rho_new: np.ndarray,
+                              sigma_new: np.ndarray, init: float, noise: float = 1.0,
+                              search: float = 4.0) -> float | None:
+    """Scale ``s`` with ``rho_new ~ s * rho_ref`` for the same points seen along the same rays.
+
+    Both inverse depths are noisy, so the fit is errors-in-variables: it minimises
+    ``sum cauchy((rho_new - s rho_ref)^2 / (sigma_new^2 + s^2 sigma_ref^2))`` over ``s`` (a plain
+    regression of one on the other would shrink the scale). Far points, with inverse depths near
+    zero and large relative noise, count little; outliers not at all.
+
+    Parameters
+    ----------
+    rho_ref, sigma_ref : (P,) inverse depths known in trajectory units and their std deviations.
+    rho_new, sigma_new : (P,) inverse depths of the new pair (unit baseline) and std deviations.
+    init : fallback start (the previous scale) when too few points are well conditioned.
+    noise : Cauchy scale of the normalised residuals (the angular noise the sigmas are per unit of).
+    search : the minimum is searched within [start / search, start * search].
+
+    Returns
+    -------
+    s > 0, or None without usable points.
+    """
+    ok = np.isfinite(rho_ref) & np.isfinite(rho_new) & (sigma_ref > 0) & (sigma_new > 0) \
+        & np.isfinite(sigma_ref) & np.isfinite(sigma_new)
+    if not np.any(ok):
+        return None
+    a, sa, b, sb = rho_ref[ok], sigma_ref[ok], rho_new[ok], sigma_new[ok]
+    # Start from the median ratio of the well-conditioned points (robust to a poor ``init``).
+    good = (a > 3 * sa * noise) & (b > 3 * sb * noise)
+    start = float(np.median(b[good] / a[good])) if good.sum() >= 5 else float(init)
+    if not start > 0:
+        return None
+
+    def cost(log_s: float) -> float:
+        s = np.exp(log_s)
+        r2 = (b - s * a) ** 2 / (sb ** 2 + s ** 2 * sa ** 2)
+        return float(np.sum(np.log1p(r2 / noise ** 2)))
+
+    res = minimize_scalar(cost, bounds=(np.log(start / search), np.log(start * search)), method="bounded",
+                          options={"xatol": 1e-6})
+    return float(np.exp(res.x))
+
+def scale_from_reprojection(points: np.ndarray, n1: np.ndarray, R: np.ndarray, t: np.ndarray, scale: float,
+                            iterations: int = 10) -> float | None:
+    """Length ``s`` of the unit translation that best reprojects known points into the new view.
+
+    Minimises the robust (Cauchy) reprojection error of ``R X + s t`` over ``s``, with ``X`` points
+    in the reference camera frame in trajectory units and ``n1`` their observations in the new view.
+
+    Parameters
+    ----------
+    points : (P, 3) points in the reference frame. n1 : (P, 2) normalised observations in the new view.
+    R, t : relative pose reference -> new view (t unit norm).
+    scale : Cauchy scale of the reprojection residuals (normalised units).
+    iterations : Gauss-Newton iterations.
+
+    Returns
+    -------
+    s > 0, or None when the points do not constrain it.
+    """
+    if points.shape[0] == 0:
+        return None
+    RX = points @ R.T
+    # Closed form per point from the two linear equations, robust start by the median.
+    a = t[None, :2] - n1 * t[2]
+    b = n1 * RX[:, 2:3] - RX[:, :2]
+    aa = np.sum(a * a, axis=1)
+    ok = aa > 1e-12
+    if not np.any(ok):
+        return None
+    s = float(np.median(np.sum(a[ok] * b[ok], axis=1) / aa[ok]))
+    for _ in range(iterations):
+        q = RX + s * t[None, :]
+        z = q[:, 2]
+        front = z > 1e-6
+        if front.sum() < 1:
+            return None
+        q, zf, u = q[front], z[front], n1[front]
+        r = q[:, :2] / zf[:, None] - u
+        J = (t[None, :2] * zf[:, None] - q[:, :2] * t[2]) / (zf[:, None] ** 2)
+        w = 1.0 / (1.0 + np.sum(r * r, axis=1) / scale ** 2)
+        H = np.sum(w * np.sum(J * J, axis=1))
+        if H <= 0:
+            return None
+        ds = -np.sum(w * np.sum(J * r, axis=1)) / H
+        s += ds
+        if abs(ds) < 1e-9 * max(abs(s), 1e-9):
+            break
+    return s if s > 0 else None

@@ -16,8 +16,9 @@ import numpy as np
 from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend
-from kp2d_ros.geometry import (compose_relative, estimate_relative_pose, relative_scale, rotation_angle_deg,
-                               triangulation_angles)
+from kp2d_ros.geometry import (compose_relative, estimate_relative_pose, focal_length, inverse_depths,
+                               normalize_points, relative_scale, rotation_angle_deg, rotation_compensated_parallax,
+                               scale_from_inverse_depths)
 from kp2d_ros.matching import MatchScorer, filter_matches, match_features
 from kp2d_ros.types import (Camera, Features, Frame, Frontend, Matches, PoseEstimate, TrackingStatus,
                             TwoViewGeometry)
@@ -31,17 +32,23 @@ class Keyframe:
 
     Attributes
     ----------
-    features : its features.
+    features : its N features.
     T_world_cam : (4, 4) its pose.
-    points : (P, 3) points triangulated by the pair that created it, in its camera frame and in
-        trajectory units (used to scale the next pair).
-    point_features : (P,) index into ``features`` of each point.
+    inv_depth : (N,) signed inverse distance (1 / trajectory units) along each feature's ray, from
+        the pair that created this keyframe; NaN where unknown. Scales the next pair.
+    inv_depth_sigma : (N,) standard deviation of ``inv_depth`` per unit angular noise.
     """
 
     features: Features
     T_world_cam: np.ndarray
-    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
-    point_features: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    inv_depth: np.ndarray | None = None
+    inv_depth_sigma: np.ndarray | None = None
+
+    def __post_init__(self):
+        n = len(self.features)
+        if self.inv_depth is None:
+            self.inv_depth = np.full(n, np.nan)
+            self.inv_depth_sigma = np.full(n, np.inf)
 
 
 @contextmanager
@@ -79,7 +86,9 @@ class VOPipeline:
         """Forget every frame: the next one re-initialises at the identity."""
         self.ref: Keyframe | None = None
         self.last_pose = np.eye(4)
-        self.last_scale = 1.0  # trajectory length of the last unit-baseline translation
+        self.last_scale = 1.0  # trajectory length of the last keyframe pair's unit translation
+        self.last_gap = 1  # frames between the last two keyframes
+        self.gap = 0  # frames since the reference keyframe
         self.lost_frames = 0
 
     # ----------------------------------------------------------------------------------------
@@ -97,6 +106,7 @@ class VOPipeline:
         if self.ref is None:
             est = self._initialise(frame, feats)
         else:
+            self.gap += 1
             with _timed(timings, "matching"):
                 matches = match_features(self.ref.features, feats, self.cfg.matching)
             if self.scorer is not None:
@@ -128,59 +138,92 @@ class VOPipeline:
     def _initialise(self, frame: Frame, feats: Features) -> PoseEstimate:
         self.ref = Keyframe(features=feats, T_world_cam=self.last_pose.copy())
         self.lost_frames = 0
+        self.gap = 0
         return PoseEstimate(stamp=frame.stamp, T_world_cam=self.ref.T_world_cam.copy(),
                             status=TrackingStatus.INITIALIZING, num_features=len(feats), is_keyframe=True,
                             features=feats, matched=np.zeros(len(feats), bool),
                             ref_keypoints=np.zeros((0, 2), np.float32), cur_keypoints=np.zeros((0, 2), np.float32))
 
     def _track(self, frame: Frame, camera: Camera, feats: Features, matches: Matches) -> PoseEstimate:
-        cfg = self.cfg
+        """Steps: parallax check -> essential matrix and pose -> scale -> compose -> keyframe decision."""
+        cfg, pc = self.cfg, self.cfg.pipeline
         ref = self.ref
         kp0 = ref.features.keypoints[matches.idx0]
         kp1 = feats.keypoints[matches.idx1]
         if len(matches) < cfg.geometry.min_inliers:
             return self._lost(frame, feats, matches)
-        if np.median(np.linalg.norm(kp1 - kp0, axis=1)) < cfg.pipeline.min_parallax_px:
+        if np.median(np.linalg.norm(kp1 - kp0, axis=1)) < pc.min_parallax_px:
             return self._static(frame, feats, matches)
         geom = estimate_relative_pose(kp0, kp1, camera, cfg.geometry, ordered=True)
         if geom is None:
             return self._lost(frame, feats, matches)
         self.lost_frames = 0
-        if not np.any(geom.t):  # pure rotation: translation unobservable
+        if not np.any(geom.t):  # pure rotation: translation unobservable, position held
             T = compose_relative(ref.T_world_cam, geom.R, np.zeros(3))
-            is_kf = rotation_angle_deg(geom.R) > cfg.pipeline.rotation_keyframe_deg
+            is_kf = rotation_angle_deg(geom.R) > pc.rotation_keyframe_deg
             if is_kf:
-                self.ref = Keyframe(features=feats, T_world_cam=T)
+                self._promote(Keyframe(features=feats, T_world_cam=T), None)
             return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf)
-        scale = self._scale(geom, matches)
+
+        inl = geom.inliers
+        n0 = normalize_points(kp0[inl], camera)
+        n1 = normalize_points(kp1[inl], camera)
+        f = focal_length(camera)
+        rho0, rho1, sin0, sin1 = inverse_depths(n0, n1, geom.R, geom.t)
+        with np.errstate(divide="ignore"):
+            sigma0, sigma1 = 1.0 / sin0, 1.0 / sin1
+        parallax_px = float(np.median(rotation_compensated_parallax(n0, n1, geom.R))) * f
+        is_kf = parallax_px >= pc.keyframe_parallax_px or int(inl.sum()) < pc.keyframe_min_inliers
+        scale = self._scale(geom, rho0, sigma0, matches, cfg.geometry.ransac_threshold_px / f)
+        if scale is None:
+            if not is_kf:  # no structure to scale this frame yet: rotation only until a keyframe
+                T = compose_relative(ref.T_world_cam, geom.R, np.zeros(3))
+                return self._estimate(frame, ref.features, feats, matches, geom, T, False)
+            # first pair (unit baseline) or after a re-initialisation: constant speed
+            scale = self.last_scale * self.gap / self.last_gap
         T = compose_relative(ref.T_world_cam, geom.R, scale * geom.t)
-        self._new_keyframe(feats, matches, geom, scale, T)
-        return self._estimate(frame, ref.features, feats, matches, geom, T, True)
+        if is_kf:
+            kf = Keyframe(features=feats, T_world_cam=T)
+            idx1 = matches.idx1[inl]
+            kf.inv_depth[idx1] = rho1 / scale
+            kf.inv_depth_sigma[idx1] = sigma1 / scale
+            self._promote(kf, scale)
+        return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf)
 
-    def _scale(self, geom: TwoViewGeometry, matches: Matches) -> float:
-        """Trajectory length of this pair's unit translation, from points shared with the last pair."""
-        pc = self.cfg.pipeline
-        ref = self.ref
-        angles = triangulation_angles(geom.points3d, geom.R, geom.t)
-        good = angles >= pc.min_triangulation_deg
-        feat_idx = matches.idx0[geom.point_match_idx[good]]
-        _, i_prev, i_new = np.intersect1d(ref.point_features, feat_idx, assume_unique=True, return_indices=True)
-        s = relative_scale(ref.points[i_prev], geom.points3d[good][i_new], pc.min_scale_points)
-        if s is None:  # no shared structure: keep the last step length (constant speed)
-            return self.last_scale
-        lo, hi = self.last_scale / pc.max_scale_change, self.last_scale * pc.max_scale_change
-        return float(np.clip(s, lo, hi))
+    def _promote(self, kf: Keyframe, scale: float | None) -> None:
+        """Make ``kf`` the reference; ``scale``: trajectory length of the pair's unit translation."""
+        if scale is not None:
+            self.last_scale, self.last_gap = scale, max(self.gap, 1)
+        self.ref = kf
+        self.gap = 0
 
-    def _new_keyframe(self, feats: Features, matches: Matches, geom: TwoViewGeometry, scale: float,
-                      T_world_cam: np.ndarray) -> None:
-        """Make the current frame the reference; carry its well-triangulated points for the next scale."""
+    def _scale(self, geom: TwoViewGeometry, rho: np.ndarray, sigma: np.ndarray, matches: Matches,
+               angular_noise: float) -> float | None:
+        """Trajectory length of this pair's unit translation, from the structure shared with the reference.
+
+        ``rho``/``sigma``: inverse depths (unit baseline) of the inlier matches along the
+        reference-view rays and their standard deviations per unit angular noise;
+        ``angular_noise``: expected ray noise (radians), the scale of the robust loss.
+        Returns None when the reference has too little known structure.
+        """
         pc = self.cfg.pipeline
-        angles = triangulation_angles(geom.points3d, geom.R, geom.t)
-        good = angles >= pc.min_triangulation_deg
-        pts_cur = (geom.points3d[good] @ geom.R.T + geom.t[None, :]) * scale
-        self.ref = Keyframe(features=feats, T_world_cam=T_world_cam, points=pts_cur,
-                            point_features=matches.idx1[geom.point_match_idx[good]])
-        self.last_scale = scale
+        idx0 = matches.idx0[geom.inliers]
+        rho_ref, sig_ref = self.ref.inv_depth[idx0], self.ref.inv_depth_sigma[idx0]
+        known = np.isfinite(rho_ref)
+        if known.sum() < pc.min_scale_points:
+            return None
+        # expected from constant speed; the estimate is clamped around it
+        expected = self.last_scale * self.gap / self.last_gap
+        if pc.scale_method == "inverse_depth":
+            s = scale_from_inverse_depths(rho_ref[known], sig_ref[known], rho[known], sigma[known],
+                                          init=expected, noise=angular_noise)
+        else:  # median distance ratio of points seen under a large enough angle in both pairs
+            min_angle = np.radians(pc.min_triangulation_deg)
+            good = known & (rho_ref > min_angle * sig_ref) & (rho > min_angle * sigma)
+            s = relative_scale(1.0 / rho_ref[good, None], 1.0 / rho[good, None], pc.min_scale_points)
+        if s is None:
+            s = expected
+        return float(np.clip(s, expected / pc.max_scale_change, expected * pc.max_scale_change))
 
     def _static(self, frame: Frame, feats: Features, matches: Matches) -> PoseEstimate:
         """Too little parallax: hold the reference pose, keep the reference keyframe."""
@@ -195,11 +238,12 @@ class VOPipeline:
                             quality=self._quality(len(matches), len(matches)))
 
     def _lost(self, frame: Frame, feats: Features, matches: Matches) -> PoseEstimate:
-        """No valid pose: hold it; after ``max_lost_frames`` restart from this frame, keeping the scale."""
+        """No valid pose: hold it; after ``max_lost_frames`` restart from this frame (when it has enough
+        features), keeping the scale."""
         self.lost_frames += 1
         is_kf = False
-        if self.lost_frames >= self.cfg.pipeline.max_lost_frames:
-            self.ref = Keyframe(features=feats, T_world_cam=self.last_pose.copy())
+        if self.lost_frames >= self.cfg.pipeline.max_lost_frames and len(feats) >= self.cfg.geometry.min_inliers:
+            self._promote(Keyframe(features=feats, T_world_cam=self.last_pose.copy()), None)
             self.lost_frames = 0
             is_kf = True
         return PoseEstimate(stamp=frame.stamp, T_world_cam=self.last_pose.copy(), status=TrackingStatus.LOST,

@@ -52,7 +52,7 @@ def test_recovers_known_pose(method, seed):
     rng = np.random.default_rng(seed)
     R = rot(*rng.normal(0, 3, 3))
     t = np.array([0.2, -0.1, 1.0])
-    p0, p1 = two_views(rng, R, t, outliers=0.2)
+    p0, p1 = two_views(rng, R, t, noise=0.2, outliers=0.2)  # SIFT-like noise for the 0.5 px default
     g = estimate_relative_pose(p0, p1, CAM, GeometryConfig(method=method))
     assert g is not None
     assert rot_err(g.R, R) < 0.1
