@@ -142,8 +142,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load_checkpoint(self.out / CHECKPOINT)
-        elif self.rank == 0:
-            dump_config(cfg, self.out / "config.yaml", ros=False)
+        if self.rank == 0:  # the effective config (a resume may override e.g. augmentation)
+            dump_config(cfg, self.out / ("config.yaml" if not resume else f"config.resume{self.step}.yaml"), ros=False)
 
     # ---------------------------------------------------------------------------------------
     def train_step(self) -> StepResult:
