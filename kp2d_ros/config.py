@@ -131,6 +131,8 @@ class PipelineConfig:
     # points weigh little, none is dropped); ratio: median distance ratio of well-triangulated points.
     scale_method: str = "inverse_depth"
     max_scale_change: float = 3.0  # clamp of the per-pair relative scale ratio
+    # Carry inverse depths of tracked points from keyframe to keyframe and fuse them with each new pair's.
+    fuse_depths: bool = True
     # ratio method: only points seen under at least this triangulation angle (degrees) in both pairs vote.
     min_triangulation_deg: float = 0.5
     # A pure rotation (no observable translation) becomes a keyframe only beyond this angle.

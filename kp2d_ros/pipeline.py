@@ -16,7 +16,7 @@ import numpy as np
 from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend
-from kp2d_ros.geometry import (compose_relative, estimate_relative_pose, focal_length, inverse_depths,
+from kp2d_ros.geometry import (bearings, compose_relative, estimate_relative_pose, focal_length, inverse_depths,
                                normalize_points, relative_scale, rotation_angle_deg, rotation_compensated_parallax,
                                scale_from_inverse_depths)
 from kp2d_ros.matching import MatchScorer, filter_matches, match_features
@@ -185,10 +185,51 @@ class VOPipeline:
         if is_kf:
             kf = Keyframe(features=feats, T_world_cam=T)
             idx1 = matches.idx1[inl]
-            kf.inv_depth[idx1] = rho1 / scale
-            kf.inv_depth_sigma[idx1] = sigma1 / scale
+            kf.inv_depth[idx1], kf.inv_depth_sigma[idx1] = self._fuse_depths(
+                geom, n0, matches.idx0[inl], scale, rho1 / scale, sigma1 / scale, cfg.geometry.ransac_threshold_px / f)
             self._promote(kf, scale)
         return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf)
+
+    def _fuse_depths(self, geom: TwoViewGeometry, n0: np.ndarray, idx0: np.ndarray, scale: float,
+                     rho: np.ndarray, sigma: np.ndarray, angular_noise: float) -> tuple[np.ndarray, np.ndarray]:
+        """Inverse depths for the new keyframe: this pair's, fused with the reference's carried over.
+
+        A point tracked over several keyframes accumulates the parallax of all of them, so the
+        next scale estimate rests on better depths (less scale drift).
+
+        Parameters
+        ----------
+        n0 : (P, 2) normalised reference coordinates of the inliers; idx0 : their reference feature indices.
+        scale : length of this pair's unit translation; rho, sigma : (P,) this pair's inverse depths
+            (trajectory units) along the new view's rays.
+
+        Returns
+        -------
+        rho, sigma : (P,) fused values.
+        """
+        if not self.cfg.pipeline.fuse_depths:
+            return rho, sigma
+        rho_ref, sig_ref = self.ref.inv_depth[idx0], self.ref.inv_depth_sigma[idx0]
+        known = np.isfinite(rho_ref) & np.isfinite(sig_ref)
+        if not np.any(known):
+            return rho, sigma
+        # Transfer (bearing, inverse depth) into the new view: X_new ~ R b + rho t_world.
+        b = bearings(n0[known]) @ geom.R.T
+        t_w = scale * geom.t
+        d = b + rho_ref[known, None] * t_w[None, :]
+        nd = np.linalg.norm(d, axis=1)
+        rho_tr = rho_ref[known] / nd
+        jac = 1.0 / nd - rho_ref[known] * (d @ t_w) / nd ** 3
+        sig_tr = sig_ref[known] * np.abs(jac)
+        r_new, s_new = rho[known], sigma[known]
+        var_tr, var_new = sig_tr ** 2, s_new ** 2
+        consistent = (r_new - rho_tr) ** 2 <= 9.0 * angular_noise ** 2 * (var_tr + var_new)
+        fused = (rho_tr / var_tr + r_new / var_new) / (1.0 / var_tr + 1.0 / var_new)
+        rho, sigma = rho.copy(), sigma.copy()
+        k = np.flatnonzero(known)[consistent]
+        rho[k] = fused[consistent]
+        sigma[k] = np.sqrt(1.0 / (1.0 / var_tr[consistent] + 1.0 / var_new[consistent]))
+        return rho, sigma
 
     def _promote(self, kf: Keyframe, scale: float | None) -> None:
         """Make ``kf`` the reference; ``scale``: trajectory length of the pair's unit translation."""

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from kp2d_ros.config import GeometryConfig
-from kp2d_ros.geometry import (compose_relative, estimate_relative_pose, invert_se3, normalize_points,
-                               relative_scale, rotation_angle_deg, rotation_compensated_parallax, se3,
+from kp2d_ros.geometry import (compose_relative, estimate_relative_pose, inverse_depths, invert_se3,
+                               normalize_points, relative_scale, scale_from_inverse_depths, rotation_angle_deg, rotation_compensated_parallax, se3,
                                triangulation_angles, undistort_pixels)
 from kp2d_ros.types import Camera
 
@@ -164,3 +164,38 @@ def test_relative_scale_median_is_robust():
     Q[:20] *= rng.uniform(0.1, 10.0, (20, 1))  # 20 % outliers
     assert relative_scale(P, Q) == pytest.approx(2.5, rel=0.02)
     assert relative_scale(P[:5], Q[:5], min_points=8) is None
+
+
+def test_inverse_depths_exact_and_signed():
+    rng = np.random.default_rng(10)
+    R, t = rot(1.0, 3.0, -0.5), np.array([0.3, 0.0, 1.0])
+    t = t / np.linalg.norm(t)
+    X0 = scene(rng, 50)
+    X1 = X0 @ R.T + t
+    n0, n1 = X0[:, :2] / X0[:, 2:], X1[:, :2] / X1[:, 2:]
+    rho0, rho1, sin0, sin1 = inverse_depths(n0, n1, R, t)
+    np.testing.assert_allclose(rho0, 1 / np.linalg.norm(X0, axis=1), rtol=1e-9)
+    np.testing.assert_allclose(rho1, 1 / np.linalg.norm(X1, axis=1), rtol=1e-9)
+    assert np.all((sin0 > 0) & (sin0 <= 1) & (sin1 > 0) & (sin1 <= 1))
+    # a point at infinity has inverse depth ~0 (not dropped, not huge)
+    r0, _, _, _ = inverse_depths(n0[:1], (n0[:1] @ R[:2, :2].T + R[:2, 2]) / (n0[:1] @ R[2, :2] + R[2, 2])[:, None], R, t)
+    assert abs(r0[0]) < 1e-9
+
+
+def test_scale_from_inverse_depths_is_not_attenuated():
+    """Both inverse depths noisy: the errors-in-variables fit finds the scale, plain regression shrinks it."""
+    rng = np.random.default_rng(11)
+    n = 2000
+    rho = 1 / rng.uniform(2.0, 60.0, n)  # true inverse depths (reference units)
+    sig_a = rng.uniform(0.5, 3.0, n) * 0.02
+    sig_b = rng.uniform(0.5, 3.0, n) * 0.02
+    s_true = 1.7
+    a = rho + rng.normal(0, 1, n) * sig_a
+    b = s_true * rho + rng.normal(0, 1, n) * sig_b
+    b[:100] = rng.uniform(0, 1, 100)  # outliers
+    s = scale_from_inverse_depths(a, sig_a, b, sig_b, init=1.0, noise=1.0)
+    assert s == pytest.approx(s_true, rel=0.03)
+    w = 1 / sig_b[100:] ** 2
+    naive = np.sum(w * a[100:] * b[100:]) / np.sum(w * a[100:] ** 2)
+    assert naive < 0.9 * s_true
+    assert scale_from_inverse_depths(a[:0], sig_a[:0], b[:0], sig_b[:0], init=1.0) is None
