@@ -83,8 +83,13 @@ def run(args) -> int:
 
     net = train_io_net(train, cfg, steps=args.steps, lr=args.lr, init=init, seed=args.seed, log=log, val=val)
     metrics = evaluate_io_net(net, val, cfg) if val else {}
+    kp_step = -1
+    if args.frontend == "kp2d":
+        from kp2d_ros.networks.weights import read_weights
+
+        kp_step = int(read_weights(args.model)[1].get("step", -1))
     save_network(net, args.out, training="epipolar", frontend=args.frontend,
-                 keypoint_net=str(args.model) if args.frontend == "kp2d" else "", init=args.init or "",
+                 keypoint_net=str(args.model) if args.frontend == "kp2d" else "", keypoint_net_step=kp_step, init=args.init or "",
                  pairs=len(train), val_pairs=len(val), steps=args.steps, resolution=[w, h],
                  inlier_px=cfg.inlier_px, outlier_px=cfg.outlier_px, seed=args.seed,
                  val_metrics={k: float(v) for k, v in metrics.items()})
