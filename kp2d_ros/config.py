@@ -127,12 +127,13 @@ class PipelineConfig:
     keyframe_min_inliers: int = 100
     # Relative scale from triangulated points shared between consecutive pairs.
     min_scale_points: int = 8
-    # inverse_depth: errors-in-variables fit of the inverse depths shared by consecutive pairs (far
-    # points weigh little, none is dropped); ratio: median distance ratio of well-triangulated points.
-    scale_method: str = "inverse_depth"
+    # ratio: median distance ratio of points triangulated under >= min_triangulation_deg by both pairs
+    # (best on KITTI 07: SIFT ATE 0.50 m vs 0.63 m); inverse_depth: errors-in-variables fit of all
+    # shared inverse depths (unbiased on synthetic data, but drifts in KITTI's turns).
+    scale_method: str = "ratio"
     max_scale_change: float = 3.0  # clamp of the per-pair relative scale ratio
     # Carry inverse depths of tracked points from keyframe to keyframe and fuse them with each new pair's.
-    fuse_depths: bool = True
+    fuse_depths: bool = False
     # ratio method: only points seen under at least this triangulation angle (degrees) in both pairs vote.
     min_triangulation_deg: float = 0.5
     # A pure rotation (no observable translation) becomes a keyframe only beyond this angle.

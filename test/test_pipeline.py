@@ -87,9 +87,13 @@ def run(vo, frames):
     return [vo.process(f) for f in frames]
 
 
-def test_synthetic_trajectory_up_to_scale():
+@pytest.mark.parametrize("scale_method, fuse, tol", [("ratio", False, 0.05), ("inverse_depth", False, 0.03),
+                                                     ("inverse_depth", True, 0.03)])
+def test_synthetic_trajectory_up_to_scale(scale_method, fuse, tol):
     gt = driving_poses(20, step=1.0, speed_change=0.4)  # the speed varies: a constant-speed guess would fail
-    vo = VOPipeline(VOConfig(), frontend=PointWorldFrontend(gt))
+    cfg = VOConfig()
+    cfg.pipeline.scale_method, cfg.pipeline.fuse_depths = scale_method, fuse
+    vo = VOPipeline(cfg, frontend=PointWorldFrontend(gt))
     out = run(vo, [frame(i) for i in range(20)])
     assert out[0].status == TrackingStatus.INITIALIZING and out[0].is_keyframe
     np.testing.assert_array_equal(out[0].T_world_cam, np.eye(4))
@@ -98,7 +102,8 @@ def test_synthetic_trajectory_up_to_scale():
     assert np.linalg.norm(out[1].T_world_cam[:3, 3]) == pytest.approx(1.0)
     steps = [np.linalg.norm(out[i + 1].T_world_cam[:3, 3] - out[i].T_world_cam[:3, 3]) for i in range(19)]
     gt_steps = [np.linalg.norm(gt[i + 1][:3, 3] - gt[i][:3, 3]) for i in range(19)]
-    np.testing.assert_allclose(np.array(steps) * gt_steps[0], gt_steps, rtol=0.03)
+    # (the ratio method's selection of well-triangulated points biases it slightly low)
+    np.testing.assert_allclose(np.array(steps) * gt_steps[0], gt_steps, rtol=tol)
     est = np.array([e.T_world_cam[:3, 3] for e in out])
     gtp = np.array([T[:3, 3] for T in gt])
     assert np.max(np.linalg.norm(sim3_align(est, gtp) - gtp, axis=1)) < 0.1
