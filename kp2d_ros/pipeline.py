@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -88,6 +88,7 @@ class VOPipeline:
         self.last_pose = np.eye(4)
         self.last_scale = 1.0  # trajectory length of the last keyframe pair's unit translation
         self.last_gap = 1  # frames between the last two keyframes
+        self.scaled = False  # True once the first pair has fixed the trajectory's scale
         self.gap = 0  # frames since the reference keyframe
         self.lost_frames = 0
 
@@ -179,8 +180,8 @@ class VOPipeline:
             if not is_kf:  # no structure to scale this frame yet: rotation only until a keyframe
                 T = compose_relative(ref.T_world_cam, geom.R, np.zeros(3))
                 return self._estimate(frame, ref.features, feats, matches, geom, T, False)
-            # first pair (unit baseline) or after a re-initialisation: constant speed
-            scale = self.last_scale * self.gap / self.last_gap
+            # first pair: unit baseline; after a re-initialisation: constant speed
+            scale = self.last_scale * self.gap / self.last_gap if self.scaled else 1.0
         T = compose_relative(ref.T_world_cam, geom.R, scale * geom.t)
         if is_kf:
             kf = Keyframe(features=feats, T_world_cam=T)
@@ -235,6 +236,7 @@ class VOPipeline:
         """Make ``kf`` the reference; ``scale``: trajectory length of the pair's unit translation."""
         if scale is not None:
             self.last_scale, self.last_gap = scale, max(self.gap, 1)
+            self.scaled = True
         self.ref = kf
         self.gap = 0
 

@@ -140,6 +140,16 @@ def test_static_camera_holds_pose_exactly():
     assert step == pytest.approx(1.0, rel=0.03)
 
 
+def test_first_pair_after_static_start_has_unit_norm():
+    gt = driving_poses(4)
+    vo = VOPipeline(VOConfig(), frontend=PointWorldFrontend(gt))
+    out = run(vo, [frame(0), frame(0), frame(0), frame(2), frame(3)])
+    assert [e.status for e in out[1:3]] == [TrackingStatus.STATIC] * 2
+    assert np.linalg.norm(out[3].T_world_cam[:3, 3]) == pytest.approx(1.0)
+    # the next step (half as long in the world) keeps the scale
+    assert np.linalg.norm(out[4].T_world_cam[:3, 3] - out[3].T_world_cam[:3, 3]) == pytest.approx(0.5, rel=0.05)
+
+
 def test_lost_holds_pose_then_reinitialises_keeping_scale():
     gt = driving_poses(10)
     cfg = VOConfig()
