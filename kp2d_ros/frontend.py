@@ -54,7 +54,7 @@ def to_input_pixels(xy: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 
 def grid_select(xy: np.ndarray, scores: np.ndarray, size: tuple[int, int], cols: int, rows: int,
-                max_total: int) -> np.ndarray:
+                max_total: int, fill: bool = False) -> np.ndarray:
     """Indices of the best keypoints per grid cell, for an even spatial spread.
 
     Parameters
@@ -62,7 +62,8 @@ def grid_select(xy: np.ndarray, scores: np.ndarray, size: tuple[int, int], cols:
     xy : (N, 2) pixel coordinates in an image of ``size = (width, height)``.
     scores : (N,) higher is better.
     cols, rows : grid size; each cell keeps at most ``ceil(max_total / (cols * rows))``.
-    max_total : overall cap; the kept set is ordered by descending score.
+    max_total : overall cap; the per-cell picks are ordered by descending score.
+    fill : when sparse cells leave part of the budget unused, add the best remaining keypoints.
 
     Returns
     -------
@@ -81,8 +82,12 @@ def grid_select(xy: np.ndarray, scores: np.ndarray, size: tuple[int, int], cols:
     first = np.searchsorted(sorted_cells, sorted_cells, side="left")
     rank = np.arange(n) - first
     kept = order[rank < per_cell]
-    kept = kept[np.argsort(-scores[kept], kind="stable")]
-    return kept[:max_total]
+    kept = kept[np.argsort(-scores[kept], kind="stable")][:max_total]
+    if fill and kept.shape[0] < max_total:  # sparse cells: spend the rest of the budget on the best others
+        rest = np.setdiff1d(np.arange(n), kept)
+        rest = rest[np.argsort(-scores[rest], kind="stable")][: max_total - kept.shape[0]]
+        kept = np.concatenate([kept, rest])
+    return kept
 
 
 class OpenCVFrontend(Frontend):
@@ -130,7 +135,7 @@ class OpenCVFrontend(Frontend):
         scores = np.array([k.response for k in kps], np.float32)
         if self.bucketing:
             keep = grid_select(xy, scores, (work.shape[1], work.shape[0]), self.cfg.grid_cols,
-                               self.cfg.grid_rows, self.cfg.num_features)
+                               self.cfg.grid_rows, self.cfg.num_features, fill=True)
         else:
             keep = np.argsort(-scores, kind="stable")[: self.cfg.num_features]
         xy, scores, desc = xy[keep], scores[keep], desc[keep]

@@ -77,14 +77,16 @@ def test_resolution_maps_back_to_input_pixels(name):
 @pytest.mark.parametrize("name", CLASSICAL)
 def test_grid_bucketing_spreads_keypoints(name):
     img = textured_image(seed=3)
-    img[:, 200:] = 90  # all texture in the left half
-    img[150:, :200] //= 4  # and mostly in the top-left quarter
-    fe = frontend(name, num_features=200, grid_cols=2, grid_rows=2)
-    f = fe.detect(img)
-    left = f.keypoints[:, 0] < 200
-    top = f.keypoints[:, 1] < 150
-    assert len(f) <= 200
-    assert np.sum(left & top) <= 50  # at most num_features / 4 per cell
+    img[150:, :] //= 6  # weak texture in the bottom half
+    img[:150, 200:] //= 3  # and in the top-right quarter: the strongest corners are top-left
+    plain = frontend(name, num_features=200, grid_cols=0, grid_rows=0).detect(img)
+    spread = frontend(name, num_features=200, grid_cols=2, grid_rows=2).detect(img)
+
+    def outside_top_left(f):
+        return int(np.sum((f.keypoints[:, 0] >= 200) | (f.keypoints[:, 1] >= 150)))
+
+    assert len(plain) <= len(spread) == 200  # the budget is used either way (sparse cells: filled)
+    assert outside_top_left(spread) > 1.5 * outside_top_left(plain)  # the weak cells get their share
 
 
 @pytest.mark.parametrize("name", CLASSICAL)
@@ -122,4 +124,6 @@ def test_grid_select_and_pixel_mapping():
     scores = np.array([0.1, 0.9, 0.5, 0.2, 0.3], np.float32)
     keep = grid_select(xy, scores, (100, 100), 2, 2, 4)  # 1 per cell
     assert keep.tolist() == [1, 4]
+    keep = grid_select(xy, scores, (100, 100), 2, 2, 4, fill=True)  # then the best of the rest
+    assert keep.tolist() == [1, 4, 2, 3]
     np.testing.assert_allclose(to_input_pixels(np.array([[0.0, 9.0]]), np.array([2.0, 2.0])), [[0.5, 18.5]])
