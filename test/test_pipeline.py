@@ -285,3 +285,16 @@ def test_kitti_160_frames_accuracy(frontend, max_ate, max_rpe):
     est, gt = kitti_run(frontend, 160)
     ate, rpe_rot, _ = kitti_errors(est, gt)
     assert ate <= max_ate and rpe_rot <= max_rpe
+
+
+def test_tum_rgb_with_distortion_tracks_rotation():
+    """RGB frames and plumb_bob distortion (TUM fr2/desk): every frame tracked, rotation follows GT."""
+    seq = _open(data_path("vo", "tum_fr2_desk_20f"))
+    assert seq.camera.has_distortion and seq.ground_truth is not None and len(seq.ground_truth) == len(seq)
+    vo = VOPipeline(VOConfig())
+    out = [vo.process(f) for f in seq]
+    assert all(e.status == TrackingStatus.TRACKING for e in out[1:])
+    G = np.linalg.inv(seq.ground_truth.poses[0]) @ seq.ground_truth.poses
+    assert rotation_angle_deg(G[-1, :3, :3]) > 10.0  # the camera really turns
+    for e, T in zip(out, G):
+        assert rotation_angle_deg(e.T_world_cam[:3, :3].T @ T[:3, :3]) < 2.0
