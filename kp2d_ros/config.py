@@ -123,6 +123,8 @@ class PipelineConfig:
     min_parallax_px: float = 2.0
     # A tracked frame becomes the new keyframe when its median rotation-compensated parallax to the
     # reference exceeds this (pixels), or when fewer than keyframe_min_inliers inliers remain.
+    # 0 = every tracked frame is a keyframe (best on KITTI; larger values hold the position during
+    # the start-up until the first keyframe pair).
     keyframe_parallax_px: float = 0.0
     keyframe_min_inliers: int = 100
     # Relative scale from triangulated points shared between consecutive pairs.
