@@ -507,6 +507,26 @@ def strip_ros_wrapper(data: dict) -> dict:
     return data
 
 
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Command-line ``KEY=VALUE`` items -> ``{"dotted.key": value}`` with values parsed as YAML.
+
+    Raises
+    ------
+    ConfigError
+        an item without ``=`` or with an unparsable value.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item}: value is not valid YAML") from None
+    return out
+
+
 def load_config(path: str | Path | None = None, cls: type = VOConfig, overrides: dict | None = None) -> Any:
     """Load, merge dotted ``overrides`` (``{"frontend.type": "orb"}``) and validate a config.
 

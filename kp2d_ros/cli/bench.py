@@ -45,7 +45,8 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
 def build_config(args):
     """VOConfig from --config/--set plus the bench options."""
     from kp2d_ros.cli.eval_homography import parse_resolution
-    from kp2d_ros.cli.replay import default_config_path, parse_overrides
+    from kp2d_ros.cli.replay import default_config_path
+    from kp2d_ros.config import parse_overrides
     from kp2d_ros.config import load_config
 
     w, h = parse_resolution(args.resolution)

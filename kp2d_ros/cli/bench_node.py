@@ -63,19 +63,11 @@ def _load_frames(path: str | None, n: int):
 
 
 def run(args) -> int:
-    import yaml
-
-    from kp2d_ros.config import load_config
-    from kp2d_ros.errors import ConfigError
+    from kp2d_ros.config import load_config, parse_overrides
     from kp2d_ros.ros.bench import bench_node, report
 
     config = Path(args.config) if args.config else _package_file("config/vo.yaml")
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
-        k, v = item.split("=", 1)
-        overrides[k] = yaml.safe_load(v)
+    overrides = parse_overrides(args.set)
     cfg = load_config(config, overrides=overrides)  # same validation as the node: fail before starting it
     frames, source = _load_frames(args.sequence, args.unique)
 

@@ -50,27 +50,9 @@ def default_config_path() -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """``["a.b=1", "c=orb"]`` -> ``{"a.b": 1, "c": "orb"}`` (values parsed as YAML)."""
-    import yaml
-
-    from kp2d_ros.errors import ConfigError
-
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item}: expected KEY=VALUE")
-        try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {item}: value is not valid YAML") from None
-    return out
-
-
 def load_effective_config(args):
     """VOConfig from --config (or the default file), --set and --frontend."""
-    from kp2d_ros.config import load_config
+    from kp2d_ros.config import load_config, parse_overrides
 
     overrides = parse_overrides(args.set)
     if args.frontend is not None:

@@ -25,22 +25,8 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     return p
 
 
-def parse_overrides(items: list[str]) -> dict:
-    import yaml
-
-    from kp2d_ros.errors import ConfigError
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        out[k] = yaml.safe_load(v)
-    return out
-
-
 def run(args) -> int:
-    from kp2d_ros.config import TrainConfig, load_config
+    from kp2d_ros.config import TrainConfig, load_config, parse_overrides
     from kp2d_ros.training.trainer import Trainer
 
     overrides = parse_overrides(args.set)
