@@ -19,7 +19,6 @@ import copy
 import logging
 import math
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,6 +27,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from kp2d_ros.config import FrontendConfig
 from kp2d_ros.errors import DataError
+from kp2d_ros.frontend import resize_to_working
 from kp2d_ros.networks.keypoint_net import KeyPointNet, sample_descriptors
 from kp2d_ros.types import Features, Frontend
 
@@ -184,11 +184,8 @@ class KP2DFrontend(Frontend):
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[..., 0]
         h, w = image.shape[:2]
-        rw, rh = self.config.resolution
-        if rw > 0 and (rw, rh) != (w, h):
-            interp = cv2.INTER_AREA if rw * rh < w * h else cv2.INTER_LINEAR
-            return cv2.resize(image, (rw, rh), interpolation=interp), (w, h), (rw, rh)
-        return image, (w, h), (w, h)
+        work, _ = resize_to_working(image, self.config.resolution)
+        return work, (w, h), (work.shape[1], work.shape[0])
 
     def _to_tensor(self, work: np.ndarray) -> torch.Tensor:
         """uint8 (h, w[, 3]) -> normalised (1, C, h, w) channels-last tensor of the network dtype."""
