@@ -72,6 +72,7 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
     from sensor_msgs.msg import CameraInfo, Image
 
     from kp2d_ros.ros import conversions as conv
+    from kp2d_ros.ros.player import wait_for_stamp
 
     if not frames:
         raise DataError("bench_node: no frames")
@@ -125,14 +126,7 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
             return stamp_ns
 
         def wait_for(ns: int, timeout: float) -> bool:
-            end = time.monotonic() + timeout
-            with cond:
-                while ns not in arrived:
-                    left = end - time.monotonic()
-                    if left <= 0:
-                        return False
-                    cond.wait(timeout=left)
-            return True
+            return wait_for_stamp(cond, arrived, ns, timeout)
 
         # warm-up in lockstep: the node's processing rate
         round_trips = []

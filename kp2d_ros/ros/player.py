@@ -189,16 +189,16 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, lockstep: bool = False, imag
                     sent.append(stamp)
                     if not lockstep:
                         continue
-                    ok = _wait_for(cond, odom, stamp, frame_timeout_s / 2)
+                    ok = wait_for_stamp(cond, odom, stamp, frame_timeout_s / 2)
                     if not ok:  # lost on the way (e.g. before discovery settled): send once more
                         if last_info is not None:
                             pub_info.publish(last_info)
                         pub_img.publish(raw)
-                        _wait_for(cond, odom, stamp, frame_timeout_s / 2)
+                        wait_for_stamp(cond, odom, stamp, frame_timeout_s / 2)
                 if lockstep and rate > 0:  # keep the bag's pacing from here on
                     t0_log, t0_wall = t_log, time.monotonic()
             if sent and not lockstep:  # the newest image is always processed: wait for its odometry
-                _wait_for(cond, odom, sent[-1], frame_timeout_s)
+                wait_for_stamp(cond, odom, sent[-1], frame_timeout_s)
             with cond:
                 missing = [s * 1e-9 for s in sent if s not in odom]
         finally:
@@ -230,7 +230,8 @@ def _groups(messages):
         yield t_cur, group
 
 
-def _wait_for(cond: threading.Condition, odom: dict, stamp: int, timeout: float) -> bool:
+def wait_for_stamp(cond: threading.Condition, odom: dict, stamp: int, timeout: float) -> bool:
+    """Wait on ``cond`` until ``stamp`` is a key of ``odom`` (filled by a subscription); False on timeout."""
     deadline = time.monotonic() + timeout
     with cond:
         while stamp not in odom:
