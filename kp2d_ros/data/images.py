@@ -79,28 +79,58 @@ def load_image(path: str | Path) -> np.ndarray:
     return _to_grey_or_rgb(img, order)
 
 
+def _byte_array(data) -> np.ndarray:
+    """A message's ``data`` (bytes, array.array('B') from rclpy, numpy from rosbags) as (N,) uint8, no copy where possible."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return np.frombuffer(data, dtype=np.uint8)
+    return np.asarray(data, dtype=np.uint8)
+
+
 def decode_image_msg(msg) -> np.ndarray:
-    """``sensor_msgs/Image`` -> (H, W) uint8 grey or (H, W, 3) uint8 RGB (row padding honoured)."""
+    """``sensor_msgs/Image`` -> (H, W) uint8 grey or (H, W, 3) uint8 RGB.
+
+    Used by the bag readers and by the ROS node. Honours row padding (``step``) and
+    big-endian 16-bit data; 16-bit images are scaled to 8 bit (v / 257).
+
+    Raises
+    ------
+    DataError
+        unsupported encoding (named), zero size, ``step`` too small, or
+        ``len(data) != step * height``.
+    """
     enc = str(msg.encoding).lower()
     if enc not in _ENCODINGS:
         raise DataError(f"unsupported image encoding '{msg.encoding}' (supported: {', '.join(SUPPORTED_ENCODINGS)})")
     channels, dtype, order = _ENCODINGS[enc]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise DataError(f"empty image ({w}x{h})")
     itemsize = np.dtype(dtype).itemsize
-    data = np.asarray(msg.data, dtype=np.uint8)
     row = w * channels * itemsize
-    if step < row or data.size < step * h:
-        raise DataError(f"image message too small: {w}x{h} {msg.encoding}, step {step}, {data.size} bytes")
-    rows = data[: step * h].reshape(h, step)[:, :row]
+    if step < row:
+        raise DataError(f"image step {step} < width * bytes per pixel = {row} ({msg.encoding}, {w}x{h})")
+    data = _byte_array(msg.data)
+    if data.size != step * h:
+        raise DataError(f"image data has {data.size} bytes, expected step * height = {step} * {h} = {step * h}")
+    rows = data.reshape(h, step)[:, :row]
     img = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<"))
     img = img.astype(dtype).reshape(h, w, channels)
     return _to_grey_or_rgb(img, order)
 
 
 def decode_compressed_msg(msg) -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` (JPEG/PNG) -> (H, W) uint8 grey or (H, W, 3) uint8 RGB."""
-    img = cv2.imdecode(np.asarray(msg.data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
+    """``sensor_msgs/CompressedImage`` (JPEG/PNG) -> (H, W) uint8 grey or (H, W, 3) uint8 RGB.
+
+    Raises
+    ------
+    DataError
+        empty payload or data OpenCV cannot decode (the ``format`` string is named).
+    """
+    data = _byte_array(msg.data)
+    if data.size == 0:
+        raise DataError(f"empty compressed image (format '{msg.format}')")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
         raise DataError(f"cannot decode compressed image (format '{msg.format}')")
     order = {3: "bgr", 4: "bgra"}.get(img.shape[2] if img.ndim == 3 else 1, "grey")
     return _to_grey_or_rgb(img, order)

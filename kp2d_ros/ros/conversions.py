@@ -19,21 +19,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from kp2d_ros.data.images import decode_compressed_msg, decode_image_msg
 from kp2d_ros.errors import DataError
 from kp2d_ros.types import Camera, PoseEstimate, TrackingStatus
-
-# encoding -> (channels, numpy dtype)
-IMAGE_ENCODINGS: dict[str, tuple[int, type]] = {
-    "mono8": (1, np.uint8),
-    "8UC1": (1, np.uint8),
-    "rgb8": (3, np.uint8),
-    "bgr8": (3, np.uint8),
-    "rgba8": (4, np.uint8),
-    "bgra8": (4, np.uint8),
-    "mono16": (1, np.uint16),
-    "16UC1": (1, np.uint16),
-}
-
 
 # --------------------------------------------------------------------------------------------
 # Time
@@ -56,71 +44,10 @@ def sec_to_stamp(t: float, stamp_cls):
 # --------------------------------------------------------------------------------------------
 # Images
 # --------------------------------------------------------------------------------------------
-def image_to_array(msg) -> np.ndarray:
-    """``sensor_msgs/Image`` -> (H, W) uint8 grey or (H, W, 3) uint8 RGB (what a Frame holds).
-
-    Supports mono8/8UC1, rgb8, bgr8, rgba8, bgra8 and mono16/16UC1 (scaled to 8 bit by /257),
-    row padding (``step`` > width * bytes per pixel) and big-endian 16-bit data.
-
-    Raises
-    ------
-    DataError
-        unsupported encoding (named), zero size, ``step`` too small, or
-        ``len(data) != step * height``.
-    """
-    enc = msg.encoding
-    if enc not in IMAGE_ENCODINGS:
-        raise DataError(f"unsupported image encoding '{enc}' (supported: {', '.join(IMAGE_ENCODINGS)})")
-    channels, dtype = IMAGE_ENCODINGS[enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0:
-        raise DataError(f"empty image ({w}x{h})")
-    itemsize = np.dtype(dtype).itemsize
-    row = w * channels * itemsize
-    if step < row:
-        raise DataError(f"image step {step} < width * bytes per pixel = {row} ({enc}, {w}x{h})")
-    n = len(msg.data)
-    if n != step * h:
-        raise DataError(f"image data has {n} bytes, expected step * height = {step} * {h} = {step * h}")
-    buf = np.frombuffer(memoryview(msg.data), dtype=np.uint8).reshape(h, step)[:, :row]
-    if itemsize == 1:
-        img = buf.reshape(h, w, channels) if channels > 1 else buf
-    else:
-        big = bool(msg.is_bigendian)
-        img = np.ascontiguousarray(buf).view(">u2" if big else "<u2").reshape(h, w)
-        img = ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    if enc == "bgr8":
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    elif enc == "rgba8":
-        img = cv2.cvtColor(img, cv2.COLOR_RGBA2RGB)
-    elif enc == "bgra8":
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    return np.ascontiguousarray(img)
-
-
-def compressed_to_array(msg) -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` (JPEG/PNG) -> (H, W) uint8 grey or (H, W, 3) uint8 RGB.
-
-    Raises
-    ------
-    DataError
-        empty payload or data OpenCV cannot decode (the ``format`` string is named).
-    """
-    data = np.frombuffer(memoryview(msg.data), dtype=np.uint8)
-    if data.size == 0:
-        raise DataError(f"empty compressed image (format '{msg.format}')")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
-        raise DataError(f"cannot decode compressed image (format '{msg.format}')")
-    if img.dtype == np.uint16:
-        img = ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    elif img.ndim == 3 and img.shape[2] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    elif img.ndim == 3 and img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    return np.ascontiguousarray(img)
+# sensor_msgs/Image and CompressedImage -> (H, W) uint8 grey or (H, W, 3) uint8 RGB: the same decoders
+# as the bag readers (they raise DataError naming the encoding, size or length problem).
+image_to_array = decode_image_msg
+compressed_to_array = decode_compressed_msg
 
 
 def array_to_image(img: np.ndarray, msg_cls, stamp=None, frame_id: str = ""):
