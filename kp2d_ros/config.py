@@ -284,6 +284,10 @@ class HomographyConfig:
     perspective_amplitude: float = 0.4
     translation: bool = True
     max_tries: int = 50
+    # True: scale/rotation are drawn once and kept even when the patch leaves the image (black borders,
+    # masked by the losses). False: redraw until the patch fits, which in practice keeps rotations small
+    # (|angle| median ~9 deg for max_angle pi/4 at 0.7) and zooms in only.
+    allow_artifacts: bool = False
 
     def validate(self) -> None:
         if not 0.0 < self.patch_ratio <= 1.0:
@@ -376,6 +380,8 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 200  # steps
     checkpoint_minutes: float = 5.0  # also checkpoint after this much wall time (0 = off)
+    init_keypoint_net: str = ""  # fine-tune: start KeyPointNet from these weights ("" = random init)
+    init_io_net: str = ""  # fine-tune: start IO-Net from these weights ("" = random init)
     keypoint_net: KeyPointNetConfig = field(default_factory=KeyPointNetConfig)
     io_net: IONetConfig = field(default_factory=IONetConfig)
     homography: HomographyConfig = field(default_factory=HomographyConfig)

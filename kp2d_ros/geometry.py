@@ -190,19 +190,61 @@ def refine_pose(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, sc
     t = t / np.linalg.norm(t)
     # Two directions orthogonal to t span its tangent space on the unit sphere.
     basis = np.linalg.svd(t.reshape(1, 3))[2][1:].T  # (3, 2)
+    x0 = np.concatenate([n0, np.ones((n0.shape[0], 1))], axis=1)
+    x1 = np.concatenate([n1, np.ones((n1.shape[0], 1))], axis=1)
 
     def unpack(x):
         Rx = cv2.Rodrigues(x[:3])[0] @ R
         tx = t + basis @ x[3:]
         return Rx, tx / np.linalg.norm(tx)
 
-    def residuals(x):
-        Rx, tx = unpack(x)
-        return sampson_errors(skew(tx) @ Rx, n0, n1)
+    def batch_residuals(X):  # (K, 5) parameter vectors -> (K, N) Sampson errors in one numpy pass
+        Es = np.stack([skew(tx) @ Rx for Rx, tx in map(unpack, X)])  # (K, 3, 3)
+        Ex0 = x0 @ Es.transpose(0, 2, 1)  # (K, N, 3)
+        Etx1 = x1 @ Es
+        num = (x1 * Ex0).sum(-1)
+        den = np.sqrt(Ex0[..., 0] ** 2 + Ex0[..., 1] ** 2 + Etx1[..., 0] ** 2 + Etx1[..., 1] ** 2)
+        return num / np.maximum(den, 1e-15)
 
-    sol = least_squares(residuals, np.zeros(5), loss="cauchy", f_scale=scale, max_nfev=iterations * 6, xtol=1e-10, ftol=1e-10, gtol=1e-10,
-                        x_scale=1.0, method="trf")
-    return unpack(sol.x)
+    def jacobian(x, r):  # forward differences (scipy's '2-point' steps), all five in one pass
+        h = _FD_STEP * np.where(x >= 0, 1.0, -1.0) * np.maximum(1.0, np.abs(x))
+        h = (x + h) - x
+        return ((batch_residuals(x + np.diag(h)) - r) / h[:, None]).T  # (N, 5)
+
+    def cost(r):  # Cauchy loss
+        return float(np.sum(np.log1p((r / scale) ** 2)))
+
+    # Levenberg-Marquardt on the Cauchy-weighted normal equations (IRLS). scipy's least_squares
+    # minimises the same objective but spends ~0.5 ms of Python per iteration on 5 unknowns.
+    x = np.zeros(5)
+    r = batch_residuals(x[None])[0]
+    c = cost(r)
+    lam = 1e-3
+    for _ in range(iterations):
+        J = jacobian(x, r)
+        w = 1.0 / (1.0 + (r / scale) ** 2)
+        A = J.T @ (w[:, None] * J)
+        g = J.T @ (w * r)
+        try:
+            dx = -np.linalg.solve(A + lam * np.diag(np.diag(A) + 1e-30), g)
+        except np.linalg.LinAlgError:
+            break
+        r_new = batch_residuals((x + dx)[None])[0]
+        c_new = cost(r_new)
+        if c_new < c:
+            # stop when the step no longer matters: < 1e-7 rad / unit-baseline, or cost down < 1e-7 relative
+            converged = c - c_new <= 1e-7 * c or np.linalg.norm(dx) <= 1e-7
+            x, r, c, lam = x + dx, r_new, c_new, max(lam / 10, 1e-9)
+            if converged:
+                break
+        else:
+            lam *= 10
+            if lam > 1e8:
+                break
+    return unpack(x)
+
+
+_FD_STEP = float(np.sqrt(np.finfo(np.float64).eps))
 
 
 def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, cfg: GeometryConfig,

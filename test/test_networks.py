@@ -180,3 +180,18 @@ def test_onnx_export_matches_torch(tmp_path, small_net):
     for got, want in zip(outs, (ref.scores, ref.keypoints, ref.descriptors)):
         assert got.shape == tuple(want.shape)
         assert np.abs(got - want.numpy()).max() < 1e-4
+
+
+def test_sparse_last_conv_equals_dense_conv_then_sampling():
+    torch.manual_seed(0)
+    features = torch.randn(2, 8, 12, 16)  # 1/4 of a 48x64 image
+    conv = torch.nn.Conv2d(8, 32, 3, padding=1)
+    from kp2d_ros.networks.keypoint_net import sample_conv_descriptors, sample_descriptors
+    inner = torch.rand(2, 50, 2) * torch.tensor([64 - 5.0, 48 - 5.0]) + 2.0  # >= stride/2 from the border
+    dense = sample_descriptors(conv(features), inner, (48, 64))
+    sparse = sample_conv_descriptors(features, conv, inner, (48, 64))
+    assert sparse.shape == (2, 50, 32)
+    torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)
+    corner = torch.tensor([[[0.0, 0.0]]]).expand(2, 1, 2)  # the dense map mixes in its zero padding here
+    assert not torch.allclose(sample_conv_descriptors(features, conv, corner, (48, 64)),
+                              sample_descriptors(conv(features), corner, (48, 64)), atol=1e-3)

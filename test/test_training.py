@@ -39,6 +39,26 @@ def test_homography_target_corners_stay_inside_source():
     assert max(np.abs(H - np.eye(3)).max() for H in hs) > 0.1  # not degenerate
 
 
+def _angles_and_zooms(cfg, n=400):
+    rng = np.random.default_rng(3)
+    out = []
+    for _ in range(n):
+        A = sample_homography(160, 128, cfg, rng)[:2, :2]
+        out.append((np.degrees(abs(np.arctan2(A[1, 0] - A[0, 1], A[0, 0] + A[1, 1]))), np.sqrt(abs(np.linalg.det(A)))))
+    return np.array(out).T
+
+
+def test_allow_artifacts_draws_large_rotations_and_zoom_outs():
+    paper = HomographyConfig()  # 0.7, 0.2, pi/4, 0.4
+    a_strict, _ = _angles_and_zooms(paper)
+    a_loose, _ = _angles_and_zooms(HomographyConfig(allow_artifacts=True))
+    assert np.mean(a_strict > 30) < 0.1  # redrawing until the patch fits keeps the angles small
+    assert 0.25 < np.mean(a_loose > 30) < 0.42  # uniform in +-45 deg: 1/3
+    _, z_strict = _angles_and_zooms(HomographyConfig(scaling_amplitude=0.6))
+    _, z_loose = _angles_and_zooms(HomographyConfig(scaling_amplitude=0.6, allow_artifacts=True))
+    assert z_strict.min() > 0.9 and np.mean(z_loose < 0.9) > 0.01  # only the loose target zooms out (much)
+
+
 def test_warp_points_matches_warp_image_and_torch():
     H = sample_homography(80, 64, HomographyConfig(), np.random.default_rng(2))
     img = np.zeros((64, 80), np.uint8)
@@ -193,6 +213,25 @@ def test_checkpoint_resume_loses_nothing(tmp_path, image_dir):
     assert not list((tmp_path / "b").glob("*.tmp"))
     net = KeyPointNet.from_file(tmp_path / "b" / "keypoint_net.pt")
     assert net.metadata["step"] == 4
+
+
+def test_fine_tuning_starts_from_given_weights(tmp_path, image_dir):
+    from kp2d_ros.networks.weights import save_network
+
+    base = Trainer(tiny_config(), image_dir, tmp_path / "base")
+    base.train(2)
+    kp, io = save_network(base.keypoint_net, tmp_path / "kp.pt"), save_network(base.io_net, tmp_path / "io.pt")
+    tuned = Trainer(tiny_config(init_keypoint_net=str(kp), init_io_net=str(io)), image_dir, tmp_path / "ft")
+    assert tuned.step == 0
+    wa, wb = _weights(base), _weights(tuned)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert all(torch.equal(a, b) for a, b in zip(base.io_net.state_dict().values(), tuned.io_net.state_dict().values()))
+    fresh = Trainer(tiny_config(), image_dir, tmp_path / "fresh")
+    assert not all(torch.equal(wa[k], v) for k, v in _weights(fresh).items() if v.is_floating_point())
+    wide = tiny_config(init_keypoint_net=str(kp))
+    wide.keypoint_net.width_multiplier = 0.5
+    with pytest.raises(ModelError, match="does not fit KeyPointNet"):
+        Trainer(wide, image_dir, tmp_path / "wide")
 
 
 def test_corrupt_or_missing_checkpoint_raises(tmp_path, image_dir):

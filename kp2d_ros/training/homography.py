@@ -4,7 +4,9 @@ A homography is drawn as a random quadrilateral (the *patch*) inside the source 
 the patch corners onto the full image corners, so ``target = warp(source, H)`` shows the patch
 filling the frame. The patch starts as a centred square of ``patch_ratio`` of the image and is
 perturbed by perspective, scaling, rotation and translation, each kept only if the patch stays
-inside the image. Zero amplitudes and ``patch_ratio = 1`` give the identity.
+inside the image. Zero amplitudes and ``patch_ratio = 1`` give the identity. With ``allow_artifacts`` the patch may
+leave the image (the target then has black borders), so large rotations and zoom-outs are drawn as often as the
+amplitudes say instead of being rejected.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def sample_homography(width: int, height: int, config: HomographyConfig, rng: np
     centre = np.array([0.5, 0.5])
 
     def inside(p):
-        return bool(np.all(p >= 0.0) and np.all(p <= 1.0))
+        return config.allow_artifacts or bool(np.all(p >= 0.0) and np.all(p <= 1.0))
 
     for _ in range(config.max_tries):  # perspective: move left/right edges vertically, top/bottom horizontally
         if config.perspective_amplitude <= 0:
@@ -68,6 +70,8 @@ def sample_homography(width: int, height: int, config: HomographyConfig, rng: np
             break
     if config.translation:
         lo, hi = -patch.min(axis=0), 1.0 - patch.max(axis=0)
+        if config.allow_artifacts:  # the patch may overhang: keep its centre inside the image
+            lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
         patch = patch + rng.uniform(lo, hi)
 
     scale = np.array([width - 1, height - 1], dtype=np.float64)

@@ -22,7 +22,7 @@ from kp2d_ros.config import TrainConfig, dump_config, from_dict, to_dict
 from kp2d_ros.errors import ModelError
 from kp2d_ros.networks.io_net import IONet
 from kp2d_ros.networks.keypoint_net import KeyPointNet
-from kp2d_ros.networks.weights import save_network
+from kp2d_ros.networks.weights import read_weights, save_network
 from kp2d_ros.training.dataset import PairSampler, list_images
 from kp2d_ros.training.losses import associate, descriptor_loss, io_loss, location_loss, score_loss
 
@@ -142,6 +142,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load_checkpoint(self.out / CHECKPOINT)
+        else:
+            self.load_init_weights()
         if self.rank == 0:  # the effective config (a resume may override e.g. augmentation)
             dump_config(cfg, self.out / ("config.yaml" if not resume else f"config.resume{self.step}.yaml"), ros=False)
 
@@ -230,6 +232,24 @@ class Trainer:
         save_network(self.io_net, self.out / "io_net.pt", **meta)
         self.plot()
         return path
+
+    def load_init_weights(self) -> None:
+        """Fine-tuning: start from ``cfg.init_keypoint_net`` / ``cfg.init_io_net`` (weights files) when set.
+
+        Raises
+        ------
+        ModelError
+            missing/corrupt file or weights of another architecture than ``cfg``.
+        """
+        for path, net in ((self.cfg.init_keypoint_net, self.keypoint_net), (self.cfg.init_io_net, self.io_net)):
+            if not path:
+                continue
+            state, _ = read_weights(path)
+            try:
+                net.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise ModelError(f"{path}: does not fit {type(net).__name__} of this config: "
+                                 f"{str(e).splitlines()[0]}") from None
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore networks, optimiser, scheduler, step and RNG states.
