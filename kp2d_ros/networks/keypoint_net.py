@@ -101,14 +101,14 @@ def sample_conv_descriptors(features: torch.Tensor, conv: nn.Conv2d, points: tor
     """
     b, c, hd, wd = features.shape
     h, w = image_size
-    n = points.shape[1]
     offsets = torch.tensor([(dx * w / wd, dy * h / hd) for dy in (-1, 0, 1) for dx in (-1, 0, 1)],
                            device=points.device, dtype=torch.float32)  # (9, 2) in kernel (ky, kx) order
-    p = points.float()[:, :, None, :] + offsets  # (B, N, 9, 2)
+    p = points.float()[:, None] + offsets[None, :, None]  # (B, 9, N, 2)
     grid = torch.stack([(p[..., 0] + 0.5) / w * 2 - 1, (p[..., 1] + 0.5) / h * 2 - 1], dim=-1)
-    patches = F.grid_sample(features.float(), grid, mode="bilinear", align_corners=False)  # (B, C, N, 9)
-    patches = patches.permute(0, 2, 1, 3).reshape(b, n, c * 9).to(conv.weight.dtype)  # the layer's precision
-    desc = (patches @ conv.weight.reshape(conv.out_channels, c * 9).T).float()
+    taps = F.grid_sample(features.float(), grid, mode="bilinear", align_corners=False)  # (B, C, 9, N)
+    taps = taps.contiguous().reshape(b, c * 9, -1).to(conv.weight.dtype)  # rows in (c, ky, kx) order
+    weight = conv.weight.contiguous().reshape(conv.out_channels, c * 9)  # the same order
+    desc = (weight @ taps).float().transpose(1, 2)  # (B, N, D)
     if conv.bias is not None:
         desc = desc + conv.bias.float()
     return F.normalize(desc, p=2, dim=-1)
