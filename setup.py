@@ -27,6 +27,7 @@ setup(
         "rosbags",
         "rosbags-image",
         "tqdm",
+        "threadpoolctl",  # one thread per BLAS pool on small CPUs (kp2d_ros.runtime)
         "matplotlib",
         "scikit-image",  # textures of the synthetic demo scene
     ],

@@ -142,8 +142,16 @@ class PipelineConfig:
     rotation_keyframe_deg: float = 5.0
     # Frames without a valid pose before the tracker declares itself lost and re-initialises.
     max_lost_frames: int = 3
+    # Process-wide CPU threads, applied when the pipeline is built (0 = the libraries' defaults).
+    # torch_threads: the network's intra-op threads; library_threads: OpenCV and every BLAS pool.
+    # On the 2-core benchmark machine torch 2 + libraries 1 is fastest (kp2d 320x240: 27 FPS vs 19
+    # with the defaults, where OpenBLAS's spinning workers steal the network's second core).
+    torch_threads: int = 0
+    library_threads: int = 0
 
     def validate(self) -> None:
+        _nonneg("pipeline.torch_threads", self.torch_threads)
+        _nonneg("pipeline.library_threads", self.library_threads)
         _nonneg("pipeline.min_parallax_px", self.min_parallax_px)
         _nonneg("pipeline.keyframe_parallax_px", self.keyframe_parallax_px)
         _nonneg("pipeline.keyframe_min_inliers", self.keyframe_min_inliers)

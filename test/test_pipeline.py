@@ -298,3 +298,32 @@ def test_tum_rgb_with_distortion_tracks_rotation():
     assert rotation_angle_deg(G[-1, :3, :3]) > 10.0  # the camera really turns
     for e, T in zip(out, G):
         assert rotation_angle_deg(e.T_world_cam[:3, :3].T @ T[:3, :3]) < 2.0
+
+
+def test_pipelined_run_equals_sequential_calls():
+    from kp2d_ros.pipeline import run_pipelined
+
+    gt = driving_poses(12, step=1.0, speed_change=0.4)
+    frames = [frame(i) for i in range(12)]
+    seq = run(VOPipeline(VOConfig(), frontend=PointWorldFrontend(gt)), frames)
+    par = list(run_pipelined(VOPipeline(VOConfig(), frontend=PointWorldFrontend(gt)), iter(frames)))
+    assert len(par) == len(seq)
+    for a, b in zip(seq, par):
+        assert a.status == b.status and a.num_inliers == b.num_inliers
+        np.testing.assert_array_equal(a.T_world_cam, b.T_world_cam)
+        assert set(b.timings_ms) == TIMING_KEYS and b.timings_ms["network"] > 0
+    assert list(run_pipelined(VOPipeline(VOConfig(), frontend=PointWorldFrontend(gt)), [])) == []
+
+
+def test_thread_settings_are_applied(monkeypatch):
+    import kp2d_ros.runtime as runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "set_cpu_threads", lambda n, torch_threads=None: calls.append((n, torch_threads)))
+    # (runtime.apply_thread_settings looks set_cpu_threads up at call time)
+    cfg = VOConfig()
+    VOPipeline(cfg, frontend=PointWorldFrontend(driving_poses(2)))
+    assert calls == []  # defaults: leave the libraries alone
+    cfg.pipeline.torch_threads, cfg.pipeline.library_threads = 2, 1
+    VOPipeline(cfg, frontend=PointWorldFrontend(driving_poses(2)))
+    assert calls == [(1, 2)]

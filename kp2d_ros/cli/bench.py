@@ -35,9 +35,15 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=50, help="timed frames (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed frames first (default 5)")
     p.add_argument("--sequence", default=None, help="dataset folder or bag (default: synthetic sequence)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (pipeline.torch_threads; default: the config's)")
     p.add_argument("--config", default=None, help="VO config YAML (default: config/vo.yaml, else built-in defaults)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted config overrides")
+    p.add_argument("--untrained-width", type=float, default=None, metavar="W",
+                   help="speed only: a randomly initialised KeyPointNet of width multiplier W (1.0 = paper size) "
+                        "instead of --model")
+    p.add_argument("--pipelined", action="store_true",
+                   help="detect the next frame on a worker thread while the current one is tracked "
+                        "(fps = throughput; latency_ms = image -> pose)")
     p.add_argument("--out", default=None, help="write the JSON report here")
     return p
 
@@ -53,6 +59,8 @@ def build_config(args):
     overrides = parse_overrides(args.set)
     overrides["frontend.type"] = args.frontend
     overrides["frontend.resolution"] = [w, h]
+    if args.threads > 0:
+        overrides["pipeline.torch_threads"] = args.threads
     if args.device is not None:
         overrides["frontend.device"] = args.device
         overrides["matching.device"] = args.device
@@ -76,10 +84,6 @@ def run(args) -> int:
 
     if args.frames < 1 or args.warmup < 1:
         raise DataError("--frames and --warmup must be >= 1")
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
     cfg = build_config(args)
     w, h = cfg.frontend.resolution
     n = args.frames + args.warmup
@@ -91,14 +95,29 @@ def run(args) -> int:
         from kp2d_ros.data import open_sequence
 
         seq = open_sequence(args.sequence, max_frames=n, camera=cfg.camera)
-    result = bench(seq, cfg, frames=args.frames, warmup=args.warmup)
+    pipeline = None
+    if args.untrained_width is not None:
+        if cfg.frontend.type != "kp2d":
+            raise DataError("--untrained-width needs --frontend kp2d")
+        from kp2d_ros.networks.keypoint_net import KeyPointNet
+        from kp2d_ros.networks.kp2d_frontend import KP2DFrontend
+        from kp2d_ros.pipeline import VOPipeline
+        from kp2d_ros.runtime import apply_thread_settings
+
+        apply_thread_settings(cfg.pipeline)
+        model = KeyPointNet(width_multiplier=args.untrained_width).eval()
+        pipeline = VOPipeline(cfg, frontend=KP2DFrontend(cfg.frontend, model=model))
+    result = bench(seq, cfg, frames=args.frames, warmup=args.warmup, pipeline=pipeline, pipelined=args.pipelined)
     report = result.report()
+    if args.untrained_width is not None:
+        report["model"] = f"untrained KeyPointNet, width multiplier {args.untrained_width} (speed only)"
     st = report["stages_ms"]
     print(f"{report['frontend']} {w}x{h} on {report['device']}"
           + (f" ({report['precision']})" if report["precision"] else "")
           + f", {report['frames']} frames of {report['sequence']} after {report['warmup']} warm-up")
     print("  " + "  ".join(f"{k} {st[k]:.1f} ms" for k in ("network", "matching", "io_net", "pose", "total")))
-    print(f"  {report['fps']:.1f} FPS (median), {report['fps_mean']:.1f} FPS (mean); "
+    print(f"  {report['fps']:.1f} FPS (median), {report['fps_mean']:.1f} FPS (mean)"
+          + (f", pipelined, latency {report['latency_ms']:.1f} ms" if report["pipelined"] else "") + "; "
           f"{report['machine']['cpu']}, {report['machine']['logical_cores']} cores, "
           f"load {report['machine'].get('load_average_1m', 'n/a')}")
     if args.out:
