@@ -33,6 +33,8 @@ class FrontendConfig:
     # Working resolution [width, height] the frontend sees; [0, 0] keeps the input size.
     # Keypoints are always returned in input-image pixels.
     resolution: list[int] = field(default_factory=lambda: [0, 0])
+    # With resolution [0, 0]: working size = input size x scale (e.g. 1.5 upsamples; any camera).
+    scale: float = 1.0
     orb_scale_factor: float = 1.2
     orb_levels: int = 8
     orb_fast_threshold: int = 20
@@ -57,6 +59,8 @@ class FrontendConfig:
             raise ConfigError(f"frontend.resolution: expected [width, height] >= 0, got {self.resolution}")
         if (self.resolution[0] == 0) != (self.resolution[1] == 0):
             raise ConfigError("frontend.resolution: width and height must both be 0 or both be > 0")
+        if not (math.isfinite(self.scale) and 0.05 <= self.scale <= 8.0):
+            raise ConfigError(f"frontend.scale: must be in [0.05, 8], got {self.scale}")
         _nonneg("frontend.nms_radius", self.nms_radius)
         _nonneg("frontend.grid_cols", self.grid_cols)
         _nonneg("frontend.grid_rows", self.grid_rows)
@@ -101,6 +105,9 @@ class GeometryConfig:
     rotation_only_parallax_px: float = 0.5
     # Rounds of robust least-squares polishing of (R, t) on the inliers' Sampson errors (0 = off).
     refine_rounds: int = 2
+    # Also polish the previous pair's motion as a second hypothesis and keep the one with the lower
+    # robust cost (fixes rotation/translation-ambiguity failures of the robust estimator in turns).
+    motion_prior: bool = True
 
     def validate(self) -> None:
         _choice("geometry.method", self.method, ("magsac", "ransac", "prosac", "lmeds"))

@@ -32,8 +32,8 @@ def to_grey(image: np.ndarray) -> np.ndarray:
     raise DataError(f"image: expected (H, W) grey or (H, W, 3) RGB, got shape {image.shape}")
 
 
-def resize_to_working(grey: np.ndarray, resolution: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Resize to the working resolution ``[width, height]`` (``[0, 0]`` keeps the input size).
+def resize_to_working(grey: np.ndarray, resolution: list[int], scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Resize to the working resolution ``[width, height]``; ``[0, 0]``: the input size times ``scale``.
 
     Returns
     -------
@@ -42,6 +42,8 @@ def resize_to_working(grey: np.ndarray, resolution: list[int]) -> tuple[np.ndarr
     """
     h_in, w_in = grey.shape[:2]
     w, h = int(resolution[0]), int(resolution[1])
+    if (w <= 0 or h <= 0) and scale != 1.0:
+        w, h = max(8, int(round(w_in * scale))), max(8, int(round(h_in * scale)))
     if w <= 0 or h <= 0 or (w == w_in and h == h_in):
         return grey, np.ones(2)
     interp = cv2.INTER_AREA if w * h < w_in * h_in else cv2.INTER_LINEAR
@@ -126,7 +128,7 @@ class OpenCVFrontend(Frontend):
         Features with keypoints (N, 2) float32 in input pixels, N <= ``num_features``.
         """
         grey = to_grey(image)
-        work, scale = resize_to_working(grey, self.cfg.resolution)
+        work, scale = resize_to_working(grey, self.cfg.resolution, self.cfg.scale)
         kps, desc = self.detector.detectAndCompute(work, None)
         dim = 32 if self.binary else 128
         if desc is None or len(kps) == 0:

@@ -247,8 +247,16 @@ def refine_pose(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, sc
 _FD_STEP = float(np.sqrt(np.finfo(np.float64).eps))
 
 
+def robust_cost(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, scale: float) -> float:
+    """Cauchy cost ``sum log(1 + (e / scale)^2)`` of the Sampson errors of all correspondences: the
+    objective :func:`refine_pose` minimises, used to compare pose hypotheses."""
+    e = sampson_errors(skew(t) @ R, n0, n1)
+    return float(np.sum(np.log1p((e / scale) ** 2)))
+
+
 def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, cfg: GeometryConfig,
-                           ordered: bool = False) -> TwoViewGeometry | None:
+                           ordered: bool = False,
+                           prior: tuple[np.ndarray, np.ndarray] | None = None) -> TwoViewGeometry | None:
     """Relative pose of view 1 w.r.t. view 0 from matched pixel points.
 
     Steps: undistort and normalise the points, robust essential matrix (OpenCV USAC, threshold
@@ -269,6 +277,11 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
     cfg : robust estimator settings.
     ordered : the matches are sorted best first; with ``cfg.method == "prosac"`` the PROSAC
         sampler uses that order (otherwise MAGSAC/RANSAC/LMedS as configured).
+    prior : optional (R, t) hypothesis, e.g. the previous frame pair's motion. It is polished like
+        the robust estimator's model and wins when its robust cost over all correspondences is
+        lower. Forward motion with yaw has a valley of near-equivalent (R, t) (the rotation /
+        translation ambiguity); on KITTI 07 the estimator's model sometimes settles 0.8 deg / 38 deg
+        away from a pose with lower cost and more inliers, which the previous motion recovers.
 
     Returns
     -------
@@ -300,10 +313,23 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
     thr = cfg.ransac_threshold_px / f
     _, R0, t0, _, _ = cv2.recoverPose(E, n0[inl], n1[inl], I3, distanceThresh=cfg.distance_threshold)
     t0 = t0.ravel()
-    for _ in range(cfg.refine_rounds):
-        R0, t0 = refine_pose(R0, t0, n0[inl], n1[inl], thr)
-        E = skew(t0) @ R0
-        inl = np.abs(sampson_errors(E, n0, n1)) < thr
+    hypotheses = [(R0, t0, inl)]
+    if prior is not None and np.linalg.norm(prior[1]) > 0:
+        Rp, tp = np.asarray(prior[0], np.float64), np.asarray(prior[1], np.float64).ravel()
+        tp = tp / np.linalg.norm(tp)
+        hypotheses.append((Rp, tp, np.abs(sampson_errors(skew(tp) @ Rp, n0, n1)) < 3 * thr))
+    best = None
+    for R_h, t_h, inl_h in hypotheses:
+        for _ in range(cfg.refine_rounds):
+            if inl_h.sum() < 5:
+                break
+            R_h, t_h = refine_pose(R_h, t_h, n0[inl_h], n1[inl_h], thr)
+            inl_h = np.abs(sampson_errors(skew(t_h) @ R_h, n0, n1)) < thr
+        cost = robust_cost(R_h, t_h, n0, n1, thr) if len(hypotheses) > 1 else 0.0
+        if best is None or cost < best[0]:
+            best = (cost, R_h, t_h, inl_h)
+    _, R0, t0, inl = best
+    E = skew(t0) @ R0
     if inl.sum() < cfg.min_inliers:
         return None
     # Keyword arguments select the overload with distanceThresh (positional ones are ambiguous).

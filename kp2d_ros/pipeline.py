@@ -94,6 +94,7 @@ class VOPipeline:
         self.scaled = False  # True once the first pair has fixed the trajectory's scale
         self.gap = 0  # frames since the reference keyframe
         self.lost_frames = 0
+        self.last_motion: tuple[np.ndarray, np.ndarray] | None = None  # previous pair's (R, unit t)
 
     # ----------------------------------------------------------------------------------------
     def detect(self, frame: Frame) -> Features:
@@ -164,9 +165,12 @@ class VOPipeline:
             return self._lost(frame, feats, matches)
         if np.median(np.linalg.norm(kp1 - kp0, axis=1)) < pc.min_parallax_px:
             return self._static(frame, feats, matches)
-        geom = estimate_relative_pose(kp0, kp1, camera, cfg.geometry, ordered=True)
+        prior = self.last_motion if cfg.geometry.motion_prior else None
+        geom = estimate_relative_pose(kp0, kp1, camera, cfg.geometry, ordered=True, prior=prior)
         if geom is None:
+            self.last_motion = None
             return self._lost(frame, feats, matches)
+        self.last_motion = (geom.R, geom.t) if np.any(geom.t) else None
         self.lost_frames = 0
         if not np.any(geom.t):  # pure rotation: translation unobservable, position held
             T = compose_relative(ref.T_world_cam, geom.R, np.zeros(3))

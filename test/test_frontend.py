@@ -127,3 +127,15 @@ def test_grid_select_and_pixel_mapping():
     keep = grid_select(xy, scores, (100, 100), 2, 2, 4, fill=True)  # then the best of the rest
     assert keep.tolist() == [1, 4, 2, 3]
     np.testing.assert_allclose(to_input_pixels(np.array([[0.0, 9.0]]), np.array([2.0, 2.0])), [[0.5, 18.5]])
+
+
+def test_working_scale_resizes_relative_to_the_input():
+    from kp2d_ros.frontend import resize_to_working
+
+    img = np.zeros((370, 1226), np.uint8)
+    work, scale = resize_to_working(img, [0, 0], 1.5)
+    assert work.shape == (555, 1839)
+    np.testing.assert_allclose(scale, [1226 / 1839, 370 / 555])
+    work, scale = resize_to_working(img, [640, 192], 1.5)  # a fixed size wins
+    assert work.shape == (192, 640)
+    assert resize_to_working(img, [0, 0])[0] is img

@@ -199,3 +199,38 @@ def test_scale_from_inverse_depths_is_not_attenuated():
     naive = np.sum(w * a[100:] * b[100:]) / np.sum(w * a[100:] ** 2)
     assert naive < 0.9 * s_true
     assert scale_from_inverse_depths(a[:0], sig_a[:0], b[:0], sig_b[:0], init=1.0) is None
+
+
+def _wrong_essential(monkeypatch, R_bad, t_bad):
+    """Make the robust estimator return a wrong model (all points inliers), as it sometimes does in
+    the rotation/translation-ambiguity valley of forward motion."""
+    import kp2d_ros.geometry as geometry
+
+    E_bad = geometry.skew(t_bad / np.linalg.norm(t_bad)) @ R_bad
+    monkeypatch.setattr(geometry.cv2, "findEssentialMat",
+                        lambda n0, n1, *a, **k: (E_bad.copy(), np.ones((len(n0), 1), np.uint8)))
+
+
+def test_motion_prior_recovers_from_a_wrong_robust_model(monkeypatch):
+    rng = np.random.default_rng(5)
+    R, t = rot(0.3, 2.0, 0.1), np.array([0.05, 0.0, 1.0])  # forward motion with yaw (a KITTI turn)
+    p0, p1 = two_views(rng, R, t, noise=0.3, near=20.0, far=80.0)  # far scene: a flat cost valley
+    _wrong_essential(monkeypatch, rot(0.3, 0.8, 0.1), np.array([-0.6, 0.0, 1.0]))
+    cfg = GeometryConfig(ransac_threshold_px=1.0, refine_rounds=2)
+    wrong = estimate_relative_pose(p0, p1, CAM, cfg)
+    assert rot_err(wrong.R, R) > 0.5  # polishing stays in the wrong basin
+    prior_R, prior_t = rot(0.2, 1.7, 0.0), np.array([0.1, 0.0, 1.0])  # e.g. the previous frame's motion
+    fixed = estimate_relative_pose(p0, p1, CAM, cfg, prior=(prior_R, prior_t))
+    assert rot_err(fixed.R, R) < 0.05 and angle_between(fixed.t, t) < 2.0
+    assert fixed.inliers.sum() > wrong.inliers.sum()
+
+
+def test_a_bad_motion_prior_is_not_chosen():
+    rng = np.random.default_rng(6)
+    R, t = rot(0.5, -1.0, 0.2), np.array([0.3, 0.1, 1.0])
+    p0, p1 = two_views(rng, R, t, noise=0.3, outliers=0.2)
+    cfg = GeometryConfig(ransac_threshold_px=1.0)
+    plain = estimate_relative_pose(p0, p1, CAM, cfg)
+    with_bad = estimate_relative_pose(p0, p1, CAM, cfg, prior=(rot(10, -20, 5), np.array([1.0, 0.0, 0.0])))
+    np.testing.assert_allclose(with_bad.R, plain.R, atol=1e-9)
+    np.testing.assert_allclose(with_bad.t, plain.t, atol=1e-9)

@@ -184,7 +184,7 @@ class KP2DFrontend(Frontend):
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[..., 0]
         h, w = image.shape[:2]
-        work, _ = resize_to_working(image, self.config.resolution)
+        work, _ = resize_to_working(image, self.config.resolution, self.config.scale)
         return work, (w, h), (work.shape[1], work.shape[0])
 
     def _to_tensor(self, work: np.ndarray) -> torch.Tensor:
