@@ -247,6 +247,13 @@ def refine_pose(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, sc
 _FD_STEP = float(np.sqrt(np.finfo(np.float64).eps))
 
 
+def _same_basin(Ra: np.ndarray, ta: np.ndarray, Rb: np.ndarray, tb: np.ndarray,
+                max_rotation_deg: float = 0.25, max_direction_deg: float = 2.0) -> bool:
+    """Two motions close enough that polishing one would end where the other is (no need to compare)."""
+    cos_t = abs(float(ta @ tb)) / max(float(np.linalg.norm(ta) * np.linalg.norm(tb)), 1e-12)
+    return rotation_angle_deg(Ra.T @ Rb) < max_rotation_deg and np.degrees(np.arccos(min(cos_t, 1.0))) < max_direction_deg
+
+
 def robust_cost(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, scale: float) -> float:
     """Cauchy cost ``sum log(1 + (e / scale)^2)`` of the Sampson errors of all correspondences: the
     objective :func:`refine_pose` minimises, used to compare pose hypotheses."""
@@ -318,17 +325,21 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
         Rp, tp = np.asarray(prior[0], np.float64), np.asarray(prior[1], np.float64).ravel()
         tp = tp / np.linalg.norm(tp)
         hypotheses.append((Rp, tp, np.abs(sampson_errors(skew(tp) @ Rp, n0, n1)) < 3 * thr))
-    best = None
-    for R_h, t_h, inl_h in hypotheses:
-        for _ in range(cfg.refine_rounds):
+    def polish(R_h, t_h, inl_h, rounds, iterations=20):
+        for _ in range(rounds):
             if inl_h.sum() < 5:
                 break
-            R_h, t_h = refine_pose(R_h, t_h, n0[inl_h], n1[inl_h], thr)
+            R_h, t_h = refine_pose(R_h, t_h, n0[inl_h], n1[inl_h], thr, iterations)
             inl_h = np.abs(sampson_errors(skew(t_h) @ R_h, n0, n1)) < thr
-        cost = robust_cost(R_h, t_h, n0, n1, thr) if len(hypotheses) > 1 else 0.0
-        if best is None or cost < best[0]:
-            best = (cost, R_h, t_h, inl_h)
-    _, R0, t0, inl = best
+        return R_h, t_h, inl_h
+
+    R0, t0, inl = polish(*hypotheses[0], cfg.refine_rounds)
+    if len(hypotheses) > 1 and cfg.refine_rounds > 0 and not _same_basin(R0, t0, *hypotheses[1][:2]):
+        # The prior only has to show which basin it is in: a short polish (its cost is then, if anything,
+        # too high, which favours the estimator's model), then the full polish when it wins.
+        Rp, tp, inl_p = polish(*hypotheses[1], 1, iterations=8)
+        if robust_cost(Rp, tp, n0, n1, thr) < robust_cost(R0, t0, n0, n1, thr):
+            R0, t0, inl = polish(Rp, tp, inl_p, cfg.refine_rounds)
     E = skew(t0) @ R0
     if inl.sum() < cfg.min_inliers:
         return None

@@ -143,3 +143,18 @@ def test_train_io_cli_smoke(tmp_path):
     net = IONet.from_file(out)
     assert net.metadata["training"] == "epipolar" and net.metadata["steps"] == 5
     assert main(args) == 0  # second run reuses the cache
+
+
+def test_matmul_inference_equals_the_module():
+    torch.manual_seed(0)
+    net = IONet(channels=32, num_blocks=2).eval()
+    for m in net.modules():  # non-trivial BatchNorm statistics so that the folding is tested
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    scorer = IOScorer(net, "cpu")
+    pairs = torch.randn(5, 300)
+    with torch.no_grad():
+        torch.testing.assert_close(scorer.logits(pairs), net(pairs[None]).logits[0], atol=1e-4, rtol=1e-4)

@@ -34,6 +34,23 @@ class IOScorer(MatchScorer):
     def __init__(self, model: IONet, device: str = "auto"):
         self.device = select_device(device, key="matching.device")
         self.model = model.to(self.device).eval()
+        self._layers = _matmul_layers(self.model)
+
+    def logits(self, pairs: torch.Tensor) -> torch.Tensor:
+        """IO-Net logits (N,) of one (5, N) input as plain matrix products: the eval-mode network with
+        each BatchNorm folded into an affine map after its InstanceNorm and the convolution biases
+        that InstanceNorm cancels dropped (equal to ``model(pairs[None]).logits[0]``, tested; about
+        3x faster than the module on a CPU, where the 1x1 convolutions and norms are op-overhead bound)."""
+        w_in, b_in, blocks, w_out, b_out = self._layers
+        x = torch.addmm(b_in, w_in, pairs)  # (C, N)
+        for (w1, a1, c1), (w2, a2, c2) in blocks:
+            y = x
+            for w, a, c in ((w1, a1, c1), (w2, a2, c2)):
+                # InstanceNorm over the N matches of each channel row (layer_norm on rows: one fused op)
+                y = torch.nn.functional.layer_norm(w @ y, y.shape[1:], eps=_IN_EPS)
+                y = torch.relu_(torch.addcmul(c, y, a))
+            x = x + y
+        return (w_out @ x)[0] + b_out
 
     @classmethod
     def from_file(cls, path, device: str = "auto") -> "IOScorer":
@@ -73,8 +90,28 @@ class IOScorer(MatchScorer):
             p0 = torch.from_numpy(kp0).to(self.device)[None]
             p1 = torch.from_numpy(kp1).to(self.device)[None]
             d = torch.from_numpy(distances).to(self.device)[None]
-            probs = self.model(io_net_input(p0, p1, d, (h, w))).probabilities[0]
+            probs = torch.sigmoid(self.logits(io_net_input(p0, p1, d, (h, w))[0]))
         return probs.float().cpu().numpy()
+
+
+_IN_EPS = 1e-5  # torch.nn.InstanceNorm1d's default
+
+
+def _matmul_layers(model: IONet):
+    """Weights for :meth:`IOScorer.logits`: (w_in, b_in, [((w, a, c), (w, a, c)) per block], w_out, b_out);
+    ``a, c`` (C, 1) = the eval BatchNorm as y * a + c."""
+    def bn(m):
+        a = m.weight / torch.sqrt(m.running_var + m.eps)
+        return a[:, None].detach(), (m.bias - m.running_mean * a)[:, None].detach()
+
+    for block in model.blocks:
+        for norm in (block.in1, block.in2):
+            if norm.affine or norm.track_running_stats or norm.eps != _IN_EPS:
+                raise ValueError("IOScorer.logits assumes plain InstanceNorm1d(eps=1e-5)")
+    blocks = [((b.conv1.weight[..., 0].detach(), *bn(b.bn1)), (b.conv2.weight[..., 0].detach(), *bn(b.bn2)))
+              for b in model.blocks]
+    return (model.input_conv.weight[..., 0].detach(), model.input_conv.bias[:, None].detach(), blocks,
+            model.output_conv.weight[..., 0].detach(), model.output_conv.bias.detach())
 
 
 def build_scorer(cfg: MatchingConfig) -> IOScorer | None:
