@@ -160,14 +160,20 @@ def skew(v: np.ndarray) -> np.ndarray:
 
 
 def sampson_errors(E: np.ndarray, n0: np.ndarray, n1: np.ndarray) -> np.ndarray:
-    """(N,) signed Sampson distances (normalised units) of correspondences to an essential matrix."""
+    """Signed Sampson distances (normalised units) of N correspondences to an essential matrix:
+    (N,) for E (3, 3), (K, N) for a stack of K matrices (K, 3, 3), evaluated in one pass."""
     x0 = np.concatenate([n0, np.ones((n0.shape[0], 1))], axis=1)
     x1 = np.concatenate([n1, np.ones((n1.shape[0], 1))], axis=1)
-    Ex0 = x0 @ E.T
+    Ex0 = x0 @ np.swapaxes(E, -1, -2)  # ([K,] N, 3)
     Etx1 = x1 @ E
-    num = np.sum(x1 * Ex0, axis=1)
-    den = np.sqrt(Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2)
+    num = np.sum(x1 * Ex0, axis=-1)
+    den = np.sqrt(Ex0[..., 0] ** 2 + Ex0[..., 1] ** 2 + Etx1[..., 0] ** 2 + Etx1[..., 1] ** 2)
     return num / np.maximum(den, 1e-15)
+
+
+def cauchy_cost(errors: np.ndarray, scale: float) -> float:
+    """Cauchy robust cost ``sum log(1 + (e / scale)^2)``: what :func:`refine_pose` minimises."""
+    return float(np.sum(np.log1p((errors / scale) ** 2)))
 
 
 def refine_pose(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, scale: float,
@@ -190,8 +196,6 @@ def refine_pose(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, sc
     t = t / np.linalg.norm(t)
     # Two directions orthogonal to t span its tangent space on the unit sphere.
     basis = np.linalg.svd(t.reshape(1, 3))[2][1:].T  # (3, 2)
-    x0 = np.concatenate([n0, np.ones((n0.shape[0], 1))], axis=1)
-    x1 = np.concatenate([n1, np.ones((n1.shape[0], 1))], axis=1)
 
     def unpack(x):
         Rx = cv2.Rodrigues(x[:3])[0] @ R
@@ -199,26 +203,18 @@ def refine_pose(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, sc
         return Rx, tx / np.linalg.norm(tx)
 
     def batch_residuals(X):  # (K, 5) parameter vectors -> (K, N) Sampson errors in one numpy pass
-        Es = np.stack([skew(tx) @ Rx for Rx, tx in map(unpack, X)])  # (K, 3, 3)
-        Ex0 = x0 @ Es.transpose(0, 2, 1)  # (K, N, 3)
-        Etx1 = x1 @ Es
-        num = (x1 * Ex0).sum(-1)
-        den = np.sqrt(Ex0[..., 0] ** 2 + Ex0[..., 1] ** 2 + Etx1[..., 0] ** 2 + Etx1[..., 1] ** 2)
-        return num / np.maximum(den, 1e-15)
+        return sampson_errors(np.stack([skew(tx) @ Rx for Rx, tx in map(unpack, X)]), n0, n1)
 
     def jacobian(x, r):  # forward differences (scipy's '2-point' steps), all five in one pass
         h = _FD_STEP * np.where(x >= 0, 1.0, -1.0) * np.maximum(1.0, np.abs(x))
         h = (x + h) - x
         return ((batch_residuals(x + np.diag(h)) - r) / h[:, None]).T  # (N, 5)
 
-    def cost(r):  # Cauchy loss
-        return float(np.sum(np.log1p((r / scale) ** 2)))
-
     # Levenberg-Marquardt on the Cauchy-weighted normal equations (IRLS). scipy's least_squares
     # minimises the same objective but spends ~0.5 ms of Python per iteration on 5 unknowns.
     x = np.zeros(5)
     r = batch_residuals(x[None])[0]
-    c = cost(r)
+    c = cauchy_cost(r, scale)
     lam = 1e-3
     for _ in range(iterations):
         J = jacobian(x, r)
@@ -230,7 +226,7 @@ def refine_pose(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, sc
         except np.linalg.LinAlgError:
             break
         r_new = batch_residuals((x + dx)[None])[0]
-        c_new = cost(r_new)
+        c_new = cauchy_cost(r_new, scale)
         if c_new < c:
             # stop when the step no longer matters: < 1e-7 rad / unit-baseline, or cost down < 1e-7 relative
             converged = c - c_new <= 1e-7 * c or np.linalg.norm(dx) <= 1e-7
@@ -252,13 +248,6 @@ def _same_basin(Ra: np.ndarray, ta: np.ndarray, Rb: np.ndarray, tb: np.ndarray,
     """Two motions close enough that polishing one would end where the other is (no need to compare)."""
     cos_t = abs(float(ta @ tb)) / max(float(np.linalg.norm(ta) * np.linalg.norm(tb)), 1e-12)
     return rotation_angle_deg(Ra.T @ Rb) < max_rotation_deg and np.degrees(np.arccos(min(cos_t, 1.0))) < max_direction_deg
-
-
-def robust_cost(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, scale: float) -> float:
-    """Cauchy cost ``sum log(1 + (e / scale)^2)`` of the Sampson errors of all correspondences: the
-    objective :func:`refine_pose` minimises, used to compare pose hypotheses."""
-    e = sampson_errors(skew(t) @ R, n0, n1)
-    return float(np.sum(np.log1p((e / scale) ** 2)))
 
 
 def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, cfg: GeometryConfig,
@@ -326,20 +315,25 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
         tp = tp / np.linalg.norm(tp)
         hypotheses.append((Rp, tp, np.abs(sampson_errors(skew(tp) @ Rp, n0, n1)) < 3 * thr))
     def polish(R_h, t_h, inl_h, rounds, iterations=20):
+        """(R, t, inliers, Sampson errors of all correspondences; None when no round ran)."""
+        e = None
         for _ in range(rounds):
             if inl_h.sum() < 5:
                 break
             R_h, t_h = refine_pose(R_h, t_h, n0[inl_h], n1[inl_h], thr, iterations)
-            inl_h = np.abs(sampson_errors(skew(t_h) @ R_h, n0, n1)) < thr
-        return R_h, t_h, inl_h
+            e = sampson_errors(skew(t_h) @ R_h, n0, n1)
+            inl_h = np.abs(e) < thr
+        return R_h, t_h, inl_h, e
 
-    R0, t0, inl = polish(*hypotheses[0], cfg.refine_rounds)
+    R0, t0, inl, e0 = polish(*hypotheses[0], cfg.refine_rounds)
     if len(hypotheses) > 1 and cfg.refine_rounds > 0 and not _same_basin(R0, t0, *hypotheses[1][:2]):
         # The prior only has to show which basin it is in: a short polish (its cost is then, if anything,
         # too high, which favours the estimator's model), then the full polish when it wins.
-        Rp, tp, inl_p = polish(*hypotheses[1], 1, iterations=8)
-        if robust_cost(Rp, tp, n0, n1, thr) < robust_cost(R0, t0, n0, n1, thr):
-            R0, t0, inl = polish(Rp, tp, inl_p, cfg.refine_rounds)
+        Rp, tp, inl_p, ep = polish(*hypotheses[1], 1, iterations=8)
+        e0 = sampson_errors(skew(t0) @ R0, n0, n1) if e0 is None else e0
+        ep = sampson_errors(skew(tp) @ Rp, n0, n1) if ep is None else ep
+        if cauchy_cost(ep, thr) < cauchy_cost(e0, thr):
+            R0, t0, inl, _ = polish(Rp, tp, inl_p, cfg.refine_rounds)
     E = skew(t0) @ R0
     if inl.sum() < cfg.min_inliers:
         return None

@@ -76,7 +76,7 @@ class VOPipeline:
 
     def __init__(self, cfg: VOConfig, frontend: Frontend | None = None, scorer: MatchScorer | None = None):
         self.cfg = cfg
-        apply_thread_settings(cfg.pipeline)  # before the frontend's first torch operation
+        apply_thread_settings(cfg.pipeline)
         self.frontend = frontend if frontend is not None else build_frontend(cfg.frontend)
         if scorer is None and cfg.matching.io_net:
             from kp2d_ros.networks.io_scorer import build_scorer  # torch only when IO-Net is on

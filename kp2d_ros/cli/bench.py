@@ -102,9 +102,7 @@ def run(args) -> int:
         from kp2d_ros.networks.keypoint_net import KeyPointNet
         from kp2d_ros.networks.kp2d_frontend import KP2DFrontend
         from kp2d_ros.pipeline import VOPipeline
-        from kp2d_ros.runtime import apply_thread_settings
 
-        apply_thread_settings(cfg.pipeline)
         model = KeyPointNet(width_multiplier=args.untrained_width).eval()
         pipeline = VOPipeline(cfg, frontend=KP2DFrontend(cfg.frontend, model=model))
     result = bench(seq, cfg, frames=args.frames, warmup=args.warmup, pipeline=pipeline, pipelined=args.pipelined)

@@ -157,7 +157,8 @@ class KP2DFrontend(Frontend):
         x = self._to_tensor(work)
         net = self.net
         with torch.inference_mode():
-            cells, skip = net.encode(net.pad(x))
+            x = net.pad(x)
+            cells, skip = net.encode(x)
             scores = torch.sigmoid(net.score_b(net.score_a(cells)))[0, 0].float()
             kps = self._keypoints(net.loc_b(net.loc_a(cells))[0].float(), rw, rh)
             keep = self._filter(scores, kps, rw, rh)
@@ -167,8 +168,7 @@ class KP2DFrontend(Frontend):
             s, p = s[order], p[order]
             if len(p):  # the last descriptor convolution runs at the kept keypoints only
                 features = net.descriptor_features(cells, skip)
-                padded = (rh + (-rh) % self.model.config.cell, rw + (-rw) % self.model.config.cell)
-                desc = sample_conv_descriptors(features, net.desc_c, p[None], padded)[0]
+                desc = sample_conv_descriptors(features, net.desc_c, p[None], tuple(x.shape[-2:]))[0]
             else:
                 desc = torch.zeros((0, self.model.config.descriptor_dim), device=p.device)
             scale = p.new_tensor([w / rw, h / rh])
