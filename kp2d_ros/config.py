@@ -151,8 +151,8 @@ class PipelineConfig:
     max_lost_frames: int = 3
     # Process-wide CPU threads, applied when the pipeline is built (0 = the libraries' defaults).
     # torch_threads: the network's intra-op threads; library_threads: OpenCV and every BLAS pool.
-    # On the 2-core benchmark machine torch 2 + libraries 1 is fastest (kp2d 320x240: 27 FPS vs 19
-    # with the defaults, where OpenBLAS's spinning workers steal the network's second core).
+    # On the 2-core benchmark machine torch 2 + libraries 1 is fastest (kp2d 320x240, README speed table:
+    # 26.3 FPS vs 21.3 with torch 1 + library defaults; OpenBLAS's spinning workers steal the second core).
     torch_threads: int = 0
     library_threads: int = 0
 

@@ -2,9 +2,9 @@
 
 On a small CPU the libraries' own thread pools fight each other: OpenBLAS (numpy's and OpenCV's
 copies) keeps its worker threads spinning after every matrix product, and those spinning threads
-steal the core that the network needs. Measured on the 2-core machine with ``kp2d bench
---pipelined`` (kp2d, 320x240, 500 keypoints): 18.6 FPS with the default pools, 24.4 FPS with
-every pool at one thread; sequential with torch at 2 threads and the rest at 1: 27 FPS.
+steal the core that the network needs. Measured on the 2-core machine with ``kp2d bench``
+(kp2d, 320x240, 500 keypoints; README speed table): 26.3 FPS with torch at 2 threads and the rest
+at 1, 21.3 FPS with torch at 1 thread and the libraries' default pools.
 """
 from __future__ import annotations
 
