@@ -62,6 +62,15 @@ def descriptor_distances(f0: Features, f1: Features) -> tuple[np.ndarray, float]
     return l2_distances(f0.descriptors, f1.descriptors), 2.0
 
 
+def mutual_nearest(dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cross-checked nearest neighbours of a (N0, N1) distance matrix -> (idx0, idx1), ascending idx0."""
+    if dist.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    nn01, nn10 = dist.argmin(axis=1), dist.argmin(axis=0)
+    idx0 = np.nonzero(nn10[nn01] == np.arange(len(nn01)))[0]
+    return idx0, nn01[idx0]
+
+
 def match_features(f0: Features, f1: Features, cfg: MatchingConfig) -> Matches:
     """Nearest-neighbour matching from ``f0`` (reference) to ``f1`` (current).
 

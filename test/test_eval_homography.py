@@ -7,8 +7,9 @@ import pytest
 
 from conftest import data_path
 from kp2d_ros.errors import DataError
+from kp2d_ros.matching import mutual_nearest
 from kp2d_ros.eval.homography import (HomographyPair, corner_error, evaluate_homography, evaluate_pair,
-                                      find_sequences, mutual_matches, repeatability, resize_pair, to_json)
+                                      find_sequences, repeatability, resize_pair, to_json)
 from kp2d_ros.types import Features
 
 H_TRUE = np.array([[0.9, 0.05, 12.0], [-0.04, 0.95, 6.0], [1e-4, -5e-5, 1.0]])
@@ -73,7 +74,7 @@ def test_corner_error_and_mutual_matches():
     assert corner_error(shifted, H_TRUE, 320, 240) == pytest.approx(2.0)
     assert corner_error(None, H_TRUE, 320, 240) == float("inf")
     d = np.array([[0.1, 0.5], [0.2, 0.9], [0.8, 0.3]])
-    i0, i1 = mutual_matches(d)
+    i0, i1 = mutual_nearest(d)
     assert list(i0) == [0, 2] and list(i1) == [0, 1]
 
 

@@ -14,7 +14,13 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help="homography benchmark (HPatches/Oxford layout)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", help="one sequence folder or a folder of sequences")
-    p.add_argument("--methods", default="kp2d,orb,sift", help="comma-separated: kp2d, orb, sift")
+    p.add_argument("--methods", default="kp2d,orb,sift",
+                   help="comma-separated: kp2d, orb, sift; a -search suffix (kp2d-search) adds the test-time "
+                        "similarity search over rotations and zooms")
+    p.add_argument("--search-rotations", default="0,90,180,270",
+                   help="-search methods: counter-clockwise rotations of image1 to try, multiples of 90 degrees")
+    p.add_argument("--search-zooms", default="1,2,4",
+                   help="-search methods: relative zooms to try (>1 upsamples image1, <1 image0)")
     p.add_argument("--resolution", default="320x240", help="working WIDTHxHEIGHT")
     p.add_argument("--top-k", type=int, default=300, help="keypoints per image")
     p.add_argument("--model", default="models/keypoint_net.pt", help="KeyPointNet weights")
@@ -36,6 +42,20 @@ def parse_resolution(text: str) -> tuple[int, int]:
     return w, h
 
 
+def parse_search(rotations: str, zooms: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """``"0,90,180,270"``, ``"1,2,4"`` -> quarter turns (0, 1, 2, 3), zooms (1.0, 2.0, 4.0)."""
+    from kp2d_ros.errors import ConfigError
+
+    try:
+        degrees = [int(v) for v in rotations.split(",") if v.strip()]
+        zs = tuple(float(v) for v in zooms.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--search-rotations/--search-zooms: expected numbers, got {rotations!r} / {zooms!r}") from None
+    if not degrees or any(d % 90 for d in degrees):
+        raise ConfigError(f"--search-rotations: expected multiples of 90 degrees, got {rotations!r}")
+    return tuple((d // 90) % 4 for d in degrees), zs
+
+
 def run(args) -> int:
     from kp2d_ros.eval.homography import evaluate_homography, to_json
 
@@ -46,14 +66,19 @@ def run(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     resolution = parse_resolution(args.resolution)
     device = "cpu" if args.device == "cpu" else args.device
-    results = evaluate_homography(args.dir, methods, resolution, args.top_k, args.model, device)
-    print(f"{'method':8s} {'rep':>6s} {'loc':>6s} {'C1':>6s} {'C3':>6s} {'C5':>6s} {'MS':>6s}  pairs")
+    turns, zooms = parse_search(args.search_rotations, args.search_zooms)
+    results = evaluate_homography(args.dir, methods, resolution, args.top_k, args.model, device,
+                                  search_turns=turns, search_zooms=zooms)
+    print(f"{'method':12s} {'rep':>6s} {'loc':>6s} {'C1':>6s} {'C3':>6s} {'C5':>6s} {'MS':>6s}  pairs")
     for m, s in results.items():
-        print(f"{m:8s} {s.repeatability:6.3f} {s.localization_error:6.3f} {s.c1:6.3f} {s.c3:6.3f} {s.c5:6.3f} "
+        print(f"{m:12s} {s.repeatability:6.3f} {s.localization_error:6.3f} {s.c1:6.3f} {s.c3:6.3f} {s.c5:6.3f} "
               f"{s.matching_score:6.3f}  {s.num_pairs}")
     if args.out:
         settings = {"dir": str(args.dir), "resolution": list(resolution), "top_k": args.top_k,
-                    "model": args.model if "kp2d" in methods else None}
+                    "model": args.model if any(m.startswith("kp2d") for m in methods) else None}
+        if any(m.endswith("-search") for m in methods):
+            settings["search"] = {"rotations_deg": [90 * k for k in turns], "zooms": list(zooms),
+                                  "model": "homography", "ransac_px": 3.0}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(to_json(results, settings))
         print(f"wrote {args.out}", file=sys.stderr)

@@ -13,6 +13,9 @@ homography is rescaled accordingly) and each method's top-k keypoints are scored
   whose match is within ``distance_px`` of the true position (averaged over both directions).
 
 Classical methods (ORB, SIFT from OpenCV, top-k by response) run under the same protocol.
+``<method>-search`` (e.g. ``kp2d-search``) puts a method behind the test-time similarity search of
+:mod:`kp2d_ros.similarity_search` (views of image1 turned by quarter turns and upsampled, the view with the
+most RANSAC inliers wins, the ground truth is never looked at); the metrics are then computed as above.
 """
 from __future__ import annotations
 
@@ -25,10 +28,12 @@ import cv2
 import numpy as np
 
 from kp2d_ros.errors import ConfigError, DataError
+from kp2d_ros.matching import mutual_nearest
 from kp2d_ros.training.homography import scale_homography, warp_points
 from kp2d_ros.types import Features
 
 METHODS = ("kp2d", "orb", "sift")
+SEARCH_SUFFIX = "-search"  # ``kp2d-search``: a method behind the test-time similarity search
 _EXTS = (".ppm", ".png", ".pgm", ".jpg")
 
 
@@ -62,6 +67,9 @@ class PairMetrics:
     corner_error: float
     matching_score: float
     num_matches: int
+    # ``<method>-search`` only: the view of image1 that the similarity search picked
+    view_rotation_deg: int | None = None
+    view_zoom: float | None = None
 
 
 @dataclass
@@ -167,7 +175,8 @@ def classical_detector(name: str, top_k: int) -> Callable[[np.ndarray], Features
         det = cv2.SIFT_create()
         binary = False
     else:
-        raise ConfigError(f"methods: unknown method {name!r} (known: {', '.join(METHODS)})")
+        raise ConfigError(f"methods: unknown method {name!r} (known: {', '.join(METHODS)}, each also "
+                          f"with {SEARCH_SUFFIX})")
 
     def detect(image: np.ndarray) -> Features:
         grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
@@ -236,15 +245,6 @@ def _distances(f0: Features, f1: Features) -> np.ndarray:
     return np.sqrt(np.clip(2 - 2 * sim, 0, None))
 
 
-def mutual_matches(dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cross-checked nearest neighbours of a (N0, N1) distance matrix -> (idx0, idx1)."""
-    if dist.size == 0:
-        return np.zeros(0, int), np.zeros(0, int)
-    nn01, nn10 = dist.argmin(axis=1), dist.argmin(axis=0)
-    idx0 = np.nonzero(nn10[nn01] == np.arange(len(nn01)))[0]
-    return idx0, nn01[idx0]
-
-
 def corner_error(H_est: np.ndarray | None, H_true: np.ndarray, width: int, height: int) -> float:
     """Mean distance of the four image corners warped by the estimate and by the truth (inf if none)."""
     if H_est is None:
@@ -274,14 +274,13 @@ def matching_score(f0: Features, f1: Features, dist: np.ndarray, H: np.ndarray, 
     return float(np.mean(scores))
 
 
-def evaluate_pair(pair: HomographyPair, detect: Callable[[np.ndarray], Features], distance_px: float = 3.0,
-                  ransac_px: float = 3.0) -> PairMetrics:
-    """All metrics of one method on one (already resized) pair."""
-    f0, f1 = detect(pair.image0), detect(pair.image1)
+def evaluate_features(pair: HomographyPair, f0: Features, f1: Features, distance_px: float = 3.0,
+                      ransac_px: float = 3.0) -> PairMetrics:
+    """All metrics of one pair from the keypoints/descriptors of its two (already resized) images."""
     shape0, shape1 = pair.image0.shape[:2], pair.image1.shape[:2]
     rep, loc = repeatability(f0.keypoints, f1.keypoints, pair.H, shape0, shape1, distance_px)
     dist = _distances(f0, f1) if len(f0) and len(f1) else np.zeros((len(f0), len(f1)))
-    i0, i1 = mutual_matches(dist)
+    i0, i1 = mutual_nearest(dist)
     H_est = None
     if len(i0) >= 4:
         H_est, _ = cv2.findHomography(f0.keypoints[i0].astype(np.float64), f1.keypoints[i1].astype(np.float64),
@@ -289,6 +288,26 @@ def evaluate_pair(pair: HomographyPair, detect: Callable[[np.ndarray], Features]
     err = corner_error(H_est, pair.H, shape0[1], shape0[0])
     ms = matching_score(f0, f1, dist, pair.H, shape0, shape1, distance_px)
     return PairMetrics(pair.sequence, pair.index, len(f0), len(f1), rep, loc, err, ms, int(len(i0)))
+
+
+def evaluate_pair(pair: HomographyPair, detect: Callable[[np.ndarray], Features], distance_px: float = 3.0,
+                  ransac_px: float = 3.0) -> PairMetrics:
+    """All metrics of one method on one (already resized) pair."""
+    return evaluate_features(pair, detect(pair.image0), detect(pair.image1), distance_px, ransac_px)
+
+
+def evaluate_pair_search(pair: HomographyPair, detect: Callable[[np.ndarray], Features],
+                         quarter_turns=(0, 1, 2, 3), zooms=(1.0, 2.0, 4.0), distance_px: float = 3.0,
+                         ransac_px: float = 3.0) -> PairMetrics:
+    """The metrics of ``detect`` behind the test-time similarity search
+    (:func:`kp2d_ros.similarity_search.search_similarity`; it sees the images only, never ``pair.H``):
+    the view it picks by RANSAC-homography inliers gives the features, scored like any method's."""
+    from kp2d_ros.similarity_search import search_similarity
+
+    res = search_similarity(detect, pair.image0, pair.image1, quarter_turns, zooms, "homography", ransac_px)
+    row = evaluate_features(pair, res.features0, res.features1, distance_px, ransac_px)
+    row.view_rotation_deg, row.view_zoom = res.rotation_deg, res.zoom
+    return row
 
 
 def summarise(rows: list[PairMetrics]) -> MethodSummary:
@@ -309,13 +328,16 @@ def evaluate_homography(root: str | Path, methods: list[str] | tuple[str, ...] =
                         resolution: tuple[int, int] = (320, 240), top_k: int = 300,
                         model_path: str = "models/keypoint_net.pt", device: str = "cpu",
                         detectors: dict[str, Callable[[np.ndarray], Features]] | None = None,
+                        search_turns=(0, 1, 2, 3), search_zooms=(1.0, 2.0, 4.0),
                         progress: Callable[[str, HomographyPair], None] | None = None) -> dict[str, MethodSummary]:
     """Run every method on every pair 1 -> N under ``root``.
 
     Parameters
     ----------
     root : one sequence folder or a folder of them (HPatches or Oxford layout).
-    methods : names among ``kp2d``, ``orb``, ``sift`` (or keys of ``detectors``).
+    methods : names among ``kp2d``, ``orb``, ``sift`` (or keys of ``detectors``), each optionally with the
+        suffix ``-search`` (``kp2d-search``): the same detector behind the test-time similarity search over
+        ``search_turns`` (counter-clockwise quarter turns) x ``search_zooms`` (relative upsampling) of image1.
     resolution : working (width, height); the homographies are rescaled to it.
     top_k : keypoints per image.
     detectors : optional extra/override detectors ``name -> detect(image) -> Features``.
@@ -333,9 +355,10 @@ def evaluate_homography(root: str | Path, methods: list[str] | tuple[str, ...] =
         raise ConfigError(f"resolution: expected positive width x height, got {resolution}")
     dets = dict(detectors or {})
     for m in methods:
-        if m in dets:
+        base = m[:-len(SEARCH_SUFFIX)] if m.endswith(SEARCH_SUFFIX) else m
+        if base in dets:
             continue
-        dets[m] = kp2d_detector(model_path, top_k, device) if m == "kp2d" else classical_detector(m, top_k)
+        dets[base] = kp2d_detector(model_path, top_k, device) if base == "kp2d" else classical_detector(base, top_k)
     pairs = [resize_pair(p, width, height) for seq in find_sequences(root) for p in read_pairs(seq)]
     results = {}
     for m in methods:
@@ -343,7 +366,10 @@ def evaluate_homography(root: str | Path, methods: list[str] | tuple[str, ...] =
         for p in pairs:
             if progress is not None:
                 progress(m, p)
-            rows.append(evaluate_pair(p, dets[m]))
+            if m.endswith(SEARCH_SUFFIX) and m not in dets:
+                rows.append(evaluate_pair_search(p, dets[m[:-len(SEARCH_SUFFIX)]], search_turns, search_zooms))
+            else:
+                rows.append(evaluate_pair(p, dets[m]))
         results[m] = summarise(rows)
     return results
 
