@@ -105,7 +105,7 @@ def test_layouts_and_classical_methods(tmp_path):
     assert [p.name for p in find_sequences(tmp_path / "root")] == ["oxford_synth", "v_synth"]
     assert find_sequences(tmp_path / "root" / "v_synth") == [tmp_path / "root" / "v_synth"]
     res = evaluate_homography(tmp_path / "root", ["sift", "orb"], (320, 240), top_k=300)
-    assert res["sift"].num_pairs == 4 and len(res["sift"].pairs) == 4
+    assert res["sift"].num_pairs == 4 and len(res["sift"].pairs) == 4 and res["sift"].seconds_per_pair > 0
     assert res["sift"].c3 == 1.0 and res["sift"].repeatability > 0.5
     assert res["orb"].matching_score > 0.2
     out = json.loads(to_json(res, {"top_k": 300}))

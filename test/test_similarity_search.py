@@ -125,3 +125,20 @@ def test_cli_search_options(tmp_path, capsys):
     assert res["sift-search"]["settings"]["search"]["rotations_deg"] == [0, 180]
     assert "sift-search" in capsys.readouterr().out
     assert main(["eval-homography", str(seq), "--methods", "sift-search", "--search-rotations", "30"]) == 2
+
+
+def test_shipped_network_needs_the_search_on_a_real_turned_pair(data_dir):
+    """Oxford bark 1->3 (149 deg, 1.8x zoom): the plain network fails, the search turns image 2 by 180 deg."""
+    from pathlib import Path
+
+    from conftest import data_path
+    from kp2d_ros.eval.homography import kp2d_detector, read_pairs, resize_pair
+
+    model = Path(__file__).resolve().parents[1] / "models" / "keypoint_net.pt"
+    pair = resize_pair(read_pairs(data_path("homography", "bark"))[1], 320, 240)
+    assert pair.index == 3
+    detect = kp2d_detector(str(model), 300)
+    plain = evaluate_pair(pair, detect)
+    searched = evaluate_pair_search(pair, detect, zooms=(1.0, 2.0))
+    assert plain.corner_error > 10 and plain.matching_score < 0.05
+    assert searched.view_rotation_deg == 180 and searched.corner_error < 3 and searched.matching_score > 0.4

@@ -69,10 +69,10 @@ def run(args) -> int:
     turns, zooms = parse_search(args.search_rotations, args.search_zooms)
     results = evaluate_homography(args.dir, methods, resolution, args.top_k, args.model, device,
                                   search_turns=turns, search_zooms=zooms)
-    print(f"{'method':12s} {'rep':>6s} {'loc':>6s} {'C1':>6s} {'C3':>6s} {'C5':>6s} {'MS':>6s}  pairs")
+    print(f"{'method':12s} {'rep':>6s} {'loc':>6s} {'C1':>6s} {'C3':>6s} {'C5':>6s} {'MS':>6s}  pairs  s/pair")
     for m, s in results.items():
         print(f"{m:12s} {s.repeatability:6.3f} {s.localization_error:6.3f} {s.c1:6.3f} {s.c3:6.3f} {s.c5:6.3f} "
-              f"{s.matching_score:6.3f}  {s.num_pairs}")
+              f"{s.matching_score:6.3f}  {s.num_pairs:5d}  {s.seconds_per_pair:6.2f}")
     if args.out:
         settings = {"dir": str(args.dir), "resolution": list(resolution), "top_k": args.top_k,
                     "model": args.model if any(m.startswith("kp2d") for m in methods) else None}

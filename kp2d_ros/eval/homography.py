@@ -20,6 +20,7 @@ most RANSAC inliers wins, the ground truth is never looked at); the metrics are 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -84,6 +85,7 @@ class MethodSummary:
     matching_score: float
     num_pairs: int
     pairs: list[PairMetrics] = field(default_factory=list)
+    seconds_per_pair: float = float("nan")  # wall time of detection + matching + metrics, on this machine
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,7 +364,7 @@ def evaluate_homography(root: str | Path, methods: list[str] | tuple[str, ...] =
     pairs = [resize_pair(p, width, height) for seq in find_sequences(root) for p in read_pairs(seq)]
     results = {}
     for m in methods:
-        rows = []
+        rows, start = [], time.perf_counter()
         for p in pairs:
             if progress is not None:
                 progress(m, p)
@@ -371,11 +373,12 @@ def evaluate_homography(root: str | Path, methods: list[str] | tuple[str, ...] =
             else:
                 rows.append(evaluate_pair(p, dets[m]))
         results[m] = summarise(rows)
+        results[m].seconds_per_pair = (time.perf_counter() - start) / max(len(pairs), 1)
     return results
 
 
 def to_json(results: dict[str, MethodSummary], settings: dict | None = None) -> str:
-    """``{method: {repeatability, localization_error, c1, c3, c5, matching_score, num_pairs, pairs: [...]}}``
+    """``{method: {repeatability, localization_error, c1, c3, c5, matching_score, num_pairs, seconds_per_pair, pairs: [...]}}``
     (+ ``settings`` under each method when given); non-finite numbers become null."""
     def clean(x):
         if isinstance(x, float) and not np.isfinite(x):
