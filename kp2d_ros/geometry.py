@@ -309,11 +309,7 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
     thr = cfg.ransac_threshold_px / f
     _, R0, t0, _, _ = cv2.recoverPose(E, n0[inl], n1[inl], I3, distanceThresh=cfg.distance_threshold)
     t0 = t0.ravel()
-    hypotheses = [(R0, t0, inl)]
-    if prior is not None and np.linalg.norm(prior[1]) > 0:
-        Rp, tp = np.asarray(prior[0], np.float64), np.asarray(prior[1], np.float64).ravel()
-        tp = tp / np.linalg.norm(tp)
-        hypotheses.append((Rp, tp, np.abs(sampson_errors(skew(tp) @ Rp, n0, n1)) < 3 * thr))
+
     def polish(R_h, t_h, inl_h, rounds, iterations=20):
         """(R, t, inliers, Sampson errors of all correspondences; None when no round ran)."""
         e = None
@@ -325,15 +321,19 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
             inl_h = np.abs(e) < thr
         return R_h, t_h, inl_h, e
 
-    R0, t0, inl, e0 = polish(*hypotheses[0], cfg.refine_rounds)
-    if len(hypotheses) > 1 and cfg.refine_rounds > 0 and not _same_basin(R0, t0, *hypotheses[1][:2]):
-        # The prior only has to show which basin it is in: a short polish (its cost is then, if anything,
-        # too high, which favours the estimator's model), then the full polish when it wins.
-        Rp, tp, inl_p, ep = polish(*hypotheses[1], 1, iterations=8)
-        e0 = sampson_errors(skew(t0) @ R0, n0, n1) if e0 is None else e0
-        ep = sampson_errors(skew(tp) @ Rp, n0, n1) if ep is None else ep
-        if cauchy_cost(ep, thr) < cauchy_cost(e0, thr):
-            R0, t0, inl, _ = polish(Rp, tp, inl_p, cfg.refine_rounds)
+    R0, t0, inl, e0 = polish(R0, t0, inl, cfg.refine_rounds)
+    if prior is not None and np.linalg.norm(prior[1]) > 0 and cfg.refine_rounds > 0:
+        Rp, tp = np.asarray(prior[0], np.float64), np.asarray(prior[1], np.float64).ravel()
+        tp = tp / np.linalg.norm(tp)
+        if not _same_basin(R0, t0, Rp, tp):
+            # The prior only has to show which basin it is in: a short polish (its cost is then, if anything,
+            # too high, which favours the estimator's model), then the full polish when it wins.
+            inl_p = np.abs(sampson_errors(skew(tp) @ Rp, n0, n1)) < 3 * thr
+            Rp, tp, inl_p, ep = polish(Rp, tp, inl_p, 1, iterations=8)
+            e0 = sampson_errors(skew(t0) @ R0, n0, n1) if e0 is None else e0
+            ep = sampson_errors(skew(tp) @ Rp, n0, n1) if ep is None else ep
+            if cauchy_cost(ep, thr) < cauchy_cost(e0, thr):
+                R0, t0, inl, _ = polish(Rp, tp, inl_p, cfg.refine_rounds)
     E = skew(t0) @ R0
     if inl.sum() < cfg.min_inliers:
         return None

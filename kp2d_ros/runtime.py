@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 
 log = logging.getLogger(__name__)
-_limits = []  # keep threadpoolctl's limiters alive for the life of the process
 
 
 def set_cpu_threads(n: int, torch_threads: int | None = None) -> dict:
@@ -40,7 +39,8 @@ def set_cpu_threads(n: int, torch_threads: int | None = None) -> dict:
         try:
             from threadpoolctl import threadpool_limits
 
-            _limits.append(threadpool_limits(limits=n, user_api="blas"))  # torch owns its OpenMP pool
+            # set at construction and kept until restored explicitly; torch owns its OpenMP pool
+            threadpool_limits(limits=n, user_api="blas")
         except ImportError:
             log.warning("threadpoolctl is not installed: BLAS thread pools keep their default size")
     blas = None

@@ -35,7 +35,13 @@ from kp2d_ros.types import Features
 
 METHODS = ("kp2d", "orb", "sift")
 SEARCH_SUFFIX = "-search"  # ``kp2d-search``: a method behind the test-time similarity search
+
 _EXTS = (".ppm", ".png", ".pgm", ".jpg")
+
+
+def base_method(name: str) -> str:
+    """``kp2d-search`` -> ``kp2d``; names without the search suffix are returned as they are."""
+    return name[:-len(SEARCH_SUFFIX)] if name.endswith(SEARCH_SUFFIX) else name
 
 
 @dataclass
@@ -357,7 +363,7 @@ def evaluate_homography(root: str | Path, methods: list[str] | tuple[str, ...] =
         raise ConfigError(f"resolution: expected positive width x height, got {resolution}")
     dets = dict(detectors or {})
     for m in methods:
-        base = m[:-len(SEARCH_SUFFIX)] if m.endswith(SEARCH_SUFFIX) else m
+        base = base_method(m)
         if base in dets:
             continue
         dets[base] = kp2d_detector(model_path, top_k, device) if base == "kp2d" else classical_detector(base, top_k)
@@ -368,8 +374,8 @@ def evaluate_homography(root: str | Path, methods: list[str] | tuple[str, ...] =
         for p in pairs:
             if progress is not None:
                 progress(m, p)
-            if m.endswith(SEARCH_SUFFIX) and m not in dets:
-                rows.append(evaluate_pair_search(p, dets[m[:-len(SEARCH_SUFFIX)]], search_turns, search_zooms))
+            if m not in dets:  # only <method>-search names lack a detector of their own
+                rows.append(evaluate_pair_search(p, dets[base_method(m)], search_turns, search_zooms))
             else:
                 rows.append(evaluate_pair(p, dets[m]))
         results[m] = summarise(rows)
