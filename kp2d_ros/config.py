@@ -49,7 +49,7 @@ class FrontendConfig:
     device: str = "auto"  # auto | cpu | cuda
     nms_radius: int = 0  # pixels at working resolution, 0 = off
     score_threshold: float = 0.0
-    half_precision: bool = True  # fp16 on CUDA / bf16 autocast on CPU
+    half_precision: bool = True  # fp16 on CUDA / bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32
 
     def validate(self) -> None:
         _choice("frontend.type", self.type, ("orb", "sift", "kp2d"))
@@ -86,6 +86,28 @@ class MatchingConfig:
         _choice("matching.device", self.device, ("auto", "cpu", "cuda"))
         if not 0.0 <= self.io_threshold < 1.0:
             raise ConfigError(f"matching.io_threshold: must be in [0, 1), got {self.io_threshold}")
+
+
+@dataclass
+class RefineConfig:
+    """Sub-pixel refinement of matched keypoints (pyramidal Lucas-Kanade seeded with each match,
+    forward-backward checked); works for every frontend (``kp2d_ros/refine.py``)."""
+
+    method: str = "none"  # none | lk
+    window_px: int = 11  # LK window side (odd)
+    levels: int = 1  # pyramid levels above the full image (the seed is already within ~2 px)
+    iterations: int = 20
+    max_fb_error_px: float = 0.5  # tracking back must land this close to the reference keypoint
+    max_shift_px: float = 3.0  # and the refined position stay this close to the detector's
+
+    def validate(self) -> None:
+        _choice("refine.method", self.method, ("none", "lk"))
+        if self.window_px < 3 or self.window_px % 2 == 0:
+            raise ConfigError(f"refine.window_px: must be odd and >= 3, got {self.window_px}")
+        _nonneg("refine.levels", self.levels)
+        _positive("refine.iterations", self.iterations)
+        _positive("refine.max_fb_error_px", self.max_fb_error_px)
+        _positive("refine.max_shift_px", self.max_shift_px)
 
 
 @dataclass
@@ -225,6 +247,7 @@ class VOConfig:
 
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
@@ -386,7 +409,7 @@ class TrainConfig:
 
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    amp: bool = True  # mixed precision: fp16 on CUDA, bf16 on CPUs with native bf16 (else fp32)
     num_threads: int = 0  # torch CPU threads, 0 = torch default
     resolution: list[int] = field(default_factory=lambda: [320, 240])  # training [width, height]
     batch_size: int = 4

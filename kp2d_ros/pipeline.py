@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
 
 from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
-from kp2d_ros.frontend import build_frontend
+from kp2d_ros.frontend import build_frontend, to_grey
 from kp2d_ros.geometry import (bearings, compose_relative, estimate_relative_pose, focal_length, inverse_depths,
                                normalize_points, relative_scale, rotation_angle_deg, rotation_compensated_parallax,
                                scale_from_inverse_depths)
 from kp2d_ros.matching import MatchScorer, filter_matches, match_features
+from kp2d_ros.refine import refine_matches
 from kp2d_ros.runtime import apply_thread_settings
 from kp2d_ros.types import (Camera, Features, Frame, Frontend, Matches, PoseEstimate, TrackingStatus,
                             TwoViewGeometry)
 
-STAGES = ("network", "matching", "io_net", "pose")
+STAGES = ("network", "matching", "io_net", "refine", "pose")
 
 
 @dataclass
@@ -39,12 +40,14 @@ class Keyframe:
     inv_depth : (N,) signed inverse distance (1 / trajectory units) along each feature's ray, from
         the pair that created this keyframe; NaN where unknown. Scales the next pair.
     inv_depth_sigma : (N,) standard deviation of ``inv_depth`` per unit angular noise.
+    image : (H, W) uint8 grey image, kept for sub-pixel refinement (None when ``refine.method`` is none).
     """
 
     features: Features
     T_world_cam: np.ndarray
     inv_depth: np.ndarray | None = None
     inv_depth_sigma: np.ndarray | None = None
+    image: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.features)
@@ -95,6 +98,7 @@ class VOPipeline:
         self.gap = 0  # frames since the reference keyframe
         self.lost_frames = 0
         self.last_motion: tuple[np.ndarray, np.ndarray] | None = None  # previous pair's (R, unit t)
+        self._grey: np.ndarray | None = None  # the frame being processed, when refinement needs it
 
     # ----------------------------------------------------------------------------------------
     def detect(self, frame: Frame) -> Features:
@@ -106,7 +110,7 @@ class VOPipeline:
         """Pose of ``frame`` (camera-to-world) and the tracking state after it.
 
         Steps: detect -> match against the reference keyframe -> (learned filtering) ->
-        essential matrix and pose -> scale -> compose. ``features``: the frame's features when
+        (sub-pixel refinement) -> essential matrix and pose -> scale -> compose. ``features``: the frame's features when
         already detected (:meth:`detect`); their time is then not part of ``timings_ms``.
         """
         t_start = time.perf_counter()
@@ -114,6 +118,7 @@ class VOPipeline:
         camera = self._camera(frame)
         with _timed(timings, "network"):
             feats = features if features is not None else self.detect(frame)
+        self._grey = to_grey(frame.image) if self.cfg.refine.method != "none" else None
         if self.ref is None:
             est = self._initialise(frame, feats)
         else:
@@ -123,6 +128,9 @@ class VOPipeline:
             if self.scorer is not None:
                 with _timed(timings, "io_net"):
                     matches = self._filter(matches, feats, camera)
+            if self._grey is not None:
+                with _timed(timings, "refine"):
+                    feats = self._refine(feats, matches)
             with _timed(timings, "pose"):
                 est = self._track(frame, camera, feats, matches)
         timings["total"] = (time.perf_counter() - t_start) * 1e3
@@ -146,8 +154,22 @@ class VOPipeline:
         probs = self.scorer.score(kp0, kp1, matches.distances, (camera.width, camera.height))
         return filter_matches(matches, probs, self.cfg.matching.io_threshold)
 
+    def _refine(self, feats: Features, matches: Matches) -> Features:
+        """``feats`` with its matched keypoints moved to their sub-pixel positions relative to the
+        reference keyframe's (unmatched and unrefined ones stay where the frontend put them). When this
+        frame becomes a keyframe, the next frames are refined against these positions: tracks stay
+        consistent from keyframe to keyframe."""
+        ref_img = self.ref.image
+        if ref_img is None or ref_img.shape != self._grey.shape or len(matches) == 0:
+            return feats
+        r = refine_matches(ref_img, self._grey, self.ref.features.keypoints[matches.idx0],
+                           feats.keypoints[matches.idx1], self.cfg.refine)
+        keypoints = feats.keypoints.copy()
+        keypoints[matches.idx1] = r.keypoints
+        return replace(feats, keypoints=keypoints)
+
     def _initialise(self, frame: Frame, feats: Features) -> PoseEstimate:
-        self.ref = Keyframe(features=feats, T_world_cam=self.last_pose.copy())
+        self.ref = Keyframe(features=feats, T_world_cam=self.last_pose.copy(), image=self._grey)
         self.lost_frames = 0
         self.gap = 0
         return PoseEstimate(stamp=frame.stamp, T_world_cam=self.ref.T_world_cam.copy(),
@@ -250,6 +272,8 @@ class VOPipeline:
         if scale is not None:
             self.last_scale, self.last_gap = scale, max(self.gap, 1)
             self.scaled = True
+        if kf.image is None:
+            kf.image = self._grey
         self.ref = kf
         self.gap = 0
 

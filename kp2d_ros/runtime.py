@@ -59,3 +59,21 @@ def apply_thread_settings(pipeline_cfg) -> None:
     """Apply ``pipeline.torch_threads`` / ``pipeline.library_threads`` (0 = leave the pool alone)."""
     if pipeline_cfg.torch_threads or pipeline_cfg.library_threads:
         set_cpu_threads(pipeline_cfg.library_threads, pipeline_cfg.torch_threads)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX-BF16).
+
+    Without it torch emulates bf16 convolutions, which is far slower than fp32: measured on an
+    AVX2-only AMD EPYC, KeyPointNet width 0.5 at 1226x370 took 3.3 s in bf16 against 0.40 s in fp32,
+    and a 320x240 training step 13 s against 1.0 s. Reads ``/proc/cpuinfo`` (Linux); elsewhere False.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False

@@ -61,16 +61,26 @@ def test_output_contract_and_input_pixels(net):
     assert f.keypoints[:, 1].min() >= -0.5 and f.keypoints[:, 1].max() <= 99.5
 
 
-def test_half_precision_keeps_coordinates_exact(net):
+def test_half_precision_keeps_coordinates_exact(net, monkeypatch):
     """bf16 must not quantise coordinates: at x > 512 bf16 steps are 4 px."""
+    monkeypatch.setattr(kp2d_frontend, "cpu_has_native_bf16", lambda: True)  # bf16 even where it is emulated
     img = image(704, 96, seed=1)
     n = (704 // 8) * (96 // 8)
     full = make(net, num_features=n).detect(img)
-    half = make(net, num_features=n, half_precision=True).detect(img)
+    half_fe = make(net, num_features=n, half_precision=True)
+    assert half_fe.dtype == torch.bfloat16
+    half = half_fe.detect(img)
     assert half.keypoints[:, 0].max() > 600
     d = np.linalg.norm(half.keypoints[:, None] - full.keypoints[None], axis=2).min(axis=1)
     assert np.median(d) < 0.1  # same cells, sub-pixel offsets within bf16 precision of the offset
     assert len(half) > 0.9 * len(full)
+
+
+@pytest.mark.parametrize("native, dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_half_precision_on_cpu_is_bf16_only_where_native(net, monkeypatch, native, dtype):
+    """Emulated bf16 is ~8x slower than fp32 (AVX2-only CPU): half precision falls back to fp32 there."""
+    monkeypatch.setattr(kp2d_frontend, "cpu_has_native_bf16", lambda: native)
+    assert make(net, half_precision=True, device="cpu").dtype == dtype
 
 
 def test_nms_keeps_local_maxima_only(net):

@@ -8,7 +8,7 @@ frames after ``warmup`` frames (the first frame only initialises and is never co
 The JSON written by ``kp2d bench`` (:meth:`BenchResult.report`)::
 
     {"fps": ..., "fps_mean": ..., "pipelined": bool, "latency_ms": ...,
-     "stages_ms": {"network", "matching", "io_net", "pose", "total"},
+     "stages_ms": {"network", "matching", "io_net", "refine", "pose", "total"},
      "device": "cpu" | "cuda", "frontend": ..., "resolution": [w, h], "frames": ..., "warmup": ...,
      "sequence": ..., "model": ..., "io_net": ..., "precision": ..., "machine": {...}}
 """
@@ -25,7 +25,7 @@ from kp2d_ros.config import VOConfig
 from kp2d_ros.data.sequence import Sequence
 from kp2d_ros.errors import DataError
 
-STAGES = ("network", "matching", "io_net", "pose", "total")
+STAGES = ("network", "matching", "io_net", "refine", "pose", "total")
 
 
 def machine_info() -> dict:

@@ -189,12 +189,13 @@ class KeyPointNet(nn.Module):
         h, w = image.shape[-2:]
         image = self.pad(image)
         x, skip = self.encode(image)
-        scores = torch.sigmoid(self.score_b(self.score_a(x)))
-        offsets = torch.tanh(self.loc_b(self.loc_a(x)))
-        keypoints = self.cell_centres(x.shape[-2:], x) + offsets * (cfg.cross_ratio * cfg.cell / 2)
+        # Heads leave autocast's low precision here: in bf16 a coordinate near x = 300 px is quantised to 2 px.
+        scores = torch.sigmoid(self.score_b(self.score_a(x)).float())
+        offsets = torch.tanh(self.loc_b(self.loc_a(x)).float())
+        keypoints = self.cell_centres(x.shape[-2:], offsets) + offsets * (cfg.cross_ratio * cfg.cell / 2)
         keypoints = torch.stack([keypoints[:, 0].clamp(0, w - 1), keypoints[:, 1].clamp(0, h - 1)], dim=1)
         d = self.descriptor_features(x, skip)
-        descriptors = F.normalize(self.desc_norm(self.desc_c(d)), p=2, dim=1)
+        descriptors = F.normalize(self.desc_norm(self.desc_c(d)).float(), p=2, dim=1)
         return KeyPointNetOutput(scores, keypoints, descriptors, (h, w), tuple(image.shape[-2:]))
 
     def pad(self, image: torch.Tensor) -> torch.Tensor:

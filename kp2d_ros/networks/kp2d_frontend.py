@@ -5,7 +5,7 @@ Inference path (what :meth:`KP2DFrontend.detect` does, in order):
 1. resize to ``frontend.resolution`` on the CPU (``cv2.INTER_AREA``), upload the uint8 image
    and normalise it on the device;
 2. run an inference copy of the network: BatchNorm folded into the convolutions, channels-last
-   memory layout, weights in fp16 on CUDA / bf16 on CPU when ``frontend.half_precision``;
+   memory layout, weights in fp16 on CUDA / bf16 on a CPU with native bf16 when ``frontend.half_precision``;
 3. rebuild the keypoint coordinates in fp32 from the location head's raw output (in fp16/bf16 a
    coordinate near x = 600 px would be quantised to 0.5-4 px);
 4. vectorised non-maximum suppression within ``frontend.nms_radius`` pixels, border and score
@@ -31,6 +31,7 @@ from kp2d_ros.config import FrontendConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import resize_to_working
 from kp2d_ros.networks.keypoint_net import KeyPointNet, sample_conv_descriptors
+from kp2d_ros.runtime import cpu_has_native_bf16
 from kp2d_ros.types import Features, Frontend
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,23 @@ def select_device(name: str, key: str = "frontend.device") -> torch.device:
 
 
 pick_device = select_device  # the name used before the device logging existed
+
+
+def half_precision_dtype(device: torch.device) -> torch.dtype:
+    """The dtype ``frontend.half_precision`` means on ``device``: fp16 on CUDA, bf16 on a CPU with native
+    bf16 (AVX512-BF16/AMX), else fp32 (emulated bf16 is ~8x slower than fp32; logged once)."""
+    if device.type == "cuda":
+        return torch.float16
+    if cpu_has_native_bf16():
+        return torch.bfloat16
+    global _warned_bf16
+    if not _warned_bf16:
+        log.info("frontend.half_precision: this CPU has no native bf16 (AVX512-BF16/AMX); running in fp32")
+        _warned_bf16 = True
+    return torch.float32
+
+
+_warned_bf16 = False
 
 
 def inference_copy(model: KeyPointNet, device: torch.device, dtype: torch.dtype) -> KeyPointNet:
@@ -124,10 +142,7 @@ class KP2DFrontend(Frontend):
         self.config = config or FrontendConfig(type="kp2d")
         self.device = select_device(self.config.device)
         self.model = (model or KeyPointNet.from_file(self.config.model_path, "cpu")).eval()
-        if not self.config.half_precision:
-            self.dtype = torch.float32
-        else:
-            self.dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.dtype = half_precision_dtype(self.device) if self.config.half_precision else torch.float32
         self.net = inference_copy(self.model, self.device, self.dtype)
         cfg = self.model.config
         self._offset_px = cfg.cross_ratio * cfg.cell / 2  # largest keypoint offset from its cell centre

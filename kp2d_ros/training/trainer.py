@@ -23,6 +23,7 @@ from kp2d_ros.errors import ModelError
 from kp2d_ros.networks.io_net import IONet
 from kp2d_ros.networks.keypoint_net import KeyPointNet
 from kp2d_ros.networks.weights import read_weights, save_network
+from kp2d_ros.runtime import cpu_has_native_bf16
 from kp2d_ros.training.dataset import PairSampler, list_images
 from kp2d_ros.training.losses import associate, descriptor_loss, io_loss, location_loss, score_loss
 
@@ -123,8 +124,11 @@ class Trainer:
         self.optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         step_size = cfg.optim.lr_decay_steps or 10**12
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size, cfg.optim.lr_decay_gamma)
-        self.use_amp = cfg.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        # mixed precision: fp16 + loss scaling on CUDA; bf16 on a CPU that has it natively (fp32 master weights)
+        cuda = self.device.type == "cuda"
+        self.use_amp = cfg.amp and (cuda or cpu_has_native_bf16())
+        self.amp_dtype = torch.float16 if cuda else torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and cuda)
         w, h = cfg.resolution
         self.sampler = PairSampler(list_images(data_dir), w, h, cfg.homography, cfg.augmentation, self.seed,
                                    cfg.num_workers)
@@ -155,7 +159,7 @@ class Trainer:
         batch = self.sampler.batch(self.cfg.batch_size, self.step)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         use_io = self.step >= self.cfg.loss.io_start_step
-        with torch.autocast(self.device.type, enabled=self.use_amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             total, logs = compute_losses(self.kp_model, self.io_model, batch, self.cfg, use_io)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
