@@ -93,7 +93,7 @@ class VONode(Node):
     # ---------------------------------------------------------------- callbacks (executor thread)
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
-            cam = conv.camera_info_to_camera(msg)
+            cam = conv.camera_info_to_camera(msg, rectified=self.cfg.camera.rectified)
         except DataError as e:
             self.stats["camera_info_rejected"] += 1
             self._warn("camera_info", f"ignoring CameraInfo: {e}")
