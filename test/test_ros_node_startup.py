@@ -1,0 +1,100 @@
+"""vo_node start-up: an error in ``VONode.__init__`` is reported as itself, and the model file that
+was actually loaded is logged (the package's copy, not a stray ``models/`` folder in the CWD)."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+REPO = Path(__file__).resolve().parents[1]
+DOMAIN = 100 + (os.getpid() + 53) % 100
+ENV = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(DOMAIN), PYTHONUNBUFFERED="1",
+           PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+
+class LineReader:
+    """Collects a process's stderr lines on a thread; ``wait_for`` a line containing a text."""
+
+    def __init__(self, stream):
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream):
+        for line in stream:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, proc: subprocess.Popen, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            hit = next((ln for ln in self.lines if text in ln), None)
+            if hit is not None:
+                return hit
+            if proc.poll() is not None:
+                self._thread.join(timeout=2)
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no line with {text!r} in:\n{''.join(self.lines)}")
+
+
+def run_vo_node(args: list[str], cwd: Path, prelude: str = "") -> subprocess.Popen:
+    code = f"import sys; {prelude}from kp2d_ros.ros.node import main; sys.exit(main(sys.argv))"
+    return subprocess.Popen([sys.executable, "-c", code, "--ros-args", *args], cwd=cwd, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_init_error_is_not_hidden_in_process(monkeypatch):
+    import kp2d_ros.pipeline
+    from kp2d_ros.ros.node import VONode
+
+    class NoTorch:
+        def __init__(self, cfg):
+            raise ModuleNotFoundError("No module named 'torch'")
+
+    monkeypatch.setattr(kp2d_ros.pipeline, "VOPipeline", NoTorch)
+    ctx = rclpy.Context()
+    rclpy.init(args=[], context=ctx, domain_id=DOMAIN)
+    try:
+        with pytest.raises(ModuleNotFoundError, match="torch"):
+            VONode(context=ctx)
+    finally:
+        rclpy.try_shutdown(context=ctx)  # destroys the half-built node: must not raise
+
+
+def test_missing_torch_reported_by_vo_node(tmp_path):
+    """``vo_node`` without torch: the ImportError is what the user sees, not '_cond'."""
+    proc = run_vo_node(["-p", "frontend.type:=kp2d"], tmp_path, prelude="sys.modules['torch'] = None; ")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "torch" in err and ("ModuleNotFoundError" in err or "ImportError" in err), err
+    assert "_cond" not in err and "AttributeError" not in err, err
+
+
+def test_logs_the_package_model_not_a_stray_one(tmp_path):
+    """A CWD with its own (broken) models/keypoint_net.pt: the node loads and logs the package's."""
+    pytest.importorskip("torch")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "keypoint_net.pt").write_bytes(b"not a weights file")
+    from kp2d_ros.networks.weights import read_weights
+
+    meta = read_weights(REPO / "models" / "keypoint_net.pt")[1]
+    proc = run_vo_node(["-p", "frontend.type:=kp2d", "-p", "frontend.model_path:=models/keypoint_net.pt"], tmp_path)
+    reader = LineReader(proc.stderr)
+    try:
+        line = reader.wait_for("model: KeyPointNet", proc)
+        reader.wait_for("vo_node up", proc)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert str(REPO / "models" / "keypoint_net.pt") in line, line
+    assert f"step {meta['step']}" in line and f"width {meta['config']['width_multiplier']}" in line, line
