@@ -1,5 +1,6 @@
-"""vo_node start-up: an error in ``VONode.__init__`` is reported as itself, and the model file that
-was actually loaded is logged (the package's copy, not a stray ``models/`` folder in the CWD)."""
+"""vo_node start-up and CameraInfo: an error in ``VONode.__init__`` is reported as itself, the model
+file actually loaded is logged (the package's copy, not a stray ``models/`` folder in the CWD), and a
+CameraInfo is read with its distortion model (refused when unknown) or from P for a rectified stream."""
 import os
 import signal
 import subprocess
@@ -98,3 +99,61 @@ def test_logs_the_package_model_not_a_stray_one(tmp_path):
             proc.wait()
     assert str(REPO / "models" / "keypoint_net.pt") in line, line
     assert f"step {meta['step']}" in line and f"width {meta['config']['width_multiplier']}" in line, line
+
+
+# --------------------------------------------------------------------------------------------
+# CameraInfo as the node reads it (callback called directly: no DDS traffic needed)
+# --------------------------------------------------------------------------------------------
+class NullPipeline:
+    def reset(self):
+        pass
+
+
+def camera_info(model: str, d, p=None):
+    from sensor_msgs.msg import CameraInfo
+
+    msg = CameraInfo(width=640, height=480, distortion_model=model)
+    msg.k = [300.0, 0.0, 320.0, 0.0, 300.0, 240.0, 0.0, 0.0, 1.0]
+    msg.d = [float(v) for v in d]
+    msg.p = [float(v) for v in (p if p is not None else [250.0, 0, 318.0, 0, 0, 250.0, 241.0, 0, 0, 0, 1.0, 0])]
+    return msg
+
+
+@pytest.fixture()
+def make_node():
+    from rclpy.parameter import Parameter
+
+    from kp2d_ros.ros.node import VONode
+
+    ctx = rclpy.Context()
+    rclpy.init(args=[], context=ctx, domain_id=DOMAIN)
+    nodes = []
+
+    def make(**params):
+        overrides = [Parameter(k, value=v) for k, v in params.items()]
+        nodes.append(VONode(pipeline=NullPipeline(), context=ctx, parameter_overrides=overrides))
+        return nodes[-1]
+
+    yield make
+    for n in nodes:
+        n.destroy_node()
+    rclpy.try_shutdown(context=ctx)
+
+
+def test_node_refuses_an_unknown_distortion_model(make_node):
+    node = make_node()
+    node._on_camera_info(camera_info("fov", [0.9]))
+    assert node._camera_info is None and node.stats["camera_info_rejected"] == 1
+    assert "unsupported distortion_model 'fov'" in node.last_warning
+    node._on_camera_info(camera_info("equidistant", [-0.02, 0.01, -0.004, 0.001]))
+    assert node._camera_info.model == "equidistant" and node._camera_info.has_distortion
+
+
+def test_node_reads_a_rectified_stream_from_p(make_node):
+    raw = make_node()
+    raw._on_camera_info(camera_info("plumb_bob", [-0.28, 0.07, 0.0, 0.0, 0.0]))
+    assert raw._camera_info.K[0, 0] == 300.0 and raw._camera_info.has_distortion
+    rect = make_node(**{"camera.rectified": True})
+    rect._on_camera_info(camera_info("plumb_bob", [-0.28, 0.07, 0.0, 0.0, 0.0]))
+    assert rect._camera_info.K[0, 0] == 250.0 and rect._camera_info.K[1, 2] == 241.0
+    assert not rect._camera_info.has_distortion
