@@ -40,7 +40,8 @@ def generate_launch_description():
         DeclareLaunchArgument("use_sim_time", default_value=PythonExpression(["'", bag, "' != ''"]),
                               description="vo_node on /clock (default: true when a bag is played)"),
         DeclareLaunchArgument("dds_profile", default_value="",
-                              description="Fast DDS XML profile, e.g. " + os.path.join(share, "config", "fastdds_shm.xml")
+                              description="Fast DDS XML profile, e.g. "
+                              + os.path.join(share, "config", "fastdds_shm.xml")
                               + " (one machine only); empty: leave the environment as it is"),
         SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", dds_profile,
                                condition=IfCondition(PythonExpression(["'", dds_profile, "' != ''"]))),

@@ -221,4 +221,5 @@ def test_model_summary_names_the_file_loaded(tmp_path, small_net):
     if shipped.is_file():
         meta = read_weights(shipped)[1]
         line = model_summary(IONet.from_file("models/io_net_epipolar.pt"))
-        assert str(shipped) in line and f"steps {meta['steps']}" in line and f"width {meta['config']['channels']}" in line
+        assert str(shipped) in line and f"steps {meta['steps']}" in line
+        assert f"width {meta['config']['channels']}" in line

@@ -16,7 +16,7 @@ rclpy = pytest.importorskip("rclpy")
 REPO = Path(__file__).resolve().parents[1]
 DOMAIN = 100 + (os.getpid() + 53) % 100
 ENV = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(DOMAIN), PYTHONUNBUFFERED="1",
-           PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+           PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
 
 
 class LineReader:
