@@ -25,7 +25,6 @@ setup(
         "opencv-python-headless",
         "torch==2.13.0",
         "rosbags",
-        "rosbags-image",
         "tqdm",
         "threadpoolctl",  # one thread per BLAS pool on small CPUs (kp2d_ros.runtime)
         "matplotlib",
@@ -44,7 +43,8 @@ setup(
             "ros-visualization-msgs",
             "ros-diagnostic-msgs",
         ],
-        "test": ["pytest", "evo", "onnx", "onnxruntime", "catkin-pkg"],
+        # colcon-core + colcon-ros: test_colcon_build.py builds the package the way a ROS user does
+        "test": ["pytest", "evo", "onnx", "onnxruntime", "catkin-pkg", "colcon-core", "colcon-ros"],
     },
     zip_safe=True,
     maintainer="kp2d_ros maintainers",

@@ -19,6 +19,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from kp2d_ros.errors import ConfigError
+from kp2d_ros.types import DISTORTION_MODELS
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,21 +196,32 @@ class PipelineConfig:
 
 @dataclass
 class CameraConfig:
-    """Intrinsics used when the input provides none (a bag without CameraInfo). fx = 0: unset."""
+    """Intrinsics used when the input provides none (a bag without CameraInfo). fx = 0: unset.
+
+    ``rectified`` tells how to read a CameraInfo (message, bag or camera.yaml): true for a rectified
+    stream (``image_rect``), whose intrinsics are P's left 3x3 with no distortion; false (raw
+    ``image_raw``) for K and D with ``distortion_model``. A CameraInfo cannot say which: image_proc
+    publishes the same one beside both streams.
+    """
 
     fx: float = 0.0
     fy: float = 0.0
     cx: float = 0.0
     cy: float = 0.0
     distortion: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0, 0.0])
+    distortion_model: str = "plumb_bob"  # of ``distortion``: plumb_bob | rational_polynomial | equidistant
+    rectified: bool = False
 
     def validate(self) -> None:
         for name in ("fx", "fy", "cx", "cy"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ConfigError(f"camera.{name}: must be finite and >= 0, got {v}")
-        if len(self.distortion) not in (4, 5, 8, 12, 14):
-            raise ConfigError(f"camera.distortion: expected 4, 5, 8, 12 or 14 coefficients, got {len(self.distortion)}")
+        _choice("camera.distortion_model", self.distortion_model, tuple(DISTORTION_MODELS))
+        counts = DISTORTION_MODELS[self.distortion_model]
+        if len(self.distortion) not in counts:
+            raise ConfigError(f"camera.distortion: {self.distortion_model} takes "
+                              f"{', '.join(map(str, counts))} coefficients, got {len(self.distortion)}")
 
     @property
     def is_set(self) -> bool:

@@ -24,13 +24,20 @@ _METHODS = {
 # --------------------------------------------------------------------------------------------
 # Points
 # --------------------------------------------------------------------------------------------
+# Fixed-point iterations of cv2.undistortPoints: its default 5 leave up to 7e-4 (0.2 px at f = 300)
+# near the border of a strong rational_polynomial lens, 20 converge to < 1e-9 (about 1 ms per
+# 2000 points).
+UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT, 20, 0.0)
+
+
 def normalize_points(pts: np.ndarray, camera: Camera) -> np.ndarray:
     """Undistorted normalised image coordinates (x/z, y/z) of pixel points.
 
     Parameters
     ----------
     pts : (N, 2) pixel coordinates.
-    camera : intrinsics and distortion.
+    camera : intrinsics and distortion (``equidistant``: OpenCV's fisheye model, else
+        plumb_bob / rational_polynomial).
 
     Returns
     -------
@@ -42,7 +49,9 @@ def normalize_points(pts: np.ndarray, camera: Camera) -> np.ndarray:
     if not camera.has_distortion:
         K = camera.K
         return np.stack([(pts[:, 0] - K[0, 2]) / K[0, 0], (pts[:, 1] - K[1, 2]) / K[1, 1]], axis=1)
-    return cv2.undistortPoints(pts.reshape(-1, 1, 2), camera.K, camera.dist).reshape(-1, 2)
+    if camera.model == "equidistant":
+        return cv2.fisheye.undistortPoints(pts.reshape(-1, 1, 2), camera.K, camera.dist[:4]).reshape(-1, 2)
+    return cv2.undistortPoints(pts.reshape(-1, 1, 2), camera.K, camera.dist, criteria=UNDISTORT_CRITERIA).reshape(-1, 2)
 
 
 def undistort_pixels(pts: np.ndarray, camera: Camera) -> np.ndarray:

@@ -7,32 +7,60 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+# ROS CameraInfo distortion models this code undistorts, and the coefficient counts each accepts:
+# plumb_bob and rational_polynomial are OpenCV's radial-tangential family (cv2.undistortPoints picks
+# the terms from the count: k1 k2 p1 p2 [k3 [k4 k5 k6 [s1..s4 [tx ty]]]]); equidistant is OpenCV's
+# fisheye model (cv2.fisheye, k1..k4).
+DISTORTION_MODELS: dict[str, tuple[int, ...]] = {
+    "plumb_bob": (4, 5, 8, 12, 14),
+    "rational_polynomial": (4, 5, 8, 12, 14),
+    "equidistant": (4,),
+}
+
+
 @dataclass
 class Camera:
-    """Pinhole camera with OpenCV (plumb_bob / rational) distortion.
+    """Pinhole camera with a ROS/OpenCV distortion model.
 
     Attributes
     ----------
     K : (3, 3) float64 intrinsic matrix.
-    dist : (N,) float64 distortion coefficients (N in 4, 5, 8, ...); zeros for rectified images.
+    dist : (N,) float64 distortion coefficients, N allowed by ``DISTORTION_MODELS[model]``; zeros
+        for rectified images.
     width, height : image size in pixels.
+    model : ``plumb_bob`` | ``rational_polynomial`` (cv2.undistortPoints) | ``equidistant``
+        (cv2.fisheye, never a pinhole even with zero coefficients).
     """
 
     K: np.ndarray
     dist: np.ndarray
     width: int
     height: int
+    model: str = "plumb_bob"
 
     @classmethod
     def from_intrinsics(cls, fx: float, fy: float, cx: float, cy: float, width: int, height: int,
-                        dist=None) -> "Camera":
+                        dist=None, model: str = "plumb_bob") -> "Camera":
         K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-        d = np.zeros(5) if dist is None else np.asarray(dist, dtype=np.float64).ravel()
-        return cls(K=K, dist=d, width=int(width), height=int(height))
+        d = np.zeros(4 if model == "equidistant" else 5) if dist is None else \
+            np.asarray(dist, dtype=np.float64).ravel()
+        return cls(K=K, dist=d, width=int(width), height=int(height), model=model)
 
     @property
     def has_distortion(self) -> bool:
-        return bool(np.any(self.dist != 0))
+        return self.model == "equidistant" or bool(np.any(self.dist != 0))
+
+    def scaled_to(self, width: int, height: int) -> "Camera":
+        """The same camera for the image resized to ``width x height`` (pixel-centre convention:
+        ``c' = (c + 0.5) * s - 0.5``, ``f' = f * s``; the distortion acts on normalised coordinates
+        and stays as it is). Returns ``self`` when the size is unchanged."""
+        if (self.width, self.height) == (width, height):
+            return self
+        s = np.array([width / self.width, height / self.height])
+        K = self.K.copy()
+        K[:2, :2] *= s[:, None]
+        K[:2, 2] = (K[:2, 2] + 0.5) * s - 0.5
+        return Camera(K=K, dist=self.dist, width=int(width), height=int(height), model=self.model)
 
 
 @dataclass

@@ -4,9 +4,15 @@ Arguments
     params_file   the node's parameters (default: the installed config/vo.yaml)
     image         image topic (sensor_msgs/Image, or CompressedImage with ros.compressed: true)
     camera_info   CameraInfo topic (without one, set camera.fx/fy/cx/cy in the params file)
-    use_rviz      start RViz with config/vo.rviz
-    bag           a rosbag2 to play with ``ros2 bag play`` (empty: none)
-    dds_profile   Fast DDS profile with large shared-memory segments (default: config/fastdds_shm.xml)
+    use_rviz      start RViz with config/vo.rviz (needs rviz2, which this package does not depend on)
+    bag           a rosbag2 to play with ``ros2 bag play --clock`` (empty: none)
+    bag_delay     seconds ``ros2 bag play`` waits before playing, so that no frame is sent while
+                  vo_node is still loading torch and its networks (default 8)
+    use_sim_time  vo_node on the bag's /clock (default: true with bag:=, else false)
+    dds_profile   a Fast DDS XML profile for every process started here, e.g. the installed
+                  config/fastdds_shm.xml (large shared-memory segments, UDP on loopback only: one
+                  machine). Empty (default): the environment's own FASTDDS_DEFAULT_PROFILES_FILE, if any,
+                  is left as it is.
 """
 import os
 
@@ -21,22 +27,30 @@ from launch_ros.actions import Node
 def generate_launch_description():
     share = get_package_share_directory("kp2d_ros")
     bag = LaunchConfiguration("bag")
+    dds_profile = LaunchConfiguration("dds_profile")
     return LaunchDescription([
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "vo.yaml"),
                               description="vo_node parameters (VOConfig as a ROS params file)"),
         DeclareLaunchArgument("image", default_value="/camera/image_raw", description="image topic"),
         DeclareLaunchArgument("camera_info", default_value="/camera/camera_info", description="CameraInfo topic"),
-        DeclareLaunchArgument("use_rviz", default_value="false", description="start RViz"),
+        DeclareLaunchArgument("use_rviz", default_value="false", description="start RViz (rviz2 must be installed)"),
         DeclareLaunchArgument("bag", default_value="", description="rosbag2 to play (empty: none)"),
-        DeclareLaunchArgument("dds_profile", default_value=os.path.join(share, "config", "fastdds_shm.xml"),
-                              description="Fast DDS profile (large shared-memory segments for images)"),
-        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("dds_profile")),
+        DeclareLaunchArgument("bag_delay", default_value="8.0",
+                              description="seconds ros2 bag play waits before playing (vo_node start-up)"),
+        DeclareLaunchArgument("use_sim_time", default_value=PythonExpression(["'", bag, "' != ''"]),
+                              description="vo_node on /clock (default: true when a bag is played)"),
+        DeclareLaunchArgument("dds_profile", default_value="",
+                              description="Fast DDS XML profile, e.g. "
+                              + os.path.join(share, "config", "fastdds_shm.xml")
+                              + " (one machine only); empty: leave the environment as it is"),
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", dds_profile,
+                               condition=IfCondition(PythonExpression(["'", dds_profile, "' != ''"]))),
         Node(
             package="kp2d_ros",
             executable="vo_node",
             name="kp2d_vo",
             output="screen",
-            parameters=[LaunchConfiguration("params_file")],
+            parameters=[LaunchConfiguration("params_file"), {"use_sim_time": LaunchConfiguration("use_sim_time")}],
             remappings=[
                 ("image", LaunchConfiguration("image")),
                 ("camera_info", LaunchConfiguration("camera_info")),
@@ -50,7 +64,7 @@ def generate_launch_description():
             condition=IfCondition(LaunchConfiguration("use_rviz")),
         ),
         ExecuteProcess(
-            cmd=["ros2", "bag", "play", bag],
+            cmd=["ros2", "bag", "play", bag, "--clock", "--delay", LaunchConfiguration("bag_delay")],
             output="screen",
             condition=IfCondition(PythonExpression(["'", bag, "' != ''"])),
         ),

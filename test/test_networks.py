@@ -1,4 +1,7 @@
 """KeyPointNet / IO-Net shapes and invariants, weight files, model path resolution, KP2DFrontend."""
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,9 @@ from kp2d_ros.errors import DataError, ModelError
 from kp2d_ros.networks.io_net import IONet, io_net_input
 from kp2d_ros.networks.keypoint_net import KeyPointNet, preprocess, select_top_k
 from kp2d_ros.networks.kp2d_frontend import KP2DFrontend
-from kp2d_ros.networks.weights import resolve_model_path, save_network
+from kp2d_ros.networks.weights import model_summary, package_roots, read_weights, resolve_model_path, save_network
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +143,24 @@ def test_weights_errors(tmp_path, small_net):
         KeyPointNet.from_file(tmp_path / "other.pt")
 
 
-def test_resolve_model_path_cwd_then_repo(tmp_path, monkeypatch, small_net):
+def test_resolve_model_path_package_then_cwd(tmp_path, monkeypatch, small_net):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()
     save_network(small_net, tmp_path / "models" / "x.pt")
-    assert resolve_model_path("models/x.pt") == tmp_path / "models" / "x.pt"
+    assert resolve_model_path("models/x.pt") == tmp_path / "models" / "x.pt"  # only in the CWD
     # a path relative to the repo root resolves from any CWD
     assert resolve_model_path("kp2d_ros/config.py").name == "config.py"
+
+
+def test_resolve_prefers_the_package_copy(tmp_path, monkeypatch):
+    assert package_roots()[0] == ROOT  # a source checkout: its own models/ first
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    shutil.copy(ROOT / "models" / "README.md", tmp_path / "models" / "keypoint_net.pt")
+    (tmp_path / "models" / "only_here.pt").write_bytes(b"x")
+    assert resolve_model_path("models/keypoint_net.pt") == ROOT / "models" / "keypoint_net.pt"
+    assert resolve_model_path("./models/keypoint_net.pt") == tmp_path / "models" / "keypoint_net.pt"
+    assert resolve_model_path("models/only_here.pt") == tmp_path / "models" / "only_here.pt"
 
 
 def test_frontend_detect(small_net):
@@ -195,3 +211,15 @@ def test_sparse_last_conv_equals_dense_conv_then_sampling():
     corner = torch.tensor([[[0.0, 0.0]]]).expand(2, 1, 2)  # the dense map mixes in its zero padding here
     assert not torch.allclose(sample_conv_descriptors(features, conv, corner, (48, 64)),
                               sample_descriptors(conv(features), corner, (48, 64)), atol=1e-3)
+
+
+def test_model_summary_names_the_file_loaded(tmp_path, small_net):
+    path = save_network(small_net, tmp_path / "kp.pt", step=123)
+    line = model_summary(KeyPointNet.from_file(path))
+    assert line == f"KeyPointNet {path} (step 123, width 0.25)"
+    shipped = ROOT / "models" / "io_net_epipolar.pt"
+    if shipped.is_file():
+        meta = read_weights(shipped)[1]
+        line = model_summary(IONet.from_file("models/io_net_epipolar.pt"))
+        assert str(shipped) in line and f"steps {meta['steps']}" in line
+        assert f"width {meta['config']['channels']}" in line

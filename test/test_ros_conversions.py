@@ -102,8 +102,8 @@ def test_compressed_png_and_garbage():
         conv.compressed_to_array(msg)
 
 
-def camera_info(k, d=(0.1, 0, 0, 0, 0), w=640, h=480) -> CameraInfo:
-    msg = CameraInfo(width=w, height=h)
+def camera_info(k, d=(0.1, 0, 0, 0, 0), w=640, h=480, model="plumb_bob") -> CameraInfo:
+    msg = CameraInfo(width=w, height=h, distortion_model=model)
     msg.k = [float(v) for v in k]
     msg.d = [float(v) for v in d]
     return msg
@@ -113,7 +113,13 @@ def test_camera_info_valid_and_scaled():
     cam = conv.camera_info_to_camera(camera_info([500, 0, 320, 0, 501, 240, 0, 0, 1]))
     assert cam.K[0, 0] == 500 and cam.K[1, 1] == 501 and cam.dist[0] == pytest.approx(0.1)
     half = conv.camera_for_image(cam, 320, 240)
-    assert half.K[0, 0] == 250 and half.K[1, 2] == 120 and (half.width, half.height) == (320, 240)
+    assert half.K[0, 0] == 250 and (half.width, half.height) == (320, 240)
+    # a point seen at pixel u in the full image is at (u + 0.5) * s - 0.5 in the half-size one (the
+    # pixel-centre convention of frontend.py / kp2d_frontend.py), and its ray is unchanged
+    X = np.array([[0.3, -0.2, 2.0], [-1.0, 0.5, 4.0]])
+    full_px = cv2.projectPoints(X, np.zeros(3), np.zeros(3), cam.K, cam.dist)[0].reshape(-1, 2)
+    half_px = cv2.projectPoints(X, np.zeros(3), np.zeros(3), half.K, half.dist)[0].reshape(-1, 2)
+    np.testing.assert_allclose(half_px, (full_px + 0.5) * 0.5 - 0.5, atol=1e-9)
 
 
 @pytest.mark.parametrize("k,d,match", [
@@ -126,10 +132,98 @@ def test_camera_info_invalid(k, d, match):
         conv.camera_info_to_camera(camera_info(k, d))
 
 
+FISHEYE_D = (-0.02, 0.01, -0.004, 0.001)
+RATIONAL_D = (0.8, -0.3, 0.001, -0.002, 0.05, 1.1, -0.2, 0.15)
+K0 = [300.0, 0.0, 321.5, 0.0, 302.0, 238.0, 0.0, 0.0, 1.0]
+
+
+def scene_rays(seed=0, n=100, half_fov_deg=60.0):
+    rng = np.random.default_rng(seed)
+    th, ph = np.radians(rng.uniform(0, half_fov_deg, n)), rng.uniform(-np.pi, np.pi, n)
+    X = np.stack([np.sin(th) * np.cos(ph), np.sin(th) * np.sin(ph), np.cos(th)], 1) * rng.uniform(1, 9, n)[:, None]
+    return X, X[:, :2] / X[:, 2:]
+
+
+def test_camera_info_fisheye_rays():
+    from kp2d_ros.geometry import normalize_points
+
+    cam = conv.camera_info_to_camera(camera_info(K0, FISHEYE_D, model="equidistant"))
+    assert cam.model == "equidistant"
+    X, rays = scene_rays(half_fov_deg=80.0)
+    K = np.asarray(K0).reshape(3, 3)
+    px = cv2.fisheye.projectPoints(X[:, None], np.zeros(3), np.zeros(3), K, np.asarray(FISHEYE_D))[0].reshape(-1, 2)
+    n = normalize_points(px, cam)
+    np.testing.assert_allclose(n, cv2.fisheye.undistortPoints(px[:, None], K, np.asarray(FISHEYE_D)).reshape(-1, 2),
+                               atol=1e-12)
+    np.testing.assert_allclose(n, rays, atol=1e-6)
+
+
+def test_camera_info_rational_polynomial_rays():
+    from kp2d_ros.geometry import normalize_points
+
+    cam = conv.camera_info_to_camera(camera_info(K0, RATIONAL_D, model="rational_polynomial"))
+    X, rays = scene_rays(seed=1, half_fov_deg=40.0)
+    px = cv2.projectPoints(X, np.zeros(3), np.zeros(3), np.asarray(K0).reshape(3, 3), np.asarray(RATIONAL_D))[0]
+    np.testing.assert_allclose(normalize_points(px.reshape(-1, 2), cam), rays, atol=1e-8)
+
+
+def test_camera_info_rectified_uses_p():
+    from kp2d_ros.geometry import normalize_points
+
+    msg = camera_info(K0, (-0.28, 0.07, 0.0005, -0.0003, 0.0))
+    P = np.array([[250.0, 0, 318.0, 0], [0, 250.0, 241.0, 0], [0, 0, 1, 0]])
+    msg.p = P.ravel().tolist()
+    cam = conv.camera_info_to_camera(msg, rectified=True)
+    np.testing.assert_array_equal(cam.K, P[:, :3])
+    assert not cam.has_distortion
+    X, rays = scene_rays(seed=2, half_fov_deg=35.0)
+    px = cv2.projectPoints(X, np.zeros(3), np.zeros(3), P[:, :3], np.zeros(5))[0].reshape(-1, 2)  # image_rect
+    np.testing.assert_allclose(normalize_points(px, cam), rays, atol=1e-9)
+    assert not np.allclose(normalize_points(px, conv.camera_info_to_camera(msg)), rays, atol=1e-3)  # twice
+    msg.p = [0.0] * 12
+    with pytest.raises(DataError, match="projection matrix P"):
+        conv.camera_info_to_camera(msg, rectified=True)
+
+
+@pytest.mark.parametrize("model,d", [("fov", (0.9,)), ("kannala_brandt", FISHEYE_D), ("", (0.1, 0, 0, 0, 0)),
+                                     ("equidistant", (0.1, 0, 0, 0, 0))])
+def test_camera_info_unknown_model_refused(model, d):
+    with pytest.raises(DataError, match="unsupported distortion_model|takes 4 coefficients"):
+        conv.camera_info_to_camera(camera_info(K0, d, model=model))
+
+
+@pytest.mark.parametrize("model,d,rectified", [("equidistant", FISHEYE_D, False),
+                                               ("rational_polynomial", RATIONAL_D, False),
+                                               ("plumb_bob", (0.1, -0.2, 0.001, 0.002, 0.05), True)])
+def test_node_and_folder_readers_read_a_calibration_alike(tmp_path, model, d, rectified):
+    """The same calibration as a CameraInfo message (node) and as a camera.yaml (folder readers)."""
+    from kp2d_ros.data.camera_yaml import read_camera_yaml
+
+    P = [250.0, 0.0, 318.0, 0.0, 0.0, 250.0, 241.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    msg = camera_info(K0, d, model=model)
+    msg.p = P
+
+    def mat(r, c, v):
+        return f"{{rows: {r}, cols: {c}, data: {[float(x) for x in v]}}}"
+
+    (tmp_path / "camera.yaml").write_text(
+        f"image_width: 640\nimage_height: 480\ncamera_name: c\ncamera_matrix: {mat(3, 3, K0)}\n"
+        f"distortion_model: {model}\ndistortion_coefficients: {mat(1, len(d), d)}\n"
+        f"rectification_matrix: {mat(3, 3, np.eye(3).ravel())}\nprojection_matrix: {mat(3, 4, P)}\n")
+    a = conv.camera_info_to_camera(msg, rectified=rectified)
+    b = read_camera_yaml(tmp_path / "camera.yaml", rectified=rectified)
+    assert (a.model, a.width, a.height) == (b.model, b.width, b.height)
+    np.testing.assert_array_equal(a.K, b.K)
+    np.testing.assert_array_equal(a.dist, b.dist)
+
+
 def test_camera_from_config():
     assert conv.camera_from_config(CameraConfig(), 640, 480) is None
     cam = conv.camera_from_config(CameraConfig(fx=400.0, fy=410.0), 640, 480)
     assert cam.K[0, 2] == pytest.approx(319.5) and cam.K[1, 1] == 410.0
+    fish = conv.camera_from_config(CameraConfig(fx=400.0, fy=400.0, distortion=list(FISHEYE_D),
+                                                distortion_model="equidistant"), 640, 480)
+    assert fish.model == "equidistant" and fish.has_distortion
 
 
 def random_pose(rng) -> np.ndarray:

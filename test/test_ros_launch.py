@@ -71,7 +71,8 @@ def installed_to(rel: str, data_files) -> str | None:
 def test_generate_launch_description_and_arguments(tree):
     assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
     args = {const(c.args[0]) for c in calls(tree, "DeclareLaunchArgument")}
-    assert {"params_file", "image", "camera_info", "use_rviz", "bag"} <= args
+    assert {"params_file", "image", "camera_info", "use_rviz", "bag", "bag_delay", "use_sim_time",
+            "dds_profile"} <= args
     # every LaunchConfiguration used is declared
     used = {const(c.args[0]) for c in calls(tree, "LaunchConfiguration")}
     assert used <= args
@@ -91,21 +92,100 @@ def test_files_named_exist_and_are_installed(tree, data_files):
         assert installed_to(rel, data_files) == f"share/{PACKAGE}/{os.path.dirname(rel)}", rel
 
 
+def default_of(tree, name: str):
+    (arg,) = [c for c in calls(tree, "DeclareLaunchArgument") if const(c.args[0]) == name]
+    return kwarg(arg, "default_value")
+
+
+def configurations(tree, node) -> set[str]:
+    """Names of the LaunchConfigurations ``node`` uses, through local variables
+    (``bag = LaunchConfiguration("bag")``) too."""
+    local = {a.targets[0].id: a.value for a in ast.walk(tree)
+             if isinstance(a, ast.Assign) and len(a.targets) == 1 and isinstance(a.targets[0], ast.Name)}
+    out = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name) and n.id in local:
+            out |= configurations(tree, local[n.id])
+        elif isinstance(n, ast.Call) and getattr(n.func, "id", None) == "LaunchConfiguration":
+            out.add(const(n.args[0]))
+    return out
+
+
 def test_executables_exist(tree):
+    """Packages the launch file starts are dependencies, except optional ones (rviz2: a GUI that
+    a headless robot should not get): those start only under a condition and the install notes
+    say to install them."""
     nodes = calls(tree, "Node")
     pkgs = {(const(kwarg(n, "package")), const(kwarg(n, "executable"))) for n in nodes}
     assert (PACKAGE, "vo_node") in pkgs
     setup = (REPO / "setup.py").read_text()
     assert '"vo_node = kp2d_ros.ros.node:main"' in setup
     deps = {e.text for e in ET.parse(REPO / "package.xml").getroot() if e.tag.endswith("depend")}
-    for pkg, _exe in pkgs - {(PACKAGE, "vo_node")}:
-        assert pkg in deps, f"launch starts {pkg} but package.xml does not depend on it"
-    for dep in ("launch", "launch_ros"):
+    notes = (REPO / "docs" / "ros2_install.md").read_text()
+    for n in nodes:
+        pkg = const(kwarg(n, "package"))
+        if pkg == PACKAGE or pkg in deps:
+            continue
+        assert kwarg(n, "condition") is not None, f"launch always starts {pkg}, package.xml does not depend on it"
+        assert f"ros-$ROS_DISTRO-{pkg}" in notes, f"docs/ros2_install.md does not say how to install {pkg}"
+    assert "rviz2" not in deps  # optional
+    for dep in ("launch", "launch_ros", "ros2bag"):
         assert dep in deps
+
+
+def test_bag_play_waits_and_drives_sim_time(tree):
     (bag,) = calls(tree, "ExecuteProcess")
-    cmd = kwarg(bag, "cmd")
-    assert [const(e) for e in cmd.elts[:3]] == ["ros2", "bag", "play"]
+    cmd = kwarg(bag, "cmd").elts
+    assert [const(e) for e in cmd[:3]] == ["ros2", "bag", "play"]
     assert kwarg(bag, "condition") is not None  # only when bag:= is given
+    words = [const(e) if isinstance(e, ast.Constant) else None for e in cmd]
+    assert "--clock" in words and "--delay" in words
+    delay = cmd[words.index("--delay") + 1]
+    assert const(delay.args[0]) == "bag_delay" and float(const(default_of(tree, "bag_delay"))) >= 5.0
+    # use_sim_time defaults to "a bag is given" and reaches vo_node's parameters
+    assert configurations(tree, default_of(tree, "use_sim_time")) == {"bag"}
+    (vo,) = [n for n in calls(tree, "Node") if const(kwarg(n, "executable")) == "vo_node"]
+    (params,) = [d for d in kwarg(vo, "parameters").elts if isinstance(d, ast.Dict)]
+    assert [const(k) for k in params.keys] == ["use_sim_time"]
+    assert const(params.values[0].args[0]) == "use_sim_time"
+
+
+def test_dds_profile_is_opt_in(tree):
+    """No profile forced on every process (it would confine DDS to this machine and replace the
+    user's own): empty by default, and the variable is only set when one is given."""
+    assert const(default_of(tree, "dds_profile")) == ""
+    (env,) = calls(tree, "SetEnvironmentVariable")
+    assert const(env.args[0]) == "FASTDDS_DEFAULT_PROFILES_FILE"
+    assert configurations(tree, env.args[1]) == {"dds_profile"}
+    cond = kwarg(env, "condition")
+    assert cond is not None and configurations(tree, cond) == {"dds_profile"}
+
+
+def test_fastdds_profile_loads_in_the_installed_fast_dds(tmp_path):
+    """The profile's <interfaces> allowlist needs Fast DDS >= 2.14 (Jazzy 2.14, Kilted 3.x); a Fast
+    DDS that does not know an element rejects the whole profile with XMLPARSER errors, which is
+    what this checks for (a renamed element as the control)."""
+    pytest.importorskip("rclpy")
+    import subprocess
+    import sys
+
+    profile = REPO / "config" / "fastdds_shm.xml"
+    udp = [t for t in ET.parse(profile).getroot().iter("{http://www.eprosima.com}transport_descriptor")
+           if t.findtext("{http://www.eprosima.com}type") == "UDPv4"]
+    allow = [i.get("name") for t in udp for i in t.iter("{http://www.eprosima.com}interface")]
+    assert allow == ["127.0.0.1"]
+    broken = tmp_path / "broken.xml"
+    broken.write_text(profile.read_text().replace("interfaces>", "interfacez>"))
+    code = ("import rclpy; rclpy.init(); n = rclpy.create_node('kp2d_profile_check'); "
+            "n.destroy_node(); rclpy.shutdown()")
+    errors = {}
+    for name, path in (("shipped", profile), ("broken", broken)):
+        env = dict(os.environ, FASTDDS_DEFAULT_PROFILES_FILE=str(path), RMW_IMPLEMENTATION="rmw_fastrtps_cpp",
+                   ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(100 + (os.getpid() + 43) % 100))
+        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        errors[name] = "XMLPARSER" in p.stderr
+    assert errors == {"shipped": False, "broken": True}
 
 
 def test_vo_node_params_and_remappings_match_node(tree):
@@ -116,7 +196,7 @@ def test_vo_node_params_and_remappings_match_node(tree):
     remap_from = {const(t.elts[0]) for t in kwarg(vo, "remappings").elts}
     assert remap_from == {"image", "camera_info"}
     params = kwarg(vo, "parameters")
-    assert [const(c.args[0]) for c in calls(params, "LaunchConfiguration")] == ["params_file"]
+    assert [const(c.args[0]) for c in calls(params, "LaunchConfiguration")] == ["params_file", "use_sim_time"]
 
     class NullPipeline:
         def reset(self):

@@ -149,7 +149,7 @@ def image_msg(t: float, img=None) -> Image:
 
 
 def info_msg(k=(200.0, 0.0, 80.0, 0.0, 200.0, 60.0, 0.0, 0.0, 1.0), w=W, h=H) -> CameraInfo:
-    msg = CameraInfo(width=w, height=h)
+    msg = CameraInfo(width=w, height=h, distortion_model="plumb_bob")
     msg.k = [float(v) for v in k]
     msg.d = [0.0] * 5
     return msg

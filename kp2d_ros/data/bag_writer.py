@@ -14,6 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from kp2d_ros.data.bags import default_typestore
+from kp2d_ros.data.camera_info import info_model_name
 from kp2d_ros.data.images import encode_compressed, encode_image
 from kp2d_ros.data.sequence import Sequence
 from kp2d_ros.data.trajectory_io import tq_from_poses
@@ -115,7 +116,7 @@ def write_bag(out_path: str | Path, frames: Sequence | Iterable[Frame], *, stora
                                                              do_rectify=False)
                 info = T["sensor_msgs/msg/CameraInfo"](
                     header=hdr, height=img.shape[0], width=img.shape[1],
-                    distortion_model="plumb_bob" if d.size <= 5 else "rational_polynomial",
+                    distortion_model=info_model_name(cam),
                     d=d, k=K.ravel(), r=np.eye(3).ravel(), p=np.hstack([K, np.zeros((3, 1))]).ravel(),
                     binning_x=0, binning_y=0, roi=roi)
                 writer.write(info_conn, ns, ts.serialize_cdr(info, "sensor_msgs/msg/CameraInfo"))

@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from kp2d_ros.config import CameraConfig
+from kp2d_ros.data.camera_info import camera_from_info
 from kp2d_ros.data.folders import resolve_camera
 from kp2d_ros.data.images import decode_compressed_msg, decode_image_msg
 from kp2d_ros.data.sequence import Sequence
@@ -192,14 +193,18 @@ def _looks_like_ground_truth(topic: str) -> bool:
     return "groundtruth" in name.replace("_", "").replace("-", "") or "gt" in re.split(r"[/_\-\s]+", name)
 
 
-def _camera_from_info(msg) -> Camera | None:
-    k = msg.k if hasattr(msg, "k") else msg.K  # ROS 2 lower case, ROS 1 upper case
-    d = msg.d if hasattr(msg, "d") else msg.D
-    K = np.asarray(k, dtype=np.float64).reshape(3, 3)
-    if K[0, 0] <= 0 or K[1, 1] <= 0:
+def _camera_from_info(msg, rectified: bool, source: str) -> Camera | None:
+    """A bag's CameraInfo read as the node reads one; None for an uncalibrated one (K or, when
+    rectified, P all zeros), so that the ``camera`` config section applies."""
+    def field(name):  # ROS 2 lower case, ROS 1 upper case
+        return getattr(msg, name) if hasattr(msg, name) else getattr(msg, name.upper())
+
+    k, p = np.asarray(field("k"), dtype=np.float64), np.asarray(field("p"), dtype=np.float64)
+    if not np.any(p if rectified else k):
         return None
-    d = np.asarray(d, dtype=np.float64).ravel()
-    return Camera(K=K, dist=d if d.size else np.zeros(5), width=int(msg.width), height=int(msg.height))
+    model = msg.distortion_model
+    return camera_from_info(k, field("d"), model, int(msg.width), int(msg.height), p=p, rectified=rectified,
+                            source=source)
 
 
 def _decode(msg, msgtype: str) -> np.ndarray:
@@ -249,7 +254,8 @@ def read_bag(path: Path, *, image_topic: str | None = None, camera_info_topic: s
         if info_topic is not None:
             conns = [c for c in reader.connections if c.topic == info_topic]
             for conn, _, raw in reader.messages(connections=conns):
-                cam_files = _camera_from_info(reader.deserialize(raw, conn.msgtype))
+                cam_files = _camera_from_info(reader.deserialize(raw, conn.msgtype),
+                                              camera is not None and camera.rectified, f"{path}: {info_topic}")
                 break
 
         if gt_topic is None:

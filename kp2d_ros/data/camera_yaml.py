@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from kp2d_ros.data.camera_info import camera_from_info, info_model_name
 from kp2d_ros.errors import DataError
 from kp2d_ros.types import Camera
 
@@ -38,37 +39,42 @@ def load_yaml(path: str | Path) -> dict:
     return doc
 
 
-def read_camera_yaml(path: str | Path) -> Camera:
-    """Read a ROS camera_info YAML (``image_width``, ``camera_matrix``, ``distortion_coefficients``).
+def read_camera_yaml(path: str | Path, rectified: bool = False) -> Camera:
+    """Read a ROS camera_info YAML (``image_width``, ``camera_matrix``, ``distortion_model``,
+    ``distortion_coefficients``, ``projection_matrix``) the way the node reads a CameraInfo
+    (:func:`kp2d_ros.data.camera_info.camera_from_info`).
+
+    Parameters
+    ----------
+    rectified : the images are rectified (``camera.rectified``): intrinsics from
+        ``projection_matrix``, no distortion.
 
     Returns
     -------
-    Camera with K (3, 3) and the distortion coefficients (zeros when absent).
+    Camera with K (3, 3), the distortion model and coefficients (zeros when absent).
 
     Raises
     ------
     DataError
-        unreadable file or missing/invalid ``camera_matrix``.
+        unreadable file, missing/invalid ``camera_matrix`` (or ``projection_matrix`` when
+        rectified), an unsupported distortion model.
     """
     path = Path(path)
     doc = load_yaml(path)
     K = _matrix(doc, "camera_matrix", path)
-    if K.size != 9 or K[0] <= 0 or K[4] <= 0:
-        raise DataError(f"{path}: camera_matrix must be 9 numbers with fx, fy > 0")
-    dist = _matrix(doc, "distortion_coefficients", path) if "distortion_coefficients" in doc else np.zeros(5)
-    model = str(doc.get("distortion_model", "plumb_bob"))
-    if model not in ("plumb_bob", "rational_polynomial", "radtan", "radial-tangential") and np.any(dist != 0):
-        raise DataError(f"{path}: unsupported distortion_model '{model}'")
-    return Camera(K=K.reshape(3, 3), dist=dist, width=int(doc.get("image_width", 0) or 0),
-                  height=int(doc.get("image_height", 0) or 0))
+    dist = _matrix(doc, "distortion_coefficients", path) if "distortion_coefficients" in doc else np.zeros(0)
+    P = _matrix(doc, "projection_matrix", path) if rectified else None
+    return camera_from_info(K, dist, str(doc.get("distortion_model", "plumb_bob")),
+                            int(doc.get("image_width", 0) or 0), int(doc.get("image_height", 0) or 0),
+                            p=P, rectified=rectified, source=str(path))
 
 
 def write_camera_yaml(camera: Camera, path: str | Path, name: str = "camera") -> None:
-    """Write ``camera`` as a ROS camera_info YAML (plumb_bob, identity rectification)."""
+    """Write ``camera`` as a ROS camera_info YAML (its distortion model, identity rectification)."""
     K = np.asarray(camera.K, dtype=np.float64)
     P = np.hstack([K, np.zeros((3, 1))])
     dist = [float(v) for v in np.asarray(camera.dist, dtype=np.float64).ravel()]
-    model = "plumb_bob" if len(dist) <= 5 else "rational_polynomial"
+    model = info_model_name(camera)
 
     def mat(rows: int, cols: int, values) -> str:
         return f"{{rows: {rows}, cols: {cols}, data: [{', '.join(repr(float(v)) for v in values)}]}}"

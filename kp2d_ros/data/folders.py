@@ -1,11 +1,13 @@
 """Image-folder datasets: KITTI odometry, TUM RGB-D and EuRoC MAV layouts."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from kp2d_ros.config import CameraConfig
+from kp2d_ros.data.camera_info import distortion_model
 from kp2d_ros.data.camera_yaml import load_yaml, read_camera_yaml
 from kp2d_ros.data.images import load_image
 from kp2d_ros.data.sequence import Sequence
@@ -26,18 +28,23 @@ def resolve_camera(from_files: Camera | None, fallback: CameraConfig | None, fir
                    source: str) -> Camera:
     """Intrinsics from the dataset files, else from the config's ``camera`` section, else raise.
 
-    Width/height missing from the files are taken from ``first_image``.
+    Width/height missing from the files are taken from ``first_image``; a calibration of another
+    size is scaled to it (:meth:`Camera.scaled_to`, as the node does with a CameraInfo).
     """
     h, w = first_image.shape[:2]
     if from_files is not None:
         if not from_files.width or not from_files.height:
-            from_files = Camera(K=from_files.K, dist=from_files.dist, width=w, height=h)
-        return from_files
+            return dataclasses.replace(from_files, width=w, height=h)
+        return from_files.scaled_to(w, h)
     if fallback is not None and fallback.is_set:
         return Camera.from_intrinsics(fallback.fx, fallback.fy, fallback.cx, fallback.cy, w, h,
-                                      dist=fallback.distortion)
+                                      dist=fallback.distortion, model=fallback.distortion_model)
     raise DataError(f"{source}: no intrinsics found (no camera.yaml / calib.txt / CameraInfo); "
                     "set camera.fx, camera.fy, camera.cx, camera.cy in the config")
+
+
+def _rectified(camera: CameraConfig | None) -> bool:
+    return camera is not None and camera.rectified
 
 
 def _folder_sequence(name: str, layout: str, files: list[Path], stamps: np.ndarray, camera_files: Camera | None,
@@ -102,7 +109,7 @@ def read_kitti(path: Path, *, max_frames: int | None = None, camera: CameraConfi
 
     P = _kitti_calib(path, cam_idx)
     if (path / "camera.yaml").is_file():
-        cam_files = read_camera_yaml(path / "camera.yaml")
+        cam_files = read_camera_yaml(path / "camera.yaml", rectified=_rectified(camera))
     elif P is not None:
         cam_files = Camera.from_intrinsics(P[0, 0], P[1, 1], P[0, 2], P[1, 2], 0, 0)
     else:
@@ -153,7 +160,8 @@ def read_tum_rgbd(path: Path, *, max_frames: int | None = None, camera: CameraCo
     gt = None
     if (path / "groundtruth.txt").is_file():
         gt = resample(read_tum(path / "groundtruth.txt"), stamps_arr, max_gap=0.1, tolerance=0.02)
-    cam_files = read_camera_yaml(path / "camera.yaml") if (path / "camera.yaml").is_file() else None
+    cam_files = (read_camera_yaml(path / "camera.yaml", rectified=_rectified(camera))
+                 if (path / "camera.yaml").is_file() else None)
     return _folder_sequence(path.name, layout, files, stamps_arr, cam_files, camera, gt, str(path))
 
 
@@ -218,18 +226,17 @@ def read_euroc(path: Path, *, max_frames: int | None = None, camera: CameraConfi
     cam_files, T_BS = None, np.eye(4)
     if (cam_dir / "sensor.yaml").is_file():
         doc = load_yaml(cam_dir / "sensor.yaml")
-        model = str(doc.get("distortion_model", "radial-tangential"))
-        if model not in ("radial-tangential", "radtan", "plumb_bob"):
-            raise DataError(f"{cam_dir / 'sensor.yaml'}: unsupported distortion_model '{model}'")
         try:
             fx, fy, cx, cy = (float(v) for v in doc["intrinsics"])
             w, h = (int(v) for v in doc.get("resolution", [0, 0]))
-            dist = [float(v) for v in doc.get("distortion_coefficients", [0, 0, 0, 0])]
+            dist = np.asarray([float(v) for v in doc.get("distortion_coefficients", [0, 0, 0, 0])])
             if "T_BS" in doc:
                 T_BS = np.asarray(doc["T_BS"]["data"], dtype=np.float64).reshape(4, 4)
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{cam_dir / 'sensor.yaml'}: malformed ({e})") from None
-        cam_files = Camera.from_intrinsics(fx, fy, cx, cy, w, h, dist=dist)
+        model = distortion_model(str(doc.get("distortion_model", "radial-tangential")), dist,
+                                 str(cam_dir / "sensor.yaml"))
+        cam_files = Camera.from_intrinsics(fx, fy, cx, cy, w, h, dist=dist, model=model)
 
     gt = None
     gt_dir = root / "state_groundtruth_estimate0"

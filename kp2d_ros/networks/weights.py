@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,30 +24,69 @@ from kp2d_ros.errors import ConfigError, ModelError
 PACKAGE = "kp2d_ros"
 
 
+def package_roots() -> list[Path]:
+    """Where this package's own files (``models/``, ``config/``) are, in the order searched: the
+    source checkout it is imported from, the ament share directory of an installed ROS package,
+    ``<sys.prefix>/share/kp2d_ros`` of a pip install (existing folders only, no duplicates)."""
+    roots = []
+    src = Path(__file__).resolve().parents[2]
+    if (src / "package.xml").is_file() and (src / PACKAGE).is_dir():
+        roots.append(src)
+    try:  # installed ROS package: <prefix>/share/kp2d_ros
+        from ament_index_python.packages import get_package_share_directory  # type: ignore
+
+        roots.append(Path(get_package_share_directory(PACKAGE)))
+    except Exception:  # noqa: BLE001 - ament not installed or package not in the index
+        pass
+    roots.append(Path(sys.prefix) / "share" / PACKAGE)
+    out: list[Path] = []
+    for r in roots:
+        if r.is_dir() and all(r.resolve() != o.resolve() for o in out):
+            out.append(r)
+    return out
+
+
 def resolve_model_path(path: str | os.PathLike) -> Path:
-    """Find a model file: absolute as is; relative against CWD, the repo/package root, the ament share dir.
+    """Find a model file.
+
+    Absolute paths are taken as they are, and so are paths that start with ``./`` or ``../``
+    (relative to the working directory). Any other relative path (the config defaults,
+    ``models/keypoint_net.pt``) is looked up in :func:`package_roots` first and then in the working
+    directory, so that a stray ``models/`` folder where the node is started does not replace the
+    shipped weights; ``./models/x.pt`` picks the working directory's copy on purpose.
 
     Raises
     ------
     ModelError
         when no candidate exists (the message lists the places tried).
     """
-    p = Path(path).expanduser()
+    text = os.fspath(path)
+    p = Path(text).expanduser()
     if p.is_absolute():
         if p.is_file():
             return p
         raise ModelError(f"model file not found: {p}")
-    candidates = [Path.cwd() / p, Path(__file__).resolve().parents[2] / p]
-    try:  # installed ROS package: <prefix>/share/kp2d_ros/models/...
-        from ament_index_python.packages import get_package_share_directory  # type: ignore
-
-        candidates.append(Path(get_package_share_directory(PACKAGE)) / p)
-    except Exception:  # noqa: BLE001 - ament not installed or package not in the index
-        pass
+    if text.startswith(("./", "../")):
+        candidates = [Path.cwd() / p]
+    else:
+        candidates = [root / p for root in package_roots()] + [Path.cwd() / p]
     for c in candidates:
         if c.is_file():
             return c
     raise ModelError(f"model file not found: {path} (tried {', '.join(str(c) for c in candidates)})")
+
+
+def model_summary(model: torch.nn.Module) -> str:
+    """One line naming a network loaded by :func:`load_network`: its file and the metadata that
+    tell versions apart, e.g. ``KeyPointNet /.../models/keypoint_net.pt (step 3000, width 0.5)``."""
+    meta = getattr(model, "metadata", None) or {}
+    cfg = meta.get("config") or {}
+    parts = [f"{k} {meta[k]}" for k in ("step", "steps", "base_step", "training") if k in meta]
+    width = cfg.get("width_multiplier", cfg.get("channels"))
+    if width is not None:
+        parts.append(f"width {width}")
+    name = meta.get("network", type(model).__name__)
+    return f"{name} {getattr(model, 'source_path', '(not from a file)')} ({', '.join(parts) or 'no metadata'})"
 
 
 def save_network(model: torch.nn.Module, path: str | os.PathLike, **metadata: Any) -> Path:
@@ -85,12 +125,16 @@ def read_weights(path: str | os.PathLike) -> tuple[dict, dict]:
 def load_network(cls: type, config_cls: type, path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Instantiate ``cls`` from the config stored with the weights and load them (eval mode).
 
+    The model carries ``metadata`` (the file's dict) and ``source_path`` (the file found by
+    :func:`resolve_model_path`).
+
     Raises
     ------
     ModelError
         missing/corrupt file, a file for another network, or weights that do not fit.
     """
-    state, meta = read_weights(path)
+    source = resolve_model_path(path)
+    state, meta = read_weights(source)
     name = meta.get("network")
     if name is not None and name != cls.__name__:
         raise ModelError(f"{path}: holds a {name}, expected a {cls.__name__}")
@@ -105,4 +149,5 @@ def load_network(cls: type, config_cls: type, path: str | os.PathLike, device: s
     except RuntimeError as e:
         raise ModelError(f"{path}: weights do not match {cls.__name__}: {str(e).splitlines()[0]}") from None
     model.metadata = meta
+    model.source_path = source  # the file actually loaded (model_summary logs it)
     return model.to(device).eval()

@@ -19,6 +19,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from kp2d_ros.data.camera_info import camera_from_info
 from kp2d_ros.data.images import decode_compressed_msg, decode_image_msg
 from kp2d_ros.errors import DataError
 from kp2d_ros.types import Camera, PoseEstimate, TrackingStatus
@@ -70,28 +71,25 @@ def array_to_image(img: np.ndarray, msg_cls, stamp=None, frame_id: str = ""):
 # --------------------------------------------------------------------------------------------
 # Camera
 # --------------------------------------------------------------------------------------------
-def camera_info_to_camera(msg) -> Camera:
-    """``sensor_msgs/CameraInfo`` -> :class:`Camera` (K and D; the image is assumed unrectified).
+def camera_info_to_camera(msg, rectified: bool = False) -> Camera:
+    """``sensor_msgs/CameraInfo`` -> :class:`Camera`, read as the bag and folder readers read one
+    (:func:`kp2d_ros.data.camera_info.camera_from_info`).
+
+    Parameters
+    ----------
+    rectified : the subscribed images are rectified (``camera.rectified``): P's intrinsics, no
+        distortion. Otherwise K and D under ``distortion_model`` (plumb_bob, rational_polynomial,
+        equidistant).
 
     Raises
     ------
     DataError
-        zero size, non-finite K/D, or fx, fy <= 0.
+        zero size, non-finite K/D/P, fx, fy <= 0, an unsupported distortion model or coefficient count.
     """
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-    d = np.asarray(msg.d, dtype=np.float64).ravel()
     w, h = int(msg.width), int(msg.height)
-    if not np.all(np.isfinite(K)) or not np.all(np.isfinite(d)):
-        raise DataError("CameraInfo: K or D contains NaN/inf")
-    if K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise DataError(f"CameraInfo: invalid focal length fx={K[0, 0]}, fy={K[1, 1]}")
     if w <= 0 or h <= 0:
         raise DataError(f"CameraInfo: invalid size {w}x{h}")
-    if d.size == 0:
-        d = np.zeros(5)
-    elif d.size not in (4, 5, 8, 12, 14):
-        raise DataError(f"CameraInfo: unsupported number of distortion coefficients {d.size}")
-    return Camera(K=K, dist=d, width=w, height=h)
+    return camera_from_info(msg.k, msg.d, msg.distortion_model, w, h, p=msg.p, rectified=rectified)
 
 
 def camera_from_config(cam_cfg, width: int, height: int) -> Camera | None:
@@ -100,18 +98,14 @@ def camera_from_config(cam_cfg, width: int, height: int) -> Camera | None:
         return None
     cx = cam_cfg.cx if cam_cfg.cx > 0 else (width - 1) / 2.0
     cy = cam_cfg.cy if cam_cfg.cy > 0 else (height - 1) / 2.0
-    return Camera.from_intrinsics(cam_cfg.fx, cam_cfg.fy, cx, cy, width, height, dist=cam_cfg.distortion)
+    return Camera.from_intrinsics(cam_cfg.fx, cam_cfg.fy, cx, cy, width, height, dist=cam_cfg.distortion,
+                                  model=cam_cfg.distortion_model)
 
 
 def camera_for_image(cam: Camera, width: int, height: int) -> Camera:
-    """Scale ``cam`` to an image of a different size (CameraInfo of the full-size stream)."""
-    if cam.width == width and cam.height == height:
-        return cam
-    sx, sy = width / cam.width, height / cam.height
-    K = cam.K.copy()
-    K[0, :] *= sx
-    K[1, :] *= sy
-    return Camera(K=K, dist=cam.dist, width=width, height=height)
+    """Scale ``cam`` to an image of a different size (CameraInfo of the full-size stream), with the
+    pixel-centre convention of the rest of the code: :meth:`Camera.scaled_to`."""
+    return cam.scaled_to(width, height)
 
 
 # --------------------------------------------------------------------------------------------

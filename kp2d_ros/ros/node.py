@@ -44,6 +44,11 @@ class VONode(Node):
     """Monocular VO node. ``pipeline`` may be injected (tests); otherwise built from the parameters."""
 
     def __init__(self, pipeline=None, **kwargs):
+        # What destroy_node needs, set first: rclpy's context shutdown destroys a node whose
+        # __init__ raised, and that must not hide the real error behind an AttributeError.
+        self._cond = threading.Condition()
+        self._stop = False
+        self._worker: threading.Thread | None = None
         kwargs.setdefault("automatically_declare_parameters_from_overrides", True)
         super().__init__(kwargs.pop("node_name", "kp2d_vo"), **kwargs)
         declare_parameters(self)
@@ -53,6 +58,7 @@ class VONode(Node):
 
             pipeline = VOPipeline(self.cfg)
         self.pipeline = pipeline
+        self._log_models()
         rc = self.cfg.ros
         self.T_base_cam = conv.xyzquat_to_matrix(rc.camera_to_base)
 
@@ -82,18 +88,25 @@ class VONode(Node):
         self._last_stamp: float | None = None
         self._index = 0
         self._pending = None  # (msg, receipt time): the newest unprocessed image
-        self._cond = threading.Condition()
-        self._stop = False
         self.create_timer(1.0, self._publish_diagnostics)
         self._worker = threading.Thread(target=self._work, name="vo_worker", daemon=True)
         self._worker.start()
         self.get_logger().info(f"vo_node up: frontend {self.cfg.frontend.type}, "
                                f"{'compressed' if rc.compressed else 'raw'} images, TF {self.tf.mode if self.tf else 'off'}")
 
+    def _log_models(self) -> None:
+        """Log each network file the pipeline loaded, with its metadata (which copy was found)."""
+        for part in (getattr(self.pipeline, "frontend", None), getattr(self.pipeline, "scorer", None)):
+            model = getattr(part, "model", None)
+            if getattr(model, "source_path", None) is not None:
+                from kp2d_ros.networks.weights import model_summary  # torch is loaded already
+
+                self.get_logger().info(f"model: {model_summary(model)}")
+
     # ---------------------------------------------------------------- callbacks (executor thread)
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
-            cam = conv.camera_info_to_camera(msg)
+            cam = conv.camera_info_to_camera(msg, rectified=self.cfg.camera.rectified)
         except DataError as e:
             self.stats["camera_info_rejected"] += 1
             self._warn("camera_info", f"ignoring CameraInfo: {e}")
@@ -252,7 +265,7 @@ class VONode(Node):
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+        if self._worker is not None and self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout=1.5)
         super().destroy_node()
 
