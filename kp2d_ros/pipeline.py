@@ -146,7 +146,7 @@ class VOPipeline:
         if not c.is_set:
             raise DataError("frame has no camera intrinsics and camera.fx/fy are not configured")
         h, w = frame.image.shape[:2]
-        return Camera.from_intrinsics(c.fx, c.fy, c.cx, c.cy, w, h, c.distortion)
+        return Camera.from_intrinsics(c.fx, c.fy, c.cx, c.cy, w, h, c.distortion, model=c.distortion_model)
 
     def _filter(self, matches: Matches, feats: Features, camera: Camera) -> Matches:
         kp0 = self.ref.features.keypoints[matches.idx0]
