@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""IO-Net at inference, with and without, on every VO sequence of ../shared/data (issue 10, item 3).
+
+    python scripts/io_net_ablation.py [--config config/vo.yaml] [--data ../shared/data] [--out out/io_ablation.json]
+
+Sequences: KITTI 07 (160 frames), TUM fr2/desk (20), EuRoC V1_01 static (19), the synthetic street (80) -
+replayed with ``kp2d replay``'s code, ATE / RPE / tracked frames - and the KITTI 06 frame pairs (two-view:
+rotation and translation-direction errors against poses_06.txt). Every run uses the given config with only
+``matching.io_net`` changed. Prints a table and writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from kp2d_ros.config import load_config, parse_overrides
+from kp2d_ros.data import open_sequence
+from kp2d_ros.data.synthetic import write_synthetic_sequence
+from kp2d_ros.eval.replay import replay
+from kp2d_ros.geometry import rotation_angle_deg
+from kp2d_ros.pipeline import VOPipeline
+
+KITTI06_PAIRS = ((12, 13), (435, 436), (1, 12))
+
+
+def kitti06_two_view(path: Path, cfg) -> dict:
+    """Relative pose of each frame pair against the ground truth: rotation error (deg) and
+    translation-direction error (deg)."""
+    seq = open_sequence(path, camera=cfg.camera)
+    frames = {f.index: f for f in seq}
+    numbers = [int(p.stem) for p in sorted((path / "image_0").glob("*.png"))]
+    poses = np.loadtxt(path / "poses_06.txt").reshape(-1, 3, 4)
+    rows = []
+    for a, b in KITTI06_PAIRS:
+        vo = VOPipeline(cfg)
+        vo.process(frames[numbers.index(a)])
+        est = vo.process(frames[numbers.index(b)])
+        Ta, Tb = np.eye(4), np.eye(4)
+        Ta[:3], Tb[:3] = poses[a], poses[b]
+        gt = np.linalg.inv(Ta) @ Tb
+        rel = est.T_world_cam  # the first frame is the world
+        rot = rotation_angle_deg(gt[:3, :3].T @ rel[:3, :3])
+        t_gt, t_est = gt[:3, 3], rel[:3, 3]
+        ok = np.linalg.norm(t_est) > 0
+        cos = float(t_gt @ t_est / (np.linalg.norm(t_gt) * np.linalg.norm(t_est))) if ok else float("nan")
+        rows.append({"pair": [a, b], "status": est.status.value, "rot_err_deg": float(rot),
+                     "t_dir_err_deg": float(np.degrees(np.arccos(np.clip(cos, -1, 1)))) if ok else None})
+    return {"pairs": rows, "rot_err_deg_mean": float(np.mean([r["rot_err_deg"] for r in rows]))}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="config/vo.yaml")
+    p.add_argument("--data", default="../shared/data")
+    p.add_argument("--out", default="out/io_ablation.json")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    args = p.parse_args()
+    data = Path(args.data)
+    results = {"config": args.config, "overrides": args.set, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        sequences = {
+            "kitti07": data / "vo" / "kitti07_f0000-0159",
+            "tum_fr2_desk": data / "vo" / "tum_fr2_desk_20f",
+            "euroc_static": data / "vo" / "euroc_v101_static_19f",
+            "synthetic": write_synthetic_sequence(Path(tmp) / "synthetic", n_frames=80, seed=0),
+        }
+        for io in (True, False):
+            overrides = parse_overrides(args.set)
+            overrides["matching.io_net"] = io
+            cfg = load_config(args.config, overrides=overrides)
+            key = "io_net" if io else "no_io_net"
+            runs = results["runs"].setdefault(key, {})
+            for name, path in sequences.items():
+                seq = open_sequence(path, camera=cfg.camera)
+                r = replay(seq, cfg, progress=False).report()
+                runs[name] = {k: r[k] for k in ("tracked_frames", "frames", "ate_rmse_m", "rpe_rot_deg", "rpe_trans_m")}
+                print(f"{key:<10} {name:<14} tracked {r['tracked_frames']:>3}/{r['frames']:<3} ATE {r['ate_rmse_m']:.4f} m "
+                      f"RPE rot {r['rpe_rot_deg']:.4f} deg trans {r['rpe_trans_m']:.4f} m", flush=True)
+            runs["kitti06_pairs"] = kitti06_two_view(data / "vo" / "kitti06_pairs", cfg)
+            print(f"{key:<10} kitti06_pairs  rot err mean {runs['kitti06_pairs']['rot_err_deg_mean']:.4f} deg "
+                  + " ".join(f"{r['pair']}: {r['rot_err_deg']:.3f}/{r['t_dir_err_deg'] or float('nan'):.2f}"
+                             for r in runs["kitti06_pairs"]["pairs"]), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"saved {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
