@@ -369,14 +369,14 @@ def test_stop_inside_motion_keeps_every_step(n_static, stamps):
     ids = [0, 1, 2, 3] + [3] * n_static + [4, 5, 6, 7]
     frames = [frame(i, stamp=0.1 * k if stamps == "time" else 0.0) for k, i in enumerate(ids)]
     out = run(VOPipeline(VOConfig(), frontend=PointWorldFrontend(gt)), frames)
+    moving = [0, 1, 2, 3 + n_static] + list(range(4 + n_static, len(ids)))  # last frame of the stop -> frame 4
+    est, true = _steps(out, [gt[i] for i in ids], moving)
+    np.testing.assert_allclose(est / est[0], true / true[0], rtol=0.02)
     stop = out[4:4 + n_static]
     assert all(e.status == TrackingStatus.STATIC and e.motion_model == "static" for e in stop)
     for e in stop:
         np.testing.assert_array_equal(e.T_world_cam, out[3].T_world_cam)
     assert all(e.status == TrackingStatus.TRACKING for e in out[4 + n_static:])
-    moving = [0, 1, 2, 3 + n_static] + list(range(4 + n_static, len(ids)))  # last frame of the stop -> frame 4
-    est, true = _steps(out, [gt[i] for i in ids], moving)
-    np.testing.assert_allclose(est / est[0], true / true[0], rtol=0.02)
 
 
 def test_dropped_frames_leave_a_longer_interval():
