@@ -148,9 +148,15 @@ class GeometryConfig:
 class PipelineConfig:
     """Keyframe selection, scale propagation and tracking-loss handling."""
 
-    # A frame becomes a keyframe only when the median match displacement exceeds this (pixels);
-    # below it the camera is treated as static and the pose is held.
+    # A tracked frame becomes a keyframe only when the median match displacement to the reference reaches
+    # this (pixels); below it the frame is posed against the reference (rotation from the views,
+    # translation direction when observable, its length from the speed prior) and the reference is kept.
     min_parallax_px: float = 2.0
+    # No translation is seen below this median parallax (pixels; the image noise). Such a frame is STATIC
+    # (reference pose held; its time does not count as motion) when the camera, at its last speed, would
+    # have shown at least twice this, and no rotation either; a pure rotation when it rotated. Otherwise
+    # it moves too slowly to tell: constant-velocity guess (PoseEstimate.motion_model).
+    static_parallax_px: float = 0.5
     # A tracked frame becomes the new keyframe when its median rotation-compensated parallax to the
     # reference exceeds this (pixels), or when fewer than keyframe_min_inliers inliers remain.
     # 0 = every tracked frame is a keyframe (best on KITTI; larger values hold the position during
@@ -163,7 +169,10 @@ class PipelineConfig:
     # (best on KITTI 07: SIFT ATE 0.50 m vs 0.63 m); inverse_depth: errors-in-variables fit of all
     # shared inverse depths (unbiased on synthetic data, but drifts in KITTI's turns).
     scale_method: str = "ratio"
-    max_scale_change: float = 3.0  # clamp of the per-pair relative scale ratio
+    # Clamp of the measured speed (distance per second; per frame without usable stamps) around the
+    # last pair's: within this factor over one interval of that pair, compounded over longer gaps
+    # (dropped frames, stops), so neither fools it.
+    max_scale_change: float = 3.0
     # Carry inverse depths of tracked points from keyframe to keyframe and fuse them with each new pair's.
     fuse_depths: bool = False
     # ratio method: only points seen under at least this triangulation angle (degrees) in both pairs vote.
@@ -172,6 +181,9 @@ class PipelineConfig:
     rotation_keyframe_deg: float = 5.0
     # Frames without a valid pose before the tracker declares itself lost and re-initialises.
     max_lost_frames: int = 3
+    # Smallest image noise (pixels) the pose covariance assumes (PoseEstimate.covariance), also when
+    # the residuals are smaller (identical images).
+    covariance_noise_floor_px: float = 0.1
     # Process-wide CPU threads, applied when the pipeline is built (0 = the libraries' defaults).
     # torch_threads: the network's intra-op threads; library_threads: OpenCV and every BLAS pool.
     # On the 2-core benchmark machine torch 2 + libraries 1 is fastest (kp2d 320x240, README speed table:
@@ -183,6 +195,8 @@ class PipelineConfig:
         _nonneg("pipeline.torch_threads", self.torch_threads)
         _nonneg("pipeline.library_threads", self.library_threads)
         _nonneg("pipeline.min_parallax_px", self.min_parallax_px)
+        _nonneg("pipeline.static_parallax_px", self.static_parallax_px)
+        _positive("pipeline.covariance_noise_floor_px", self.covariance_noise_floor_px)
         _nonneg("pipeline.keyframe_parallax_px", self.keyframe_parallax_px)
         _nonneg("pipeline.keyframe_min_inliers", self.keyframe_min_inliers)
         _positive("pipeline.min_scale_points", self.min_scale_points)

@@ -469,3 +469,87 @@ def scale_from_inverse_depths(rho_ref: np.ndarray, sigma_ref: np.ndarray, rho_ne
     res = minimize_scalar(cost, bounds=(np.log(start / search), np.log(start * search)), method="bounded",
                           options={"xatol": 1e-6})
     return float(np.exp(res.x))
+
+
+# --------------------------------------------------------------------------------------------
+# Uncertainty
+# --------------------------------------------------------------------------------------------
+# Pose covariances are 6x6 over [dp (3), dtheta (3)]: a position offset and a small-angle rotation,
+# both in the axes of the frame the pose is expressed in (T = (exp(dtheta) R, p + dp)).
+def _noise_variance(residuals: np.ndarray, n_params: int, min_noise: float) -> float:
+    """Residual variance per measurement (unbiased), floored at ``min_noise ** 2``."""
+    dof = max(residuals.size - n_params, 1)
+    return max(float(np.sum(residuals ** 2)) / dof, min_noise ** 2)
+
+
+def two_view_covariance(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray,
+                        min_noise: float) -> tuple[np.ndarray, np.ndarray]:
+    """Covariance of a relative pose (R, unit t) from its inliers' Sampson errors (Gauss-Newton).
+
+    Parametrised like :func:`refine_pose`: ``R(w) = exp(w) R`` (w in camera-1 axes) and
+    ``t(b) = normalise(t + B b)`` with B (3, 2) spanning the plane orthogonal to t. The residual
+    noise is estimated from the Sampson errors themselves (floored at ``min_noise``, normalised
+    units), so fewer inliers, a worse spread of them, or larger residuals give a larger covariance.
+
+    Returns
+    -------
+    cov : (5, 5) covariance of (w, b); B : (3, 2) the tangent basis of t.
+    """
+    t = t / np.linalg.norm(t)
+    B = np.linalg.svd(t.reshape(1, 3))[2][1:].T
+    h = 1e-6
+    X = np.vstack([np.zeros(5), h * np.eye(5)])
+    E = []
+    for x in X:
+        tx = t + B @ x[3:]
+        E.append(skew(tx / np.linalg.norm(tx)) @ cv2.Rodrigues(x[:3])[0] @ R)
+    e = sampson_errors(np.stack(E), n0, n1)  # (6, N)
+    J = ((e[1:] - e[0]) / h).T  # (N, 5)
+    info = J.T @ J / _noise_variance(e[0], 5, min_noise)
+    return np.linalg.pinv(info), B
+
+
+def rotation_covariance(R: np.ndarray, n0: np.ndarray, n1: np.ndarray, min_noise: float) -> np.ndarray:
+    """(3, 3) covariance of ``w`` in ``R(w) = exp(w) R`` (camera-1 axes) for a pure rotation, from the
+    reprojection residuals ``n1 - proj(R b0)`` of the inliers (noise floored at ``min_noise``)."""
+    b0 = np.concatenate([n0, np.ones((n0.shape[0], 1))], axis=1)
+    h = 1e-6
+
+    def residuals(w):
+        p = b0 @ (cv2.Rodrigues(w)[0] @ R).T
+        return (p[:, :2] / p[:, 2:] - n1).ravel()
+
+    r0 = residuals(np.zeros(3))
+    J = np.stack([(residuals(h * np.eye(3)[i]) - r0) / h for i in range(3)], axis=1)  # (2N, 3)
+    return np.linalg.pinv(J.T @ J / _noise_variance(r0, 3, min_noise))
+
+
+def relative_motion_covariance(R: np.ndarray, t: np.ndarray, scale: float, cov_rt: np.ndarray,
+                               basis: np.ndarray, scale_sigma: float) -> np.ndarray:
+    """(6, 6) covariance of ``T_ref_cur = inv([R | scale t])`` (reference axes) from the two-view
+    covariance of (R, unit t) (:func:`two_view_covariance`) and the std of ``scale``."""
+    J = np.zeros((6, 6))
+    J[:3, :3] = -scale * R.T @ skew(t)
+    J[:3, 3:5] = -scale * R.T @ basis
+    J[:3, 5] = -R.T @ t
+    J[3:, :3] = -R.T
+    C = np.zeros((6, 6))
+    C[:5, :5] = cov_rt
+    C[5, 5] = scale_sigma ** 2
+    return J @ C @ J.T
+
+
+def compose_covariance(T_world_ref: np.ndarray, cov_ref: np.ndarray, T_ref_cur: np.ndarray,
+                       cov_rel: np.ndarray) -> np.ndarray:
+    """Covariance of ``T_world_cur = T_world_ref @ T_ref_cur`` (world axes), the two independent.
+
+    ``cov_ref``: (6, 6) of T_world_ref in world axes; ``cov_rel``: (6, 6) of T_ref_cur in reference
+    axes. The reference's rotation uncertainty moves the current position by its lever arm.
+    """
+    R = T_world_ref[:3, :3]
+    A = np.eye(6)
+    A[:3, 3:] = -skew(R @ T_ref_cur[:3, 3])
+    Bm = np.zeros((6, 6))
+    Bm[:3, :3] = Bm[3:, 3:] = R
+    out = A @ cov_ref @ A.T + Bm @ cov_rel @ Bm.T
+    return 0.5 * (out + out.T)

@@ -17,9 +17,10 @@ import numpy as np
 from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend, to_grey
-from kp2d_ros.geometry import (bearings, compose_relative, estimate_relative_pose, focal_length, inverse_depths,
-                               normalize_points, relative_scale, rotation_angle_deg, rotation_compensated_parallax,
-                               scale_from_inverse_depths)
+from kp2d_ros.geometry import (bearings, compose_covariance, compose_relative, estimate_relative_pose,
+                               focal_length, invert_se3, inverse_depths, normalize_points, relative_motion_covariance,
+                               relative_scale, rotation_angle_deg, rotation_compensated_parallax,
+                               rotation_covariance, scale_from_inverse_depths, two_view_covariance)
 from kp2d_ros.matching import MatchScorer, filter_matches, match_features
 from kp2d_ros.refine import refine_matches
 from kp2d_ros.runtime import apply_thread_settings
@@ -65,6 +66,52 @@ def _timed(timings: dict[str, float], key: str):
         timings[key] += (time.perf_counter() - t0) * 1e3
 
 
+@dataclass(frozen=True)
+class _Tick:
+    """When a frame was processed: its stamp (None when unusable: not after the last usable one) and
+    its running number."""
+
+    stamp: float | None
+    count: int
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Time between two frames: seconds (None unless both stamps are usable) and processed frames."""
+
+    seconds: float | None
+    frames: int
+
+    @classmethod
+    def between(cls, a: _Tick, b: _Tick) -> "_Span":
+        ok = a.stamp is not None and b.stamp is not None and b.stamp > a.stamp
+        return cls(b.stamp - a.stamp if ok else None, b.count - a.count)
+
+    def ratio(self, other: "_Span") -> float:
+        """``self / other``, in seconds when both have them, else in frames."""
+        if self.seconds is not None and other.seconds is not None:
+            return self.seconds / other.seconds
+        return self.frames / max(other.frames, 1)
+
+
+@dataclass
+class _Motion:
+    """The last keyframe pair with a translation: the speed and parallax priors.
+
+    distance : length of its translation (trajectory units); span : the moving time it took;
+    direction : (3,) unit displacement of the camera centre in the earlier camera's axes;
+    parallax_px : its median rotation-compensated parallax; rotation_rad : its rotation angle;
+    end : when it was measured.
+    """
+
+    distance: float
+    span: _Span
+    direction: np.ndarray
+    parallax_px: float
+    rotation_rad: float
+    end: _Tick
+
+
 class VOPipeline:
     """Frame-to-keyframe monocular VO.
 
@@ -92,13 +139,20 @@ class VOPipeline:
         """Forget every frame: the next one re-initialises at the identity."""
         self.ref: Keyframe | None = None
         self.last_pose = np.eye(4)
-        self.last_scale = 1.0  # trajectory length of the last keyframe pair's unit translation
-        self.last_gap = 1  # frames between the last two keyframes
-        self.scaled = False  # True once the first pair has fixed the trajectory's scale
         self.gap = 0  # frames since the reference keyframe
         self.lost_frames = 0
         self.last_motion: tuple[np.ndarray, np.ndarray] | None = None  # previous pair's (R, unit t)
         self._grey: np.ndarray | None = None  # the frame being processed, when refinement needs it
+        # Time and motion priors: the speed is distance per second (per frame without usable stamps);
+        # ``base`` starts the moving time of the current pair (the reference, or the last frame in which
+        # the camera was seen not to translate: a stop does not count as motion).
+        self.motion: _Motion | None = None  # set once the first pair has fixed the trajectory's scale
+        self.frames_seen = 0
+        self.last_stamp: float | None = None
+        self.base = _Tick(None, 0)
+        self.still = False  # the last frame without translation was judged standing (not too slow to see)
+        self.ref_cov = np.zeros((6, 6))  # covariance of the reference keyframe's pose (world axes)
+        self.last_cov = np.zeros((6, 6))
 
     # ----------------------------------------------------------------------------------------
     def detect(self, frame: Frame) -> Features:
@@ -172,35 +226,63 @@ class VOPipeline:
         self.ref = Keyframe(features=feats, T_world_cam=self.last_pose.copy(), image=self._grey)
         self.lost_frames = 0
         self.gap = 0
+        self.base = self._tick(frame)
+        # The first frame defines the world frame; its covariance is the resolution of one view, not zero.
+        sigma = self.cfg.pipeline.covariance_noise_floor_px / focal_length(self._camera(frame))
+        self.ref_cov = self.last_cov = np.eye(6) * sigma ** 2
         return PoseEstimate(stamp=frame.stamp, T_world_cam=self.ref.T_world_cam.copy(),
                             status=TrackingStatus.INITIALIZING, num_features=len(feats), is_keyframe=True,
                             features=feats, matched=np.zeros(len(feats), bool),
-                            ref_keypoints=np.zeros((0, 2), np.float32), cur_keypoints=np.zeros((0, 2), np.float32))
+                            ref_keypoints=np.zeros((0, 2), np.float32), cur_keypoints=np.zeros((0, 2), np.float32),
+                            covariance=self.ref_cov.copy(), motion_model="none")
+
+    def _tick(self, frame: Frame) -> _Tick:
+        """Count ``frame``; its stamp is usable when finite and later than the last usable one."""
+        self.frames_seen += 1
+        stamp = float(frame.stamp)
+        if np.isfinite(stamp) and (self.last_stamp is None or stamp > self.last_stamp):
+            self.last_stamp = stamp
+            return _Tick(stamp, self.frames_seen)
+        return _Tick(None, self.frames_seen)
+
+    def _prior(self, now: _Tick) -> tuple[float, float] | None:
+        """(expected translation length since ``self.base``, allowed change factor) at constant speed.
+
+        The speed is the last pair's distance over its moving time; the factor is
+        ``max_scale_change`` per interval of that pair, compounded over the time since it was
+        measured (a long gap or stop allows a larger change). None before the first pair.
+        """
+        m = self.motion
+        if m is None:
+            return None
+        expected = m.distance * _Span.between(self.base, now).ratio(m.span)
+        elapsed = _Span.between(m.end, now).ratio(m.span)
+        return max(expected, 1e-12), self.cfg.pipeline.max_scale_change ** float(np.clip(elapsed, 1.0, 20.0))
 
     def _track(self, frame: Frame, camera: Camera, feats: Features, matches: Matches) -> PoseEstimate:
-        """Steps: parallax check -> essential matrix and pose -> scale -> compose -> keyframe decision."""
+        """Steps: image motion check -> essential matrix and pose -> translation length (shared structure,
+        else the speed prior) -> compose -> keyframe decision -> covariance."""
         cfg, pc = self.cfg, self.cfg.pipeline
+        now = self._tick(frame)
         ref = self.ref
         kp0 = ref.features.keypoints[matches.idx0]
         kp1 = feats.keypoints[matches.idx1]
         if len(matches) < cfg.geometry.min_inliers:
-            return self._lost(frame, feats, matches)
-        if np.median(np.linalg.norm(kp1 - kp0, axis=1)) < pc.min_parallax_px:
-            return self._static(frame, feats, matches)
+            return self._lost(frame, feats, matches, now)
+        displacement_px = float(np.median(np.linalg.norm(kp1 - kp0, axis=1)))
+        if displacement_px < pc.static_parallax_px:  # neither rotation nor parallax
+            return self._untranslated(frame, camera, feats, matches, None, now)
         prior = self.last_motion if cfg.geometry.motion_prior else None
         geom = estimate_relative_pose(kp0, kp1, camera, cfg.geometry, ordered=True, prior=prior)
         if geom is None:
             self.last_motion = None
-            return self._lost(frame, feats, matches)
+            return self._lost(frame, feats, matches, now)
         self.last_motion = (geom.R, geom.t) if np.any(geom.t) else None
         self.lost_frames = 0
-        if not np.any(geom.t):  # pure rotation: translation unobservable, position held
-            T = compose_relative(ref.T_world_cam, geom.R, np.zeros(3))
-            is_kf = rotation_angle_deg(geom.R) > pc.rotation_keyframe_deg
-            if is_kf:
-                self._promote(Keyframe(features=feats, T_world_cam=T), None)
-            return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf)
+        if not np.any(geom.t):  # translation unobservable: a pure rotation, a stop, or too slow to see
+            return self._untranslated(frame, camera, feats, matches, geom, now)
 
+        self.still = False
         inl = geom.inliers
         n0 = normalize_points(kp0[inl], camera)
         n1 = normalize_points(kp1[inl], camera)
@@ -209,22 +291,173 @@ class VOPipeline:
         with np.errstate(divide="ignore"):
             sigma0, sigma1 = 1.0 / sin0, 1.0 / sin1
         parallax_px = float(np.median(rotation_compensated_parallax(n0, n1, geom.R))) * f
-        is_kf = parallax_px >= pc.keyframe_parallax_px or int(inl.sum()) < pc.keyframe_min_inliers
-        scale = self._scale(geom, rho0, sigma0, matches, cfg.geometry.ransac_threshold_px / f)
-        if scale is None:
-            if not is_kf:  # no structure to scale this frame yet: rotation only until a keyframe
-                T = compose_relative(ref.T_world_cam, geom.R, np.zeros(3))
-                return self._estimate(frame, ref.features, feats, matches, geom, T, False)
-            # first pair: unit baseline; after a re-initialisation: constant speed
-            scale = self.last_scale * self.gap / self.last_gap if self.scaled else 1.0
+        n_inl = int(inl.sum())
+        is_kf = displacement_px >= pc.min_parallax_px and (parallax_px >= pc.keyframe_parallax_px
+                                                           or n_inl < pc.keyframe_min_inliers)
+        expected = self._prior(now)
+        measured = self._scale(geom, rho0, sigma0, matches, cfg.geometry.ransac_threshold_px / f, expected)
+        model = "measured"
+        if measured is not None:
+            scale, log_sigma = measured
+        elif expected is not None:  # no shared structure: the length from the speed prior
+            scale, log_sigma, model = expected[0], np.log(expected[1]) / 2.0, "constant_speed"
+        elif is_kf:  # the first pair: unit baseline (defines the trajectory's unit)
+            scale, log_sigma = 1.0, 0.0
+        else:  # no scale yet: rotation only, position held until the first keyframe pair
+            return self._rotation_only(frame, camera, feats, matches, geom, n0, n1, now, standing=False)
         T = compose_relative(ref.T_world_cam, geom.R, scale * geom.t)
+        cov_rt, basis = two_view_covariance(geom.R, geom.t, n0, n1, pc.covariance_noise_floor_px / f)
+        cov = self._accumulate(T, relative_motion_covariance(geom.R, geom.t, scale, cov_rt, basis, scale * log_sigma))
         if is_kf:
             kf = Keyframe(features=feats, T_world_cam=T)
             idx1 = matches.idx1[inl]
             kf.inv_depth[idx1], kf.inv_depth_sigma[idx1] = self._fuse_depths(
                 geom, n0, matches.idx0[inl], scale, rho1 / scale, sigma1 / scale, cfg.geometry.ransac_threshold_px / f)
-            self._promote(kf, scale)
-        return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf)
+            direction = -geom.R.T @ geom.t
+            self._promote(kf, now, cov, (scale, direction, parallax_px, np.radians(rotation_angle_deg(geom.R))))
+        return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf, cov, model)
+
+    def _untranslated(self, frame: Frame, camera: Camera, feats: Features, matches: Matches,
+                      geom: TwoViewGeometry | None, now: _Tick) -> PoseEstimate:
+        """The views show no translation (``geom`` None: no image motion at all; else a pure rotation).
+
+        At the prior speed the camera would have moved by ``expected``; when that motion would have
+        shown at least twice ``static_parallax_px`` of parallax, the camera really did not translate:
+        STATIC (rotation under the threshold too: the reference pose is held) or a pure rotation. When
+        it would not have shown (slow motion), the constant-velocity guess is used and flagged. Once
+        STATIC, the camera stays so until a translation is seen again (no flip-flop with the guess).
+        """
+        pc = self.cfg.pipeline
+        f = focal_length(camera)
+        expected = self._prior(now)
+        m = self.motion
+        if expected is not None and not self.still:
+            predicted_px = m.parallax_px * _Span.between(self.base, now).ratio(m.span)
+            if predicted_px < 2.0 * pc.static_parallax_px:
+                return self._constant_velocity(frame, camera, feats, matches, geom, now, expected)
+        if geom is None or np.radians(rotation_angle_deg(geom.R)) * f < pc.static_parallax_px:
+            return self._static(frame, camera, feats, matches, now)
+        # before the first pair nothing tells a pure rotation from a slow translation: not standing
+        return self._rotation_only(frame, camera, feats, matches, geom, None, None, now, standing=expected is not None)
+
+    def _translation_resolution(self, camera: Camera) -> float:
+        """Translation (trajectory units) that shows ``static_parallax_px`` of parallax, from the last pair
+        (1 unit before the first pair: the unit is not defined yet)."""
+        m = self.motion
+        if m is None or m.parallax_px <= 0:
+            return 1.0
+        return self.cfg.pipeline.static_parallax_px * m.distance / m.parallax_px
+
+    def _rays(self, camera: Camera, feats: Features, matches: Matches, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised coordinates (reference, current) of the matches selected by ``mask``."""
+        kp0 = self.ref.features.keypoints[matches.idx0[mask]]
+        kp1 = feats.keypoints[matches.idx1[mask]]
+        return normalize_points(kp0, camera), normalize_points(kp1, camera)
+
+    def _rotation_cov(self, camera: Camera, R: np.ndarray | None, n0=None, n1=None) -> np.ndarray:
+        """(3, 3) covariance of the relative rotation (reference axes): from the inliers' rays, or the
+        rotation that ``static_parallax_px`` would show when none was estimated (``R`` None)."""
+        f = focal_length(camera)
+        if R is None:
+            return np.eye(3) * (self.cfg.pipeline.static_parallax_px / f) ** 2
+        cw = rotation_covariance(R, n0, n1, self.cfg.pipeline.covariance_noise_floor_px / f)
+        return R.T @ cw @ R
+
+    def _still(self, feats: Features, matches: Matches) -> np.ndarray:
+        """(M,) bool: matches that moved less than twice the noise (``ransac_threshold_px``, at least
+        ``static_parallax_px``) between the reference and this frame."""
+        disp = np.linalg.norm(feats.keypoints[matches.idx1] - self.ref.features.keypoints[matches.idx0], axis=1)
+        return disp < 2.0 * max(self.cfg.geometry.ransac_threshold_px, self.cfg.pipeline.static_parallax_px)
+
+    def _static(self, frame: Frame, camera: Camera, feats: Features, matches: Matches, now: _Tick) -> PoseEstimate:
+        """The camera does not move: hold the reference pose, keep the reference keyframe; the moving time
+        of the next pair starts here."""
+        self.lost_frames = 0
+        self.base = now
+        self.still = True
+        still = self._still(feats, matches)
+        cov_rel = np.zeros((6, 6))
+        cov_rel[:3, :3] = self._zero_translation_cov(camera, feats, matches, still)
+        cov_rel[3:, 3:] = self._rotation_cov(camera, None)
+        T = self.ref.T_world_cam.copy()
+        cov = self._accumulate(T, cov_rel)
+        return self._result(frame, feats, matches, still, T, TrackingStatus.STATIC, False, cov, "static")
+
+    def _zero_translation_cov(self, camera: Camera, feats: Features, matches: Matches, mask: np.ndarray,
+                              R: np.ndarray | None = None) -> np.ndarray:
+        """(3, 3) covariance (reference axes) of a translation seen to be zero by the matches in ``mask``.
+
+        A camera-centre offset c moves a point of inverse depth rho seen along the ray b by the angle
+        ``rho |b x c|``, so the points with known depth give the information ``sum rho^2 (I - b b^T) / s^2``
+        (s: the angular noise of the residual displacements, after the rotation ``R``, floored at
+        ``covariance_noise_floor_px``). Without known depths: the translation that ``static_parallax_px``
+        would show (:meth:`_translation_resolution`).
+        """
+        pc = self.cfg.pipeline
+        f = focal_length(camera)
+        rho = self.ref.inv_depth[matches.idx0[mask]]
+        known = np.isfinite(rho)
+        if known.sum() < 3:
+            return np.eye(3) * self._translation_resolution(camera) ** 2
+        n0, n1 = self._rays(camera, feats, matches, mask)
+        ang = rotation_compensated_parallax(n0, n1, np.eye(3) if R is None else R)
+        noise2 = max(float(np.mean(ang ** 2)) / 2.0, (pc.covariance_noise_floor_px / f) ** 2)
+        b = bearings(n0[known])
+        P = np.eye(3)[None] - b[:, :, None] * b[:, None, :]
+        info = np.einsum("n,nij->ij", rho[known] ** 2, P) / noise2
+        return np.linalg.pinv(info)
+
+    def _rotation_only(self, frame: Frame, camera: Camera, feats: Features, matches: Matches,
+                       geom: TwoViewGeometry, n0, n1, now: _Tick, standing: bool) -> PoseEstimate:
+        """Rotation from the two views, position held; beyond ``rotation_keyframe_deg`` the frame becomes
+        the reference. ``standing``: the camera was seen not to translate (its moving time restarts)."""
+        pc = self.cfg.pipeline
+        ref = self.ref
+        T = compose_relative(ref.T_world_cam, geom.R, np.zeros(3))
+        if n0 is None:
+            n0, n1 = self._rays(camera, feats, matches, geom.inliers)
+        cov_rel = np.zeros((6, 6))
+        cov_rel[:3, :3] = self._zero_translation_cov(camera, feats, matches, geom.inliers, geom.R)
+        cov_rel[3:, 3:] = self._rotation_cov(camera, geom.R, n0, n1)
+        cov = self._accumulate(T, cov_rel)
+        if standing:
+            self.base = now
+            self.still = True
+        is_kf = rotation_angle_deg(geom.R) > pc.rotation_keyframe_deg
+        if is_kf:
+            self._promote(Keyframe(features=feats, T_world_cam=T), now, cov, None)
+        return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf, cov, "rotation_only")
+
+    def _constant_velocity(self, frame: Frame, camera: Camera, feats: Features, matches: Matches,
+                           geom: TwoViewGeometry | None, now: _Tick, expected: tuple[float, float]) -> PoseEstimate:
+        """Too slow to see the translation yet: rotation from the views (identity without image motion), the
+        translation continues the last pair's direction at its speed (flagged ``constant_velocity``)."""
+        ref = self.ref
+        self.lost_frames = 0
+        length, change = expected
+        R = np.eye(3) if geom is None else geom.R
+        centre = length * self.motion.direction  # camera centre in the reference's axes
+        T = compose_relative(ref.T_world_cam, R, -R @ centre)
+        cov_rel = np.zeros((6, 6))
+        cov_rel[:3, :3] = np.eye(3) * (length * np.log(change) / 2.0 + self._translation_resolution(camera)) ** 2
+        if geom is None:
+            cov_rel[3:, 3:] = self._rotation_cov(camera, None)
+        else:
+            cov_rel[3:, 3:] = self._rotation_cov(camera, R, *self._rays(camera, feats, matches, geom.inliers))
+        cov = self._accumulate(T, cov_rel)
+        is_kf = geom is not None and rotation_angle_deg(geom.R) > self.cfg.pipeline.rotation_keyframe_deg
+        if is_kf:
+            self._promote(Keyframe(features=feats, T_world_cam=T), now, cov, None)
+        mask = self._still(feats, matches) if geom is None else geom.inliers
+        return self._result(frame, feats, matches, mask, T, TrackingStatus.TRACKING, is_kf, cov, "constant_velocity")
+
+    def _accumulate(self, T_world_cur: np.ndarray, cov_rel: np.ndarray) -> np.ndarray:
+        """Covariance of ``T_world_cur`` (world axes): the reference's, plus ``cov_rel`` of the motion from
+        the reference (reference axes)."""
+        T_ref_cur = invert_se3(self.ref.T_world_cam) @ T_world_cur
+        cov = compose_covariance(self.ref.T_world_cam, self.ref_cov, T_ref_cur, cov_rel)
+        self.last_cov = cov
+        return cov
 
     def _fuse_depths(self, geom: TwoViewGeometry, n0: np.ndarray, idx0: np.ndarray, scale: float,
                      rho: np.ndarray, sigma: np.ndarray, angular_noise: float) -> tuple[np.ndarray, np.ndarray]:
@@ -267,24 +500,32 @@ class VOPipeline:
         sigma[k] = np.sqrt(1.0 / (1.0 / var_tr[consistent] + 1.0 / var_new[consistent]))
         return rho, sigma
 
-    def _promote(self, kf: Keyframe, scale: float | None) -> None:
-        """Make ``kf`` the reference; ``scale``: trajectory length of the pair's unit translation."""
-        if scale is not None:
-            self.last_scale, self.last_gap = scale, max(self.gap, 1)
-            self.scaled = True
+    def _promote(self, kf: Keyframe, now: _Tick, cov: np.ndarray,
+                 motion: tuple[float, np.ndarray, float, float] | None) -> None:
+        """Make ``kf`` (pose covariance ``cov``) the reference at ``now``. ``motion``: (translation length,
+        unit centre displacement in the old reference's axes, parallax px, rotation rad) of the pair, which
+        becomes the speed prior with the moving time since ``self.base``."""
+        if motion is not None:
+            distance, direction, parallax_px, rotation = motion
+            self.motion = _Motion(distance, _Span.between(self.base, now), direction / np.linalg.norm(direction),
+                                  parallax_px, rotation, now)
         if kf.image is None:
             kf.image = self._grey
         self.ref = kf
+        self.ref_cov = cov.copy()
+        self.base = now
         self.gap = 0
 
     def _scale(self, geom: TwoViewGeometry, rho: np.ndarray, sigma: np.ndarray, matches: Matches,
-               angular_noise: float) -> float | None:
+               angular_noise: float, expected: tuple[float, float] | None) -> tuple[float, float] | None:
         """Trajectory length of this pair's unit translation, from the structure shared with the reference.
 
         ``rho``/``sigma``: inverse depths (unit baseline) of the inlier matches along the
         reference-view rays and their standard deviations per unit angular noise;
-        ``angular_noise``: expected ray noise (radians), the scale of the robust loss.
-        Returns None when the reference has too little known structure.
+        ``angular_noise``: expected ray noise (radians), the scale of the robust loss;
+        ``expected``: (length, allowed change factor) from the speed prior (:meth:`_prior`), which
+        the estimate is clamped to.
+        Returns (scale, std of its logarithm), or None when the reference has too little known structure.
         """
         pc = self.cfg.pipeline
         idx0 = matches.idx0[geom.inliers]
@@ -292,58 +533,70 @@ class VOPipeline:
         known = np.isfinite(rho_ref)
         if known.sum() < pc.min_scale_points:
             return None
-        # expected from constant speed; the estimate is clamped around it
-        expected = self.last_scale * self.gap / self.last_gap
+        length, change = expected if expected is not None else (1.0, pc.max_scale_change)
+        min_angle = np.radians(pc.min_triangulation_deg)
+        good = known & (rho_ref > min_angle * sig_ref) & (rho > min_angle * sigma)
         if pc.scale_method == "inverse_depth":
             s = scale_from_inverse_depths(rho_ref[known], sig_ref[known], rho[known], sigma[known],
-                                          init=expected, noise=angular_noise)
+                                          init=length, noise=angular_noise)
         else:  # median distance ratio of points seen under a large enough angle in both pairs
-            min_angle = np.radians(pc.min_triangulation_deg)
-            good = known & (rho_ref > min_angle * sig_ref) & (rho > min_angle * sigma)
             s = relative_scale(1.0 / rho_ref[good, None], 1.0 / rho[good, None], pc.min_scale_points)
+        log_sigma = np.log(change) / 2.0  # without enough well-conditioned points: as uncertain as the prior
+        if good.sum() >= pc.min_scale_points:
+            logs = np.log(rho[good] / rho_ref[good])
+            mad = float(np.median(np.abs(logs - np.median(logs))))
+            log_sigma = 1.2533 * 1.4826 * mad / np.sqrt(good.sum())  # std of a median
         if s is None:
-            s = expected
-        return float(np.clip(s, expected / pc.max_scale_change, expected * pc.max_scale_change))
+            return None
+        clamped = float(np.clip(s, length / change, length * change))
+        if clamped != s:
+            log_sigma = max(log_sigma, np.log(change) / 2.0)
+        return clamped, float(log_sigma)
 
-    def _static(self, frame: Frame, feats: Features, matches: Matches) -> PoseEstimate:
-        """Too little parallax: hold the reference pose, keep the reference keyframe."""
-        self.lost_frames = 0
-        matched = np.zeros(len(feats), bool)
-        matched[matches.idx1] = True
-        return PoseEstimate(stamp=frame.stamp, T_world_cam=self.ref.T_world_cam.copy(),
-                            status=TrackingStatus.STATIC, num_features=len(feats), num_matches=len(matches),
-                            num_inliers=0, is_keyframe=False, features=feats, matched=matched,
-                            ref_keypoints=self.ref.features.keypoints[matches.idx0],
-                            cur_keypoints=feats.keypoints[matches.idx1],
-                            quality=self._quality(len(matches), len(matches)))
-
-    def _lost(self, frame: Frame, feats: Features, matches: Matches) -> PoseEstimate:
+    def _lost(self, frame: Frame, feats: Features, matches: Matches, now: _Tick) -> PoseEstimate:
         """No valid pose: hold it; after ``max_lost_frames`` restart from this frame (when it has enough
-        features), keeping the scale."""
+        features), keeping the scale. The covariance grows by one unknown motion of the last pair's size
+        (1 unit / the rotation floor before the first pair) per lost frame."""
         self.lost_frames += 1
+        m = self.motion
+        sig_t = m.distance if m is not None else 1.0
+        sig_r = max(m.rotation_rad, np.radians(1.0)) if m is not None else np.radians(1.0)
+        cov = self.last_cov.copy()
+        cov[np.diag_indices(3)] += sig_t ** 2
+        cov[3:, 3:][np.diag_indices(3)] += sig_r ** 2
+        self.last_cov = cov
         is_kf = False
         if self.lost_frames >= self.cfg.pipeline.max_lost_frames and len(feats) >= self.cfg.geometry.min_inliers:
-            self._promote(Keyframe(features=feats, T_world_cam=self.last_pose.copy()), None)
+            self._promote(Keyframe(features=feats, T_world_cam=self.last_pose.copy()), now, cov, None)
             self.lost_frames = 0
             is_kf = True
         return PoseEstimate(stamp=frame.stamp, T_world_cam=self.last_pose.copy(), status=TrackingStatus.LOST,
                             num_features=len(feats), num_matches=len(matches), num_inliers=0, is_keyframe=is_kf,
                             features=feats, matched=np.zeros(len(feats), bool),
                             ref_keypoints=np.zeros((0, 2), np.float32), cur_keypoints=np.zeros((0, 2), np.float32),
-                            quality=0.0)
+                            quality=0.0, covariance=cov, motion_model="none")
 
     def _estimate(self, frame: Frame, ref_features: Features, feats: Features, matches: Matches,
-                  geom: TwoViewGeometry, T_world_cam: np.ndarray, is_keyframe: bool) -> PoseEstimate:
-        inl = geom.inliers
+                  geom: TwoViewGeometry, T_world_cam: np.ndarray, is_keyframe: bool, covariance: np.ndarray,
+                  motion_model: str) -> PoseEstimate:
+        return self._result(frame, feats, matches, geom.inliers, T_world_cam, TrackingStatus.TRACKING, is_keyframe,
+                            covariance, motion_model, ref_features)
+
+    def _result(self, frame: Frame, feats: Features, matches: Matches, inl: np.ndarray, T_world_cam: np.ndarray,
+                status: TrackingStatus, is_keyframe: bool, covariance: np.ndarray, motion_model: str,
+                ref_features: Features | None = None) -> PoseEstimate:
+        """The estimate of a tracked frame; ``inl``: (M,) the matches that support it."""
+        ref_features = self.ref.features if ref_features is None else ref_features
         matched = np.zeros(len(feats), bool)
         matched[matches.idx1[inl]] = True
         n_inl = int(inl.sum())
-        return PoseEstimate(stamp=frame.stamp, T_world_cam=T_world_cam.copy(), status=TrackingStatus.TRACKING,
+        return PoseEstimate(stamp=frame.stamp, T_world_cam=T_world_cam.copy(), status=status,
                             num_features=len(feats), num_matches=len(matches), num_inliers=n_inl,
                             is_keyframe=is_keyframe, features=feats, matched=matched,
                             ref_keypoints=ref_features.keypoints[matches.idx0[inl]],
                             cur_keypoints=feats.keypoints[matches.idx1[inl]],
-                            quality=self._quality(n_inl, len(matches)))
+                            quality=self._quality(n_inl, len(matches)), covariance=covariance.copy(),
+                            motion_model=motion_model)
 
     def _quality(self, n_inliers: int, n_matches: int) -> float:
         """Inlier ratio times a count term saturating at 10x the minimum inlier count."""

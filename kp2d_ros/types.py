@@ -153,7 +153,7 @@ class TwoViewGeometry:
 class TrackingStatus(str, enum.Enum):
     INITIALIZING = "initializing"  # first frame, no pose yet
     TRACKING = "tracking"  # a new keyframe with a valid relative pose
-    STATIC = "static"  # too little parallax: pose held (camera static or nearly)
+    STATIC = "static"  # the camera does not move (no parallax where its speed would show some): pose held
     LOST = "lost"  # too few inliers / matches: pose held, re-initialising
 
 
@@ -172,7 +172,22 @@ class PoseEstimate:
     features : the frame's features (for visualisation/publishing).
     matched : (N,) bool, which of ``features`` are inlier matches to the reference frame.
     ref_keypoints, cur_keypoints : (I, 2) inlier correspondences (reference, current) in pixels.
-    quality : in [0, 1], from inlier ratio and count (drives the published covariance).
+    quality : in [0, 1], from inlier ratio and count.
+    covariance : (6, 6) covariance of ``T_world_cam`` over [x, y, z, rx, ry, rz]: position offset in
+        world axes (trajectory units) and small-angle rotation in world axes (radians), with
+        ``T = (exp([r]x) R, p + dp)``. Accumulated along the trajectory: each keyframe's covariance is its
+        reference's (moved by the lever arm of its rotation uncertainty) plus that of the relative motion,
+        which comes from the pose refinement's information (Gauss-Newton on the inliers' Sampson
+        errors, noise estimated from their residuals, floored at ``pipeline.covariance_noise_floor_px``)
+        and the scale's spread over the shared points. Frames between keyframes add their motion from
+        the reference, so it grows with distance, not with frame count. STATIC frames add the translation
+        that ``static_parallax_px`` could hide; constant-velocity guesses half the allowed speed change;
+        LOST frames one whole unknown motion of the last pair's size. None when not computed.
+    motion_model : how the motion from the reference was obtained: ``measured`` (rotation, translation
+        direction and length from the views), ``constant_speed`` (length from the speed prior: no shared
+        structure), ``rotation_only`` (the camera turned without translating), ``constant_velocity``
+        (too slow to see: translation continues the last pair's at its speed), ``static``, ``none``
+        (initialising, lost).
     """
 
     stamp: float
@@ -188,6 +203,8 @@ class PoseEstimate:
     ref_keypoints: np.ndarray | None = None
     cur_keypoints: np.ndarray | None = None
     quality: float = 0.0
+    covariance: np.ndarray | None = None
+    motion_model: str = "none"
 
 
 @dataclass

@@ -234,3 +234,75 @@ def test_a_bad_motion_prior_is_not_chosen():
     with_bad = estimate_relative_pose(p0, p1, CAM, cfg, prior=(rot(10, -20, 5), np.array([1.0, 0.0, 0.0])))
     np.testing.assert_allclose(with_bad.R, plain.R, atol=1e-9)
     np.testing.assert_allclose(with_bad.t, plain.t, atol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# Uncertainty
+# --------------------------------------------------------------------------------------------
+def test_two_view_covariance_matches_the_spread_of_the_estimates():
+    """Monte-Carlo: the predicted covariance of (R, unit t) has the spread of refined estimates over
+    noise draws (each diagonal term within a factor 2), and grows when there are fewer points."""
+    from kp2d_ros.geometry import normalize_points, refine_pose, two_view_covariance
+
+    rng = np.random.default_rng(3)
+    R, t = rot(0.5, 2.0, -0.3), np.array([0.2, -0.05, 1.0])
+    t /= np.linalg.norm(t)
+    X = scene(rng, 200)
+    q0, q1 = project(X, CAM), project(X, CAM, R, t)
+    errs, covs = [], []
+    for _ in range(60):
+        n0 = normalize_points(q0 + rng.normal(0, 0.5, q0.shape), CAM)
+        n1 = normalize_points(q1 + rng.normal(0, 0.5, q1.shape), CAM)
+        Re, te = refine_pose(R, t, n0, n1, 1.0 / 500.0)
+        cov, B = two_view_covariance(Re, te, n0, n1, 0.01 / 500.0)
+        covs.append(cov)
+        errs.append(np.r_[cv2.Rodrigues(Re @ R.T)[0].ravel(), B.T @ (te - t)])
+    predicted = np.mean(covs, axis=0)
+    ratio = np.var(np.array(errs), axis=0) / np.diag(predicted)
+    assert np.all(ratio > 0.5) and np.all(ratio < 2.0), ratio
+    n0, n1 = normalize_points(q0, CAM), normalize_points(q1, CAM)
+    few, _ = two_view_covariance(R, t, n0[:30], n1[:30], 0.5 / 500.0)
+    many, _ = two_view_covariance(R, t, n0, n1, 0.5 / 500.0)
+    assert np.all(np.diag(few) > 2.0 * np.diag(many))  # noise-free points: the floor sets the scale
+
+
+def test_compose_covariance_matches_sampled_compositions():
+    from kp2d_ros.geometry import compose_covariance, se3
+
+    rng = np.random.default_rng(4)
+    T_ref = se3(rot(5, 40, -10), [3.0, 1.0, 7.0])
+    T_rel = se3(rot(1, -3, 2), [0.5, -0.2, 4.0])
+    A, Bm = rng.normal(size=(6, 6)) * 0.02, rng.normal(size=(6, 6)) * 0.02
+    cov_ref, cov_rel = A @ A.T, Bm @ Bm.T
+
+    def perturb(T, d):
+        return se3(cv2.Rodrigues(d[3:])[0] @ T[:3, :3], T[:3, 3] + d[:3])
+
+    T0 = T_ref @ T_rel
+    d = []
+    for a, b in zip(rng.multivariate_normal(np.zeros(6), cov_ref, 4000), rng.multivariate_normal(np.zeros(6), cov_rel, 4000)):
+        T = perturb(T_ref, a) @ perturb(T_rel, b)
+        d.append(np.r_[T[:3, 3] - T0[:3, 3], cv2.Rodrigues(T[:3, :3] @ T0[:3, :3].T)[0].ravel()])
+    predicted = compose_covariance(T_ref, cov_ref, T_rel, cov_rel)
+    s = np.sqrt(np.outer(np.diag(predicted), np.diag(predicted)))
+    np.testing.assert_allclose(np.cov(np.array(d).T) / s, predicted / s, atol=0.08)
+
+
+def test_relative_motion_covariance_matches_sampled_motions():
+    """inv([R | s t]) of sampled (R, t, s) around the estimate spreads as relative_motion_covariance says."""
+    from kp2d_ros.geometry import relative_motion_covariance, se3
+
+    rng = np.random.default_rng(5)
+    R, t, s = rot(2, -5, 1), np.array([0.1, 0.0, 1.0]) / np.sqrt(1.01), 2.5
+    B = np.linalg.svd(t.reshape(1, 3))[2][1:].T
+    A = rng.normal(size=(5, 5)) * 0.01
+    cov_rt = A @ A.T
+    predicted = relative_motion_covariance(R, t, s, cov_rt, B, 0.1)
+    T0 = invert_se3(se3(R, s * t))
+    d = []
+    for x, ds in zip(rng.multivariate_normal(np.zeros(5), cov_rt, 4000), rng.normal(0, 0.1, 4000)):
+        tx = t + B @ x[3:]
+        T = invert_se3(se3(cv2.Rodrigues(x[:3])[0] @ R, (s + ds) * tx / np.linalg.norm(tx)))
+        d.append(np.r_[T[:3, 3] - T0[:3, 3], cv2.Rodrigues(T[:3, :3] @ T0[:3, :3].T)[0].ravel()])
+    sd = np.sqrt(np.outer(np.diag(predicted), np.diag(predicted)))
+    np.testing.assert_allclose(np.cov(np.array(d).T) / sd, predicted / sd, atol=0.08)

@@ -165,3 +165,16 @@ def test_output_not_writable(tmp_path, synthetic_dir):
 def test_bad_config_override(tmp_path, synthetic_dir):
     _assert_clean_error(kp2d("replay", synthetic_dir, "--set", "frontend.bogus=1", "--out", tmp_path / "o"),
                         "frontend.bogus")
+
+
+def test_replay_simulate_stop_and_bad_spec(tmp_path, synthetic_dir):
+    out = tmp_path / "out"
+    res = kp2d("replay", synthetic_dir, "--out", out, "--no-progress", "--simulate", "stop=5:3,drop=9:9")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["frames"] == 12 + 3 - 1
+    assert report["path_length_m"] == pytest.approx(11 * 0.2, rel=0.02)  # the stop adds no distance
+    gt = np.loadtxt(out / "trajectory_gt.tum")
+    assert gt.shape == (14, 8)
+    np.testing.assert_array_equal(gt[6:9, 1:], gt[5:8, 1:])  # held during the stop
+    _assert_clean_error(kp2d("replay", synthetic_dir, "--out", out, "--simulate", "stop=50:2"), "--simulate", "outside")

@@ -267,6 +267,37 @@ def test_covariance_grows_as_quality_drops():
     assert conv.pose_covariance(float("nan"), TrackingStatus.TRACKING) == conv.pose_covariance(0.0, TrackingStatus.TRACKING)
 
 
+def _perturbation(T, T0):
+    """[dp, dtheta] with T = (exp(dtheta) R0, p0 + dp), axes of the parent frame."""
+    dR = T[:3, :3] @ T0[:3, :3].T
+    return np.concatenate([T[:3, 3] - T0[:3, 3], cv2.Rodrigues(dR)[0].ravel()])
+
+
+def test_estimate_covariance_moves_to_the_odom_frame():
+    """Sampled camera poses with the estimate's covariance, mapped to the base pose in odom, have the
+    covariance that estimate_pose_covariance predicts (axes rotated, lever arm of the rotation)."""
+    rng = np.random.default_rng(1)
+    T_wc = conv.xyzquat_to_matrix([1.0, -2.0, 5.0, 0.1, -0.3, 0.2, 0.9])
+    T_bc = conv.xyzquat_to_matrix([0.4, 0.1, 1.2, -0.5, 0.5, -0.5, 0.5])
+    A = rng.normal(size=(6, 6)) * np.r_[0.05, 0.05, 0.05, 0.01, 0.01, 0.01][:, None]
+    cov = A @ A.T
+    est = PoseEstimate(stamp=0.0, T_world_cam=T_wc, status=TrackingStatus.TRACKING, covariance=cov)
+    predicted = np.array(conv.estimate_pose_covariance(est, T_bc)).reshape(6, 6)
+    T0 = conv.camera_to_base_pose(T_wc, T_bc)
+    samples = []
+    for d in rng.multivariate_normal(np.zeros(6), cov, 4000):
+        T = T_wc.copy()
+        T[:3, :3] = cv2.Rodrigues(d[3:])[0] @ T_wc[:3, :3]
+        T[:3, 3] += d[:3]
+        samples.append(_perturbation(conv.camera_to_base_pose(T, T_bc), T0))
+    empirical = np.cov(np.array(samples).T)
+    scale = np.sqrt(np.outer(np.diag(predicted), np.diag(predicted)))
+    np.testing.assert_allclose(empirical / scale, predicted / scale, atol=0.08)
+    # with no covariance in the estimate: the quality model
+    est.covariance = None
+    assert conv.estimate_pose_covariance(est, T_bc) == conv.pose_covariance(est.quality, est.status)
+
+
 def test_keypoint_cloud_fields_and_values():
     feats = Features(np.array([[1.5, 2.5], [3, 4], [5, 6]], np.float32), np.zeros((3, 8), np.float32),
                      np.array([0.9, 0.5, 0.1], np.float32))

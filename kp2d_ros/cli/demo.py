@@ -26,6 +26,8 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--compare", default="classical", metavar="CONFIG",
                    help="second run printed beside the first: 'classical' (config/vo_classical.yaml), "
                         "a config YAML, or 'none' (default: classical)")
+    p.add_argument("--speed", type=float, default=0.2,
+                   help="camera speed in m/frame at 10 Hz (default: 0.2; 0.05 = slow motion on the same street)")
     add_common_arguments(p)
     return p
 
@@ -49,6 +51,8 @@ def run(args) -> int:
 
     if args.frames < 3:
         raise DataError(f"--frames must be >= 3, got {args.frames}")
+    if not args.speed > 0:
+        raise DataError(f"--speed must be > 0, got {args.speed}")
     cfg = load_effective_config(args)
     compare_cfg = None
     if args.compare != "none":
@@ -64,11 +68,11 @@ def run(args) -> int:
         out = Path(args.out)
     try:
         seq_dir = out / "synthetic"
-        if synthetic_matches(seq_dir, n_frames=args.frames, seed=args.seed):
+        if synthetic_matches(seq_dir, n_frames=args.frames, seed=args.seed, speed=args.speed):
             print(f"using the synthetic sequence in {seq_dir}", file=sys.stderr)
         else:
             print(f"rendering {args.frames} synthetic frames into {seq_dir} ...", file=sys.stderr)
-            write_synthetic_sequence(seq_dir, n_frames=args.frames, seed=args.seed)
+            write_synthetic_sequence(seq_dir, n_frames=args.frames, seed=args.seed, speed=args.speed)
         seq = open_sequence(seq_dir)
         result = replay(seq, cfg, progress=not args.no_progress)
         report = write_outputs(result, seq, cfg, out)

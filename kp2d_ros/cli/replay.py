@@ -1,7 +1,8 @@
 """``kp2d replay PATH``: run the VO pipeline offline on a dataset folder or bag and score it.
 
 PATH is a KITTI odometry folder, a TUM RGB-D folder, an EuRoC folder, a synthetic sequence
-folder, or a ROS bag (ROS 1 .bag, rosbag2 sqlite3 folder/.db3, .mcap). Writes to DIR:
+folder, or a ROS bag (ROS 1 .bag, rosbag2 sqlite3 folder/.db3, .mcap). ``--simulate`` replays a
+variant with a stop, dropped frames or a lower frame rate (ground truth follows). Writes to DIR:
 report.json, trajectory_est.tum, trajectory_gt.tum (when there is ground truth),
 trajectory.png and config.yaml (the effective configuration).
 """
@@ -23,6 +24,10 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--image-topic", default=None, help="bag image topic (default: the only one)")
     p.add_argument("--camera-info-topic", default=None, help="bag CameraInfo topic (default: the only one)")
     p.add_argument("--gt-topic", default=None, help="bag ground-truth pose topic (PoseStamped/Odometry)")
+    p.add_argument("--simulate", default=None, metavar="SPEC",
+                   help="robustness variant of the input: comma-separated stop=K:R (R copies of frame K, a stop), "
+                        "drop=A:B (frames A..B missing), every=N (every N-th frame), frames=S:E (a clip); "
+                        "frame numbers of the original sequence (see kp2d_ros/data/faults.py)")
     return p
 
 
@@ -115,6 +120,10 @@ def run(args) -> int:
     cfg = load_effective_config(args)
     seq = open_sequence(args.path, image_topic=args.image_topic, camera_info_topic=args.camera_info_topic,
                         gt_topic=args.gt_topic, max_frames=args.max_frames, camera=cfg.camera)
+    if args.simulate:
+        from kp2d_ros.data.faults import simulate
+
+        seq = simulate(seq, args.simulate)
     result = replay(seq, cfg, progress=not args.no_progress)
     out_dir = Path(args.out)
     report = write_outputs(result, seq, cfg, out_dir)

@@ -142,24 +142,26 @@ def synthetic_camera(width: int = 640, height: int = 480) -> Camera:
     return Camera.from_intrinsics(f, f, (width - 1) / 2, (height - 1) / 2, width, height)
 
 
-def synthetic_trajectory(n_frames: int) -> Trajectory:
+def synthetic_trajectory(n_frames: int, speed: float = SPEED) -> Trajectory:
     """Ground truth T_world_cam: forward motion, a smooth 25 degree right turn, vertical bob.
 
-    The world frame is the first camera's optical frame (first pose = identity).
+    The world frame is the first camera's optical frame (first pose = identity). ``speed``: metres
+    per frame; the path is the same street at any speed (turn and bob at the same distances), so
+    at 0.05 m/frame the turn happens 4x later in frames, at 10 Hz as always.
     """
-    k = np.arange(n_frames, dtype=np.float64)
+    k = np.arange(n_frames, dtype=np.float64) * (speed / SPEED)  # the frame of the 0.2 m/frame path
     # smoothstep yaw profile over frames TURN_FRAMES (shorter sequences are prefixes of longer ones)
     x = np.clip((k - TURN_FRAMES[0]) / (TURN_FRAMES[1] - TURN_FRAMES[0]), 0.0, 1.0)
     yaw = np.radians(TURN_DEG) * x * x * (3 - 2 * x)
     heading = np.stack([np.sin(yaw), np.zeros_like(yaw), np.cos(yaw)], axis=1)
-    pos = np.vstack([np.zeros(3), np.cumsum(SPEED * heading[:-1], axis=0)])
+    pos = np.vstack([np.zeros(3), np.cumsum(speed * heading[:-1], axis=0)])
     pos[:, 1] = 0.05 * np.sin(k / 6.0)
     pos[:, 1] -= pos[0, 1]
     pitch = 0.02 * np.sin(k / 9.0)
     poses = np.tile(np.eye(4), (n_frames, 1, 1))
     poses[:, :3, :3] = Rotation.from_euler("YX", np.stack([yaw, pitch], axis=1)).as_matrix()
     poses[:, :3, 3] = pos
-    return Trajectory(stamps=T0 + k / FPS, poses=poses)
+    return Trajectory(stamps=T0 + np.arange(n_frames) / FPS, poses=poses)
 
 
 def _clip_near(pts: np.ndarray, near: float) -> np.ndarray:
@@ -234,18 +236,22 @@ def render(T_world_cam: np.ndarray, camera: Camera, *, supersample: int = 2, noi
     return out
 
 
-def synthetic_sequence(n_frames: int = 80, seed: int = 0, width: int = 640, height: int = 480) -> Sequence:
+def synthetic_sequence(n_frames: int = 80, seed: int = 0, width: int = 640, height: int = 480,
+                       speed: float = SPEED) -> Sequence:
     """The synthetic sequence in memory (frames rendered on access; same output for the same seed).
 
     Parameters
     ----------
-    n_frames : number of frames (10 Hz, 0.2 m apart).
+    n_frames : number of frames (10 Hz, ``speed`` m apart).
     seed : seeds the per-frame pixel noise (frame i uses ``seed * 100003 + i``).
+    speed : metres per frame (0.05: a slowly moving camera on the same street).
     """
     if n_frames < 2:
         raise ValueError("n_frames must be >= 2")
     camera = synthetic_camera(width, height)
-    gt = synthetic_trajectory(n_frames)
+    if not speed > 0:
+        raise ValueError("speed must be > 0")
+    gt = synthetic_trajectory(n_frames, speed)
 
     def load(i: int) -> np.ndarray:
         return render(gt.poses[i], camera, noise_seed=seed * 100003 + i)
@@ -268,13 +274,14 @@ def texture_source() -> str:
         return "procedural"
 
 
-def _marker_line(n_frames: int, seed: int, width: int, height: int) -> str:
-    return (f"Synthetic kp2d_ros sequence v{VERSION}: {n_frames} frames {width}x{height} at {FPS:g} Hz, "
+def _marker_line(n_frames: int, seed: int, width: int, height: int, speed: float = SPEED) -> str:
+    pace = "" if speed == SPEED else f" {speed:g} m/frame,"
+    return (f"Synthetic kp2d_ros sequence v{VERSION}: {n_frames} frames {width}x{height} at {FPS:g} Hz,{pace} "
             f"seed {seed}, {texture_source()} textures.")
 
 
 def synthetic_matches(out_dir: str | Path, n_frames: int = 80, seed: int = 0, width: int = 640,
-                      height: int = 480) -> bool:
+                      height: int = 480, speed: float = SPEED) -> bool:
     """True when ``out_dir`` already holds this exact synthetic sequence (same version and parameters)."""
     from kp2d_ros.data.dataset import SYNTHETIC_MARKER
 
@@ -282,11 +289,11 @@ def synthetic_matches(out_dir: str | Path, n_frames: int = 80, seed: int = 0, wi
     if not marker.is_file() or not (Path(out_dir) / "rgb.txt").is_file():
         return False
     lines = marker.read_text().splitlines()
-    return bool(lines) and lines[0] == _marker_line(n_frames, seed, width, height)
+    return bool(lines) and lines[0] == _marker_line(n_frames, seed, width, height, speed)
 
 
 def write_synthetic_sequence(out_dir: str | Path, n_frames: int = 80, seed: int = 0, width: int = 640,
-                             height: int = 480) -> Path:
+                             height: int = 480, speed: float = SPEED) -> Path:
     """Render the sequence into ``out_dir`` as a TUM RGB-D layout; returns ``out_dir``.
 
     Files: ``rgb/<stamp>.png``, ``rgb.txt``, ``groundtruth.txt`` (TUM, T_world_cam),
@@ -296,7 +303,7 @@ def write_synthetic_sequence(out_dir: str | Path, n_frames: int = 80, seed: int 
 
     out = Path(out_dir)
     (out / "rgb").mkdir(parents=True, exist_ok=True)
-    seq = synthetic_sequence(n_frames, seed, width, height)
+    seq = synthetic_sequence(n_frames, seed, width, height, speed)
     lines = ["# color images", "# synthetic kp2d_ros sequence", "# timestamp filename"]
     for frame in seq:
         name = f"rgb/{frame.stamp:.6f}.png"
@@ -307,7 +314,7 @@ def write_synthetic_sequence(out_dir: str | Path, n_frames: int = 80, seed: int 
     write_tum(seq.ground_truth, out / "groundtruth.txt")
     write_camera_yaml(seq.camera, out / "camera.yaml", name="synthetic")
     (out / SYNTHETIC_MARKER).write_text(
-        _marker_line(n_frames, seed, width, height) + "\n"
+        _marker_line(n_frames, seed, width, height, speed) + "\n"
         "Textured planes (scikit-image sample images) ray-cast from a known camera path;\n"
         "groundtruth.txt is exact (T_world_cam, TUM format).\n")
     return out

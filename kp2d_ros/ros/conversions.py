@@ -197,6 +197,26 @@ def pose_covariance(quality: float, status: TrackingStatus) -> list[float]:
     return cov.ravel().tolist()
 
 
+def estimate_pose_covariance(est: PoseEstimate, T_base_cam: np.ndarray) -> list[float]:
+    """6x6 row-major odometry pose covariance (x, y, z, rx, ry, rz in the odom frame's axes) of ``est``.
+
+    ``est.covariance`` (the camera pose in world axes, trajectory units; see :class:`PoseEstimate`)
+    moved to ``T_odom_base = T_base_cam @ T_world_cam @ inv(T_base_cam)``: the axes rotate by
+    ``T_base_cam``, and the rotation uncertainty moves the base by its lever arm from the camera.
+    Falls back to :func:`pose_covariance` (from ``quality``) when the estimate has none.
+    """
+    if est.covariance is None:
+        return pose_covariance(est.quality, est.status)
+    R_bc = np.asarray(T_base_cam, dtype=np.float64)[:3, :3]
+    t_cb = invert(np.asarray(T_base_cam, dtype=np.float64))[:3, 3]  # base origin in camera coordinates
+    arm = np.asarray(est.T_world_cam, dtype=np.float64)[:3, :3] @ t_cb
+    J = np.zeros((6, 6))
+    J[:3, :3] = J[3:, 3:] = R_bc
+    J[:3, 3:] = -R_bc @ np.array([[0.0, -arm[2], arm[1]], [arm[2], 0.0, -arm[0]], [-arm[1], arm[0], 0.0]])
+    cov = J @ np.asarray(est.covariance, dtype=np.float64) @ J.T
+    return (0.5 * (cov + cov.T)).ravel().tolist()
+
+
 def fill_pose(pose_msg, T: np.ndarray) -> None:
     """Write a 4x4 transform into a ``geometry_msgs/Pose``."""
     v = matrix_to_xyzquat(T)

@@ -1,0 +1,175 @@
+"""Robustness variants of any sequence: a stop, dropped frames, a lower frame rate.
+
+``kp2d replay PATH --simulate SPEC`` and the tests build them with :func:`simulate`. SPEC is a
+comma-separated list of (each at most once; frame numbers are those of the original sequence):
+
+``frames=S:E``  keep only frames S..E (inclusive), e.g. a clip of a longer sequence;
+``drop=A:B``    remove frames A..B (inclusive), as a busy node drops them; the other frames keep
+                their stamps, so the gap shows as a longer interval;
+``every=N``     keep every N-th frame (0, N, 2N, ... counted from the first kept frame);
+``stop=K:R``    after frame K insert R copies of it (identical images) one median frame interval
+                apart, and shift every later stamp by R intervals: a stop of R intervals with the
+                ground truth held at frame K.
+
+Example: ``stop=60:10`` on KITTI (10 Hz) is a 1 s stop at frame 60; ``drop=61:64`` drops 4 frames.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kp2d_ros.data.sequence import Sequence
+from kp2d_ros.errors import DataError
+from kp2d_ros.types import Trajectory
+
+
+@dataclass
+class Faults:
+    """Parsed ``--simulate`` specification (None / 1: not applied).
+
+    Attributes
+    ----------
+    frames : (S, E) inclusive range of original frames to keep.
+    drop : (A, B) inclusive range of original frames to remove.
+    every : keep every N-th frame.
+    stop : (K, R) R copies of original frame K.
+    """
+
+    frames: tuple[int, int] | None = None
+    drop: tuple[int, int] | None = None
+    every: int = 1
+    stop: tuple[int, int] | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> "Faults":
+        """``"stop=60:10,drop=61:64,every=3,frames=30:99"`` -> Faults.
+
+        Raises
+        ------
+        DataError
+            unknown key, a key given twice, or a malformed / negative value.
+        """
+        out, seen = cls(), set()
+        for item in (s.strip() for s in spec.split(",")):
+            if not item:
+                continue
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not sep or key not in ("frames", "drop", "every", "stop"):
+                raise DataError(f"--simulate: expected frames=S:E, drop=A:B, every=N or stop=K:R, got {item!r}")
+            if key in seen:
+                raise DataError(f"--simulate: {key} given twice")
+            seen.add(key)
+            try:
+                nums = [int(v) for v in value.split(":")]
+            except ValueError:
+                raise DataError(f"--simulate: {key} needs integers, got {value!r}") from None
+            if any(n < 0 for n in nums) or len(nums) != (1 if key == "every" else 2):
+                raise DataError(f"--simulate: {key}={value} is not {'N' if key == 'every' else 'two integers A:B'} >= 0")
+            if key == "every":
+                if nums[0] < 1:
+                    raise DataError(f"--simulate: every must be >= 1, got {nums[0]}")
+                out.every = nums[0]
+                continue
+            if key in ("frames", "drop") and nums[1] < nums[0]:
+                raise DataError(f"--simulate: {key}={value}: the range ends before it starts")
+            setattr(out, key, (nums[0], nums[1]))
+        return out
+
+    def label(self) -> str:
+        """Short suffix for the sequence name, e.g. ``+stop60x10``."""
+        parts = []
+        if self.frames:
+            parts.append(f"f{self.frames[0]}-{self.frames[1]}")
+        if self.drop:
+            parts.append(f"drop{self.drop[0]}-{self.drop[1]}")
+        if self.every > 1:
+            parts.append(f"every{self.every}")
+        if self.stop:
+            parts.append(f"stop{self.stop[0]}x{self.stop[1]}")
+        return "".join("+" + p for p in parts)
+
+
+def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
+    """The variant of ``sequence`` described by ``faults`` (lazy: images are read on iteration).
+
+    Returns
+    -------
+    Sequence with the selected (and repeated) frames, their stamps, and the ground truth at those
+    stamps (held during a stop).
+
+    Raises
+    ------
+    DataError
+        a frame number outside the sequence, a stop at a removed frame, or nothing left.
+    """
+    if isinstance(faults, str):
+        faults = Faults.parse(faults)
+    n = len(sequence)
+    stamps = sequence.stamps
+    for key in ("frames", "drop", "stop"):
+        rng = getattr(faults, key)
+        if rng is not None and not (0 <= rng[0] < n and (key == "stop" or rng[1] < n)):
+            raise DataError(f"--simulate: {key}={rng[0]}:{rng[1]} is outside the sequence's frames 0..{n - 1}")
+    keep = np.ones(n, bool)
+    if faults.frames:
+        keep[:faults.frames[0]] = False
+        keep[faults.frames[1] + 1:] = False
+    if faults.drop:
+        keep[faults.drop[0]:faults.drop[1] + 1] = False
+    idx = np.flatnonzero(keep)
+    if faults.every > 1 and idx.size:
+        first = int(idx[0])
+        idx = idx[(idx - first) % faults.every == 0]
+    new_stamps = stamps[idx].astype(np.float64)
+    if faults.stop and faults.stop[1] > 0:
+        k, r = faults.stop
+        pos = np.flatnonzero(idx == k)
+        if pos.size == 0:
+            raise DataError(f"--simulate: stop at frame {k}, which is not part of the simulated sequence")
+        dt = float(np.median(np.diff(stamps))) if n > 1 else 1.0
+        dt = dt if np.isfinite(dt) and dt > 0 else 1.0
+        p = int(pos[0])
+        new_stamps = np.concatenate([new_stamps[:p + 1], new_stamps[p] + dt * np.arange(1, r + 1),
+                                     new_stamps[p + 1:] + r * dt])
+        idx = np.concatenate([idx[:p + 1], np.full(r, k), idx[p + 1:]])
+    if idx.size == 0:
+        raise DataError("--simulate: no frame left")
+    order = [int(i) for i in idx]
+
+    def images():
+        if sequence._loader is not None:  # random access (folder layouts): read only the frames used
+            yield from map(load, range(len(order)))
+            return
+        want = iter(order)
+        nxt = next(want, None)
+        for i, frame in enumerate(sequence):
+            while nxt == i:
+                yield frame.image
+                nxt = next(want, None)
+            if nxt is None:
+                return
+
+    def load(j: int) -> np.ndarray:
+        return sequence.frame(order[j]).image
+
+    return Sequence(sequence.name + faults.label(), sequence.layout, sequence.camera, new_stamps, images,
+                    ground_truth=_ground_truth(sequence, idx, new_stamps), loader=load)
+
+
+def _ground_truth(sequence: Sequence, idx: np.ndarray, new_stamps: np.ndarray) -> Trajectory | None:
+    """Ground truth of the original frames ``idx`` (where it has a pose at their stamps), at ``new_stamps``."""
+    gt = sequence.ground_truth
+    if gt is None or len(gt) == 0:
+        return None
+    order = np.argsort(gt.stamps, kind="stable")
+    gs = np.asarray(gt.stamps, np.float64)[order]
+    t = sequence.stamps[idx]
+    pos = np.clip(np.searchsorted(gs, t), 0, gs.size - 1)
+    lo = np.clip(pos - 1, 0, gs.size - 1)
+    near = np.where(np.abs(gs[lo] - t) <= np.abs(gs[pos] - t), lo, pos)
+    ok = np.abs(gs[near] - t) <= 1e-6
+    if not ok.any():
+        return None
+    return Trajectory(stamps=new_stamps[ok], poses=np.asarray(gt.poses)[order][near[ok]])

@@ -1,0 +1,73 @@
+"""``--simulate`` variants of a sequence: stop, dropped frames, every N-th frame, a clip."""
+import numpy as np
+import pytest
+
+from kp2d_ros.data.faults import Faults, simulate
+from kp2d_ros.data.sequence import Sequence
+from kp2d_ros.errors import DataError
+from kp2d_ros.types import Camera, Trajectory
+
+
+def numbered(n=20, dt=0.1, gt_every=1, loader=True):
+    """Frames whose first pixel is their number; ground truth x = frame number (every ``gt_every``-th frame)."""
+    stamps = 5.0 + dt * np.arange(n)
+    poses = np.tile(np.eye(4), (n, 1, 1))
+    poses[:, 0, 3] = np.arange(n)
+    keep = np.arange(0, n, gt_every)
+    cam = Camera.from_intrinsics(10.0, 10.0, 4.0, 3.0, 8, 6)
+
+    def load(i):
+        return np.full((6, 8), i, np.uint8)
+
+    return Sequence("num", "synthetic", cam, stamps, lambda: (load(i) for i in range(n)),
+                    Trajectory(stamps[keep], poses[keep]), loader=load if loader else None)
+
+
+def ids(seq):
+    return [int(f.image[0, 0]) for f in seq]
+
+
+@pytest.mark.parametrize("loader", [True, False])
+def test_stop_repeats_a_frame_and_shifts_time(loader):
+    seq = simulate(numbered(loader=loader), "stop=5:3")
+    assert ids(seq) == list(range(6)) + [5, 5, 5] + list(range(6, 20))
+    assert seq.name == "num+stop5x3" and len(seq) == 23
+    np.testing.assert_allclose(np.diff(seq.stamps), 0.1)  # the stop takes time; the clock runs on
+    np.testing.assert_allclose(seq.ground_truth.poses[:, 0, 3], ids(seq))  # held during the stop
+    np.testing.assert_array_equal(seq.ground_truth.stamps, seq.stamps)
+    assert int(seq.frame(7).image[0, 0]) == 5
+
+
+def test_drop_keeps_the_real_stamps():
+    base = numbered()
+    seq = simulate(base, "drop=6:9")
+    assert ids(seq) == [0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
+    np.testing.assert_allclose(seq.stamps, base.stamps[ids(seq)])
+    np.testing.assert_allclose(seq.ground_truth.poses[:, 0, 3], ids(seq))
+
+
+def test_every_and_clip_and_combinations():
+    base = numbered(gt_every=2)
+    assert ids(simulate(base, "every=3")) == [0, 3, 6, 9, 12, 15, 18]
+    seq = simulate(base, "frames=4:15, every=2, stop=8:2")
+    assert ids(seq) == [4, 6, 8, 8, 8, 10, 12, 14]
+    np.testing.assert_allclose(seq.stamps, [5.4, 5.6, 5.8, 5.9, 6.0, 6.2, 6.4, 6.6])
+    # ground truth only where the original had it (every 2nd frame here: all of these)
+    np.testing.assert_allclose(seq.ground_truth.poses[:, 0, 3], ids(seq))
+    odd = simulate(base, "frames=3:7")
+    np.testing.assert_allclose(odd.ground_truth.poses[:, 0, 3], [4, 6])
+    assert len(simulate(base, "")) == 20
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("pause=3:4", "expected"), ("stop=3", "two integers"), ("every=0", ">= 1"), ("drop=5:2", "ends before"),
+    ("stop=a:2", "integers"), ("every=2,every=3", "twice"), ("drop=18:25", "outside"), ("stop=7:2,drop=6:8", "not part"),
+    ("frames=0:3,every=1,drop=0:3", "no frame left")])
+def test_bad_specifications_raise(spec, fragment):
+    with pytest.raises(DataError, match=fragment):
+        simulate(numbered(), spec)
+
+
+def test_parse():
+    f = Faults.parse("stop=60:10,drop=61:64,every=3,frames=30:99")
+    assert (f.stop, f.drop, f.every, f.frames) == ((60, 10), (61, 64), 3, (30, 99))
