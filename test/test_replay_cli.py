@@ -41,7 +41,7 @@ def test_replay_synthetic_end_to_end(tmp_path, synthetic_dir):
     assert "ATE" in res.stdout and "FPS" in res.stdout
     report = json.loads((out / "report.json").read_text())
     assert tuple(report) == REPORT_KEYS
-    assert report["frames"] == 12 and report["frontend"] == "sift"
+    assert report["frames"] == 12 and report["frontend"] == "kp2d"  # the default config runs the learned frontend
     assert report["tracked_frames"] >= 10
     assert report["path_length_m"] == pytest.approx(11 * 0.2, rel=0.02)
     assert report["ate_rmse_m"] < 0.03 * report["path_length_m"]
@@ -80,20 +80,28 @@ def test_demo_short(tmp_path):
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["frames"] == 5 and report["frontend"] == "orb"
     assert (tmp_path / "demo" / "synthetic" / "rgb.txt").is_file()
+    rows = json.loads((tmp_path / "demo" / "comparison.json").read_text())  # the classical run beside it
+    assert [r["frontend"] for r in rows] == ["orb", "sift"] and all(r["tracked_frames"] >= 3 for r in rows)
+    assert "sift" in res.stdout.split("frontend")[-1]
 
 
 @pytest.mark.slow
-def test_demo_full_sift_accuracy(tmp_path):
-    """The `make demo` run: 80 frames, 15.8 m; SIFT VO must stay within 1% of the path length."""
+def test_demo_full_accuracy(tmp_path):
+    """The `make demo` run: 80 frames, 15.8 m; the learned default and SIFT beside it must each stay within 1% of
+    the path length, and the learned frontend within 2x SIFT's ATE (issue 10)."""
     res = kp2d("demo", "--out", tmp_path / "demo", "--no-progress")
     assert res.returncode == 0, res.stderr
+    kp2d_row, sift_row = json.loads((tmp_path / "demo" / "comparison.json").read_text())
+    assert (kp2d_row["frontend"], sift_row["frontend"]) == ("kp2d", "sift")
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert report["frames"] == 80 and report["tracked_frames"] >= 76
-    assert report["ate_rmse_m"] < 0.01 * report["path_length_m"]
+    assert report["frames"] == 80
+    for row in (kp2d_row, sift_row):
+        assert row["tracked_frames"] >= 76 and row["ate_rmse_m"] < 0.01 * report["path_length_m"]
+    assert kp2d_row["ate_rmse_m"] <= 2 * sift_row["ate_rmse_m"]
 
 
 @pytest.mark.slow
-def test_replay_kitti07_sift(tmp_path, data_dir):
+def test_replay_kitti07_default(tmp_path, data_dir):
     path = data_path("vo", "kitti07_f0000-0159")
     res = kp2d("replay", path, "--out", tmp_path / "k07", "--no-progress")
     assert res.returncode == 0, res.stderr
