@@ -7,6 +7,7 @@ shares one unknown scale). World frame = first camera frame, optical convention.
 """
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -26,6 +27,8 @@ from kp2d_ros.refine import refine_matches
 from kp2d_ros.runtime import apply_thread_settings
 from kp2d_ros.types import (Camera, Features, Frame, Frontend, Matches, PoseEstimate, TrackingStatus,
                             TwoViewGeometry)
+
+log = logging.getLogger(__name__)
 
 STAGES = ("network", "matching", "io_net", "refine", "pose")
 
@@ -129,9 +132,13 @@ class VOPipeline:
         apply_thread_settings(cfg.pipeline)
         self.frontend = frontend if frontend is not None else build_frontend(cfg.frontend)
         if scorer is None and cfg.matching.io_net:
-            from kp2d_ros.networks.io_scorer import build_scorer  # torch only when IO-Net is on
+            if getattr(self.frontend, "name", None) == "kp2d":
+                from kp2d_ros.networks.io_scorer import build_scorer  # torch only when IO-Net is on
 
-            scorer = build_scorer(cfg.matching)
+                scorer = build_scorer(cfg.matching)
+            else:  # IO-Net reads KeyPointNet descriptor distances: meaningless for another frontend
+                log.info("matching.io_net: IO-Net scores KeyPointNet matches; not used with frontend %s",
+                         getattr(self.frontend, "name", type(self.frontend).__name__))
         self.scorer = scorer
         self.reset()
 

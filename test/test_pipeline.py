@@ -1,4 +1,6 @@
 """VOPipeline: state machine on a synthetic point world, then real sequences (EuRoC static, KITTI)."""
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -12,6 +14,8 @@ from kp2d_ros.types import Camera, Features, Frame, Frontend, TrackingStatus
 
 CAM = Camera.from_intrinsics(500.0, 500.0, 320.0, 240.0, 640, 480)
 TIMING_KEYS = {"network", "matching", "io_net", "refine", "pose", "total"}
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,7 +257,9 @@ def test_euroc_static_camera_does_not_move(frontend):
 
 def kitti_run(frontend, n):
     seq = _open(data_path("vo", "kitti07_f0000-0159"), max_frames=n)
-    cfg = VOConfig()
+    from kp2d_ros.config import load_config
+
+    cfg = load_config(REPO / "config" / "vo_classical.yaml") if frontend != "kp2d" else VOConfig()
     cfg.frontend.type = frontend
     vo = VOPipeline(cfg)
     est = np.array([vo.process(f).T_world_cam for f in seq])
