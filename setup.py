@@ -43,6 +43,7 @@ setup(
             "ros-geometry-msgs",
             "ros-visualization-msgs",
             "ros-diagnostic-msgs",
+            "ros-std-srvs",  # Trigger services of vo_node
         ],
         "test": ["pytest", "evo", "onnx", "onnxruntime", "catkin-pkg"],
     },
