@@ -95,6 +95,7 @@ class VONode(Node):
         self._last_stamp: float | None = None  # the stamp the last processed frame was given
         self._last_header_stamp: float | None = None  # the last non-zero header stamp processed
         self._last_receipt: float | None = None  # monotonic receipt time of the last processed frame
+        self._header_interval: float | None = None  # between the last two non-zero header stamps
         self._index = 0
         self._pending = None  # (msg, receipt time): the newest unprocessed image
         self._cond = threading.Condition()
@@ -245,7 +246,7 @@ class VONode(Node):
     def reset(self) -> None:
         """Forget the trajectory (the pipeline, the path, the recorded poses, the stamp history, the twist)."""
         self.pipeline.reset()
-        self._last_stamp = self._last_header_stamp = self._last_receipt = None
+        self._last_stamp = self._last_header_stamp = self._last_receipt = self._header_interval = None
         self.path.clear()
         self.trajectory.clear()
         self.twist.reset()
@@ -294,6 +295,8 @@ class VONode(Node):
             return
         self._last_stamp, self._last_receipt = frame.stamp, t_recv
         if from_header:
+            if self._last_header_stamp is not None:
+                self._header_interval = frame.stamp - self._last_header_stamp
             self._last_header_stamp = frame.stamp
         self._publish(estimate, frame, conv.sec_to_stamp(frame.stamp, Time), t_recv)
 
@@ -311,8 +314,9 @@ class VONode(Node):
         real jump back in time.
 
         * A header stamp of 0 (unset) is replaced by the previous frame's stamp plus the receipt
-          interval (the node clock for a first frame); such a frame never restarts the trajectory and
-          is never the reference for the next frame's jump check.
+          interval, at most half the last interval between real stamps so that the next real stamp
+          still comes after it (the node clock for a first frame). Such a frame never restarts the
+          trajectory and is never the reference for the next frame's jump check.
         * A header stamp more than ``BACKWARD_RESET_S`` before the last non-zero one (a bag replayed
           again) restarts the trajectory, logged once per jump.
         * Any other stamp not after the previous frame's is rejected (duplicate or out of order).
@@ -323,7 +327,10 @@ class VONode(Node):
                                      "and the receipt interval")
             if self._last_stamp is None:
                 return conv.stamp_to_sec(self.get_clock().now().to_msg()), False
-            return self._last_stamp + max(t_recv - self._last_receipt, 1e-6), False
+            step = t_recv - self._last_receipt
+            if self._header_interval is not None:
+                step = min(step, 0.5 * self._header_interval)
+            return self._last_stamp + max(step, 1e-6), False
         if self._last_header_stamp is not None and stamp < self._last_header_stamp - BACKWARD_RESET_S:
             self.stats["resets"] += 1
             self.get_logger().warning(f"time jumped back {self._last_header_stamp - stamp:.3f} s "

@@ -1,0 +1,60 @@
+"""A ROS client in its own process, driven line by line over stdin (used by the node tests).
+
+Commands (one per line), each answered by one JSON line on stdout:
+  ``call SERVICE``          std_srvs/Trigger -> {"success": bool, "message": str}
+  ``set NODE NAME YAML``    set one parameter through NODE's set_parameters service
+                            -> {"successful": bool, "reason": str}
+  ``quit``
+Environment: ROS_DOMAIN_ID / ROS_AUTOMATIC_DISCOVERY_RANGE of the caller.
+"""
+import json
+import sys
+
+import rclpy
+import yaml
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter
+from std_srvs.srv import Trigger
+
+TIMEOUT_S = 30.0
+
+
+def call(node, srv_type, name, request):
+    client = node.create_client(srv_type, name)
+    try:
+        if not client.wait_for_service(timeout_sec=TIMEOUT_S):
+            raise RuntimeError(f"service {name} not available")
+        future = client.call_async(request)
+        rclpy.spin_until_future_complete(node, future, timeout_sec=TIMEOUT_S)
+        if not future.done():
+            raise RuntimeError(f"service {name} did not answer")
+        return future.result()
+    finally:
+        node.destroy_client(client)
+
+
+def main() -> int:
+    rclpy.init()
+    node = rclpy.create_node("test_client")
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        words = line.split(maxsplit=3)
+        if not words or words[0] == "quit":
+            break
+        if words[0] == "call":
+            res = call(node, Trigger, words[1], Trigger.Request())
+            out = {"success": res.success, "message": res.message}
+        elif words[0] == "set":
+            req = SetParameters.Request(parameters=[Parameter(words[2], value=yaml.safe_load(words[3])).to_parameter_msg()])
+            res = call(node, SetParameters, f"{words[1]}/set_parameters", req).results[0]
+            out = {"successful": res.successful, "reason": res.reason}
+        else:
+            out = {"error": f"unknown command {words[0]}"}
+        print(json.dumps(out), flush=True)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
