@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 class Client:
     """test/ros_client.py in its own process: ``call`` a Trigger service, ``set`` a parameter."""
 
-    def __init__(self):
-        env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-                   PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    def __init__(self, domain: int = DOMAIN, **env_extra):
+        env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+                   PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **env_extra)
         self.proc = subprocess.Popen([sys.executable, str(REPO / "test" / "ros_client.py")], env=env, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert json.loads(self._read()) == {"ready": True}
@@ -61,6 +61,9 @@ class Client:
 
     def set(self, name: str, value) -> dict:
         return self.ask(f"set /kp2d_vo {name} {json.dumps(value)}")
+
+    def image(self, topic: str, width: int, height: int, stamp: float) -> dict:
+        return self.ask(f"image {topic} {width} {height} {stamp!r}")
 
     def close(self):
         if self.proc.poll() is None:

@@ -49,7 +49,7 @@ from kp2d_ros.types import Frame, PoseEstimate, TrackingStatus
 
 WARN_PERIOD_S = 5.0
 BACKWARD_RESET_S = 1.0  # a stamp this far in the past restarts the trajectory (a bag replayed again)
-STOP_JOIN_S = 0.5  # how long shutdown waits for a frame in progress before leaving it behind
+STOP_JOIN_S = 0.25  # how long shutdown waits for a frame in progress before leaving it behind
 _LEVELS = {TrackingStatus.TRACKING: DiagnosticStatus.OK, TrackingStatus.STATIC: DiagnosticStatus.OK,
            TrackingStatus.INITIALIZING: DiagnosticStatus.WARN, TrackingStatus.LOST: DiagnosticStatus.WARN}
 
@@ -462,6 +462,11 @@ class VONode(Node):
         super().destroy_node()
 
 
+    def frame_in_progress(self) -> bool:
+        """True while the worker thread is still inside a frame (after :meth:`destroy_node`)."""
+        return self._worker.is_alive()
+
+
 class _StampOrderError(DataError):
     """A header stamp not after the previous frame's (duplicate or slightly out of order)."""
 
@@ -482,6 +487,13 @@ def main(args: list[str] | None = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+    if node is not None and node.frame_in_progress():
+        # A frame is still inside OpenCV/torch (seconds for a 4000x3000 image): the interpreter's
+        # finalisation would compete with it for the CPU and then tear down libraries under it. The
+        # node is destroyed and the trajectory file written, so leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
