@@ -298,7 +298,9 @@ class VONode(Node):
             if self._last_header_stamp is not None:
                 self._header_interval = frame.stamp - self._last_header_stamp
             self._last_header_stamp = frame.stamp
-        self._publish(estimate, frame, conv.sec_to_stamp(frame.stamp, Time), t_recv)
+        # the header's own stamp when it has one (bit-exact for listeners matching stamps), else the estimate
+        stamp = msg.header.stamp if from_header else conv.sec_to_stamp(frame.stamp, Time)
+        self._publish(estimate, frame, stamp, t_recv)
 
     def _to_frame(self, msg, camera_info, t_recv: float) -> tuple[Frame, bool]:
         image = conv.compressed_to_array(msg) if self.cfg.ros.compressed else conv.image_to_array(msg)
@@ -376,7 +378,7 @@ class VONode(Node):
         if self.pub_debug.get_subscription_count() > 0:
             self.pub_debug.publish(conv.array_to_image(conv.draw_debug(frame.image, est), Image, stamp,
                                                        rc.camera_frame))
-        if self.tf is not None and rc.publish_tf:
+        if self.tf is not None and self.tf.mode != "none" and rc.publish_tf:
             t3 = time.perf_counter()
             self.tf.send(self._transform(T_odom_base, stamp, rc.odom_frame, rc.base_frame))
             self._publish_ms["tf"].append((time.perf_counter() - t3) * 1e3)
