@@ -73,7 +73,8 @@ def main() -> int:
             res = call(node, Trigger, words[1], Trigger.Request())
             out = {"success": res.success, "message": res.message}
         elif words[0] == "set":
-            req = SetParameters.Request(parameters=[Parameter(words[2], value=yaml.safe_load(words[3])).to_parameter_msg()])
+            param = Parameter(words[2], value=yaml.safe_load(words[3]))
+            req = SetParameters.Request(parameters=[param.to_parameter_msg()])
             res = call(node, SetParameters, f"{words[1]}/set_parameters", req).results[0]
             out = {"successful": res.successful, "reason": res.reason}
         elif words[0] == "image":

@@ -151,7 +151,8 @@ def test_live_parameters_apply_or_are_refused(rig, client):
     assert pipeline.cfg.frontend.num_features == 120 and pipeline.frontend.detector.getMaxFeatures() == 360
     assert r.node.last_estimate.num_features <= 120
     assert r.node.get_parameter("frontend.num_features").value == 120
-    assert client.set("matching.io_threshold", 0.3)["successful"] and client.set("geometry.min_inliers", 9)["successful"]
+    assert client.set("matching.io_threshold", 0.3)["successful"]
+    assert client.set("geometry.min_inliers", 9)["successful"]
     r.send_image(image_msg(1.2, texture(4.0)))
     assert (pipeline.cfg.matching.io_threshold, pipeline.cfg.geometry.min_inliers) == (0.3, 9)
 

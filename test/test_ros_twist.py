@@ -76,7 +76,8 @@ def test_twist_covariance_from_accumulated_pose_covariances():
 
 def test_covariance_to_odom_matches_the_pose_mapping_numerically():
     """Propagate a camera pose covariance through conv.camera_to_base_pose by finite differences."""
-    T_base_cam = conv.xyzquat_to_matrix([0.3, -0.1, 0.5, *Rotation.from_euler("xyz", [-90, 5, -90], degrees=True).as_quat()])
+    q = Rotation.from_euler("xyz", [-90, 5, -90], degrees=True).as_quat()
+    T_base_cam = conv.xyzquat_to_matrix([0.3, -0.1, 0.5, *q])
     T_world_cam = pose((0.3, -0.2, 0.5), (1.0, 0.5, -2.0))
     base = conv.camera_to_base_pose(T_world_cam, T_base_cam)
     J = np.zeros((6, 6))

@@ -63,8 +63,8 @@ def rss_mb(pid: int) -> float:
 
 def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate_factor: float = 2.0,
                warmup: int = 10, image_topic: str = "image", camera_info_topic: str = "camera_info",
-               odom_topic: str = "odom", wait_s: float = 60.0, frame_timeout_s: float = 30.0,
-               progress=None) -> NodeBenchResult:
+               odom_topic: str = "odom", path_topic: str = "path", wait_s: float = 60.0,
+               frame_timeout_s: float = 30.0, progress=None) -> NodeBenchResult:
     """Publish ``frames`` cyclically to a running vo_node (process ``node_pid``) and measure it.
 
     Raises
@@ -75,6 +75,7 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
     import rclpy
     from builtin_interfaces.msg import Time
     from diagnostic_msgs.msg import DiagnosticArray
+    from nav_msgs.msg import Path as PathMsg
     from nav_msgs.msg import Odometry
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile
@@ -115,6 +116,7 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
         pub_info = node.create_publisher(CameraInfo, camera_info_topic, q)
         node.create_subscription(Odometry, odom_topic, on_odom, QoSProfile(depth=1000))
         node.create_subscription(DiagnosticArray, "diagnostics", diagnostics.append, QoSProfile(depth=10))
+        node.create_subscription(PathMsg, path_topic, lambda msg: None, QoSProfile(depth=1))  # as RViz would
         executor.add_node(node)
         spinner.start()
         deadline = time.monotonic() + wait_s

@@ -116,8 +116,9 @@ class VONode(Node):
         self._path_timer = self.create_timer(rc.path_period_s, self._publish_path)
         self._worker = threading.Thread(target=self._work, name="vo_worker", daemon=True)
         self._worker.start()
+        tf_mode = self.tf.mode if self.tf else "off"
         self.get_logger().info(f"vo_node up: frontend {self.cfg.frontend.type}, "
-                               f"{'compressed' if rc.compressed else 'raw'} images, TF {self.tf.mode if self.tf else 'off'}")
+                               f"{'compressed' if rc.compressed else 'raw'} images, TF {tf_mode}")
 
     # ---------------------------------------------------------------- callbacks (executor thread)
     def _on_camera_info(self, msg: CameraInfo) -> None:
