@@ -28,6 +28,7 @@ def test_bench_node_smoke(tmp_path):
                         "--set", "frontend.num_features=300", "--path-poses", "300", "--out", str(out)],
                        env=env, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
     report = json.loads(out.read_text())
     assert KEYS <= set(report)
     assert report["frames"] == 8 and 1 <= report["received"] <= 8  # the newest frame is always processed

@@ -176,9 +176,9 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
         while len(diagnostics) == n_diag and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
-        executor.shutdown(timeout_sec=1.0)
+        executor.shutdown(timeout_sec=5.0)  # let a callback in progress finish before the context goes
+        spinner.join(timeout=5.0)
         rclpy.try_shutdown(context=ctx)
-        spinner.join(timeout=2.0)
 
     with cond:
         lat = np.array([(arrived[k] - t) * 1e3 for k, t in sent.items() if k in arrived])
@@ -252,9 +252,9 @@ def bench_path_publication(n_poses: int = 10000, repeats: int = 5) -> dict:
         while len(got) < repeats and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
-        executor.shutdown(timeout_sec=1.0)
+        executor.shutdown(timeout_sec=5.0)  # let a callback in progress finish before the context goes
+        spinner.join(timeout=5.0)
         rclpy.try_shutdown(context=ctx)
-        spinner.join(timeout=2.0)
     if not got or len(got[-1].poses) != n_poses:
         raise DataError(f"bench_path_publication: the {n_poses}-pose path did not arrive")
     return {"poses": n_poses, "append_us": float(np.median(appends) * 1e6),

@@ -178,7 +178,7 @@ class VONode(Node):
 
     def save_trajectory(self) -> tuple[bool, str]:
         """Write the trajectory so far to ``ros.trajectory_file``: (success, message naming the file)."""
-        path = self.cfg.ros.trajectory_file
+        path = self._param_cfg.ros.trajectory_file  # the value last accepted, even if no frame applied it yet
         if not path:
             return False, "ros.trajectory_file is not set (ros2 param set <node> ros.trajectory_file FILE.tum)"
         try:
@@ -459,7 +459,7 @@ class VONode(Node):
             self._cond.notify_all()
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout=STOP_JOIN_S)
-        if self.cfg.ros.trajectory_file:
+        if self._param_cfg.ros.trajectory_file:
             ok, text = self.save_trajectory()
             (self.get_logger().info if ok else self.get_logger().error)(f"on shutdown: {text}")
         super().destroy_node()
