@@ -49,7 +49,7 @@ from kp2d_ros.types import Frame, PoseEstimate, TrackingStatus
 
 WARN_PERIOD_S = 5.0
 BACKWARD_RESET_S = 1.0  # a stamp this far in the past restarts the trajectory (a bag replayed again)
-STOP_JOIN_S = 0.25  # how long shutdown waits for a frame in progress before leaving it behind
+STOP_JOIN_S = 0.1  # how long shutdown waits for the worker (a frame in progress is left behind)
 _LEVELS = {TrackingStatus.TRACKING: DiagnosticStatus.OK, TrackingStatus.STATIC: DiagnosticStatus.OK,
            TrackingStatus.INITIALIZING: DiagnosticStatus.WARN, TrackingStatus.LOST: DiagnosticStatus.WARN}
 
@@ -486,6 +486,11 @@ def main(args: list[str] | None = None) -> int:
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: BLE001
+        if rclpy.ok():
+            raise
+        # SIGINT shut the context down while a callback was publishing (InvalidHandle/RCLError from
+        # the callback): that is the requested shutdown, not an error.
     finally:
         if node is not None:
             node.destroy_node()
