@@ -24,6 +24,7 @@ from kp2d_ros.data import read_tum  # noqa: E402
 from kp2d_ros.errors import ConfigError  # noqa: E402
 from kp2d_ros.ros import conversions as conv  # noqa: E402
 from kp2d_ros.ros import outputs  # noqa: E402
+from kp2d_ros.types import TrackingStatus  # noqa: E402
 
 from conftest import data_path  # noqa: E402
 from test_ros_node import DOMAIN, FakePipeline, image_msg, info_msg, rig, texture, wait_until  # noqa: E402,F401
@@ -296,3 +297,33 @@ def test_twist_against_ground_truth_on_a_tum_bag(rig, tmp_path):
     cos = np.sum(v[i] * v_gt, axis=1) / np.linalg.norm(v[i], axis=1) / np.linalg.norm(v_gt, axis=1)
     assert np.median(cos) > 0.95
     assert rms(scale * v[i] - v_gt) < 0.6 * rms(v_gt)
+
+
+def test_core_covariance_published_in_odometry_axes(rig):
+    """An estimate carrying ``covariance`` (world axes, accumulated): odom.pose.covariance is it in odometry
+    axes, the twist covariance its growth / dt^2 in base axes; a lost frame keeps the 1e6 "ignore" values."""
+    from kp2d_ros.ros.twist import covariance_to_odom
+
+    class WithCovariance(FakePipeline):
+        def process(self, frame):
+            est = super().process(frame)
+            n = len(self.frames)
+            est.covariance = np.diag([1.0, 2.0, 3.0, 0.1, 0.2, 0.3]) * 1e-4 * n  # grows along the trajectory
+            if n == 4:
+                est.status = TrackingStatus.LOST
+            return est
+
+    r = rig(pipeline=WithCovariance())
+    r.send_info(info_msg())
+    for i in range(4):
+        r.send_image(image_msg(1.0 + 0.1 * i))
+    wait_until(lambda: len(r.odom) == 4, "odometry")
+    T_bc = conv.xyzquat_to_matrix(r.node.cfg.ros.camera_to_base)
+    T = np.eye(4)
+    T[2, 3] = 0.2
+    expect = covariance_to_odom(np.diag([1.0, 2.0, 3.0, 0.1, 0.2, 0.3]) * 3e-4, T, T_bc)
+    np.testing.assert_allclose(np.reshape(r.odom[2].pose.covariance, (6, 6)), expect, atol=1e-15)
+    # optical z (forward) is base x: the camera's z variance 3e-4 per frame is the base's x, / 0.1 s^2
+    np.testing.assert_allclose(np.diag(np.reshape(r.odom[2].twist.covariance, (6, 6))),
+                               np.array([3.0, 1.0, 2.0, 0.3, 0.1, 0.2]) * 1e-4 / 0.01, rtol=1e-6)
+    assert r.odom[3].pose.covariance[0] == pytest.approx(1e6) and r.odom[3].twist.covariance[0] >= 1e6

@@ -354,7 +354,9 @@ class VONode(Node):
         odom.child_frame_id = rc.base_frame
         conv.fill_pose(odom.pose.pose, T_odom_base)
         fallback = np.asarray(conv.pose_covariance(est.quality, est.status)).reshape(6, 6)
-        cov_world = getattr(est, "covariance", None)  # accumulated, world axes, when the core provides it
+        # the core's accumulated covariance (world axes) when it provides one; a lost tracker's held pose
+        # is not a measurement, so it keeps the fallback's 1e3 std ("ignore me" for an EKF)
+        cov_world = getattr(est, "covariance", None) if est.status != TrackingStatus.LOST else None
         cov_odom = None if cov_world is None else covariance_to_odom(np.asarray(cov_world, float), est.T_world_cam,
                                                                       self.T_base_cam)
         odom.pose.covariance = (fallback if cov_odom is None else cov_odom).ravel().tolist()
