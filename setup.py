@@ -42,6 +42,7 @@ setup(
             "ros-geometry-msgs",
             "ros-visualization-msgs",
             "ros-diagnostic-msgs",
+            "ros-std-srvs",  # Trigger services of vo_node
         ],
         # colcon-core + colcon-ros: test_colcon_build.py builds the package the way a ROS user does
         "test": ["pytest", "evo", "onnx", "onnxruntime", "catkin-pkg", "colcon-core", "colcon-ros"],

@@ -257,7 +257,14 @@ class RosConfig:
     compressed: bool = False  # subscribe sensor_msgs/CompressedImage instead of Image
     qos_depth: int = 1
     publish_tf: bool = True
+    publish_keypoints: bool = True
+    publish_path: bool = True
     max_path_length: int = 10000
+    # The path is published by a timer off the VO worker thread, at most once per this period (s).
+    path_period_s: float = 1.0
+    # TUM file (camera poses, as kp2d replay's trajectory_est.tum) written by ~/save_trajectory and at
+    # shutdown; "" = none.
+    trajectory_file: str = ""
 
     def validate(self) -> None:
         if len(self.camera_to_base) != 7:
@@ -267,6 +274,7 @@ class RosConfig:
             raise ConfigError("ros.camera_to_base: quaternion must have unit norm")
         _positive("ros.qos_depth", self.qos_depth)
         _positive("ros.max_path_length", self.max_path_length)
+        _positive("ros.path_period_s", self.path_period_s)
 
 
 @dataclass

@@ -13,7 +13,8 @@ from conftest import data_path  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 KEYS = {"frames", "received", "drop_rate", "publish_rate_hz", "node_rate_hz", "latency_ms_median",
         "latency_ms_p95", "latency_ms_mean", "latency_ms_max", "rss_mb_start", "rss_mb_max", "rss_mb_end",
-        "image_width", "image_height", "encoding", "wall_s", "frontend", "sequence", "unique_frames", "rate_factor"}
+        "image_width", "image_height", "encoding", "wall_s", "frontend", "sequence", "unique_frames", "rate_factor",
+        "publish_ms", "path_poses", "path_at_length"}
 
 
 def test_bench_node_smoke(tmp_path):
@@ -24,9 +25,10 @@ def test_bench_node_smoke(tmp_path):
     out = tmp_path / "bench.json"
     p = subprocess.run([str(Path(sys.executable).with_name("kp2d")), "bench-node", str(seq), "--frames", "8",
                         "--unique", "4", "--warmup", "2", "--set", "frontend.type=orb",
-                        "--set", "frontend.num_features=300", "--out", str(out)],
+                        "--set", "frontend.num_features=300", "--path-poses", "300", "--out", str(out)],
                        env=env, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
     report = json.loads(out.read_text())
     assert KEYS <= set(report)
     assert report["frames"] == 8 and 1 <= report["received"] <= 8  # the newest frame is always processed
@@ -35,3 +37,9 @@ def test_bench_node_smoke(tmp_path):
     assert report["rss_mb_max"] >= report["rss_mb_start"] > 0
     assert report["latency_ms_p95"] >= report["latency_ms_median"] > 0
     assert json.loads(p.stdout) == report
+    # the node's publication costs (ms per call); TF only where tf2_ros / tf2_msgs are installed
+    assert report["publish_ms"]["odom"] > 0 and report["publish_ms"]["keypoints"] > 0
+    assert 1 <= report["path_poses"] <= 10 and set(report["publish_ms"]) == {"odom", "keypoints", "tf", "path"}
+    path = report["path_at_length"]
+    assert path["poses"] == 300 and path["received"] >= 1 and path["publish_ms"] > 0 and path["append_us"] > 0
+    assert path["message_bytes"] > 300 * 60  # a PoseStamped is > 60 bytes serialised

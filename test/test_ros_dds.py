@@ -6,6 +6,7 @@ and mcap). The node runs as its own process with the shipped Fast DDS shared-mem
 The trajectory recorded by ``kp2d play --lockstep`` must equal the offline pipeline on the same
 bag with the same config.
 """
+import json
 import os
 import signal
 import subprocess
@@ -60,12 +61,11 @@ def bags(sequence, tmp_path_factory) -> dict:
 
 
 def offline_replay(bag: Path, params_file: Path):
-    """The same bag through the offline replay (VOPipeline in this process): (stamps, T_world_cam)."""
+    """The same bag through the offline replay (VOPipeline in this process): its ReplayResult."""
     from kp2d_ros.data import open_sequence
     from kp2d_ros.eval.replay import replay
 
-    res = replay(open_sequence(bag), load_config(params_file), progress=False)
-    return res.estimate.stamps, res.estimate.poses
+    return replay(open_sequence(bag), load_config(params_file), progress=False)
 
 
 class Listener:
@@ -106,10 +106,10 @@ def wait_until(pred, what, timeout=60.0):
         time.sleep(0.02)
 
 
-def start_node(params_file: Path) -> subprocess.Popen:
+def start_node(params_file: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [str(BIN / "vo_node"), "--ros-args", "--params-file", str(params_file),
-         "-r", "image:=/camera/image_raw", "-r", "camera_info:=/camera/camera_info"],
+         "-r", "image:=/camera/image_raw", "-r", "camera_info:=/camera/camera_info", *args],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -129,7 +129,8 @@ def stop_node(proc: subprocess.Popen) -> tuple[float, str]:
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
 def test_bag_through_node_matches_offline_replay(storage, bags, params_file, tmp_path):
     bag = bags[storage]
-    proc = start_node(params_file)
+    saved = tmp_path / "node_trajectory.tum"  # written by the node at shutdown
+    proc = start_node(params_file, "-p", f"ros.trajectory_file:={saved}")
     listener = Listener()
     try:
         wait_until(lambda: listener.pub_bad.get_subscription_count() > 0
@@ -162,11 +163,24 @@ def test_bag_through_node_matches_offline_replay(storage, bags, params_file, tmp
     from kp2d_ros.data import read_tum
 
     rec = read_tum(out)
-    stamps, poses = offline_replay(bag, params_file)
+    replayed = offline_replay(bag, params_file)
+    stamps, poses = replayed.estimate.stamps, replayed.estimate.poses
     assert len(rec) == 20
     np.testing.assert_allclose(rec.stamps, stamps, atol=1e-6)
     np.testing.assert_allclose(rec.poses, poses, atol=1e-5)
     assert np.linalg.norm(poses[-1][:3, 3]) > 0.1  # the camera moved: not a trivial comparison
+
+    # the node's own trajectory file + kp2d evaluate against the bag = the offline replay's metrics
+    node_traj = read_tum(saved)
+    np.testing.assert_allclose(node_traj.stamps, stamps, atol=1e-6)
+    np.testing.assert_allclose(node_traj.poses, poses, atol=1e-5)
+    ev = subprocess.run([str(BIN / "kp2d"), "evaluate", str(saved), str(bag), "--out", str(tmp_path / "ev")],
+                        env=ENV, capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr
+    report, expected = json.loads((tmp_path / "ev" / "report.json").read_text()), replayed.report()
+    assert expected["ate_rmse_m"] > 0
+    for key in ("frames", "path_length_m", "ate_rmse_m", "rpe_rot_deg", "rpe_trans_m"):
+        assert report[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
 
     # the other outputs
     odom = listener.odom[-1]

@@ -104,3 +104,20 @@ def test_vo_node_exits_with_clear_error_on_bad_parameter():
     assert p.returncode == 2
     assert "geometry.method" in p.stderr and "fancy" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_live_parameters_are_config_fields_and_the_rest_is_refused():
+    """Every name in LIVE_PARAMETERS is a config field (renames in config.py must follow here); a
+    fixed one is refused by name, a live one passes through the YAML validation."""
+    from kp2d_ros.ros.params import LIVE_PARAMETERS, check_changes
+
+    names = set(default_parameters())
+    assert LIVE_PARAMETERS <= names
+    cfg = VOConfig()
+    for name in sorted(names - LIVE_PARAMETERS):
+        with pytest.raises(ConfigError, match=f"{name} cannot change while the node runs"):
+            check_changes(cfg, {name: default_parameters()[name]})
+    assert check_changes(cfg, {"frontend.num_features": 700.0}).frontend.num_features == 700  # YAML coercion
+    assert cfg.frontend.num_features == 2000  # the input is not modified
+    with pytest.raises(ConfigError, match="ros.path_period_s: must be > 0"):
+        check_changes(cfg, {"ros.path_period_s": 0.0})

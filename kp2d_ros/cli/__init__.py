@@ -13,6 +13,7 @@ import sys
 COMMANDS = {
     "demo": "demo",
     "replay": "replay",
+    "evaluate": "evaluate",
     "bench": "bench",
     "train": "train",
     "train-io": "train_io",

@@ -4,7 +4,8 @@ Starts ``vo_node`` as its own process (or uses ``--attach PID``), measures its p
 lockstep, then publishes ``--frames`` images at ``--rate-factor`` times that rate (frames of
 SEQUENCE reused cyclically; the synthetic sequence when none is given) and reports the
 image -> odometry latency (median, p95), the share of images without odometry (dropped: newest
-frame wins) and the node's resident memory. Prints and, with ``--out``, saves the JSON report.
+frame wins), the node's resident memory and its publication costs (odom, keypoints, TF, path), and
+the path output at ``--path-poses`` poses. Prints and, with ``--out``, saves the JSON report.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="parameter override, e.g. --set frontend.type=orb (repeatable)")
     p.add_argument("--attach", type=int, metavar="PID", help="benchmark an already running vo_node process")
+    p.add_argument("--path-poses", type=int, default=10000,
+                   help="also measure the path output at this many poses (0: skip; default: 10000)")
     p.add_argument("--out", metavar="FILE.json", help="write the JSON report here")
     return p
 
@@ -108,8 +111,13 @@ def run(args) -> int:
                 _, err = proc.communicate()
             if proc.returncode not in (0, -signal.SIGINT):
                 print(err[-2000:], file=sys.stderr)
+    extra = {}
+    if args.path_poses > 0:
+        from kp2d_ros.ros.bench import bench_path_publication
+
+        extra["path_at_length"] = bench_path_publication(args.path_poses)
     out = report(res, frontend=cfg.frontend.type, sequence=source, unique_frames=len(frames),
-                 rate_factor=args.rate_factor, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                 rate_factor=args.rate_factor, created=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
     text = json.dumps(out, indent=2)
     print(text)
     if args.out:

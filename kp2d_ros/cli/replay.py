@@ -99,14 +99,15 @@ def print_summary(result, report: dict, out_dir: Path) -> None:
     def fmt(v, unit, digits=3):
         return "n/a (no ground truth)" if v is None else f"{v:.{digits}f} {unit}"
 
-    print(f"sequence {result.sequence}: {report['frames']} frames, {report['tracked_frames']} tracked, "
-          f"frontend {report['frontend']}")
+    tracked = "" if report["tracked_frames"] is None else f", {report['tracked_frames']} tracked"
+    print(f"sequence {result.sequence}: {report['frames']} frames{tracked}, frontend {report['frontend']}")
     if report["path_length_m"] is not None:
         print(f"  path length   {report['path_length_m']:.2f} m")
     print(f"  ATE (Sim3)    {fmt(report['ate_rmse_m'], 'm')}")
     print(f"  RPE rotation  {fmt(report['rpe_rot_deg'], 'deg/frame')}")
     print(f"  RPE transl.   {fmt(report['rpe_trans_m'], 'm/frame')}")
-    print(f"  speed         {report['fps']:.1f} FPS (pipeline only)")
+    if report["fps"] is not None:
+        print(f"  speed         {report['fps']:.1f} FPS (pipeline only)")
     print(f"  results in    {out_dir}")
 
 

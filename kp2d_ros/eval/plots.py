@@ -60,7 +60,10 @@ def plot_replay(result: ReplayResult, path: str | Path) -> Path:
         ax2.text(0.5, 0.5, "no ground truth", ha="center", va="center", transform=ax2.transAxes)
     ax2.set_xlabel("time [s]")
     ax2.grid(alpha=0.3)
-    ax2.set_title(f"{result.tracked_frames}/{result.frames} frames tracked, {result.fps:.1f} FPS", fontsize=10)
+    if result.tracked_frames is None:  # a trajectory file: no tracking states, no timing
+        ax2.set_title(f"{result.frames} poses", fontsize=10)
+    else:
+        ax2.set_title(f"{result.tracked_frames}/{result.frames} frames tracked, {result.fps:.1f} FPS", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

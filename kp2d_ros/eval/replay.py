@@ -10,6 +10,10 @@ The report (:meth:`ReplayResult.report`) has exactly these keys:
 ``rpe_trans_m``     per-frame RPE translation RMSE after the Sim(3) scale, metres (null without GT)
 ``fps``             frames per second of ``VOPipeline.process`` alone (image reading excluded)
 ``frontend``        ``frontend.type`` of the configuration
+
+:func:`evaluate_trajectory` builds the same result, and so the same report, for a trajectory that
+was estimated elsewhere (``kp2d evaluate``: a node's saved trajectory); what only a replay knows
+(``tracked_frames``, ``fps``; ``frontend`` without a config) is then None.
 """
 from __future__ import annotations
 
@@ -35,30 +39,34 @@ class ReplayResult:
     ----------
     sequence : name of the replayed sequence; frontend : ``frontend.type``.
     estimate : (N) estimated T_world_cam of every frame (first camera = world).
-    statuses : (N,) tracking status per frame.
-    process_s : total wall time spent in ``VOPipeline.process`` (s).
+    statuses : (N,) tracking status per frame (None: not known, a trajectory file).
+    process_s : total wall time spent in ``VOPipeline.process`` (s) (None: not measured).
     metrics : ATE/RPE against the sequence's ground truth, None without (enough) ground truth.
     stage_ms : mean per-stage times (ms) over all frames.
     """
 
     sequence: str
-    frontend: str
+    frontend: str | None
     estimate: Trajectory
-    statuses: list[TrackingStatus]
-    process_s: float
+    statuses: list[TrackingStatus] | None
+    process_s: float | None
     metrics: TrajectoryMetrics | None
     stage_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def frames(self) -> int:
-        return len(self.statuses)
+        return len(self.estimate)
 
     @property
-    def tracked_frames(self) -> int:
+    def tracked_frames(self) -> int | None:
+        if self.statuses is None:
+            return None
         return sum(s in (TrackingStatus.TRACKING, TrackingStatus.STATIC) for s in self.statuses)
 
     @property
-    def fps(self) -> float:
+    def fps(self) -> float | None:
+        if self.process_s is None:
+            return None
         return self.frames / self.process_s if self.process_s > 0 else 0.0
 
     def report(self) -> dict:
@@ -119,13 +127,27 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
         bar.close()
     estimate = Trajectory(stamps=np.asarray(stamps, dtype=np.float64),
                           poses=np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4))
+    n = max(len(statuses), 1)
+    return evaluate_trajectory(estimate, sequence.ground_truth, sequence=sequence.name, frontend=cfg.frontend.type,
+                               statuses=statuses, process_s=process_s, max_diff=max_diff,
+                               stage_ms={k: v / n for k, v in stage_sum.items()})
+
+
+def evaluate_trajectory(estimate: Trajectory, ground_truth: Trajectory | None, *, sequence: str,
+                        frontend: str | None = None, statuses: list[TrackingStatus] | None = None,
+                        process_s: float | None = None, max_diff: float = 0.01,
+                        stage_ms: dict[str, float] | None = None) -> ReplayResult:
+    """Score ``estimate`` against ``ground_truth`` (Sim(3) ATE and RPE) as :func:`replay` does.
+
+    Metrics are None without ground truth or with fewer than 3 estimated poses that have ground
+    truth within ``max_diff`` seconds.
+    """
     metrics = None
-    gt = sequence.ground_truth
+    gt = ground_truth
     if gt is not None and len(gt) >= 3 and len(estimate) >= 3:
         try:
             metrics = evaluate(estimate, gt, max_diff=max_diff, correct_scale=True)
         except ValueError:  # too few frames with ground truth
             metrics = None
-    n = max(len(statuses), 1)
-    return ReplayResult(sequence=sequence.name, frontend=cfg.frontend.type, estimate=estimate, statuses=statuses,
-                        process_s=process_s, metrics=metrics, stage_ms={k: v / n for k, v in stage_sum.items()})
+    return ReplayResult(sequence=sequence, frontend=frontend, estimate=estimate, statuses=statuses,
+                        process_s=process_s, metrics=metrics, stage_ms=dict(stage_ms or {}))

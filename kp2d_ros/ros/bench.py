@@ -5,13 +5,18 @@ odometry) to measure the node's processing rate, then publishes ``frames`` image
 frames reused cyclically, fresh increasing stamps) at ``rate_factor`` times that rate. Latency is
 measured from the moment an image is published to the moment its odometry arrives, both on this
 process's monotonic clock. A frame without odometry was dropped by the node (newest frame wins).
-The node's resident memory is read from ``/proc/<pid>/status`` while the benchmark runs.
+The node's resident memory is read from ``/proc/<pid>/status`` while the benchmark runs. The node's
+own publication costs (median ms per call of odom, keypoints, TF on the worker thread; path on its
+timer) are read from its diagnostics at the end.
+
+:func:`bench_path_publication` measures the path at a given length (10 000 poses: ~17 min at 10 Hz,
+which no benchmark run reaches) with the node's own :class:`kp2d_ros.ros.outputs.PathBuffer`.
 """
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +45,9 @@ class NodeBenchResult:
     image_height: int
     encoding: str
     wall_s: float
+    # the node's median publication cost per call (ms; None: not published, e.g. TF without tf2 packages)
+    publish_ms: dict = field(default_factory=dict)
+    path_poses: int = 0  # path length the node reached
 
 
 def rss_mb(pid: int) -> float:
@@ -55,8 +63,8 @@ def rss_mb(pid: int) -> float:
 
 def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate_factor: float = 2.0,
                warmup: int = 10, image_topic: str = "image", camera_info_topic: str = "camera_info",
-               odom_topic: str = "odom", wait_s: float = 60.0, frame_timeout_s: float = 30.0,
-               progress=None) -> NodeBenchResult:
+               odom_topic: str = "odom", path_topic: str = "path", wait_s: float = 60.0,
+               frame_timeout_s: float = 30.0, progress=None) -> NodeBenchResult:
     """Publish ``frames`` cyclically to a running vo_node (process ``node_pid``) and measure it.
 
     Raises
@@ -66,6 +74,8 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
     """
     import rclpy
     from builtin_interfaces.msg import Time
+    from diagnostic_msgs.msg import DiagnosticArray
+    from nav_msgs.msg import Path as PathMsg
     from nav_msgs.msg import Odometry
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile
@@ -84,6 +94,7 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
 
     arrived: dict[int, float] = {}
     cond = threading.Condition()
+    diagnostics: list = []
 
     def on_odom(msg: Odometry) -> None:
         t = time.monotonic()
@@ -104,6 +115,8 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
         pub_img = node.create_publisher(Image, image_topic, q)
         pub_info = node.create_publisher(CameraInfo, camera_info_topic, q)
         node.create_subscription(Odometry, odom_topic, on_odom, QoSProfile(depth=1000))
+        node.create_subscription(DiagnosticArray, "diagnostics", diagnostics.append, QoSProfile(depth=10))
+        node.create_subscription(PathMsg, path_topic, lambda msg: None, QoSProfile(depth=1))  # as RViz would
         executor.add_node(node)
         spinner.start()
         deadline = time.monotonic() + wait_s
@@ -158,15 +171,24 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
         wait_for(last, frame_timeout_s)  # the newest frame is always processed
         rss.append(rss_mb(node_pid))
         wall = time.monotonic() - t0
+        n_diag = len(diagnostics)
+        deadline = time.monotonic() + 3.0  # one more diagnostics message (1 Hz) after the last frame
+        while len(diagnostics) == n_diag and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
-        executor.shutdown(timeout_sec=1.0)
+        executor.shutdown(timeout_sec=5.0)  # let a callback in progress finish before the context goes
+        spinner.join(timeout=5.0)
         rclpy.try_shutdown(context=ctx)
-        spinner.join(timeout=2.0)
 
     with cond:
         lat = np.array([(arrived[k] - t) * 1e3 for k, t in sent.items() if k in arrived])
     if lat.size == 0:
         raise DataError("vo_node published no odometry during the benchmark")
+    values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values} if diagnostics else {}
+    publish_ms = {}
+    for k in ("odom", "keypoints", "tf", "path"):
+        v = float(values.get(f"publish_ms_{k}", "nan"))
+        publish_ms[k] = None if np.isnan(v) else v
     return NodeBenchResult(
         frames=len(sent), received=int(lat.size), drop_rate=1.0 - lat.size / len(sent),
         publish_rate_hz=len(sent) / t_pub if t_pub > 0 else 0.0, node_rate_hz=node_rate,
@@ -174,7 +196,69 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
         latency_ms_mean=float(lat.mean()), latency_ms_max=float(lat.max()),
         rss_mb_start=rss[0], rss_mb_max=max(rss), rss_mb_end=rss[-1],
         image_width=int(images[0].width), image_height=int(images[0].height), encoding=images[0].encoding,
-        wall_s=wall)
+        wall_s=wall, publish_ms=publish_ms, path_poses=int(values.get("path_poses", 0)))
+
+
+def bench_path_publication(n_poses: int = 10000, repeats: int = 5) -> dict:
+    """Cost of the node's path output at ``n_poses`` poses, with one subscriber over DDS.
+
+    Returns
+    -------
+    dict with ``poses``; ``append_us``: median cost of the worker's per-frame ``PathBuffer.append``;
+    ``publish_ms``: median of building the Path and publishing it (the path timer's work, every
+    ``ros.path_period_s``; before, the worker did this for every frame); ``message_bytes``.
+    """
+    import rclpy
+    from geometry_msgs.msg import PoseStamped
+    from nav_msgs.msg import Path as PathMsg
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile
+    from rclpy.serialization import serialize_message
+
+    from kp2d_ros.ros.outputs import PathBuffer
+
+    buf = PathBuffer(n_poses)
+    appends = []
+    for i in range(n_poses):
+        msg = PoseStamped()
+        msg.header.stamp.sec = i
+        t = time.perf_counter()
+        buf.append(msg)
+        appends.append(time.perf_counter() - t)
+    got: list = []
+    ctx = rclpy.Context()
+    rclpy.init(args=[], context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    times = []
+    try:
+        node = rclpy.create_node("kp2d_bench_path", context=ctx)
+        pub = node.create_publisher(PathMsg, "kp2d_bench_path", QoSProfile(depth=10))
+        node.create_subscription(PathMsg, "kp2d_bench_path", got.append, QoSProfile(depth=10))
+        executor.add_node(node)
+        spinner.start()
+        deadline = time.monotonic() + 10.0
+        while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        size = 0
+        for i in range(repeats):
+            buf.append(PoseStamped())  # a change since the last message, as each new frame makes
+            t = time.perf_counter()
+            msg = buf.message(PathMsg, "odom")
+            pub.publish(msg)
+            times.append(time.perf_counter() - t)
+            size = len(serialize_message(msg))
+        deadline = time.monotonic() + 10.0
+        while len(got) < repeats and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        executor.shutdown(timeout_sec=5.0)  # let a callback in progress finish before the context goes
+        spinner.join(timeout=5.0)
+        rclpy.try_shutdown(context=ctx)
+    if not got or len(got[-1].poses) != n_poses:
+        raise DataError(f"bench_path_publication: the {n_poses}-pose path did not arrive")
+    return {"poses": n_poses, "append_us": float(np.median(appends) * 1e6),
+            "publish_ms": float(np.median(times) * 1e3), "message_bytes": size, "received": len(got)}
 
 
 def report(result: NodeBenchResult, **extra) -> dict:

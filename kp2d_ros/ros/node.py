@@ -5,13 +5,21 @@ callback only stores the newest message; a worker thread processes the newest on
 free, so stale frames never queue up (replaced frames are counted as dropped).
 
 Subscribes  ``image`` (sensor_msgs/Image, or CompressedImage with ``ros.compressed``), ``camera_info``.
-Publishes   ``odom`` (odom -> base), ``path``, ``keypoints`` (PointCloud2: u, v, score, matched + x, y, z rays),
-            ``debug_image`` (only with subscribers), ``diagnostics`` (1 Hz), TF odom -> base.
-Parameters  the fields of :class:`kp2d_ros.config.VOConfig`, dotted (``frontend.type``).
+Publishes   ``odom`` (odom -> base, pose + body-frame twist with covariances), ``path`` (a timer, off the
+            worker thread, every ``ros.path_period_s``), ``keypoints`` (PointCloud2: u, v, score, matched +
+            x, y, z rays), ``debug_image`` (only with subscribers), ``diagnostics`` (1 Hz), TF odom -> base.
+Services    ``~/reset``, ``~/pause``, ``~/resume``, ``~/save_trajectory`` (std_srvs/Trigger).
+Parameters  the fields of :class:`kp2d_ros.config.VOConfig`, dotted (``frontend.type``);
+            :data:`kp2d_ros.ros.params.LIVE_PARAMETERS` can change while running (from the next frame).
+
+Threads: the executor thread runs callbacks, services, the parameter callback and the path timer;
+the worker thread runs the pipeline. Resets and parameter changes are applied by whichever holds
+the frame lock, between two frames, so the pipeline never sees them mid-frame.
 """
 from __future__ import annotations
 
 import collections
+import os
 import sys
 import threading
 import time
@@ -19,23 +27,29 @@ import traceback
 
 import numpy as np
 import rclpy
+from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TransformStamped
 from nav_msgs.msg import Odometry, Path
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
+from std_srvs.srv import Trigger
 
-from kp2d_ros.errors import DataError, Kp2dError
+from kp2d_ros.errors import ConfigError, DataError, Kp2dError
 from kp2d_ros.ros import conversions as conv
-from kp2d_ros.ros.params import declare_parameters, read_config
+from kp2d_ros.ros.outputs import PathBuffer, TrajectoryRecorder
+from kp2d_ros.ros.params import apply_changes, check_changes, declare_parameters, read_config, refresh_frontend
 from kp2d_ros.ros.tf_output import TfOutput
+from kp2d_ros.ros.twist import TwistTracker, covariance_to_odom
 from kp2d_ros.types import Frame, PoseEstimate, TrackingStatus
 
 WARN_PERIOD_S = 5.0
 BACKWARD_RESET_S = 1.0  # a stamp this far in the past restarts the trajectory (a bag replayed again)
+STOP_JOIN_S = 0.1  # how long shutdown waits for the worker (a frame in progress is left behind)
 _LEVELS = {TrackingStatus.TRACKING: DiagnosticStatus.OK, TrackingStatus.STATIC: DiagnosticStatus.OK,
            TrackingStatus.INITIALIZING: DiagnosticStatus.WARN, TrackingStatus.LOST: DiagnosticStatus.WARN}
 
@@ -71,28 +85,44 @@ class VONode(Node):
         self.pub_keypoints = self.create_publisher(PointCloud2, "keypoints", 10)
         self.pub_debug = self.create_publisher(Image, "debug_image", 1)  # reliable: rviz and image_view
         self.pub_diag = self.create_publisher(DiagnosticArray, "diagnostics", 10)
-        self.tf = TfOutput(self) if rc.publish_tf else None
-        if self.tf is not None:
-            self.tf.send(self._transform(self.T_base_cam, self.get_clock().now().to_msg(),
-                                         rc.base_frame, rc.camera_frame), static=True)
+        self.tf: TfOutput | None = None
+        self._ensure_tf()
 
-        self.path = Path()
-        self.path.header.frame_id = rc.odom_frame
-        self._path_poses: collections.deque = collections.deque(maxlen=rc.max_path_length)
-        self.stats = collections.Counter()  # received, processed, dropped, rejected, errors
+        self.path = PathBuffer(rc.max_path_length)
+        self.trajectory = TrajectoryRecorder()
+        self.twist = TwistTracker()
+        self.stats = collections.Counter()  # received, processed, dropped, rejected, errors, paused_dropped, resets
         self.last_warning = ""
         self.last_estimate: PoseEstimate | None = None
         self._latency_ms: collections.deque = collections.deque(maxlen=200)
-        self._warned_at: dict[str, float] = {}
+        self._publish_ms = {k: collections.deque(maxlen=200) for k in ("odom", "tf", "keypoints", "path")}
+        self._warned_at: dict[str, float] = {}  # keyed on the kind of event: a fixed, small set
         self._camera_info = None
-        self._last_stamp: float | None = None
+        self._last_stamp: float | None = None  # the stamp the last processed frame was given
+        self._last_header_stamp: float | None = None  # the last non-zero header stamp processed
+        self._last_receipt: float | None = None  # monotonic receipt time of the last processed frame
+        self._header_interval: float | None = None  # between the last two non-zero header stamps
         self._index = 0
         self._pending = None  # (msg, receipt time): the newest unprocessed image
+        self._frame_lock = threading.Lock()  # held by whoever touches the pipeline: one frame or one change
+        self._reset_requested = False
+        self._twist_reset_requested = False
+        self._param_changes: dict = {}  # accepted live changes not yet applied: {name: value}
+        self._param_cfg = self.cfg  # the configuration the accepted parameters describe
+        self._paused = False
+        self._destroyed = False
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.create_service(Trigger, "~/reset", self._srv_reset)
+        self.create_service(Trigger, "~/pause", self._srv_pause)
+        self.create_service(Trigger, "~/resume", self._srv_resume)
+        self.create_service(Trigger, "~/save_trajectory", self._srv_save)
         self.create_timer(1.0, self._publish_diagnostics)
+        self._path_timer = self.create_timer(rc.path_period_s, self._publish_path)
         self._worker = threading.Thread(target=self._work, name="vo_worker", daemon=True)
         self._worker.start()
+        tf_mode = self.tf.mode if self.tf else "off"
         self.get_logger().info(f"vo_node up: frontend {self.cfg.frontend.type}, "
-                               f"{'compressed' if rc.compressed else 'raw'} images, TF {self.tf.mode if self.tf else 'off'}")
+                               f"{'compressed' if rc.compressed else 'raw'} images, TF {tf_mode}")
 
     def _log_models(self) -> None:
         """Log each network file the pipeline loaded, with its metadata (which copy was found)."""
@@ -119,10 +149,121 @@ class VONode(Node):
     def _on_image(self, msg) -> None:
         with self._cond:
             self.stats["received"] += 1
+            if self._paused:
+                self.stats["paused_dropped"] += 1
+                return
             if self._pending is not None:
                 self.stats["dropped"] += 1
             self._pending = (msg, time.monotonic())
             self._cond.notify()
+
+    # ---------------------------------------------------------------- services (executor thread)
+    def _srv_reset(self, request, response):
+        with self._cond:
+            self._reset_requested = True
+        self._apply_if_idle()
+        response.success = True
+        response.message = "trajectory restarts at the identity with the next frame"
+        return response
+
+    def _srv_pause(self, request, response):
+        with self._cond:
+            was, self._paused = self._paused, True
+            if self._pending is not None:
+                self._pending = None
+                self.stats["paused_dropped"] += 1
+        response.success = True
+        response.message = "already paused" if was else "paused: images are counted and dropped until ~/resume"
+        return response
+
+    def _srv_resume(self, request, response):
+        with self._cond:
+            was, self._paused = self._paused, False
+            self._twist_reset_requested = True  # the first step after a pause spans it: velocity unknown
+        response.success = True
+        response.message = f"resumed ({self.stats['paused_dropped']} images dropped while paused)" if was \
+            else "not paused"
+        return response
+
+    def _srv_save(self, request, response):
+        response.success, response.message = self.save_trajectory()
+        return response
+
+    def save_trajectory(self) -> tuple[bool, str]:
+        """Write the trajectory so far to ``ros.trajectory_file``: (success, message naming the file)."""
+        path = self._param_cfg.ros.trajectory_file  # the value last accepted, even if no frame applied it yet
+        if not path:
+            return False, "ros.trajectory_file is not set (ros2 param set <node> ros.trajectory_file FILE.tum)"
+        try:
+            n = self.trajectory.save(path)
+        except OSError as e:
+            return False, f"cannot write {path}: {e.strerror or e}"
+        return True, f"wrote {n} poses (TUM: stamp, camera position, quaternion) to {os.path.abspath(path)}"
+
+    # ---------------------------------------------------------------- live parameters (executor thread)
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """Accept live parameters (applied between frames), refuse the rest with the reason."""
+        changes = {p.name: p.value for p in params}
+        try:
+            with self._cond:
+                candidate = check_changes(self._param_cfg, {**self._param_changes, **changes})
+                self._param_changes.update(changes)
+                self._param_cfg = candidate
+        except ConfigError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        self._apply_if_idle()
+        return SetParametersResult(successful=True)
+
+    # ---------------------------------------------------------------- between frames
+    def _apply_if_idle(self) -> None:
+        """Apply pending resets / parameter changes now when no frame is in progress (else the worker
+        applies them before its next frame)."""
+        if self._frame_lock.acquire(blocking=False):
+            try:
+                self._apply_pending()
+            finally:
+                self._frame_lock.release()
+
+    def _apply_pending(self) -> None:
+        """Pending reset and parameter changes; the caller holds the frame lock."""
+        with self._cond:
+            reset, self._reset_requested = self._reset_requested, False
+            twist_reset, self._twist_reset_requested = self._twist_reset_requested, False
+            changes, self._param_changes = self._param_changes, {}
+            candidate = self._param_cfg
+        if changes:
+            names = [n for n in changes if "." in n and not n.startswith("qos_overrides.")]
+            apply_changes(self.cfg, candidate, names)
+            pipeline_cfg = getattr(self.pipeline, "cfg", None)
+            if pipeline_cfg is not None and pipeline_cfg is not self.cfg:
+                apply_changes(pipeline_cfg, candidate, names)
+            refresh_frontend(self.pipeline, names)
+            rc = self.cfg.ros
+            self.path.resize(rc.max_path_length)
+            if self._path_timer.timer_period_ns != int(rc.path_period_s * 1e9):
+                self._path_timer.timer_period_ns = int(rc.path_period_s * 1e9)
+                self._path_timer.reset()
+            self._ensure_tf()
+            self.get_logger().info("parameters applied: " + ", ".join(f"{n}={changes[n]!r}" for n in names))
+        if twist_reset:
+            self.twist.reset()
+        if reset:
+            self.reset()
+            self.get_logger().info("trajectory reset (~/reset)")
+
+    def _ensure_tf(self) -> None:
+        if self.cfg.ros.publish_tf and self.tf is None:
+            self.tf = TfOutput(self)
+            self.tf.send(self._transform(self.T_base_cam, self.get_clock().now().to_msg(),
+                                         self.cfg.ros.base_frame, self.cfg.ros.camera_frame), static=True)
+
+    def reset(self) -> None:
+        """Forget the trajectory (the pipeline, the path, the recorded poses, the stamp history, the twist)."""
+        self.pipeline.reset()
+        self._last_stamp = self._last_header_stamp = self._last_receipt = self._header_interval = None
+        self.path.clear()
+        self.trajectory.clear()
+        self.twist.reset()
 
     # ---------------------------------------------------------------- worker thread
     def _have_intrinsics(self) -> bool:
@@ -141,7 +282,9 @@ class VONode(Node):
                 (msg, t_recv), self._pending = self._pending, None
                 camera_info = self._camera_info
             try:
-                self._process(msg, t_recv, camera_info)
+                with self._frame_lock:
+                    self._apply_pending()
+                    self._process(msg, t_recv, camera_info)
             except Exception as e:  # noqa: BLE001 - the node outlives any single bad frame
                 if self._stop:  # shutting down: publishers may be gone already
                     return
@@ -152,69 +295,124 @@ class VONode(Node):
 
     def _process(self, msg, t_recv: float, camera_info) -> None:
         try:
-            frame = self._to_frame(msg, camera_info)
+            frame, from_header = self._to_frame(msg, camera_info, t_recv)
+        except _StampOrderError as e:
+            self.stats["rejected"] += 1
+            self._warn("stamp_order", f"image rejected: {e}")
+            return
         except DataError as e:
             self.stats["rejected"] += 1
-            self._warn(f"reject:{str(e)[:40]}", f"image rejected: {e}")
+            self._warn("image_rejected", f"image rejected: {e}")
             return
         estimate = self.pipeline.process(frame)
-        self._last_stamp = frame.stamp
-        self._publish(estimate, frame, msg.header.stamp, t_recv)
+        if self._stop:
+            return
+        self._last_stamp, self._last_receipt = frame.stamp, t_recv
+        if from_header:
+            if self._last_header_stamp is not None:
+                self._header_interval = frame.stamp - self._last_header_stamp
+            self._last_header_stamp = frame.stamp
+        # the header's own stamp when it has one (bit-exact for listeners matching stamps), else the estimate
+        stamp = msg.header.stamp if from_header else conv.sec_to_stamp(frame.stamp, Time)
+        self._publish(estimate, frame, stamp, t_recv)
 
-    def _to_frame(self, msg, camera_info) -> Frame:
+    def _to_frame(self, msg, camera_info, t_recv: float) -> tuple[Frame, bool]:
         image = conv.compressed_to_array(msg) if self.cfg.ros.compressed else conv.image_to_array(msg)
         h, w = image.shape[:2]
         cam = conv.camera_for_image(camera_info, w, h) if camera_info is not None else \
             conv.camera_from_config(self.cfg.camera, w, h)
-        stamp = conv.stamp_to_sec(msg.header.stamp)
-        if stamp == 0.0:  # unset stamps: use the receipt time so frames stay ordered
-            self._warn("zero_stamp", "image header stamp is 0: using the node clock")
-            msg.header.stamp = self.get_clock().now().to_msg()
-            stamp = conv.stamp_to_sec(msg.header.stamp)
-        if self._last_stamp is not None and stamp <= self._last_stamp:
-            if stamp < self._last_stamp - BACKWARD_RESET_S:
-                self._warn("reset", f"time jumped back {self._last_stamp - stamp:.3f} s: restarting the trajectory")
-                self.reset()
-            else:
-                raise DataError(f"stamp {stamp:.9f} not after the previous frame's {self._last_stamp:.9f}")
+        stamp, from_header = self._frame_stamp(msg, t_recv)
         self._index += 1
-        return Frame(image=image, camera=cam, stamp=stamp, index=self._index - 1)
+        return Frame(image=image, camera=cam, stamp=stamp, index=self._index - 1), from_header
 
-    def reset(self) -> None:
-        """Forget the trajectory (the pipeline, the path and the stamp history)."""
-        self.pipeline.reset()
-        self._last_stamp = None
-        self._path_poses.clear()
+    def _frame_stamp(self, msg, t_recv: float) -> tuple[float, bool]:
+        """(stamp the frame is processed with, whether it is the header's); restarts the trajectory on a
+        real jump back in time.
+
+        * A header stamp of 0 (unset) is replaced by the previous frame's stamp plus the receipt
+          interval, at most half the last interval between real stamps so that the next real stamp
+          still comes after it (the node clock for a first frame). Such a frame never restarts the
+          trajectory and is never the reference for the next frame's jump check.
+        * A header stamp more than ``BACKWARD_RESET_S`` before the last non-zero one (a bag replayed
+          again) restarts the trajectory, logged once per jump.
+        * Any other stamp not after the previous frame's is rejected (duplicate or out of order).
+        """
+        stamp = conv.stamp_to_sec(msg.header.stamp)
+        if stamp == 0.0:
+            self._warn("zero_stamp", "image header stamp is 0: stamped from the previous frame's stamp "
+                                     "and the receipt interval")
+            if self._last_stamp is None:
+                return conv.stamp_to_sec(self.get_clock().now().to_msg()), False
+            step = t_recv - self._last_receipt
+            if self._header_interval is not None:
+                step = min(step, 0.5 * self._header_interval)
+            return self._last_stamp + max(step, 1e-6), False
+        if self._last_header_stamp is not None and stamp < self._last_header_stamp - BACKWARD_RESET_S:
+            self.stats["resets"] += 1
+            self.get_logger().warning(f"time jumped back {self._last_header_stamp - stamp:.3f} s "
+                                      "(a replayed bag?): restarting the trajectory")
+            self.reset()
+        elif self._last_stamp is not None and stamp <= self._last_stamp and self._last_header_stamp is not None:
+            raise _StampOrderError(f"stamp {stamp:.9f} not after the previous frame's {self._last_stamp:.9f}")
+        return stamp, True
 
     # ---------------------------------------------------------------- output
     def _publish(self, est: PoseEstimate, frame: Frame, stamp, t_recv: float) -> None:
         rc = self.cfg.ros
+        t0 = time.perf_counter()
         T_odom_base = conv.camera_to_base_pose(est.T_world_cam, self.T_base_cam)
         odom = Odometry()
         odom.header.stamp = stamp
         odom.header.frame_id = rc.odom_frame
         odom.child_frame_id = rc.base_frame
         conv.fill_pose(odom.pose.pose, T_odom_base)
-        odom.pose.covariance = conv.pose_covariance(est.quality, est.status)
-        odom.twist.covariance[0] = -1.0  # twist not estimated
+        fallback = np.asarray(conv.pose_covariance(est.quality, est.status)).reshape(6, 6)
+        # the core's accumulated covariance (world axes) when it provides one; a lost tracker's held pose
+        # is not a measurement, so it keeps the fallback's 1e3 std ("ignore me" for an EKF)
+        cov_world = getattr(est, "covariance", None) if est.status != TrackingStatus.LOST else None
+        cov_odom = None if cov_world is None else covariance_to_odom(np.asarray(cov_world, float), est.T_world_cam,
+                                                                      self.T_base_cam)
+        odom.pose.covariance = (fallback if cov_odom is None else cov_odom).ravel().tolist()
+        tw = self.twist.update(frame.stamp, T_odom_base, est.status, cov_odom, fallback)
+        v, w = odom.twist.twist.linear, odom.twist.twist.angular
+        v.x, v.y, v.z = (float(x) for x in tw.linear)
+        w.x, w.y, w.z = (float(x) for x in tw.angular)
+        odom.twist.covariance = tw.covariance.ravel().tolist()
         self.pub_odom.publish(odom)
+        self.trajectory.append(frame.stamp, est.T_world_cam)
+        if rc.publish_path:
+            self.path.append(PoseStamped(header=odom.header, pose=odom.pose.pose))
+        t1 = time.perf_counter()
+        self._publish_ms["odom"].append((t1 - t0) * 1e3)
 
-        ps = PoseStamped(header=odom.header, pose=odom.pose.pose)
-        self._path_poses.append(ps)
-        self.path.header.stamp = stamp
-        self.path.poses = list(self._path_poses)
-        self.pub_path.publish(self.path)
-
-        cam_header = Header(stamp=stamp, frame_id=rc.camera_frame)
-        self.pub_keypoints.publish(conv.keypoints_to_cloud(est, PointCloud2, PointField, cam_header, frame.camera.K))
+        if rc.publish_keypoints:
+            cam_header = Header(stamp=stamp, frame_id=rc.camera_frame)
+            self.pub_keypoints.publish(conv.keypoints_to_cloud(est, PointCloud2, PointField, cam_header,
+                                                               frame.camera.K))
+            t2 = time.perf_counter()
+            self._publish_ms["keypoints"].append((t2 - t1) * 1e3)
         if self.pub_debug.get_subscription_count() > 0:
             self.pub_debug.publish(conv.array_to_image(conv.draw_debug(frame.image, est), Image, stamp,
                                                        rc.camera_frame))
-        if self.tf is not None:
+        if self.tf is not None and self.tf.mode != "none" and rc.publish_tf:
+            t3 = time.perf_counter()
             self.tf.send(self._transform(T_odom_base, stamp, rc.odom_frame, rc.base_frame))
+            self._publish_ms["tf"].append((time.perf_counter() - t3) * 1e3)
         self.stats["processed"] += 1
         self.last_estimate = est
         self._latency_ms.append((time.monotonic() - t_recv) * 1e3)
+
+    def _publish_path(self) -> None:
+        """Timer (executor thread): the path, when it changed and someone listens. The worker only appends
+        one PoseStamped per frame; building and serialising the whole Path happens here."""
+        if not self.cfg.ros.publish_path or self.pub_path.get_subscription_count() == 0:
+            return
+        t0 = time.perf_counter()
+        msg = self.path.message(Path, self.cfg.ros.odom_frame)
+        if msg is None:
+            return
+        self.pub_path.publish(msg)
+        self._publish_ms["path"].append((time.perf_counter() - t0) * 1e3)
 
     @staticmethod
     def _transform(T: np.ndarray, stamp, parent: str, child: str) -> TransformStamped:
@@ -226,16 +424,17 @@ class VONode(Node):
         return tf
 
     def diagnostics(self) -> DiagnosticStatus:
-        """Tracking state, counts and latency as one DiagnosticStatus."""
+        """Tracking state, counts, latency and publication costs as one DiagnosticStatus."""
         est = self.last_estimate
         lat = np.asarray(self._latency_ms) if self._latency_ms else np.zeros(1)
         st = DiagnosticStatus(name="kp2d_ros: visual odometry", hardware_id=self.cfg.ros.camera_frame)
         st.level = _LEVELS[est.status] if est is not None else DiagnosticStatus.WARN
-        st.message = est.status.value if est is not None else "waiting for images"
+        st.message = "paused" if self._paused else (est.status.value if est is not None else "waiting for images")
         values = {
-            "status": st.message,
+            "status": est.status.value if est is not None else "waiting for images",
+            "paused": str(self._paused).lower(),
             **{k: str(self.stats[k]) for k in ("received", "processed", "dropped", "rejected", "errors",
-                                                "camera_info_rejected")},
+                                                "camera_info_rejected", "paused_dropped", "resets")},
             "num_features": str(est.num_features if est else 0),
             "num_matches": str(est.num_matches if est else 0),
             "num_inliers": str(est.num_inliers if est else 0),
@@ -243,6 +442,8 @@ class VONode(Node):
             "latency_ms_median": f"{np.median(lat):.1f}",
             "latency_ms_max": f"{np.max(lat):.1f}",
             "processing_ms": f"{est.timings_ms.get('total', 0.0):.1f}" if est else "0",
+            "path_poses": str(len(self.path)),
+            **{f"publish_ms_{k}": f"{np.median(v):.3f}" if v else "nan" for k, v in self._publish_ms.items()},
             "last_warning": self.last_warning,
         }
         st.values = [KeyValue(key=k, value=v) for k, v in values.items()]
@@ -253,21 +454,39 @@ class VONode(Node):
         arr.header.stamp = self.get_clock().now().to_msg()
         self.pub_diag.publish(arr)
 
-    def _warn(self, key: str, text: str, error: bool = False) -> None:
-        """Log ``text`` at most once per WARN_PERIOD_S for each ``key``."""
+    def _warn(self, kind: str, text: str, error: bool = False) -> None:
+        """Log ``text`` at most once per WARN_PERIOD_S for each ``kind`` of event (a fixed name, never
+        text with stamps or values in it, so the table stays small and repeats are throttled)."""
         self.last_warning = text.splitlines()[0]
         now = time.monotonic()
-        if now - self._warned_at.get(key, -1e9) >= WARN_PERIOD_S:
-            self._warned_at[key] = now
+        if now - self._warned_at.get(kind, -1e9) >= WARN_PERIOD_S:
+            self._warned_at[kind] = now
             (self.get_logger().error if error else self.get_logger().warning)(text)
 
     def destroy_node(self) -> None:
+        """Stop the worker (a frame in progress is left behind after STOP_JOIN_S), write
+        ``ros.trajectory_file`` when set, then destroy the node."""
+        if getattr(self, "_destroyed", True):
+            return super().destroy_node()
+        self._destroyed = True
         with self._cond:
             self._stop = True
             self._cond.notify_all()
         if self._worker is not None and self._worker.is_alive() and threading.current_thread() is not self._worker:
-            self._worker.join(timeout=1.5)
+            self._worker.join(timeout=STOP_JOIN_S)
+        if self._param_cfg.ros.trajectory_file:
+            ok, text = self.save_trajectory()
+            (self.get_logger().info if ok else self.get_logger().error)(f"on shutdown: {text}")
         super().destroy_node()
+
+
+    def frame_in_progress(self) -> bool:
+        """True while the worker thread is still inside a frame (after :meth:`destroy_node`)."""
+        return self._worker is not None and self._worker.is_alive()
+
+
+class _StampOrderError(DataError):
+    """A header stamp not after the previous frame's (duplicate or slightly out of order)."""
 
 
 def main(args: list[str] | None = None) -> int:
@@ -282,10 +501,22 @@ def main(args: list[str] | None = None) -> int:
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: BLE001
+        if rclpy.ok():
+            raise
+        # SIGINT shut the context down while a callback was publishing (InvalidHandle/RCLError from
+        # the callback): that is the requested shutdown, not an error.
     finally:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+    if node is not None and node.frame_in_progress():
+        # A frame is still inside OpenCV/torch (seconds for a 4000x3000 image): the interpreter's
+        # finalisation would compete with it for the CPU and then tear down libraries under it. The
+        # node is destroyed and the trajectory file written, so leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -1,0 +1,108 @@
+"""Thread-safe stores between the VO worker thread and the executor thread of ``vo_node``.
+
+* :class:`PathBuffer`: the worker appends one ``PoseStamped`` per frame (O(1)); the path timer on the
+  executor thread builds and publishes the whole ``nav_msgs/Path`` from it at a low rate. The worker
+  never builds a Path: at 10 000 poses building and serialising one costs hundreds of milliseconds.
+* :class:`TrajectoryRecorder`: every processed frame's camera pose, written as a TUM file by
+  ``~/save_trajectory`` and at shutdown.
+
+No rclpy import here: message classes are passed in.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from kp2d_ros.data.trajectory_io import write_tum
+from kp2d_ros.types import Trajectory
+
+
+class PathBuffer:
+    """The newest ``max_length`` path poses (``PoseStamped`` messages) and a change counter."""
+
+    def __init__(self, max_length: int):
+        self._lock = threading.Lock()
+        self._poses: collections.deque = collections.deque(maxlen=max_length)
+        self._version = 0  # bumped by every change
+        self._published = -1  # version of the last message built
+
+    def __len__(self) -> int:
+        return len(self._poses)
+
+    def append(self, pose_stamped) -> None:
+        with self._lock:
+            self._poses.append(pose_stamped)
+            self._version += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._poses.clear()
+            self._version += 1
+
+    def resize(self, max_length: int) -> None:
+        """Keep the newest ``max_length`` poses from now on."""
+        with self._lock:
+            if self._poses.maxlen != max_length:
+                self._poses = collections.deque(self._poses, maxlen=max_length)
+                self._version += 1
+
+    def message(self, path_cls, frame_id: str):
+        """A ``path_cls`` (nav_msgs/Path) of the poses, or None when nothing changed since the last one."""
+        with self._lock:
+            if self._version == self._published:
+                return None
+            self._published = self._version
+            poses = list(self._poses)
+        msg = path_cls()
+        msg.header.frame_id = frame_id
+        if poses:
+            msg.header.stamp = poses[-1].header.stamp
+        msg.poses = poses
+        return msg
+
+
+class TrajectoryRecorder:
+    """Stamped camera poses ``T_world_cam`` of the current trajectory (since the last reset)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._stamps: list[float] = []
+        self._poses: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self._stamps)
+
+    def append(self, stamp: float, T_world_cam: np.ndarray) -> None:
+        with self._lock:
+            self._stamps.append(float(stamp))
+            self._poses.append(np.asarray(T_world_cam, dtype=np.float64).copy())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._stamps.clear()
+            self._poses.clear()
+
+    def trajectory(self) -> Trajectory:
+        with self._lock:
+            return Trajectory(stamps=np.asarray(self._stamps, dtype=np.float64),
+                              poses=np.asarray(self._poses, dtype=np.float64).reshape(-1, 4, 4))
+
+    def save(self, path: str | Path) -> int:
+        """Write the poses as a TUM file (camera optical frame in the first camera's frame, the same
+        convention as ``kp2d replay``'s ``trajectory_est.tum``); returns the number of poses.
+
+        Raises
+        ------
+        OSError
+            the file cannot be written.
+        """
+        traj = self.trajectory()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        write_tum(traj, tmp)
+        tmp.replace(path)  # readers never see a half-written file
+        return len(traj)
