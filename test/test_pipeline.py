@@ -348,8 +348,13 @@ def test_thread_settings_are_applied(monkeypatch):
     monkeypatch.setattr(runtime, "set_cpu_threads", lambda n, torch_threads=None: calls.append((n, torch_threads)))
     # (runtime.apply_thread_settings looks set_cpu_threads up at call time)
     cfg = VOConfig()
+    cfg.pipeline.library_threads = 0
     VOPipeline(cfg, frontend=PointWorldFrontend(driving_poses(2)))
-    assert calls == []  # defaults: leave the libraries alone
+    assert calls == []  # 0 and 0: leave the libraries alone
+    cfg.pipeline.library_threads = 1
+    VOPipeline(cfg, frontend=PointWorldFrontend(driving_poses(2)))
+    assert calls == [(1, 0)]  # the default: OpenCV and BLAS on one thread, torch at its default
+    calls.clear()
     cfg.pipeline.torch_threads, cfg.pipeline.library_threads = 2, 1
     VOPipeline(cfg, frontend=PointWorldFrontend(driving_poses(2)))
     assert calls == [(1, 2)]
