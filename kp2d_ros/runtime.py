@@ -9,6 +9,7 @@ at 1, 21.3 FPS with torch at 1 thread and the libraries' default pools.
 from __future__ import annotations
 
 import logging
+import sys
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,13 @@ def set_cpu_threads(n: int, torch_threads: int | None = None) -> dict:
     """
     import cv2
 
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        torch = None
     torch_threads = n if torch_threads is None else torch_threads
+    torch = sys.modules.get("torch")  # not imported for torch's sake: a classical pipeline never needs it
+    if torch is None and torch_threads > 0:
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch is a dependency
+            torch = None
     if torch is not None and torch_threads > 0:
         torch.set_num_threads(torch_threads)
     if n > 0:

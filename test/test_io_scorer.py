@@ -46,10 +46,13 @@ def test_pipeline_builds_the_scorer_from_config(tmp_path, random_io_net):
 
     path = save_network(random_io_net, tmp_path / "io.pt")
     cfg = VOConfig()
-    cfg.frontend.type = "orb"
+    cfg.frontend.device = "cpu"
+    cfg.matching.io_net = False
     assert VOPipeline(cfg).scorer is None
     cfg.matching.io_net, cfg.matching.io_net_path, cfg.matching.device = True, str(path), "cpu"
     assert isinstance(VOPipeline(cfg).scorer, IOScorer)
+    cfg.frontend.type = "orb"  # IO-Net reads KeyPointNet descriptor distances: never with another frontend
+    assert VOPipeline(cfg).scorer is None
     assert build_scorer(MatchingConfig(io_net=False)) is None
     with pytest.raises(ModelError):
         build_scorer(MatchingConfig(io_net=True, io_net_path=str(tmp_path / "missing.pt")))
