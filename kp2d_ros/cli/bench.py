@@ -23,7 +23,8 @@ from pathlib import Path
 def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help="time the VO pipeline per stage and end to end", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--frontend", choices=("orb", "sift", "kp2d"), default="kp2d")
+    p.add_argument("--frontend", choices=("orb", "sift", "kp2d"), default=None,
+                   help="overrides the config's frontend.type (default: the config's, kp2d in config/vo.yaml)")
     p.add_argument("--resolution", default="320x240", help="working resolution WIDTHxHEIGHT (default 320x240)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                    help="network and matching device (default: the config's)")
@@ -57,7 +58,8 @@ def build_config(args):
 
     w, h = parse_resolution(args.resolution)
     overrides = parse_overrides(args.set)
-    overrides["frontend.type"] = args.frontend
+    if args.frontend is not None:
+        overrides["frontend.type"] = args.frontend
     overrides["frontend.resolution"] = [w, h]
     if args.threads > 0:
         overrides["pipeline.torch_threads"] = args.threads

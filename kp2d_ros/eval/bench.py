@@ -89,6 +89,7 @@ class BenchResult:
     machine: dict = field(default_factory=dict)
     pipelined: bool = False
     interval_ms: np.ndarray | None = None  # wall time between consecutive results (pipelined throughput)
+    precision: str = "fp32"  # the network's dtype as run: fp16 / bf16 / fp32
 
     @property
     def frames(self) -> int:
@@ -110,8 +111,7 @@ class BenchResult:
             "frontend": fe.type,
             "resolution": list(fe.resolution),
             "num_features": fe.num_features,
-            "precision": (("fp16" if self.device == "cuda" else "bf16") if fe.half_precision else "fp32")
-            if learned else None,
+            "precision": self.precision if learned else None,
             "model": fe.model_path if learned else None,
             "io_net": mc.io_net_path if mc.io_net else None,
             "frames": self.frames,
@@ -173,5 +173,8 @@ def bench(sequence: Sequence, cfg: VOConfig, frames: int = 50, warmup: int = 5, 
     fe_device = getattr(pipe.frontend, "device", None)
     if fe_device is not None:
         device = str(getattr(fe_device, "type", fe_device))
-    return BenchResult({k: np.asarray(v) for k, v in times.items()}, device, cfg, sequence.name, warmup, tracked,
-                       machine_info(), pipelined, np.asarray(intervals))
+    result = BenchResult({k: np.asarray(v) for k, v in times.items()}, device, cfg, sequence.name, warmup, tracked,
+                         machine_info(), pipelined, np.asarray(intervals))
+    dtype = getattr(pipe.frontend, "dtype", None)  # what the network really ran in (bf16 only where native)
+    result.precision = {"torch.float16": "fp16", "torch.bfloat16": "bf16"}.get(str(dtype), "fp32")
+    return result
