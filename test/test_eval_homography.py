@@ -183,6 +183,8 @@ def test_cli_eval_homography(tmp_path, capsys):
     assert json.loads(out.read_text())["sift"]["num_pairs"] == 2
     assert "sift" in capsys.readouterr().out
     assert main(["eval-homography", str(tmp_path / "seq"), "--resolution", "big"]) == 2
+    assert main(["eval-homography", str(tmp_path / "seq"), "--methods", "sift", "--top-k", "0"]) == 2
+    assert "KP2D reference" in json.loads(out.read_text())["sift"]["settings"]["protocol"]
 
 
 def test_real_oxford_sequence_sift(data_dir):

@@ -431,6 +431,8 @@ def evaluate_homography(root: str | Path, methods: list[str] | tuple[str, ...] =
     width, height = resolution
     if width <= 0 or height <= 0:
         raise ConfigError(f"resolution: expected positive width x height, got {resolution}")
+    if top_k < 1:
+        raise ConfigError(f"top_k: expected a positive number of keypoints, got {top_k}")
     dets = dict(detectors or {})
     for m in methods:
         base = base_method(m)
