@@ -151,6 +151,9 @@ def test_segment_length_is_the_longest_with_five_segments():
     assert metrics.choose_segment_length(_straight(49)) == 25.0
     assert metrics.choose_segment_length(_straight(12)) is None  # 11 m: 3 segments of 10 m, fewer than 5
     assert metrics.choose_segment_length(_straight(120)) == 100.0
+    # 94 m: five starts have 90..94 m ahead (within 10% of 100 m), but the path does not cover 100 m -> 50
+    assert len(metrics.segment_pairs(_straight(95), 100.0)) == 5
+    assert metrics.choose_segment_length(_straight(95)) == 50.0
 
 
 def test_drift_of_a_half_scale_estimate_is_fifty_percent():

@@ -300,10 +300,11 @@ def segment_pairs(gt: Trajectory, segment_m: float, rel_tol: float = SEGMENT_REL
 
 
 def choose_segment_length(gt: Trajectory, lengths=SEGMENT_LENGTHS_M, min_segments: int = MIN_SEGMENTS) -> float | None:
-    """The longest of ``lengths`` (100 m where the path allows, else 50/25/10 m) that gives at least
-    ``min_segments`` segments; None when none does."""
+    """The longest of ``lengths`` (100 m where the path allows, else 50/25/10 m) that the ground-truth path
+    covers (path length >= it) and that gives at least ``min_segments`` segments; None when none does."""
+    total = path_length(gt)
     for length in sorted(lengths, reverse=True):
-        if len(segment_pairs(gt, length)) >= min_segments:
+        if total >= length and len(segment_pairs(gt, length)) >= min_segments:
             return float(length)
     return None
 
@@ -376,6 +377,8 @@ def metrics_report(m: TrajectoryMetrics | None) -> dict:
     scale); ``ate_se3_m`` ATE RMSE after SE(3) alignment (no scale); ``sim3_scale`` the Sim(3) scale
     (1.0 = metric); ``drift_pct``/``drift_deg_per_m`` KITTI-style drift of the un-rescaled estimate over
     ``segment_m`` metres (None when the path is too short for 5 segments of 10 m).
+
+    ``segment_m`` is the longest of 100/50/25/10 m that the path covers and that gives at least 5 segments.
     """
     if m is None:
         return dict.fromkeys(METRIC_KEYS)

@@ -15,7 +15,7 @@ The report (:meth:`ReplayResult.report`) has exactly these keys:
 ``drift_pct``       KITTI-style translational drift over ``segment_m`` sub-trajectories, % (null without GT
                     or with a path too short)
 ``drift_deg_per_m`` the same for rotation, degrees per metre
-``segment_m``       the sub-trajectory length: 100 where the path allows, else the largest of 50/25/10 m that
+``segment_m``       the sub-trajectory length: 100 where the path covers it, else the largest of 50/25/10 m that
                     gives at least 5 segments
 
 The ground-truth keys come from :func:`kp2d_ros.eval.metrics.metrics_report`, which any evaluation of a
