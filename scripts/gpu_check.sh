@@ -182,7 +182,8 @@ for name, dest in (("keypoint_net.pt", "keypoint_net_w1.pt"), ("io_net.pt", "io_
         print(f"no {run / name}")
         continue
     blob = torch.load(run / name, map_location="cpu", weights_only=True)
-    blob["state_dict"] = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+    state = blob["state_dict"]
+    blob["state_dict"] = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
     blob["metadata"]["stored_as"] = "bfloat16 (loaded into float32 parameters)"
     blob["metadata"]["training_command"] = "scripts/gpu_check.sh (paper width, 320x240, CUDA AMP)"
     torch.save(blob, out / dest)
@@ -209,7 +210,8 @@ import json
 import sys
 from pathlib import Path
 
-out, work, run, dry, seconds = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] == "1", int(sys.argv[5])
+out, work, run = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+dry, seconds = sys.argv[4] == "1", int(sys.argv[5])
 summary = {"dry_run": dry, "seconds": seconds, "stages": [], "bench": {}, "training": None, "eval_homography": None}
 try:
     import torch
