@@ -54,3 +54,27 @@ def test_bench_cli_kp2d_with_io_net(tmp_path):
                "--io-net", "none", "--precision", "fp32", "--frames", "2", "--warmup", "1", "--out", str(out)])
     r = json.loads(out.read_text())
     assert rc == 0 and r["io_net"] is None and r["stages_ms"]["io_net"] == 0 and r["precision"] == "fp32"
+
+
+def test_bench_repeated_reports_each_run_and_the_load(seq, tmp_path):
+    import numpy as np
+
+    from kp2d_ros.eval.bench import bench_repeated
+
+    cfg = VOConfig()
+    cfg.frontend.type = "orb"
+    res = bench_repeated(seq, cfg, repeat=3, frames=2, warmup=1)
+    r = res.report()
+    assert r["repeat"] == 3 and len(r["fps_runs"]) == 3 and len(r["runs"]) == 3
+    assert r["fps"] == pytest.approx(float(np.median(r["fps_runs"])))
+    assert [run["fps"] for run in r["runs"]] == r["fps_runs"] and r["frames"] == 2
+    assert len(r["load_average_before"]) == 3 and len(r["load_average_after"]) == 3
+    with pytest.raises(DataError):
+        bench_repeated(seq, cfg, repeat=0)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--frontend", "orb", "--resolution", "160x120", "--frames", "2", "--warmup", "1",
+                 "--repeat", "2", "--out", str(out)]) == 0
+    j = json.loads(out.read_text())
+    assert j["repeat"] == 2 and len(j["fps_runs"]) == 2 and j["fps"] == pytest.approx(float(np.median(j["fps_runs"])))
+    assert "load_average_before" in j and "load_average_after" in j
+    assert main(["bench", "--frontend", "orb", "--repeat", "0"]) == 2

@@ -131,3 +131,95 @@ def test_evaluate_needs_overlap():
     b = _random_walk(10, 0, t0=50.0)
     with pytest.raises(ValueError, match="ground truth"):
         metrics.evaluate(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# metric evaluation: SE(3) ATE, Sim(3) scale, KITTI-style drift (evo_rpe --delta L --delta_unit m)
+# ---------------------------------------------------------------------------------------------
+def _straight(n: int, step: float = 1.0) -> Trajectory:
+    poses = np.tile(np.eye(4), (n, 1, 1))
+    poses[:, 2, 3] = step * np.arange(n)
+    return Trajectory(stamps=np.arange(n, dtype=np.float64), poses=poses)
+
+
+def test_segment_length_is_the_longest_with_five_segments():
+    # 59 m in 1 m steps: a 50 m segment (+-10%) starts at frames 0..14 (frames 0..9 reach 50 m exactly, 10..14
+    # end at 49..45 m) -> 15 segments -> 50 m; 48 m: only frames 0..3 reach 45 m -> 25 m
+    assert metrics.choose_segment_length(_straight(60)) == 50.0
+    pairs = metrics.segment_pairs(_straight(60), 50.0)
+    assert len(pairs) == 15 and tuple(pairs[0]) == (0, 50) and tuple(pairs[-1]) == (14, 59)
+    assert metrics.choose_segment_length(_straight(49)) == 25.0
+    assert metrics.choose_segment_length(_straight(12)) is None  # 11 m: 3 segments of 10 m, fewer than 5
+    assert metrics.choose_segment_length(_straight(120)) == 100.0
+    # 94 m: five starts have 90..94 m ahead (within 10% of 100 m), but the path does not cover 100 m -> 50
+    assert len(metrics.segment_pairs(_straight(95), 100.0)) == 5
+    assert metrics.choose_segment_length(_straight(95)) == 50.0
+
+
+def test_drift_of_a_half_scale_estimate_is_fifty_percent():
+    """A rigidly moved copy of a straight 74 m ground truth at half scale: every segment is 50% short, no
+    rotation error; the Sim(3) scale is 2 and the SE(3) ATE is large, the Sim(3) ATE zero."""
+    gt = _straight(75)
+    S = np.eye(4)
+    S[:3, :3] = Rotation.from_rotvec([0.2, -0.4, 0.1]).as_matrix()
+    S[:3, 3] = [1.0, 2.0, 3.0]
+    poses = S @ gt.poses
+    poses[:, :3, 3] *= 0.5
+    res = metrics.evaluate(Trajectory(gt.stamps, poses), gt)
+    assert res.sim3_scale == pytest.approx(2.0) and res.ate.rmse < 1e-9 and res.ate_se3.rmse > 1.0
+    assert res.drift.segment_m == 50.0 and res.drift.num_segments >= 5
+    assert res.drift.trans_pct == pytest.approx(50.0) and res.drift.rot_deg_per_m < 1e-6
+    assert not metrics.is_metric(res)
+    rep = metrics.metrics_report(res)
+    assert tuple(rep) == metrics.METRIC_KEYS and rep["drift_pct"] == pytest.approx(50.0) and rep["segment_m"] == 50.0
+    assert all(v is None for v in metrics.metrics_report(None).values())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_metric_keys_match_evo(seed):
+    """A noisy, rigidly moved, metric estimate: SE(3) ATE against evo_ape --align, the drift segments and
+    errors against evo's RPE with --delta 25 --delta_unit m (all pairs, pairs from the reference path)."""
+    from evo.core import filters as evo_filters
+
+    gt = _random_walk(120, seed)  # ~60 m -> 50 m segments
+    est = _noisy_similar(gt, seed + 20, scale=1.0)
+    res = metrics.evaluate(est, gt)
+    ref, e = _to_evo(gt), copy.deepcopy(_to_evo(est))
+    e.align(ref, correct_scale=False)
+    ape = evo_metrics.APE(evo_metrics.PoseRelation.translation_part)
+    ape.process_data((ref, e))
+    assert res.ate_se3.rmse == pytest.approx(ape.get_statistic(evo_metrics.StatisticsType.rmse), abs=1e-9)
+    assert res.sim3_scale == pytest.approx(1.0, abs=0.02) and metrics.is_metric(res)
+
+    for length in (25.0, res.drift.segment_m):
+        d = metrics.drift(est, gt, length)  # identical stamps: associated as they are
+        pairs = evo_filters.filter_pairs_by_path(ref.poses_se3, length, 0.1 * length, all_pairs=True)
+        assert [tuple(p) for p in d.pairs] == pairs
+        lengths = np.array([ref.distances[j] - ref.distances[i] for i, j in pairs])
+        errs = {}
+        for rel, key in ((evo_metrics.PoseRelation.translation_part, "t"),
+                         (evo_metrics.PoseRelation.rotation_angle_deg, "r")):
+            rpe = evo_metrics.RPE(rel, delta=length, delta_unit=evo_metrics.Unit.meters, all_pairs=True,
+                                  pairs_from_reference=True)
+            rpe.process_data((ref, _to_evo(est)))  # unaligned: relative poses ignore a rigid alignment
+            errs[key] = rpe.error
+        np.testing.assert_allclose(d.trans_errors_m, errs["t"], atol=1e-9)
+        np.testing.assert_allclose(d.rot_errors_deg, errs["r"], atol=1e-6)
+        assert d.trans_pct == pytest.approx(np.mean(100 * errs["t"] / lengths), rel=1e-9)
+        assert d.rot_deg_per_m == pytest.approx(np.mean(errs["r"] / lengths), rel=1e-6)
+
+
+def test_plot_shows_the_unrescaled_estimate_when_metric(tmp_path):
+    from kp2d_ros.eval.plots import plot_replay, plotted_estimate
+    from kp2d_ros.eval.replay import ReplayResult
+    from kp2d_ros.types import TrackingStatus
+
+    gt = _random_walk(60, 4)
+    metric = metrics.evaluate(_noisy_similar(gt, 5, scale=1.0), gt)
+    scaled = metrics.evaluate(_noisy_similar(gt, 5, scale=0.5), gt)
+    pts, is_metric = plotted_estimate(metric)
+    assert is_metric and np.allclose(pts, metric.est_aligned_se3.poses[:, :3, 3])
+    pts, is_metric = plotted_estimate(scaled)
+    assert not is_metric and np.allclose(pts, scaled.est_aligned.poses[:, :3, 3])
+    result = ReplayResult("walk", "sift", metric.est_aligned_se3, [TrackingStatus.TRACKING] * 60, 1.0, metric)
+    assert plot_replay(result, tmp_path / "t.png").stat().st_size > 10_000

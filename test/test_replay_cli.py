@@ -46,6 +46,9 @@ def test_replay_synthetic_end_to_end(tmp_path, synthetic_dir):
     assert report["path_length_m"] == pytest.approx(11 * 0.2, rel=0.02)
     assert report["ate_rmse_m"] < 0.03 * report["path_length_m"]
     assert report["rpe_rot_deg"] < 0.5 and report["fps"] > 0
+    # metric keys: the VO scale is arbitrary, so the SE(3) ATE is larger; a 2.2 m path gives no 10 m segment
+    assert report["sim3_scale"] > 0 and report["ate_se3_m"] >= report["ate_rmse_m"] - 1e-9
+    assert report["drift_pct"] is None and report["drift_deg_per_m"] is None and report["segment_m"] is None
     est = np.loadtxt(out / "trajectory_est.tum")
     gt = np.loadtxt(out / "trajectory_gt.tum")
     assert est.shape == gt.shape == (12, 8)
@@ -67,7 +70,8 @@ def test_replay_bag_with_and_without_ground_truth(tmp_path, synthetic_dir):
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "o2" / "report.json").read_text())
     assert tuple(report) == REPORT_KEYS
-    assert all(report[k] is None for k in ("path_length_m", "ate_rmse_m", "rpe_rot_deg", "rpe_trans_m"))
+    assert all(report[k] is None for k in ("path_length_m", "ate_rmse_m", "rpe_rot_deg", "rpe_trans_m", "ate_se3_m",
+                                           "sim3_scale", "drift_pct", "drift_deg_per_m", "segment_m"))
     assert report["frames"] == 4
     assert not (tmp_path / "o2" / "trajectory_gt.tum").exists()
     assert "no ground truth" in res.stdout

@@ -3,7 +3,9 @@
 Runs over the built-in synthetic sequence (rendered at the benchmark resolution, no data folder
 needed) or over ``--sequence PATH`` (any folder/bag ``kp2d replay`` reads; frames are resized to
 ``--resolution`` inside the frontend, which is timed). Prints a summary and writes JSON with
-``fps``, ``stages_ms`` (medians after warm-up), ``device`` and machine information.
+``fps``, ``stages_ms`` (medians after warm-up), ``device`` and machine information. ``--repeat N`` runs the
+measurement N times: ``fps`` is then the median of the per-run FPS (``fps_runs``), and the load average before
+and after is recorded (``load_average_before``/``load_average_after``); run it on an idle machine.
 
 Examples::
 
@@ -35,6 +37,9 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                    help="half = fp16 on CUDA / bf16 on CPU (default: frontend.half_precision)")
     p.add_argument("--frames", type=int, default=50, help="timed frames (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed frames first (default 5)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the measurement N times (each with its warm-up); reports per-run FPS and their "
+                        "median, and the load average before/after (default 1)")
     p.add_argument("--sequence", default=None, help="dataset folder or bag (default: synthetic sequence)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (pipeline.torch_threads; default: the config's)")
     p.add_argument("--config", default=None, help="VO config YAML (default: config/vo.yaml, else built-in defaults)")
@@ -82,10 +87,10 @@ def build_config(args):
 
 def run(args) -> int:
     from kp2d_ros.errors import DataError
-    from kp2d_ros.eval.bench import bench
+    from kp2d_ros.eval.bench import bench_repeated
 
-    if args.frames < 1 or args.warmup < 1:
-        raise DataError("--frames and --warmup must be >= 1")
+    if args.frames < 1 or args.warmup < 1 or args.repeat < 1:
+        raise DataError("--frames, --warmup and --repeat must be >= 1")
     cfg = build_config(args)
     w, h = cfg.frontend.resolution
     n = args.frames + args.warmup
@@ -107,7 +112,8 @@ def run(args) -> int:
 
         model = KeyPointNet(width_multiplier=args.untrained_width).eval()
         pipeline = VOPipeline(cfg, frontend=KP2DFrontend(cfg.frontend, model=model))
-    result = bench(seq, cfg, frames=args.frames, warmup=args.warmup, pipeline=pipeline, pipelined=args.pipelined)
+    result = bench_repeated(seq, cfg, args.repeat, frames=args.frames, warmup=args.warmup, pipeline=pipeline,
+                            pipelined=args.pipelined)
     report = result.report()
     if args.untrained_width is not None:
         report["model"] = f"untrained KeyPointNet, width multiplier {args.untrained_width} (speed only)"
@@ -120,6 +126,10 @@ def run(args) -> int:
           + (f", pipelined, latency {report['latency_ms']:.1f} ms" if report["pipelined"] else "") + "; "
           f"{report['machine']['cpu']}, {report['machine']['logical_cores']} cores, "
           f"load {report['machine'].get('load_average_1m', 'n/a')}")
+    if args.repeat > 1:
+        print(f"  {args.repeat} runs: " + ", ".join(f"{v:.1f}" for v in report["fps_runs"])
+              + f" FPS; median {report['fps']:.1f}; load average (1/5/15 min) before {report['load_average_before']}, "
+              f"after {report['load_average_after']}")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,11 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--search-zooms", default="1,2,4",
                    help="-search methods: relative zooms to try (>1 upsamples image1, <1 image0)")
     p.add_argument("--resolution", default="320x240", help="working WIDTHxHEIGHT")
-    p.add_argument("--top-k", type=int, default=300, help="keypoints per image")
-    p.add_argument("--model", default="models/keypoint_net.pt", help="KeyPointNet weights")
+    p.add_argument("--top-k", type=int, default=300,
+                   help="keypoints per image that each metric keeps, by score, after its own visibility filter "
+                        "(the reference KP2D protocol)")
+    p.add_argument("--model", default="models/keypoint_net.pt",
+                   help="KeyPointNet weights: any file written by kp2d train (the architecture is stored in it)")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--out", default=None, help="write the JSON here (default: stdout summary only)")
@@ -75,6 +78,7 @@ def run(args) -> int:
               f"{s.matching_score:6.3f}  {s.num_pairs:5d}  {s.seconds_per_pair:6.2f}")
     if args.out:
         settings = {"dir": str(args.dir), "resolution": list(resolution), "top_k": args.top_k,
+                    "protocol": "KP2D reference (visibility before top-k; matching score in the query image)",
                     "model": args.model if any(m.startswith("kp2d") for m in methods) else None}
         if any(m.endswith("-search") for m in methods):
             settings["search"] = {"rotations_deg": [90 * k for k in turns], "zooms": list(zooms),

@@ -106,6 +106,12 @@ def print_summary(result, report: dict, out_dir: Path) -> None:
     print(f"  ATE (Sim3)    {fmt(report['ate_rmse_m'], 'm')}")
     print(f"  RPE rotation  {fmt(report['rpe_rot_deg'], 'deg/frame')}")
     print(f"  RPE transl.   {fmt(report['rpe_trans_m'], 'm/frame')}")
+    if report["ate_se3_m"] is not None:
+        print(f"  ATE (SE3)     {fmt(report['ate_se3_m'], 'm')} (no scale; Sim3 scale {report['sim3_scale']:.3f}, "
+              f"1 = metric)")
+    if report["drift_pct"] is not None:
+        print(f"  drift         {report['drift_pct']:.2f} %, {report['drift_deg_per_m']:.4f} deg/m over "
+              f"{report['segment_m']:g} m segments (un-rescaled estimate)")
     if report["fps"] is not None:
         print(f"  speed         {report['fps']:.1f} FPS (pipeline only)")
     print(f"  results in    {out_dir}")

@@ -178,3 +178,79 @@ def bench(sequence: Sequence, cfg: VOConfig, frames: int = 50, warmup: int = 5, 
     dtype = getattr(pipe.frontend, "dtype", None)  # what the network really ran in (bf16 only where native)
     result.precision = {"torch.float16": "fp16", "torch.bfloat16": "bf16"}.get(str(dtype), "fp32")
     return result
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+@dataclass
+class RepeatedBench:
+    """``repeat`` runs of :func:`bench` on the same frames and pipeline.
+
+    Attributes
+    ----------
+    runs : one :class:`BenchResult` per run, in order.
+    load_before, load_after : ``os.getloadavg()`` (1, 5, 15 min) before the first and after the last run
+        (None where the platform has none).
+    """
+
+    runs: list[BenchResult]
+    load_before: list[float] | None = None
+    load_after: list[float] | None = None
+
+    @property
+    def fps_runs(self) -> list[float]:
+        return [r.report()["fps"] for r in self.runs]
+
+    def report(self) -> dict:
+        """The single-run JSON (:meth:`BenchResult.report`, stage medians over the frames of all runs) with
+        ``fps`` = median of the per-run FPS, plus ``repeat``, ``fps_runs``, ``runs`` (per-run ``fps``,
+        ``fps_mean``, ``stages_ms``) and ``load_average_before``/``load_average_after``."""
+        first = self.runs[0]
+        pooled = BenchResult({k: np.concatenate([r.stage_ms[k] for r in self.runs]) for k in first.stage_ms},
+                             first.device, first.config, first.sequence, first.warmup,
+                             sum(r.tracked for r in self.runs), self.runs[-1].machine, first.pipelined,
+                             None if first.interval_ms is None else
+                             np.concatenate([r.interval_ms for r in self.runs]))
+        out = pooled.report()
+        per_run = [r.report() for r in self.runs]
+        out["fps"] = float(np.median([r["fps"] for r in per_run]))
+        out["fps_mean"] = float(np.mean([r["fps_mean"] for r in per_run]))
+        out["frames"] = first.frames  # per run
+        out["tracked_frames"] = first.tracked
+        out["repeat"] = len(self.runs)
+        out["fps_runs"] = [r["fps"] for r in per_run]
+        out["runs"] = [{k: r[k] for k in ("fps", "fps_mean", "latency_ms", "stages_ms", "tracked_frames")}
+                       for r in per_run]
+        out["load_average_before"] = self.load_before
+        out["load_average_after"] = self.load_after
+        return out
+
+
+def bench_repeated(sequence: Sequence, cfg: VOConfig, repeat: int = 1, frames: int = 50, warmup: int = 5,
+                   pipeline=None, pipelined: bool = False) -> RepeatedBench:
+    """:func:`bench` ``repeat`` times on one pipeline (reset between runs, each run with its own warm-up),
+    with the load average recorded before and after, so that a speed figure comes with its spread and the
+    machine's load.
+
+    Raises
+    ------
+    DataError
+        ``repeat`` < 1, or as :func:`bench`.
+    """
+    from kp2d_ros.pipeline import VOPipeline
+
+    if repeat < 1:
+        raise DataError(f"bench: repeat must be >= 1, got {repeat}")
+    pipe = pipeline if pipeline is not None else VOPipeline(cfg)
+    load_before = _load_average()
+    runs = []
+    for _ in range(repeat):
+        pipe.reset()
+        runs.append(bench(sequence, cfg, frames, warmup, pipe, pipelined))  # same frames, read before timing
+    return RepeatedBench(runs, load_before, _load_average())
+

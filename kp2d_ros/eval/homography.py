@@ -1,21 +1,29 @@
-"""Homography benchmark (HPatches / Oxford layouts) with the KP2D / SuperPoint metrics.
+"""Homography benchmark (HPatches / Oxford layouts) with the protocol of the reference KP2D evaluation.
 
-For every sequence, pairs 1 -> N (N = 2..6) are resized to one working resolution (the
-homography is rescaled accordingly) and each method's top-k keypoints are scored by
+For every sequence, pairs 1 -> N (N = 2..6) are resized to one working resolution (the homography is
+rescaled accordingly). Each method detects all its candidates (every cell of KeyPointNet that passes the
+border filter, every SIFT/ORB detection) and each metric takes its own top-k by score, as the reference
+code (TRI-ML/KP2D ``kp2d/evaluation/``, adapted from SuperPoint's) does:
 
-* repeatability and localization error: keypoints of one image warped into the other (both
-  directions, only points visible in both), a keypoint is repeated when the nearest detection lies
-  within ``distance_px`` (3 px); the localization error is the mean distance of repeated points;
-* homography correctness C1/C3/C5: cross-checked nearest-neighbour matches -> ``cv2.findHomography``
-  (RANSAC, 3 px) -> mean distance of the four image corners warped by the estimate and by the
-  ground truth, correct under 1/3/5 px;
-* matching score: nearest-neighbour matches without cross-check, the fraction of visible keypoints
-  whose match is within ``distance_px`` of the true position (averaged over both directions).
+* repeatability and localization error: each image's keypoints are first filtered to those visible in
+  the other image, then the top-k are kept; keypoints of image0 are warped into image1 and a keypoint of
+  either set is repeated when the nearest keypoint of the other set lies within ``distance_px`` (3 px).
+  Repeatability = repeated / (N0 + N1), localization error = mean distance of the repeated keypoints;
+* homography correctness C1/C3/C5: again only the keypoints visible in the other image, then the top-k;
+  cross-checked nearest-neighbour matches -> ``cv2.findHomography`` (RANSAC, 3 px, 5000 iterations) ->
+  mean distance of the four image corners warped by the estimate and by the truth, correct under 1/3/5 px;
+* matching score: the top-k of each image (visible or not); every keypoint is matched to its nearest
+  neighbour (no cross-check) in the other image, the match is projected back into the query image with
+  the true homography, and among matches whose projection is inside the query image the score is the
+  fraction closer than ``distance_px`` to the query keypoint; averaged over both directions.
 
-Classical methods (ORB, SIFT from OpenCV, top-k by response) run under the same protocol.
+Rows whose repeatability is undefined (no visible keypoint) are left out of the average (the reference
+would average a -1 in; it never happens on the benchmark data).
+
 ``<method>-search`` (e.g. ``kp2d-search``) puts a method behind the test-time similarity search of
 :mod:`kp2d_ros.similarity_search` (views of image1 turned by quarter turns and upsampled, the view with the
-most RANSAC inliers wins, the ground truth is never looked at); the metrics are then computed as above.
+most RANSAC inliers among the top-k wins, the ground truth is never looked at); the candidates of the
+winning view are then scored as above.
 """
 from __future__ import annotations
 
@@ -29,7 +37,7 @@ import cv2
 import numpy as np
 
 from kp2d_ros.errors import ConfigError, DataError
-from kp2d_ros.matching import mutual_nearest
+from kp2d_ros.matching import descriptor_distances, mutual_nearest
 from kp2d_ros.training.homography import scale_homography, warp_points
 from kp2d_ros.types import Features
 
@@ -174,10 +182,13 @@ def resize_pair(pair: HomographyPair, width: int, height: int) -> HomographyPair
 # --------------------------------------------------------------------------------------------
 # Detectors
 # --------------------------------------------------------------------------------------------
-def classical_detector(name: str, top_k: int) -> Callable[[np.ndarray], Features]:
-    """ORB or SIFT (OpenCV) keeping the ``top_k`` strongest keypoints by response."""
+def classical_detector(name: str, max_keypoints: int | None = None) -> Callable[[np.ndarray], Features]:
+    """ORB or SIFT (OpenCV): every detection (at most ``max_keypoints``), best response first.
+
+    ORB keeps at most ``max_keypoints`` (default 10000) by its own per-level ranking.
+    """
     if name == "orb":
-        det = cv2.ORB_create(nfeatures=max(top_k * 2, 500))
+        det = cv2.ORB_create(nfeatures=max_keypoints or 10000)
         binary = True
     elif name == "sift":
         det = cv2.SIFT_create()
@@ -189,7 +200,7 @@ def classical_detector(name: str, top_k: int) -> Callable[[np.ndarray], Features
     def detect(image: np.ndarray) -> Features:
         grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
         kps = det.detect(grey, None)
-        kps = sorted(kps, key=lambda k: -k.response)[:top_k]
+        kps = sorted(kps, key=lambda k: -k.response)[:max_keypoints]
         kps, desc = det.compute(grey, kps)
         if desc is None or len(kps) == 0:
             return Features.empty(32 if binary else 128, binary)
@@ -202,55 +213,74 @@ def classical_detector(name: str, top_k: int) -> Callable[[np.ndarray], Features
     return detect
 
 
-def kp2d_detector(model_path: str, top_k: int, device: str = "cpu") -> Callable[[np.ndarray], Features]:
-    """The learned frontend at the input resolution, top-k by score, full precision."""
+def kp2d_detector(model_path: str, max_keypoints: int | None = None,
+                  device: str = "cpu") -> Callable[[np.ndarray], Features]:
+    """The learned frontend at the input resolution, full precision: every cell's keypoint that passes the
+    frontend's border filter (at most ``max_keypoints``), best score first. Any KeyPointNet weights file
+    (``model_path``) whose architecture is stored in it loads."""
     from kp2d_ros.config import FrontendConfig
     from kp2d_ros.networks.kp2d_frontend import KP2DFrontend
 
-    cfg = FrontendConfig(type="kp2d", model_path=model_path, device=device, num_features=top_k,
-                         half_precision=False)
+    cfg = FrontendConfig(type="kp2d", model_path=str(model_path), device=device,
+                         num_features=max_keypoints or 10 ** 9, half_precision=False)
     return KP2DFrontend(cfg).detect
 
 
 # --------------------------------------------------------------------------------------------
-# Metrics
+# Metrics (the protocol of the reference KP2D evaluation, kp2d/evaluation/ in TRI-ML/KP2D)
 # --------------------------------------------------------------------------------------------
-def _inside(points: np.ndarray, width: int, height: int) -> np.ndarray:
+def _inside_open(points: np.ndarray, width: int, height: int) -> np.ndarray:
+    """0 <= x < W and 0 <= y < H: the visibility test of the reference's repeatability and C1/C3/C5."""
+    return (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)
+
+
+def _inside_closed(points: np.ndarray, width: int, height: int) -> np.ndarray:
+    """0 <= x <= W - 1 and 0 <= y <= H - 1: the visibility test of the reference's matching score."""
     return (points[:, 0] >= 0) & (points[:, 0] <= width - 1) & (points[:, 1] >= 0) & (points[:, 1] <= height - 1)
 
 
-def repeatability(kp0: np.ndarray, kp1: np.ndarray, H: np.ndarray, shape0: tuple[int, int],
-                  shape1: tuple[int, int], distance_px: float = 3.0) -> tuple[float, float]:
+def top_k_indices(scores: np.ndarray, k: int | None) -> np.ndarray:
+    """Indices of the ``k`` highest scores, best first (all of them, sorted, when ``k`` is None)."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    return order if k is None else order[:k]
+
+
+def take_top_k(f: Features, k: int | None) -> Features:
+    """The ``k`` best-scoring features of ``f``, best first (all of them when ``k`` is None)."""
+    i = top_k_indices(f.scores, k)
+    return Features(f.keypoints[i], f.descriptors[i], f.scores[i], f.binary)
+
+
+def visible_top_k(f: Features, H: np.ndarray, width: int, height: int, k: int | None) -> Features:
+    """The features whose image under ``H`` lies inside the other (``width`` x ``height``) image, then the
+    ``k`` best of those: the reference's ``keep_true_keypoints`` followed by ``select_k_best``."""
+    vis = _inside_open(warp_points(f.keypoints.astype(np.float64), H), width, height)
+    return take_top_k(Features(f.keypoints[vis], f.descriptors[vis], f.scores[vis], f.binary), k)
+
+
+def repeatability(f0: Features, f1: Features, H: np.ndarray, shape0: tuple[int, int], shape1: tuple[int, int],
+                  top_k: int | None = None, distance_px: float = 3.0) -> tuple[float, float]:
     """(repeatability, localization error) of two keypoint sets under H (image0 -> image1).
 
-    Only keypoints visible in the other image count. Returns (nan, nan) when none is visible.
+    Each set is first filtered to the keypoints visible in the other image, then its ``top_k`` best by
+    score are kept. Those of image0 are warped into image1; a keypoint (of either set) is repeated when the
+    nearest keypoint of the other set lies within ``distance_px``. Repeatability = repeated / (N0 + N1);
+    the localization error is the mean distance over all repeated keypoints (pooled over both sets).
+    Returns (nan, nan) when no keypoint is visible and (0, nan) when only one set has any.
     """
     (h0, w0), (h1, w1) = shape0, shape1
-    if len(kp0) == 0 or len(kp1) == 0:
-        return 0.0, float("nan")
-    w01 = warp_points(kp0.astype(np.float64), H)
-    w10 = warp_points(kp1.astype(np.float64), np.linalg.inv(H))
-    vis0 = _inside(w01, w1, h1)  # kp0 visible in image1
-    vis1 = _inside(w10, w0, h0)  # kp1 visible in image0
-    a, b = w01[vis0], kp1[vis1].astype(np.float64)  # both in image1 coordinates
+    a = warp_points(visible_top_k(f0, H, w1, h1, top_k).keypoints.astype(np.float64), H)  # image1 coordinates
+    b = visible_top_k(f1, np.linalg.inv(H), w0, h0, top_k).keypoints.astype(np.float64)
     n = len(a) + len(b)
-    if n == 0 or len(a) == 0 or len(b) == 0:
-        return (0.0 if n else float("nan")), float("nan")
+    if n == 0:
+        return float("nan"), float("nan")
+    if len(a) == 0 or len(b) == 0:
+        return 0.0, float("nan")
     d = np.linalg.norm(a[:, None] - b[None], axis=-1)
     d0, d1 = d.min(axis=1), d.min(axis=0)
     c0, c1 = d0 <= distance_px, d1 <= distance_px
-    rep = (c0.sum() + c1.sum()) / n
     loc = np.concatenate([d0[c0], d1[c1]])
-    return float(rep), float(loc.mean()) if len(loc) else float("nan")
-
-
-def _distances(f0: Features, f1: Features) -> np.ndarray:
-    if f0.binary:
-        a = np.unpackbits(f0.descriptors, axis=1).astype(np.float32)
-        b = np.unpackbits(f1.descriptors, axis=1).astype(np.float32)
-        return a @ (1 - b).T + (1 - a) @ b.T  # Hamming
-    sim = f0.descriptors.astype(np.float32) @ f1.descriptors.astype(np.float32).T
-    return np.sqrt(np.clip(2 - 2 * sim, 0, None))
+    return float((c0.sum() + c1.sum()) / n), float(loc.mean()) if len(loc) else float("nan")
 
 
 def corner_error(H_est: np.ndarray | None, H_true: np.ndarray, width: int, height: int) -> float:
@@ -261,60 +291,95 @@ def corner_error(H_est: np.ndarray | None, H_true: np.ndarray, width: int, heigh
     return float(np.linalg.norm(warp_points(c, H_est) - warp_points(c, H_true), axis=1).mean())
 
 
-def matching_score(f0: Features, f1: Features, dist: np.ndarray, H: np.ndarray, shape0, shape1,
-                   distance_px: float = 3.0) -> float:
-    """Fraction of visible keypoints whose (non cross-checked) nearest neighbour is correct, both ways."""
+def homography_estimate(f0: Features, f1: Features, H: np.ndarray, shape0: tuple[int, int],
+                        shape1: tuple[int, int], top_k: int | None = None,
+                        ransac_px: float = 3.0) -> tuple[np.ndarray | None, int]:
+    """(estimated homography or None, number of matches) as the reference's C1/C3/C5 computes it.
+
+    Both sets keep only their keypoints visible in the other image, then their ``top_k`` best; the
+    cross-checked nearest-neighbour matches go to ``cv2.findHomography`` (RANSAC, ``ransac_px``, 5000
+    iterations). None when fewer than 4 matches or RANSAC fails.
+    """
     (h0, w0), (h1, w1) = shape0, shape1
-    if len(f0) == 0 or len(f1) == 0:
+    s0 = visible_top_k(f0, H, w1, h1, top_k)
+    s1 = visible_top_k(f1, np.linalg.inv(H), w0, h0, top_k)
+    if len(s0) == 0 or len(s1) == 0:
+        return None, 0
+    i0, i1 = mutual_nearest(descriptor_distances(s0, s1)[0])
+    if len(i0) < 4:
+        return None, int(len(i0))
+    H_est, _ = cv2.findHomography(s0.keypoints[i0].astype(np.float64), s1.keypoints[i1].astype(np.float64),
+                                  cv2.RANSAC, ransac_px, maxIters=5000)
+    return H_est, int(len(i0))
+
+
+def matching_score(f0: Features, f1: Features, H: np.ndarray, shape0: tuple[int, int], shape1: tuple[int, int],
+                   top_k: int | None = None, distance_px: float = 3.0) -> float:
+    """The reference's matching score, averaged over both directions.
+
+    Each set keeps its ``top_k`` best keypoints (visible or not). Every keypoint of the query image is
+    matched to its nearest neighbour (descriptor distance, no cross-check) in the other image; the match
+    is projected back into the query image with the true homography. Among the matches whose projection
+    lies inside the query image, the score is the fraction within ``distance_px`` (strictly) of the query
+    keypoint: the error is measured in the query image, with the matched point's visibility.
+    """
+    (h0, w0), (h1, w1) = shape0, shape1
+    s0, s1 = take_top_k(f0, top_k), take_top_k(f1, top_k)
+    if len(s0) == 0 or len(s1) == 0:
         return 0.0
+    dist = descriptor_distances(s0, s1)[0]
     scores = []
-    for kp_a, kp_b, d, Hab, (ha, wa), (hb, wb) in (
-            (f0.keypoints, f1.keypoints, dist, H, (h0, w0), (h1, w1)),
-            (f1.keypoints, f0.keypoints, dist.T, np.linalg.inv(H), (h1, w1), (h0, w0))):
-        warped = warp_points(kp_a.astype(np.float64), Hab)
-        vis = _inside(warped, wb, hb)
-        if vis.sum() == 0:
-            scores.append(0.0)
-            continue
-        nn = d.argmin(axis=1)
-        err = np.linalg.norm(warped - kp_b[nn], axis=1)
-        scores.append(float(((err <= distance_px) & vis).sum() / vis.sum()))
+    for query, other, d, H_back, (h, w) in ((s0, s1, dist, np.linalg.inv(H), (h0, w0)),
+                                            (s1, s0, dist.T, H, (h1, w1))):
+        back = warp_points(other.keypoints[d.argmin(axis=1)].astype(np.float64), H_back)
+        vis = _inside_closed(back, w, h)
+        correct = np.linalg.norm(back - query.keypoints.astype(np.float64), axis=1) < distance_px
+        scores.append(float((correct & vis).sum() / max(vis.sum(), 1)))
     return float(np.mean(scores))
 
 
-def evaluate_features(pair: HomographyPair, f0: Features, f1: Features, distance_px: float = 3.0,
-                      ransac_px: float = 3.0) -> PairMetrics:
-    """All metrics of one pair from the keypoints/descriptors of its two (already resized) images."""
+def evaluate_features(pair: HomographyPair, f0: Features, f1: Features, top_k: int | None = None,
+                      distance_px: float = 3.0, ransac_px: float = 3.0) -> PairMetrics:
+    """All metrics of one pair from the candidate keypoints/descriptors of its two (already resized) images.
+
+    ``f0``/``f1`` are all the candidates of a detector; each metric selects its own ``top_k`` by score as
+    the reference protocol does (None: use every candidate).
+    """
     shape0, shape1 = pair.image0.shape[:2], pair.image1.shape[:2]
-    rep, loc = repeatability(f0.keypoints, f1.keypoints, pair.H, shape0, shape1, distance_px)
-    dist = _distances(f0, f1) if len(f0) and len(f1) else np.zeros((len(f0), len(f1)))
-    i0, i1 = mutual_nearest(dist)
-    H_est = None
-    if len(i0) >= 4:
-        H_est, _ = cv2.findHomography(f0.keypoints[i0].astype(np.float64), f1.keypoints[i1].astype(np.float64),
-                                      cv2.RANSAC, ransac_px)
+    rep, loc = repeatability(f0, f1, pair.H, shape0, shape1, top_k, distance_px)
+    H_est, n_matches = homography_estimate(f0, f1, pair.H, shape0, shape1, top_k, ransac_px)
     err = corner_error(H_est, pair.H, shape0[1], shape0[0])
-    ms = matching_score(f0, f1, dist, pair.H, shape0, shape1, distance_px)
-    return PairMetrics(pair.sequence, pair.index, len(f0), len(f1), rep, loc, err, ms, int(len(i0)))
+    ms = matching_score(f0, f1, pair.H, shape0, shape1, top_k, distance_px)
+    return PairMetrics(pair.sequence, pair.index, len(f0), len(f1), rep, loc, err, ms, n_matches)
 
 
-def evaluate_pair(pair: HomographyPair, detect: Callable[[np.ndarray], Features], distance_px: float = 3.0,
-                  ransac_px: float = 3.0) -> PairMetrics:
-    """All metrics of one method on one (already resized) pair."""
-    return evaluate_features(pair, detect(pair.image0), detect(pair.image1), distance_px, ransac_px)
+def evaluate_pair(pair: HomographyPair, detect: Callable[[np.ndarray], Features], top_k: int | None = None,
+                  distance_px: float = 3.0, ransac_px: float = 3.0) -> PairMetrics:
+    """All metrics of one method on one (already resized) pair; ``detect`` returns the candidates from
+    which each metric takes its ``top_k`` (None: all of them)."""
+    return evaluate_features(pair, detect(pair.image0), detect(pair.image1), top_k, distance_px, ransac_px)
 
 
-def evaluate_pair_search(pair: HomographyPair, detect: Callable[[np.ndarray], Features],
+def evaluate_pair_search(pair: HomographyPair, detect: Callable[[np.ndarray], Features], top_k: int | None = None,
                          quarter_turns=(0, 1, 2, 3), zooms=(1.0, 2.0, 4.0), distance_px: float = 3.0,
                          ransac_px: float = 3.0) -> PairMetrics:
     """The metrics of ``detect`` behind the test-time similarity search
-    (:func:`kp2d_ros.similarity_search.search_similarity`; it sees the images only, never ``pair.H``):
-    the view it picks by RANSAC-homography inliers gives the features, scored like any method's."""
-    from kp2d_ros.similarity_search import search_similarity
+    (:func:`kp2d_ros.similarity_search.search_similarity`; it sees the images only, never ``pair.H``).
 
-    res = search_similarity(detect, pair.image0, pair.image1, quarter_turns, zooms, "homography", ransac_px)
-    row = evaluate_features(pair, res.features0, res.features1, distance_px, ransac_px)
-    row.view_rotation_deg, row.view_zoom = res.rotation_deg, res.zoom
+    The search runs on the ``top_k`` best features of every view (what a user of the search would run);
+    the candidates of the view it picks by RANSAC-homography inliers are then scored like any method's.
+    """
+    from kp2d_ros.similarity_search import detect_in_view, search_similarity
+
+    res = search_similarity(lambda image: take_top_k(detect(image), top_k), pair.image0, pair.image1,
+                            quarter_turns, zooms, "homography", ransac_px)
+    k, z = res.quarter_turns, res.zoom
+    if z >= 1.0:  # the same views as the search: image1 turned and upsampled, or image0 upsampled
+        f0, f1 = detect(pair.image0), detect_in_view(detect, pair.image1, k, z)
+    else:
+        f0, f1 = detect_in_view(detect, pair.image0, (4 - k) % 4, 1.0 / z), detect(pair.image1)
+    row = evaluate_features(pair, f0, f1, top_k, distance_px, ransac_px)
+    row.view_rotation_deg, row.view_zoom = res.rotation_deg, z
     return row
 
 
@@ -347,8 +412,13 @@ def evaluate_homography(root: str | Path, methods: list[str] | tuple[str, ...] =
         suffix ``-search`` (``kp2d-search``): the same detector behind the test-time similarity search over
         ``search_turns`` (counter-clockwise quarter turns) x ``search_zooms`` (relative upsampling) of image1.
     resolution : working (width, height); the homographies are rescaled to it.
-    top_k : keypoints per image.
-    detectors : optional extra/override detectors ``name -> detect(image) -> Features``.
+    top_k : keypoints per image that each metric keeps, chosen by score after its own visibility filter
+        (the reference protocol): repeatability and C1/C3/C5 among the keypoints visible in the other image,
+        the matching score among all.
+    model_path : KeyPointNet weights of the ``kp2d`` method (any trained file; the architecture is stored
+        in it).
+    detectors : optional extra/override detectors ``name -> detect(image) -> Features``; each returns all
+        its candidates (best first is not required), the metrics take the top-k.
 
     Returns
     -------
@@ -361,12 +431,14 @@ def evaluate_homography(root: str | Path, methods: list[str] | tuple[str, ...] =
     width, height = resolution
     if width <= 0 or height <= 0:
         raise ConfigError(f"resolution: expected positive width x height, got {resolution}")
+    if top_k < 1:
+        raise ConfigError(f"top_k: expected a positive number of keypoints, got {top_k}")
     dets = dict(detectors or {})
     for m in methods:
         base = base_method(m)
         if base in dets:
             continue
-        dets[base] = kp2d_detector(model_path, top_k, device) if base == "kp2d" else classical_detector(base, top_k)
+        dets[base] = kp2d_detector(model_path, device=device) if base == "kp2d" else classical_detector(base)
     pairs = [resize_pair(p, width, height) for seq in find_sequences(root) for p in read_pairs(seq)]
     results = {}
     for m in methods:
@@ -375,9 +447,9 @@ def evaluate_homography(root: str | Path, methods: list[str] | tuple[str, ...] =
             if progress is not None:
                 progress(m, p)
             if m not in dets:  # only <method>-search names lack a detector of their own
-                rows.append(evaluate_pair_search(p, dets[base_method(m)], search_turns, search_zooms))
+                rows.append(evaluate_pair_search(p, dets[base_method(m)], top_k, search_turns, search_zooms))
             else:
-                rows.append(evaluate_pair(p, dets[m]))
+                rows.append(evaluate_pair(p, dets[m], top_k))
         results[m] = summarise(rows)
         results[m].seconds_per_pair = (time.perf_counter() - start) / max(len(pairs), 1)
     return results

@@ -10,6 +10,16 @@ The report (:meth:`ReplayResult.report`) has exactly these keys:
 ``rpe_trans_m``     per-frame RPE translation RMSE after the Sim(3) scale, metres (null without GT)
 ``fps``             frames per second of ``VOPipeline.process`` alone (image reading excluded)
 ``frontend``        ``frontend.type`` of the configuration
+``ate_se3_m``       ATE RMSE after an SE(3) alignment, no scale fitted, metres (null without GT)
+``sim3_scale``      scale factor of the Sim(3) alignment; 1.0 means metric (null without GT)
+``drift_pct``       KITTI-style translational drift over ``segment_m`` sub-trajectories, % (null without GT
+                    or with a path too short)
+``drift_deg_per_m`` the same for rotation, degrees per metre
+``segment_m``       the sub-trajectory length: 100 where the path covers it, else the largest of 50/25/10 m that
+                    gives at least 5 segments
+
+The ground-truth keys come from :func:`kp2d_ros.eval.metrics.metrics_report`, which any evaluation of a
+saved trajectory uses as well (definitions in :mod:`kp2d_ros.eval.metrics`).
 
 :func:`evaluate_trajectory` builds the same result, and so the same report, for a trajectory that
 was estimated elsewhere (``kp2d evaluate``: a node's saved trajectory); what only a replay knows
@@ -24,11 +34,11 @@ import numpy as np
 
 from kp2d_ros.config import VOConfig
 from kp2d_ros.data.sequence import Sequence
-from kp2d_ros.eval.metrics import TrajectoryMetrics, evaluate
+from kp2d_ros.eval.metrics import TrajectoryMetrics, evaluate, metrics_report
 from kp2d_ros.types import TrackingStatus, Trajectory
 
 REPORT_KEYS = ("frames", "tracked_frames", "path_length_m", "ate_rmse_m", "rpe_rot_deg", "rpe_trans_m", "fps",
-               "frontend")
+               "frontend", "ate_se3_m", "sim3_scale", "drift_pct", "drift_deg_per_m", "segment_m")
 
 
 @dataclass
@@ -71,17 +81,12 @@ class ReplayResult:
 
     def report(self) -> dict:
         """The JSON-ready summary with exactly :data:`REPORT_KEYS` (GT values None without GT)."""
-        m = self.metrics
-        return {
-            "frames": self.frames,
-            "tracked_frames": self.tracked_frames,
-            "path_length_m": None if m is None else m.gt_path_length_m,
-            "ate_rmse_m": None if m is None else m.ate.rmse,
-            "rpe_rot_deg": None if m is None or m.rpe is None else m.rpe.rot_rmse_deg,
-            "rpe_trans_m": None if m is None or m.rpe is None else m.rpe.trans_rmse_m,
-            "fps": self.fps,
-            "frontend": self.frontend,
-        }
+        gt_keys = metrics_report(self.metrics)
+        report = {"frames": self.frames, "tracked_frames": self.tracked_frames}
+        report.update({k: gt_keys[k] for k in ("path_length_m", "ate_rmse_m", "rpe_rot_deg", "rpe_trans_m")})
+        report.update({"fps": self.fps, "frontend": self.frontend})
+        report.update({k: gt_keys[k] for k in ("ate_se3_m", "sim3_scale", "drift_pct", "drift_deg_per_m", "segment_m")})
+        return report
 
 
 def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline=None,
