@@ -186,6 +186,12 @@ class PipelineConfig:
     # Smallest image noise (pixels) the pose covariance assumes (PoseEstimate.covariance), also when
     # the residuals are smaller (identical images).
     covariance_noise_floor_px: float = 0.1
+    # Model errors every estimated motion adds on top of what its residuals show (the residuals miss the
+    # rotation/translation ambiguity and scale bias): rotation std (degrees) and translation std as a
+    # fraction of the motion's length. From KITTI 07 SIFT: RPE 0.035 deg/frame; without them the
+    # covariance was 10-25x over-confident on the KITTI clip.
+    covariance_rotation_floor_deg: float = 0.03
+    covariance_translation_floor: float = 0.03
     # Process-wide CPU threads, applied when the pipeline is built (0 = the libraries' defaults).
     # torch_threads: the network's intra-op threads; library_threads: OpenCV and every BLAS pool.
     # On the 2-core benchmark machine torch 2 + libraries 1 is fastest (kp2d 320x240, README speed table:
@@ -199,6 +205,8 @@ class PipelineConfig:
         _nonneg("pipeline.min_parallax_px", self.min_parallax_px)
         _nonneg("pipeline.static_parallax_px", self.static_parallax_px)
         _positive("pipeline.covariance_noise_floor_px", self.covariance_noise_floor_px)
+        _nonneg("pipeline.covariance_rotation_floor_deg", self.covariance_rotation_floor_deg)
+        _nonneg("pipeline.covariance_translation_floor", self.covariance_translation_floor)
         _nonneg("pipeline.keyframe_parallax_px", self.keyframe_parallax_px)
         _nonneg("pipeline.keyframe_min_inliers", self.keyframe_min_inliers)
         _positive("pipeline.min_scale_points", self.min_scale_points)

@@ -387,7 +387,7 @@ class VOPipeline:
         cov_rel[:3, :3] = self._zero_translation_cov(camera, feats, matches, still)
         cov_rel[3:, 3:] = self._rotation_cov(camera, None)
         T = self.ref.T_world_cam.copy()
-        cov = self._accumulate(T, cov_rel)
+        cov = self._accumulate(T, cov_rel, moving=False)
         return self._result(frame, feats, matches, still, T, TrackingStatus.STATIC, False, cov, "static")
 
     def _zero_translation_cov(self, camera: Camera, feats: Features, matches: Matches, mask: np.ndarray,
@@ -458,10 +458,17 @@ class VOPipeline:
         mask = self._still(feats, matches) if geom is None else geom.inliers
         return self._result(frame, feats, matches, mask, T, TrackingStatus.TRACKING, is_kf, cov, "constant_velocity")
 
-    def _accumulate(self, T_world_cur: np.ndarray, cov_rel: np.ndarray) -> np.ndarray:
+    def _accumulate(self, T_world_cur: np.ndarray, cov_rel: np.ndarray, moving: bool = True) -> np.ndarray:
         """Covariance of ``T_world_cur`` (world axes): the reference's, plus ``cov_rel`` of the motion from
-        the reference (reference axes)."""
+        the reference (reference axes). A motion (``moving``) also adds the model-error floors
+        ``covariance_rotation_floor_deg`` and ``covariance_translation_floor`` (times its length): what the
+        residuals do not show (rotation/translation ambiguity, scale bias)."""
+        pc = self.cfg.pipeline
         T_ref_cur = invert_se3(self.ref.T_world_cam) @ T_world_cur
+        if moving:
+            cov_rel = cov_rel.copy()
+            cov_rel[np.diag_indices(3)] += (pc.covariance_translation_floor * np.linalg.norm(T_ref_cur[:3, 3])) ** 2
+            cov_rel[3:, 3:][np.diag_indices(3)] += np.radians(pc.covariance_rotation_floor_deg) ** 2
         cov = compose_covariance(self.ref.T_world_cam, self.ref_cov, T_ref_cur, cov_rel)
         self.last_cov = cov
         return cov

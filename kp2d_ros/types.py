@@ -179,7 +179,8 @@ class PoseEstimate:
         reference's (moved by the lever arm of its rotation uncertainty) plus that of the relative motion,
         which comes from the pose refinement's information (Gauss-Newton on the inliers' Sampson
         errors, noise estimated from their residuals, floored at ``pipeline.covariance_noise_floor_px``)
-        and the scale's spread over the shared points. Frames between keyframes add their motion from
+        and the scale's spread over the shared points, plus model-error floors per motion
+        (``pipeline.covariance_rotation_floor_deg``, ``pipeline.covariance_translation_floor``). Frames between keyframes add their motion from
         the reference, so it grows with distance, not with frame count. STATIC frames add the translation
         that ``static_parallax_px`` could hide; constant-velocity guesses half the allowed speed change;
         LOST frames one whole unknown motion of the last pair's size. None when not computed.

@@ -65,3 +65,12 @@ def test_written_folder_reads_back(tmp_path):
     np.testing.assert_allclose(seq.ground_truth.poses, mem.ground_truth.poses, atol=1e-8)
     for a, b in zip(seq, mem):
         np.testing.assert_array_equal(a.image, b.image)  # PNG is lossless
+
+
+def test_slow_street_follows_the_same_path():
+    fast, slow = synthetic_trajectory(80), synthetic_trajectory(317, speed=0.05)
+    np.testing.assert_allclose(np.diff(slow.stamps), 0.1)  # still 10 Hz: 0.5 m/s instead of 2 m/s
+    assert path_length(slow) == pytest.approx(316 * 0.05, rel=0.01)
+    # frame 4k of the slow camera is where frame k of the fast one is (the turn happens at the same place)
+    np.testing.assert_allclose(slow.poses[::4, :3, :3], fast.poses[:, :3, :3], atol=1e-9)
+    np.testing.assert_allclose(slow.poses[::4, :3, 3], fast.poses[:, :3, 3], atol=0.1)
