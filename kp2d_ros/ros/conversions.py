@@ -22,6 +22,7 @@ import numpy as np
 from kp2d_ros.data.camera_info import camera_from_info
 from kp2d_ros.data.images import decode_compressed_msg, decode_image_msg
 from kp2d_ros.errors import DataError
+from kp2d_ros.ros.twist import covariance_to_odom
 from kp2d_ros.types import Camera, PoseEstimate, TrackingStatus
 
 # --------------------------------------------------------------------------------------------
@@ -207,13 +208,8 @@ def estimate_pose_covariance(est: PoseEstimate, T_base_cam: np.ndarray) -> list[
     """
     if est.covariance is None:
         return pose_covariance(est.quality, est.status)
-    R_bc = np.asarray(T_base_cam, dtype=np.float64)[:3, :3]
-    t_cb = invert(np.asarray(T_base_cam, dtype=np.float64))[:3, 3]  # base origin in camera coordinates
-    arm = np.asarray(est.T_world_cam, dtype=np.float64)[:3, :3] @ t_cb
-    J = np.zeros((6, 6))
-    J[:3, :3] = J[3:, 3:] = R_bc
-    J[:3, 3:] = -R_bc @ np.array([[0.0, -arm[2], arm[1]], [arm[2], 0.0, -arm[0]], [-arm[1], arm[0], 0.0]])
-    cov = J @ np.asarray(est.covariance, dtype=np.float64) @ J.T
+    cov = covariance_to_odom(np.asarray(est.covariance, dtype=np.float64), np.asarray(est.T_world_cam, dtype=np.float64),
+                             np.asarray(T_base_cam, dtype=np.float64))
     return (0.5 * (cov + cov.T)).ravel().tolist()
 
 
