@@ -113,12 +113,12 @@ def start_node(params_file: Path, *args: str) -> subprocess.Popen:
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def stop_node(proc: subprocess.Popen) -> tuple[float, str]:
-    """SIGINT; returns (seconds to exit, stderr)."""
+def stop_node(proc: subprocess.Popen, timeout: float = 10.0) -> tuple[float, str]:
+    """SIGINT; returns (seconds to exit, stderr); inf when it had to be killed after ``timeout`` s."""
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     try:
-        _, err = proc.communicate(timeout=10)
+        _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()

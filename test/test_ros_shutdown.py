@@ -9,7 +9,6 @@ before the fix 7.4 s. The test allows STOP_BOUND_S = 3 s so that load spikes do 
 the old behaviour still would.
 """
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from rclpy.qos import QoSProfile  # noqa: E402
 from kp2d_ros.data import read_tum  # noqa: E402
 from kp2d_ros.ros import conversions as conv  # noqa: E402
 
+from test_ros_dds import stop_node  # noqa: E402
 from test_ros_runtime import Client  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,14 +86,7 @@ def test_sigint_during_a_large_frame(tmp_path):
         sent = time.monotonic()
         wait_until(lambda: received() > before, "the large frame to reach the node")
     finally:
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        elapsed = time.monotonic() - t0
+        elapsed, err = stop_node(proc, timeout=30)
         sender.close()
         executor.shutdown(timeout_sec=1.0)
         rclpy.try_shutdown(context=ctx)
