@@ -219,6 +219,40 @@ class PipelineConfig:
 
 
 @dataclass
+class BackendConfig:
+    """Local bundle adjustment over a sliding window of keyframes (``kp2d_ros/backend.py``)."""
+
+    window: int = 10  # keyframes optimised jointly after each new one; 0 turns the backend off
+    fixed_keyframes: int = 2  # the oldest of the window are held (>= 2: fixes position, rotation and scale)
+    noise_px: float = 1.0  # observation noise (pixels)
+    kernel: str = "cauchy"  # robust kernel on the reprojection errors: cauchy | huber
+    kernel_px: float = 2.0  # its scale (pixels)
+    max_reprojection_px: float = 4.0  # observations beyond this after optimising are culled
+    max_iterations: int = 5  # Levenberg-Marquardt iterations per pass (a second pass after culling outliers)
+    min_landmarks: int = 30  # fewer landmarks seen twice in the window: the window is skipped
+    max_landmarks: int = 500  # at most this many (the longest tracks) per window: bounds the time
+    threaded: bool = True  # optimise on a worker thread (the node); kp2d replay waits for each window
+
+    def validate(self) -> None:
+        _nonneg("backend.window", self.window)
+        if self.window and self.window < 3:
+            raise ConfigError(f"backend.window: 0 (off) or >= 3 keyframes, got {self.window}")
+        if self.fixed_keyframes < 2:
+            raise ConfigError(f"backend.fixed_keyframes: must be >= 2 (the gauge), got {self.fixed_keyframes}")
+        if self.window and self.fixed_keyframes >= self.window:
+            raise ConfigError(f"backend.fixed_keyframes ({self.fixed_keyframes}) must be < backend.window ({self.window})")
+        _positive("backend.noise_px", self.noise_px)
+        _choice("backend.kernel", self.kernel, ("cauchy", "huber"))
+        _positive("backend.kernel_px", self.kernel_px)
+        _positive("backend.max_reprojection_px", self.max_reprojection_px)
+        _positive("backend.max_iterations", self.max_iterations)
+        _positive("backend.min_landmarks", self.min_landmarks)
+        if self.max_landmarks < self.min_landmarks:
+            raise ConfigError(f"backend.max_landmarks ({self.max_landmarks}) must be >= backend.min_landmarks "
+                              f"({self.min_landmarks})")
+
+
+@dataclass
 class CameraConfig:
     """Intrinsics used when the input provides none (a bag without CameraInfo). fx = 0: unset.
 
@@ -294,6 +328,7 @@ class VOConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     ros: RosConfig = field(default_factory=RosConfig)
 

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
+from kp2d_ros.backend import BAResult, BackendWorker, LocalMap, WindowProblem, bundle_adjust
 from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend, to_grey
@@ -30,7 +31,7 @@ from kp2d_ros.types import (Camera, Features, Frame, Frontend, Matches, PoseEsti
 
 log = logging.getLogger(__name__)
 
-STAGES = ("network", "matching", "io_net", "refine", "pose")
+STAGES = ("network", "matching", "io_net", "refine", "pose", "backend")
 
 
 @dataclass
@@ -45,6 +46,8 @@ class Keyframe:
         the pair that created this keyframe; NaN where unknown. Scales the next pair.
     inv_depth_sigma : (N,) standard deviation of ``inv_depth`` per unit angular noise.
     image : (H, W) uint8 grey image, kept for sub-pixel refinement (None when ``refine.method`` is none).
+    id : its id in the backend's :class:`~kp2d_ros.backend.LocalMap` (-1 without a backend).
+    landmarks : (N,) the landmark id each feature observes (-1: none).
     """
 
     features: Features
@@ -52,12 +55,16 @@ class Keyframe:
     inv_depth: np.ndarray | None = None
     inv_depth_sigma: np.ndarray | None = None
     image: np.ndarray | None = None
+    id: int = -1
+    landmarks: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.features)
         if self.inv_depth is None:
             self.inv_depth = np.full(n, np.nan)
             self.inv_depth_sigma = np.full(n, np.inf)
+        if self.landmarks is None:
+            self.landmarks = np.full(n, -1, np.int64)
 
 
 @contextmanager
@@ -104,7 +111,8 @@ class _Motion:
     distance : length of its translation (trajectory units); span : the moving time it took;
     direction : (3,) unit displacement of the camera centre in the earlier camera's axes;
     parallax_px : its median rotation-compensated parallax; rotation_rad : its rotation angle;
-    end : when it was measured.
+    end : when it was measured; keyframes : the pair's backend keyframe ids (its distance follows their
+    refined poses).
     """
 
     distance: float
@@ -113,6 +121,7 @@ class _Motion:
     parallax_px: float
     rotation_rad: float
     end: _Tick
+    keyframes: tuple[int, int] = (-1, -1)
 
 
 class VOPipeline:
@@ -140,7 +149,22 @@ class VOPipeline:
                 log.info("matching.io_net: IO-Net scores KeyPointNet matches; not used with frontend %s",
                          getattr(self.frontend, "name", type(self.frontend).__name__))
         self.scorer = scorer
+        self.worker: BackendWorker | None = None
+        self.map: LocalMap | None = None
         self.reset()
+
+    def close(self) -> None:
+        """Stop the backend's worker thread (when threaded)."""
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+    def wait_backend(self, timeout: float | None = None) -> None:
+        """Wait for the backend's running window (threaded mode) and apply it."""
+        if self.worker is not None:
+            result = self.worker.wait(timeout)
+            if result is not None:
+                self._after_backend(result)
 
     def reset(self) -> None:
         """Forget every frame: the next one re-initialises at the identity."""
@@ -160,6 +184,17 @@ class VOPipeline:
         self.still = False  # the last frame without translation was judged standing (not too slow to see)
         self.ref_cov = np.zeros((6, 6))  # covariance of the reference keyframe's pose (world axes)
         self.last_cov = np.zeros((6, 6))
+        # Local bundle adjustment (backend.window > 0): the map of the recent keyframes and their landmarks.
+        if self.worker is not None:
+            self.worker.poll()  # a result for the old map is void (its keyframe ids are not in the new one)
+        if self.cfg.backend.window > 0:
+            first_id = self.map.next_keyframe_id if self.map is not None else 0
+            self.map = LocalMap(self.cfg.backend, first_keyframe_id=first_id)
+            if self.cfg.backend.threaded and self.worker is None:
+                self.worker = BackendWorker(self.cfg.backend)
+        self.last_backend: BAResult | None = None
+        self._focal = 1.0
+        self._backend_ms = 0.0
 
     # ----------------------------------------------------------------------------------------
     def detect(self, frame: Frame) -> Features:
@@ -177,6 +212,14 @@ class VOPipeline:
         t_start = time.perf_counter()
         timings = {k: 0.0 for k in STAGES}
         camera = self._camera(frame)
+        self._focal = focal_length(camera)
+        self._backend_ms = 0.0
+        if self.worker is not None:  # a window finished on the worker: take it before this frame
+            result = self.worker.poll()
+            if result is not None:
+                t0 = time.perf_counter()
+                self._after_backend(result)
+                self._backend_ms += (time.perf_counter() - t0) * 1e3
         with _timed(timings, "network"):
             feats = features if features is not None else self.detect(frame)
         self._grey = to_grey(frame.image) if self.cfg.refine.method != "none" else None
@@ -194,6 +237,8 @@ class VOPipeline:
                     feats = self._refine(feats, matches)
             with _timed(timings, "pose"):
                 est = self._track(frame, camera, feats, matches)
+            timings["pose"] -= self._backend_ms
+        timings["backend"] = self._backend_ms
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         est.timings_ms = timings
         self.last_pose = est.T_world_cam
@@ -231,6 +276,7 @@ class VOPipeline:
 
     def _initialise(self, frame: Frame, feats: Features) -> PoseEstimate:
         self.ref = Keyframe(features=feats, T_world_cam=self.last_pose.copy(), image=self._grey)
+        self._map_keyframe(self.ref, None)
         self.lost_frames = 0
         self.gap = 0
         self.base = self._tick(frame)
@@ -321,7 +367,9 @@ class VOPipeline:
             kf.inv_depth[idx1], kf.inv_depth_sigma[idx1] = self._fuse_depths(
                 geom, n0, matches.idx0[inl], scale, rho1 / scale, sigma1 / scale, cfg.geometry.ransac_threshold_px / f)
             direction = -geom.R.T @ geom.t
-            self._promote(kf, now, cov, (scale, direction, parallax_px, np.radians(rotation_angle_deg(geom.R))))
+            self._promote(kf, now, cov, (scale, direction, parallax_px, np.radians(rotation_angle_deg(geom.R))),
+                          (matches.idx0[inl], idx1, n0, n1))
+            T = kf.T_world_cam  # refined by the backend when it ran in this thread
         return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf, cov, model)
 
     def _untranslated(self, frame: Frame, camera: Camera, feats: Features, matches: Matches,
@@ -432,7 +480,9 @@ class VOPipeline:
             self.still = True
         is_kf = rotation_angle_deg(geom.R) > pc.rotation_keyframe_deg
         if is_kf:
-            self._promote(Keyframe(features=feats, T_world_cam=T), now, cov, None)
+            kf = Keyframe(features=feats, T_world_cam=T)
+            self._promote(kf, now, cov, None, (matches.idx0[geom.inliers], matches.idx1[geom.inliers], n0, n1))
+            T = kf.T_world_cam
         return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf, cov, "rotation_only")
 
     def _constant_velocity(self, frame: Frame, camera: Camera, feats: Features, matches: Matches,
@@ -515,20 +565,94 @@ class VOPipeline:
         return rho, sigma
 
     def _promote(self, kf: Keyframe, now: _Tick, cov: np.ndarray,
-                 motion: tuple[float, np.ndarray, float, float] | None) -> None:
+                 motion: tuple[float, np.ndarray, float, float] | None,
+                 tracks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
         """Make ``kf`` (pose covariance ``cov``) the reference at ``now``. ``motion``: (translation length,
         unit centre displacement in the old reference's axes, parallax px, rotation rad) of the pair, which
-        becomes the speed prior with the moving time since ``self.base``."""
+        becomes the speed prior with the moving time since ``self.base``. ``tracks``: the pair's inliers
+        (reference indices, ``kf`` indices, their normalised coordinates in both) that carry landmarks into
+        ``kf``; then the backend optimises the window (here, or on its worker)."""
+        old_id = self.ref.id if self.ref is not None else -1
+        self._map_keyframe(kf, tracks)
         if motion is not None:
             distance, direction, parallax_px, rotation = motion
             self.motion = _Motion(distance, _Span.between(self.base, now), direction / np.linalg.norm(direction),
-                                  parallax_px, rotation, now)
+                                  parallax_px, rotation, now, (old_id, kf.id))
         if kf.image is None:
             kf.image = self._grey
         self.ref = kf
         self.ref_cov = cov.copy()
         self.base = now
         self.gap = 0
+        if self.map is not None:
+            self._run_backend()
+
+    # ----------------------------------------------------------------------------------------
+    # Backend: landmarks and the windowed bundle adjustment (kp2d_ros/backend.py)
+    def _map_keyframe(self, kf: Keyframe, tracks) -> None:
+        """Register ``kf`` in the map: inliers matched to a reference landmark observe it; the others in front of
+        both cameras (this pair's depth) start a landmark seen by both keyframes."""
+        if self.map is None:
+            return
+        kf.id = self.map.add_keyframe(kf.T_world_cam)
+        if tracks is None or self.ref is None or self.ref.id < 0:
+            return
+        idx0, idx1, n0, n1 = tracks
+        lids = self.ref.landmarks[idx0]
+        for i in np.flatnonzero(lids >= 0):
+            self.map.observe(lids[i], kf.id, n1[i])
+        kf.landmarks[idx1[lids >= 0]] = lids[lids >= 0]
+        rho = kf.inv_depth[idx1]
+        with np.errstate(invalid="ignore"):  # far points too: they hold the rotations
+            new = (lids < 0) & np.isfinite(rho) & (rho > 0)
+        if not new.any():
+            return
+        Xc = bearings(n1[new]) / rho[new, None]
+        Xw = Xc @ kf.T_world_cam[:3, :3].T + kf.T_world_cam[:3, 3]
+        for i, x in zip(np.flatnonzero(new), Xw):
+            kf.landmarks[idx1[i]] = self.map.add_landmark(x, {self.ref.id: n0[i], kf.id: n1[i]})
+
+    def _run_backend(self) -> None:
+        """Optimise the window after a new keyframe: on the worker (threaded; the result is taken at a later
+        frame) or here, waiting for it (deterministic)."""
+        t0 = time.perf_counter()
+        problem = self.map.problem(self.cfg.backend.noise_px / self._focal)
+        if not isinstance(problem, WindowProblem):
+            self.last_backend = problem
+        elif self.worker is not None:
+            self.worker.submit(problem, self._focal)
+        else:
+            result = bundle_adjust(problem, self.cfg.backend, self._focal)
+            self._after_backend(result)
+        self._backend_ms += (time.perf_counter() - t0) * 1e3
+
+    def _after_backend(self, result: BAResult) -> None:
+        """Take an optimised window: keyframe poses and landmarks into the map, the reference's refined pose
+        and depths (the next frames' scale rests on them), and the speed prior's distance."""
+        self.last_backend = result
+        if not result.optimised or self.map is None or max(result.poses, default=-1) not in self.map.poses:
+            return
+        self.map.apply(result)
+        ref = self.ref
+        if ref is not None and ref.id in self.map.poses:
+            ref.T_world_cam = self.map.poses[ref.id].copy()
+            T_cam_world = invert_se3(ref.T_world_cam)
+            for i in np.flatnonzero(ref.landmarks >= 0):
+                lm = self.map.landmarks.get(int(ref.landmarks[i]))
+                if lm is None:
+                    ref.landmarks[i] = -1
+                    continue
+                xc = T_cam_world[:3, :3] @ lm.position + T_cam_world[:3, 3]
+                d = float(np.linalg.norm(xc))
+                if d > 0:
+                    ref.inv_depth[i] = np.sign(xc[2]) / d
+                    if not np.isfinite(ref.inv_depth_sigma[i]):
+                        ref.inv_depth_sigma[i] = 1.0
+        m = self.motion
+        if m is not None and all(k in self.map.poses for k in m.keyframes):
+            a, b = (self.map.poses[k][:3, 3] for k in m.keyframes)
+            if np.linalg.norm(b - a) > 0:
+                m.distance = float(np.linalg.norm(b - a))
 
     def _scale(self, geom: TwoViewGeometry, rho: np.ndarray, sigma: np.ndarray, matches: Matches,
                angular_noise: float, expected: tuple[float, float] | None) -> tuple[float, float] | None:

@@ -24,6 +24,9 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--image-topic", default=None, help="bag image topic (default: the only one)")
     p.add_argument("--camera-info-topic", default=None, help="bag CameraInfo topic (default: the only one)")
     p.add_argument("--gt-topic", default=None, help="bag ground-truth pose topic (PoseStamped/Odometry)")
+    p.add_argument("--backend-threaded", action="store_true",
+                   help="optimise backend windows on a worker thread, as the node does (default: wait for each "
+                        "window, so that runs are reproducible)")
     p.add_argument("--simulate", default=None, metavar="SPEC",
                    help="robustness variant of the input: comma-separated stop=K:R (R copies of frame K, a stop), "
                         "drop=A:B (frames A..B missing), every=N (every N-th frame), frames=S:E (a clip); "
@@ -125,6 +128,7 @@ def run(args) -> int:
     if args.max_frames is not None and args.max_frames <= 0:
         raise DataError(f"--max-frames must be > 0, got {args.max_frames}")
     cfg = load_effective_config(args)
+    cfg.backend.threaded = bool(args.backend_threaded)  # deterministic unless asked
     seq = open_sequence(args.path, image_topic=args.image_topic, camera_info_topic=args.camera_info_topic,
                         gt_topic=args.gt_topic, max_frames=args.max_frames, camera=cfg.camera)
     if args.simulate:

@@ -110,7 +110,8 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
 
     from kp2d_ros.pipeline import VOPipeline
 
-    if pipeline is None:
+    own = pipeline is None
+    if own:
         pipeline = VOPipeline(cfg)
     stamps, poses, statuses = [], [], []
     stage_sum: dict[str, float] = {}
@@ -130,6 +131,8 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
             bar.set_postfix_str(f"{est.status.value} inl {est.num_inliers}", refresh=False)
     finally:
         bar.close()
+        if own:
+            pipeline.close()
     estimate = Trajectory(stamps=np.asarray(stamps, dtype=np.float64),
                           poses=np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4))
     n = max(len(statuses), 1)

@@ -1,0 +1,190 @@
+"""Local bundle adjustment (kp2d_ros/backend.py): a synthetic window with known poses, then the pipeline."""
+import numpy as np
+import pytest
+
+from kp2d_ros.backend import BackendWorker, LocalMap, bundle_adjust, run_window
+from kp2d_ros.config import BackendConfig, ConfigError, VOConfig
+from kp2d_ros.data.synthetic_window import driving_poses, perturb_poses, synthetic_window
+from kp2d_ros.geometry import invert_se3, rotation_angle_deg
+from kp2d_ros.pipeline import VOPipeline
+
+pytest.importorskip("gtsam")
+
+F = 500.0  # focal length (px) of the synthetic camera: noise and thresholds in pixels
+BASELINE = 1.0
+
+
+def true_poses(n=10):
+    return list(driving_poses(n, BASELINE))
+
+
+def make_map(poses, n_points=600, noise_px=0.25, outlier_ratio=0.0, seed=0, cfg=None, track_len=6):
+    """A LocalMap of :func:`synthetic_window` (true keyframe poses, perturbed landmarks). Returns (map, window)."""
+    w = synthetic_window(len(poses), n_points, noise_px, outlier_ratio, track_len, seed, F, BASELINE)
+    cfg = cfg or BackendConfig(window=len(poses), max_landmarks=10_000)
+    m = LocalMap(cfg)
+    ids = [m.add_keyframe(T) for T in w.poses]
+    for j in range(len(w.points)):
+        sel = w.obs_point == j
+        m.add_landmark(w.initial[j], {ids[k]: xy for k, xy in zip(w.obs_keyframe[sel], w.obs_xy[sel])})
+    return m, w
+
+
+def perturb(m, rng, rot_deg=0.5, trans=0.05, skip=2):
+    """Perturb every keyframe pose after the first ``skip`` by ~rot_deg and ~trans (of the baseline)."""
+    ids = sorted(m.poses)
+    moved = perturb_poses(np.stack([m.poses[k] for k in ids]), rng, rot_deg, trans * BASELINE, skip)
+    for k, T in zip(ids, moved):
+        m.poses[k] = T
+
+
+def pose_errors(m, poses):
+    rot = [rotation_angle_deg(m.poses[k][:3, :3].T @ T[:3, :3]) for k, T in zip(sorted(m.poses), poses)]
+    trans = [np.linalg.norm(m.poses[k][:3, 3] - T[:3, 3]) for k, T in zip(sorted(m.poses), poses)]
+    return np.array(rot), np.array(trans)
+
+
+@pytest.mark.parametrize("outlier_ratio", [0.0, 0.2])
+def test_perturbed_keyframes_converge_back(outlier_ratio):
+    poses = true_poses()
+    m, _ = make_map(poses, outlier_ratio=outlier_ratio)
+    rng = np.random.default_rng(1)
+    perturb(m, rng)
+    rot0, trans0 = pose_errors(m, poses)
+    assert rot0.max() > 0.3 and trans0.max() > 0.05  # the test starts far from the bounds
+    result = run_window(m, sigma=m.cfg.noise_px / F, focal_px=F)
+    assert result.optimised, result.reason
+    rot, trans = pose_errors(m, poses)
+    assert rot.max() < 0.05, rot
+    assert trans.max() < 0.01 * BASELINE, trans
+    if outlier_ratio:
+        assert len(result.rejected) > 0.5 * outlier_ratio * result.num_observations
+    assert result.error_px_after < result.error_px_before
+
+
+def test_gauge_stays_fixed():
+    """The oldest keyframes are held exactly, so the window can neither slide nor rescale: the refined poses
+    match the truth without any similarity alignment even when every free pose starts 10% too far."""
+    poses = true_poses()
+    m, _ = make_map(poses)
+    fixed = {k: m.poses[k].copy() for k in sorted(m.poses)[:2]}
+    for k in sorted(m.poses)[2:]:
+        m.poses[k] = m.poses[k].copy()
+        m.poses[k][:3, 3] *= 1.1  # a scale error the gauge must remove
+    for lm in m.landmarks.values():
+        lm.position = lm.position * 1.1
+    run_window(m, sigma=m.cfg.noise_px / F, focal_px=F)
+    for k, T in fixed.items():
+        np.testing.assert_array_equal(m.poses[k], T)
+    _, trans = pose_errors(m, poses)
+    assert trans.max() < 0.01 * BASELINE
+
+
+def test_too_few_landmarks_is_skipped_with_a_reason():
+    poses = true_poses(5)
+    m, _ = make_map(poses, n_points=10)
+    result = run_window(m, sigma=1.0 / F, focal_px=F)
+    assert not result.optimised and "landmarks" in result.reason
+    lonely = LocalMap(BackendConfig(window=5))
+    lonely.add_keyframe(np.eye(4))
+    assert "keyframes" in run_window(lonely, 1.0 / F, F).reason
+
+
+def test_keyframe_without_observations_stays_out_of_the_window():
+    """A keyframe restarted after a loss observes nothing: it is not a free variable (no singular system)."""
+    poses = true_poses(8)
+    m, _ = make_map(poses[:7], cfg=BackendConfig(window=8, max_landmarks=10_000))
+    m.add_keyframe(poses[7])
+    problem = m.problem(1.0 / F)
+    assert 7 not in problem.keyframe_ids
+    assert run_window(m, 1.0 / F, F).optimised
+
+
+def test_result_moves_later_keyframes_rigidly():
+    """A window optimised on the worker while the front end went on: keyframes (and landmarks) created after its
+    snapshot move with the newest optimised keyframe."""
+    poses = true_poses(6)
+    m, _ = make_map(poses[:5], cfg=BackendConfig(window=6, max_landmarks=10_000))
+    rng = np.random.default_rng(3)
+    perturb(m, rng)
+    problem = m.problem(1.0 / F)
+    newest = int(problem.keyframe_ids[-1])
+    late = m.add_keyframe(m.poses[newest] @ invert_se3(poses[4]) @ poses[5])  # posed against the stale keyframe
+    relative = invert_se3(m.poses[newest]) @ m.poses[late]
+    m.apply(bundle_adjust(problem, m.cfg, F))
+    np.testing.assert_allclose(invert_se3(m.poses[newest]) @ m.poses[late], relative, atol=1e-9)
+    assert np.linalg.norm(m.poses[late][:3, 3] - poses[5][:3, 3]) < 0.01
+
+
+def test_worker_thread_gives_the_same_result():
+    poses = true_poses()
+    m1, _ = make_map(poses)
+    perturb(m1, np.random.default_rng(4))
+    m2, _ = make_map(poses)
+    perturb(m2, np.random.default_rng(4))
+    run_window(m1, 1.0 / F, F)
+    worker = BackendWorker(m2.cfg)
+    try:
+        worker.submit(m2.problem(1.0 / F), F)
+        result = worker.wait(timeout=60)
+    finally:
+        worker.close()
+    assert result is not None and result.optimised
+    m2.apply(result)
+    for k in m1.poses:
+        np.testing.assert_allclose(m2.poses[k], m1.poses[k], atol=1e-12)
+
+
+def test_config_validation():
+    for bad in (dict(window=2), dict(window=5, fixed_keyframes=5), dict(fixed_keyframes=1),
+                dict(max_landmarks=10, min_landmarks=20), dict(kernel_px=0), dict(kernel="l2")):
+        with pytest.raises(ConfigError):
+            BackendConfig(**bad).validate()
+    BackendConfig(window=0).validate()
+
+
+# --------------------------------------------------------------------------------------------
+# In the pipeline (point-world fixture of test_pipeline.py)
+# --------------------------------------------------------------------------------------------
+def _pipeline_run(window, threaded=False, n=20, seed=0):
+    from test_pipeline import PointWorldFrontend, driving_poses, frame
+
+    gt = driving_poses(n, step=1.0, yaw_deg=1.0, speed_change=0.4)
+    cfg = VOConfig()
+    cfg.backend.window, cfg.backend.threaded = window, threaded
+    vo = VOPipeline(cfg, frontend=PointWorldFrontend(gt, noise_px=1.0, seed=seed))
+    try:
+        out = []
+        for i in range(n):
+            out.append(vo.process(frame(i)))
+            if threaded:
+                vo.wait_backend(timeout=60)  # the next frame takes the finished window
+        return out, gt, vo
+    finally:
+        vo.close()
+
+
+def test_pipeline_deterministic_mode_is_reproducible():
+    a, _, vo = _pipeline_run(10)
+    b, _, _ = _pipeline_run(10)
+    assert vo.map.revision > 0 and all(e.timings_ms["backend"] > 0 for e in a if e.is_keyframe and e is not a[0])
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.T_world_cam, y.T_world_cam)
+
+
+def _end_error(out, gt):
+    """Distance of the last position from the truth, in metres (the first step is the unit, as the gauge keeps it)."""
+    s = np.linalg.norm(gt[1][:3, 3] - gt[0][:3, 3])
+    return np.linalg.norm(out[-1].T_world_cam[:3, 3] * s - gt[-1][:3, 3])
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_backend_reduces_scale_drift_on_the_point_world(seed):
+    """1 px noise over 20 keyframes: the scale drifts without the window; with it, waiting for each window or on
+    the worker thread, the end point is closer (no similarity fit)."""
+    off = _end_error(*_pipeline_run(0, seed=seed)[:2])
+    on = _end_error(*_pipeline_run(10, seed=seed)[:2])
+    out, gt, vo = _pipeline_run(10, threaded=True, seed=seed)
+    assert vo.map.revision > 10  # windows came back from the worker and were taken
+    assert on < 0.8 * off, (on, off)
+    assert _end_error(out, gt) < 0.8 * off
