@@ -100,7 +100,7 @@ class BAResult:
 
 
 class LocalMap:
-    """Keyframe poses (all of them: a few bytes each) and the landmarks of the recent ones."""
+    """The poses of the window's keyframes and the landmarks they observe."""
 
     def __init__(self, cfg: BackendConfig, first_keyframe_id: int = 0):
         self.cfg = cfg
@@ -147,11 +147,13 @@ class LocalMap:
         return T[:3, :3] @ lm.position + T[:3, 3]
 
     def _forget_old(self) -> None:
-        """Drop the landmarks no keyframe of the window observes any more."""
+        """Drop the keyframes before the window and the landmarks no keyframe of the window observes any more."""
         window = set(self.window_ids())
         if not window:
             return
         oldest = min(window)
+        for k in [k for k in self.poses if k < oldest]:
+            del self.poses[k]
         for lid in [lid for lid, lm in self.landmarks.items() if max(lm.observations, default=-1) < oldest]:
             del self.landmarks[lid]
 
@@ -178,8 +180,15 @@ class LocalMap:
         index = {k: i for i, k in enumerate(ids)}
         tracks = [(lid, lm, [k for k in lm.observations if k in index]) for lid, lm in self.landmarks.items()]
         tracks = [t for t in tracks if len(t[2]) >= 2]
-        if len(tracks) > cfg.max_landmarks:  # the longest tracks (most views, most parallax) carry the scale
-            order = np.argsort([-len(t[2]) for t in tracks], kind="stable")[:cfg.max_landmarks]
+        if len(tracks) > cfg.max_landmarks:
+            import os
+            sel = os.environ.get("KP2D_BA_SEL", "longest")
+            if sel == "longest":  # the longest tracks (most views, most parallax) carry the scale
+                order = np.argsort([-len(t[2]) for t in tracks], kind="stable")[:cfg.max_landmarks]
+            elif sel == "spread":  # every max_landmarks-th, in creation order
+                order = np.linspace(0, len(tracks) - 1, cfg.max_landmarks).astype(int)
+            elif sel == "multi":  # tracks of 3+ views first, then newest
+                order = np.argsort([-(min(len(t[2]), 3) * 1e6 + t[0]) for t in tracks], kind="stable")[:cfg.max_landmarks]
             tracks = [tracks[i] for i in sorted(order)]
         lids, pos, ok, ol, oxy = [], [], [], [], []
         for lid, lm, seen in tracks:

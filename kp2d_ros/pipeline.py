@@ -241,6 +241,9 @@ class VOPipeline:
         timings["backend"] = self._backend_ms
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         est.timings_ms = timings
+        if self.map is not None and est.status != TrackingStatus.LOST and self.ref is not None and self.ref.id >= 0:
+            est.keyframe_id = self.ref.id
+            est.T_keyframe_cam = invert_se3(self.ref.T_world_cam) @ est.T_world_cam
         self.last_pose = est.T_world_cam
         return est
 
@@ -589,6 +592,22 @@ class VOPipeline:
 
     # ----------------------------------------------------------------------------------------
     # Backend: landmarks and the windowed bundle adjustment (kp2d_ros/backend.py)
+    @property
+    def backend_revision(self) -> int:
+        """Bumped each time an optimised window is taken (0 without a backend)."""
+        return self.map.revision if self.map is not None else 0
+
+    def keyframe_poses(self, since_id: int = 0) -> dict[int, np.ndarray]:
+        """Copies of the current (refined) ``T_world_cam`` of the keyframes with id >= ``since_id``."""
+        if self.map is None:
+            return {}
+        return {k: T.copy() for k, T in self.map.poses.items() if k >= since_id}
+
+    def window_start(self) -> int:
+        """Id of the oldest keyframe the backend may still move (-1 without a backend)."""
+        ids = self.map.window_ids() if self.map is not None else []
+        return ids[0] if ids else -1
+
     def _map_keyframe(self, kf: Keyframe, tracks) -> None:
         """Register ``kf`` in the map: inliers matched to a reference landmark observe it; the others in front of
         both cameras (this pair's depth) start a landmark seen by both keyframes."""

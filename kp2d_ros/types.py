@@ -189,6 +189,10 @@ class PoseEstimate:
         structure), ``rotation_only`` (the camera turned without translating), ``constant_velocity``
         (too slow to see: translation continues the last pair's at its speed), ``static``, ``none``
         (initialising, lost).
+    keyframe_id, T_keyframe_cam : the backend keyframe this pose was estimated against and the pose relative to
+        it (-1 / None without a backend or while lost): ``T_world_cam = T_world_keyframe @ T_keyframe_cam``, so
+        a path can follow the keyframes the backend refines later.
+    timings_ms also has ``refine`` and ``backend`` (the local bundle adjustment run or taken in this frame).
     """
 
     stamp: float
@@ -206,6 +210,8 @@ class PoseEstimate:
     quality: float = 0.0
     covariance: np.ndarray | None = None
     motion_model: str = "none"
+    keyframe_id: int = -1
+    T_keyframe_cam: np.ndarray | None = None
 
 
 @dataclass

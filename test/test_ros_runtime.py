@@ -229,7 +229,7 @@ def test_path_publication_stays_off_the_worker(rig, monkeypatch):
     appends = []
     real_append = outputs.PathBuffer.append
     monkeypatch.setattr(outputs.PathBuffer, "append",
-                        lambda self, p: appends.append(threading.current_thread().name) or real_append(self, p))
+                        lambda self, *a: appends.append(threading.current_thread().name) or real_append(self, *a))
     fake = FakePipeline()
     r = rig(pipeline=fake, params={"ros.path_period_s": 0.2})
     for i in range(10000):
@@ -242,6 +242,48 @@ def test_path_publication_stays_off_the_worker(rig, monkeypatch):
     assert len(r.paths[-1].poses) == 10000  # ros.max_path_length
     assert appends == ["vo_worker"] * 5  # per frame, the worker only appends one pose
     assert threads and "vo_worker" not in threads  # ... and never builds the Path message
+
+
+class RefiningPipeline(FakePipeline):
+    """FakePipeline whose frames are all estimated against keyframe 0 (at the origin) until, after the 3rd
+    frame, its backend moves keyframe 0 up by 1 (as a refined window does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.backend_revision = 0
+        self.kf0 = np.eye(4)
+
+    def process(self, frame):
+        est = super().process(frame)
+        est.keyframe_id, est.T_keyframe_cam = 0, np.linalg.inv(self.kf0) @ est.T_world_cam
+        if len(self.frames) == 3:
+            self.kf0 = np.eye(4)
+            self.kf0[1, 3] = -1.0  # camera y is down: "up" by 1
+            self.backend_revision += 1
+        return est
+
+    def keyframe_poses(self, since_id=0):
+        return {0: self.kf0.copy()}
+
+
+def test_path_follows_the_backend_refined_keyframes(rig):
+    """Poses already published on the path move with their refined keyframe; odometry stays as published."""
+    r = rig(pipeline=RefiningPipeline(), params={"ros.path_period_s": 0.1})
+    r.send_info(info_msg())
+    for i in range(3):
+        r.send_image(image_msg(1.0 + 0.1 * i))
+    wait_until(lambda: len(r.odom) == 3 and r.paths and len(r.paths[-1].poses) == 3
+               and abs(r.paths[-1].poses[0].pose.position.z - 1.0) < 1e-9, "the refined path", timeout=60)
+    path = r.paths[-1]
+    T_base_cam = r.node.T_base_cam
+    for i, ps in enumerate(path.poses):  # base pose = the camera pose moved 1 up (camera -y), in base axes
+        T = np.eye(4)
+        T[2, 3] = 0.1 * i
+        T[1, 3] = -1.0
+        expected = conv.camera_to_base_pose(T, T_base_cam)[:3, 3]
+        got = [ps.pose.position.x, ps.pose.position.y, ps.pose.position.z]
+        np.testing.assert_allclose(got, expected, atol=1e-9)
+    assert all(abs(o.pose.pose.position.z) < 1e-9 for o in r.odom)  # odometry: as estimated at the time
 
 
 def test_twist_against_ground_truth_on_a_tum_bag(rig, tmp_path):

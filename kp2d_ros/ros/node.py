@@ -72,6 +72,7 @@ class VONode(Node):
 
             pipeline = VOPipeline(self.cfg)
         self.pipeline = pipeline
+        self._backend_revision = 0
         self._log_models()
         rc = self.cfg.ros
         self.T_base_cam = conv.xyzquat_to_matrix(rc.camera_to_base)
@@ -307,6 +308,10 @@ class VONode(Node):
         estimate = self.pipeline.process(frame)
         if self._stop:
             return
+        revision = getattr(self.pipeline, "backend_revision", 0)
+        if revision != self._backend_revision:  # the backend refined its window: the path follows
+            self._backend_revision = revision
+            self.path.refine(self.pipeline.keyframe_poses(), self._fill_path_pose)
         self._last_stamp, self._last_receipt = frame.stamp, t_recv
         if from_header:
             if self._last_header_stamp is not None:
@@ -381,7 +386,7 @@ class VONode(Node):
         self.pub_odom.publish(odom)
         self.trajectory.append(frame.stamp, est.T_world_cam)
         if rc.publish_path:
-            self.path.append(PoseStamped(header=odom.header, pose=odom.pose.pose))
+            self.path.append(PoseStamped(header=odom.header, pose=odom.pose.pose), est.keyframe_id, est.T_keyframe_cam)
         t1 = time.perf_counter()
         self._publish_ms["odom"].append((t1 - t0) * 1e3)
 
@@ -401,6 +406,10 @@ class VONode(Node):
         self.stats["processed"] += 1
         self.last_estimate = est
         self._latency_ms.append((time.monotonic() - t_recv) * 1e3)
+
+    def _fill_path_pose(self, pose, T_world_cam: np.ndarray) -> None:
+        """Write a refined camera pose into a path pose (base in odom), as :meth:`_publish` does."""
+        conv.fill_pose(pose, conv.camera_to_base_pose(T_world_cam, self.T_base_cam))
 
     def _publish_path(self) -> None:
         """Timer (executor thread): the path, when it changed and someone listens. The worker only appends
@@ -474,6 +483,8 @@ class VONode(Node):
             self._cond.notify_all()
         if self._worker is not None and self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout=STOP_JOIN_S)
+        if hasattr(self.pipeline, "close"):
+            self.pipeline.close()  # the backend's thread
         if self._param_cfg.ros.trajectory_file:
             ok, text = self.save_trajectory()
             (self.get_logger().info if ok else self.get_logger().error)(f"on shutdown: {text}")
