@@ -30,6 +30,7 @@ import importlib.metadata
 import json
 import statistics
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -411,7 +412,8 @@ def sweep(seeds: int, solvers: list[str], args, cfg: BackendConfig) -> dict:
     return out
 
 
-def print_table(rows: list[Row], windows: dict, packages: dict) -> None:
+def print_table(rows: list[Row], windows: dict, packages: dict) -> str:
+    """Prints the table; returns the verdict on pyceres ('' without its rows)."""
     print(f"{'solver':9s} {'window':10s} {'obs':>5s} {'cap':>4s} {'rot max/med (deg)':>17s} {'trans max/med (% bl)':>20s} "
           f"{'time (ms)':>9s} {'iters':>5s} {'culled':>6s}")
     for r in rows:
@@ -426,6 +428,18 @@ def print_table(rows: list[Row], windows: dict, packages: dict) -> None:
     for s, info in packages.items():
         print(f"{s:9s} {info['version'] or '-':8s} wheel {info['wheel_mb'] or '-'} MB, installed "
               f"{info['installed_mb'] or '-'} MB")
+        print(textwrap.indent(textwrap.fill(f"API: {info['api_notes']}", 108, break_on_hyphens=False), "          "))
+    slow = [(r, other) for r in rows for other in rows if r.solver == "pyceres" and other.solver != "pyceres"
+            and r.available and other.available and (r.window, r.max_iterations) == (other.window, other.max_iterations)]
+    verdict = ""
+    if slow:
+        ratios = ", ".join(f"{min(q.time_ms_median / o.time_ms_median for q, o in slow if o.solver == s):.0f}-"
+                           f"{max(q.time_ms_median / o.time_ms_median for q, o in slow if o.solver == s):.0f}x {s}"
+                           for s in sorted({o.solver for _, o in slow}))
+        verdict = (f"impractical after every keyframe: no reprojection factor, so one Python CostFunction call per "
+                   f"observation and evaluation; {ratios}'s time")
+        print(f"pyceres verdict: {verdict}")
+    return verdict
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,11 +493,12 @@ def main(argv: list[str] | None = None) -> int:
     packages = {s: package_info(s, Path(args.wheels) if args.wheels else None) for s in solvers}
     for r in rows:
         r.version = packages[r.solver]["version"]
-    print_table(rows, windows, packages)
+    verdict = print_table(rows, windows, packages)
     swept = sweep(args.sweep, solvers, args, replace(cfg, max_iterations=caps[-1])) if args.sweep > 0 else {}
     out = {"command": " ".join(["scripts/ba_solver_comparison.py"] + (argv if argv is not None else sys.argv[1:])),
            "config": asdict(cfg), "runs": args.runs, "threads": args.threads, "windows": windows,
-           "rows": [asdict(r) for r in rows], "packages": packages, "sweep": swept}
+           "rows": [asdict(r) for r in rows], "packages": packages, "pyceres_verdict": verdict,
+           "sweep": swept}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
