@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Which solver for the local bundle adjustment (issue 13): GTSAM, pycolmap (Ceres BA) or pyceres.
 
-    python scripts/ba_solver_comparison.py [--points 300] [--runs 5] [--out out/ba_solvers.json] [--quick]
+    python scripts/ba_solver_comparison.py [--points 345] [--runs 5] [--max-iterations 5,50] [--seed 0]
+                                           [--sweep N] [--out out/ba_solvers.json] [--quick]
 
 The same synthetic windows (``kp2d_ros.data.synthetic_window``: 10 keyframes driving 1 baseline per keyframe and
 turning, landmarks each seen by up to 6 consecutive keyframes, 0.5 px noise at f = 500 px; once without outliers
@@ -65,7 +66,9 @@ API_NOTES = {
     "pyceres": "Small surface mirroring Ceres (Problem, CostFunction, losses, manifolds, SolverOptions), but no "
                "vision factors: the reprojection residual is a Python CostFunction (one Python call per observation "
                "and evaluation) or pycolmap.cost_functions.ReprojErrorCost (C++, but its 7-parameter pose block "
-               "needs a quaternion x R3 product manifold that pyceres 2.6 does not bind, and the pycolmap wheel).",
+               "needs a quaternion x R3 product manifold: pyceres 2.6 has no ProductManifold and its Python "
+               "Manifold trampoline forwards only the sizes - set_manifold raises '<PlusJacobian> not "
+               "implemented'; and the pycolmap wheel).",
 }
 
 
@@ -106,7 +109,7 @@ class Row:
 # The window
 # ----------------------------------------------------------------------------------------
 def make_window(n_points: int, outlier_ratio: float, noise_px: float, seed: int, cfg: BackendConfig,
-                n_keyframes: int = 10):
+                n_keyframes: int = 10) -> tuple[WindowProblem, np.ndarray, int]:
     """(WindowProblem with perturbed free poses, true poses (K, 4, 4), number of outlier observations)."""
     w = synthetic_window(n_keyframes, n_points, noise_px, outlier_ratio, 6, seed, FOCAL_PX, BASELINE)
     m = LocalMap(cfg)
@@ -381,7 +384,11 @@ def measure(solver: str, window: str, problem: WindowProblem, truth: np.ndarray,
     run = None
     for _ in range(runs):
         t0 = time.perf_counter()
-        run = RUNNERS[solver](problem, cfg, threads)
+        try:
+            run = RUNNERS[solver](problem, cfg, threads)
+        except (RuntimeError, ValueError) as e:  # a solver that fails is a result of the comparison
+            row.available, row.reason = False, f"failed: {type(e).__name__}: {e}".splitlines()[0]
+            return row
         row.times_ms.append(round((time.perf_counter() - t0) * 1e3, 2))
     rot, trans = pose_errors(run.poses, truth, problem.num_fixed)
     row.rot_err_deg_max, row.rot_err_deg_median = float(rot.max()), float(np.median(rot))
