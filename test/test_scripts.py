@@ -1,14 +1,19 @@
-"""scripts/: the GPU check parses and answers --help without a GPU (its --dry-run is run by hand: minutes)."""
+"""scripts/: the GPU check parses and answers --help without a GPU (its --dry-run is run by hand: minutes); the
+bundle-adjustment solver comparison runs on a small window."""
+import importlib.util
+import json
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 from conftest import REPO
 
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_check_parses_and_documents_itself():
     assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True).returncode == 0
     res = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True)
@@ -16,3 +21,36 @@ def test_gpu_check_parses_and_documents_itself():
     assert "--dry-run" in res.stdout and "bench" in res.stdout and "width_multiplier=1.0" in res.stdout
     bad = subprocess.run(["bash", str(SCRIPT), "--frobnicate"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown option" in bad.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/ba_solver_comparison.py (issue 13: GTSAM against pycolmap and pyceres on a synthetic window)
+# --------------------------------------------------------------------------------------------
+def test_ba_solver_comparison_quick(tmp_path):
+    """Every solver has a row per window (or says why its package is missing); on the outlier-free window the
+    solvers bring the perturbed keyframes back within the issue's bounds, from well outside them."""
+    out = tmp_path / "ba.json"
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "ba_solver_comparison.py"), "--quick", "--wheels", "",
+                          "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    windows = report["windows"]
+    assert set(windows) == {"clean", "outliers20"}
+    assert windows["outliers20"]["outlier_observations"] > 0.1 * windows["outliers20"]["observations"]
+    rows = {(r["solver"], r["window"]): r for r in report["rows"]}
+    assert set(rows) == {(s, w) for s in ("gtsam", "pycolmap", "pyceres") for w in windows}
+    for (solver, window), row in rows.items():
+        assert solver in res.stdout
+        if importlib.util.find_spec(solver) is None:
+            assert not row["available"] and row["reason"]
+            continue
+        assert row["available"], row["reason"]
+        assert row["time_ms_median"] > 0 and row["iterations"] > 0 and report["packages"][solver]["version"]
+        if window == "clean":
+            start = windows[window]
+            assert start["start_rot_err_deg_max"] > 0.3 and start["start_trans_err_max"] > 0.05
+            assert row["rot_err_deg_max"] < 0.05, (solver, row)
+            assert row["trans_err_max"] < 0.01, (solver, row)
+        else:  # most of the wrong observations are culled
+            assert row["rejected"] > 0.5 * windows[window]["outlier_observations"], (solver, row)
