@@ -166,30 +166,24 @@ class LocalMap:
         if len(ids) - num_fixed < 1:
             return BAResult(False, f"{len(ids)} keyframes in the window: none to optimise beyond the {num_fixed} fixed")
         window = set(ids)
+        tracks = [(lid, lm, [k for k in lm.observations if k in window]) for lid, lm in self.landmarks.items()]
+        tracks = [t for t in tracks if len(t[2]) >= 2]
+        if len(tracks) > cfg.max_landmarks:
+            # tracks of three or more views first (they carry the scale from keyframe to keyframe), newest first
+            order = np.argsort([-(min(len(t[2]), 3) * 1e9 + t[0]) for t in tracks], kind="stable")[:cfg.max_landmarks]
+            tracks = [tracks[i] for i in sorted(order)]
         counts = dict.fromkeys(ids, 0)
-        for lm in self.landmarks.values():
-            seen = [k for k in lm.observations if k in window]
-            if len(seen) >= 2:
-                for k in seen:
-                    counts[k] += 1
+        for _, _, seen in tracks:
+            for k in seen:
+                counts[k] += 1
         # a free keyframe needs observations to be posed (one restarted after a loss has none)
         ids = ids[:num_fixed] + [k for k in ids[num_fixed:] if counts[k] >= MIN_KEYFRAME_OBSERVATIONS]
         if len(ids) == num_fixed:
             return BAResult(False, "no keyframe beyond the fixed ones observes enough landmarks",
                             num_keyframes=len(ids))
         index = {k: i for i, k in enumerate(ids)}
-        tracks = [(lid, lm, [k for k in lm.observations if k in index]) for lid, lm in self.landmarks.items()]
+        tracks = [(lid, lm, [k for k in seen if k in index]) for lid, lm, seen in tracks]
         tracks = [t for t in tracks if len(t[2]) >= 2]
-        if len(tracks) > cfg.max_landmarks:
-            import os
-            sel = os.environ.get("KP2D_BA_SEL", "longest")
-            if sel == "longest":  # the longest tracks (most views, most parallax) carry the scale
-                order = np.argsort([-len(t[2]) for t in tracks], kind="stable")[:cfg.max_landmarks]
-            elif sel == "spread":  # every max_landmarks-th, in creation order
-                order = np.linspace(0, len(tracks) - 1, cfg.max_landmarks).astype(int)
-            elif sel == "multi":  # tracks of 3+ views first, then newest
-                order = np.argsort([-(min(len(t[2]), 3) * 1e6 + t[0]) for t in tracks], kind="stable")[:cfg.max_landmarks]
-            tracks = [tracks[i] for i in sorted(order)]
         lids, pos, ok, ol, oxy = [], [], [], [], []
         for lid, lm, seen in tracks:
             j = len(lids)
@@ -277,11 +271,17 @@ def bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float = 
         for m in np.flatnonzero(mask):
             graph.add(gtsam.GenericProjectionFactorCal3_S2(problem.obs_xy[m], robust, X(int(problem.obs_keyframe[m])),
                                                            L(int(problem.obs_landmark[m])), K))
-        # a landmark left with fewer than two observations would be unconstrained: hold it
+        # a landmark left with fewer than two observations, or a keyframe with too few, would be
+        # unconstrained: hold it where it is (weakly)
         counts = np.bincount(problem.obs_landmark[mask], minlength=n_lm)
         weak = gtsam.noiseModel.Isotropic.Sigma(3, 1e3)
         for j in np.flatnonzero(counts < 2):
             graph.add(gtsam.PriorFactorPoint3(L(int(j)), vals.atPoint3(L(int(j))), weak))
+        views = np.bincount(problem.obs_keyframe[mask], minlength=n_kf)
+        weak_pose = gtsam.noiseModel.Isotropic.Sigma(6, 1e3)
+        for i in range(problem.num_fixed, n_kf):
+            if views[i] < 3:
+                graph.add(gtsam.PriorFactorPose3(X(i), vals.atPose3(X(i)), weak_pose))
         params = gtsam.LevenbergMarquardtParams()
         params.setMaxIterations(cfg.max_iterations)
         # sequential Cholesky: ~2.5x faster than the multifrontal default on a 2-core CPU (10 keyframes,

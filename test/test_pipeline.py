@@ -13,7 +13,7 @@ from kp2d_ros.pipeline import VOPipeline
 from kp2d_ros.types import Camera, Features, Frame, Frontend, TrackingStatus
 
 CAM = Camera.from_intrinsics(500.0, 500.0, 320.0, 240.0, 640, 480)
-TIMING_KEYS = {"network", "matching", "io_net", "refine", "pose", "total"}
+TIMING_KEYS = {"network", "matching", "io_net", "refine", "pose", "backend", "total"}
 
 REPO = Path(__file__).resolve().parents[1]
 

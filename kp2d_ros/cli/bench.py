@@ -121,7 +121,7 @@ def run(args) -> int:
     print(f"{report['frontend']} {w}x{h} on {report['device']}"
           + (f" ({report['precision']})" if report["precision"] else "")
           + f", {report['frames']} frames of {report['sequence']} after {report['warmup']} warm-up")
-    print("  " + "  ".join(f"{k} {st[k]:.1f} ms" for k in ("network", "matching", "io_net", "refine", "pose", "total")))
+    print("  " + "  ".join(f"{k} {st[k]:.1f} ms" for k in ("network", "matching", "io_net", "refine", "pose", "backend", "total")))
     print(f"  {report['fps']:.1f} FPS (median), {report['fps_mean']:.1f} FPS (mean)"
           + (f", pipelined, latency {report['latency_ms']:.1f} ms" if report["pipelined"] else "") + "; "
           f"{report['machine']['cpu']}, {report['machine']['logical_cores']} cores, "

@@ -8,7 +8,7 @@ frames after ``warmup`` frames (the first frame only initialises and is never co
 The JSON written by ``kp2d bench`` (:meth:`BenchResult.report`)::
 
     {"fps": ..., "fps_mean": ..., "pipelined": bool, "latency_ms": ...,
-     "stages_ms": {"network", "matching", "io_net", "refine", "pose", "total"},
+     "stages_ms": {"network", "matching", "io_net", "refine", "pose", "backend", "total"},
      "device": "cpu" | "cuda", "frontend": ..., "resolution": [w, h], "frames": ..., "warmup": ...,
      "sequence": ..., "model": ..., "io_net": ..., "precision": ..., "machine": {...}}
 """
@@ -25,7 +25,9 @@ from kp2d_ros.config import VOConfig
 from kp2d_ros.data.sequence import Sequence
 from kp2d_ros.errors import DataError
 
-STAGES = ("network", "matching", "io_net", "refine", "pose", "total")
+from kp2d_ros.pipeline import STAGES as _PIPELINE_STAGES
+
+STAGES = (*_PIPELINE_STAGES, "total")
 
 
 def machine_info() -> dict:
@@ -142,8 +144,7 @@ def bench(sequence: Sequence, cfg: VOConfig, frames: int = 50, warmup: int = 5, 
     DataError
         fewer than ``warmup + 2`` frames, or bad counts.
     """
-    from kp2d_ros.pipeline import VOPipeline, run_pipelined
-    from kp2d_ros.types import TrackingStatus
+    from kp2d_ros.pipeline import VOPipeline
 
     if frames < 1 or warmup < 1:
         raise DataError(f"bench: frames and warmup must be >= 1, got {frames}, {warmup}")
@@ -155,6 +156,17 @@ def bench(sequence: Sequence, cfg: VOConfig, frames: int = 50, warmup: int = 5, 
     if len(images) < warmup + 2:
         raise DataError(f"bench: sequence {sequence.name} has {len(images)} frames, need at least {warmup + 2}")
     pipe = pipeline if pipeline is not None else VOPipeline(cfg)
+    try:
+        return _timed_run(pipe, cfg, sequence, images, warmup, pipelined)
+    finally:
+        if pipeline is None:
+            pipe.close()  # the backend's worker thread
+
+
+def _timed_run(pipe, cfg: VOConfig, sequence: Sequence, images: list, warmup: int, pipelined: bool) -> "BenchResult":
+    from kp2d_ros.pipeline import run_pipelined
+    from kp2d_ros.types import TrackingStatus
+
     times = {k: [] for k in STAGES}
     tracked = 0
     estimates = run_pipelined(pipe, images) if pipelined else (pipe.process(f) for f in images)
