@@ -313,12 +313,34 @@ def bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float = 
                       iterations=iters)
     for i, k in enumerate(problem.keyframe_ids):
         result.poses[int(k)] = values.atPose3(X(i)).matrix() if i >= problem.num_fixed else problem.poses[i].copy()
+    reason = _implausible(problem, result, keep, cfg)
+    if reason:
+        return BAResult(False, reason, num_keyframes=n_kf, num_landmarks=n_lm, num_observations=int(len(keep)),
+                        error_px_before=result.error_px_before, error_px_after=result.error_px_after,
+                        iterations=iters, time_ms=(time.perf_counter() - t0) * 1e3)
     for j, lid in enumerate(problem.landmark_ids):
         result.positions[int(lid)] = np.asarray(values.atPoint3(L(j)), float).copy()
     result.rejected = [(int(problem.landmark_ids[problem.obs_landmark[m]]), int(problem.keyframe_ids[problem.obs_keyframe[m]]))
                        for m in np.flatnonzero(~keep)]
     result.time_ms = (time.perf_counter() - t0) * 1e3
     return result
+
+
+def _implausible(problem: WindowProblem, result: BAResult, keep: np.ndarray, cfg: BackendConfig) -> str:
+    """Why an optimised window must not be taken ('' when it may): too many observations culled, or a
+    keyframe step whose length changed by more than ``backend.max_step_change`` (a diverged window: the
+    front end's steps are never that wrong)."""
+    if keep.mean() < 0.7:
+        return f"diverged: {100 * (1 - keep.mean()):.0f}% of the observations culled"
+    ids = [int(k) for k in problem.keyframe_ids]
+    for a, b in zip(ids[1:], ids[2:]):
+        if b not in result.poses:
+            continue
+        before = np.linalg.norm(problem.poses[ids.index(b), :3, 3] - problem.poses[ids.index(a), :3, 3])
+        after = np.linalg.norm(result.poses[b][:3, 3] - result.poses[a][:3, 3])
+        if before > 0 and not (1.0 / cfg.max_step_change <= after / before <= cfg.max_step_change):
+            return f"diverged: keyframe {b}'s step changed {after / max(before, 1e-12):.2f}x"
+    return ""
 
 
 def run_window(local_map: LocalMap, sigma: float, focal_px: float) -> BAResult:

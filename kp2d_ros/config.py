@@ -230,7 +230,8 @@ class BackendConfig:
     max_reprojection_px: float = 4.0  # observations beyond this after optimising are culled
     max_iterations: int = 5  # Levenberg-Marquardt iterations per pass (a second pass after culling outliers)
     min_landmarks: int = 30  # fewer landmarks seen twice in the window: the window is skipped
-    max_landmarks: int = 500  # at most this many (the longest tracks) per window: bounds the time
+    max_landmarks: int = 500  # at most this many (3+-view tracks first, newest first) per window: bounds the time
+    max_step_change: float = 1.5  # a window changing a keyframe step's length by more is rejected (diverged)
     threaded: bool = True  # optimise on a worker thread (the node); kp2d replay waits for each window
 
     def validate(self) -> None:
@@ -244,6 +245,8 @@ class BackendConfig:
         _positive("backend.noise_px", self.noise_px)
         _choice("backend.kernel", self.kernel, ("cauchy", "huber"))
         _positive("backend.kernel_px", self.kernel_px)
+        if self.max_step_change <= 1.0:
+            raise ConfigError(f"backend.max_step_change: must be > 1, got {self.max_step_change}")
         _positive("backend.max_reprojection_px", self.max_reprojection_px)
         _positive("backend.max_iterations", self.max_iterations)
         _positive("backend.min_landmarks", self.min_landmarks)

@@ -137,7 +137,7 @@ def test_worker_thread_gives_the_same_result():
 
 def test_config_validation():
     for bad in (dict(window=2), dict(window=5, fixed_keyframes=5), dict(fixed_keyframes=1),
-                dict(max_landmarks=10, min_landmarks=20), dict(kernel_px=0), dict(kernel="l2")):
+                dict(max_landmarks=10, min_landmarks=20), dict(kernel_px=0), dict(kernel="l2"), dict(max_step_change=1.0)):
         with pytest.raises(ConfigError):
             BackendConfig(**bad).validate()
     BackendConfig(window=0).validate()
@@ -188,3 +188,14 @@ def test_backend_reduces_scale_drift_on_the_point_world(seed):
     assert vo.map.revision > 10  # windows came back from the worker and were taken
     assert on < 0.8 * off, (on, off)
     assert _end_error(out, gt) < 0.8 * off
+
+
+def test_a_diverged_window_is_not_taken():
+    """Most observations wrong: the optimisation cannot be trusted, and the map keeps its poses."""
+    poses = true_poses()
+    m, _ = make_map(poses, outlier_ratio=0.6)
+    before = {k: T.copy() for k, T in m.poses.items()}
+    result = run_window(m, sigma=m.cfg.noise_px / F, focal_px=F)
+    assert not result.optimised and result.reason.startswith("diverged")
+    for k, T in before.items():
+        np.testing.assert_array_equal(m.poses[k], T)
