@@ -122,7 +122,11 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
             est = pipeline.process(frame)
             process_s += time.perf_counter() - t0
             stamps.append(frame.stamp)
-            poses.append(np.asarray(est.T_world_cam, dtype=np.float64))
+            rescale = float(getattr(est, "scale_rescaled", 1.0))
+            if rescale != 1.0:  # the scale turned metric: the poses so far in the new unit
+                for T in poses:
+                    T[:3, 3] *= rescale
+            poses.append(np.array(est.T_world_cam, dtype=np.float64))
             statuses.append(TrackingStatus(est.status))
             for k, v in (est.timings_ms or {}).items():
                 stage_sum[k] = stage_sum.get(k, 0.0) + float(v)
