@@ -27,7 +27,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -39,11 +39,13 @@ from kp2d_ros.types import Camera
 log = logging.getLogger(__name__)
 
 RANSAC_ITERATIONS = 300
+IRLS_ITERATIONS = 5
 PROCESS_LOG_SIGMA = 0.01  # scale drift the filter assumes per keyframe pair, on top of the pair's own spread
 MAX_INCONSISTENT = 5  # measurements rejected in a row for disagreeing with the prediction before one is taken
 ACQUIRE_COUNT = 3  # the trajectory turns metric once this many of the last ACQUIRE_WINDOW measurements agree ...
 ACQUIRE_WINDOW = 5
 ACQUIRE_SPREAD = math.log(1.15)  # ... within this (log) of their median (relative to the propagated scale)
+MAX_REL_SIGMA = 0.05  # ground points used: inverse depth known within this fraction (a short baseline has none)
 MIN_INLIER_FRACTION = 0.5  # of the candidate points (the ground region's) on the plane
 MIN_WHEEL_DISTANCE_M = 1e-3  # a wheel step shorter than this cannot scale a translation the views see
 WHEEL_ABS_SIGMA_M = 0.005  # absolute resolution of a wheel-odometry distance
@@ -85,6 +87,43 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     return math.degrees(math.acos(min(1.0, max(-1.0, c))))
 
 
+@dataclass(frozen=True)
+class GroundObservation:
+    """Points of a keyframe pair that may lie on the ground, as the pair triangulated them.
+
+    Attributes
+    ----------
+    rays : (N, 3) unit bearings in the reference camera's axes.
+    inv_depth : (N,) inverse distances along them (unit baseline).
+    inv_depth_sigma : (N,) their standard deviations.
+    """
+
+    rays: np.ndarray
+    inv_depth: np.ndarray
+    inv_depth_sigma: np.ndarray
+
+    @classmethod
+    def from_points(cls, points: np.ndarray, rel_sigma: float | np.ndarray = 0.01) -> "GroundObservation":
+        """From (N, 3) points with a relative distance error (tests, other triangulations)."""
+        P = np.asarray(points, float).reshape(-1, 3)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d = np.linalg.norm(P, axis=1)
+            rho = 1.0 / d
+            return cls(P / d[:, None], rho, np.abs(rho * rel_sigma) + 0.0 * rho)
+
+    def __len__(self) -> int:
+        return int(self.rays.shape[0])
+
+
+def _solve_plane(rays: np.ndarray, rho: np.ndarray, w: np.ndarray) -> np.ndarray | None:
+    """Weighted least squares of ``rho_i = m . ray_i`` (a plane ``n . X = h`` seen along unit rays has
+    inverse distances ``(n . ray) / h``: linear in ``m = n / h``, and unbiased in the inverse depths)."""
+    A = rays * np.sqrt(w)[:, None]
+    b = rho * np.sqrt(w)
+    m, *_ = np.linalg.lstsq(A, b, rcond=None)
+    return m if np.all(np.isfinite(m)) and np.linalg.norm(m) > 0 else None
+
+
 def _refit(points: np.ndarray, down: np.ndarray) -> tuple[np.ndarray, float]:
     """Least-squares plane through ``points`` (total least squares): (normal towards the plane, height)."""
     c = points.mean(axis=0)
@@ -95,8 +134,8 @@ def _refit(points: np.ndarray, down: np.ndarray) -> tuple[np.ndarray, float]:
     return n, float(np.dot(n, c))
 
 
-def fit_ground_plane(points: np.ndarray, cfg: VOConfig, down: np.ndarray | None = None,
-                     seed: int = 0) -> PlaneResult:
+def _fit_points(points: np.ndarray, cfg: VOConfig, down: np.ndarray | None = None,
+                seed: int = 0) -> PlaneResult:
     """The ground plane among ``points`` (camera axes, any common unit), or why there is none.
 
     Candidates are finite points in front of the camera whose ray points at least 2 degrees below the
@@ -176,6 +215,26 @@ def fit_ground_plane(points: np.ndarray, cfg: VOConfig, down: np.ndarray | None 
     return PlaneResult(PlaneFit(normal=n, height=h, inliers=mask, log_sigma=float(log_sigma), tilt_deg=tilt))
 
 
+def fit_ground_plane(obs: GroundObservation, cfg: VOConfig, down: np.ndarray | None = None,
+                     seed: int = 0) -> PlaneResult:
+    """The ground plane among a pair's triangulated points, or why there is none.
+
+    Only points whose inverse depth is known within ``MAX_REL_SIGMA`` take part (a short baseline gives
+    none: no plane rather than a poor one); :func:`_fit_points` fits the plane to them in 3-D.
+    """
+    rho = np.asarray(obs.inv_depth, float).reshape(-1)
+    sig = np.asarray(obs.inv_depth_sigma, float).reshape(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        good = np.isfinite(rho) & np.isfinite(sig) & (rho > 0) & (sig <= MAX_REL_SIGMA * rho)
+        points = np.asarray(obs.rays, float).reshape(-1, 3)[good] / rho[good, None]
+    res = _fit_points(points, cfg, down, seed)
+    if res.plane is None:
+        return res
+    mask = np.zeros(len(rho), bool)
+    mask[np.flatnonzero(good)[res.plane.inliers]] = True
+    return PlaneResult(replace(res.plane, inliers=mask))
+
+
 def ground_roi(camera: Camera, down: np.ndarray, max_distance_heights: float = 12.0,
                half_width_heights: float = 1.2) -> np.ndarray:
     """(H, W) uint8 mask of the pixels whose rays would hit the expected ground (``down``, camera axes)
@@ -224,8 +283,8 @@ class GroundPoints:
 
     Corners in :func:`ground_roi` (cached per camera) are tracked from the reference image into the
     current one (:func:`track_ground_points`) and triangulated with the pair's (R, unit t); the points
-    whose inverse depth is known to 5 % at ``angular_noise`` are returned, in the reference camera's
-    axes (unit baseline).
+    are returned as rays and inverse depths in the reference camera's axes (unit baseline), with their
+    standard deviations at ``angular_noise``.
     """
 
     def __init__(self, cfg: VOConfig):
@@ -233,9 +292,10 @@ class GroundPoints:
         self._roi: tuple[tuple, np.ndarray] | None = None
 
     def __call__(self, ref_image: np.ndarray | None, cur_image: np.ndarray | None, camera: Camera, R: np.ndarray,
-                 t: np.ndarray, angular_noise: float) -> np.ndarray:
+                 t: np.ndarray, angular_noise: float) -> GroundObservation:
+        empty = GroundObservation(np.zeros((0, 3)), np.zeros(0), np.zeros(0))
         if ref_image is None or cur_image is None:
-            return np.zeros((0, 3))
+            return empty
         down = ground_direction(self.cfg)
         key = (camera.width, camera.height, tuple(camera.K.ravel()), tuple(camera.dist.ravel()), camera.model,
                tuple(down))
@@ -243,12 +303,13 @@ class GroundPoints:
             self._roi = (key, ground_roi(camera, down))
         kp0, kp1 = track_ground_points(ref_image, cur_image, self._roi[1])
         if len(kp0) < 3:
-            return np.zeros((0, 3))
+            return empty
         n0, n1 = normalize_points(kp0, camera), normalize_points(kp1, camera)
         rho0, _, sin0, _ = inverse_depths(n0, n1, R, t)
         with np.errstate(divide="ignore"):
-            good = np.isfinite(rho0) & (rho0 * 0.05 * sin0 >= angular_noise)
-        return bearings(n0[good]) / rho0[good, None]
+            sigma = angular_noise / sin0
+        good = np.isfinite(rho0) & np.isfinite(sigma)
+        return GroundObservation(bearings(n0[good]), rho0[good], sigma[good])
 
 
 def ground_direction(cfg: VOConfig) -> np.ndarray:
@@ -417,7 +478,7 @@ class MetricScale:
         """A metric source is configured (the camera height; wheel distances arrive per frame)."""
         return self.camera_height is not None
 
-    def _plane_measurement(self, points: np.ndarray | None) -> tuple[float, float, PlaneFit] | str:
+    def _plane_measurement(self, points: GroundObservation | None) -> tuple[float, float, PlaneFit] | str:
         """(scale, log sigma, plane) from the ground plane, or why not."""
         H = self.camera_height
         if points is None or len(points) == 0:
@@ -444,7 +505,7 @@ class MetricScale:
         rel = self.cfg.geometry.odometry_scale_sigma
         return distance, math.hypot(rel, WHEEL_ABS_SIGMA_M / distance)
 
-    def choose(self, propagated: float | None, log_sigma: float, points: np.ndarray | None = None,
+    def choose(self, propagated: float | None, log_sigma: float, points: GroundObservation | None = None,
                distance: float | None = None, commit: bool = True) -> ScaleChoice:
         """This pair's translation length.
 
@@ -453,8 +514,8 @@ class MetricScale:
         propagated : the pipeline's length for the pair's unit translation (shared structure or speed
             prior; trajectory units), None for the first pair (unit baseline).
         log_sigma : its standard deviation of the log (0 for the first pair).
-        points : (N, 3) the pair's triangulated points in the reference camera (unit baseline), for the
-            ground plane; None without.
+        points : the pair's triangulated points in the reference camera (unit baseline), for the ground
+            plane; None without.
         distance : metres travelled between the reference and this frame (wheel odometry); None without.
         commit : a keyframe pair: update the filter's state.
         """
