@@ -234,15 +234,14 @@ class VOPipeline:
         self._travel = (id(self.ref), done + float(travelled_m) if ok else None)
 
     def _choose_scale(self, scale: float | None, log_sigma: float, geom: TwoViewGeometry, camera: Camera,
-                      is_kf: bool, angular_noise: float) -> ScaleChoice:
+                      is_kf: bool) -> ScaleChoice:
         """The hook where a metric source (ground plane, travelled distance) may replace the pair's
         propagated translation length ``scale`` (None: the first pair)."""
         points = None
         if self.metric.active and is_kf:
             ref = self._ground_images.get("ref")
             ref_image = ref[1] if ref is not None and ref[0] == id(self.ref) else None
-            points = self.ground_points(ref_image, self._ground_images.get("cur"), camera, geom.R, geom.t,
-                                        angular_noise)
+            points = self.ground_points(ref_image, self._ground_images.get("cur"), camera, geom.R, geom.t)
         distance = self._travel[1] if self._travel is not None and self._travel[0] == id(self.ref) else None
         choice = self.metric.choose(scale, log_sigma, points, distance, commit=is_kf)
         self._scale_choice = choice
@@ -388,7 +387,7 @@ class VOPipeline:
         else:  # no scale yet: rotation only, position held until the first keyframe pair
             return self._rotation_only(frame, camera, feats, matches, geom, n0, n1, now, standing=False)
         if self.metric.active or self._travel is not None and self._travel[1] is not None:
-            choice = self._choose_scale(scale, log_sigma, geom, camera, is_kf, cfg.geometry.ransac_threshold_px / f)
+            choice = self._choose_scale(scale, log_sigma, geom, camera, is_kf)
             scale, log_sigma = choice.scale, choice.log_sigma
         elif scale is None:
             scale = 1.0

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from kp2d_ros.config import VOConfig
-from kp2d_ros.geometry import bearings, inverse_depths, normalize_points
+from kp2d_ros.geometry import bearings, focal_length, inverse_depths, normalize_points
 from kp2d_ros.types import Camera
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ MAX_INCONSISTENT = 5  # measurements rejected in a row for disagreeing with the 
 ACQUIRE_COUNT = 3  # the trajectory turns metric once this many of the last ACQUIRE_WINDOW measurements agree ...
 ACQUIRE_WINDOW = 5
 ACQUIRE_SPREAD = math.log(1.15)  # ... within this (log) of their median (relative to the propagated scale)
+TRACK_NOISE_PX = 0.5  # noise of the ground corners tracked by Lucas-Kanade (forward-backward checked to 1 px)
 MAX_REL_SIGMA = 0.05  # ground points used: inverse depth known within this fraction (a short baseline has none)
 MIN_INLIER_FRACTION = 0.5  # of the candidate points (the ground region's) on the plane
 MIN_WHEEL_DISTANCE_M = 1e-3  # a wheel step shorter than this cannot scale a translation the views see
@@ -284,7 +285,8 @@ class GroundPoints:
     Corners in :func:`ground_roi` (cached per camera) are tracked from the reference image into the
     current one (:func:`track_ground_points`) and triangulated with the pair's (R, unit t); the points
     are returned as rays and inverse depths in the reference camera's axes (unit baseline), with their
-    standard deviations at ``angular_noise``.
+    standard deviations at ``TRACK_NOISE_PX`` of tracking noise (the tracker's, whatever the frontend's
+    RANSAC threshold).
     """
 
     def __init__(self, cfg: VOConfig):
@@ -292,7 +294,7 @@ class GroundPoints:
         self._roi: tuple[tuple, np.ndarray] | None = None
 
     def __call__(self, ref_image: np.ndarray | None, cur_image: np.ndarray | None, camera: Camera, R: np.ndarray,
-                 t: np.ndarray, angular_noise: float) -> GroundObservation:
+                 t: np.ndarray) -> GroundObservation:
         empty = GroundObservation(np.zeros((0, 3)), np.zeros(0), np.zeros(0))
         if ref_image is None or cur_image is None:
             return empty
@@ -307,7 +309,7 @@ class GroundPoints:
         n0, n1 = normalize_points(kp0, camera), normalize_points(kp1, camera)
         rho0, _, sin0, _ = inverse_depths(n0, n1, R, t)
         with np.errstate(divide="ignore"):
-            sigma = angular_noise / sin0
+            sigma = TRACK_NOISE_PX / focal_length(camera) / sin0
         good = np.isfinite(rho0) & np.isfinite(sigma)
         return GroundObservation(bearings(n0[good]), rho0[good], sigma[good])
 

@@ -67,7 +67,8 @@ def load_effective_config(args):
 
 
 def write_outputs(result, sequence, cfg, out_dir: Path) -> dict:
-    """report.json, scale.json (a replay's scale sources), trajectory_est.tum, trajectory_gt.tum, trajectory.png, config.yaml; returns the report."""
+    """report.json, scale.json (a replay's scale sources), trajectory_est.tum, trajectory_gt.tum,
+    trajectory.png, config.yaml; returns the report."""
     from kp2d_ros.errors import DataError
 
     try:
