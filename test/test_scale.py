@@ -274,3 +274,34 @@ def test_pose_estimate_scale_fields_on_a_poorly_seen_pair():
     out = [vo.process(frame(i)) for i in range(4)]  # point world: no images to track the ground in
     assert all(not e.scale_metric for e in out)
     assert "ground plane" in out[2].scale_notes
+
+
+def test_replay_rescales_earlier_poses_and_writes_the_scale_summary():
+    """kp2d replay: when the scale turns metric, the poses so far are rescaled (PoseEstimate.scale_rescaled),
+    and scale.json's summary counts the sources and the reasons."""
+    from kp2d_ros.eval.replay import replay
+
+    n = 12
+    gt = driving_poses(n, step=1.0)
+    inner = VOPipeline(VOConfig(), frontend=PointWorldFrontend(gt, noise_px=0.2))
+
+    class WheelPipeline:  # what the node does: the travelled distance per frame
+        def process(self, f):
+            return inner.process(f, travelled_m=None if f.index == 0 else 0.5)
+
+    class Seq:
+        name, ground_truth = "point-world", None
+
+        def __len__(self):
+            return n
+
+        def __iter__(self):
+            return (frame(i, stamp=0.1 * i) for i in range(n))
+
+    result = replay(Seq(), VOConfig(), progress=False, pipeline=WheelPipeline())
+    steps = np.linalg.norm(np.diff(result.estimate.poses[:, :3, 3], axis=0), axis=1)
+    np.testing.assert_allclose(steps, 0.5, rtol=0.03)  # every step in metres, also those before the acquisition
+    s = result.scale
+    assert s["metric"] and s["metric_from_frame"] == ACQUIRE_COUNT and s["rescale"] == pytest.approx(0.5, rel=0.03)
+    assert s["sources"]["wheel_odometry"] == n - ACQUIRE_COUNT and s["sources"]["none"] == 1
+    assert any("agreeing" in k for k in s["not_used"])
