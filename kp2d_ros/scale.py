@@ -483,8 +483,8 @@ class MetricScale:
     def _plane_measurement(self, points: GroundObservation | None) -> tuple[float, float, PlaneFit] | str:
         """(scale, log sigma, plane) from the ground plane, or why not."""
         H = self.camera_height
-        if points is None or len(points) == 0:
-            return "ground plane: no triangulated points"
+        if len(points) == 0:
+            return "ground plane: no ground points tracked"
         res = fit_ground_plane(points, self.cfg, ground_direction(self.cfg))
         if res.plane is None:
             return f"ground plane rejected: {res.reason}"
@@ -530,7 +530,7 @@ class MetricScale:
         measurements: list[tuple[str, float, float]] = []
         notes: list[str] = []
         plane = None
-        if self.active:
+        if self.active and points is not None:  # (the pipeline measures the plane at keyframe pairs only)
             m = self._plane_measurement(points)
             if isinstance(m, str):
                 notes.append(m)
@@ -583,7 +583,7 @@ class MetricScale:
                 self.last_normal = choice.plane.normal
                 self.plane_accepted += 1
                 self.since_plane = 0
-            elif self.active:
+            elif self.active and points is not None:
                 self.plane_rejections += 1
                 self.since_plane += 1
             self.last_notes = choice.notes
