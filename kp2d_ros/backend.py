@@ -133,6 +133,13 @@ class LocalMap:
         if lm is not None:
             lm.observations[keyframe_id] = np.asarray(xy, float)
 
+    def rescale(self, k: float) -> None:
+        """Change the trajectory's unit: keyframe positions and landmarks x ``k`` (the world origin stays)."""
+        for T in self.poses.values():
+            T[:3, 3] *= k
+        for lm in self.landmarks.values():
+            lm.position = lm.position * k
+
     def window_ids(self) -> list[int]:
         """The ids of the last ``window`` keyframes, oldest first."""
         ids = sorted(self.poses)

@@ -133,6 +133,22 @@ class GeometryConfig:
     # Also polish the previous pair's motion as a second hypothesis and keep the one with the lower
     # robust cost (fixes rotation/translation-ambiguity failures of the robust estimator in turns).
     motion_prior: bool = True
+    # Metric scale from the ground plane (kp2d_ros/scale.py): the camera's height above a flat ground in
+    # metres (KITTI: 1.65); 0 = off. Each keyframe pair fits the plane among its triangulated points below
+    # the camera (RANSAC) and scales its translation so that the plane lies at this height.
+    camera_height_m: float = 0.0
+    # Gates of the plane: its normal within this angle (degrees) of the expected down direction (the base's
+    # -z through ros.camera_to_base; the optical +y by default), and within ground_max_normal_change_deg of
+    # the last accepted plane's (a plane that flips between frames is rejected); a point is an inlier
+    # within ground_inlier_ratio x the height of the plane; at least ground_min_inliers of them.
+    ground_max_tilt_deg: float = 10.0
+    ground_max_normal_change_deg: float = 10.0
+    ground_inlier_ratio: float = 0.05
+    ground_min_inliers: int = 20
+    # Standard deviation of log(scale) that one accepted plane adds to its residual spread (road camber,
+    # pitch, a not quite flat ground), and of one wheel-odometry distance (relative: slip, wheel radius).
+    ground_scale_sigma: float = 0.06
+    odometry_scale_sigma: float = 0.02
 
     def validate(self) -> None:
         _choice("geometry.method", self.method, ("magsac", "ransac", "prosac", "lmeds"))
@@ -144,6 +160,18 @@ class GeometryConfig:
         _positive("geometry.min_inliers", self.min_inliers)
         _nonneg("geometry.rotation_only_parallax_px", self.rotation_only_parallax_px)
         _nonneg("geometry.refine_rounds", self.refine_rounds)
+        h = self.camera_height_m
+        if not (isinstance(h, (int, float)) and math.isfinite(h) and (h == 0 or 0.01 <= h <= 100.0)):
+            raise ConfigError(f"geometry.camera_height_m: must be 0 (off) or a height in [0.01, 100] m, got {h!r}")
+        if not 0.0 < self.ground_max_tilt_deg < 90.0:
+            raise ConfigError(f"geometry.ground_max_tilt_deg: must be in (0, 90), got {self.ground_max_tilt_deg}")
+        _positive("geometry.ground_max_normal_change_deg", self.ground_max_normal_change_deg)
+        if not 0.0 < self.ground_inlier_ratio < 1.0:
+            raise ConfigError(f"geometry.ground_inlier_ratio: must be in (0, 1), got {self.ground_inlier_ratio}")
+        if self.ground_min_inliers < 3:
+            raise ConfigError(f"geometry.ground_min_inliers: must be >= 3, got {self.ground_min_inliers}")
+        _positive("geometry.ground_scale_sigma", self.ground_scale_sigma)
+        _positive("geometry.odometry_scale_sigma", self.odometry_scale_sigma)
 
 
 @dataclass
@@ -222,7 +250,7 @@ class PipelineConfig:
 class BackendConfig:
     """Local bundle adjustment over a sliding window of keyframes (``kp2d_ros/backend.py``)."""
 
-    window: int = 10  # keyframes optimised jointly after each new one; 0 turns the backend off
+    window: int = 0  # keyframes optimised jointly after each new one; 0: off (the default until it pays: README)
     fixed_keyframes: int = 2  # the oldest of the window are held (>= 2: fixes position, rotation and scale)
     noise_px: float = 1.0  # observation noise (pixels)
     kernel: str = "cauchy"  # robust kernel on the reprojection errors: cauchy | huber
@@ -310,6 +338,12 @@ class RosConfig:
     # TUM file (camera poses, as kp2d replay's trajectory_est.tum) written by ~/save_trajectory and at
     # shutdown; "" = none.
     trajectory_file: str = ""
+    # Metric scale from wheel odometry: a nav_msgs/Odometry topic ("" = off). The path length its positions
+    # travelled between two images sets that step's translation (kp2d_ros/scale.py); samples are
+    # interpolated at the image stamps, and a source older than scale_odometry_max_age_s is stale (the
+    # propagated scale is kept).
+    scale_odometry_topic: str = ""
+    scale_odometry_max_age_s: float = 0.5
 
     def validate(self) -> None:
         if len(self.camera_to_base) != 7:
@@ -320,6 +354,7 @@ class RosConfig:
         _positive("ros.qos_depth", self.qos_depth)
         _positive("ros.max_path_length", self.max_path_length)
         _positive("ros.path_period_s", self.path_period_s)
+        _positive("ros.scale_odometry_max_age_s", self.scale_odometry_max_age_s)
 
 
 @dataclass

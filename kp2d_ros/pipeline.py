@@ -25,6 +25,7 @@ from kp2d_ros.geometry import (bearings, compose_covariance, compose_relative, e
                                rotation_covariance, scale_from_inverse_depths, two_view_covariance)
 from kp2d_ros.matching import MatchScorer, filter_matches, match_features
 from kp2d_ros.refine import refine_matches
+from kp2d_ros.scale import GroundPoints, MetricScale, ScaleChoice
 from kp2d_ros.runtime import apply_thread_settings
 from kp2d_ros.types import (Camera, Features, Frame, Frontend, Matches, PoseEstimate, TrackingStatus,
                             TwoViewGeometry)
@@ -149,6 +150,8 @@ class VOPipeline:
                 log.info("matching.io_net: IO-Net scores KeyPointNet matches; not used with frontend %s",
                          getattr(self.frontend, "name", type(self.frontend).__name__))
         self.scorer = scorer
+        self.metric = MetricScale(cfg)  # metric scale: ground plane / wheel odometry (kp2d_ros/scale.py)
+        self.ground_points = GroundPoints(cfg)
         self.worker: BackendWorker | None = None
         self.map: LocalMap | None = None
         self.reset()
@@ -184,6 +187,10 @@ class VOPipeline:
         self.still = False  # the last frame without translation was judged standing (not too slow to see)
         self.ref_cov = np.zeros((6, 6))  # covariance of the reference keyframe's pose (world axes)
         self.last_cov = np.zeros((6, 6))
+        self.metric.reset()
+        self._travel: tuple[int, float | None] | None = None  # (id of its reference, metres travelled since)
+        self._scale_choice: ScaleChoice | None = None  # this frame's, when the metric hook ran
+        self._ground_images: dict[str, object] = {}  # grey images for the ground plane: "ref" (id, image), "cur"
         # Local bundle adjustment (backend.window > 0): the map of the recent keyframes and their landmarks.
         if self.worker is not None:
             self.worker.poll()  # a result for the old map is void (its keyframe ids are not in the new one)
@@ -202,8 +209,14 @@ class VOPipeline:
         with respect to the tracking stages, so :func:`run_pipelined` overlaps it with them)."""
         return self.frontend.detect(frame.image)
 
-    def process(self, frame: Frame, features: Features | None = None) -> PoseEstimate:
+    def process(self, frame: Frame, features: Features | None = None, travelled_m: float | None = None
+                ) -> PoseEstimate:
         """Pose of ``frame`` (camera-to-world) and the tracking state after it.
+
+        ``travelled_m``: metres the camera travelled since the previous processed frame, from another
+        sensor (wheel odometry); None when unknown. A metric source for the translation length
+        (:mod:`kp2d_ros.scale`), like ``geometry.camera_height_m``; ``PoseEstimate.scale_source`` says
+        which one each frame used.
 
         Steps: detect -> match against the reference keyframe -> (learned filtering) ->
         (sub-pixel refinement) -> essential matrix and pose -> scale -> compose. ``features``: the frame's features when
@@ -223,6 +236,10 @@ class VOPipeline:
         with _timed(timings, "network"):
             feats = features if features is not None else self.detect(frame)
         self._grey = to_grey(frame.image) if self.cfg.refine.method != "none" else None
+        self._accumulate_travel(travelled_m)
+        self._scale_choice = None
+        if self.metric.active:
+            self._ground_images["cur"] = self._grey if self._grey is not None else to_grey(frame.image)
         if self.ref is None:
             est = self._initialise(frame, feats)
         else:
@@ -235,17 +252,78 @@ class VOPipeline:
             if self._grey is not None:
                 with _timed(timings, "refine"):
                     feats = self._refine(feats, matches)
+            before = self._backend_ms
             with _timed(timings, "pose"):
                 est = self._track(frame, camera, feats, matches)
-            timings["pose"] -= self._backend_ms
+            timings["pose"] -= self._backend_ms - before  # a window optimised in this thread is its own stage
         timings["backend"] = self._backend_ms
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         est.timings_ms = timings
+        self._label_scale(est)
+        if est.is_keyframe and self.metric.active:
+            self._ground_images["ref"] = (id(self.ref), self._ground_images.get("cur"))
         if self.map is not None and est.status != TrackingStatus.LOST and self.ref is not None and self.ref.id >= 0:
             est.keyframe_id = self.ref.id
             est.T_keyframe_cam = invert_se3(self.ref.T_world_cam) @ est.T_world_cam
         self.last_pose = est.T_world_cam
         return est
+
+    def _accumulate_travel(self, travelled_m: float | None) -> None:
+        """Add this frame's externally measured travel to the sum since the reference keyframe (unknown
+        once any frame since it had none)."""
+        if self.ref is None:
+            self._travel = None
+            return
+        if self._travel is None or self._travel[0] != id(self.ref):
+            self._travel = (id(self.ref), 0.0)
+        done = self._travel[1]
+        ok = done is not None and travelled_m is not None and np.isfinite(travelled_m) and travelled_m >= 0
+        if travelled_m is not None and not ok and done is not None:
+            log.warning("travelled distance %r ignored (not a finite distance >= 0)", travelled_m)
+        self._travel = (id(self.ref), done + float(travelled_m) if ok else None)
+
+    def _choose_scale(self, scale: float | None, log_sigma: float, geom: TwoViewGeometry, camera: Camera,
+                      is_kf: bool) -> ScaleChoice:
+        """The hook where a metric source (ground plane, travelled distance) may replace the pair's
+        propagated translation length ``scale`` (None: the first pair)."""
+        points = None
+        if self.metric.active and is_kf:
+            ref = self._ground_images.get("ref")
+            ref_image = ref[1] if ref is not None and ref[0] == id(self.ref) else None
+            points = self.ground_points(ref_image, self._ground_images.get("cur"), camera, geom.R, geom.t)
+        distance = self._travel[1] if self._travel is not None and self._travel[0] == id(self.ref) else None
+        choice = self.metric.choose(scale, log_sigma, points, distance, commit=is_kf)
+        self._scale_choice = choice
+        if choice.rescale != 1.0:
+            self._rescale_world(choice.rescale)
+        return choice
+
+    def _rescale_world(self, k: float) -> None:
+        """Change the trajectory's unit: positions x ``k``, the reference's inverse depths / ``k`` (the world
+        origin, the first camera, stays; the metric scale's acquisition)."""
+        log.info("scale: metric from now on; the trajectory so far is rescaled by %.4g", k)
+        if self.map is not None:  # the backend's window too (a window in flight is taken first, in the old unit)
+            self.wait_backend()
+            self.map.rescale(k)
+        D = np.diag([k, k, k, 1.0, 1.0, 1.0])
+        self.ref.T_world_cam[:3, 3] *= k
+        self.ref.inv_depth = self.ref.inv_depth / k
+        self.ref.inv_depth_sigma = self.ref.inv_depth_sigma / k
+        self.ref_cov = D @ self.ref_cov @ D
+        self.last_cov = D @ self.last_cov @ D
+        self.last_pose = self.last_pose.copy()
+        self.last_pose[:3, 3] *= k
+        if self.motion is not None:
+            self.motion = replace(self.motion, distance=self.motion.distance * k)
+
+    def _label_scale(self, est: PoseEstimate) -> None:
+        """``est.scale_source`` / ``scale_metric`` / ``scale_notes``: which scale this frame used."""
+        c = self._scale_choice
+        est.scale_metric = self.metric.metric
+        if c is not None:
+            est.scale_source, est.scale_notes, est.scale_rescaled = c.source, c.notes, c.rescale
+        elif est.motion_model in ("measured", "constant_speed", "constant_velocity"):
+            est.scale_source = "propagated"
 
     # ----------------------------------------------------------------------------------------
     def _camera(self, frame: Frame) -> Camera:
@@ -357,10 +435,15 @@ class VOPipeline:
             scale, log_sigma = measured
         elif expected is not None:  # no shared structure: the length from the speed prior
             scale, log_sigma, model = expected[0], np.log(expected[1]) / 2.0, "constant_speed"
-        elif is_kf:  # the first pair: unit baseline (defines the trajectory's unit)
-            scale, log_sigma = 1.0, 0.0
+        elif is_kf:  # the first pair: unit baseline (defines the trajectory's unit), or a metric length
+            scale, log_sigma = None, 0.0
         else:  # no scale yet: rotation only, position held until the first keyframe pair
             return self._rotation_only(frame, camera, feats, matches, geom, n0, n1, now, standing=False)
+        if self.metric.active or self._travel is not None and self._travel[1] is not None:
+            choice = self._choose_scale(scale, log_sigma, geom, camera, is_kf)
+            scale, log_sigma = choice.scale, choice.log_sigma
+        elif scale is None:
+            scale = 1.0
         T = compose_relative(ref.T_world_cam, geom.R, scale * geom.t)
         cov_rt, basis = two_view_covariance(geom.R, geom.t, n0, n1, pc.covariance_noise_floor_px / f)
         cov = self._accumulate(T, relative_motion_covariance(geom.R, geom.t, scale, cov_rt, basis, scale * log_sigma))

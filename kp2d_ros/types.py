@@ -193,6 +193,17 @@ class PoseEstimate:
         it (-1 / None without a backend or while lost): ``T_world_cam = T_world_keyframe @ T_keyframe_cam``, so
         a path can follow the keyframes the backend refines later.
     timings_ms also has ``refine`` and ``backend`` (the local bundle adjustment run or taken in this frame).
+    scale_source : where the translation length of this frame came from (:mod:`kp2d_ros.scale`):
+        ``propagated`` (the structure shared with the previous pair, or the speed prior), ``ground_plane``
+        (``geometry.camera_height_m``), ``wheel_odometry`` (the travelled distance given to ``process``),
+        both joined by ``+``, or ``none`` (no translation: initialising, static, rotation only, lost).
+    scale_metric : the trajectory is in metres: a metric source was accepted at some earlier pair (the
+        poses before that pair stay in the first baseline's units). False: the scale is unknown.
+    scale_rescaled : 1.0, except at the frame where the scale turned metric: the factor (metres per former
+        unit) the pipeline rescaled its world by; the positions of all earlier poses times this factor are
+        in metres (``kp2d replay`` applies it; the node logs it, the poses it published stay as they were).
+    scale_notes : why a configured metric source was not used at this frame ("" when it was, or none is
+        configured), e.g. ``ground plane rejected: ...``.
     """
 
     stamp: float
@@ -212,6 +223,10 @@ class PoseEstimate:
     motion_model: str = "none"
     keyframe_id: int = -1
     T_keyframe_cam: np.ndarray | None = None
+    scale_source: str = "none"
+    scale_metric: bool = False
+    scale_rescaled: float = 1.0
+    scale_notes: str = ""
 
 
 @dataclass

@@ -328,3 +328,33 @@ def test_draw_debug_shape_and_marks():
     assert out.shape == (60, 80, 3) and out.dtype == np.uint8
     assert tuple(out[10, 10]) == (0, 255, 0)  # matched keypoint drawn green
     assert out.sum() > 0 and img.sum() == 0  # input untouched
+
+
+def _yaw_in_place_case(vo_scale: float):
+    """Camera 1 m ahead of the base (REP-103 optical mount), the base yaws 90 deg in place: the camera's pose
+    in the first camera's frame, with its translation in VO units (``vo_scale`` per metre)."""
+    T_bc = conv.xyzquat_to_matrix([1.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5])
+    T_odom_base = np.eye(4)
+    T_odom_base[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]  # yaw +90 deg about base z
+    T_wc = conv.invert(T_bc) @ T_odom_base @ T_bc
+    T_wc[:3, 3] *= vo_scale
+    return T_bc, T_wc, T_odom_base
+
+
+def test_lever_arm_90_deg_yaw_with_metric_scale_puts_base_link_at_the_origin():
+    T_bc, T_wc, T_odom_base = _yaw_in_place_case(vo_scale=1.0)  # metric: 1 unit = 1 m
+    out = conv.camera_to_base_pose(T_wc, conv.odom_extrinsic(T_bc, metric=True))
+    np.testing.assert_allclose(out, T_odom_base, atol=1e-12)
+
+
+def test_lever_arm_90_deg_yaw_without_metric_scale_does_not_mix_units():
+    T_bc, T_wc, T_odom_base = _yaw_in_place_case(vo_scale=0.3)
+    # the old formula mixes the 1 m lever arm into a trajectory in VO units: base_link at (0.7, -0.7, 0)
+    wrong = conv.camera_to_base_pose(T_wc, T_bc)
+    np.testing.assert_allclose(wrong[:3, 3], [0.7, -0.7, 0.0], atol=1e-12)
+    # scale unknown: the camera's own motion in base axes (the camera moved from (1, 0) to (0, 1): 0.3 x (-1, 1)),
+    # the base's rotation exact
+    out = conv.camera_to_base_pose(T_wc, conv.odom_extrinsic(T_bc, metric=False))
+    np.testing.assert_allclose(out[:3, :3], T_odom_base[:3, :3], atol=1e-12)
+    np.testing.assert_allclose(out[:3, 3], [-0.3, 0.3, 0.0], atol=1e-12)
+    np.testing.assert_allclose(conv.odom_extrinsic(T_bc, metric=True), T_bc)

@@ -344,3 +344,41 @@ def test_tracking_loss_with_real_pipeline(rig):
     assert r.node.stats["errors"] == 0 and r.node.stats["processed"] == 13
     assert r.node.last_estimate.status in (TrackingStatus.TRACKING, TrackingStatus.STATIC,
                                            TrackingStatus.INITIALIZING)
+
+
+class YawPipeline(FakePipeline):
+    """A 90 deg in-place yaw of a base whose camera sits 1 m ahead of it, seen at VO scale 0.3, or metric
+    (``metric``: the trajectory in metres, as with geometry.camera_height_m or wheel odometry)."""
+
+    def __init__(self, metric: bool):
+        super().__init__()
+        self.metric = metric
+
+    def process(self, frame, travelled_m=None):
+        est = super().process(frame)
+        T_bc = conv.xyzquat_to_matrix([1.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5])
+        T_ob = np.eye(4)
+        if len(self.frames) > 1:
+            T_ob[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]
+        T = conv.invert(T_bc) @ T_ob @ T_bc
+        T[:3, 3] *= 1.0 if self.metric else 0.3
+        est.T_world_cam, est.scale_metric = T, self.metric
+        est.scale_source = "ground_plane" if self.metric else "propagated"
+        return est
+
+
+@pytest.mark.parametrize("metric, position, scale", [(True, (0.0, 0.0, 0.0), "metric"),
+                                                      (False, (-0.3, 0.3, 0.0), "unknown")])
+def test_lever_arm_with_and_without_metric_scale(rig, metric, position, scale):
+    """Camera 1 m ahead of base_link, 90 deg in-place yaw: metric -> base_link stays at the origin (exact
+    lever arm); VO units -> the camera's motion in base axes, never (0.7, -0.7, 0)."""
+    r = rig(pipeline=YawPipeline(metric), params={"ros.camera_to_base": [1.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5]})
+    r.send_info(info_msg())
+    for i in range(2):
+        r.send_image(image_msg(1.0 + 0.1 * i))
+    wait_until(lambda: len(r.odom) == 2, "odometry")
+    p, q = r.odom[-1].pose.pose.position, r.odom[-1].pose.pose.orientation
+    assert (p.x, p.y, p.z) == pytest.approx(position, abs=1e-9)
+    assert (q.x, q.y, q.z, q.w) == pytest.approx((0.0, 0.0, math.sqrt(0.5), math.sqrt(0.5)), abs=1e-9)
+    wait_until(lambda: any({kv.key: kv.value for kv in d.status[0].values}.get("scale") == scale for d in r.diag),
+               "scale in the diagnostics")

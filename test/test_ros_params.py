@@ -89,6 +89,9 @@ def test_overrides_match_offline_loader(context, tmp_path):
     ("ros.qos_depth", 0, "ros.qos_depth"),
     ("ros.camera_to_base", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0], "ros.camera_to_base"),
     ("frontend.typo", 1, "typo"),
+    ("geometry.camera_height_m", -1.65, "geometry.camera_height_m"),  # metric scale: a negative height
+    ("geometry.camera_height_m", 1e4, "geometry.camera_height_m"),  # ... or an absurd one
+    ("ros.scale_odometry_max_age_s", 0.0, "ros.scale_odometry_max_age_s"),
 ])
 def test_invalid_parameter_raises_naming_it(context, name, value, match):
     with pytest.raises(ConfigError, match=match):

@@ -70,7 +70,8 @@ def load_effective_config(args):
 
 
 def write_outputs(result, sequence, cfg, out_dir: Path) -> dict:
-    """report.json, trajectory_est.tum, trajectory_gt.tum, trajectory.png, config.yaml; returns the report."""
+    """report.json, scale.json (a replay's scale sources), trajectory_est.tum, trajectory_gt.tum,
+    trajectory.png, config.yaml; returns the report."""
     from kp2d_ros.errors import DataError
 
     try:
@@ -87,6 +88,8 @@ def _write_outputs(result, sequence, cfg, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     report = result.report()
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if getattr(result, "scale", None) is not None:
+        (out_dir / "scale.json").write_text(json.dumps(result.scale, indent=2) + "\n")
     write_tum(result.estimate, out_dir / "trajectory_est.tum")
     gt_file = out_dir / "trajectory_gt.tum"
     if sequence.ground_truth is not None and len(sequence.ground_truth):
@@ -115,6 +118,8 @@ def print_summary(result, report: dict, out_dir: Path) -> None:
     if report["drift_pct"] is not None:
         print(f"  drift         {report['drift_pct']:.2f} %, {report['drift_deg_per_m']:.4f} deg/m over "
               f"{report['segment_m']:g} m segments (un-rescaled estimate)")
+    if getattr(result, "scale", None) is not None:
+        print(f"  scale         {result.scale['verdict']} (scale.json)")
     if report["fps"] is not None:
         print(f"  speed         {report['fps']:.1f} FPS (pipeline only)")
     print(f"  results in    {out_dir}")

@@ -27,6 +27,7 @@ was estimated elsewhere (``kp2d evaluate``: a node's saved trajectory); what onl
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -53,6 +54,8 @@ class ReplayResult:
     process_s : total wall time spent in ``VOPipeline.process`` (s) (None: not measured).
     metrics : ATE/RPE against the sequence's ground truth, None without (enough) ground truth.
     stage_ms : mean per-stage times (ms) over all frames.
+    scale : where the translation lengths came from (:class:`ScaleLog.summary`; ``scale.json``), None
+        when not replayed.
     """
 
     sequence: str
@@ -62,6 +65,7 @@ class ReplayResult:
     process_s: float | None
     metrics: TrajectoryMetrics | None
     stage_ms: dict[str, float] = field(default_factory=dict)
+    scale: dict | None = None
 
     @property
     def frames(self) -> int:
@@ -114,6 +118,7 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
     if own:
         pipeline = VOPipeline(cfg)
     stamps, poses, statuses = [], [], []
+    scale_log = ScaleLog(cfg)
     stage_sum: dict[str, float] = {}
     process_s = 0.0
     bar = tqdm(total=len(sequence), unit="frame", disable=not progress, dynamic_ncols=True, leave=False)
@@ -123,8 +128,13 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
             est = pipeline.process(frame)
             process_s += time.perf_counter() - t0
             stamps.append(frame.stamp)
-            poses.append(np.asarray(est.T_world_cam, dtype=np.float64))
+            rescale = float(getattr(est, "scale_rescaled", 1.0))
+            if rescale != 1.0:  # the scale turned metric: the poses so far in the new unit
+                for T in poses:
+                    T[:3, 3] *= rescale
+            poses.append(np.array(est.T_world_cam, dtype=np.float64))
             statuses.append(TrackingStatus(est.status))
+            scale_log.add(len(poses) - 1, est)
             for k, v in (est.timings_ms or {}).items():
                 stage_sum[k] = stage_sum.get(k, 0.0) + float(v)
             bar.update(1)
@@ -136,9 +146,48 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
     estimate = Trajectory(stamps=np.asarray(stamps, dtype=np.float64),
                           poses=np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4))
     n = max(len(statuses), 1)
-    return evaluate_trajectory(estimate, sequence.ground_truth, sequence=sequence.name, frontend=cfg.frontend.type,
-                               statuses=statuses, process_s=process_s, max_diff=max_diff,
-                               stage_ms={k: v / n for k, v in stage_sum.items()})
+    result = evaluate_trajectory(estimate, sequence.ground_truth, sequence=sequence.name,
+                                 frontend=cfg.frontend.type, statuses=statuses, process_s=process_s,
+                                 max_diff=max_diff, stage_ms={k: v / n for k, v in stage_sum.items()})
+    result.scale = scale_log.summary()
+    return result
+
+
+class ScaleLog:
+    """Counts of each frame's scale source (``PoseEstimate.scale_source``) and of the reasons a metric
+    source was not used (``scale_notes``, numbers blanked), for ``scale.json``."""
+
+    def __init__(self, cfg: VOConfig):
+        self.camera_height_m = cfg.geometry.camera_height_m
+        self.sources: dict[str, int] = {}
+        self.reasons: dict[str, int] = {}
+        self.metric_from: int | None = None
+        self.rescale = 1.0
+
+    def add(self, index: int, est) -> None:
+        src = getattr(est, "scale_source", "none")
+        self.sources[src] = self.sources.get(src, 0) + 1
+        if getattr(est, "scale_metric", False) and self.metric_from is None:
+            self.metric_from = index
+            self.rescale = float(getattr(est, "scale_rescaled", 1.0))
+        for note in filter(None, (getattr(est, "scale_notes", "") or "").split("; ")):
+            key = re.sub(r"-?\d+(\.\d+)?", "N", note)
+            self.reasons[key] = self.reasons.get(key, 0) + 1
+
+    def summary(self) -> dict:
+        """``{camera_height_m, metric, metric_from_frame, rescale, sources, not_used, verdict}``."""
+        plane = sum(v for k, v in self.sources.items() if "ground_plane" in k)
+        if self.camera_height_m <= 0:
+            verdict = "ground plane off (geometry.camera_height_m = 0)"
+        elif plane == 0:
+            verdict = "ground plane rejected at every pair: propagated scale kept (not metric)"
+        else:
+            verdict = (f"ground plane used at {plane} frames; metric from frame {self.metric_from}"
+                       if self.metric_from is not None else f"ground plane used at {plane} frames")
+        return {"camera_height_m": self.camera_height_m, "metric": self.metric_from is not None,
+                "metric_from_frame": self.metric_from, "rescale": self.rescale,
+                "sources": dict(sorted(self.sources.items())),
+                "not_used": dict(sorted(self.reasons.items(), key=lambda kv: -kv[1])), "verdict": verdict}
 
 
 def evaluate_trajectory(estimate: Trajectory, ground_truth: Trajectory | None, *, sequence: str,

@@ -171,6 +171,19 @@ def camera_to_base_pose(T_world_cam: np.ndarray, T_base_cam: np.ndarray) -> np.n
     return T_base_cam @ T_world_cam @ invert(T_base_cam)
 
 
+def odom_extrinsic(T_base_cam: np.ndarray, metric: bool) -> np.ndarray:
+    """The extrinsic the odometry is published with: ``T_base_cam`` when the trajectory is metric (the lever
+    arm, in metres, is exact), else its rotation alone. A trajectory in VO units (``scale: unknown``) cannot
+    be combined with a lever arm in metres (camera 1 m ahead, 90 deg in-place yaw, VO scale 0.3 would put
+    base_link at (0.7, -0.7, 0) instead of the origin): the camera's own motion is published, rotated into
+    base axes."""
+    if metric:
+        return T_base_cam
+    T = np.eye(4)
+    T[:3, :3] = np.asarray(T_base_cam)[:3, :3]
+    return T
+
+
 def base_to_camera_pose(T_odom_base: np.ndarray, T_base_cam: np.ndarray) -> np.ndarray:
     """Inverse of :func:`camera_to_base_pose` (used by ``kp2d play`` to record camera poses)."""
     return invert(T_base_cam) @ T_odom_base @ T_base_cam

@@ -4,8 +4,12 @@ Per image: message -> :class:`Frame` -> one ``pipeline.process`` call -> message
 callback only stores the newest message; a worker thread processes the newest one when it is
 free, so stale frames never queue up (replaced frames are counted as dropped).
 
-Subscribes  ``image`` (sensor_msgs/Image, or CompressedImage with ``ros.compressed``), ``camera_info``.
-Publishes   ``odom`` (odom -> base, pose + body-frame twist with covariances), ``path`` (a timer, off the
+Subscribes  ``image`` (sensor_msgs/Image, or CompressedImage with ``ros.compressed``), ``camera_info``,
+            ``ros.scale_odometry_topic`` (nav_msgs/Odometry, wheel odometry for the metric scale; "" = none).
+Publishes   ``odom`` (odom -> base, pose + body-frame twist with covariances; ``child_frame_id`` base_link:
+            in metres with the exact lever arm once a metric scale source (``geometry.camera_height_m``,
+            wheel odometry) is accepted; before that ``scale: unknown`` in the diagnostics, VO units, and the
+            camera's motion rotated into base axes, without the lever arm), ``path`` (a timer, off the
             worker thread, every ``ros.path_period_s``), ``keypoints`` (PointCloud2: u, v, score, matched +
             x, y, z rays), ``debug_image`` (only with subscribers), ``diagnostics`` (1 Hz), TF odom -> base.
 Services    ``~/reset``, ``~/pause``, ``~/resume``, ``~/save_trajectory`` (std_srvs/Trigger).
@@ -45,6 +49,7 @@ from kp2d_ros.ros.outputs import PathBuffer, TrajectoryRecorder
 from kp2d_ros.ros.params import apply_changes, check_changes, declare_parameters, read_config, refresh_frontend
 from kp2d_ros.ros.tf_output import TfOutput
 from kp2d_ros.ros.twist import TwistTracker, covariance_to_odom
+from kp2d_ros.scale import WheelOdometry
 from kp2d_ros.types import Frame, PoseEstimate, TrackingStatus
 
 WARN_PERIOD_S = 5.0
@@ -81,6 +86,11 @@ class VONode(Node):
                                 reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
         self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor_qos)
         self.create_subscription(CompressedImage if rc.compressed else Image, "image", self._on_image, sensor_qos)
+        self.wheel: WheelOdometry | None = None
+        if rc.scale_odometry_topic:
+            self.wheel = WheelOdometry(max_age_s=rc.scale_odometry_max_age_s)
+            self.create_subscription(Odometry, rc.scale_odometry_topic, self._on_wheel_odometry,
+                                     QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=200))
         self.pub_odom = self.create_publisher(Odometry, "odom", 10)
         self.pub_path = self.create_publisher(Path, "path", 10)
         self.pub_keypoints = self.create_publisher(PointCloud2, "keypoints", 10)
@@ -146,6 +156,14 @@ class VONode(Node):
             self.stats["camera_info"] += 1
             self._camera_info = cam
             self._cond.notify()
+
+    def _on_wheel_odometry(self, msg: Odometry) -> None:
+        p = msg.pose.pose.position
+        with self._cond:
+            self.stats["wheel_odometry"] += 1
+            warning = self.wheel.add(conv.stamp_to_sec(msg.header.stamp), (p.x, p.y, p.z))
+        if warning:
+            self._warn("wheel_odometry", warning)
 
     def _on_image(self, msg) -> None:
         with self._cond:
@@ -305,7 +323,10 @@ class VONode(Node):
             self.stats["rejected"] += 1
             self._warn("image_rejected", f"image rejected: {e}")
             return
-        estimate = self.pipeline.process(frame)
+        if self.wheel is not None:
+            estimate = self.pipeline.process(frame, travelled_m=self._travelled(frame.stamp))
+        else:
+            estimate = self.pipeline.process(frame)
         if self._stop:
             return
         revision = getattr(self.pipeline, "backend_revision", 0)
@@ -320,6 +341,16 @@ class VONode(Node):
         # the header's own stamp when it has one (bit-exact for listeners matching stamps), else the estimate
         stamp = msg.header.stamp if from_header else conv.sec_to_stamp(frame.stamp, Time)
         self._publish(estimate, frame, stamp, t_recv)
+
+    def _travelled(self, stamp: float) -> float | None:
+        """Wheel-odometry distance since the previous frame (None, with a warning, when unknown)."""
+        if self._last_stamp is None:
+            return None
+        with self._cond:
+            travel = self.wheel.travelled(self._last_stamp, stamp)
+        if travel.distance is None:
+            self._warn("wheel_odometry_missing", f"wheel odometry not used for this frame: {travel.reason}")
+        return travel.distance
 
     def _to_frame(self, msg, camera_info, t_recv: float) -> tuple[Frame, bool]:
         image = conv.compressed_to_array(msg) if self.cfg.ros.compressed else conv.image_to_array(msg)
@@ -365,7 +396,16 @@ class VONode(Node):
     def _publish(self, est: PoseEstimate, frame: Frame, stamp, t_recv: float) -> None:
         rc = self.cfg.ros
         t0 = time.perf_counter()
-        T_odom_base = conv.camera_to_base_pose(est.T_world_cam, self.T_base_cam)
+        metric = bool(getattr(est, "scale_metric", False))
+        rescale = float(getattr(est, "scale_rescaled", 1.0))
+        if rescale != 1.0:  # the trajectory turned metric: everything before was in VO units
+            self.get_logger().info(f"scale: metric from this frame on ({est.scale_source}); the trajectory was "
+                                   f"rescaled by {rescale:.4g}; the odometry published before stays in VO units")
+            self.path.clear()
+            self.twist.reset()
+            self.trajectory.rescale(rescale)  # the saved trajectory file is metric throughout, as kp2d replay's
+        T_ext = conv.odom_extrinsic(self.T_base_cam, metric)
+        T_odom_base = conv.camera_to_base_pose(est.T_world_cam, T_ext)
         odom = Odometry()
         odom.header.stamp = stamp
         odom.header.frame_id = rc.odom_frame
@@ -376,7 +416,7 @@ class VONode(Node):
         # is not a measurement, so it keeps the fallback's 1e3 std ("ignore me" for an EKF)
         cov_world = getattr(est, "covariance", None) if est.status != TrackingStatus.LOST else None
         cov_odom = None if cov_world is None else covariance_to_odom(np.asarray(cov_world, float), est.T_world_cam,
-                                                                      self.T_base_cam)
+                                                                      T_ext)
         odom.pose.covariance = (fallback if cov_odom is None else cov_odom).ravel().tolist()
         tw = self.twist.update(frame.stamp, T_odom_base, est.status, cov_odom, fallback)
         v, w = odom.twist.twist.linear, odom.twist.twist.angular
@@ -452,6 +492,10 @@ class VONode(Node):
             "latency_ms_max": f"{np.max(lat):.1f}",
             "processing_ms": f"{est.timings_ms.get('total', 0.0):.1f}" if est else "0",
             "path_poses": str(len(self.path)),
+            "scale": ("metric" if est is not None and getattr(est, "scale_metric", False) else "unknown"),
+            "scale_source": getattr(est, "scale_source", "none") if est is not None else "none",
+            "scale_notes": getattr(est, "scale_notes", "") if est is not None else "",
+            "wheel_odometry": str(self.stats["wheel_odometry"]) if self.wheel is not None else "off",
             **{f"publish_ms_{k}": f"{np.median(v):.3f}" if v else "nan" for k, v in self._publish_ms.items()},
             "last_warning": self.last_warning,
         }

@@ -124,6 +124,12 @@ class TrajectoryRecorder:
             self._stamps.clear()
             self._poses.clear()
 
+    def rescale(self, k: float) -> None:
+        """Positions of the poses so far times ``k`` (the trajectory's unit changed: metric scale acquired)."""
+        with self._lock:
+            for T in self._poses:
+                T[:3, 3] *= k
+
     def trajectory(self) -> Trajectory:
         with self._lock:
             return Trajectory(stamps=np.asarray(self._stamps, dtype=np.float64),
