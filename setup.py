@@ -29,6 +29,7 @@ setup(
         "threadpoolctl",  # one thread per BLAS pool on small CPUs (kp2d_ros.runtime)
         "matplotlib",
         "scikit-image",  # textures of the synthetic demo scene
+        "gtsam>=4.3",  # the local bundle adjustment (kp2d_ros/backend.py)
     ],
     extras_require={
         # ROS 2 Kilted from PyPI wheels: pip-only use without a ROS install.

@@ -259,6 +259,7 @@ class BackendConfig:
     max_iterations: int = 5  # Levenberg-Marquardt iterations per pass (a second pass after culling outliers)
     min_landmarks: int = 30  # fewer landmarks seen twice in the window: the window is skipped
     max_landmarks: int = 500  # at most this many (3+-view tracks first, newest first) per window: bounds the time
+    min_parallax_deg: float = 0.0  # a new landmark's depth must be this well conditioned (0: every point in front)
     max_step_change: float = 1.5  # a window changing a keyframe step's length by more is rejected (diverged)
     threaded: bool = True  # optimise on a worker thread (the node); kp2d replay waits for each window
 
@@ -273,6 +274,7 @@ class BackendConfig:
         _positive("backend.noise_px", self.noise_px)
         _choice("backend.kernel", self.kernel, ("cauchy", "huber"))
         _positive("backend.kernel_px", self.kernel_px)
+        _nonneg("backend.min_parallax_deg", self.min_parallax_deg)
         if self.max_step_change <= 1.0:
             raise ConfigError(f"backend.max_step_change: must be > 1, got {self.max_step_change}")
         _positive("backend.max_reprojection_px", self.max_reprojection_px)

@@ -704,9 +704,10 @@ class VOPipeline:
         for i in np.flatnonzero(lids >= 0):
             self.map.observe(lids[i], kf.id, n1[i])
         kf.landmarks[idx1[lids >= 0]] = lids[lids >= 0]
-        rho = kf.inv_depth[idx1]
-        with np.errstate(invalid="ignore"):  # far points too: they hold the rotations
-            new = (lids < 0) & np.isfinite(rho) & (rho > 0)
+        rho, sig = kf.inv_depth[idx1], kf.inv_depth_sigma[idx1]
+        min_rho = np.radians(self.cfg.backend.min_parallax_deg) * sig  # far points too: they hold the rotations
+        with np.errstate(invalid="ignore"):
+            new = (lids < 0) & np.isfinite(rho) & (rho > 0) & (rho >= min_rho)
         if not new.any():
             return
         Xc = bearings(n1[new]) / rho[new, None]

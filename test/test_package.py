@@ -1,5 +1,6 @@
 """Package metadata: package.xml is valid for catkin_pkg, setup.py installs what ROS needs."""
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,6 +134,6 @@ def test_no_unused_dependencies():
     setup = ast.parse((REPO / "setup.py").read_text())
     (call,) = [n for n in ast.walk(setup) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup"]
     requires = [ast.literal_eval(e) for k in call.keywords if k.arg == "install_requires" for e in k.value.elts]
-    unused = [r for r in requires if r != "setuptools"
-              and DIST_MODULES.get(r.split("=")[0], r.split("=")[0].replace("-", "_")) not in imports]
+    dists = [re.split(r"[<>=!~ ;\[]", r)[0] for r in requires]
+    unused = [d for d in dists if d != "setuptools" and DIST_MODULES.get(d, d.replace("-", "_")) not in imports]
     assert not unused, f"setup.py install_requires entries no code imports: {unused}"
