@@ -527,7 +527,7 @@ def test_kitti_clip_with_dropped_frames_learned_frontend():
     """The default config (KeyPointNet + LK refinement + IO-Net), KITTI 07 frames 30-99 with frames 61-64
     dropped: ATE within 25% of the clean clip. Across the gap a facade's windows matched the neighbouring
     window, a consistent cluster of depth votes 5x off; the old median of all votes took it (clean 0.027 m,
-    with the drop 3.80 m; now 0.029 m)."""
+    with the drop 3.80 m; now 0.030 m)."""
     from kp2d_ros.config import load_config
     from kp2d_ros.data.faults import simulate
     from kp2d_ros.eval.replay import replay
