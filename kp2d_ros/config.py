@@ -203,6 +203,11 @@ class PipelineConfig:
     # last pair's: within this factor over one interval of that pair, compounded over longer gaps
     # (dropped frames, stops), so neither fools it.
     max_scale_change: float = 3.0
+    # Smallest standard deviation of the log speed change per interval of the last pair (a random walk: it
+    # grows with the square root of the time since that pair), widened to what the last pairs' speed
+    # changes show. The speed prior with this uncertainty picks the scale among point votes that disagree
+    # (after dropped frames, repeated structure can match a whole region to the wrong copy).
+    speed_change_sigma: float = 0.05
     # Carry inverse depths of tracked points from keyframe to keyframe and fuse them with each new pair's.
     fuse_depths: bool = False
     # ratio method: only points seen under at least this triangulation angle (degrees) in both pairs vote.
@@ -241,6 +246,7 @@ class PipelineConfig:
         _choice("pipeline.scale_method", self.scale_method, ("inverse_depth", "ratio"))
         if self.max_scale_change <= 1.0:
             raise ConfigError(f"pipeline.max_scale_change: must be > 1, got {self.max_scale_change}")
+        _positive("pipeline.speed_change_sigma", self.speed_change_sigma)
         _positive("pipeline.max_lost_frames", self.max_lost_frames)
         _nonneg("pipeline.min_triangulation_deg", self.min_triangulation_deg)
         _nonneg("pipeline.rotation_keyframe_deg", self.rotation_keyframe_deg)

@@ -5,6 +5,8 @@ Conventions: a relative pose (R, t) maps camera-0 coordinates to camera-1 coordi
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 from scipy.optimize import least_squares, minimize_scalar
@@ -398,6 +400,64 @@ def relative_scale(prev_points: np.ndarray, new_points: np.ndarray, min_points: 
         return None
     return float(np.exp(np.median(np.log(d_prev[ok] / d_new[ok]))))
 
+
+
+@dataclass(frozen=True)
+class ScaleVote:
+    """Outcome of :func:`vote_log_scale`.
+
+    Attributes
+    ----------
+    log_scale : log of the scale: the median of all votes when they form one cluster around the most
+        probable scale (that median lies within the robust spread of the votes near it), else the median of
+        the votes within three of their standard deviations of the most probable scale.
+    consistent : (P,) bool, the votes the estimate rests on: all of them (one cluster), or those near the
+        most probable scale; the others are outliers (mismatches on repeated structure, moving objects).
+    """
+
+    log_scale: float
+    consistent: np.ndarray
+
+
+def vote_log_scale(log_ratios: np.ndarray, log_stds: np.ndarray, prior_log: float, prior_std: float,
+                   outlier_prob: float = 0.05) -> ScaleVote:
+    """The scale that most of the point votes *and* the speed prior agree on.
+
+    Each vote (a point's log depth ratio) is either consistent with the scale, Gaussian with its own
+    ``log_stds``, or an outlier (probability ``outlier_prob``, uniform); the scale has a Gaussian prior in
+    its logarithm (``prior_log``, ``prior_std``; ``inf`` for none). The most probable scale among the votes
+    (and the prior's) picks the consistent votes (within three standard deviations). A median of all votes
+    takes a value between two clusters: after a gap in the frames, repeated structure (a facade's windows)
+    can match a whole region to the wrong copy with a consistent but wrong depth, and such a cluster can be
+    as large as the correct one; the prior then decides, and the consistent votes' median is the estimate.
+    With one cluster the median of all votes is kept (cutting its tails at three standard deviations would
+    bias it: KITTI 07 SIFT ATE 0.490 -> 0.496 m).
+
+    Parameters
+    ----------
+    log_ratios, log_stds : (P,) votes and their standard deviations (> 0).
+    prior_log, prior_std : the prior's mean and standard deviation.
+    """
+    lr = np.asarray(log_ratios, np.float64)
+    sd = np.maximum(np.asarray(log_stds, np.float64), 1e-9)
+    candidates = np.r_[lr, prior_log] if np.isfinite(prior_std) else lr
+    log_eps = np.log(outlier_prob)
+    score = np.empty(candidates.size)
+    for i0 in range(0, candidates.size, 256):  # (candidates x votes) in blocks
+        z = (lr[None, :] - candidates[i0:i0 + 256, None]) / sd[None, :]
+        score[i0:i0 + 256] = np.sum(np.logaddexp(np.log1p(-outlier_prob) - 0.5 * z ** 2, log_eps), axis=1)
+    if np.isfinite(prior_std):
+        score -= 0.5 * ((candidates - prior_log) / max(prior_std, 1e-9)) ** 2
+    best = float(candidates[int(np.argmax(score))])
+    consistent = np.abs(lr - best) <= 3.0 * sd
+    if not consistent.any():
+        return ScaleVote(best, consistent)
+    inside = lr[consistent]
+    m_in, m_all = float(np.median(inside)), float(np.median(lr))
+    spread = 1.4826 * float(np.median(np.abs(inside - m_in)))
+    if abs(m_all - m_in) <= spread:  # one cluster (its tails included): the median of all votes
+        return ScaleVote(m_all, np.ones(lr.size, bool))
+    return ScaleVote(m_in, consistent)
 
 
 def inverse_depths(n0: np.ndarray, n1: np.ndarray, R: np.ndarray, t: np.ndarray

@@ -21,8 +21,9 @@ from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend, to_grey
 from kp2d_ros.geometry import (bearings, compose_covariance, compose_relative, estimate_relative_pose,
                                focal_length, invert_se3, inverse_depths, normalize_points, relative_motion_covariance,
-                               relative_scale, rotation_angle_deg, rotation_compensated_parallax,
-                               rotation_covariance, scale_from_inverse_depths, two_view_covariance)
+                               rotation_angle_deg, rotation_compensated_parallax,
+                               rotation_covariance, scale_from_inverse_depths, two_view_covariance,
+                               vote_log_scale)
 from kp2d_ros.matching import MatchScorer, filter_matches, match_features
 from kp2d_ros.refine import refine_matches
 from kp2d_ros.scale import GroundPoints, MetricScale, ScaleChoice
@@ -125,6 +126,18 @@ class _Motion:
     keyframes: tuple[int, int] = (-1, -1)
 
 
+@dataclass(frozen=True)
+class _ScaleMeasurement:
+    """The measured length of a pair's unit translation: ``scale``, the std of its logarithm, whether the
+    speed prior's bounds clamped it, and (P,) bool over the pair's inliers: the ``outliers`` among the
+    points that voted (their depths contradict it)."""
+
+    scale: float
+    log_sigma: float
+    clamped: bool
+    outliers: np.ndarray
+
+
 class VOPipeline:
     """Frame-to-keyframe monocular VO.
 
@@ -185,6 +198,7 @@ class VOPipeline:
         self.last_stamp: float | None = None
         self.base = _Tick(None, 0)
         self.still = False  # the last frame without translation was judged standing (not too slow to see)
+        self.speed_changes: list[tuple[float, float]] = []  # (log measured / prior length, elapsed), last pairs
         self.ref_cov = np.zeros((6, 6))  # covariance of the reference keyframe's pose (world axes)
         self.last_cov = np.zeros((6, 6))
         self.metric.reset()
@@ -393,6 +407,20 @@ class VOPipeline:
         elapsed = _Span.between(m.end, now).ratio(m.span)
         return max(expected, 1e-12), self.cfg.pipeline.max_scale_change ** float(np.clip(elapsed, 1.0, 20.0))
 
+    def _prior_log_std(self, now: _Tick) -> tuple[float, float]:
+        """(standard deviation of the log speed prior at ``now``, elapsed intervals of the last pair since it).
+
+        The log speed is a random walk: its variance per interval is the larger of ``speed_change_sigma``
+        squared and what the last pairs' changes show (robustly: 1.4826 x median |change| / sqrt(interval)).
+        """
+        m = self.motion
+        elapsed = float(np.clip(_Span.between(m.end, now).ratio(m.span), 1.0, 20.0))
+        sigma = self.cfg.pipeline.speed_change_sigma
+        if len(self.speed_changes) >= 5:
+            d, e = np.array(self.speed_changes[-30:]).T
+            sigma = max(sigma, 1.4826 * float(np.median(np.abs(d) / np.sqrt(e))))
+        return sigma * np.sqrt(elapsed), elapsed
+
     def _track(self, frame: Frame, camera: Camera, feats: Features, matches: Matches) -> PoseEstimate:
         """Steps: image motion check -> essential matrix and pose -> translation length (shared structure,
         else the speed prior) -> compose -> keyframe decision -> covariance."""
@@ -429,10 +457,13 @@ class VOPipeline:
         is_kf = displacement_px >= pc.min_parallax_px and (parallax_px >= pc.keyframe_parallax_px
                                                            or n_inl < pc.keyframe_min_inliers)
         expected = self._prior(now)
-        measured = self._scale(geom, rho0, sigma0, matches, cfg.geometry.ransac_threshold_px / f, expected)
+        prior_std, elapsed = self._prior_log_std(now) if expected is not None else (np.inf, 1.0)
+        measured = self._scale(geom, rho0, sigma0, matches, cfg.geometry.ransac_threshold_px / f, expected, prior_std)
         model = "measured"
         if measured is not None:
-            scale, log_sigma = measured
+            scale, log_sigma = measured.scale, measured.log_sigma
+            if expected is not None and not measured.clamped:
+                self.speed_changes = self.speed_changes[-29:] + [(float(np.log(scale / expected[0])), elapsed)]
         elif expected is not None:  # no shared structure: the length from the speed prior
             scale, log_sigma, model = expected[0], np.log(expected[1]) / 2.0, "constant_speed"
         elif is_kf:  # the first pair: unit baseline (defines the trajectory's unit), or a metric length
@@ -452,6 +483,9 @@ class VOPipeline:
             idx1 = matches.idx1[inl]
             kf.inv_depth[idx1], kf.inv_depth_sigma[idx1] = self._fuse_depths(
                 geom, n0, matches.idx0[inl], scale, rho1 / scale, sigma1 / scale, cfg.geometry.ransac_threshold_px / f)
+            if measured is not None:  # points whose depth contradicts the scale (mismatched, moving) carry none
+                kf.inv_depth[idx1[measured.outliers]] = np.nan
+                kf.inv_depth_sigma[idx1[measured.outliers]] = np.inf
             direction = -geom.R.T @ geom.t
             self._promote(kf, now, cov, (scale, direction, parallax_px, np.radians(rotation_angle_deg(geom.R))),
                           (matches.idx0[inl], idx1, n0, n1))
@@ -758,15 +792,18 @@ class VOPipeline:
                 m.distance = float(np.linalg.norm(b - a))
 
     def _scale(self, geom: TwoViewGeometry, rho: np.ndarray, sigma: np.ndarray, matches: Matches,
-               angular_noise: float, expected: tuple[float, float] | None) -> tuple[float, float] | None:
+               angular_noise: float, expected: tuple[float, float] | None,
+               prior_std: float = np.inf) -> "_ScaleMeasurement | None":
         """Trajectory length of this pair's unit translation, from the structure shared with the reference.
 
         ``rho``/``sigma``: inverse depths (unit baseline) of the inlier matches along the
         reference-view rays and their standard deviations per unit angular noise;
         ``angular_noise``: expected ray noise (radians), the scale of the robust loss;
         ``expected``: (length, allowed change factor) from the speed prior (:meth:`_prior`), which
-        the estimate is clamped to.
-        Returns (scale, std of its logarithm), or None when the reference has too little known structure.
+        the estimate is clamped to; ``prior_std``: the standard deviation of its logarithm
+        (:meth:`_prior_log_std`). The ratio method takes the votes of the points that the speed prior and
+        most votes agree on (:func:`~kp2d_ros.geometry.vote_log_scale`), not a median of all.
+        Returns None when the reference has too little known structure.
         """
         pc = self.cfg.pipeline
         idx0 = matches.idx0[geom.inliers]
@@ -777,22 +814,31 @@ class VOPipeline:
         length, change = expected if expected is not None else (1.0, pc.max_scale_change)
         min_angle = np.radians(pc.min_triangulation_deg)
         good = known & (rho_ref > min_angle * sig_ref) & (rho > min_angle * sigma)
+        outliers = np.zeros(idx0.size, bool)
+        voters = good
+        s = None
         if pc.scale_method == "inverse_depth":
             s = scale_from_inverse_depths(rho_ref[known], sig_ref[known], rho[known], sigma[known],
                                           init=length, noise=angular_noise)
-        else:  # median distance ratio of points seen under a large enough angle in both pairs
-            s = relative_scale(1.0 / rho_ref[good, None], 1.0 / rho[good, None], pc.min_scale_points)
-        log_sigma = np.log(change) / 2.0  # without enough well-conditioned points: as uncertain as the prior
-        if good.sum() >= pc.min_scale_points:
+        elif good.sum() >= pc.min_scale_points:  # ratios of points seen under a large enough angle in both pairs
             logs = np.log(rho[good] / rho_ref[good])
+            stds = angular_noise * np.hypot(sig_ref[good] / rho_ref[good], sigma[good] / rho[good])
+            vote = vote_log_scale(logs, stds, float(np.log(length)), prior_std)
+            if vote.consistent.sum() >= pc.min_scale_points:
+                s = float(np.exp(vote.log_scale))
+                outliers[np.flatnonzero(good)[~vote.consistent]] = True
+                voters = good & ~outliers
+        log_sigma = np.log(change) / 2.0  # without enough well-conditioned points: as uncertain as the prior
+        if voters.sum() >= pc.min_scale_points:
+            logs = np.log(rho[voters] / rho_ref[voters])
             mad = float(np.median(np.abs(logs - np.median(logs))))
-            log_sigma = 1.2533 * 1.4826 * mad / np.sqrt(good.sum())  # std of a median
+            log_sigma = 1.2533 * 1.4826 * mad / np.sqrt(voters.sum())  # std of a median
         if s is None:
             return None
         clamped = float(np.clip(s, length / change, length * change))
         if clamped != s:
             log_sigma = max(log_sigma, np.log(change) / 2.0)
-        return clamped, float(log_sigma)
+        return _ScaleMeasurement(clamped, float(log_sigma), clamped != s, outliers)
 
     def _lost(self, frame: Frame, feats: Features, matches: Matches, now: _Tick) -> PoseEstimate:
         """No valid pose: hold it; after ``max_lost_frames`` restart from this frame (when it has enough

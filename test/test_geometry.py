@@ -6,7 +6,7 @@ import pytest
 from kp2d_ros.config import GeometryConfig
 from kp2d_ros.geometry import (compose_relative, estimate_relative_pose, inverse_depths, invert_se3,
                                normalize_points, relative_scale, scale_from_inverse_depths, rotation_angle_deg, rotation_compensated_parallax, se3,
-                               triangulation_angles, undistort_pixels)
+                               triangulation_angles, undistort_pixels, vote_log_scale)
 from kp2d_ros.types import Camera
 
 CAM = Camera.from_intrinsics(500.0, 500.0, 320.0, 240.0, 640, 480)
@@ -164,6 +164,29 @@ def test_relative_scale_median_is_robust():
     Q[:20] *= rng.uniform(0.1, 10.0, (20, 1))  # 20 % outliers
     assert relative_scale(P, Q) == pytest.approx(2.5, rel=0.02)
     assert relative_scale(P[:5], Q[:5], min_points=8) is None
+
+
+def test_scale_vote_takes_the_cluster_the_prior_supports():
+    """Two consistent clusters of point votes (log depth ratios): the correct one, and a larger one 5x too
+    small (a region matched to the wrong copy of a repeated structure). The median of all votes follows the
+    larger one; the speed prior decides which cluster is the scale."""
+    rng = np.random.default_rng(11)
+    right, wrong = np.log(30.0) + rng.normal(0, 0.03, 20), np.log(6.0) + rng.normal(0, 0.03, 25)
+    votes, stds = np.r_[right, wrong], np.full(45, 0.1)
+    assert np.median(votes) < np.log(7.0)  # a plain median: the wrong cluster
+    vote = vote_log_scale(votes, stds, prior_log=np.log(32.0), prior_std=0.11)
+    assert np.exp(vote.log_scale) == pytest.approx(30.0, rel=0.02)
+    np.testing.assert_array_equal(vote.consistent, np.r_[np.ones(20, bool), np.zeros(25, bool)])
+    # without a prior the larger cluster wins; with the prior near it, too
+    assert np.exp(vote_log_scale(votes, stds, 0.0, np.inf).log_scale) == pytest.approx(6.0, rel=0.02)
+    assert np.exp(vote_log_scale(votes, stds, np.log(7.0), 0.11).log_scale) == pytest.approx(6.0, rel=0.02)
+
+
+def test_scale_vote_of_one_cluster_is_the_median_of_all():
+    rng = np.random.default_rng(12)
+    votes = np.log(2.0) + rng.standard_t(3, 200) * 0.05  # heavy tails, no second cluster
+    vote = vote_log_scale(votes, np.full(200, 0.03), prior_log=np.log(2.2), prior_std=0.05)
+    assert vote.log_scale == np.median(votes) and vote.consistent.all()
 
 
 def test_inverse_depths_exact_and_signed():
