@@ -17,7 +17,9 @@ from scipy.spatial.transform import Rotation
 
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("std_srvs")
+from builtin_interfaces.msg import Time  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
 
 from kp2d_ros.config import load_config  # noqa: E402
 from kp2d_ros.data import read_tum  # noqa: E402
@@ -369,3 +371,23 @@ def test_core_covariance_published_in_odometry_axes(rig):
     np.testing.assert_allclose(np.diag(np.reshape(r.odom[2].twist.covariance, (6, 6))),
                                np.array([3.0, 1.0, 2.0, 0.3, 0.1, 0.2]) * 1e-4 / 0.01, rtol=1e-6)
     assert r.odom[3].pose.covariance[0] == pytest.approx(1e6) and r.odom[3].twist.covariance[0] >= 1e6
+
+
+def test_node_runs_the_backend_on_its_worker_thread(rig):
+    """A real SIFT pipeline with backend.window 5 (threaded, as config/vo.yaml runs it): windows are optimised off
+    the image thread, taken at later frames, and the path is rewritten with the refined keyframes."""
+    pytest.importorskip("gtsam")
+    from kp2d_ros.data.synthetic import synthetic_sequence
+
+    seq = list(synthetic_sequence(14, width=320, height=240))
+    cam = seq[0].camera
+    r = rig(params={"frontend.type": "sift", "backend.window": 5, "backend.threaded": True,
+                    "ros.path_period_s": 0.1, "refine.method": "none", "matching.io_net": False})
+    assert r.node.pipeline.worker is not None
+    r.send_info(info_msg(k=tuple(cam.K.ravel()), w=320, h=240))
+    for f in seq:
+        r.send_image(conv.array_to_image(f.image, Image, conv.sec_to_stamp(f.stamp, Time), "cam"))
+    wait_until(lambda: r.node.stats["processed"] == len(seq), "all frames processed", timeout=120)
+    assert r.node.pipeline.backend_revision > 0, r.node.pipeline.last_backend
+    assert r.node._backend_revision > 0  # the node saw it and handed the refined keyframes to the path
+    wait_until(lambda: r.paths and len(r.paths[-1].poses) == len(seq), "path with every frame", timeout=60)
