@@ -361,10 +361,13 @@ def run_window(local_map: LocalMap, sigma: float, focal_px: float) -> BAResult:
 
 
 class BackendWorker:
-    """One optimisation at a time on a daemon thread; the newest window wins.
+    """One optimisation at a time, the newest window wins, in a child process.
 
     :meth:`submit` hands a snapshot over (replacing one that has not started); :meth:`poll` returns a
-    finished result once, or None. The map itself is only touched by the caller's thread.
+    finished result once, or None. The map itself is only touched by the caller's thread. GTSAM's Python
+    binding holds the GIL while it optimises (a Python loop on another thread ran at ~1/6 of its speed), so the
+    optimisation runs in a spawned process (started once, at the first window) fed by a daemon thread: the
+    front end's thread never waits for it.
     """
 
     def __init__(self, cfg: BackendConfig, focal_px: float = 1.0):
@@ -375,8 +378,18 @@ class BackendWorker:
         self._done: BAResult | None = None
         self._busy = False
         self._stop = False
+        self._pool = None  # the child process, started with the first window
         self._thread = threading.Thread(target=self._run, name="vo_backend", daemon=True)
         self._thread.start()
+
+    def _optimise(self, problem: WindowProblem, focal: float) -> BAResult:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: a fork of a process running torch/rclpy threads is not safe
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool.submit(bundle_adjust, problem, self.cfg, focal).result()
 
     def submit(self, problem: WindowProblem, focal_px: float) -> None:
         with self._cond:
@@ -396,9 +409,15 @@ class BackendWorker:
         return self.poll()
 
     def close(self) -> None:
+        """Stop the thread and the process (a window in progress is abandoned)."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            for proc in list(getattr(pool, "_processes", {}).values()):  # do not wait for a running window
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
         self._thread.join(timeout=5.0)
 
     def _run(self) -> None:
@@ -411,8 +430,8 @@ class BackendWorker:
                 self._busy = True
                 focal = self.focal_px
             try:
-                result = bundle_adjust(problem, self.cfg, focal)
-            except Exception as e:  # noqa: BLE001 - a failed window must not end the thread
+                result = self._optimise(problem, focal)
+            except Exception as e:  # noqa: BLE001 - a failed window (or a terminated process) must not end the thread
                 log.warning("backend: window optimisation failed: %s: %s", type(e).__name__, e)
                 result = BAResult(False, f"{type(e).__name__}: {e}")
             with self._cond:

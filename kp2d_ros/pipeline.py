@@ -739,9 +739,10 @@ class VOPipeline:
             self.map.observe(lids[i], kf.id, n1[i])
         kf.landmarks[idx1[lids >= 0]] = lids[lids >= 0]
         rho, sig = kf.inv_depth[idx1], kf.inv_depth_sigma[idx1]
-        min_rho = np.radians(self.cfg.backend.min_parallax_deg) * sig  # far points too: they hold the rotations
-        with np.errstate(invalid="ignore"):
-            new = (lids < 0) & np.isfinite(rho) & (rho > 0) & (rho >= min_rho)
+        with np.errstate(invalid="ignore"):  # far points too (min_parallax_deg 0): they hold the rotations
+            new = (lids < 0) & np.isfinite(rho) & (rho > 0)
+            if self.cfg.backend.min_parallax_deg > 0:
+                new &= rho >= np.radians(self.cfg.backend.min_parallax_deg) * sig
         if not new.any():
             return
         Xc = bearings(n1[new]) / rho[new, None]
@@ -774,17 +775,19 @@ class VOPipeline:
         if ref is not None and ref.id in self.map.poses:
             ref.T_world_cam = self.map.poses[ref.id].copy()
             T_cam_world = invert_se3(ref.T_world_cam)
-            for i in np.flatnonzero(ref.landmarks >= 0):
-                lm = self.map.landmarks.get(int(ref.landmarks[i]))
-                if lm is None:
-                    ref.landmarks[i] = -1
-                    continue
-                xc = T_cam_world[:3, :3] @ lm.position + T_cam_world[:3, 3]
-                d = float(np.linalg.norm(xc))
-                if d > 0:
-                    ref.inv_depth[i] = np.sign(xc[2]) / d
-                    if not np.isfinite(ref.inv_depth_sigma[i]):
-                        ref.inv_depth_sigma[i] = 1.0
+            idx = np.flatnonzero(ref.landmarks >= 0)
+            found = [self.map.landmarks.get(int(lid)) for lid in ref.landmarks[idx]]
+            alive = np.array([lm is not None for lm in found], bool)
+            ref.landmarks[idx[~alive]] = -1  # culled
+            if alive.any():
+                idx = idx[alive]
+                P = np.stack([lm.position for lm in found if lm is not None])
+                xc = P @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
+                d = np.linalg.norm(xc, axis=1)
+                ok = d > 0
+                ref.inv_depth[idx[ok]] = np.sign(xc[ok, 2]) / d[ok]
+                sig = ref.inv_depth_sigma[idx[ok]]
+                ref.inv_depth_sigma[idx[ok]] = np.where(np.isfinite(sig), sig, 1.0)
         m = self.motion
         if m is not None and all(k in self.map.poses for k in m.keyframes):
             a, b = (self.map.poses[k][:3, 3] for k in m.keyframes)
