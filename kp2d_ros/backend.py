@@ -402,6 +402,11 @@ class BackendWorker:
             done, self._done = self._done, None
             return done
 
+    def idle(self) -> bool:
+        """Nothing pending or running (a finished result may still wait for :meth:`poll`)."""
+        with self._cond:
+            return self._pending is None and not self._busy
+
     def wait(self, timeout: float | None = None) -> BAResult | None:
         """Block until nothing is pending or running; then :meth:`poll`."""
         with self._cond:
@@ -432,6 +437,8 @@ class BackendWorker:
             try:
                 result = self._optimise(problem, focal)
             except Exception as e:  # noqa: BLE001 - a failed window (or a terminated process) must not end the thread
+                if self._stop:  # closed while optimising: the process was terminated
+                    return
                 log.warning("backend: window optimisation failed: %s: %s", type(e).__name__, e)
                 result = BAResult(False, f"{type(e).__name__}: {e}")
             with self._cond:

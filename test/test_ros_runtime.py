@@ -385,8 +385,9 @@ def test_node_runs_the_backend_on_its_worker_thread(rig):
                     "ros.path_period_s": 0.1, "refine.method": "none", "matching.io_net": False})
     assert r.node.pipeline.worker is not None
     r.send_info(info_msg(k=tuple(cam.K.ravel()), w=320, h=240))
-    for f in seq:
+    for f in seq:  # one frame at a time, the window of the last one finished (the first starts the process)
         r.send_image(conv.array_to_image(f.image, Image, conv.sec_to_stamp(f.stamp, Time), "cam"))
+        wait_until(r.node.pipeline.worker.idle, "backend idle", timeout=60)
     wait_until(lambda: r.node.stats["processed"] == len(seq), "all frames processed", timeout=120)
     assert r.node.pipeline.backend_revision > 0, r.node.pipeline.last_backend
     assert r.node._backend_revision > 0  # the node saw it and handed the refined keyframes to the path
