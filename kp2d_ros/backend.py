@@ -236,6 +236,18 @@ class LocalMap:
 
 
 # ----------------------------------------------------------------------------------------
+def reprojection_errors(problem: WindowProblem, poses: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(M,) reprojection error of every observation of ``problem`` (normalised units; inf behind the camera)
+    for keyframe poses ``poses`` (K, 4, 4) ``T_world_cam`` and landmark positions ``points`` (L, 3)."""
+    T = np.stack([invert_se3(P) for P in poses])
+    Xc = np.einsum("mij,mj->mi", T[problem.obs_keyframe, :3, :3], points[problem.obs_landmark]) \
+        + T[problem.obs_keyframe, :3, 3]
+    z = Xc[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = np.linalg.norm(Xc[:, :2] / z[:, None] - problem.obs_xy, axis=1)
+    return np.where(z > 1e-9, e, np.inf)
+
+
 def bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float = 1.0) -> BAResult:
     """Refine the window's free keyframe poses and its landmarks (see the module docstring).
 
@@ -261,15 +273,8 @@ def bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float = 
         values.insert(L(j), gtsam.Point3(*problem.positions[j]))
 
     def errors(vals) -> np.ndarray:
-        """(M,) reprojection error of every observation (normalised units; inf behind the camera)."""
-        T = np.stack([invert_se3(vals.atPose3(X(i)).matrix()) for i in range(n_kf)])
-        P = np.stack([vals.atPoint3(L(j)) for j in range(n_lm)]).reshape(-1, 3)
-        Xc = np.einsum("mij,mj->mi", T[problem.obs_keyframe, :3, :3], P[problem.obs_landmark]) \
-            + T[problem.obs_keyframe, :3, 3]
-        z = Xc[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            e = np.linalg.norm(Xc[:, :2] / z[:, None] - problem.obs_xy, axis=1)
-        return np.where(z > 1e-9, e, np.inf)
+        return reprojection_errors(problem, np.stack([vals.atPose3(X(i)).matrix() for i in range(n_kf)]),
+                                   np.stack([vals.atPoint3(L(j)) for j in range(n_lm)]).reshape(-1, 3))
 
     def optimise(vals, mask) -> tuple[gtsam.Values, int]:
         graph = gtsam.NonlinearFactorGraph()

@@ -39,7 +39,7 @@ from typing import Callable
 
 import numpy as np
 
-from kp2d_ros.backend import LocalMap, WindowProblem, bundle_adjust
+from kp2d_ros.backend import LocalMap, WindowProblem, bundle_adjust, reprojection_errors
 from kp2d_ros.config import BackendConfig
 from kp2d_ros.data.synthetic_window import perturb_poses, synthetic_window
 from kp2d_ros.geometry import invert_se3, rotation_angle_deg
@@ -131,17 +131,6 @@ def pose_errors(poses: np.ndarray, truth: np.ndarray, num_fixed: int) -> tuple[n
     rot = np.array([rotation_angle_deg(P[:3, :3].T @ T[:3, :3]) for P, T in zip(poses[num_fixed:], truth[num_fixed:])])
     trans = np.linalg.norm(poses[num_fixed:, :3, 3] - truth[num_fixed:, :3, 3], axis=1) / BASELINE
     return rot, trans
-
-
-def reprojection_errors(problem: WindowProblem, poses: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """(M,) normalised reprojection error of every observation (inf behind the camera), as the backend's."""
-    T = np.stack([invert_se3(P) for P in poses])
-    Xc = np.einsum("mij,mj->mi", T[problem.obs_keyframe, :3, :3], points[problem.obs_landmark]) \
-        + T[problem.obs_keyframe, :3, 3]
-    z = Xc[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        e = np.linalg.norm(Xc[:, :2] / z[:, None] - problem.obs_xy, axis=1)
-    return np.where(z > 1e-9, e, np.inf)
 
 
 Solve = Callable[[WindowProblem, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, int, dict]]
