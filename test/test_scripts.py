@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, data_path
 
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
 
@@ -54,3 +54,18 @@ def test_ba_solver_comparison_quick(tmp_path):
             assert row["trans_err_max"] < 0.01, (solver, row)
         else:  # most of the wrong observations are culled
             assert row["rejected"] > 0.5 * windows[window]["outlier_observations"], (solver, row)
+
+
+def test_ba_window_scale_on_a_kitti_clip(tmp_path):
+    """The window-scale diagnostic optimises windows on real data and reports finite ratios near 1."""
+    pytest.importorskip("gtsam")
+    seq = data_path("vo", "kitti07_f0000-0159")
+    out = tmp_path / "scale.json"
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "ba_window_scale.py"), str(seq),
+                          "--config", str(REPO / "config" / "vo_classical.yaml"), "--frames", "24", "--window", "4",
+                          "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["summary"]["windows"] >= 2
+    assert all(0.8 < r["ratio_ba_over_gt"] < 1.25 for r in report["rows"])
