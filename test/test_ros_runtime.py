@@ -248,7 +248,8 @@ def test_path_publication_stays_off_the_worker(rig, monkeypatch):
 
 class RefiningPipeline(FakePipeline):
     """FakePipeline whose frames are all estimated against keyframe 0 (at the origin) until, after the 3rd
-    frame, its backend moves keyframe 0 up by 1 (as a refined window does)."""
+    frame, its backend moves keyframe 0 up by 1 and turns it 90 deg about the vertical (as a refined window
+    does)."""
 
     def __init__(self):
         super().__init__()
@@ -260,17 +261,20 @@ class RefiningPipeline(FakePipeline):
         est.keyframe_id, est.T_keyframe_cam = 0, np.linalg.inv(self.kf0) @ est.T_world_cam
         if len(self.frames) == 3:
             self.kf0 = np.eye(4)
+            self.kf0[:3, :3] = Rotation.from_euler("y", 90, degrees=True).as_matrix()  # camera y: the vertical
             self.kf0[1, 3] = -1.0  # camera y is down: "up" by 1
             self.backend_revision += 1
         return est
 
-    def keyframe_poses(self, since_id=0):
+    def keyframe_poses(self):
         return {0: self.kf0.copy()}
 
 
 def test_path_follows_the_backend_refined_keyframes(rig):
-    """Poses already published on the path move with their refined keyframe; odometry stays as published."""
-    r = rig(pipeline=RefiningPipeline(), params={"ros.path_period_s": 0.1})
+    """Poses already published on the path move with their refined keyframe, through the extrinsic the odometry
+    uses (a lever arm, not applied while the scale is unknown); odometry stays as published."""
+    r = rig(pipeline=RefiningPipeline(), params={"ros.path_period_s": 0.1,
+                                                  "ros.camera_to_base": [1.0, 0.0, 0.5, -0.5, 0.5, -0.5, 0.5]})
     r.send_info(info_msg())
     for i in range(3):
         r.send_image(image_msg(1.0 + 0.1 * i))
@@ -278,11 +282,12 @@ def test_path_follows_the_backend_refined_keyframes(rig):
                and abs(r.paths[-1].poses[0].pose.position.z - 1.0) < 1e-9, "the refined path", timeout=60)
     path = r.paths[-1]
     T_base_cam = r.node.T_base_cam
-    for i, ps in enumerate(path.poses):  # base pose = the camera pose moved 1 up (camera -y), in base axes
+    kf0 = r.node.pipeline.kf0
+    for i, ps in enumerate(path.poses):  # the frame's pose relative to keyframe 0, after the refined keyframe
         T = np.eye(4)
         T[2, 3] = 0.1 * i
-        T[1, 3] = -1.0
-        expected = conv.camera_to_base_pose(T, T_base_cam)[:3, 3]
+        T = kf0 @ T
+        expected = conv.camera_to_base_pose(T, conv.odom_extrinsic(T_base_cam, False))[:3, 3]
         got = [ps.pose.position.x, ps.pose.position.y, ps.pose.position.z]
         np.testing.assert_allclose(got, expected, atol=1e-9)
     assert all(abs(o.pose.pose.position.z) < 1e-9 for o in r.odom)  # odometry: as estimated at the time

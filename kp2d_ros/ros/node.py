@@ -332,7 +332,9 @@ class VONode(Node):
         revision = getattr(self.pipeline, "backend_revision", 0)
         if revision != self._backend_revision:  # the backend refined its window: the path follows
             self._backend_revision = revision
-            self.path.refine(self.pipeline.keyframe_poses(), self._fill_path_pose)
+            metric = bool(getattr(estimate, "scale_metric", False))  # the path holds one unit (cleared when metric)
+            self.path.refine(self.pipeline.keyframe_poses(),
+                             lambda pose, T: conv.fill_pose(pose, self._odom_base(T, metric)))
         self._last_stamp, self._last_receipt = frame.stamp, t_recv
         if from_header:
             if self._last_header_stamp is not None:
@@ -405,7 +407,7 @@ class VONode(Node):
             self.twist.reset()
             self.trajectory.rescale(rescale)  # the saved trajectory file is metric throughout, as kp2d replay's
         T_ext = conv.odom_extrinsic(self.T_base_cam, metric)
-        T_odom_base = conv.camera_to_base_pose(est.T_world_cam, T_ext)
+        T_odom_base = self._odom_base(est.T_world_cam, metric)
         odom = Odometry()
         odom.header.stamp = stamp
         odom.header.frame_id = rc.odom_frame
@@ -447,9 +449,10 @@ class VONode(Node):
         self.last_estimate = est
         self._latency_ms.append((time.monotonic() - t_recv) * 1e3)
 
-    def _fill_path_pose(self, pose, T_world_cam: np.ndarray) -> None:
-        """Write a refined camera pose into a path pose (base in odom), as :meth:`_publish` does."""
-        conv.fill_pose(pose, conv.camera_to_base_pose(T_world_cam, self.T_base_cam))
+    def _odom_base(self, T_world_cam: np.ndarray, metric: bool) -> np.ndarray:
+        """The base pose in odom that odometry, TF and the path publish for a camera pose (the lever arm only
+        with a metric scale: :func:`conversions.odom_extrinsic`)."""
+        return conv.camera_to_base_pose(T_world_cam, conv.odom_extrinsic(self.T_base_cam, metric))
 
     def _publish_path(self) -> None:
         """Timer (executor thread): the path, when it changed and someone listens. The worker only appends
