@@ -145,14 +145,6 @@ class LocalMap:
         ids = sorted(self.poses)
         return ids[-self.cfg.window:] if self.cfg.window > 0 else []
 
-    def position_in(self, landmark_id: int, keyframe_id: int) -> np.ndarray | None:
-        """(3,) the landmark in the keyframe's camera axes, or None when unknown."""
-        lm = self.landmarks.get(int(landmark_id))
-        if lm is None or keyframe_id not in self.poses:
-            return None
-        T = invert_se3(self.poses[keyframe_id])
-        return T[:3, :3] @ lm.position + T[:3, 3]
-
     def _forget_old(self) -> None:
         """Drop the keyframes before the window and the landmarks no keyframe of the window observes any more."""
         window = set(self.window_ids())
@@ -207,12 +199,13 @@ class LocalMap:
                              np.array(pos, float).reshape(-1, 3), np.array(ok, int), np.array(ol, int),
                              np.array(oxy, float).reshape(-1, 2), float(sigma))
 
-    def apply(self, result: BAResult) -> None:
+    def apply(self, result: BAResult) -> bool:
         """Take an optimisation's poses and positions. Keyframes created after its snapshot move rigidly with
         the newest optimised keyframe; culled observations are removed, and landmarks left with fewer than
-        two observations with them."""
-        if not result.optimised:
-            return
+        two observations with them. Returns False (nothing taken) for a skipped window, or a stale one: its
+        newest keyframe has left the window, or belongs to a map reset since."""
+        if not result.optimised or max(result.poses, default=-1) not in self.poses:
+            return False
         newest = max(result.poses)
         correction = result.poses[newest] @ invert_se3(self.poses[newest])
         for k in self.poses:
@@ -233,6 +226,7 @@ class LocalMap:
                 if len(lm.observations) < 2:
                     del self.landmarks[lid]
         self.revision += 1
+        return True
 
 
 # ----------------------------------------------------------------------------------------

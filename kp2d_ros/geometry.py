@@ -376,32 +376,6 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
 # --------------------------------------------------------------------------------------------
 # Scale
 # --------------------------------------------------------------------------------------------
-def relative_scale(prev_points: np.ndarray, new_points: np.ndarray, min_points: int = 8) -> float | None:
-    """Scale factor that brings ``new_points`` onto ``prev_points`` (same physical points).
-
-    Both sets are in the same camera frame (the shared view), with arbitrary scales. The result is
-    the median of the distance ratios ``|prev| / |new|``, robust to outliers.
-
-    Parameters
-    ----------
-    prev_points, new_points : (P, 3) corresponding points.
-    min_points : fewer correspondences than this give None.
-
-    Returns
-    -------
-    float > 0 or None.
-    """
-    if prev_points.shape[0] < min_points:
-        return None
-    d_prev = np.linalg.norm(prev_points, axis=1)
-    d_new = np.linalg.norm(new_points, axis=1)
-    ok = (d_prev > 0) & (d_new > 0) & np.isfinite(d_prev) & np.isfinite(d_new)
-    if ok.sum() < min_points:
-        return None
-    return float(np.exp(np.median(np.log(d_prev[ok] / d_new[ok]))))
-
-
-
 @dataclass(frozen=True)
 class ScaleVote:
     """Outcome of :func:`vote_log_scale`.

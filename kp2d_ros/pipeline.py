@@ -714,16 +714,11 @@ class VOPipeline:
         """Bumped each time an optimised window is taken (0 without a backend)."""
         return self.map.revision if self.map is not None else 0
 
-    def keyframe_poses(self, since_id: int = 0) -> dict[int, np.ndarray]:
-        """Copies of the current (refined) ``T_world_cam`` of the keyframes with id >= ``since_id``."""
+    def keyframe_poses(self) -> dict[int, np.ndarray]:
+        """Copies of the current (refined) ``T_world_cam`` of the backend's window keyframes."""
         if self.map is None:
             return {}
-        return {k: T.copy() for k, T in self.map.poses.items() if k >= since_id}
-
-    def window_start(self) -> int:
-        """Id of the oldest keyframe the backend may still move (-1 without a backend)."""
-        ids = self.map.window_ids() if self.map is not None else []
-        return ids[0] if ids else -1
+        return {k: T.copy() for k, T in self.map.poses.items()}
 
     def _map_keyframe(self, kf: Keyframe, tracks) -> None:
         """Register ``kf`` in the map: inliers matched to a reference landmark observe it; the others in front of
@@ -768,9 +763,8 @@ class VOPipeline:
         """Take an optimised window: keyframe poses and landmarks into the map, the reference's refined pose
         and depths (the next frames' scale rests on them), and the speed prior's distance."""
         self.last_backend = result
-        if not result.optimised or self.map is None or max(result.poses, default=-1) not in self.map.poses:
+        if self.map is None or not self.map.apply(result):
             return
-        self.map.apply(result)
         ref = self.ref
         if ref is not None and ref.id in self.map.poses:
             ref.T_world_cam = self.map.poses[ref.id].copy()

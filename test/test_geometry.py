@@ -5,7 +5,7 @@ import pytest
 
 from kp2d_ros.config import GeometryConfig
 from kp2d_ros.geometry import (compose_relative, estimate_relative_pose, inverse_depths, invert_se3,
-                               normalize_points, relative_scale, scale_from_inverse_depths, rotation_angle_deg, rotation_compensated_parallax, se3,
+                               normalize_points, scale_from_inverse_depths, rotation_angle_deg, rotation_compensated_parallax, se3,
                                triangulation_angles, undistort_pixels, vote_log_scale)
 from kp2d_ros.types import Camera
 
@@ -155,15 +155,6 @@ def test_triangulation_angles():
     X = np.array([[0.5, 0.0, 1.0 / np.tan(np.radians(10.0)) * 0.5]])  # symmetric between centres 0 and 1
     R, t = np.eye(3), np.array([-1.0, 0.0, 0.0])  # camera 1 centre at x = 1
     assert triangulation_angles(X, R, t)[0] == pytest.approx(20.0, abs=1e-6)
-
-
-def test_relative_scale_median_is_robust():
-    rng = np.random.default_rng(9)
-    P = scene(rng, 100)
-    Q = P / 2.5 * rng.normal(1.0, 0.01, (100, 1))
-    Q[:20] *= rng.uniform(0.1, 10.0, (20, 1))  # 20 % outliers
-    assert relative_scale(P, Q) == pytest.approx(2.5, rel=0.02)
-    assert relative_scale(P[:5], Q[:5], min_points=8) is None
 
 
 def test_scale_vote_takes_the_cluster_the_prior_supports():

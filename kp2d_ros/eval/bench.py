@@ -24,8 +24,9 @@ import numpy as np
 from kp2d_ros.config import VOConfig
 from kp2d_ros.data.sequence import Sequence
 from kp2d_ros.errors import DataError
-
 from kp2d_ros.pipeline import STAGES as _PIPELINE_STAGES
+from kp2d_ros.pipeline import VOPipeline, run_pipelined
+from kp2d_ros.types import TrackingStatus
 
 STAGES = (*_PIPELINE_STAGES, "total")
 
@@ -144,8 +145,6 @@ def bench(sequence: Sequence, cfg: VOConfig, frames: int = 50, warmup: int = 5, 
     DataError
         fewer than ``warmup + 2`` frames, or bad counts.
     """
-    from kp2d_ros.pipeline import VOPipeline
-
     if frames < 1 or warmup < 1:
         raise DataError(f"bench: frames and warmup must be >= 1, got {frames}, {warmup}")
     images = []
@@ -164,9 +163,6 @@ def bench(sequence: Sequence, cfg: VOConfig, frames: int = 50, warmup: int = 5, 
 
 
 def _timed_run(pipe, cfg: VOConfig, sequence: Sequence, images: list, warmup: int, pipelined: bool) -> "BenchResult":
-    from kp2d_ros.pipeline import run_pipelined
-    from kp2d_ros.types import TrackingStatus
-
     times = {k: [] for k in STAGES}
     tracked = 0
     estimates = run_pipelined(pipe, images) if pipelined else (pipe.process(f) for f in images)
@@ -254,15 +250,17 @@ def bench_repeated(sequence: Sequence, cfg: VOConfig, repeat: int = 1, frames: i
     DataError
         ``repeat`` < 1, or as :func:`bench`.
     """
-    from kp2d_ros.pipeline import VOPipeline
-
     if repeat < 1:
         raise DataError(f"bench: repeat must be >= 1, got {repeat}")
     pipe = pipeline if pipeline is not None else VOPipeline(cfg)
     load_before = _load_average()
     runs = []
-    for _ in range(repeat):
-        pipe.reset()
-        runs.append(bench(sequence, cfg, frames, warmup, pipe, pipelined))  # same frames, read before timing
+    try:
+        for _ in range(repeat):
+            pipe.reset()
+            runs.append(bench(sequence, cfg, frames, warmup, pipe, pipelined))  # same frames, read before timing
+    finally:
+        if pipeline is None:
+            pipe.close()  # the backend's worker
     return RepeatedBench(runs, load_before, _load_average())
 
