@@ -168,9 +168,8 @@ class LocalMap:
         tracks = [(lid, lm, [k for k in lm.observations if k in window]) for lid, lm in self.landmarks.items()]
         tracks = [t for t in tracks if len(t[2]) >= 2]
         if len(tracks) > cfg.max_landmarks:
-            # tracks of three or more views first (they carry the scale from keyframe to keyframe), newest first
-            order = np.argsort([-(min(len(t[2]), 3) * 1e9 + t[0]) for t in tracks], kind="stable")[:cfg.max_landmarks]
-            tracks = [tracks[i] for i in sorted(order)]
+            tracks = [tracks[i] for i in _select_tracks([t[2] for t in tracks], [t[0] for t in tracks], ids,
+                                                        cfg.max_landmarks)]
         counts = dict.fromkeys(ids, 0)
         for _, _, seen in tracks:
             for k in seen:
@@ -227,6 +226,35 @@ class LocalMap:
                     del self.landmarks[lid]
         self.revision += 1
         return True
+
+
+def _select_tracks(seen: list[list[int]], lids: list[int], ids: list[int], limit: int) -> list[int]:
+    """Indices of at most ``limit`` tracks (``seen``: the window keyframes each is observed in): longer tracks
+    first (they carry the scale from keyframe to keyframe), newer first; but every keyframe of the window, the
+    fixed ones above all, first gets its share (``limit / 2K``) of the tracks it observes. Without that the
+    newest keyframes' tracks fill the budget, the oldest (fixed) keyframes observe nothing, and the window has
+    no gauge."""
+    order = sorted(range(len(seen)), key=lambda i: (-min(len(seen[i]), 4), -lids[i]))
+    chosen: list[int] = []
+    taken = np.zeros(len(seen), bool)
+    quota = max(limit // (2 * max(len(ids), 1)), 1)
+    for k in ids:
+        n = 0
+        for i in order:
+            if n >= quota:
+                break
+            if k in seen[i]:
+                n += 1
+                if not taken[i]:
+                    taken[i] = True
+                    chosen.append(i)
+    for i in order:
+        if len(chosen) >= limit:
+            break
+        if not taken[i]:
+            taken[i] = True
+            chosen.append(i)
+    return sorted(chosen[:limit])
 
 
 # ----------------------------------------------------------------------------------------
@@ -359,6 +387,17 @@ def run_window(local_map: LocalMap, sigma: float, focal_px: float) -> BAResult:
     return result
 
 
+def _lower_priority(increment: int) -> None:
+    """Initializer of the worker process: run at a lower CPU priority (``backend.worker_nice``)."""
+    import os
+
+    if increment > 0:
+        try:
+            os.nice(increment)
+        except OSError:  # not permitted here: run at the normal priority
+            pass
+
+
 class BackendWorker:
     """One optimisation at a time, the newest window wins, in a child process.
 
@@ -387,7 +426,9 @@ class BackendWorker:
             from concurrent.futures import ProcessPoolExecutor
 
             # spawn: a fork of a process running torch/rclpy threads is not safe
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            # niced: on a small CPU the optimisation must not take the front end's cores (the latency of every frame)
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_lower_priority, initargs=(self.cfg.worker_nice,))
         return self._pool.submit(bundle_adjust, problem, self.cfg, focal).result()
 
     def submit(self, problem: WindowProblem, focal_px: float) -> None:

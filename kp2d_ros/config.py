@@ -264,10 +264,11 @@ class BackendConfig:
     max_reprojection_px: float = 4.0  # observations beyond this after optimising are culled
     max_iterations: int = 5  # Levenberg-Marquardt iterations per pass (a second pass after culling outliers)
     min_landmarks: int = 30  # fewer landmarks seen twice in the window: the window is skipped
-    max_landmarks: int = 500  # at most this many (3+-view tracks first, newest first) per window: bounds the time
+    max_landmarks: int = 2000  # at most this many per window (each keyframe its share, then 3+-view tracks first): bounds the time
     min_parallax_deg: float = 0.0  # a new landmark's depth must be this well conditioned (0: every point in front)
-    max_step_change: float = 1.5  # a window changing a keyframe step's length by more is rejected (diverged)
+    max_step_change: float = 3.0  # a window changing a keyframe step's length by more is rejected (diverged)
     threaded: bool = True  # optimise on a worker thread (the node); kp2d replay waits for each window
+    worker_nice: int = 10  # CPU priority decrease of the threaded optimisation's process (0: same as the node)
 
     def validate(self) -> None:
         _nonneg("backend.window", self.window)
@@ -281,6 +282,8 @@ class BackendConfig:
         _choice("backend.kernel", self.kernel, ("cauchy", "huber"))
         _positive("backend.kernel_px", self.kernel_px)
         _nonneg("backend.min_parallax_deg", self.min_parallax_deg)
+        if not 0 <= self.worker_nice <= 19:
+            raise ConfigError(f"backend.worker_nice: 0..19, got {self.worker_nice}")
         if self.max_step_change <= 1.0:
             raise ConfigError(f"backend.max_step_change: must be > 1, got {self.max_step_change}")
         _positive("backend.max_reprojection_px", self.max_reprojection_px)

@@ -100,6 +100,26 @@ def test_keyframe_without_observations_stays_out_of_the_window():
     assert run_window(m, 1.0 / F, F).optimised
 
 
+def test_the_fixed_keyframes_keep_landmarks_when_the_budget_is_full():
+    """More three-view tracks among the newest keyframes than ``backend.max_landmarks``: the oldest, fixed
+    keyframes still observe landmarks, or the window has no gauge. (Before, the budget went to the newest
+    tracks: the fixed keyframes observed nothing, and on KITTI 07 10-keyframe windows slid and diverged.)"""
+    m = LocalMap(BackendConfig(window=6, max_landmarks=60, min_landmarks=10))
+    ids = [m.add_keyframe(T) for T in true_poses(6)]
+    xy = np.zeros(2)
+    for k in range(5):  # two-view tracks between every consecutive pair
+        for _ in range(20):
+            m.add_landmark(np.array([0.0, 0.0, 10.0]), {ids[k]: xy, ids[k + 1]: xy})
+    for _ in range(200):  # and many three-view tracks among the newest keyframes
+        m.add_landmark(np.array([0.0, 0.0, 10.0]), {ids[3]: xy, ids[4]: xy, ids[5]: xy})
+    problem = m.problem(1.0 / F)
+    assert len(problem.landmark_ids) <= 60
+    assert list(problem.keyframe_ids[:2]) == ids[:2] and problem.num_fixed == 2
+    counts = np.bincount(problem.obs_keyframe, minlength=len(problem.keyframe_ids))
+    assert counts[:2].min() >= 5, counts
+    assert counts.min() >= 5, counts
+
+
 def test_result_moves_later_keyframes_rigidly():
     """A window optimised on the worker while the front end went on: keyframes (and landmarks) created after its
     snapshot move with the newest optimised keyframe."""
