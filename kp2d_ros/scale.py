@@ -431,8 +431,9 @@ class GroundPoints:
     frontend's RANSAC threshold), and the two views' normalised points for the image-space plane fit.
     """
 
-    def __init__(self, cfg: VOConfig):
+    def __init__(self, cfg: VOConfig, predict: bool = True):
         self.cfg = cfg
+        self.predict = predict  # track again along the first tracks' plane (False: plain tracking, diagnostics)
         self._roi: tuple[tuple, np.ndarray] | None = None
 
     def __call__(self, ref_image: np.ndarray | None, cur_image: np.ndarray | None, camera: Camera, R: np.ndarray,
@@ -453,7 +454,7 @@ class GroundPoints:
                 return obs
             n0, n1 = normalize_points(kp0, camera), normalize_points(kp1, camera)
             obs = GroundObservation.from_views(TwoViewTracks(n0, n1, R, t, TRACK_NOISE_PX / focal_length(camera)))
-            if homography is not None:
+            if homography is not None or not self.predict:
                 break
             first = fit_ground_plane(GroundObservation(obs.rays, obs.inv_depth, obs.inv_depth_sigma), self.cfg, down)
             if first.plane is None:
