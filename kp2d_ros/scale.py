@@ -327,9 +327,9 @@ def fit_ground_plane(obs: GroundObservation, cfg: VOConfig, down: np.ndarray | N
     Only points whose inverse depth is known within ``MAX_REL_SIGMA`` take part (a short baseline gives
     none: no plane rather than a poor one); :func:`_fit_points` finds the plane among them in 3-D (RANSAC,
     the gates). When the observation carries its two views (``obs.views``, the pipeline's does), that plane
-    is refitted in the images: the plane ``(normal, height)`` minimises the points' whitened transfer error
-    through the homography it induces (:func:`_transfer_residuals`, Huber loss), the maximum-likelihood plane
-    for pixel noise. A 3-D fit weighs the points wrongly: a point's depth error grows with the square of its
+    is refitted in the images: the plane ``(normal, height)``, with a small correction of the pair's rotation,
+    minimises the points' whitened transfer error through the homography it induces
+    (:func:`_transfer_residuals`, Huber loss), the maximum-likelihood plane for pixel noise. A 3-D fit weighs the points wrongly: a point's depth error grows with the square of its
     depth, so far points, which say little, dominate it. The inliers are then the points within
     ``IMAGE_GATE`` of the plane's transfer whose inverse depth the plane predicts within ``MAX_REL_SIGMA``
     (selected on the plane's prediction, not on the points' own noisy depth: no selection bias; farther
@@ -429,6 +429,7 @@ class GroundPoints:
     points are returned as rays and inverse depths in the reference camera's axes (unit baseline), with
     their standard deviations at ``TRACK_NOISE_PX`` of tracking noise (the tracker's, whatever the
     frontend's RANSAC threshold), and the two views' normalised points for the image-space plane fit.
+    (With lens distortion the pixel homography is only approximate; it is a starting point for the tracker.)
     """
 
     def __init__(self, cfg: VOConfig, predict: bool = True):
