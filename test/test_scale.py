@@ -3,15 +3,16 @@ pipeline with a travelled distance per frame."""
 import logging
 import math
 
+import cv2
 import numpy as np
 import pytest
 
 from kp2d_ros.config import VOConfig, load_config
 from kp2d_ros.errors import ConfigError
-from kp2d_ros.geometry import bearings, inverse_depths, se3
+from kp2d_ros.geometry import se3
 from kp2d_ros.pipeline import VOPipeline
-from kp2d_ros.scale import (ACQUIRE_COUNT, GroundObservation, MetricScale, WheelOdometry, fit_ground_plane,
-                            ground_direction, ground_roi)
+from kp2d_ros.scale import (ACQUIRE_COUNT, GroundObservation, MetricScale, TwoViewTracks, WheelOdometry,
+                            fit_ground_plane, ground_direction, ground_roi, track_ground_points)
 from kp2d_ros.types import Camera
 from test_pipeline import PointWorldFrontend, driving_poses, frame
 
@@ -25,15 +26,14 @@ def rot_x(deg):
 
 
 def two_view_points(X, R, t, noise_px, rng):
-    """Triangulate world points X (camera-0 axes) seen from camera 0 and camera 1 (x1 = R x0 + t, |t| = 1)
-    with pixel noise, as the pipeline does (unit baseline)."""
+    """World points X (camera-0 axes) seen from camera 0 and camera 1 (x1 = R x0 + t, |t| = 1) with pixel
+    noise in both views, triangulated as the pipeline does (unit baseline; the two views kept)."""
     X1 = X @ R.T + t
     ok = (X[:, 2] > 0.5) & (X1[:, 2] > 0.5)
     X, X1 = X[ok], X1[ok]
     n0 = X[:, :2] / X[:, 2:] + rng.normal(0, noise_px / F, (len(X), 2))
     n1 = X1[:, :2] / X1[:, 2:] + rng.normal(0, noise_px / F, (len(X), 2))
-    rho0, _, sin0, _ = inverse_depths(n0, n1, R, t)
-    return GroundObservation(bearings(n0), rho0, noise_px / F / sin0)
+    return GroundObservation.from_views(TwoViewTracks(n0, n1, R, t, noise_px / F))
 
 
 def road_scene(height, rng, n_ground=400, n_clutter=150, pitch_deg=0.0, cars_ahead=False):
@@ -49,28 +49,44 @@ def road_scene(height, rng, n_ground=400, n_clutter=150, pitch_deg=0.0, cars_ahe
     return np.r_[g, ahead, side] @ R.T
 
 
-@pytest.mark.parametrize("pitch_deg, cars_ahead, tol", [(0.0, False, 0.015), (3.0, False, 0.015), (0.0, True, 0.02)])
-def test_plane_fit_recovers_the_height_within_1_percent_at_half_a_pixel(pitch_deg, cars_ahead, tol):
-    """One forward metre of baseline, 400 road points 5-25 m ahead, 0.5 px noise in both views, road + parked
-    cars / walls at the sides (+ the backs of cars ahead): RMS error over 10 scenes within 1.5 % (2 %), single
-    scenes within 1.5x that. NOT the issue's 1 %: measured RMS 0.9-1.4 %, max 2.2 %. (An inverse-depth
-    weighted fit met 1 % here but was 10 % biased on KITTI 07, see the report.)"""
+def plane_fit_errors(pitch_deg, cars_ahead, three_d=False, scenes=10):
+    """Relative height errors and predicted log-sigmas of the plane fit on ``scenes`` synthetic road scenes:
+    one forward metre of baseline, 400 road points 5-25 m ahead, 0.5 px noise in both views, parked cars /
+    walls at the sides (+ the backs of cars ahead). ``three_d``: the fit without the views (3-D points only)."""
     cfg = VOConfig()
-    errors = []
-    for seed in range(10):
+    errors, sigmas = [], []
+    for seed in range(scenes):
         rng = np.random.default_rng(seed)
-        baseline = 1.0  # metres, forward: the pair's unit baseline is 1 m, heights come out in metres
         X = road_scene(1.65, rng, pitch_deg=pitch_deg, cars_ahead=cars_ahead)
         R = rot_x(0.2)
-        t = -R @ np.array([0.0, 0.0, baseline])
+        t = -R @ np.array([0.0, 0.0, 1.0])  # one metre forward: heights come out in metres
         obs = two_view_points(X, R, t, 0.5, rng)
+        if three_d:
+            obs = GroundObservation(obs.rays, obs.inv_depth, obs.inv_depth_sigma)
         res = fit_ground_plane(obs, cfg, down=rot_x(-pitch_deg) @ [0.0, 1.0, 0.0])
         assert res.plane is not None, res.reason
-        errors.append(res.plane.height / 1.65 - 1.0)
         assert res.plane.tilt_deg < 2.0
-        assert res.plane.log_sigma > 0
-    errors = np.array(errors)
-    assert np.sqrt(np.mean(errors ** 2)) <= tol and np.max(np.abs(errors)) <= 1.5 * tol, errors
+        errors.append(res.plane.height / 1.65 - 1.0)
+        sigmas.append(res.plane.log_sigma)
+    return np.array(errors), np.array(sigmas)
+
+
+@pytest.mark.parametrize("pitch_deg, cars_ahead", [(0.0, False), (3.0, False), (0.0, True)])
+def test_plane_fit_recovers_the_height_within_1_percent_at_half_a_pixel(pitch_deg, cars_ahead):
+    """The issue's 1 %: RMS height error over 10 scenes within 1 %, every scene within 1.5 %, and the fit's own
+    log-sigma within a factor 2 of the error it makes. (The 3-D total-least-squares fit alone, which the
+    image-space fit starts from, has RMS 0.95-1.37 % and a max of 2.6 % here: see the next test.)"""
+    errors, sigmas = plane_fit_errors(pitch_deg, cars_ahead)
+    rms = float(np.sqrt(np.mean(errors ** 2)))
+    assert rms <= 0.01 and np.max(np.abs(errors)) <= 0.015, errors
+    assert 0.5 <= float(np.mean(sigmas)) / rms <= 2.0, (sigmas, rms)
+
+
+def test_the_image_space_fit_beats_the_3d_fit_it_starts_from():
+    """Same scenes with cars ahead: the 3-D fit (no views) misses the 1 %, the image-space refit meets it."""
+    e3, _ = plane_fit_errors(0.0, True, three_d=True)
+    e2, _ = plane_fit_errors(0.0, True)
+    assert np.sqrt(np.mean(e3 ** 2)) > 0.01 and np.sqrt(np.mean(e2 ** 2)) < np.sqrt(np.mean(e3 ** 2))
 
 
 def test_plane_fit_rejects_a_scene_without_a_ground_plane():
@@ -88,6 +104,50 @@ def test_plane_fit_rejects_a_scene_without_a_ground_plane():
     assert fit_ground_plane(GroundObservation.from_points(above), cfg).plane is None
     assert fit_ground_plane(GroundObservation.from_points(np.zeros((0, 3))), cfg).plane is None
     assert fit_ground_plane(GroundObservation.from_points(np.full((30, 3), np.nan)), cfg).plane is None
+
+
+def test_image_space_fit_rejects_clutter_and_survives_bad_points():
+    """With the views: no plane in clutter, and NaN / infinite / degenerate correspondences are no crash and no NaN."""
+    cfg = VOConfig()
+    rng = np.random.default_rng(3)
+    R, t = rot_x(0.2), -rot_x(0.2) @ np.array([0.0, 0.0, 1.0])
+    clutter = np.c_[rng.uniform(-4, 4, 400), rng.uniform(-2, 1.5, 400), rng.uniform(3, 20, 400)]
+    assert fit_ground_plane(two_view_points(clutter, R, t, 0.5, rng), cfg).plane is None
+    road = road_scene(1.65, rng)
+    obs = two_view_points(road, R, t, 0.5, rng)
+    v = obs.views
+    ref, cur = v.ref.copy(), v.cur.copy()
+    ref[::7] = np.nan
+    cur[1::9] = np.inf
+    cur[2::11] = ref[2::11]  # no motion at all: a point at infinity
+    res = fit_ground_plane(GroundObservation.from_views(TwoViewTracks(ref, cur, R, t, v.noise)), cfg)
+    assert res.plane is not None and np.isfinite(res.plane.height) and np.all(np.isfinite(res.plane.normal))
+    assert res.plane.height == pytest.approx(1.65, rel=0.03) and np.isfinite(res.plane.log_sigma)
+    # a pure rotation (no baseline): nothing to triangulate, rejected
+    still = GroundObservation.from_views(TwoViewTracks(v.ref, v.ref, np.eye(3), t, v.noise))
+    assert fit_ground_plane(still, cfg).plane is None
+
+
+def test_tracking_along_the_predicted_plane_homography_removes_the_zoom_bias():
+    """A textured road seen after 1 m forward motion: plain Lucas-Kanade misplaces the zooming near-road corners
+    (its translational model), tracking from the reference warped by a predicted plane homography does not,
+    even with the prediction's plane 5 % too high and tilted."""
+    K = CAM.K
+    rng = np.random.default_rng(0)
+    tex = cv2.GaussianBlur((rng.random((CAM.height, CAM.width)) * 255).astype(np.float32), (0, 0), 2.0)
+    ref = cv2.normalize(tex, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    t = np.array([0.0, 0.0, -1.0])
+    H = K @ (np.eye(3) + np.outer(t, [0.0, 1 / 1.65, 0.0])) @ np.linalg.inv(K)
+    cur = cv2.warpPerspective(ref, H, (CAM.width, CAM.height), flags=cv2.INTER_LINEAR)
+    roi = ground_roi(CAM, ground_direction(VOConfig()))
+    wrong = K @ (np.eye(3) + np.outer(t, [0.02, 1 / (1.05 * 1.65), 0.0])) @ np.linalg.inv(K)
+    errors = {}
+    for name, predicted in (("plain", None), ("predicted", wrong)):
+        p0, p1 = track_ground_points(ref, cur, roi, homography=predicted)
+        assert len(p0) > 100
+        truth = cv2.perspectiveTransform(p0.reshape(-1, 1, 2).astype(np.float64), H).reshape(-1, 2)
+        errors[name] = float(np.median(np.linalg.norm(p1 - truth, axis=1)))
+    assert errors["predicted"] < 0.1 and errors["predicted"] < errors["plain"] / 3, errors
 
 
 def test_ground_roi_is_the_road_ahead():
