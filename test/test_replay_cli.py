@@ -190,3 +190,14 @@ def test_replay_simulate_stop_and_bad_spec(tmp_path, synthetic_dir):
     assert gt.shape == (14, 8)
     np.testing.assert_array_equal(gt[6:9, 1:], gt[5:8, 1:])  # held during the stop
     _assert_clean_error(kp2d("replay", synthetic_dir, "--out", out, "--simulate", "stop=50:2"), "--simulate", "outside")
+
+
+@pytest.mark.parametrize("command", ["replay", "bench", "bench-node", "train"])
+def test_repeated_set_options_all_count(command):
+    """``--set a=1 --set b=2`` keeps both (before, replay/bench/train silently kept only the last ``--set``)."""
+    from kp2d_ros.cli import build_parser
+
+    required = {"replay": ["seq"], "bench": [], "bench-node": [], "train": ["--data", "d", "--out", "o"]}[command]
+    args = build_parser().parse_args([command, *required, "--set", "backend.window=10", "pipeline.torch_threads=1",
+                                      "--set", "refine.method=none"])
+    assert args.set == ["backend.window=10", "pipeline.torch_threads=1", "refine.method=none"]

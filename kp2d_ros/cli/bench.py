@@ -43,7 +43,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--sequence", default=None, help="dataset folder or bag (default: synthetic sequence)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (pipeline.torch_threads; default: the config's)")
     p.add_argument("--config", default=None, help="VO config YAML (default: config/vo.yaml, else built-in defaults)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted config overrides")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="dotted config overrides")
     p.add_argument("--untrained-width", type=float, default=None, metavar="W",
                    help="speed only: a randomly initialised KeyPointNet of width multiplier W (1.0 = paper size) "
                         "instead of --model")

@@ -29,7 +29,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--rate-factor", type=float, default=2.0, help="publish rate / node rate (default: 2)")
     p.add_argument("--warmup", type=int, default=10, help="lockstep frames measuring the node rate")
     p.add_argument("--config", metavar="YAML", help="params file for the node (default: config/vo.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="parameter override, e.g. --set frontend.type=orb (repeatable)")
     p.add_argument("--attach", type=int, metavar="PID", help="benchmark an already running vo_node process")
     p.add_argument("--path-poses", type=int, default=10000,

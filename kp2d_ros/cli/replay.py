@@ -39,7 +39,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frontend", choices=("orb", "sift", "kp2d"), default=None,
                    help="keypoint frontend (overrides frontend.type of the config)")
     p.add_argument("--config", default=None, help="VO config YAML (default: config/vo.yaml, else built-in defaults)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="dotted config overrides with YAML values (e.g. frontend.num_features=1000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

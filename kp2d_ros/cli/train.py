@@ -19,7 +19,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics, weights)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.add_argument("--steps", type=int, default=None, help="override steps")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="dotted overrides, YAML values (e.g. batch_size=8 keypoint_net.width_multiplier=0.5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
