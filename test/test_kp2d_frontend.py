@@ -167,6 +167,7 @@ def street_image(w=250, h=130, seed=3):
 def test_onnxruntime_body_equals_torch_on_the_shipped_weights():
     """The onnxruntime engine runs the same network: dense outputs within 1e-4 of the torch inference copy, and
     the same keypoints, scores and descriptors out of detect()."""
+    pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     model = KeyPointNet.from_file(str(SHIPPED), "cpu").eval()
     onnx_fe = make(model, num_features=300, engine="onnxruntime")
@@ -200,10 +201,14 @@ def test_engine_falls_back_to_torch_without_onnxruntime(monkeypatch, caplog, net
         fe = make(net, engine="onnxruntime")
     assert fe.engine == "torch" and fe._onnx is None
     assert any("onnxruntime" in r.getMessage() and "not installed" in r.getMessage() for r in caplog.records)
+    monkeypatch.setitem(sys.modules, "onnxruntime", __import__("types").ModuleType("onnxruntime"))
+    monkeypatch.setitem(sys.modules, "onnx", None)  # the exporter's dependency missing alone
+    assert make(net, engine="auto").engine == "torch"
     assert len(fe.detect(image())) > 0
 
 
 def test_engine_is_torch_for_half_precision(monkeypatch, net):
+    pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     monkeypatch.setattr(kp2d_frontend, "cpu_has_native_bf16", lambda: True)
     assert make(net, half_precision=True, engine="auto").engine == "torch"

@@ -110,17 +110,19 @@ class NetworkBody(nn.Module):
 def resolve_engine(name: str, device: torch.device, dtype: torch.dtype) -> str:
     """``frontend.engine`` -> ``torch`` or ``onnxruntime``.
 
-    onnxruntime runs only fp32 on the CPU; ``auto`` picks it there when the package is installed. An explicit
+    onnxruntime runs only fp32 on the CPU; ``auto`` picks it there when the packages ``onnx`` (torch's exporter
+    needs it) and ``onnxruntime`` are installed. An explicit
     ``onnxruntime`` that cannot be used (not installed, CUDA, half precision) falls back to torch with one warning.
     """
     if name == "torch":
         return "torch"
     usable = device.type == "cpu" and dtype == torch.float32
     try:
-        import onnxruntime  # noqa: F401 - optional dependency
+        import onnx  # noqa: F401 - optional dependencies: torch's exporter needs onnx
+        import onnxruntime  # noqa: F401
     except ImportError:
         usable = False
-        why = "onnxruntime is not installed (pip install onnxruntime)"
+        why = "onnx/onnxruntime are not installed (pip install onnx onnxruntime)"
     else:
         why = f"it runs fp32 on the CPU only (here {device.type}, {dtype})"
     if usable:
