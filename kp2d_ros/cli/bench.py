@@ -123,7 +123,8 @@ def run(args) -> int:
           + f", {report['frames']} frames of {report['sequence']} after {report['warmup']} warm-up")
     print("  " + "  ".join(f"{k} {st[k]:.1f} ms" for k in ("network", "matching", "io_net", "refine", "pose", "backend", "total")))
     print(f"  {report['fps']:.1f} FPS (median), {report['fps_mean']:.1f} FPS (mean)"
-          + (f", pipelined, latency {report['latency_ms']:.1f} ms" if report["pipelined"] else "") + "; "
+          + (f", pipelined, latency {report['latency_ms']:.1f} ms" if report["pipelined"] else "")
+          + (f"; CPU time {report['cpu_ms']:.1f} ms/frame" if report.get("cpu_ms") is not None else "") + "; "
           f"{report['machine']['cpu']}, {report['machine']['logical_cores']} cores, "
           f"load {report['machine'].get('load_average_1m', 'n/a')}")
     if args.repeat > 1:
