@@ -83,3 +83,16 @@ def test_bench_repeated_reports_each_run_and_the_load(seq, tmp_path):
     assert j["repeat"] == 2 and len(j["fps_runs"]) == 2 and j["fps"] == pytest.approx(float(np.median(j["fps_runs"])))
     assert "load_average_before" in j and "load_average_after" in j
     assert main(["bench", "--frontend", "orb", "--repeat", "0"]) == 2
+
+
+def test_bench_cli_applies_the_frontend_scale(tmp_path):
+    """--resolution is the image size; the frontend works at it times frontend.scale, as in kp2d replay."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--frontend", "orb", "--resolution", "160x120", "--frames", "2", "--warmup", "1",
+                 "--set", "frontend.scale=0.5", "--out", str(out)]) == 0
+    j = json.loads(out.read_text())
+    assert j["image_size"] == [160, 120] and j["resolution"] == [80, 60]
+    assert main(["bench", "--frontend", "orb", "--resolution", "160x120", "--frames", "2", "--warmup", "1",
+                 "--out", str(out)]) == 0
+    j = json.loads(out.read_text())
+    assert j["image_size"] == [160, 120] and j["resolution"] == [160, 120]
