@@ -231,9 +231,12 @@ class PipelineConfig:
     covariance_translation_floor: float = 0.03
     # Process-wide CPU threads, applied when the pipeline is built (0 = the libraries' defaults).
     # torch_threads: the network's intra-op threads; library_threads: OpenCV and every BLAS pool.
-    # On the 2-core benchmark machine torch 2 + libraries 1 is fastest (kp2d 320x240, README speed table:
-    # 26.3 FPS vs 21.3 with torch 1 + library defaults; OpenBLAS's spinning workers steal the second core).
-    torch_threads: int = 0
+    # torch_threads also sizes onnxruntime's pool (frontend.engine). Default 1: on the shared 2-core machine a
+    # second torch/OpenMP thread stalls whenever another process holds a core (KITTI 1226x370, README Speed:
+    # 0.4 FPS with torch's default 2 threads against 0.7 FPS with 1, same run, load 6-8; IO-Net 7 -> 364 ms).
+    # On an idle 2-core CPU torch 2 + libraries 1 was fastest (kp2d 320x240: 26.3 FPS vs 21.3 with torch 1 +
+    # library defaults; OpenBLAS's spinning workers steal the second core): set torch_threads: 2 there.
+    torch_threads: int = 1
     library_threads: int = 1
 
     def validate(self) -> None:
