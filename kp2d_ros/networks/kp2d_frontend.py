@@ -7,7 +7,7 @@ Inference path (what :meth:`KP2DFrontend.detect` does, in order):
 2. run an inference copy of the network: BatchNorm folded into the convolutions, channels-last
    memory layout, weights in fp16 on CUDA / bf16 on a CPU with native bf16 when ``frontend.half_precision``;
    in fp32 on the CPU, the network body (encoder, score and location heads, descriptor features) runs on
-   onnxruntime when ``frontend.engine`` allows it and it is installed (:class:`OnnxBody`; same outputs
+   onnxruntime when ``frontend.engine`` asks for it (default torch) and it is installed (:class:`OnnxBody`; same outputs
    within 1e-4, tested), else on torch;
 3. rebuild the keypoint coordinates in fp32 from the location head's raw output (in fp16/bf16 a
    coordinate near x = 600 px would be quantised to 0.5-4 px);
