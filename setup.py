@@ -45,6 +45,8 @@ setup(
             "ros-diagnostic-msgs",
             "ros-std-srvs",  # Trigger services of vo_node
         ],
+        # optional CPU inference engine of KeyPointNet (frontend.engine: auto picks it when installed; torch otherwise)
+        "onnx": ["onnx", "onnxruntime"],
         # colcon-core + colcon-ros: test_colcon_build.py builds the package the way a ROS user does
         "test": ["pytest", "evo", "onnx", "onnxruntime", "catkin-pkg", "colcon-core", "colcon-ros"],
     },

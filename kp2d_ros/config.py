@@ -52,10 +52,16 @@ class FrontendConfig:
     nms_radius: int = 0  # pixels at working resolution, 0 = off
     score_threshold: float = 0.0
     half_precision: bool = True  # fp16 on CUDA / bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32
+    # What runs the network on the CPU in fp32: torch, onnxruntime (optional dependency; ~15% less CPU time for
+    # the network at 1226x370, ~9% for the pipeline, README Speed), or auto = onnxruntime when installed. torch by
+    # default: onnxruntime's outputs equal torch's within 1e-4, but near-tied keypoint ranks can swap, and the
+    # two runs measured with it came out slightly worse (demo ATE 0.0073 -> 0.0076 m, TUM 0.0107 -> 0.0118 m).
+    engine: str = "torch"  # torch | onnxruntime | auto
 
     def validate(self) -> None:
         _choice("frontend.type", self.type, ("orb", "sift", "kp2d"))
         _choice("frontend.device", self.device, ("auto", "cpu", "cuda"))
+        _choice("frontend.engine", self.engine, ("auto", "torch", "onnxruntime"))
         _positive("frontend.num_features", self.num_features)
         if len(self.resolution) != 2 or any(v < 0 for v in self.resolution):
             raise ConfigError(f"frontend.resolution: expected [width, height] >= 0, got {self.resolution}")
@@ -227,9 +233,12 @@ class PipelineConfig:
     covariance_translation_floor: float = 0.03
     # Process-wide CPU threads, applied when the pipeline is built (0 = the libraries' defaults).
     # torch_threads: the network's intra-op threads; library_threads: OpenCV and every BLAS pool.
-    # On the 2-core benchmark machine torch 2 + libraries 1 is fastest (kp2d 320x240, README speed table:
-    # 26.3 FPS vs 21.3 with torch 1 + library defaults; OpenBLAS's spinning workers steal the second core).
-    torch_threads: int = 0
+    # torch_threads also sizes onnxruntime's pool (frontend.engine). Default 1: on the shared 2-core machine a
+    # second torch/OpenMP thread stalls whenever another process holds a core (KITTI 1226x370, README Speed:
+    # 0.4 FPS with torch's default 2 threads against 0.7 FPS with 1, same run, load 6-8; IO-Net 7 -> 364 ms).
+    # On an idle 2-core CPU torch 2 + libraries 1 was fastest (kp2d 320x240: 26.3 FPS vs 21.3 with torch 1 +
+    # library defaults; OpenBLAS's spinning workers steal the second core): set torch_threads: 2 there.
+    torch_threads: int = 1
     library_threads: int = 1
 
     def validate(self) -> None:

@@ -28,6 +28,9 @@ def test_bench_library_orb(seq):
     assert r["device"] == "cpu" and r["frontend"] == "orb" and r["precision"] is None
     assert r["fps"] > 0 and r["stages_ms"]["total"] >= r["stages_ms"]["network"] > 0
     assert r["machine"]["logical_cores"] >= 1 and "cpu" in r["machine"]
+    # CPU time per frame: measured (a pipeline that runs does use CPU), and not more than the threads can give
+    assert len(result.cpu_ms) == 3 and r["cpu_ms"] > 0
+    assert r["cpu_ms"] <= 1.2 * result.machine["logical_cores"] * max(result.interval_ms.max(), 1.0)
     with pytest.raises(DataError):
         bench(seq, cfg, frames=3, warmup=4)  # only 5 frames: nothing left to time
 
@@ -68,6 +71,8 @@ def test_bench_repeated_reports_each_run_and_the_load(seq, tmp_path):
     assert r["repeat"] == 3 and len(r["fps_runs"]) == 3 and len(r["runs"]) == 3
     assert r["fps"] == pytest.approx(float(np.median(r["fps_runs"])))
     assert [run["fps"] for run in r["runs"]] == r["fps_runs"] and r["frames"] == 2
+    assert r["cpu_ms"] == pytest.approx(float(np.median(np.concatenate([run.cpu_ms for run in res.runs]))))
+    assert all(run["cpu_ms"] > 0 for run in r["runs"])
     assert len(r["load_average_before"]) == 3 and len(r["load_average_after"]) == 3
     with pytest.raises(DataError):
         bench_repeated(seq, cfg, repeat=0)
@@ -78,3 +83,16 @@ def test_bench_repeated_reports_each_run_and_the_load(seq, tmp_path):
     assert j["repeat"] == 2 and len(j["fps_runs"]) == 2 and j["fps"] == pytest.approx(float(np.median(j["fps_runs"])))
     assert "load_average_before" in j and "load_average_after" in j
     assert main(["bench", "--frontend", "orb", "--repeat", "0"]) == 2
+
+
+def test_bench_cli_applies_the_frontend_scale(tmp_path):
+    """--resolution is the image size; the frontend works at it times frontend.scale, as in kp2d replay."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--frontend", "orb", "--resolution", "160x120", "--frames", "2", "--warmup", "1",
+                 "--set", "frontend.scale=0.5", "--out", str(out)]) == 0
+    j = json.loads(out.read_text())
+    assert j["image_size"] == [160, 120] and j["resolution"] == [80, 60]
+    assert main(["bench", "--frontend", "orb", "--resolution", "160x120", "--frames", "2", "--warmup", "1",
+                 "--out", str(out)]) == 0
+    j = json.loads(out.read_text())
+    assert j["image_size"] == [160, 120] and j["resolution"] == [160, 120]

@@ -151,3 +151,65 @@ def test_bf16_keypoints_of_the_shipped_model_on_kitti(monkeypatch):
     assert close.mean() >= 0.97
     cosine = (half.descriptors[close] * full.descriptors[j[close]]).sum(axis=1)
     assert np.median(cosine) > 0.999 and cosine.min() > 0.95
+
+
+SHIPPED = __import__("pathlib").Path(__file__).resolve().parents[1] / "models" / "keypoint_net.pt"
+
+
+def street_image(w=250, h=130, seed=3):
+    """Textured image with edges and blobs (not a multiple of the 8-px cell: the padding is exercised)."""
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.uniform(0, 255, (h // 4, w // 4)).astype(np.float32), (0, 0), 1.0)
+    img = cv2.resize(img, (w, h), interpolation=cv2.INTER_CUBIC)
+    return cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
+
+def test_onnxruntime_body_equals_torch_on_the_shipped_weights():
+    """The onnxruntime engine runs the same network: dense outputs within 1e-4 of the torch inference copy, and
+    the same keypoints, scores and descriptors out of detect()."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    model = KeyPointNet.from_file(str(SHIPPED), "cpu").eval()
+    onnx_fe = make(model, num_features=300, engine="onnxruntime")
+    torch_fe = make(model, num_features=300, engine="torch")
+    assert onnx_fe.engine == "onnxruntime" and torch_fe.engine == "torch"
+    for w, h in ((250, 130), (96, 64)):  # one exported graph, any input size
+        img = street_image(w, h)
+        x = torch_fe.net.pad(torch_fe._to_tensor(img))
+        with torch.inference_mode():
+            ref = kp2d_frontend.NetworkBody(torch_fe.net)(x)
+            got = onnx_fe._onnx(x)
+        for a, b in zip(got, ref):
+            assert a.shape == b.shape
+            assert (a - b).abs().max().item() < 1e-4 * max(1.0, b.abs().max().item())
+    img = street_image()
+    a, b = onnx_fe.detect(img), torch_fe.detect(img)
+    assert len(a) == len(b) > 100
+    # near-equal scores may swap ranks: compare keypoint by keypoint after sorting by position
+    ia, ib = np.lexsort(a.keypoints.T), np.lexsort(b.keypoints.T)
+    np.testing.assert_allclose(a.keypoints[ia], b.keypoints[ib], atol=1e-3)
+    np.testing.assert_allclose(a.scores[ia], b.scores[ib], atol=1e-5)
+    np.testing.assert_allclose(a.descriptors[ia], b.descriptors[ib], atol=1e-4)
+
+
+def test_engine_falls_back_to_torch_without_onnxruntime(monkeypatch, caplog, net):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    assert make(net, engine="auto").engine == "torch"  # silent
+    with caplog.at_level(logging.WARNING, logger=kp2d_frontend.__name__):
+        fe = make(net, engine="onnxruntime")
+    assert fe.engine == "torch" and fe._onnx is None
+    assert any("onnxruntime" in r.getMessage() and "not installed" in r.getMessage() for r in caplog.records)
+    monkeypatch.setitem(sys.modules, "onnxruntime", __import__("types").ModuleType("onnxruntime"))
+    monkeypatch.setitem(sys.modules, "onnx", None)  # the exporter's dependency missing alone
+    assert make(net, engine="auto").engine == "torch"
+    assert len(fe.detect(image())) > 0
+
+
+def test_engine_is_torch_for_half_precision(monkeypatch, net):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(kp2d_frontend, "cpu_has_native_bf16", lambda: True)
+    assert make(net, half_precision=True, engine="auto").engine == "torch"
+    assert make(net, half_precision=False, engine="auto").engine == "onnxruntime"

@@ -61,7 +61,7 @@ ROSDEP_KEYS = {
 # No rosdep key: installed with pip (setup.py install_requires and docs/ros2_install.md say so).
 PIP_ONLY = {"threadpoolctl": "threadpoolctl"}
 # Optional: imported inside a function only, by a CLI option that names what to install.
-OPTIONAL = {"onnxruntime"}
+OPTIONAL = {"onnxruntime", "onnx"}  # frontend.engine: onnxruntime (and torch's exporter, onnx), optional
 # setup.py install_requires distribution -> import name
 DIST_MODULES = {"opencv-python-headless": "cv2", "pyyaml": "yaml", "scikit-image": "skimage"}
 

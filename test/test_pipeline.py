@@ -348,12 +348,11 @@ def test_thread_settings_are_applied(monkeypatch):
     monkeypatch.setattr(runtime, "set_cpu_threads", lambda n, torch_threads=None: calls.append((n, torch_threads)))
     # (runtime.apply_thread_settings looks set_cpu_threads up at call time)
     cfg = VOConfig()
-    cfg.pipeline.library_threads = 0
+    cfg.pipeline.torch_threads, cfg.pipeline.library_threads = 0, 0
     VOPipeline(cfg, frontend=PointWorldFrontend(driving_poses(2)))
     assert calls == []  # 0 and 0: leave the libraries alone
-    cfg.pipeline.library_threads = 1
-    VOPipeline(cfg, frontend=PointWorldFrontend(driving_poses(2)))
-    assert calls == [(1, 0)]  # the default: OpenCV and BLAS on one thread, torch at its default
+    VOPipeline(VOConfig(), frontend=PointWorldFrontend(driving_poses(2)))
+    assert calls == [(1, 1)]  # the default: OpenCV, BLAS and torch on one thread
     calls.clear()
     cfg.pipeline.torch_threads, cfg.pipeline.library_threads = 2, 1
     VOPipeline(cfg, frontend=PointWorldFrontend(driving_poses(2)))

@@ -69,3 +69,15 @@ def test_ba_window_scale_on_a_kitti_clip(tmp_path):
     report = json.loads(out.read_text())
     assert report["summary"]["windows"] >= 2
     assert all(0.8 < r["ratio_ba_over_gt"] < 1.25 for r in report["rows"])
+
+
+# scripts/network_cpu_time.py (issue 10: CPU time of detection per engine and working scale)
+def test_network_cpu_time_script_runs_on_a_synthetic_frame(tmp_path):
+    out = tmp_path / "cpu.json"
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "network_cpu_time.py"), "--synthetic", "96x64",
+                          "--rounds", "2", "--scales", "1.0,0.5", "--engines", "torch", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    r = json.loads(out.read_text())
+    assert set(r["cpu_ms_median"]) == {"torch x1.0", "torch x0.5"} and r["image_size"] == [96, 64]
+    assert all(len(v) == 2 and min(v) > 0 for v in r["cpu_ms"].values())

@@ -2,7 +2,10 @@
 
 Runs over the built-in synthetic sequence (rendered at the benchmark resolution, no data folder
 needed) or over ``--sequence PATH`` (any folder/bag ``kp2d replay`` reads; frames are resized to
-``--resolution`` inside the frontend, which is timed). Prints a summary and writes JSON with
+``--resolution`` inside the frontend, which is timed). ``--resolution`` is the camera image size: the
+frontend's ``frontend.scale`` applies on top of it as in ``kp2d replay`` (the network of a config with
+``scale: 0.75`` works at 920x278 for ``--resolution 1226x370``; ``--set frontend.scale=1.0`` to time it
+at the given size). Prints a summary and writes JSON with
 ``fps``, ``stages_ms`` (medians after warm-up), ``device`` and machine information. ``--repeat N`` runs the
 measurement N times: ``fps`` is then the median of the per-run FPS (``fps_runs``), and the load average before
 and after is recorded (``load_average_before``/``load_average_after``); run it on an idle machine.
@@ -27,7 +30,9 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frontend", choices=("orb", "sift", "kp2d"), default=None,
                    help="overrides the config's frontend.type (default: the config's, kp2d in config/vo.yaml)")
-    p.add_argument("--resolution", default="320x240", help="working resolution WIDTHxHEIGHT (default 320x240)")
+    p.add_argument("--resolution", default="320x240",
+                   help="image size WIDTHxHEIGHT the pipeline gets (default 320x240); the frontend works at this "
+                        "size times frontend.scale")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                    help="network and matching device (default: the config's)")
     p.add_argument("--model", default=None, help="KeyPointNet weights (default: frontend.model_path)")
@@ -82,7 +87,11 @@ def build_config(args):
             overrides["matching.io_net"] = True
             overrides["matching.io_net_path"] = args.io_net
     path = args.config if args.config is not None else default_config_path()
-    return load_config(path, overrides=overrides)
+    cfg = load_config(path, overrides=overrides)
+    scale = cfg.frontend.scale
+    if scale != 1.0:  # the working size replay would use for images of --resolution (frontend.resize_to_working)
+        cfg.frontend.resolution = [max(8, int(round(w * scale))), max(8, int(round(h * scale)))]
+    return cfg
 
 
 def run(args) -> int:
@@ -91,8 +100,10 @@ def run(args) -> int:
 
     if args.frames < 1 or args.warmup < 1 or args.repeat < 1:
         raise DataError("--frames, --warmup and --repeat must be >= 1")
+    from kp2d_ros.cli.eval_homography import parse_resolution
+
     cfg = build_config(args)
-    w, h = cfg.frontend.resolution
+    w, h = parse_resolution(args.resolution)  # the image size; the frontend works at cfg.frontend.resolution
     n = args.frames + args.warmup
     if args.sequence is None:
         from kp2d_ros.data.synthetic import synthetic_sequence
@@ -115,15 +126,19 @@ def run(args) -> int:
     result = bench_repeated(seq, cfg, args.repeat, frames=args.frames, warmup=args.warmup, pipeline=pipeline,
                             pipelined=args.pipelined)
     report = result.report()
+    report["image_size"] = [w, h]  # "resolution" is the frontend's working size
     if args.untrained_width is not None:
         report["model"] = f"untrained KeyPointNet, width multiplier {args.untrained_width} (speed only)"
     st = report["stages_ms"]
-    print(f"{report['frontend']} {w}x{h} on {report['device']}"
+    ww, wh = cfg.frontend.resolution
+    print(f"{report['frontend']} {w}x{h}" + (f" (working size {ww}x{wh})" if (ww, wh) != (w, h) else "")
+          + f" on {report['device']}"
           + (f" ({report['precision']})" if report["precision"] else "")
           + f", {report['frames']} frames of {report['sequence']} after {report['warmup']} warm-up")
     print("  " + "  ".join(f"{k} {st[k]:.1f} ms" for k in ("network", "matching", "io_net", "refine", "pose", "backend", "total")))
     print(f"  {report['fps']:.1f} FPS (median), {report['fps_mean']:.1f} FPS (mean)"
-          + (f", pipelined, latency {report['latency_ms']:.1f} ms" if report["pipelined"] else "") + "; "
+          + (f", pipelined, latency {report['latency_ms']:.1f} ms" if report["pipelined"] else "")
+          + (f"; CPU time {report['cpu_ms']:.1f} ms/frame" if report.get("cpu_ms") is not None else "") + "; "
           f"{report['machine']['cpu']}, {report['machine']['logical_cores']} cores, "
           f"load {report['machine'].get('load_average_1m', 'n/a')}")
     if args.repeat > 1:

@@ -5,9 +5,15 @@ network (``network``), descriptor matching (``matching``), IO-Net scoring and fi
 (``io_net``) and the essential matrix, pose and scale (``pose``). Figures are medians over the
 frames after ``warmup`` frames (the first frame only initialises and is never counted).
 
+``cpu_ms`` is the median CPU time of this process (all its threads, ``time.process_time``) per timed frame:
+on a machine shared with other jobs the wall times stretch with the load, the CPU time much less, so it
+is the figure to compare between runs made under different loads (for a one-thread configuration
+1000 / ``cpu_ms`` approximates the FPS of an idle machine). Not counted: CPU time of child processes
+(the threaded backend's optimiser).
+
 The JSON written by ``kp2d bench`` (:meth:`BenchResult.report`)::
 
-    {"fps": ..., "fps_mean": ..., "pipelined": bool, "latency_ms": ...,
+    {"fps": ..., "fps_mean": ..., "pipelined": bool, "latency_ms": ..., "cpu_ms": ...,
      "stages_ms": {"network", "matching", "io_net", "refine", "pose", "backend", "total"},
      "device": "cpu" | "cuda", "frontend": ..., "resolution": [w, h], "frames": ..., "warmup": ...,
      "sequence": ..., "model": ..., "io_net": ..., "precision": ..., "machine": {...}}
@@ -92,6 +98,7 @@ class BenchResult:
     machine: dict = field(default_factory=dict)
     pipelined: bool = False
     interval_ms: np.ndarray | None = None  # wall time between consecutive results (pipelined throughput)
+    cpu_ms: np.ndarray | None = None  # this process's CPU time (all threads) per timed frame
     precision: str = "fp32"  # the network's dtype as run: fp16 / bf16 / fp32
 
     @property
@@ -108,6 +115,7 @@ class BenchResult:
             "fps_mean": 1000.0 * len(period) / float(np.sum(period)),
             "pipelined": self.pipelined,
             "latency_ms": float(np.median(total)),
+            "cpu_ms": float(np.median(self.cpu_ms)) if self.cpu_ms is not None and len(self.cpu_ms) else None,
             "stages_ms": {k: float(np.median(v)) for k, v in self.stage_ms.items()},
             "stages_ms_p90": {k: float(np.percentile(v, 90)) for k, v in self.stage_ms.items()},
             "device": self.device,
@@ -166,14 +174,16 @@ def _timed_run(pipe, cfg: VOConfig, sequence: Sequence, images: list, warmup: in
     times = {k: [] for k in STAGES}
     tracked = 0
     estimates = run_pipelined(pipe, images) if pipelined else (pipe.process(f) for f in images)
-    intervals = []
-    t_last = time.perf_counter()
+    intervals, cpu = [], []
+    t_last, c_last = time.perf_counter(), time.process_time()
     for i, est in enumerate(estimates):
-        now = time.perf_counter()
+        now, c_now = time.perf_counter(), time.process_time()
         interval, t_last = (now - t_last) * 1e3, now
+        cpu_interval, c_last = (c_now - c_last) * 1e3, c_now
         if i < warmup:
             continue
         intervals.append(interval)
+        cpu.append(cpu_interval)
         for k in STAGES:
             times[k].append(float(est.timings_ms.get(k, 0.0)))
         tracked += est.status in (TrackingStatus.TRACKING, TrackingStatus.STATIC)
@@ -182,7 +192,7 @@ def _timed_run(pipe, cfg: VOConfig, sequence: Sequence, images: list, warmup: in
     if fe_device is not None:
         device = str(getattr(fe_device, "type", fe_device))
     result = BenchResult({k: np.asarray(v) for k, v in times.items()}, device, cfg, sequence.name, warmup, tracked,
-                         machine_info(), pipelined, np.asarray(intervals))
+                         machine_info(), pipelined, np.asarray(intervals), np.asarray(cpu))
     dtype = getattr(pipe.frontend, "dtype", None)  # what the network really ran in (bf16 only where native)
     result.precision = {"torch.float16": "fp16", "torch.bfloat16": "bf16"}.get(str(dtype), "fp32")
     return result
@@ -223,7 +233,8 @@ class RepeatedBench:
                              first.device, first.config, first.sequence, first.warmup,
                              sum(r.tracked for r in self.runs), self.runs[-1].machine, first.pipelined,
                              None if first.interval_ms is None else
-                             np.concatenate([r.interval_ms for r in self.runs]))
+                             np.concatenate([r.interval_ms for r in self.runs]),
+                             None if first.cpu_ms is None else np.concatenate([r.cpu_ms for r in self.runs]))
         out = pooled.report()
         per_run = [r.report() for r in self.runs]
         out["fps"] = float(np.median([r["fps"] for r in per_run]))
@@ -232,7 +243,7 @@ class RepeatedBench:
         out["tracked_frames"] = first.tracked
         out["repeat"] = len(self.runs)
         out["fps_runs"] = [r["fps"] for r in per_run]
-        out["runs"] = [{k: r[k] for k in ("fps", "fps_mean", "latency_ms", "stages_ms", "tracked_frames")}
+        out["runs"] = [{k: r[k] for k in ("fps", "fps_mean", "latency_ms", "cpu_ms", "stages_ms", "tracked_frames")}
                        for r in per_run]
         out["load_average_before"] = self.load_before
         out["load_average_after"] = self.load_after
