@@ -545,9 +545,10 @@ def test_kitti_clip_with_dropped_frames_learned_frontend():
 @pytest.mark.slow
 def test_slow_synthetic_street_is_as_accurate_as_the_fast_one():
     """The synthetic street at 0.2 and at 0.05 m/frame (the same path, 4x the frames), SIFT: per-frame RPE
-    of the slow run within 3x of the fast one, every frame tracked. Scored from the first keyframe pair on
-    (before it a monocular trajectory has no scale). Measured: 2.2x in translation, 2.6x in rotation (the
-    issue's target is 2x: not met yet); the old code was ~40x / ~6x (held frames, then double steps)."""
+    of the slow run within 2x of the fast one (the issue's target), every frame tracked. Scored from the first
+    keyframe pair on (before it a monocular trajectory has no scale). Before the direction gate
+    (``pipeline.direction_gate_deg``) 2.2x in translation and 2.6x in rotation (short baselines settled in
+    the wrong basin of the rotation/translation ambiguity); the code before the time-based priors ~40x / ~6x."""
     from kp2d_ros.data.synthetic import synthetic_sequence
     from kp2d_ros.eval.metrics import evaluate
     from kp2d_ros.types import Trajectory
@@ -561,4 +562,4 @@ def test_slow_synthetic_street_is_as_accurate_as_the_fast_one():
         part = Trajectory(res.estimate.stamps[first:], res.estimate.poses[first:])
         m = evaluate(part, seq.ground_truth, correct_scale=True)
         errors[speed] = (m.rpe.trans_rmse_m, m.rpe.rot_rmse_deg)
-    assert errors[0.05][0] <= 3.0 * errors[0.2][0] and errors[0.05][1] <= 3.0 * errors[0.2][1], errors
+    assert errors[0.05][0] <= 2.0 * errors[0.2][0] and errors[0.05][1] <= 2.0 * errors[0.2][1], errors
