@@ -467,10 +467,10 @@ class VOPipeline:
                 self.speed_changes = self.speed_changes[-29:] + [(float(np.log(scale / expected[0])), elapsed)]
         elif expected is not None:  # no shared structure: the length from the speed prior
             scale, log_sigma, model = expected[0], np.log(expected[1]) / 2.0, "constant_speed"
-        else:  # the first pair: unit baseline (defines the trajectory's unit), or a metric length; also below
-            # min_parallax_px once the translation is visible (t != 0): holding the position until a wider pair
-            # put a whole step's error on this frame (slow start-ups)
-            scale, log_sigma, is_kf = None, 0.0, True
+        elif is_kf:  # the first pair: unit baseline (defines the trajectory's unit), or a metric length
+            scale, log_sigma = None, 0.0
+        else:  # no scale yet: rotation only, position held until the first keyframe pair
+            return self._rotation_only(frame, camera, feats, matches, geom, n0, n1, now, standing=False)
         if self.metric.active or self._travel is not None and self._travel[1] is not None:
             choice = self._choose_scale(scale, log_sigma, geom, camera, is_kf)
             scale, log_sigma = choice.scale, choice.log_sigma
