@@ -194,8 +194,8 @@ class PipelineConfig:
     keyframe_parallax_px: float = 0.0
     keyframe_min_inliers: int = 100
     # Short baselines leave a valley of near-equivalent (rotation, translation direction) pairs (the
-    # rotation/translation ambiguity): at 1 px of parallax the essential matrix can settle 10-70 deg away
-    # from the true direction, with a rotation error of 0.1-0.9 deg. When a pair's camera-centre direction
+    # rotation/translation ambiguity): at 1-2 px of parallax the essential matrix can settle 6-70 deg away
+    # from the true direction, with a rotation error of 0.05-0.9 deg. When a pair's camera-centre direction
     # departs from the constant-velocity one (the last keyframe pair's, in the reference's axes) by more
     # than this (degrees), (R, t) is polished again from that direction, and the result is taken when it
     # stays within this angle and fits the inliers as well (robust cost at most the estimator's plus
