@@ -69,3 +69,27 @@ def test_ba_window_scale_on_a_kitti_clip(tmp_path):
     report = json.loads(out.read_text())
     assert report["summary"]["windows"] >= 2
     assert all(0.8 < r["ratio_ba_over_gt"] < 1.25 for r in report["rows"])
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/step_errors.py (issue 11: where a replay's per-frame RPE comes from)
+# --------------------------------------------------------------------------------------------
+def test_step_errors_accounts_for_every_step(tmp_path):
+    """On 8 frames of the synthetic street: a row per step, the groups' squared sums add up to the whole, and
+    the RMS over all steps is the replay's per-frame RPE."""
+    from kp2d_ros.data.synthetic import write_synthetic_sequence
+
+    write_synthetic_sequence(tmp_path / "street", 8, speed=0.2)
+    out = tmp_path / "steps.json"
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "step_errors.py"), str(tmp_path / "street"),
+                          "--config", "config/vo_classical.yaml", "--quiet", "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    s = report["summary"]
+    assert len(report["steps"]) == s["all"]["steps"] == 7
+    assert s["keyframes"]["steps"] + s.get("non_keyframes", {"steps": 0})["steps"] == 7
+    assert s["turn"]["steps"] + s["straight"]["steps"] == 7  # the street starts turning gently (0.09-0.13 deg/frame)
+    assert abs(s["turn"]["rot_share"] + s["straight"]["rot_share"] - 1.0) < 1e-9
+    assert abs(s["all"]["trans_rmse_mm"] / 1e3 - report["rpe_trans_m"]) < 1e-9
+    assert abs(s["all"]["rot_rmse_deg"] - report["rpe_rot_deg"]) < 1e-9
