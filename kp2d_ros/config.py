@@ -199,6 +199,14 @@ class PipelineConfig:
     # the start-up until the first keyframe pair).
     keyframe_parallax_px: float = 0.0
     keyframe_min_inliers: int = 100
+    # Short baselines leave a valley of near-equivalent (rotation, translation direction) pairs (the
+    # rotation/translation ambiguity): at 1-2 px of parallax the essential matrix can settle 6-70 deg away
+    # from the true direction, with a rotation error of 0.05-0.9 deg. When a pair's camera-centre direction
+    # departs from the constant-velocity one (the last keyframe pair's, in the reference's axes) by more
+    # than this (degrees), (R, t) is polished again from that direction, and the result is taken when it
+    # stays within this angle and fits the inliers as well (robust cost at most the estimator's plus
+    # one per ten inliers). 0: off.
+    direction_gate_deg: float = 5.0
     # Relative scale from triangulated points shared between consecutive pairs.
     min_scale_points: int = 8
     # ratio: median distance ratio of points triangulated under >= min_triangulation_deg by both pairs
@@ -251,6 +259,7 @@ class PipelineConfig:
         _nonneg("pipeline.covariance_translation_floor", self.covariance_translation_floor)
         _nonneg("pipeline.keyframe_parallax_px", self.keyframe_parallax_px)
         _nonneg("pipeline.keyframe_min_inliers", self.keyframe_min_inliers)
+        _nonneg("pipeline.direction_gate_deg", self.direction_gate_deg)
         _positive("pipeline.min_scale_points", self.min_scale_points)
         _choice("pipeline.scale_method", self.scale_method, ("inverse_depth", "ratio"))
         if self.max_scale_change <= 1.0:

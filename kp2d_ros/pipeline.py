@@ -19,11 +19,11 @@ from kp2d_ros.backend import BAResult, BackendWorker, LocalMap, WindowProblem, b
 from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend, to_grey
-from kp2d_ros.geometry import (bearings, compose_covariance, compose_relative, estimate_relative_pose,
-                               focal_length, invert_se3, inverse_depths, normalize_points, relative_motion_covariance,
-                               rotation_angle_deg, rotation_compensated_parallax,
-                               rotation_covariance, scale_from_inverse_depths, two_view_covariance,
-                               vote_log_scale)
+from kp2d_ros.geometry import (bearings, cauchy_cost, compose_covariance, compose_relative, estimate_relative_pose,
+                               focal_length, invert_se3, inverse_depths, normalize_points, refine_pose,
+                               relative_motion_covariance, rotation_angle_deg, rotation_compensated_parallax,
+                               rotation_covariance, sampson_errors, scale_from_inverse_depths, skew,
+                               two_view_covariance, vote_log_scale)
 from kp2d_ros.matching import MatchScorer, filter_matches, match_features
 from kp2d_ros.refine import refine_matches
 from kp2d_ros.scale import GroundPoints, MetricScale, ScaleChoice
@@ -445,6 +445,7 @@ class VOPipeline:
             return self._untranslated(frame, camera, feats, matches, geom, now)
 
         self.still = False
+        geom = self._gate_direction(geom, kp0, kp1, camera)
         inl = geom.inliers
         n0 = normalize_points(kp0[inl], camera)
         n1 = normalize_points(kp1[inl], camera)
@@ -491,6 +492,37 @@ class VOPipeline:
                           (matches.idx0[inl], idx1, n0, n1))
             T = kf.T_world_cam  # refined by the backend when it ran in this thread
         return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf, cov, model)
+
+    def _gate_direction(self, geom: TwoViewGeometry, kp0: np.ndarray, kp1: np.ndarray, camera: Camera
+                        ) -> TwoViewGeometry:
+        """``geom``, or the pose polished from the constant-velocity direction when ``geom``'s camera-centre
+        direction is more than ``pipeline.direction_gate_deg`` away from it and the polished pose is within
+        the gate and fits the inliers as well (``PipelineConfig.direction_gate_deg``)."""
+        gate = self.cfg.pipeline.direction_gate_deg
+        if gate <= 0 or self.motion is None:
+            return geom
+        prior = self.motion.direction  # unit centre displacement of the last pair, in its earlier camera's axes
+
+        def angle(R, t):
+            return float(np.degrees(np.arccos(np.clip(-(R.T @ t) @ prior / np.linalg.norm(t), -1.0, 1.0))))
+
+        before = angle(geom.R, geom.t)
+        if before <= gate:
+            return geom
+        thr = self.cfg.geometry.ransac_threshold_px / focal_length(camera)
+        n0 = normalize_points(kp0[geom.inliers], camera)
+        n1 = normalize_points(kp1[geom.inliers], camera)
+        R, t = refine_pose(geom.R, -geom.R @ prior, n0, n1, thr)
+        t = t / np.linalg.norm(t)
+        cost = cauchy_cost(sampson_errors(skew(t) @ R, n0, n1), thr)
+        cost0 = cauchy_cost(sampson_errors(skew(geom.t) @ geom.R, n0, n1), thr)
+        after = angle(R, t)
+        log.debug("direction gate: %.1f deg from the constant-velocity direction -> %.1f deg, rotation %.3f deg, "
+                  "cost %.1f -> %.1f (%d inliers)", before, after, rotation_angle_deg(R.T @ geom.R), cost0, cost,
+                  n0.shape[0])
+        if after > gate or cost > cost0 + 0.1 * n0.shape[0]:
+            return geom
+        return replace(geom, R=R, t=t)
 
     def _untranslated(self, frame: Frame, camera: Camera, feats: Features, matches: Matches,
                       geom: TwoViewGeometry | None, now: _Tick) -> PoseEstimate:

@@ -544,9 +544,10 @@ def test_kitti_clip_with_dropped_frames_learned_frontend():
 @pytest.mark.slow
 def test_slow_synthetic_street_is_as_accurate_as_the_fast_one():
     """The synthetic street at 0.2 and at 0.05 m/frame (the same path, 4x the frames), SIFT: per-frame RPE
-    of the slow run within 3x of the fast one, every frame tracked. Scored from the first keyframe pair on
-    (before it a monocular trajectory has no scale). Measured: 2.2x in translation, 2.6x in rotation (the
-    issue's target is 2x: not met yet); the old code was ~40x / ~6x (held frames, then double steps)."""
+    of the slow run within 2x of the fast one (the issue's target), every frame tracked. Scored from the first
+    keyframe pair on (before it a monocular trajectory has no scale). Measured 1.6x in translation and 1.5x in
+    rotation; before the direction gate (``pipeline.direction_gate_deg``) 2.4x / 2.5x (short baselines settled in
+    the wrong basin of the rotation/translation ambiguity); before the time-based priors ~40x / ~6x."""
     from kp2d_ros.data.synthetic import synthetic_sequence
     from kp2d_ros.eval.metrics import evaluate
     from kp2d_ros.types import Trajectory
@@ -560,4 +561,55 @@ def test_slow_synthetic_street_is_as_accurate_as_the_fast_one():
         part = Trajectory(res.estimate.stamps[first:], res.estimate.poses[first:])
         m = evaluate(part, seq.ground_truth, correct_scale=True)
         errors[speed] = (m.rpe.trans_rmse_m, m.rpe.rot_rmse_deg)
-    assert errors[0.05][0] <= 3.0 * errors[0.2][0] and errors[0.05][1] <= 3.0 * errors[0.2][1], errors
+    assert errors[0.05][0] <= 2.0 * errors[0.2][0] and errors[0.05][1] <= 2.0 * errors[0.2][1], errors
+
+
+def _two_views(T_1_0, noise_px=0.2, seed=1):
+    """Pixel matches of the point world seen from the identity and from camera 1 (x1 = R x0 + t)."""
+    X = PointWorldFrontend([np.eye(4)]).X
+    rng = np.random.default_rng(seed)
+    X1 = X @ T_1_0[:3, :3].T + T_1_0[:3, 3]
+    keep = (X[:, 2] > 1.0) & (X1[:, 2] > 1.0)
+    p0, p1 = (Y[keep] @ CAM.K.T for Y in (X, X1))
+    p0, p1 = p0[:, :2] / p0[:, 2:], p1[:, :2] / p1[:, 2:]
+    return p0 + rng.normal(0, noise_px, p0.shape), p1 + rng.normal(0, noise_px, p1.shape)
+
+
+@pytest.mark.parametrize("gate", [5.0, 0.0])
+def test_direction_gate_takes_the_constant_velocity_basin_only_when_the_data_allow(gate):
+    """A 5 cm forward step (under a pixel of parallax): a pose in the wrong basin of the rotation/translation
+    ambiguity (direction 40 deg off, the rotation compensating it) is polished back from the constant-velocity
+    direction; a 1 m sideways step, 90 deg from that direction but clear in the data, is kept. Gate 0: off."""
+    from kp2d_ros.geometry import refine_pose
+    from kp2d_ros.pipeline import _Motion, _Span, _Tick
+    from kp2d_ros.types import TwoViewGeometry
+
+    cfg = VOConfig()
+    cfg.pipeline.direction_gate_deg = gate
+    vo = VOPipeline(cfg, frontend=PointWorldFrontend([np.eye(4)]))
+    vo.motion = _Motion(0.05, _Span(0.1, 1), np.array([0.0, 0.0, 1.0]), 1.0, 0.0, _Tick(0.0, 1))
+    thr = cfg.geometry.ransac_threshold_px / CAM.K[0, 0]
+
+    def geom_from(T_true, R_start, c_start):
+        p0, p1 = _two_views(T_true)
+        n0, n1 = (cv2.undistortPoints(p.reshape(-1, 1, 2), CAM.K, None).reshape(-1, 2) for p in (p0, p1))
+        R, t = refine_pose(R_start, -R_start @ c_start, n0, n1, thr)
+        return p0, p1, TwoViewGeometry(R=R, t=t / np.linalg.norm(t), inliers=np.ones(len(p0), bool),
+                                       points3d=np.zeros((0, 3)), point_match_idx=np.zeros(0, np.int64))
+
+    def centre_angle(g, c):
+        return np.degrees(np.arccos(np.clip(-(g.R.T @ g.t) @ c, -1, 1)))
+
+    forward = se3(np.eye(3), [0.0, 0.0, -0.05])  # x1 = x0 - c: the camera moved 5 cm along its optical axis
+    wrong = np.array([np.sin(np.radians(40)), 0.0, np.cos(np.radians(40))])
+    p0, p1, geom = geom_from(forward, cv2.Rodrigues(np.array([0.0, np.radians(0.3), 0.0]))[0], wrong)
+    assert centre_angle(geom, wrong) < 10.0  # the polish stayed in the wrong basin
+    out = vo._gate_direction(geom, p0, p1, CAM)
+    if gate:
+        assert centre_angle(out, np.array([0.0, 0.0, 1.0])) < 2.0 and rotation_angle_deg(out.R) < 0.02
+    else:
+        assert out is geom
+
+    sideways = se3(np.eye(3), [-1.0, 0.0, 0.0])
+    p0, p1, geom = geom_from(sideways, np.eye(3), np.array([1.0, 0.0, 0.0]))
+    assert vo._gate_direction(geom, p0, p1, CAM) is geom

@@ -81,3 +81,27 @@ def test_network_cpu_time_script_runs_on_a_synthetic_frame(tmp_path):
     r = json.loads(out.read_text())
     assert set(r["cpu_ms_median"]) == {"torch x1.0", "torch x0.5"} and r["image_size"] == [96, 64]
     assert all(len(v) == 2 and min(v) > 0 for v in r["cpu_ms"].values())
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/step_errors.py (issue 11: where a replay's per-frame RPE comes from)
+# --------------------------------------------------------------------------------------------
+def test_step_errors_accounts_for_every_step(tmp_path):
+    """On 8 frames of the synthetic street: a row per step, the groups' squared sums add up to the whole, and
+    the RMS over all steps is the replay's per-frame RPE."""
+    from kp2d_ros.data.synthetic import write_synthetic_sequence
+
+    write_synthetic_sequence(tmp_path / "street", 8, speed=0.2)
+    out = tmp_path / "steps.json"
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "step_errors.py"), str(tmp_path / "street"),
+                          "--config", "config/vo_classical.yaml", "--quiet", "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    s = report["summary"]
+    assert len(report["steps"]) == s["all"]["steps"] == 7
+    assert s["keyframes"]["steps"] + s.get("non_keyframes", {"steps": 0})["steps"] == 7
+    assert s["turn"]["steps"] + s["straight"]["steps"] == 7  # the street starts turning gently (0.09-0.13 deg/frame)
+    assert abs(s["turn"]["rot_share"] + s["straight"]["rot_share"] - 1.0) < 1e-9
+    assert abs(s["all"]["trans_rmse_mm"] / 1e3 - report["rpe_trans_m"]) < 1e-9
+    assert abs(s["all"]["rot_rmse_deg"] - report["rpe_rot_deg"]) < 1e-9

@@ -36,6 +36,7 @@ LIVE_PARAMETERS = frozenset({
     "geometry.distance_threshold", "geometry.min_inliers", "geometry.rotation_only_parallax_px",
     "geometry.refine_rounds", "geometry.motion_prior",
     "pipeline.min_parallax_px", "pipeline.keyframe_parallax_px", "pipeline.keyframe_min_inliers",
+    "pipeline.direction_gate_deg",
     "pipeline.min_scale_points", "pipeline.max_scale_change", "pipeline.speed_change_sigma",
     "pipeline.min_triangulation_deg",
     "pipeline.rotation_keyframe_deg", "pipeline.max_lost_frames",
