@@ -506,7 +506,6 @@ def _replay(seq, frontend="sift"):
     return replay(seq, cfg, progress=False)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("fault, max_ratio", [("stop=60:10", 1.10), ("drop=61:64", 1.25)])
 def test_kitti_clip_survives_a_stop_and_dropped_frames(fault, max_ratio):
     """KITTI 07 frames 30-99, SIFT: a 1 s stop at frame 60 (10 identical frames, ground truth held), or
@@ -521,7 +520,6 @@ def test_kitti_clip_survives_a_stop_and_dropped_frames(fault, max_ratio):
         assert [s.value for s in faulty.statuses[31:41]] == ["static"] * 10
 
 
-@pytest.mark.slow
 def test_kitti_clip_with_dropped_frames_learned_frontend():
     """The default config (KeyPointNet + LK refinement + IO-Net), KITTI 07 frames 30-99 with frames 61-64
     dropped: ATE within 25% of the clean clip. Across the gap a facade's windows matched the neighbouring
@@ -541,7 +539,6 @@ def test_kitti_clip_with_dropped_frames_learned_frontend():
     assert faulty.metrics.ate.rmse <= 1.25 * clean.metrics.ate.rmse
 
 
-@pytest.mark.slow
 def test_slow_synthetic_street_is_as_accurate_as_the_fast_one():
     """The synthetic street at 0.2 and at 0.05 m/frame (the same path, 4x the frames), SIFT: per-frame RPE
     of the slow run within 2x of the fast one (the issue's target), every frame tracked. Scored from the first
