@@ -1,4 +1,6 @@
 """Local bundle adjustment (kp2d_ros/backend.py): a synthetic window with known poses, then the pipeline."""
+import os
+
 import numpy as np
 import pytest
 
@@ -147,6 +149,10 @@ def test_worker_thread_gives_the_same_result():
     try:
         worker.submit(m2.problem(1.0 / F), F)
         result = worker.wait(timeout=60)
+        # the optimisation's process runs backend.worker_nice below the caller (it must yield the CPU to the front end)
+        pids = list(worker._pool._processes)
+        assert pids and all(os.getpriority(os.PRIO_PROCESS, pid) == min(os.nice(0) + m2.cfg.worker_nice, 19)
+                            for pid in pids)
     finally:
         worker.close()
     assert result is not None and result.optimised
