@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
@@ -235,26 +236,11 @@ def _select_tracks(seen: list[list[int]], lids: list[int], ids: list[int], limit
     newest keyframes' tracks fill the budget, the oldest (fixed) keyframes observe nothing, and the window has
     no gauge."""
     order = sorted(range(len(seen)), key=lambda i: (-min(len(seen[i]), 4), -lids[i]))
-    chosen: list[int] = []
-    taken = np.zeros(len(seen), bool)
     quota = max(limit // (2 * max(len(ids), 1)), 1)
-    for k in ids:
-        n = 0
-        for i in order:
-            if n >= quota:
-                break
-            if k in seen[i]:
-                n += 1
-                if not taken[i]:
-                    taken[i] = True
-                    chosen.append(i)
-    for i in order:
-        if len(chosen) >= limit:
-            break
-        if not taken[i]:
-            taken[i] = True
-            chosen.append(i)
-    return sorted(chosen[:limit])
+    # an ordered set: each keyframe's first ``quota`` observing tracks (shared ones counted for each), then the rest
+    chosen = dict.fromkeys(i for k in ids for i in islice((j for j in order if k in seen[j]), quota))
+    chosen.update(dict.fromkeys(order))
+    return sorted(list(chosen)[:limit])
 
 
 # ----------------------------------------------------------------------------------------
