@@ -52,16 +52,18 @@ class FrontendConfig:
     nms_radius: int = 0  # pixels at working resolution, 0 = off
     score_threshold: float = 0.0
     half_precision: bool = True  # fp16 on CUDA / bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32
-    # What runs the network on the CPU in fp32: torch, onnxruntime (optional dependency; ~15% less CPU time for
-    # the network at 1226x370, ~9% for the pipeline, README Speed), or auto = onnxruntime when installed. torch by
-    # default: onnxruntime's outputs equal torch's within 1e-4, but near-tied keypoint ranks can swap, and the
-    # two runs measured with it came out slightly worse (demo ATE 0.0073 -> 0.0076 m, TUM 0.0107 -> 0.0118 m).
-    engine: str = "torch"  # torch | onnxruntime | auto
+    # What runs the network on the CPU: torchscript (the default: the torch body traced and frozen, bit-identical
+    # to eager torch in bf16, ~25% faster there; README Speed), torch (eager), onnxruntime (optional dependency,
+    # fp32 only; ~15% less CPU time than eager torch for the network at 1226x370 on an AVX2 CPU; its outputs
+    # equal torch's within 1e-4, but near-tied keypoint ranks can swap, and the two runs measured with it came out
+    # slightly worse: demo ATE 0.0073 -> 0.0076 m, TUM 0.0107 -> 0.0118 m), or auto = onnxruntime when installed
+    # and the network runs fp32, else torchscript. On CUDA torchscript means eager torch.
+    engine: str = "torchscript"  # torchscript | torch | onnxruntime | auto
 
     def validate(self) -> None:
         _choice("frontend.type", self.type, ("orb", "sift", "kp2d"))
         _choice("frontend.device", self.device, ("auto", "cpu", "cuda"))
-        _choice("frontend.engine", self.engine, ("auto", "torch", "onnxruntime"))
+        _choice("frontend.engine", self.engine, ("auto", "torch", "torchscript", "onnxruntime"))
         _positive("frontend.num_features", self.num_features)
         if len(self.resolution) != 2 or any(v < 0 for v in self.resolution):
             raise ConfigError(f"frontend.resolution: expected [width, height] >= 0, got {self.resolution}")

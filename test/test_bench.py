@@ -54,6 +54,10 @@ def test_bench_cli_kp2d_with_io_net(tmp_path):
     assert r["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert r["stages_ms"]["io_net"] > 0  # the scorer ran
     rc = main(["bench", "--frontend", "kp2d", "--resolution", "160x120", "--device", "cpu", "--model", str(kp),
+               "--io-net", str(io), "--frames", "2", "--warmup", "1", "--repeat", "2", "--out", str(out)])
+    assert rc == 0  # --repeat pools the runs: the dtype must survive the pooling
+    assert json.loads(out.read_text())["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
+    rc = main(["bench", "--frontend", "kp2d", "--resolution", "160x120", "--device", "cpu", "--model", str(kp),
                "--io-net", "none", "--precision", "fp32", "--frames", "2", "--warmup", "1", "--out", str(out)])
     r = json.loads(out.read_text())
     assert rc == 0 and r["io_net"] is None and r["stages_ms"]["io_net"] == 0 and r["precision"] == "fp32"

@@ -178,7 +178,7 @@ def test_onnxruntime_body_equals_torch_on_the_shipped_weights():
         x = torch_fe.net.pad(torch_fe._to_tensor(img))
         with torch.inference_mode():
             ref = kp2d_frontend.NetworkBody(torch_fe.net)(x)
-            got = onnx_fe._onnx(x)
+            got = onnx_fe._body(x)
         for a, b in zip(got, ref):
             assert a.shape == b.shape
             assert (a - b).abs().max().item() < 1e-4 * max(1.0, b.abs().max().item())
@@ -196,14 +196,14 @@ def test_engine_falls_back_to_torch_without_onnxruntime(monkeypatch, caplog, net
     import sys
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
-    assert make(net, engine="auto").engine == "torch"  # silent
+    assert make(net, engine="auto").engine == "torchscript"  # silent
     with caplog.at_level(logging.WARNING, logger=kp2d_frontend.__name__):
         fe = make(net, engine="onnxruntime")
-    assert fe.engine == "torch" and fe._onnx is None
+    assert fe.engine == "torch" and fe._body is None
     assert any("onnxruntime" in r.getMessage() and "not installed" in r.getMessage() for r in caplog.records)
     monkeypatch.setitem(sys.modules, "onnxruntime", __import__("types").ModuleType("onnxruntime"))
     monkeypatch.setitem(sys.modules, "onnx", None)  # the exporter's dependency missing alone
-    assert make(net, engine="auto").engine == "torch"
+    assert make(net, engine="auto").engine == "torchscript"
     assert len(fe.detect(image())) > 0
 
 
@@ -211,5 +211,39 @@ def test_engine_is_torch_for_half_precision(monkeypatch, net):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     monkeypatch.setattr(kp2d_frontend, "cpu_has_native_bf16", lambda: True)
-    assert make(net, half_precision=True, engine="auto").engine == "torch"
+    assert make(net, half_precision=True, engine="auto").engine == "torchscript"
     assert make(net, half_precision=False, engine="auto").engine == "onnxruntime"
+
+
+@pytest.mark.parametrize("half", [True, False])
+def test_torchscript_body_equals_eager_torch_on_the_shipped_weights(half):
+    """The default engine traces the body once on a small input and freezes it: any input size, the same
+    outputs as the eager inference copy (bit-identical in bf16, 1e-5 in fp32) and the same detections."""
+    from kp2d_ros.runtime import cpu_has_native_bf16
+
+    model = KeyPointNet.from_file(str(SHIPPED), "cpu").eval()
+    ts_fe = make(model, num_features=300, engine="torchscript", half_precision=half)
+    torch_fe = make(model, num_features=300, engine="torch", half_precision=half)
+    assert ts_fe.engine == "torchscript" and torch_fe.engine == "torch" and torch_fe._body is None
+    exact = ts_fe.dtype == torch.bfloat16
+    assert exact == (half and cpu_has_native_bf16())
+    for w, h in ((250, 130), (96, 64), (640, 184)):
+        img = street_image(w, h)
+        x = torch_fe.net.pad(torch_fe._to_tensor(img))
+        with torch.inference_mode():
+            ref = kp2d_frontend.NetworkBody(torch_fe.net)(x)
+            got = ts_fe._body(x)
+        for a, b in zip(got, ref):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            tol = 0.0 if exact else 1e-5 * max(1.0, b.abs().max().item())
+            assert (a.float() - b.float()).abs().max().item() <= tol
+    img = street_image()
+    a, b = ts_fe.detect(img), torch_fe.detect(img)
+    assert len(a) == len(b) > 100
+    if exact:
+        np.testing.assert_array_equal(a.keypoints, b.keypoints)
+        np.testing.assert_array_equal(a.descriptors, b.descriptors)
+    else:
+        ia, ib = np.lexsort(a.keypoints.T), np.lexsort(b.keypoints.T)
+        np.testing.assert_allclose(a.keypoints[ia], b.keypoints[ib], atol=1e-3)
+        np.testing.assert_allclose(a.descriptors[ia], b.descriptors[ib], atol=1e-4)

@@ -118,3 +118,40 @@ def test_filter_matches_drops_and_orders():
         filter_matches(m, probs[:-1], 0.5)
     s = _ByDistance().score(None, None, m.distances, (640, 480))
     assert filter_matches(m, s, 0.0).idx0.tolist() == m.idx0[np.argsort(-s, kind="stable")].tolist()
+
+
+@pytest.mark.parametrize("unit", [True, False])
+@pytest.mark.parametrize("mutual,ratio,max_q", [(True, 0.0, 0), (False, 0.0, 0), (True, 0.9, 0), (False, 0.8, 0),
+                                                 (True, 0.0, 40)])
+def test_float_matching_equals_the_full_distance_matrix(unit, mutual, ratio, max_q):
+    """The float path never builds the (N0, N1) distance matrix; it must pick the same pairs, with the same
+    distances, as arg-mins over :func:`l2_distances` (unit-norm learned and unnormalised SIFT-like vectors)."""
+    from kp2d_ros.matching import l2_distances
+
+    rng = np.random.default_rng(3)
+    d0 = rng.normal(size=(300, 64)).astype(np.float32)
+    d1 = np.concatenate([d0[:150] + 0.3 * rng.normal(size=(150, 64)), rng.normal(size=(120, 64))]).astype(np.float32)
+    if unit:
+        d0 /= np.linalg.norm(d0, axis=1, keepdims=True)
+        d1 /= np.linalg.norm(d1, axis=1, keepdims=True)
+    else:
+        d0, d1 = np.abs(40 * d0), np.abs(40 * d1)
+    f0 = Features(np.zeros((300, 2), np.float32), d0, np.ones(300, np.float32))
+    f1 = Features(np.zeros((270, 2), np.float32), d1, np.ones(270, np.float32))
+    dist = l2_distances(d0, d1)
+    max_distance = float(np.percentile(dist.min(1), max_q)) if max_q else 0.0  # 0 = off
+    m = match_features(f0, f1, MatchingConfig(mutual=mutual, ratio=ratio, max_distance=max_distance, device="cpu"))
+    rows = np.arange(300)
+    nn01 = dist.argmin(1)
+    best = dist[rows, nn01]
+    keep = np.ones(300, bool)
+    if mutual:
+        keep &= dist.argmin(0)[nn01] == rows
+    if ratio:
+        keep &= best < ratio * np.partition(dist, 1, axis=1)[:, 1]
+    if max_distance:
+        keep &= best <= max_distance
+    expected = dict(zip(zip(rows[keep].tolist(), nn01[keep].tolist()), best[keep].tolist()))
+    got = dict(zip(zip(m.idx0.tolist(), m.idx1.tolist()), m.distances.tolist()))
+    assert len(expected) > 20 and set(got) == set(expected)
+    assert max(abs(got[k] - expected[k]) for k in expected) < 1e-5

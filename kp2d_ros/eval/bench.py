@@ -235,6 +235,7 @@ class RepeatedBench:
                              None if first.interval_ms is None else
                              np.concatenate([r.interval_ms for r in self.runs]),
                              None if first.cpu_ms is None else np.concatenate([r.cpu_ms for r in self.runs]))
+        pooled.precision = first.precision
         out = pooled.report()
         per_run = [r.report() for r in self.runs]
         out["fps"] = float(np.median([r["fps"] for r in per_run]))

@@ -108,14 +108,18 @@ class NetworkBody(nn.Module):
 
 
 def resolve_engine(name: str, device: torch.device, dtype: torch.dtype) -> str:
-    """``frontend.engine`` -> ``torch`` or ``onnxruntime``.
+    """``frontend.engine`` -> ``torch``, ``torchscript`` or ``onnxruntime``.
 
-    onnxruntime runs only fp32 on the CPU; ``auto`` picks it there when the packages ``onnx`` (torch's exporter
-    needs it) and ``onnxruntime`` are installed. An explicit
-    ``onnxruntime`` that cannot be used (not installed, CUDA, half precision) falls back to torch with one warning.
+    ``torchscript`` (the default) runs the same torch body traced and frozen (:class:`FrozenBody`) on the CPU;
+    elsewhere it is plain torch. onnxruntime runs only fp32 on the CPU; ``auto`` picks it there when the
+    packages ``onnx`` (torch's exporter needs it) and ``onnxruntime`` are installed, else ``torchscript``. An
+    explicit ``onnxruntime`` that cannot be used (not installed, CUDA, half precision) falls back to torch with
+    one warning.
     """
     if name == "torch":
         return "torch"
+    if name == "torchscript":
+        return "torchscript" if device.type == "cpu" else "torch"
     usable = device.type == "cpu" and dtype == torch.float32
     try:
         import onnx  # noqa: F401 - optional dependencies: torch's exporter needs onnx
@@ -129,7 +133,28 @@ def resolve_engine(name: str, device: torch.device, dtype: torch.dtype) -> str:
         return "onnxruntime"
     if name == "onnxruntime":
         log.warning("frontend.engine: onnxruntime requested but %s; running the network on torch", why)
-    return "torch"
+        return "torch"
+    return "torchscript" if device.type == "cpu" else "torch"
+
+
+class FrozenBody:
+    """:class:`NetworkBody` of an inference copy, traced once on a small input and frozen by TorchScript
+    (``torch.jit.freeze``: weights become constants, the graph is optimised as a whole); any input size.
+
+    Same operations as the eager body: on a CPU with native bf16 its outputs are bit-identical to eager torch
+    (tested on the shipped weights) and it takes ~25 % less time (KeyPointNet width 0.5 at 1232x376, 1 thread:
+    67 against 87 ms, README *Speed*); in fp32 they agree within 1e-5.
+    """
+
+    def __init__(self, net: KeyPointNet, dtype: torch.dtype):
+        body = NetworkBody(net).eval()
+        dummy = torch.zeros(1, net.config.in_channels, 64, 96, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.module = torch.jit.freeze(torch.jit.trace(body, (dummy,), check_trace=False).eval())
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.module(image)
 
 
 class OnnxBody:
@@ -224,7 +249,8 @@ class KP2DFrontend(Frontend):
         self.net = inference_copy(self.model, self.device, self.dtype)
         self.engine = resolve_engine(self.config.engine, self.device, self.dtype)
         # threads: pipeline.torch_threads, applied before the frontend is built
-        self._onnx = OnnxBody(self.net, torch.get_num_threads()) if self.engine == "onnxruntime" else None
+        self._body = (OnnxBody(self.net, torch.get_num_threads()) if self.engine == "onnxruntime"
+                      else FrozenBody(self.net, self.dtype) if self.engine == "torchscript" else None)
         cfg = self.model.config
         self._offset_px = cfg.cross_ratio * cfg.cell / 2  # largest keypoint offset from its cell centre
         self._mean = torch.tensor(cfg.input_mean, device=self.device)
@@ -254,8 +280,8 @@ class KP2DFrontend(Frontend):
         net = self.net
         with torch.inference_mode():
             x = net.pad(x)
-            if self._onnx is not None:
-                score_logits, loc_raw, features = self._onnx(x)
+            if self._body is not None:
+                score_logits, loc_raw, features = self._body(x)
             else:
                 cells, skip = net.encode(x)
                 score_logits, loc_raw, features = net.score_b(net.score_a(cells)), net.loc_b(net.loc_a(cells)), None
