@@ -243,12 +243,13 @@ class PipelineConfig:
     covariance_translation_floor: float = 0.03
     # Process-wide CPU threads, applied when the pipeline is built (0 = the libraries' defaults).
     # torch_threads: the network's intra-op threads; library_threads: OpenCV and every BLAS pool.
-    # torch_threads also sizes onnxruntime's pool (frontend.engine). Default 1: on the shared 2-core machine a
-    # second torch/OpenMP thread stalls whenever another process holds a core (KITTI 1226x370, README Speed:
-    # 0.4 FPS with torch's default 2 threads against 0.7 FPS with 1, same run, load 6-8; IO-Net 7 -> 364 ms).
-    # On an idle 2-core CPU torch 2 + libraries 1 was fastest (kp2d 320x240: 26.3 FPS vs 21.3 with torch 1 +
-    # library defaults; OpenBLAS's spinning workers steal the second core): set torch_threads: 2 there.
-    torch_threads: int = 1
+    # torch_threads also sizes onnxruntime's pool (frontend.engine). Default 0 = torch's own default (one thread
+    # per physical core), as SIFT gets OpenCV's pool: on the 2-core Xeon (AMX-BF16) KITTI 1226x370 ran at 7.0 FPS
+    # with 2 torch threads against 4.0-4.5 with 1 while a training job held one core, 6.7 against 5.2 idle
+    # (README Speed). On an AVX2 EPYC shared by many jobs (load 6-16) a second OpenMP thread stalled whenever
+    # another process held a core (0.4 against 0.7 FPS; IO-Net 7 -> 364 ms): set torch_threads: 1 there.
+    # library_threads 1: OpenBLAS's spinning workers steal the network's cores.
+    torch_threads: int = 0
     library_threads: int = 1
 
     def validate(self) -> None:
