@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -60,7 +61,9 @@ class WindowProblem:
     keyframe_ids : (K,) oldest first. poses : (K, 4, 4) their ``T_world_cam``. num_fixed : how many of
     the oldest are held. landmark_ids : (L,). positions : (L, 3). obs_keyframe : (M,) index into
     ``keyframe_ids``; obs_landmark : (M,) index into ``landmark_ids``; obs_xy : (M, 2) normalised
-    coordinates. sigma : the observation noise in normalised units.
+    coordinates. sigma : the observation noise in normalised units. k1 : the residual radial distortion the
+    observations are modelled with (``x_obs = x (1 + k1 |x|^2)``, x the projection), and its starting value when
+    ``calibrate``: then the window estimates it too.
     """
 
     keyframe_ids: np.ndarray
@@ -72,6 +75,8 @@ class WindowProblem:
     obs_landmark: np.ndarray
     obs_xy: np.ndarray
     sigma: float
+    k1: float = 0.0
+    calibrate: bool = False
 
 
 @dataclass
@@ -98,6 +103,7 @@ class BAResult:
     error_px_after: float = float("nan")
     iterations: int = 0
     time_ms: float = 0.0
+    k1: float | None = None  # the window's estimate of the residual radial distortion (self-calibration)
 
 
 class LocalMap:
@@ -158,7 +164,7 @@ class LocalMap:
             del self.landmarks[lid]
 
     # ------------------------------------------------------------------------------------
-    def problem(self, sigma: float) -> WindowProblem | BAResult:
+    def problem(self, sigma: float, k1: float = 0.0, calibrate: bool = False) -> WindowProblem | BAResult:
         """A snapshot of the window for :func:`bundle_adjust`, or a skipped :class:`BAResult` saying why."""
         cfg = self.cfg
         ids = self.window_ids()
@@ -197,7 +203,7 @@ class LocalMap:
                             num_keyframes=len(ids), num_landmarks=len(lids))
         return WindowProblem(np.array(ids), np.stack([self.poses[k] for k in ids]), num_fixed, np.array(lids),
                              np.array(pos, float).reshape(-1, 3), np.array(ok, int), np.array(ol, int),
-                             np.array(oxy, float).reshape(-1, 2), float(sigma))
+                             np.array(oxy, float).reshape(-1, 2), float(sigma), float(k1), bool(calibrate))
 
     def apply(self, result: BAResult) -> bool:
         """Take an optimisation's poses and positions. Keyframes created after its snapshot move rigidly with
@@ -244,15 +250,20 @@ def _select_tracks(seen: list[list[int]], lids: list[int], ids: list[int], limit
 
 
 # ----------------------------------------------------------------------------------------
-def reprojection_errors(problem: WindowProblem, poses: np.ndarray, points: np.ndarray) -> np.ndarray:
+def reprojection_errors(problem: WindowProblem, poses: np.ndarray, points: np.ndarray,
+                        k1: float | None = None) -> np.ndarray:
     """(M,) reprojection error of every observation of ``problem`` (normalised units; inf behind the camera)
-    for keyframe poses ``poses`` (K, 4, 4) ``T_world_cam`` and landmark positions ``points`` (L, 3)."""
+    for keyframe poses ``poses`` (K, 4, 4) ``T_world_cam``, landmark positions ``points`` (L, 3) and the
+    residual radial distortion ``k1`` (default: the problem's)."""
+    k1 = problem.k1 if k1 is None else k1
     T = np.stack([invert_se3(P) for P in poses])
     Xc = np.einsum("mij,mj->mi", T[problem.obs_keyframe, :3, :3], points[problem.obs_landmark]) \
         + T[problem.obs_keyframe, :3, 3]
     z = Xc[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
-        e = np.linalg.norm(Xc[:, :2] / z[:, None] - problem.obs_xy, axis=1)
+        x = Xc[:, :2] / z[:, None]
+        x = x * (1.0 + k1 * (x * x).sum(1))[:, None]
+        e = np.linalg.norm(x - problem.obs_xy, axis=1)
     return np.where(z > 1e-9, e, np.inf)
 
 
@@ -263,7 +274,7 @@ def bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float = 
     the robust optimisation, then, without the culled observations, a second one.
     """
     import gtsam
-    from gtsam.symbol_shorthand import L, X
+    from gtsam.symbol_shorthand import C, L, X
 
     t0 = time.perf_counter()
     K = gtsam.Cal3_S2(1.0, 1.0, 0.0, 0.0, 0.0)
@@ -280,17 +291,31 @@ def bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float = 
     for j in range(n_lm):
         values.insert(L(j), gtsam.Point3(*problem.positions[j]))
 
+    calibrate = problem.calibrate
+    if calibrate:  # the residual radial distortion as Bundler's (f = 1, k1, k2 = 0) on normalised coordinates
+        values.insert(C(0), gtsam.Cal3Bundler(1.0, problem.k1, 0.0, 0.0, 0.0))
+        calib_prior = gtsam.noiseModel.Diagonal.Sigmas(np.array([1e-9, cfg.k1_prior_sigma, 1e-9]))
+
+    def k1_of(vals) -> float:
+        return float(vals.atCal3Bundler(C(0)).k1()) if calibrate else problem.k1
+
     def errors(vals) -> np.ndarray:
         return reprojection_errors(problem, np.stack([vals.atPose3(X(i)).matrix() for i in range(n_kf)]),
-                                   np.stack([vals.atPoint3(L(j)) for j in range(n_lm)]).reshape(-1, 3))
+                                   np.stack([vals.atPoint3(L(j)) for j in range(n_lm)]).reshape(-1, 3), k1_of(vals))
 
     def optimise(vals, mask) -> tuple[gtsam.Values, int]:
         graph = gtsam.NonlinearFactorGraph()
         for i in range(problem.num_fixed):
             graph.add(gtsam.NonlinearEqualityPose3(X(i), gtsam.Pose3(problem.poses[i])))
-        for m in np.flatnonzero(mask):
-            graph.add(gtsam.GenericProjectionFactorCal3_S2(problem.obs_xy[m], robust, X(int(problem.obs_keyframe[m])),
-                                                           L(int(problem.obs_landmark[m])), K))
+        if calibrate:
+            graph.add(gtsam.PriorFactorCal3Bundler(C(0), gtsam.Cal3Bundler(1.0, 0.0, 0.0, 0.0, 0.0), calib_prior))
+            for m in np.flatnonzero(mask):
+                graph.add(gtsam.GeneralSFMFactor2Cal3Bundler(problem.obs_xy[m], robust, X(int(problem.obs_keyframe[m])),
+                                                             L(int(problem.obs_landmark[m])), C(0)))
+        else:
+            for m in np.flatnonzero(mask):
+                graph.add(gtsam.GenericProjectionFactorCal3_S2(problem.obs_xy[m], robust, X(int(problem.obs_keyframe[m])),
+                                                               L(int(problem.obs_landmark[m])), K))
         # a landmark left with fewer than two observations, or a keyframe with too few, would be
         # unconstrained: hold it where it is (weakly)
         counts = np.bincount(problem.obs_landmark[mask], minlength=n_lm)
@@ -308,7 +333,8 @@ def bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float = 
         # 500 landmarks, 3900 observations: 0.32 vs 0.84 s for 5 iterations, same solution)
         params.setLinearSolverType("SEQUENTIAL_CHOLESKY")
         opt = gtsam.LevenbergMarquardtOptimizer(graph, vals, params)
-        out = opt.optimize()
+        with _quiet_stdout(calibrate):  # GeneralSFMFactor2 prints every cheirality failure to std::cout
+            out = opt.optimize()
         return out, int(opt.iterations())
 
     before = errors(values)
@@ -330,7 +356,7 @@ def bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float = 
     result = BAResult(True, num_keyframes=n_kf, num_landmarks=n_lm, num_observations=int(len(keep)),
                       error_px_before=float(np.median(before[np.isfinite(before)]) * to_px) if np.isfinite(before).any() else float("nan"),
                       error_px_after=float(np.median(err[keep]) * to_px) if keep.any() else float("nan"),
-                      iterations=iters)
+                      iterations=iters, k1=k1_of(values) if calibrate else None)
     for i, k in enumerate(problem.keyframe_ids):
         result.poses[int(k)] = values.atPose3(X(i)).matrix() if i >= problem.num_fixed else problem.poses[i].copy()
     reason = _implausible(problem, result, keep, cfg)
@@ -346,12 +372,35 @@ def bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float = 
     return result
 
 
+@contextmanager
+def _quiet_stdout(active: bool = True):
+    """Send file descriptor 1 to /dev/null inside the block (C++ ``std::cout`` included). The backend's worker
+    is its own process; in the deterministic mode the caller's thread waits for the window meanwhile."""
+    if not active:
+        yield
+        return
+    import os
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _implausible(problem: WindowProblem, result: BAResult, keep: np.ndarray, cfg: BackendConfig) -> str:
     """Why an optimised window must not be taken ('' when it may): too many observations culled, or a
     keyframe step whose length changed by more than ``backend.max_step_change`` (a diverged window: the
     front end's steps are never that wrong)."""
     if keep.mean() < 0.7:
         return f"diverged: {100 * (1 - keep.mean()):.0f}% of the observations culled"
+    if result.k1 is not None and abs(result.k1) > 5.0 * cfg.k1_prior_sigma:
+        return f"diverged: radial distortion k1 {result.k1:+.3f}"
     ids = [int(k) for k in problem.keyframe_ids]
     for a, b in zip(ids[1:], ids[2:]):
         if b not in result.poses:

@@ -277,7 +277,7 @@ class PipelineConfig:
 class BackendConfig:
     """Local bundle adjustment over a sliding window of keyframes (``kp2d_ros/backend.py``)."""
 
-    window: int = 0  # keyframes optimised jointly after each new one; 0: off (the default until it pays: README)
+    window: int = 10  # keyframes optimised jointly after each new one; 0: off
     fixed_keyframes: int = 2  # the oldest of the window are held (>= 2: fixes position, rotation and scale)
     noise_px: float = 1.0  # observation noise (pixels)
     kernel: str = "cauchy"  # robust kernel on the reprojection errors: cauchy | huber
@@ -290,6 +290,13 @@ class BackendConfig:
     max_step_change: float = 3.0  # a window changing a keyframe step's length by more is rejected (diverged)
     threaded: bool = True  # optimise on a worker thread (the node); kp2d replay waits for each window
     worker_nice: int = 10  # CPU priority decrease of the threaded optimisation's process (0: same as the node)
+    # Online self-calibration: every window also estimates the camera's first radial distortion coefficient k1 (on
+    # top of the configured/CameraInfo model; plumb_bob and rational_polynomial), from the images alone, and the front
+    # end undistorts with the median of the last ``k1_windows`` estimates. A residual k1 turns rotation into false
+    # parallax, so it shows as scale drift in every turn (KITTI 07: README, Local bundle adjustment).
+    self_calibration: bool = True
+    k1_prior_sigma: float = 0.05  # prior on the window's k1 around the configured model (normalised units)
+    k1_windows: int = 9  # the front end takes the median of this many latest window estimates (from the 3rd on)
 
     def validate(self) -> None:
         _nonneg("backend.window", self.window)
@@ -313,6 +320,8 @@ class BackendConfig:
         if self.max_landmarks < self.min_landmarks:
             raise ConfigError(f"backend.max_landmarks ({self.max_landmarks}) must be >= backend.min_landmarks "
                               f"({self.min_landmarks})")
+        _positive("backend.k1_prior_sigma", self.k1_prior_sigma)
+        _positive("backend.k1_windows", self.k1_windows)
 
 
 @dataclass

@@ -167,6 +167,11 @@ class VOPipeline:
         self.ground_points = GroundPoints(cfg)
         self.worker: BackendWorker | None = None
         self.map: LocalMap | None = None
+        # Self-calibration (backend.self_calibration): the residual radial distortion k1 the windows estimate, and
+        # the one the front end undistorts with (the median of the latest; kept across resets: same camera).
+        self.k1_estimates: list[float] = []
+        self.k1 = 0.0
+        self._raw_camera: Camera | None = None
         self.reset()
 
     def close(self) -> None:
@@ -341,13 +346,27 @@ class VOPipeline:
 
     # ----------------------------------------------------------------------------------------
     def _camera(self, frame: Frame) -> Camera:
+        """The frame's camera (else the configured one) with the self-calibrated radial distortion added to its
+        k1; the camera as given is kept in ``_raw_camera`` (the backend's observations use it)."""
         if frame.camera is not None and frame.camera.K[0, 0] > 0:
-            return frame.camera
-        c = self.cfg.camera
-        if not c.is_set:
-            raise DataError("frame has no camera intrinsics and camera.fx/fy are not configured")
-        h, w = frame.image.shape[:2]
-        return Camera.from_intrinsics(c.fx, c.fy, c.cx, c.cy, w, h, c.distortion, model=c.distortion_model)
+            camera = frame.camera
+        else:
+            c = self.cfg.camera
+            if not c.is_set:
+                raise DataError("frame has no camera intrinsics and camera.fx/fy are not configured")
+            h, w = frame.image.shape[:2]
+            camera = Camera.from_intrinsics(c.fx, c.fy, c.cx, c.cy, w, h, c.distortion, model=c.distortion_model)
+        self._raw_camera = camera
+        if self.k1 == 0.0 or not self._self_calibrating(camera):
+            return camera
+        dist = np.zeros(5) if camera.dist.size == 0 else camera.dist.astype(np.float64).copy()
+        dist[0] += self.k1
+        return replace(camera, dist=dist)
+
+    def _self_calibrating(self, camera: Camera | None) -> bool:
+        """Whether the windows estimate k1 for ``camera``: its model has an r^2 term that k1 adds to."""
+        return (self.cfg.backend.self_calibration and camera is not None
+                and camera.model in ("plumb_bob", "rational_polynomial"))
 
     def _filter(self, matches: Matches, feats: Features, camera: Camera) -> Matches:
         kp0 = self.ref.features.keypoints[matches.idx0]
@@ -488,6 +507,8 @@ class VOPipeline:
                 kf.inv_depth[idx1[measured.outliers]] = np.nan
                 kf.inv_depth_sigma[idx1[measured.outliers]] = np.inf
             direction = -geom.R.T @ geom.t
+            if self.map is not None and self.k1 != 0.0:  # the backend models the residual distortion itself
+                n0, n1 = normalize_points(kp0[inl], self._raw_camera), normalize_points(kp1[inl], self._raw_camera)
             self._promote(kf, now, cov, (scale, direction, parallax_px, np.radians(rotation_angle_deg(geom.R))),
                           (matches.idx0[inl], idx1, n0, n1))
             T = kf.T_world_cam  # refined by the backend when it ran in this thread
@@ -781,7 +802,8 @@ class VOPipeline:
         """Optimise the window after a new keyframe: on the worker (threaded; the result is taken at a later
         frame) or here, waiting for it (deterministic)."""
         t0 = time.perf_counter()
-        problem = self.map.problem(self.cfg.backend.noise_px / self._focal)
+        problem = self.map.problem(self.cfg.backend.noise_px / self._focal, self.k1,
+                                   self._self_calibrating(self._raw_camera))
         if not isinstance(problem, WindowProblem):
             self.last_backend = problem
         elif self.worker is not None:
@@ -797,6 +819,12 @@ class VOPipeline:
         self.last_backend = result
         if self.map is None or not self.map.apply(result):
             return
+        if result.k1 is not None:
+            bc = self.cfg.backend
+            self.k1_estimates = self.k1_estimates[-(bc.k1_windows - 1):] + [float(result.k1)] if bc.k1_windows > 1 \
+                else [float(result.k1)]
+            if len(self.k1_estimates) >= min(3, bc.k1_windows):
+                self.k1 = float(np.median(self.k1_estimates))
         ref = self.ref
         if ref is not None and ref.id in self.map.poses:
             ref.T_world_cam = self.map.poses[ref.id].copy()

@@ -352,7 +352,7 @@ def test_thread_settings_are_applied(monkeypatch):
     VOPipeline(cfg, frontend=PointWorldFrontend(driving_poses(2)))
     assert calls == []  # 0 and 0: leave the libraries alone
     VOPipeline(VOConfig(), frontend=PointWorldFrontend(driving_poses(2)))
-    assert calls == [(1, 1)]  # the default: OpenCV, BLAS and torch on one thread
+    assert calls == [(1, 0)]  # the default: OpenCV and BLAS on one thread, torch at its own default
     calls.clear()
     cfg.pipeline.torch_threads, cfg.pipeline.library_threads = 2, 1
     VOPipeline(cfg, frontend=PointWorldFrontend(driving_poses(2)))
@@ -498,11 +498,15 @@ def test_lost_frames_grow_the_covariance():
     assert _position_sigma(out[2]) < _position_sigma(out[3]) < _position_sigma(out[4])
 
 
-def _replay(seq, frontend="sift"):
+def _replay(seq, frontend="sift", window=None):
+    """The default config (backend included, deterministic as in ``kp2d replay``) with ``frontend``."""
     from kp2d_ros.eval.replay import replay
 
     cfg = VOConfig()
     cfg.frontend.type = frontend
+    cfg.backend.threaded = False
+    if window is not None:
+        cfg.backend.window = window
     return replay(seq, cfg, progress=False)
 
 
@@ -550,15 +554,20 @@ def test_slow_synthetic_street_is_as_accurate_as_the_fast_one():
     from kp2d_ros.types import Trajectory
 
     errors = {}
-    for speed, n in ((0.2, 20), (0.05, 80)):
-        seq = synthetic_sequence(n, speed=speed)
-        res = _replay(seq)
-        first = next(i for i, p in enumerate(res.estimate.poses) if np.any(p[:3, 3]))
-        assert first <= 4 and all(s == TrackingStatus.TRACKING for s in res.statuses[first:])
-        part = Trajectory(res.estimate.stamps[first:], res.estimate.poses[first:])
-        m = evaluate(part, seq.ground_truth, correct_scale=True)
-        errors[speed] = (m.rpe.trans_rmse_m, m.rpe.rot_rmse_deg)
-    assert errors[0.05][0] <= 2.0 * errors[0.2][0] and errors[0.05][1] <= 2.0 * errors[0.2][1], errors
+    for window in (0, None):
+        for speed, n in ((0.2, 20), (0.05, 80)):
+            seq = synthetic_sequence(n, speed=speed)
+            res = _replay(seq, window=window)
+            first = next(i for i, p in enumerate(res.estimate.poses) if np.any(p[:3, 3]))
+            assert first <= 4 and all(s == TrackingStatus.TRACKING for s in res.statuses[first:])
+            part = Trajectory(res.estimate.stamps[first:], res.estimate.poses[first:])
+            m = evaluate(part, seq.ground_truth, correct_scale=True)
+            errors[window, speed] = (m.rpe.trans_rmse_m, m.rpe.rot_rmse_deg)
+    # the front end (issue 11's property, backend off)
+    assert all(errors[0, 0.05][i] <= 2.0 * errors[0, 0.2][i] for i in (0, 1)), errors
+    # the default backend (10 keyframes) helps the fast street most (its window spans 4x the distance:
+    # measured rotation 0.016 -> 0.010 deg fast, 0.024 -> 0.022 deg slow); it must not make the slow one worse
+    assert all(errors[None, 0.05][i] <= 1.05 * errors[0, 0.05][i] for i in (0, 1)), errors
 
 
 def _two_views(T_1_0, noise_px=0.2, seed=1):

@@ -120,6 +120,8 @@ def print_summary(result, report: dict, out_dir: Path) -> None:
               f"{report['segment_m']:g} m segments (un-rescaled estimate)")
     if getattr(result, "scale", None) is not None:
         print(f"  scale         {result.scale['verdict']} (scale.json)")
+    if report.get("camera_k1") is not None:
+        print(f"  camera k1     {report['camera_k1']:+.4f} (residual radial distortion, backend self-calibration)")
     if report["fps"] is not None:
         print(f"  speed         {report['fps']:.1f} FPS (pipeline only)")
     print(f"  results in    {out_dir}")

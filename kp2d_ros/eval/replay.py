@@ -39,7 +39,7 @@ from kp2d_ros.eval.metrics import TrajectoryMetrics, evaluate, metrics_report
 from kp2d_ros.types import TrackingStatus, Trajectory
 
 REPORT_KEYS = ("frames", "tracked_frames", "path_length_m", "ate_rmse_m", "rpe_rot_deg", "rpe_trans_m", "fps",
-               "frontend", "ate_se3_m", "sim3_scale", "drift_pct", "drift_deg_per_m", "segment_m")
+               "frontend", "ate_se3_m", "sim3_scale", "drift_pct", "drift_deg_per_m", "segment_m", "camera_k1")
 
 
 @dataclass
@@ -56,6 +56,8 @@ class ReplayResult:
     stage_ms : mean per-stage times (ms) over all frames.
     scale : where the translation lengths came from (:class:`ScaleLog.summary`; ``scale.json``), None
         when not replayed.
+    camera_k1 : the residual radial distortion the backend's self-calibration ended with
+        (``backend.self_calibration``), None without it.
     """
 
     sequence: str
@@ -66,6 +68,7 @@ class ReplayResult:
     metrics: TrajectoryMetrics | None
     stage_ms: dict[str, float] = field(default_factory=dict)
     scale: dict | None = None
+    camera_k1: float | None = None
 
     @property
     def frames(self) -> int:
@@ -90,6 +93,7 @@ class ReplayResult:
         report.update({k: gt_keys[k] for k in ("path_length_m", "ate_rmse_m", "rpe_rot_deg", "rpe_trans_m")})
         report.update({"fps": self.fps, "frontend": self.frontend})
         report.update({k: gt_keys[k] for k in ("ate_se3_m", "sim3_scale", "drift_pct", "drift_deg_per_m", "segment_m")})
+        report["camera_k1"] = self.camera_k1
         return report
 
 
@@ -143,6 +147,7 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
         bar.close()
         if own:
             pipeline.close()
+    calibrated = bool(getattr(pipeline, "k1_estimates", None))
     estimate = Trajectory(stamps=np.asarray(stamps, dtype=np.float64),
                           poses=np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4))
     n = max(len(statuses), 1)
@@ -150,6 +155,7 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
                                  frontend=cfg.frontend.type, statuses=statuses, process_s=process_s,
                                  max_diff=max_diff, stage_ms={k: v / n for k, v in stage_sum.items()})
     result.scale = scale_log.summary()
+    result.camera_k1 = float(pipeline.k1) if calibrated else None
     return result
 
 
