@@ -164,6 +164,13 @@ def street_image(w=250, h=130, seed=3):
     return cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
 
 
+def body_outputs(engine_fe, torch_fe, img):
+    """The dense outputs of ``engine_fe``'s body and of the eager inference copy of ``torch_fe`` on ``img``."""
+    x = torch_fe.net.pad(torch_fe._to_tensor(img))
+    with torch.inference_mode():
+        return engine_fe._body(x), kp2d_frontend.NetworkBody(torch_fe.net)(x)
+
+
 def test_onnxruntime_body_equals_torch_on_the_shipped_weights():
     """The onnxruntime engine runs the same network: dense outputs within 1e-4 of the torch inference copy, and
     the same keypoints, scores and descriptors out of detect()."""
@@ -174,11 +181,7 @@ def test_onnxruntime_body_equals_torch_on_the_shipped_weights():
     torch_fe = make(model, num_features=300, engine="torch")
     assert onnx_fe.engine == "onnxruntime" and torch_fe.engine == "torch"
     for w, h in ((250, 130), (96, 64)):  # one exported graph, any input size
-        img = street_image(w, h)
-        x = torch_fe.net.pad(torch_fe._to_tensor(img))
-        with torch.inference_mode():
-            ref = kp2d_frontend.NetworkBody(torch_fe.net)(x)
-            got = onnx_fe._body(x)
+        got, ref = body_outputs(onnx_fe, torch_fe, street_image(w, h))
         for a, b in zip(got, ref):
             assert a.shape == b.shape
             assert (a - b).abs().max().item() < 1e-4 * max(1.0, b.abs().max().item())
@@ -228,11 +231,7 @@ def test_torchscript_body_equals_eager_torch_on_the_shipped_weights(half):
     exact = ts_fe.dtype == torch.bfloat16
     assert exact == (half and cpu_has_native_bf16())
     for w, h in ((250, 130), (96, 64), (640, 184)):
-        img = street_image(w, h)
-        x = torch_fe.net.pad(torch_fe._to_tensor(img))
-        with torch.inference_mode():
-            ref = kp2d_frontend.NetworkBody(torch_fe.net)(x)
-            got = ts_fe._body(x)
+        got, ref = body_outputs(ts_fe, torch_fe, street_image(w, h))
         for a, b in zip(got, ref):
             assert a.shape == b.shape and a.dtype == b.dtype
             tol = 0.0 if exact else 1e-5 * max(1.0, b.abs().max().item())
