@@ -60,6 +60,9 @@ def run(args) -> int:
         if path is None:
             raise DataError("--compare classical: config/vo_classical.yaml not found (use a YAML path or 'none')")
         compare_cfg = load_config(path)
+    for c in (cfg, compare_cfg):  # deterministic, as kp2d replay: wait for every backend window
+        if c is not None:
+            c.backend.threaded = False
     tmp = None
     if args.out is None:
         tmp = tempfile.TemporaryDirectory(prefix="kp2d_demo_")
