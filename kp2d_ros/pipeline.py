@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Iterator
@@ -218,6 +219,8 @@ class VOPipeline:
             self.map = LocalMap(self.cfg.backend, first_keyframe_id=first_id)
             if self.cfg.backend.threaded and self.worker is None:
                 self.worker = BackendWorker(self.cfg.backend)
+                # a pipeline dropped without close() must not leave its worker thread and process behind
+                weakref.finalize(self, self.worker.close)
         self.last_backend: BAResult | None = None
         self._focal = 1.0
         self._backend_ms = 0.0

@@ -260,3 +260,22 @@ def test_self_calibration_recovers_a_residual_radial_distortion():
     m, _ = make_map(poses, noise_px=0.25)
     problem = replace(m.problem(m.cfg.noise_px / F, 0.0, True), k1=0.01)
     assert bundle_adjust(problem, m.cfg, F).k1 == pytest.approx(0.0, abs=0.003)
+
+
+def test_a_dropped_pipeline_stops_its_worker():
+    """A pipeline with the threaded backend that is dropped without close() stops its worker thread (and would
+    stop its optimisation process): tests and scripts build many pipelines, and each idle worker process holds
+    ~200 MB."""
+    import gc
+
+    from test_pipeline import PointWorldFrontend
+
+    cfg = VOConfig()
+    cfg.backend.window, cfg.backend.threaded = 5, True
+    pipe = VOPipeline(cfg, frontend=PointWorldFrontend(true_poses(3)))
+    worker = pipe.worker
+    assert worker is not None and worker._thread.is_alive()
+    del pipe
+    gc.collect()
+    worker._thread.join(timeout=5.0)
+    assert worker._stop and not worker._thread.is_alive()
