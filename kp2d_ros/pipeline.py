@@ -824,8 +824,7 @@ class VOPipeline:
             return
         if result.k1 is not None:
             bc = self.cfg.backend
-            self.k1_estimates = self.k1_estimates[-(bc.k1_windows - 1):] + [float(result.k1)] if bc.k1_windows > 1 \
-                else [float(result.k1)]
+            self.k1_estimates = (self.k1_estimates + [float(result.k1)])[-bc.k1_windows:]
             if len(self.k1_estimates) >= min(3, bc.k1_windows):
                 self.k1 = float(np.median(self.k1_estimates))
         ref = self.ref

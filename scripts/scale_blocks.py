@@ -22,34 +22,30 @@ from pathlib import Path
 import numpy as np
 
 
-def _quat_angle_deg(q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
-    """Rotation angle between consecutive unit quaternions (x, y, z, w rows), degrees."""
-    dot = np.abs(np.sum(q0 * q1, axis=1)).clip(0.0, 1.0)
-    return np.degrees(2.0 * np.arccos(dot))
-
-
 def scale_blocks(run_dir: str | Path, block: int = 10) -> dict:
     """Per-block ground-truth speed, rotation and the estimate's step-length ratio of one replay folder.
 
     Raises
     ------
-    FileNotFoundError
-        the folder has no ``trajectory_est.tum`` / ``trajectory_gt.tum``.
+    FileNotFoundError / DataError
+        the folder has no (readable) ``trajectory_est.tum`` / ``trajectory_gt.tum``.
     ValueError
         fewer than 3 poses, or ``block`` < 1.
     """
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
+    from kp2d_ros.data import read_tum
+    from kp2d_ros.geometry import rotation_angle_deg
+
     run = Path(run_dir)
-    est = np.loadtxt(run / "trajectory_est.tum", ndmin=2)
-    gt = np.loadtxt(run / "trajectory_gt.tum", ndmin=2)
+    est, gt = read_tum(run / "trajectory_est.tum").poses, read_tum(run / "trajectory_gt.tum").poses
     n = min(len(est), len(gt))
     if n < 3:
         raise ValueError(f"{run}: {n} poses, need at least 3")
-    pe, pg = est[:n, 1:4], gt[:n, 1:4]
+    pe, pg = est[:n, :3, 3], gt[:n, :3, 3]
     se = np.linalg.norm(np.diff(pe, axis=0), axis=1)
     sg = np.linalg.norm(np.diff(pg, axis=0), axis=1)
-    rot = _quat_angle_deg(gt[: n - 1, 4:8], gt[1:n, 4:8])
+    rot = np.array([rotation_angle_deg(a[:3, :3].T @ b[:3, :3]) for a, b in zip(gt[: n - 1], gt[1:n])])
     moving = (se > 0) & (sg > 0)
     k = float(np.median(sg[moving] / se[moving])) if moving.any() else 1.0
     ratio = np.where(moving, se * k / np.where(sg > 0, sg, 1.0), np.nan)
@@ -68,9 +64,11 @@ def main(argv=None) -> int:
     ap.add_argument("--block", type=int, default=10, help="steps per block")
     ap.add_argument("--out", default="out/scale_blocks.json")
     args = ap.parse_args(argv)
+    from kp2d_ros.errors import DataError
+
     try:
         results = [scale_blocks(r, args.block) for r in args.runs]
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     first = results[0]["blocks"]
