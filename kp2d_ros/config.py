@@ -277,7 +277,7 @@ class PipelineConfig:
 class BackendConfig:
     """Local bundle adjustment over a sliding window of keyframes (``kp2d_ros/backend.py``)."""
 
-    window: int = 0  # keyframes optimised jointly after each new one; 0: off (the default: README, Local bundle adjustment); try 10
+    window: int = 10  # keyframes optimised jointly after each new one; 0: off (README: Local bundle adjustment)
     fixed_keyframes: int = 2  # the oldest of the window are held (>= 2: fixes position, rotation and scale)
     noise_px: float = 1.0  # observation noise (pixels)
     kernel: str = "cauchy"  # robust kernel on the reprojection errors: cauchy | huber

@@ -33,7 +33,8 @@ from conftest import data_path  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DOMAIN = 100 + (os.getpid() + 37) % 100
-OVERRIDES = {"frontend.type": "orb", "frontend.num_features": 1000}
+# the backend waits for each window (as kp2d replay does): the node's odometry must equal the offline replay's
+OVERRIDES = {"frontend.type": "orb", "frontend.num_features": 1000, "backend.threaded": False}
 ENV = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(DOMAIN),
            FASTDDS_DEFAULT_PROFILES_FILE=str(REPO / "config" / "fastdds_shm.xml"), PYTHONUNBUFFERED="1")
 

@@ -102,6 +102,7 @@ class VONode(Node):
         self.path = PathBuffer(rc.max_path_length)
         self.trajectory = TrajectoryRecorder()
         self.twist = TwistTracker()
+        self._twist_link = None  # the previous estimate's (backend keyframe id, T_keyframe_cam, metric)
         self.stats = collections.Counter()  # received, processed, dropped, rejected, errors, paused_dropped, resets
         self.last_warning = ""
         self.last_estimate: PoseEstimate | None = None
@@ -420,6 +421,11 @@ class VONode(Node):
         cov_odom = None if cov_world is None else covariance_to_odom(np.asarray(cov_world, float), est.T_world_cam,
                                                                       T_ext)
         odom.pose.covariance = (fallback if cov_odom is None else cov_odom).ravel().tolist()
+        link, self._twist_link = self._twist_link, (est.keyframe_id, est.T_keyframe_cam, metric)
+        if link is not None and link[0] >= 0 and link[1] is not None and link[2] == metric:
+            T_kf = self.pipeline.keyframe_poses().get(link[0])  # refined by a window since the previous frame?
+            if T_kf is not None:
+                self.twist.rebase(self._odom_base(T_kf @ link[1], metric))
         tw = self.twist.update(frame.stamp, T_odom_base, est.status, cov_odom, fallback)
         v, w = odom.twist.twist.linear, odom.twist.twist.angular
         v.x, v.y, v.z = (float(x) for x in tw.linear)
