@@ -334,8 +334,9 @@ class VONode(Node):
         if revision != self._backend_revision:  # the backend refined its window: the path follows
             self._backend_revision = revision
             metric = bool(getattr(estimate, "scale_metric", False))  # the path holds one unit (cleared when metric)
-            self.path.refine(self.pipeline.keyframe_poses(),
-                             lambda pose, T: conv.fill_pose(pose, self._odom_base(T, metric)))
+            keyframes = self.pipeline.keyframe_poses()
+            self.path.refine(keyframes, lambda pose, T: conv.fill_pose(pose, self._odom_base(T, metric)))
+            self._rebase_twist(keyframes, metric)
         self._last_stamp, self._last_receipt = frame.stamp, t_recv
         if from_header:
             if self._last_header_stamp is not None:
@@ -395,6 +396,16 @@ class VONode(Node):
             raise _StampOrderError(f"stamp {stamp:.9f} not after the previous frame's {self._last_stamp:.9f}")
         return stamp, True
 
+    def _rebase_twist(self, keyframes: dict[int, np.ndarray], metric: bool) -> None:
+        """A window refined ``keyframes``: the twist's previous pose moves with the keyframe it was estimated
+        against, so that the next velocity is the step between the frames, not the correction."""
+        link = self._twist_link
+        if link is None or link[1] is None or link[2] != metric:
+            return
+        T_kf = keyframes.get(link[0])
+        if T_kf is not None:
+            self.twist.rebase(self._odom_base(T_kf @ link[1], metric))
+
     # ---------------------------------------------------------------- output
     def _publish(self, est: PoseEstimate, frame: Frame, stamp, t_recv: float) -> None:
         rc = self.cfg.ros
@@ -421,12 +432,8 @@ class VONode(Node):
         cov_odom = None if cov_world is None else covariance_to_odom(np.asarray(cov_world, float), est.T_world_cam,
                                                                       T_ext)
         odom.pose.covariance = (fallback if cov_odom is None else cov_odom).ravel().tolist()
-        link, self._twist_link = self._twist_link, (est.keyframe_id, est.T_keyframe_cam, metric)
-        if link is not None and link[0] >= 0 and link[1] is not None and link[2] == metric:
-            T_kf = self.pipeline.keyframe_poses().get(link[0])  # refined by a window since the previous frame?
-            if T_kf is not None:
-                self.twist.rebase(self._odom_base(T_kf @ link[1], metric))
         tw = self.twist.update(frame.stamp, T_odom_base, est.status, cov_odom, fallback)
+        self._twist_link = (est.keyframe_id, est.T_keyframe_cam, metric)
         v, w = odom.twist.twist.linear, odom.twist.twist.angular
         v.x, v.y, v.z = (float(x) for x in tw.linear)
         w.x, w.y, w.z = (float(x) for x in tw.angular)
