@@ -29,7 +29,8 @@ setup(
         "threadpoolctl",  # one thread per BLAS pool on small CPUs (kp2d_ros.runtime)
         "matplotlib",
         "scikit-image",  # textures of the synthetic demo scene
-        "gtsam>=4.3",  # the local bundle adjustment (kp2d_ros/backend.py)
+        "pycolmap>=4.2.1,<5",  # the local bundle adjustment's solver (backend.solver: ceres, kp2d_ros/backend.py)
+        "gtsam>=4.3",  # its other solver (backend.solver: gtsam)
     ],
     extras_require={
         # ROS 2 Kilted from PyPI wheels: pip-only use without a ROS install.

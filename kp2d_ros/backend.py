@@ -4,7 +4,8 @@ The front end (:class:`kp2d_ros.pipeline.VOPipeline`) poses every frame against 
 triangulates each keyframe pair's inliers. Here those points become *landmarks*: a point keeps its
 identity while consecutive keyframes match it, and collects one observation per keyframe. After each
 new keyframe the last ``backend.window`` keyframes and the landmarks they observe are refined jointly
-(GTSAM, Levenberg-Marquardt) on their reprojection errors, with a robust kernel (Cauchy or Huber):
+(``backend.solver``: pycolmap's Ceres bundle adjuster, or GTSAM's Levenberg-Marquardt) on their reprojection
+errors, with a robust kernel (Cauchy or Huber):
 
     min  sum_{k, j}  rho( || pi(T_world_cam_k^-1 X_j) - x_kj ||^2 / sigma^2 )
 
@@ -30,7 +31,6 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import islice
 
 import numpy as np
 
@@ -40,18 +40,6 @@ from kp2d_ros.geometry import invert_se3
 log = logging.getLogger(__name__)
 
 MIN_KEYFRAME_OBSERVATIONS = 10  # a free keyframe with fewer landmark observations stays out of the window
-
-
-@dataclass
-class Landmark:
-    """A 3-D point tracked across keyframes.
-
-    position : (3,) world coordinates (trajectory units).
-    observations : keyframe id -> (2,) normalised image coordinates in that keyframe.
-    """
-
-    position: np.ndarray
-    observations: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,8 +73,8 @@ class BAResult:
 
     optimised : False when the window was skipped; ``reason`` then says why.
     poses : keyframe id -> refined (4, 4) ``T_world_cam`` (the fixed ones included, unchanged).
-    positions : landmark id -> refined (3,) position.
-    rejected : (landmark id, keyframe id) observations culled as outliers.
+    landmark_ids : (L,) the optimised landmarks; positions : (L, 3) their refined positions.
+    rejected : (R, 2) the observations culled as outliers, as (landmark id, keyframe id) rows.
     error_px_before, error_px_after : median reprojection error of the kept observations (pixels at
         the configured focal length).
     """
@@ -94,8 +82,9 @@ class BAResult:
     optimised: bool
     reason: str = ""
     poses: dict[int, np.ndarray] = field(default_factory=dict)
-    positions: dict[int, np.ndarray] = field(default_factory=dict)
-    rejected: list[tuple[int, int]] = field(default_factory=list)
+    landmark_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    positions: np.ndarray = field(default_factory=lambda: np.empty((0, 3)))
+    rejected: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
     num_keyframes: int = 0
     num_landmarks: int = 0
     num_observations: int = 0
@@ -107,12 +96,23 @@ class BAResult:
 
 
 class LocalMap:
-    """The poses of the window's keyframes and the landmarks they observe."""
+    """The poses of the window's keyframes and the landmarks they observe.
+
+    Landmarks live in arrays (the front end adds ~100-1000 per keyframe and the window holds thousands: a Python
+    object per landmark cost the front end's thread ~30 ms per keyframe on KITTI). ``landmark_ids`` (N,) ascending
+    (ids grow with creation and never repeat) and ``positions`` (N, 3) world coordinates; every observation is a
+    row of ``obs_landmark`` (M,) landmark id, ``obs_keyframe`` (M,) keyframe id and ``obs_xy`` (M, 2) normalised
+    image coordinates, in the order they were made.
+    """
 
     def __init__(self, cfg: BackendConfig, first_keyframe_id: int = 0):
         self.cfg = cfg
         self.poses: dict[int, np.ndarray] = {}
-        self.landmarks: dict[int, Landmark] = {}
+        self.landmark_ids = np.empty(0, np.int64)
+        self.positions = np.empty((0, 3))
+        self.obs_landmark = np.empty(0, np.int64)
+        self.obs_keyframe = np.empty(0, np.int64)
+        self.obs_xy = np.empty((0, 2))
         self._next_kf = first_keyframe_id  # ids never repeat across maps: a late result cannot hit a new map
         self._next_lm = 0
         self.revision = 0  # bumped by every applied optimisation
@@ -121,7 +121,20 @@ class LocalMap:
     def next_keyframe_id(self) -> int:
         return self._next_kf
 
+    @property
+    def num_landmarks(self) -> int:
+        return len(self.landmark_ids)
+
     # ------------------------------------------------------------------------------------
+    def rows(self, landmark_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows into ``positions``, alive mask) of the landmark ids (the rows of dead ids are meaningless)."""
+        lids = np.asarray(landmark_ids, np.int64).reshape(-1)
+        rows = np.searchsorted(self.landmark_ids, lids)
+        rows = np.minimum(rows, max(len(self.landmark_ids) - 1, 0))
+        alive = (rows < len(self.landmark_ids)) & (self.landmark_ids[rows] == lids) if len(self.landmark_ids) \
+            else np.zeros(len(lids), bool)
+        return rows, alive
+
     def add_keyframe(self, T_world_cam: np.ndarray) -> int:
         kid = self._next_kf
         self._next_kf += 1
@@ -129,23 +142,60 @@ class LocalMap:
         self._forget_old()
         return kid
 
-    def add_landmark(self, position: np.ndarray, observations: dict[int, np.ndarray]) -> int:
-        lid = self._next_lm
-        self._next_lm += 1
-        self.landmarks[lid] = Landmark(np.array(position, float), {k: np.asarray(v, float) for k, v in observations.items()})
-        return lid
+    def add_landmarks(self, positions: np.ndarray, observations: dict[int, np.ndarray]) -> np.ndarray:
+        """New landmarks at ``positions`` (n, 3), each observed by every keyframe of ``observations`` (keyframe id ->
+        (n, 2) normalised coordinates). Returns their (n,) ids."""
+        positions = np.asarray(positions, float).reshape(-1, 3)
+        n = len(positions)
+        lids = np.arange(self._next_lm, self._next_lm + n, dtype=np.int64)
+        self._next_lm += n
+        self.landmark_ids = np.concatenate([self.landmark_ids, lids])
+        self.positions = np.concatenate([self.positions, positions])
+        for k, xy in observations.items():
+            self._append(lids, np.full(n, k, np.int64), np.asarray(xy, float).reshape(n, 2))
+        return lids
 
-    def observe(self, landmark_id: int, keyframe_id: int, xy: np.ndarray) -> None:
-        lm = self.landmarks.get(int(landmark_id))
-        if lm is not None:
-            lm.observations[keyframe_id] = np.asarray(xy, float)
+    def add_landmark(self, position: np.ndarray, observations: dict[int, np.ndarray]) -> int:
+        """One landmark (:meth:`add_landmarks`); ``observations``: keyframe id -> (2,)."""
+        return int(self.add_landmarks(np.asarray(position, float)[None],
+                                      {k: np.asarray(v, float)[None] for k, v in observations.items()})[0])
+
+    def observe(self, landmark_ids: np.ndarray, keyframe_id: int, xy: np.ndarray) -> None:
+        """Keyframe ``keyframe_id`` observes the landmarks ``landmark_ids`` (n,) at ``xy`` (n, 2) (ids no longer in
+        the map are ignored; a landmark it observed already moves to the new coordinates)."""
+        lids = np.asarray(landmark_ids, np.int64).reshape(-1)
+        xy = np.asarray(xy, float).reshape(-1, 2)
+        alive = self.rows(lids)[1]
+        lids, xy = lids[alive], xy[alive]
+        if len(lids) == 0:
+            return
+        again = (self.obs_keyframe == keyframe_id) & np.isin(self.obs_landmark, lids)
+        if again.any():
+            self._keep_observations(~again)
+        self._append(lids, np.full(len(lids), keyframe_id, np.int64), xy)
+
+    def _append(self, lids: np.ndarray, kfs: np.ndarray, xy: np.ndarray) -> None:
+        self.obs_landmark = np.concatenate([self.obs_landmark, lids])
+        self.obs_keyframe = np.concatenate([self.obs_keyframe, kfs])
+        self.obs_xy = np.concatenate([self.obs_xy, xy])
+
+    def _keep_observations(self, keep: np.ndarray) -> None:
+        self.obs_landmark, self.obs_keyframe, self.obs_xy = self.obs_landmark[keep], self.obs_keyframe[keep], self.obs_xy[keep]
+
+    def _keep_landmarks(self, keep: np.ndarray) -> None:
+        """Keep the landmark rows ``keep`` (N,) bool, and only their observations."""
+        self.landmark_ids, self.positions = self.landmark_ids[keep], self.positions[keep]
+        self._keep_observations(np.isin(self.obs_landmark, self.landmark_ids))
+
+    def _obs_rows(self) -> np.ndarray:
+        """(M,) the landmark row of each observation."""
+        return np.searchsorted(self.landmark_ids, self.obs_landmark)
 
     def rescale(self, k: float) -> None:
         """Change the trajectory's unit: keyframe positions and landmarks x ``k`` (the world origin stays)."""
         for T in self.poses.values():
             T[:3, 3] *= k
-        for lm in self.landmarks.values():
-            lm.position = lm.position * k
+        self.positions = self.positions * k
 
     def window_ids(self) -> list[int]:
         """The ids of the last ``window`` keyframes, oldest first."""
@@ -154,56 +204,54 @@ class LocalMap:
 
     def _forget_old(self) -> None:
         """Drop the keyframes before the window and the landmarks no keyframe of the window observes any more."""
-        window = set(self.window_ids())
+        window = self.window_ids()
         if not window:
             return
-        oldest = min(window)
+        oldest = window[0]
         for k in [k for k in self.poses if k < oldest]:
             del self.poses[k]
-        for lid in [lid for lid, lm in self.landmarks.items() if max(lm.observations, default=-1) < oldest]:
-            del self.landmarks[lid]
+        newest_view = np.full(len(self.landmark_ids), -1, np.int64)
+        np.maximum.at(newest_view, self._obs_rows(), self.obs_keyframe)
+        if (newest_view < oldest).any():
+            self._keep_landmarks(newest_view >= oldest)
 
     # ------------------------------------------------------------------------------------
     def problem(self, sigma: float, k1: float = 0.0, calibrate: bool = False) -> WindowProblem | BAResult:
-        """A snapshot of the window for :func:`bundle_adjust`, or a skipped :class:`BAResult` saying why."""
+        """A snapshot of the window for :func:`bundle_adjust`, or a skipped :class:`BAResult` saying why.
+
+        Its landmarks are those observed at least twice in the window (at most ``backend.max_landmarks``:
+        :func:`_select_tracks`), in id order, and their observations in the order they were made."""
         cfg = self.cfg
         ids = self.window_ids()
         num_fixed = min(max(cfg.fixed_keyframes, 2), len(ids))
         if len(ids) - num_fixed < 1:
             return BAResult(False, f"{len(ids)} keyframes in the window: none to optimise beyond the {num_fixed} fixed")
-        window = set(ids)
-        tracks = [(lid, lm, [k for k in lm.observations if k in window]) for lid, lm in self.landmarks.items()]
-        tracks = [t for t in tracks if len(t[2]) >= 2]
-        if len(tracks) > cfg.max_landmarks:
-            tracks = [tracks[i] for i in _select_tracks([t[2] for t in tracks], [t[0] for t in tracks], ids,
-                                                        cfg.max_landmarks)]
-        counts = dict.fromkeys(ids, 0)
-        for _, _, seen in tracks:
-            for k in seen:
-                counts[k] += 1
+        n = len(self.landmark_ids)
+        row = self._obs_rows()
+        order = np.argsort(row, kind="stable")  # by landmark, then as made
+        row, kf, xy = row[order], self.obs_keyframe[order], self.obs_xy[order]
+        inside = np.isin(kf, ids)
+        row, kf, xy = row[inside], kf[inside], xy[inside]
+        track = np.bincount(row, minlength=n) >= 2
+        if track.sum() > cfg.max_landmarks:
+            track = _select_tracks(track, row, kf, self.landmark_ids, ids, cfg.max_landmarks)
+        sel = track[row]
+        counts = {k: int(c) for k, c in zip(ids, (np.asarray(ids)[:, None] == kf[sel][None]).sum(1))}
         # a free keyframe needs observations to be posed (one restarted after a loss has none)
         ids = ids[:num_fixed] + [k for k in ids[num_fixed:] if counts[k] >= MIN_KEYFRAME_OBSERVATIONS]
         if len(ids) == num_fixed:
             return BAResult(False, "no keyframe beyond the fixed ones observes enough landmarks",
                             num_keyframes=len(ids))
-        index = {k: i for i, k in enumerate(ids)}
-        tracks = [(lid, lm, [k for k in seen if k in index]) for lid, lm, seen in tracks]
-        tracks = [t for t in tracks if len(t[2]) >= 2]
-        lids, pos, ok, ol, oxy = [], [], [], [], []
-        for lid, lm, seen in tracks:
-            j = len(lids)
-            lids.append(lid)
-            pos.append(lm.position)
-            for k in seen:
-                ok.append(index[k])
-                ol.append(j)
-                oxy.append(lm.observations[k])
-        if len(lids) < cfg.min_landmarks:
-            return BAResult(False, f"{len(lids)} landmarks seen twice in the window (backend.min_landmarks: {cfg.min_landmarks})",
-                            num_keyframes=len(ids), num_landmarks=len(lids))
-        return WindowProblem(np.array(ids), np.stack([self.poses[k] for k in ids]), num_fixed, np.array(lids),
-                             np.array(pos, float).reshape(-1, 3), np.array(ok, int), np.array(ol, int),
-                             np.array(oxy, float).reshape(-1, 2), float(sigma), float(k1), bool(calibrate))
+        sel &= np.isin(kf, ids)
+        track &= np.bincount(row[sel], minlength=n) >= 2
+        sel &= track[row]
+        rows = np.flatnonzero(track)
+        if len(rows) < cfg.min_landmarks:
+            return BAResult(False, f"{len(rows)} landmarks seen twice in the window (backend.min_landmarks: {cfg.min_landmarks})",
+                            num_keyframes=len(ids), num_landmarks=len(rows))
+        return WindowProblem(np.array(ids), np.stack([self.poses[k] for k in ids]), num_fixed, self.landmark_ids[rows].copy(),
+                             self.positions[rows].copy(), np.searchsorted(ids, kf[sel]), np.searchsorted(rows, row[sel]),
+                             xy[sel].copy(), float(sigma), float(k1), bool(calibrate))
 
     def apply(self, result: BAResult) -> bool:
         """Take an optimisation's poses and positions. Keyframes created after its snapshot move rigidly with
@@ -219,34 +267,60 @@ class LocalMap:
                 self.poses[k] = result.poses[k].copy()
             elif k > newest:
                 self.poses[k] = correction @ self.poses[k]
-        for lid, p in result.positions.items():
-            if lid in self.landmarks:
-                self.landmarks[lid].position = p.copy()
-        for lid, lm in self.landmarks.items():  # landmarks made since the snapshot
-            if lid not in result.positions and min(lm.observations, default=-1) > newest:
-                lm.position = correction[:3, :3] @ lm.position + correction[:3, 3]
-        for lid, k in result.rejected:
-            lm = self.landmarks.get(lid)
-            if lm is not None:
-                lm.observations.pop(k, None)
-                if len(lm.observations) < 2:
-                    del self.landmarks[lid]
+        rows, alive = self.rows(result.landmark_ids)
+        self.positions[rows[alive]] = result.positions[alive]
+        # landmarks made since the snapshot (every observation newer than it) move with the newest keyframe
+        first_view = np.full(len(self.landmark_ids), np.iinfo(np.int64).max)
+        np.minimum.at(first_view, self._obs_rows(), self.obs_keyframe)
+        moved = (first_view > newest) & (first_view < np.iinfo(np.int64).max)
+        moved[rows[alive]] = False
+        self.positions[moved] = self.positions[moved] @ correction[:3, :3].T + correction[:3, 3]
+        rejected = np.asarray(result.rejected, np.int64).reshape(-1, 2)
+        if len(rejected):
+            culled = np.isin(_pair_keys(self.obs_landmark, self.obs_keyframe), _pair_keys(rejected[:, 0], rejected[:, 1]))
+            touched = np.unique(self.obs_landmark[culled])
+            self._keep_observations(~culled)
+            left = np.bincount(self._obs_rows(), minlength=len(self.landmark_ids))
+            drop = np.zeros(len(self.landmark_ids), bool)
+            trows, talive = self.rows(touched)
+            drop[trows[talive]] = left[trows[talive]] < 2
+            if drop.any():
+                self._keep_landmarks(~drop)
         self.revision += 1
         return True
 
 
-def _select_tracks(seen: list[list[int]], lids: list[int], ids: list[int], limit: int) -> list[int]:
-    """Indices of at most ``limit`` tracks (``seen``: the window keyframes each is observed in): longer tracks
-    first (they carry the scale from keyframe to keyframe), newer first; but every keyframe of the window, the
-    fixed ones above all, first gets its share (``limit / 2K``) of the tracks it observes. Without that the
-    newest keyframes' tracks fill the budget, the oldest (fixed) keyframes observe nothing, and the window has
-    no gauge."""
-    order = sorted(range(len(seen)), key=lambda i: (-min(len(seen[i]), 4), -lids[i]))
+def _pair_keys(landmark_ids: np.ndarray, keyframe_ids: np.ndarray) -> np.ndarray:
+    """One int64 per (landmark id, keyframe id) pair."""
+    return (np.asarray(landmark_ids, np.int64) << 32) | np.asarray(keyframe_ids, np.int64)
+
+
+def _select_tracks(track: np.ndarray, row: np.ndarray, kf: np.ndarray, lids: np.ndarray, ids: list[int],
+                   limit: int) -> np.ndarray:
+    """At most ``limit`` of the candidate landmarks ``track`` (N,) bool, given the window's observations (``row``
+    landmark row, ``kf`` keyframe id): longer tracks first (they carry the scale from keyframe to keyframe), newer
+    first; but every keyframe of the window (``ids``), the fixed ones above all, first gets its share
+    (``limit / 2K``) of the tracks it observes. Without that the newest keyframes' tracks fill the budget, the
+    oldest (fixed) keyframes observe nothing, and the window has no gauge. Returns the chosen (N,) bool."""
+    n = len(track)
+    length = np.bincount(row, minlength=n)
+    cand = np.flatnonzero(track)
+    order = cand[np.lexsort((-lids[cand], -np.minimum(length[cand], 4)))]  # best first
+    rank = np.full(n, n, np.int64)
+    rank[order] = np.arange(len(order))
     quota = max(limit // (2 * max(len(ids), 1)), 1)
-    # an ordered set: each keyframe's first ``quota`` observing tracks (shared ones counted for each), then the rest
-    chosen = dict.fromkeys(i for k in ids for i in islice((j for j in order if k in seen[j]), quota))
-    chosen.update(dict.fromkeys(order))
-    return sorted(list(chosen)[:limit])
+    obs = np.flatnonzero(track[row])
+    obs = obs[np.lexsort((rank[row[obs]], kf[obs]))]  # by keyframe, then best first
+    _, start = np.unique(kf[obs], return_index=True)
+    within = np.arange(len(obs)) - np.repeat(start, np.diff(np.append(start, len(obs))))
+    picks = row[obs[within < quota]]
+    if len(np.unique(picks)) > limit:  # more keyframes than half the budget: the oldest keyframes' shares first
+        picks = picks[np.sort(np.unique(picks, return_index=True)[1])][:limit]
+    chosen = np.zeros(n, bool)
+    chosen[picks] = True
+    rest = order[~chosen[order]][:max(limit - int(chosen.sum()), 0)]
+    chosen[rest] = True
+    return chosen
 
 
 # ----------------------------------------------------------------------------------------
@@ -268,108 +342,183 @@ def reprojection_errors(problem: WindowProblem, poses: np.ndarray, points: np.nd
 
 
 def bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float = 1.0) -> BAResult:
-    """Refine the window's free keyframe poses and its landmarks (see the module docstring).
+    """Refine the window's free keyframe poses and its landmarks (see the module docstring) with
+    ``backend.solver``.
 
-    ``focal_px`` only converts the reported errors and ``max_reprojection_px`` to pixels. Two passes:
-    the robust optimisation, then, without the culled observations, a second one.
+    ``focal_px`` converts the reported errors and ``max_reprojection_px`` to pixels (and Ceres' residuals). Two
+    passes: the robust optimisation, then, without the culled observations, a second one from where the first
+    ended.
     """
-    import gtsam
-    from gtsam.symbol_shorthand import C, L, X
-
     t0 = time.perf_counter()
-    K = gtsam.Cal3_S2(1.0, 1.0, 0.0, 0.0, 0.0)
-    base = gtsam.noiseModel.Isotropic.Sigma(2, problem.sigma)
-    k = cfg.kernel_px / max(cfg.noise_px, 1e-9)  # in units of sigma
-    kernel = (gtsam.noiseModel.mEstimator.Cauchy.Create(k) if cfg.kernel == "cauchy"
-              else gtsam.noiseModel.mEstimator.Huber.Create(k))
-    robust = gtsam.noiseModel.Robust.Create(kernel, base)
+    solve = _solve_ceres if cfg.solver == "ceres" else _solve_gtsam
     n_kf, n_lm = len(problem.keyframe_ids), len(problem.landmark_ids)
-    keep = np.ones(len(problem.obs_xy), bool)
-    values = gtsam.Values()
-    for i in range(n_kf):
-        values.insert(X(i), gtsam.Pose3(problem.poses[i]))
-    for j in range(n_lm):
-        values.insert(L(j), gtsam.Point3(*problem.positions[j]))
-
-    calibrate = problem.calibrate
-    if calibrate:  # the residual radial distortion as Bundler's (f = 1, k1, k2 = 0) on normalised coordinates
-        values.insert(C(0), gtsam.Cal3Bundler(1.0, problem.k1, 0.0, 0.0, 0.0))
-        calib_prior = gtsam.noiseModel.Diagonal.Sigmas(np.array([1e-9, cfg.k1_prior_sigma, 1e-9]))
-
-    def k1_of(vals) -> float:
-        return float(vals.atCal3Bundler(C(0)).k1()) if calibrate else problem.k1
-
-    def errors(vals) -> np.ndarray:
-        return reprojection_errors(problem, np.stack([vals.atPose3(X(i)).matrix() for i in range(n_kf)]),
-                                   np.stack([vals.atPoint3(L(j)) for j in range(n_lm)]).reshape(-1, 3), k1_of(vals))
-
-    def optimise(vals, mask) -> tuple[gtsam.Values, int]:
-        graph = gtsam.NonlinearFactorGraph()
-        for i in range(problem.num_fixed):
-            graph.add(gtsam.NonlinearEqualityPose3(X(i), gtsam.Pose3(problem.poses[i])))
-        if calibrate:
-            graph.add(gtsam.PriorFactorCal3Bundler(C(0), gtsam.Cal3Bundler(1.0, 0.0, 0.0, 0.0, 0.0), calib_prior))
-            for m in np.flatnonzero(mask):
-                graph.add(gtsam.GeneralSFMFactor2Cal3Bundler(problem.obs_xy[m], robust, X(int(problem.obs_keyframe[m])),
-                                                             L(int(problem.obs_landmark[m])), C(0)))
-        else:
-            for m in np.flatnonzero(mask):
-                graph.add(gtsam.GenericProjectionFactorCal3_S2(problem.obs_xy[m], robust, X(int(problem.obs_keyframe[m])),
-                                                               L(int(problem.obs_landmark[m])), K))
-        # a landmark left with fewer than two observations, or a keyframe with too few, would be
-        # unconstrained: hold it where it is (weakly)
-        counts = np.bincount(problem.obs_landmark[mask], minlength=n_lm)
-        weak = gtsam.noiseModel.Isotropic.Sigma(3, 1e3)
-        for j in np.flatnonzero(counts < 2):
-            graph.add(gtsam.PriorFactorPoint3(L(int(j)), vals.atPoint3(L(int(j))), weak))
-        views = np.bincount(problem.obs_keyframe[mask], minlength=n_kf)
-        weak_pose = gtsam.noiseModel.Isotropic.Sigma(6, 1e3)
-        for i in range(problem.num_fixed, n_kf):
-            if views[i] < 3:
-                graph.add(gtsam.PriorFactorPose3(X(i), vals.atPose3(X(i)), weak_pose))
-        params = gtsam.LevenbergMarquardtParams()
-        params.setMaxIterations(cfg.max_iterations)
-        # sequential Cholesky: ~2.5x faster than the multifrontal default on a 2-core CPU (10 keyframes,
-        # 500 landmarks, 3900 observations: 0.32 vs 0.84 s for 5 iterations, same solution)
-        params.setLinearSolverType("SEQUENTIAL_CHOLESKY")
-        opt = gtsam.LevenbergMarquardtOptimizer(graph, vals, params)
-        with _quiet_stdout(calibrate):  # GeneralSFMFactor2 prints every cheirality failure to std::cout
-            out = opt.optimize()
-        return out, int(opt.iterations())
-
-    before = errors(values)
+    poses, points, k1 = problem.poses.copy(), problem.positions.copy(), problem.k1
+    before = reprojection_errors(problem, poses, points, k1)
     limit = cfg.max_reprojection_px * problem.sigma / max(cfg.noise_px, 1e-9)
-    keep &= np.isfinite(before)
+    keep = np.isfinite(before)
     try:
-        values, iters = optimise(values, keep)
-        err = errors(values)
+        poses, points, k1, iters = solve(problem, cfg, poses, points, k1, keep, focal_px)
+        err = reprojection_errors(problem, poses, points, k1)
         keep &= err <= limit
         if (~keep).any() and keep.any():
-            values, more = optimise(values, keep)
+            poses, points, k1, more = solve(problem, cfg, poses, points, k1, keep, focal_px)
             iters += more
-            err = errors(values)
+            err = reprojection_errors(problem, poses, points, k1)
             keep &= err <= limit
-    except (RuntimeError, ValueError) as e:  # gtsam: indeterminant system, cheirality, ...
+    except (RuntimeError, ValueError) as e:  # indeterminant system, cheirality, an unusable Ceres solution, ...
         return BAResult(False, f"optimisation failed: {e}".splitlines()[0], num_keyframes=n_kf, num_landmarks=n_lm,
                         num_observations=int(len(keep)), time_ms=(time.perf_counter() - t0) * 1e3)
     to_px = focal_px
     result = BAResult(True, num_keyframes=n_kf, num_landmarks=n_lm, num_observations=int(len(keep)),
                       error_px_before=float(np.median(before[np.isfinite(before)]) * to_px) if np.isfinite(before).any() else float("nan"),
                       error_px_after=float(np.median(err[keep]) * to_px) if keep.any() else float("nan"),
-                      iterations=iters, k1=k1_of(values) if calibrate else None)
+                      iterations=iters, k1=float(k1) if problem.calibrate else None)
     for i, k in enumerate(problem.keyframe_ids):
-        result.poses[int(k)] = values.atPose3(X(i)).matrix() if i >= problem.num_fixed else problem.poses[i].copy()
+        result.poses[int(k)] = poses[i].copy() if i >= problem.num_fixed else problem.poses[i].copy()
     reason = _implausible(problem, result, keep, cfg)
     if reason:
         return BAResult(False, reason, num_keyframes=n_kf, num_landmarks=n_lm, num_observations=int(len(keep)),
                         error_px_before=result.error_px_before, error_px_after=result.error_px_after,
                         iterations=iters, time_ms=(time.perf_counter() - t0) * 1e3)
-    for j, lid in enumerate(problem.landmark_ids):
-        result.positions[int(lid)] = np.asarray(values.atPoint3(L(j)), float).copy()
-    result.rejected = [(int(problem.landmark_ids[problem.obs_landmark[m]]), int(problem.keyframe_ids[problem.obs_keyframe[m]]))
-                       for m in np.flatnonzero(~keep)]
+    result.landmark_ids = np.asarray(problem.landmark_ids, np.int64).copy()
+    result.positions = np.asarray(points, float).reshape(-1, 3).copy()
+    result.rejected = np.stack([problem.landmark_ids[problem.obs_landmark[~keep]],
+                                problem.keyframe_ids[problem.obs_keyframe[~keep]]], axis=1).astype(np.int64)
     result.time_ms = (time.perf_counter() - t0) * 1e3
     return result
+
+
+# One pass of a solver: (problem, cfg, poses (K, 4, 4), points (L, 3), k1, the observations to use (M,) bool,
+# focal px) -> (poses, points, k1, iterations). The fixed keyframes (the first ``problem.num_fixed``) stay.
+def _solve_ceres(problem: WindowProblem, cfg: BackendConfig, poses: np.ndarray, points: np.ndarray, k1: float,
+                 use: np.ndarray, focal_px: float) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """pycolmap's Ceres bundle adjuster (Schur complement, one thread). The observations are pixels of a
+    SIMPLE_RADIAL camera (focal ``focal_px``, distortion k1 on normalised coordinates: the residual model of
+    :func:`reprojection_errors`), refined when ``problem.calibrate`` (no prior on it: Ceres has none here, so a
+    window's k1 rests on its observations alone; :func:`_implausible` rejects a diverged one). Landmarks with fewer
+    than two used observations stay out (where they are), and a free keyframe with fewer than three is held."""
+    import pycolmap
+
+    f = float(max(focal_px, 1.0))
+    size = 2 * int(np.ceil(2 * f))  # the image size only places the principal point; no observation is clipped
+    c = np.array([size / 2, size / 2])
+    counts = np.bincount(problem.obs_landmark[use], minlength=len(points))
+    use = use & (counts[problem.obs_landmark] >= 2)
+    rec = pycolmap.Reconstruction()
+    camera = pycolmap.Camera.create_from_model_name(1, "SIMPLE_RADIAL", f, size, size)
+    camera.params = [f, c[0], c[1], float(k1)]
+    rec.add_camera_with_trivial_rig(camera)
+    point2d = np.full(len(use), -1)
+    for i in range(len(poses)):  # image id = frame id = i + 1
+        sel = np.flatnonzero(use & (problem.obs_keyframe == i))
+        point2d[sel] = np.arange(len(sel))
+        image = pycolmap.Image(name=str(i), keypoints=problem.obs_xy[sel] * f + c, camera_id=1, image_id=i + 1)
+        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(invert_se3(poses[i])[:3, :4]))
+    order = np.flatnonzero(use)
+    order = order[np.argsort(problem.obs_landmark[order], kind="stable")]
+    point3d = {}
+    for group in np.split(order, np.flatnonzero(np.diff(problem.obs_landmark[order])) + 1):
+        if len(group) == 0:
+            continue
+        track = pycolmap.Track()
+        for m in group:
+            track.add_element(int(problem.obs_keyframe[m]) + 1, int(point2d[m]))
+        j = int(problem.obs_landmark[group[0]])
+        point3d[j] = rec.add_point3D(points[j], track)
+    config = pycolmap.BundleAdjustmentConfig()
+    views = np.bincount(problem.obs_keyframe[use], minlength=len(poses))
+    for i in range(len(poses)):
+        config.add_image(i + 1)
+        if i < problem.num_fixed or views[i] < 3:
+            config.set_constant_rig_from_world_pose(i + 1)
+    options = pycolmap.BundleAdjustmentOptions()
+    options.refine_focal_length = False
+    options.refine_principal_point = False
+    options.refine_extra_params = bool(problem.calibrate)
+    options.print_summary = False
+    options.ceres.loss_function_type = (pycolmap.LossFunctionType.CAUCHY if cfg.kernel == "cauchy"
+                                        else pycolmap.LossFunctionType.HUBER)
+    options.ceres.loss_function_scale = cfg.kernel_px  # residuals in pixels, as the kernel
+    solver = options.ceres.solver_options
+    solver.max_num_iterations = cfg.max_iterations
+    solver.initial_trust_region_radius = 1e8  # start as Gauss-Newton, as GTSAM's LM (lambda 1e-5): Ceres' 1e4 took
+    # twice the iterations (a window whose free keyframes all start 10% too far: half-way after 5)
+    solver.function_tolerance = 1e-5  # GTSAM's relative error decrease, so both stop alike
+    solver.gradient_tolerance = 1e-4
+    solver.parameter_tolerance = 0.0
+    solver.num_threads = 1  # the worker's one core; the front end has the other
+    summary = pycolmap.create_default_bundle_adjuster(options, config, rec).solve()
+    if not summary.is_solution_usable():
+        raise RuntimeError(f"ceres: {summary.brief_report()}")
+    out = poses.copy()
+    for i in range(problem.num_fixed, len(poses)):
+        T = np.eye(4)
+        T[:3] = rec.image(i + 1).cam_from_world().matrix()
+        out[i] = invert_se3(T)
+    pts = points.copy()
+    for j, pid in point3d.items():
+        pts[j] = rec.point3D(pid).xyz
+    ceres = summary.ceres_summary
+    k1_out = float(rec.camera(1).params[3]) if problem.calibrate else k1
+    return out, pts, k1_out, int(ceres.num_successful_steps + ceres.num_unsuccessful_steps)
+
+
+def _solve_gtsam(problem: WindowProblem, cfg: BackendConfig, poses: np.ndarray, points: np.ndarray, k1: float,
+                 use: np.ndarray, focal_px: float) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """GTSAM Levenberg-Marquardt (sequential Cholesky) on a factor graph of the used observations, residuals in
+    normalised units with the problem's sigma. With ``problem.calibrate`` k1 is a Cal3Bundler (f = 1, k2 = 0)
+    with a prior of ``backend.k1_prior_sigma`` around 0. A landmark left with fewer than two observations, or a
+    free keyframe with fewer than three, is held where it is by a weak prior."""
+    import gtsam
+    from gtsam.symbol_shorthand import C, L, X
+
+    K = gtsam.Cal3_S2(1.0, 1.0, 0.0, 0.0, 0.0)
+    base = gtsam.noiseModel.Isotropic.Sigma(2, problem.sigma)
+    k = cfg.kernel_px / max(cfg.noise_px, 1e-9)  # in units of sigma
+    kernel = (gtsam.noiseModel.mEstimator.Cauchy.Create(k) if cfg.kernel == "cauchy"
+              else gtsam.noiseModel.mEstimator.Huber.Create(k))
+    robust = gtsam.noiseModel.Robust.Create(kernel, base)
+    n_kf, n_lm = len(poses), len(points)
+    values = gtsam.Values()
+    for i in range(n_kf):
+        values.insert(X(i), gtsam.Pose3(poses[i]))
+    for j in range(n_lm):
+        values.insert(L(j), gtsam.Point3(*points[j]))
+    graph = gtsam.NonlinearFactorGraph()
+    for i in range(problem.num_fixed):
+        graph.add(gtsam.NonlinearEqualityPose3(X(i), gtsam.Pose3(problem.poses[i])))
+    if problem.calibrate:  # the residual radial distortion as Bundler's (f = 1, k1, k2 = 0) on normalised coordinates
+        values.insert(C(0), gtsam.Cal3Bundler(1.0, k1, 0.0, 0.0, 0.0))
+        prior = gtsam.noiseModel.Diagonal.Sigmas(np.array([1e-9, cfg.k1_prior_sigma, 1e-9]))
+        graph.add(gtsam.PriorFactorCal3Bundler(C(0), gtsam.Cal3Bundler(1.0, 0.0, 0.0, 0.0, 0.0), prior))
+        for m in np.flatnonzero(use):
+            graph.add(gtsam.GeneralSFMFactor2Cal3Bundler(problem.obs_xy[m], robust, X(int(problem.obs_keyframe[m])),
+                                                         L(int(problem.obs_landmark[m])), C(0)))
+    else:
+        for m in np.flatnonzero(use):
+            graph.add(gtsam.GenericProjectionFactorCal3_S2(problem.obs_xy[m], robust, X(int(problem.obs_keyframe[m])),
+                                                           L(int(problem.obs_landmark[m])), K))
+    counts = np.bincount(problem.obs_landmark[use], minlength=n_lm)
+    weak = gtsam.noiseModel.Isotropic.Sigma(3, 1e3)
+    for j in np.flatnonzero(counts < 2):
+        graph.add(gtsam.PriorFactorPoint3(L(int(j)), gtsam.Point3(*points[j]), weak))
+    views = np.bincount(problem.obs_keyframe[use], minlength=n_kf)
+    weak_pose = gtsam.noiseModel.Isotropic.Sigma(6, 1e3)
+    for i in range(problem.num_fixed, n_kf):
+        if views[i] < 3:
+            graph.add(gtsam.PriorFactorPose3(X(i), gtsam.Pose3(poses[i]), weak_pose))
+    params = gtsam.LevenbergMarquardtParams()
+    params.setMaxIterations(cfg.max_iterations)
+    # sequential Cholesky: ~2.5x faster than the multifrontal default on a 2-core CPU (10 keyframes,
+    # 500 landmarks, 3900 observations: 0.32 vs 0.84 s for 5 iterations, same solution)
+    params.setLinearSolverType("SEQUENTIAL_CHOLESKY")
+    opt = gtsam.LevenbergMarquardtOptimizer(graph, values, params)
+    with _quiet_stdout(problem.calibrate):  # GeneralSFMFactor2 prints every cheirality failure to std::cout
+        out = opt.optimize()
+    k1_out = float(out.atCal3Bundler(C(0)).k1()) if problem.calibrate else k1
+    new_poses = np.stack([out.atPose3(X(i)).matrix() for i in range(n_kf)])
+    new_points = np.stack([np.asarray(out.atPoint3(L(j)), float) for j in range(n_lm)]).reshape(-1, 3)
+    return new_poses, new_points, k1_out, int(opt.iterations())
 
 
 @contextmanager
@@ -438,8 +587,8 @@ class BackendWorker:
 
     :meth:`submit` hands a snapshot over (replacing one that has not started); :meth:`poll` returns a
     finished result once, or None. The map itself is only touched by the caller's thread. GTSAM's Python
-    binding holds the GIL while it optimises (a Python loop on another thread ran at ~1/6 of its speed), so the
-    optimisation runs in a spawned process (started once, at the first window) fed by a daemon thread: the
+    binding holds the GIL while it optimises (a Python loop on another thread ran at ~1/6 of its speed), and either
+    solver's problem is built in Python, so the optimisation runs in a spawned process (started once, at the first window) fed by a daemon thread: the
     front end's thread never waits for it.
     """
 

@@ -279,6 +279,7 @@ class BackendConfig:
 
     window: int = 10  # keyframes optimised jointly after each new one; 0: off (README: Local bundle adjustment)
     fixed_keyframes: int = 2  # the oldest of the window are held (>= 2: fixes position, rotation and scale)
+    solver: str = "ceres"  # ceres (pycolmap's bundle adjuster) | gtsam (Levenberg-Marquardt): README, solver choice
     noise_px: float = 1.0  # observation noise (pixels)
     kernel: str = "cauchy"  # robust kernel on the reprojection errors: cauchy | huber
     kernel_px: float = 2.0  # its scale (pixels)
@@ -295,7 +296,7 @@ class BackendConfig:
     # end undistorts with the median of the last ``k1_windows`` estimates. A residual k1 turns rotation into false
     # parallax, so it shows as scale drift in every turn (KITTI 07: README, Local bundle adjustment).
     self_calibration: bool = True
-    k1_prior_sigma: float = 0.05  # prior on the window's k1 around the configured model (normalised units)
+    k1_prior_sigma: float = 0.05  # gtsam: prior on the window's k1 around the configured model (normalised units); both: |k1| > 5x this is a diverged window
     k1_windows: int = 9  # the front end takes the median of this many latest window estimates (from the 3rd on)
 
     def validate(self) -> None:
@@ -307,6 +308,7 @@ class BackendConfig:
         if self.window and self.fixed_keyframes >= self.window:
             raise ConfigError(f"backend.fixed_keyframes ({self.fixed_keyframes}) must be < backend.window ({self.window})")
         _positive("backend.noise_px", self.noise_px)
+        _choice("backend.solver", self.solver, ("ceres", "gtsam"))
         _choice("backend.kernel", self.kernel, ("cauchy", "huber"))
         _positive("backend.kernel_px", self.kernel_px)
         _nonneg("backend.min_parallax_deg", self.min_parallax_deg)

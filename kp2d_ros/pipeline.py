@@ -786,8 +786,7 @@ class VOPipeline:
             return
         idx0, idx1, n0, n1 = tracks
         lids = self.ref.landmarks[idx0]
-        for i in np.flatnonzero(lids >= 0):
-            self.map.observe(lids[i], kf.id, n1[i])
+        self.map.observe(lids[lids >= 0], kf.id, n1[lids >= 0])
         kf.landmarks[idx1[lids >= 0]] = lids[lids >= 0]
         rho, sig = kf.inv_depth[idx1], kf.inv_depth_sigma[idx1]
         with np.errstate(invalid="ignore"):  # far points too (min_parallax_deg 0): they hold the rotations
@@ -798,8 +797,7 @@ class VOPipeline:
             return
         Xc = bearings(n1[new]) / rho[new, None]
         Xw = Xc @ kf.T_world_cam[:3, :3].T + kf.T_world_cam[:3, 3]
-        for i, x in zip(np.flatnonzero(new), Xw):
-            kf.landmarks[idx1[i]] = self.map.add_landmark(x, {self.ref.id: n0[i], kf.id: n1[i]})
+        kf.landmarks[idx1[new]] = self.map.add_landmarks(Xw, {self.ref.id: n0[new], kf.id: n1[new]})
 
     def _run_backend(self) -> None:
         """Optimise the window after a new keyframe: on the worker (threaded; the result is taken at a later
@@ -832,12 +830,11 @@ class VOPipeline:
             ref.T_world_cam = self.map.poses[ref.id].copy()
             T_cam_world = invert_se3(ref.T_world_cam)
             idx = np.flatnonzero(ref.landmarks >= 0)
-            found = [self.map.landmarks.get(int(lid)) for lid in ref.landmarks[idx]]
-            alive = np.array([lm is not None for lm in found], bool)
+            rows, alive = self.map.rows(ref.landmarks[idx])
             ref.landmarks[idx[~alive]] = -1  # culled
             if alive.any():
                 idx = idx[alive]
-                P = np.stack([lm.position for lm in found if lm is not None])
+                P = self.map.positions[rows[alive]]
                 xc = P @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
                 d = np.linalg.norm(xc, axis=1)
                 ok = d > 0

@@ -59,7 +59,7 @@ ROSDEP_KEYS = {
     "tf2_ros": "tf2_ros_py",  # the Python tf2_ros module ships in the tf2_ros_py package
 }
 # No rosdep key: installed with pip (setup.py install_requires and docs/ros2_install.md say so).
-PIP_ONLY = {"threadpoolctl": "threadpoolctl"}
+PIP_ONLY = {"threadpoolctl": "threadpoolctl", "pycolmap": "pycolmap"}
 # Optional: imported inside a function only, by a CLI option that names what to install.
 OPTIONAL = {"onnxruntime", "onnx"}  # frontend.engine: onnxruntime (and torch's exporter, onnx), optional
 # setup.py install_requires distribution -> import name
@@ -117,7 +117,8 @@ def test_every_import_has_a_package_xml_entry():
 def test_pip_only_modules_are_installed_by_pip():
     setup = ast.parse((REPO / "setup.py").read_text())
     (call,) = [n for n in ast.walk(setup) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup"]
-    requires = {ast.literal_eval(e) for k in call.keywords if k.arg == "install_requires" for e in k.value.elts}
+    requires = {re.split(r"[<>=!~ ;\[]", ast.literal_eval(e))[0]
+                for k in call.keywords if k.arg == "install_requires" for e in k.value.elts}
     notes = (REPO / "docs" / "ros2_install.md").read_text()
     pip_lines = [ln for ln in notes.splitlines() if "pip install" in ln]
     for module, dist in PIP_ONLY.items():
