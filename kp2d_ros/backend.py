@@ -571,6 +571,27 @@ def run_window(local_map: LocalMap, sigma: float, focal_px: float) -> BAResult:
     return result
 
 
+@contextmanager
+def _main_script_hidden():
+    """Start a spawned process without the parent's ``__main__`` script. Spawn runs that script again in the child
+    (as ``__mp_main__``, to find functions pickled from it); the backend's child needs only kp2d_ros, and a user's
+    script without an ``if __name__ == "__main__":`` guard would run again there: its whole VO run, and a failed
+    attempt to start its own backend process. Without ``__file__`` and ``__spec__`` spawn leaves ``__main__`` out."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
+
+
 def _lower_priority(increment: int) -> None:
     """Initializer of the worker process: run at a lower CPU priority (``backend.worker_nice``)."""
     import os
@@ -613,6 +634,9 @@ class BackendWorker:
             # niced: on a small CPU the optimisation must not take the front end's cores (the latency of every frame)
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_lower_priority, initargs=(self.cfg.worker_nice,))
+            with _main_script_hidden():  # the process starts with the first submit
+                future = self._pool.submit(bundle_adjust, problem, self.cfg, focal)
+            return future.result()
         return self._pool.submit(bundle_adjust, problem, self.cfg, focal).result()
 
     def submit(self, problem: WindowProblem, focal_px: float) -> None:

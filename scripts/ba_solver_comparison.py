@@ -9,10 +9,10 @@ turning, landmarks each seen by up to 6 consecutive keyframes, 0.5 px noise at f
 and once with 20% of the observations replaced by random image points) with every keyframe after the two oldest
 perturbed (``perturb_poses``: ~0.5 deg, ~0.05 baseline) and the landmarks moved by ~0.05 baseline are solved by
 
-- ``gtsam``: the backend itself, :func:`kp2d_ros.backend.bundle_adjust` on the :class:`WindowProblem` that
-  :class:`kp2d_ros.backend.LocalMap` builds;
-- ``pycolmap``: COLMAP's Ceres bundle adjuster on a ``pycolmap.Reconstruction`` (PINHOLE camera at the same focal
-  length, constant intrinsics, the two oldest frames' ``rig_from_world`` constant, the same Cauchy/Huber kernel);
+- ``gtsam`` and ``pycolmap``: the backend itself, :func:`kp2d_ros.backend.bundle_adjust` on the
+  :class:`WindowProblem` that :class:`kp2d_ros.backend.LocalMap` builds, with ``backend.solver`` gtsam and ceres
+  (COLMAP's Ceres bundle adjuster on a ``pycolmap.Reconstruction``: the two oldest frames' ``rig_from_world``
+  constant, the same Cauchy/Huber kernel, one thread);
 - ``pyceres``: a ``pyceres.Problem`` with one Python ``CostFunction`` per observation (pyceres has no reprojection
   factor of its own; angle-axis + translation pose blocks, analytic Jacobians).
 
@@ -160,70 +160,25 @@ def used_observations(problem: WindowProblem, keep: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 # Solvers
 # ----------------------------------------------------------------------------------------
-def run_gtsam(problem: WindowProblem, cfg: BackendConfig, threads: int) -> SolverRun:
-    """The backend as it is (GTSAM LM, sequential Cholesky; the wheel is built without TBB: one thread)."""
-    result = bundle_adjust(problem, cfg, FOCAL_PX)
+def _backend(problem: WindowProblem, cfg: BackendConfig, solver: str) -> SolverRun:
+    """The backend itself (:func:`kp2d_ros.backend.bundle_adjust`) with ``backend.solver``."""
+    result = bundle_adjust(problem, replace(cfg, solver=solver), FOCAL_PX)
     if not result.optimised:
         raise RuntimeError(result.reason)
     poses = np.stack([result.poses[int(k)] for k in problem.keyframe_ids])
-    return SolverRun(poses, result.iterations, len(result.rejected), {"linear_solver": "SEQUENTIAL_CHOLESKY"})
+    detail = ({"linear_solver": "SEQUENTIAL_CHOLESKY"} if solver == "gtsam"
+              else {"linear_solver": "Ceres default (Schur)", "threads_used": 1})
+    return SolverRun(poses, result.iterations, len(result.rejected), detail)
+
+
+def run_gtsam(problem: WindowProblem, cfg: BackendConfig, threads: int) -> SolverRun:
+    """``backend.solver: gtsam`` (LM, sequential Cholesky; the wheel is built without TBB: one thread)."""
+    return _backend(problem, cfg, "gtsam")
 
 
 def run_pycolmap(problem: WindowProblem, cfg: BackendConfig, threads: int) -> SolverRun:
-    import pycolmap
-
-    width, height = 1000, 1000
-    c = np.array([width / 2, height / 2])
-
-    def solve(problem, poses, points, keep):
-        use = used_observations(problem, keep)
-        rec = pycolmap.Reconstruction()
-        rec.add_camera_with_trivial_rig(pycolmap.Camera.create_from_model_name(1, "PINHOLE", FOCAL_PX, width, height))
-        point2d = np.full(len(use), -1)
-        for i in range(len(poses)):  # image id = frame id = i + 1
-            sel = np.flatnonzero(use & (problem.obs_keyframe == i))
-            point2d[sel] = np.arange(len(sel))
-            image = pycolmap.Image(name=str(i), keypoints=problem.obs_xy[sel] * FOCAL_PX + c, camera_id=1,
-                                   image_id=i + 1)
-            rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(invert_se3(poses[i])[:3, :4]))
-        order = np.flatnonzero(use)
-        order = order[np.argsort(problem.obs_landmark[order], kind="stable")]
-        ids = {}
-        for j, group in _groups(problem.obs_landmark[order], order):
-            track = pycolmap.Track()
-            for m in group:
-                track.add_element(int(problem.obs_keyframe[m]) + 1, int(point2d[m]))
-            ids[j] = rec.add_point3D(points[j], track)
-        config = pycolmap.BundleAdjustmentConfig()
-        for i in range(len(poses)):
-            config.add_image(i + 1)
-        for i in range(problem.num_fixed):
-            config.set_constant_rig_from_world_pose(i + 1)
-        config.set_constant_cam_intrinsics(1)
-        options = pycolmap.BundleAdjustmentOptions()
-        options.refine_focal_length = False
-        options.refine_principal_point = False
-        options.refine_extra_params = False
-        options.print_summary = False
-        options.ceres.loss_function_type = (pycolmap.LossFunctionType.CAUCHY if cfg.kernel == "cauchy"
-                                            else pycolmap.LossFunctionType.HUBER)
-        options.ceres.loss_function_scale = cfg.kernel_px  # residuals in pixels, as the kernel
-        _tolerances(options.ceres.solver_options, cfg, threads)
-        summary = pycolmap.create_default_bundle_adjuster(options, config, rec).solve()
-        if not summary.is_solution_usable():
-            raise RuntimeError(f"pycolmap: {summary.brief_report()}")
-        ceres = summary.ceres_summary
-        out_poses = poses.copy()
-        for i in range(problem.num_fixed, len(poses)):
-            out_poses[i] = invert_se3(_se3(rec.image(i + 1).cam_from_world().matrix()))
-        out_points = points.copy()
-        for j, pid in ids.items():
-            out_points[j] = rec.point3D(pid).xyz
-        detail = {"linear_solver": str(ceres.linear_solver_type_used).split(".")[-1],
-                  "threads_used": int(ceres.num_threads_used)}
-        return out_poses, out_points, int(ceres.num_successful_steps + ceres.num_unsuccessful_steps), detail
-
-    return two_passes(problem, cfg, solve)
+    """``backend.solver: ceres``: pycolmap's bundle adjuster as the backend runs it (one thread)."""
+    return _backend(problem, cfg, "ceres")
 
 
 def run_pyceres(problem: WindowProblem, cfg: BackendConfig, threads: int) -> SolverRun:
@@ -309,21 +264,6 @@ def _tolerances(options, cfg: BackendConfig, threads: int) -> None:
     options.gradient_tolerance = 1e-4  # pycolmap's default (Ceres': 1e-10)
     options.parameter_tolerance = 0.0  # pycolmap's default
     options.num_threads = threads
-
-
-def _groups(keys: np.ndarray, values: np.ndarray):
-    """(key, values) runs of a sorted ``keys``."""
-    if len(keys) == 0:
-        return
-    cuts = np.flatnonzero(np.diff(keys)) + 1
-    for ks, vs in zip(np.split(keys, cuts), np.split(values, cuts)):
-        yield int(ks[0]), vs
-
-
-def _se3(matrix_3x4: np.ndarray) -> np.ndarray:
-    T = np.eye(4)
-    T[:3] = matrix_3x4
-    return T
 
 
 # ----------------------------------------------------------------------------------------

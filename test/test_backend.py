@@ -282,3 +282,37 @@ def test_a_dropped_pipeline_stops_its_worker():
     gc.collect()
     worker._thread.join(timeout=5.0)
     assert worker._stop and not worker._thread.is_alive()
+
+
+def test_threaded_backend_in_a_script_without_a_main_guard(tmp_path):
+    """A user's plain script (no ``if __name__ == "__main__":``) with the default threaded backend: the worker
+    process must not run the script again (spawn re-imports ``__main__`` by default), and windows come back."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "vo_script.py"
+    script.write_text(f"""
+import sys
+sys.path.insert(0, {str(os.path.dirname(__file__))!r})
+from test_pipeline import PointWorldFrontend, driving_poses, frame
+from kp2d_ros.config import VOConfig
+from kp2d_ros.pipeline import VOPipeline
+print("script body runs", flush=True)
+gt = driving_poses(12, step=1.0, yaw_deg=1.0)
+cfg = VOConfig()
+cfg.backend.window, cfg.backend.threaded = 5, True
+vo = VOPipeline(cfg, frontend=PointWorldFrontend(gt))
+for i in range(12):
+    vo.process(frame(i))
+    vo.wait_backend(timeout=60)
+print("windows taken", vo.map.revision, flush=True)
+vo.close()
+""")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(__file__)),
+                                                                  os.environ.get("PYTHONPATH", "")) if p))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("script body runs") == 1, out.stdout
+    assert "window optimisation failed" not in out.stderr, out.stderr[-2000:]
+    taken = int(out.stdout.split("windows taken")[1].split()[0])
+    assert taken >= 5, out.stdout
