@@ -669,7 +669,7 @@ class BackendWorker:
         pool, self._pool = self._pool, None
         if pool is not None:
             for proc in list(getattr(pool, "_processes", {}).values()):  # do not wait for a running window
-                proc.terminate()
+                proc.kill()  # not SIGTERM: pycolmap's glog handler prints a stack trace for it
             pool.shutdown(wait=False, cancel_futures=True)
         self._thread.join(timeout=5.0)
 

@@ -396,8 +396,15 @@ def main(argv: list[str] | None = None) -> int:
                         "the issue's bounds")
     p.add_argument("--quick", action="store_true",
                    help="the smoke test: 200 points at 0.25 px (the backend tests' noise), the backend's cap, one run")
+    p.add_argument("--sequence", default=None,
+                   help="instead: replay this sequence (deterministic backend, config/vo.yaml) once per backend solver "
+                        "(gtsam, pycolmap = ceres) and report each run's window optimisation times and its ATE")
+    p.add_argument("--frames", type=int, default=60, help="with --sequence: the first N frames")
+    p.add_argument("--config", default="config/vo.yaml", help="with --sequence: the VO configuration")
     p.add_argument("--out", default="out/ba_solvers.json")
     args = p.parse_args(argv)
+    if args.sequence is not None:
+        return sequence_windows(args, argv)
     if args.quick:
         args.points, args.noise_px, args.runs, args.max_iterations = 200, 0.25, 1, str(BackendConfig().max_iterations)
     solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
@@ -435,6 +442,53 @@ def main(argv: list[str] | None = None) -> int:
            "config": asdict(cfg), "runs": args.runs, "threads": args.threads, "windows": windows,
            "rows": [asdict(r) for r in rows], "packages": packages, "pyceres_verdict": verdict,
            "sweep": swept}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def sequence_windows(args, argv) -> int:
+    """``--sequence``: the backend's windows on real data, one deterministic replay per solver (each solver on its
+    own run: the windows differ as the trajectories do). Per run: the optimisation time of every window
+    (``BAResult.time_ms``, the whole two-pass :func:`bundle_adjust`), its observations, and the run's ATE."""
+    from kp2d_ros.config import load_config
+    from kp2d_ros.data import open_sequence
+    from kp2d_ros.eval.replay import evaluate_trajectory
+    from kp2d_ros.pipeline import VOPipeline
+    from kp2d_ros.types import Trajectory
+
+    runs = {}
+    for solver, name in (("gtsam", "gtsam"), ("ceres", "pycolmap")):
+        cfg = load_config(args.config, overrides={"backend.threaded": False, "backend.solver": solver})
+        seq = open_sequence(args.sequence, max_frames=args.frames, camera=cfg.camera)
+        pipe = VOPipeline(cfg)
+        windows, stamps, poses = [], [], []
+        try:
+            for frame in seq:
+                before = pipe.last_backend
+                est = pipe.process(frame)
+                stamps.append(frame.stamp)
+                poses.append(np.array(est.T_world_cam, float))
+                r = pipe.last_backend
+                if r is not None and r is not before and r.optimised:
+                    windows.append({"time_ms": r.time_ms, "observations": r.num_observations,
+                                    "iterations": r.iterations})
+        finally:
+            pipe.close()
+        result = evaluate_trajectory(Trajectory(stamps=np.asarray(stamps, float), poses=np.stack(poses)), seq.ground_truth,
+                                     sequence=seq.name, frontend=cfg.frontend.type)
+        result.camera_k1 = float(pipe.k1) if pipe.k1_estimates else None
+        times = [w["time_ms"] for w in windows]
+        runs[name] = {"solver": solver, "windows": len(windows), "time_ms_median": float(np.median(times)) if times else None,
+                      "observations_median": float(np.median([w["observations"] for w in windows])) if windows else None,
+                      "ate_rmse_m": result.report()["ate_rmse_m"], "rpe_rot_deg": result.report()["rpe_rot_deg"],
+                      "camera_k1": result.camera_k1, "per_window": windows}
+        print(f"{name:9s} ({solver}): {len(windows)} windows, median {runs[name]['time_ms_median']:.0f} ms, "
+              f"{runs[name]['observations_median']:.0f} observations; ATE {runs[name]['ate_rmse_m']:.3f} m, "
+              f"RPE rot {runs[name]['rpe_rot_deg']:.4f} deg, k1 {result.camera_k1}")
+    out = {"command": " ".join(["scripts/ba_solver_comparison.py"] + (argv if argv is not None else sys.argv[1:])),
+           "sequence": args.sequence, "frames": args.frames, "config": args.config, "runs": runs}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
