@@ -121,19 +121,14 @@ class LocalMap:
     def next_keyframe_id(self) -> int:
         return self._next_kf
 
-    @property
-    def num_landmarks(self) -> int:
-        return len(self.landmark_ids)
-
     # ------------------------------------------------------------------------------------
     def rows(self, landmark_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows into ``positions``, alive mask) of the landmark ids (the rows of dead ids are meaningless)."""
         lids = np.asarray(landmark_ids, np.int64).reshape(-1)
-        rows = np.searchsorted(self.landmark_ids, lids)
-        rows = np.minimum(rows, max(len(self.landmark_ids) - 1, 0))
-        alive = (rows < len(self.landmark_ids)) & (self.landmark_ids[rows] == lids) if len(self.landmark_ids) \
-            else np.zeros(len(lids), bool)
-        return rows, alive
+        if len(self.landmark_ids) == 0:
+            return np.zeros(len(lids), np.int64), np.zeros(len(lids), bool)
+        rows = np.minimum(np.searchsorted(self.landmark_ids, lids), len(self.landmark_ids) - 1)
+        return rows, self.landmark_ids[rows] == lids
 
     def add_keyframe(self, T_world_cam: np.ndarray) -> int:
         kid = self._next_kf
@@ -277,7 +272,8 @@ class LocalMap:
         self.positions[moved] = self.positions[moved] @ correction[:3, :3].T + correction[:3, 3]
         rejected = np.asarray(result.rejected, np.int64).reshape(-1, 2)
         if len(rejected):
-            culled = np.isin(_pair_keys(self.obs_landmark, self.obs_keyframe), _pair_keys(rejected[:, 0], rejected[:, 1]))
+            base = int(max(self.obs_keyframe.max(initial=0), rejected[:, 1].max())) + 1  # one int64 per (landmark, keyframe)
+            culled = np.isin(self.obs_landmark * base + self.obs_keyframe, rejected[:, 0] * base + rejected[:, 1])
             touched = np.unique(self.obs_landmark[culled])
             self._keep_observations(~culled)
             left = np.bincount(self._obs_rows(), minlength=len(self.landmark_ids))
@@ -288,11 +284,6 @@ class LocalMap:
                 self._keep_landmarks(~drop)
         self.revision += 1
         return True
-
-
-def _pair_keys(landmark_ids: np.ndarray, keyframe_ids: np.ndarray) -> np.ndarray:
-    """One int64 per (landmark id, keyframe id) pair."""
-    return (np.asarray(landmark_ids, np.int64) << 32) | np.asarray(keyframe_ids, np.int64)
 
 
 def _select_tracks(track: np.ndarray, row: np.ndarray, kf: np.ndarray, lids: np.ndarray, ids: list[int],

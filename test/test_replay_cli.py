@@ -201,3 +201,44 @@ def test_repeated_set_options_all_count(command):
     args = build_parser().parse_args([command, *required, "--set", "backend.window=10", "pipeline.torch_threads=1",
                                       "--set", "refine.method=none"])
     assert args.set == ["backend.window=10", "pipeline.torch_threads=1", "refine.method=none"]
+
+
+def test_replay_writes_the_refined_path(tmp_path, synthetic_dir):
+    """With the backend (the default), ``kp2d replay`` also writes the trajectory as the node's ``path`` ends up:
+    every frame against its keyframe's last refined pose. Same stamps as the odometry; keyframes that the
+    windows moved after their frame was published differ from it; without the backend no such file."""
+    out = tmp_path / "out"
+    res = kp2d("replay", synthetic_dir, "--out", out, "--no-progress", "--frontend", "sift")
+    assert res.returncode == 0, res.stderr
+    assert "refined path" in res.stdout
+    est, path = np.loadtxt(out / "trajectory_est.tum"), np.loadtxt(out / "trajectory_path.tum")
+    assert path.shape == est.shape and np.array_equal(path[:, 0], est[:, 0])
+    assert np.abs(path[:, 1:4] - est[:, 1:4]).max() > 1e-6  # the windows moved published keyframes
+    refined = json.loads((out / "path.json").read_text())
+    assert set(refined) == {"ate_rmse_m", "rpe_rot_deg", "rpe_trans_m"}
+    assert refined["ate_rmse_m"] < 0.03 * 11 * 0.2
+    res = kp2d("replay", synthetic_dir, "--out", out, "--no-progress", "--frontend", "sift", "--set", "backend.window=0")
+    assert res.returncode == 0, res.stderr
+    assert not (out / "trajectory_path.tum").exists() and not (out / "path.json").exists()
+
+
+def test_refined_path_follows_the_keyframes_last_pose():
+    """RefinedPath: a frame's pose is its keyframe's latest refined pose times its link; frames without a link
+    keep the published pose; a rescale (metric scale acquired) moves what was stored into the new unit."""
+    from types import SimpleNamespace
+
+    from kp2d_ros.eval.replay import RefinedPath
+
+    def T(x):
+        M = np.eye(4)
+        M[0, 3] = x
+        return M
+
+    path = RefinedPath()
+    path.add(SimpleNamespace(keyframe_id=0, T_keyframe_cam=np.eye(4)), {0: T(0.0)})
+    path.add(SimpleNamespace(keyframe_id=0, T_keyframe_cam=T(1.0)), {0: T(0.0)})
+    path.add(SimpleNamespace(keyframe_id=-1, T_keyframe_cam=None), {0: T(0.5)})  # lost; keyframe 0 refined
+    published = [T(0.0), T(1.0), T(7.0)]
+    np.testing.assert_allclose(path.poses(published)[:, 0, 3], [0.5, 1.5, 7.0])
+    path.rescale(2.0)
+    np.testing.assert_allclose(path.poses([T(0.0), T(2.0), T(14.0)])[:, 0, 3], [1.0, 3.0, 14.0])

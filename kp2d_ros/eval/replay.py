@@ -58,6 +58,9 @@ class ReplayResult:
         when not replayed.
     camera_k1 : the residual radial distortion the backend's self-calibration ended with
         (``backend.self_calibration``), None without it.
+    refined : (N) the trajectory as the node's ``path`` ends up with the backend: every frame re-expressed
+        against its keyframe's last refined pose (:class:`RefinedPath`); None without a backend.
+    refined_metrics : its ATE/RPE (None without ground truth or without a backend).
     """
 
     sequence: str
@@ -69,6 +72,8 @@ class ReplayResult:
     stage_ms: dict[str, float] = field(default_factory=dict)
     scale: dict | None = None
     camera_k1: float | None = None
+    refined: Trajectory | None = None
+    refined_metrics: TrajectoryMetrics | None = None
 
     @property
     def frames(self) -> int:
@@ -96,6 +101,46 @@ class ReplayResult:
         report["camera_k1"] = self.camera_k1
         return report
 
+    def refined_report(self) -> dict | None:
+        """ATE/RPE of :attr:`refined` (``path.json``): ``ate_rmse_m``, ``rpe_rot_deg``, ``rpe_trans_m`` (None
+        without ground truth), or None without a backend."""
+        if self.refined is None:
+            return None
+        gt_keys = metrics_report(self.refined_metrics)
+        return {k: gt_keys[k] for k in ("ate_rmse_m", "rpe_rot_deg", "rpe_trans_m")}
+
+
+class RefinedPath:
+    """The poses of a replay as the node's ``path`` ends up: the odometry is published once, against the keyframe
+    as it was then (``PoseEstimate.keyframe_id``, ``T_keyframe_cam``); the backend keeps refining that keyframe
+    while it is in the window, and the path follows (``T_world_cam = T_world_keyframe @ T_keyframe_cam`` with the
+    keyframe's last refined pose). Frames without a keyframe link keep their published pose."""
+
+    def __init__(self):
+        self.keyframes: dict[int, np.ndarray] = {}  # keyframe id -> its latest refined T_world_cam
+        self.links: list[tuple[int, np.ndarray | None]] = []
+
+    def add(self, est, keyframe_poses: dict[int, np.ndarray]) -> None:
+        """One frame's estimate, and the backend's keyframe poses after it (:meth:`VOPipeline.keyframe_poses`)."""
+        self.keyframes.update(keyframe_poses)
+        link = None if est.T_keyframe_cam is None else np.array(est.T_keyframe_cam, float)
+        self.links.append((int(est.keyframe_id), link))
+
+    def rescale(self, k: float) -> None:
+        """The trajectory's unit changed (metric scale acquired): what was stored so far, in the new unit."""
+        for T in self.keyframes.values():
+            T[:3, 3] *= k
+        for _, link in self.links:
+            if link is not None:
+                link[:3, 3] *= k
+
+    def poses(self, published: list[np.ndarray]) -> np.ndarray:
+        """(N, 4, 4) refined ``T_world_cam`` of every frame (``published``: the poses as published)."""
+        out = []
+        for (kid, link), T in zip(self.links, published):
+            out.append(self.keyframes[kid] @ link if link is not None and kid in self.keyframes else T)
+        return np.asarray(out, np.float64).reshape(-1, 4, 4)
+
 
 def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline=None,
            max_diff: float = 0.01) -> ReplayResult:
@@ -122,6 +167,7 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
     if own:
         pipeline = VOPipeline(cfg)
     stamps, poses, statuses = [], [], []
+    refined = RefinedPath() if getattr(pipeline, "map", None) is not None else None
     scale_log = ScaleLog(cfg)
     stage_sum: dict[str, float] = {}
     process_s = 0.0
@@ -136,7 +182,11 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
             if rescale != 1.0:  # the scale turned metric: the poses so far in the new unit
                 for T in poses:
                     T[:3, 3] *= rescale
+                if refined is not None:
+                    refined.rescale(rescale)
             poses.append(np.array(est.T_world_cam, dtype=np.float64))
+            if refined is not None:
+                refined.add(est, pipeline.keyframe_poses())
             statuses.append(TrackingStatus(est.status))
             scale_log.add(len(poses) - 1, est)
             for k, v in (est.timings_ms or {}).items():
@@ -156,6 +206,10 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
                                  max_diff=max_diff, stage_ms={k: v / n for k, v in stage_sum.items()})
     result.scale = scale_log.summary()
     result.camera_k1 = float(pipeline.k1) if calibrated else None
+    if refined is not None:
+        result.refined = Trajectory(stamps=estimate.stamps.copy(), poses=refined.poses(poses))
+        result.refined_metrics = evaluate_trajectory(result.refined, sequence.ground_truth, sequence=sequence.name,
+                                                     max_diff=max_diff).metrics
     return result
 
 
