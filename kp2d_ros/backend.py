@@ -552,6 +552,20 @@ def _implausible(problem: WindowProblem, result: BAResult, keep: np.ndarray, cfg
     return ""
 
 
+def check_solver(cfg: BackendConfig) -> None:
+    """Raise ConfigError when ``backend.solver``'s package is not installed (a ROS install without pip's
+    pycolmap would otherwise lose every window, one warning each, on the worker)."""
+    import importlib.util
+
+    from kp2d_ros.errors import ConfigError
+
+    package = {"ceres": "pycolmap", "gtsam": "gtsam"}[cfg.solver]
+    if importlib.util.find_spec(package) is None:
+        other = "gtsam" if cfg.solver == "ceres" else "ceres"
+        raise ConfigError(f"backend.solver: {cfg.solver} needs the {package} package (pip install {package}); "
+                          f"or backend.solver: {other}, or backend.window: 0 (no bundle adjustment)")
+
+
 def run_window(local_map: LocalMap, sigma: float, focal_px: float) -> BAResult:
     """Snapshot, optimise and apply in the calling thread (the deterministic mode)."""
     problem = local_map.problem(sigma)

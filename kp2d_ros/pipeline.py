@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from kp2d_ros.backend import BAResult, BackendWorker, LocalMap, WindowProblem, bundle_adjust
+from kp2d_ros.backend import BAResult, BackendWorker, LocalMap, WindowProblem, bundle_adjust, check_solver
 from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend, to_grey
@@ -215,6 +215,8 @@ class VOPipeline:
         if self.worker is not None:
             self.worker.poll()  # a result for the old map is void (its keyframe ids are not in the new one)
         if self.cfg.backend.window > 0:
+            if self.map is None:
+                check_solver(self.cfg.backend)
             first_id = self.map.next_keyframe_id if self.map is not None else 0
             self.map = LocalMap(self.cfg.backend, first_keyframe_id=first_id)
             if self.cfg.backend.threaded and self.worker is None:

@@ -316,3 +316,22 @@ vo.close()
     assert "window optimisation failed" not in out.stderr, out.stderr[-2000:]
     taken = int(out.stdout.split("windows taken")[1].split()[0])
     assert taken >= 5, out.stdout
+
+
+def test_a_missing_solver_package_is_a_config_error(monkeypatch):
+    """``backend.solver: ceres`` without pycolmap (a ROS install that skipped the pip step): the pipeline refuses
+    to start and says what to install, instead of losing every window on the worker."""
+    import importlib.util
+
+    from test_pipeline import PointWorldFrontend
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pycolmap" else real(name, *a))
+    cfg = VOConfig()
+    cfg.backend.threaded = False
+    with pytest.raises(ConfigError, match="pip install pycolmap"):
+        VOPipeline(cfg, frontend=PointWorldFrontend(true_poses(3)))
+    cfg.backend.solver = "gtsam"
+    VOPipeline(cfg, frontend=PointWorldFrontend(true_poses(3))).close()
+    cfg.backend.solver, cfg.backend.window = "ceres", 0
+    VOPipeline(cfg, frontend=PointWorldFrontend(true_poses(3))).close()
