@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -631,7 +631,8 @@ class BackendWorker:
         self._thread.start()
 
     def _optimise(self, problem: WindowProblem, focal: float) -> BAResult:
-        if self._pool is None:
+        starting = self._pool is None
+        if starting:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
@@ -639,10 +640,9 @@ class BackendWorker:
             # niced: on a small CPU the optimisation must not take the front end's cores (the latency of every frame)
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_lower_priority, initargs=(self.cfg.worker_nice,))
-            with _main_script_hidden():  # the process starts with the first submit
-                future = self._pool.submit(bundle_adjust, problem, self.cfg, focal)
-            return future.result()
-        return self._pool.submit(bundle_adjust, problem, self.cfg, focal).result()
+        with _main_script_hidden() if starting else nullcontext():  # the process starts with the first submit
+            future = self._pool.submit(bundle_adjust, problem, self.cfg, focal)
+        return future.result()
 
     def submit(self, problem: WindowProblem, focal_px: float) -> None:
         with self._cond:
