@@ -164,8 +164,9 @@ class LocalMap:
         lids, xy = lids[alive], xy[alive]
         if len(lids) == 0:
             return
-        again = (self.obs_keyframe == keyframe_id) & np.isin(self.obs_landmark, lids)
+        again = self.obs_keyframe == keyframe_id  # a new keyframe (the pipeline's case) has none: no isin over the map
         if again.any():
+            again &= np.isin(self.obs_landmark, lids)
             self._keep_observations(~again)
         self._append(lids, np.full(len(lids), keyframe_id, np.int64), xy)
 
