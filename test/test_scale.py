@@ -14,7 +14,7 @@ from kp2d_ros.pipeline import VOPipeline
 from kp2d_ros.scale import (ACQUIRE_COUNT, GroundObservation, MetricScale, TwoViewTracks, WheelOdometry,
                             fit_ground_plane, ground_direction, ground_roi, track_ground_points)
 from kp2d_ros.types import Camera
-from test_pipeline import PointWorldFrontend, driving_poses, frame
+from test_pipeline import PointWorldFrontend, driving_poses, frame, front_end_config
 
 F = 700.0
 CAM = Camera.from_intrinsics(F, F, 600.0, 185.0, 1200, 370)  # KITTI-like
@@ -363,7 +363,7 @@ def test_replay_rescales_earlier_poses_and_writes_the_scale_summary():
 
     n = 12
     gt = driving_poses(n, step=1.0)
-    inner = VOPipeline(VOConfig(), frontend=PointWorldFrontend(gt, noise_px=0.2))
+    inner = VOPipeline(front_end_config(), frontend=PointWorldFrontend(gt, noise_px=0.2))  # the steps, not the window
 
     class WheelPipeline:  # what the node does: the travelled distance per frame
         def process(self, f):
