@@ -30,6 +30,7 @@ setup(
         "matplotlib",
         "scikit-image",  # textures of the synthetic demo scene
         "pycolmap>=4.2.1,<5",  # the local bundle adjustment's solver (backend.solver: ceres, kp2d_ros/backend.py)
+        "pyceres>=2.6,<3",  # its metric distance priors (wheel odometry, ground plane) in pycolmap's Ceres problem
         "gtsam>=4.3",  # its other solver (backend.solver: gtsam)
     ],
     extras_require={

@@ -13,6 +13,10 @@ over the poses ``T_world_cam_k`` of the window's newer keyframes and the landmar
 ``pi`` projects to normalised coordinates (the front end undistorts every keypoint first, so every
 camera model shares this residual) and ``sigma`` is ``backend.noise_px`` over the focal length.
 
+A metric source of the front end (wheel odometry, the ground plane: :mod:`kp2d_ros.scale`) enters as a prior on
+the distance between the two keyframes of the pair it measured, ``((|c_a - c_b| - d) / (d sigma_log))^2``
+(``c`` the camera centres), so the window's scale follows the measured lengths instead of drifting from them.
+
 Gauge: the ``backend.fixed_keyframes`` oldest keyframes of the window (at least two) are held; two
 fixed poses pin the trajectory's position, orientation *and scale*, so the window cannot slide or
 rescale what was already published. Observations that still reproject beyond
@@ -51,7 +55,8 @@ class WindowProblem:
     ``keyframe_ids``; obs_landmark : (M,) index into ``landmark_ids``; obs_xy : (M, 2) normalised
     coordinates. sigma : the observation noise in normalised units. k1 : the residual radial distortion the
     observations are modelled with (``x_obs = x (1 + k1 |x|^2)``, x the projection), and its starting value when
-    ``calibrate``: then the window estimates it too.
+    ``calibrate``: then the window estimates it too. distances : (D, 4) metric distance priors as rows (index a,
+    index b into ``keyframe_ids``, distance, its standard deviation), in world units.
     """
 
     keyframe_ids: np.ndarray
@@ -65,6 +70,7 @@ class WindowProblem:
     sigma: float
     k1: float = 0.0
     calibrate: bool = False
+    distances: np.ndarray = field(default_factory=lambda: np.empty((0, 4)))
 
 
 @dataclass
@@ -116,6 +122,7 @@ class LocalMap:
         self._next_kf = first_keyframe_id  # ids never repeat across maps: a late result cannot hit a new map
         self._next_lm = 0
         self.revision = 0  # bumped by every applied optimisation
+        self.distances: dict[tuple[int, int], tuple[float, float]] = {}  # (keyframe a, b) -> (metres, log sigma)
 
     @property
     def next_keyframe_id(self) -> int:
@@ -136,6 +143,13 @@ class LocalMap:
         self.poses[kid] = np.array(T_world_cam, float)
         self._forget_old()
         return kid
+
+    def add_distance(self, a: int, b: int, distance: float, log_sigma: float) -> None:
+        """A metric measurement of the distance between keyframes ``a`` and ``b`` (the pair's length from wheel
+        odometry or the ground plane, :attr:`kp2d_ros.scale.ScaleChoice.measured`): a prior in every window that
+        holds both."""
+        if a in self.poses and b in self.poses and distance > 0 and np.isfinite(distance) and log_sigma > 0:
+            self.distances[(int(a), int(b))] = (float(distance), float(log_sigma))
 
     def add_landmarks(self, positions: np.ndarray, observations: dict[int, np.ndarray]) -> np.ndarray:
         """New landmarks at ``positions`` (n, 3), each observed by every keyframe of ``observations`` (keyframe id ->
@@ -192,6 +206,7 @@ class LocalMap:
         for T in self.poses.values():
             T[:3, 3] *= k
         self.positions = self.positions * k
+        self.distances = {ab: (d * k, sig) for ab, (d, sig) in self.distances.items()}
 
     def window_ids(self) -> list[int]:
         """The ids of the last ``window`` keyframes, oldest first."""
@@ -206,6 +221,7 @@ class LocalMap:
         oldest = window[0]
         for k in [k for k in self.poses if k < oldest]:
             del self.poses[k]
+        self.distances = {ab: v for ab, v in self.distances.items() if min(ab) >= oldest}
         newest_view = np.full(len(self.landmark_ids), -1, np.int64)
         np.maximum.at(newest_view, self._obs_rows(), self.obs_keyframe)
         if (newest_view < oldest).any():
@@ -245,9 +261,12 @@ class LocalMap:
         if len(rows) < cfg.min_landmarks:
             return BAResult(False, f"{len(rows)} landmarks seen twice in the window (backend.min_landmarks: {cfg.min_landmarks})",
                             num_keyframes=len(ids), num_landmarks=len(rows))
+        where = {k: i for i, k in enumerate(ids)}
+        distances = np.array([(where[a], where[b], d, d * sig) for (a, b), (d, sig) in sorted(self.distances.items())
+                              if a in where and b in where], float).reshape(-1, 4)
         return WindowProblem(np.array(ids), np.stack([self.poses[k] for k in ids]), num_fixed, self.landmark_ids[rows].copy(),
                              self.positions[rows].copy(), np.searchsorted(ids, kf[sel]), np.searchsorted(rows, row[sel]),
-                             xy[sel].copy(), float(sigma), float(k1), bool(calibrate))
+                             xy[sel].copy(), float(sigma), float(k1), bool(calibrate), distances)
 
     def apply(self, result: BAResult) -> bool:
         """Take an optimisation's poses and positions. Keyframes created after its snapshot move rigidly with
@@ -439,7 +458,10 @@ def _solve_ceres(problem: WindowProblem, cfg: BackendConfig, poses: np.ndarray, 
     solver.gradient_tolerance = 1e-4
     solver.parameter_tolerance = 0.0
     solver.num_threads = 1  # the worker's one core; the front end has the other
-    summary = pycolmap.create_default_bundle_adjuster(options, config, rec).solve()
+    adjuster = pycolmap.create_default_ceres_bundle_adjuster(options, config, rec)
+    keep_alive = _add_distance_priors(adjuster.problem, rec, problem, config, poses) if len(problem.distances) else []
+    summary = adjuster.solve()
+    del keep_alive
     if not summary.is_solution_usable():
         raise RuntimeError(f"ceres: {summary.brief_report()}")
     out = poses.copy()
@@ -453,6 +475,76 @@ def _solve_ceres(problem: WindowProblem, cfg: BackendConfig, poses: np.ndarray, 
     ceres = summary.ceres_summary
     k1_out = float(rec.camera(1).params[3]) if problem.calibrate else k1
     return out, pts, k1_out, int(ceres.num_successful_steps + ceres.num_unsuccessful_steps)
+
+
+def _add_distance_priors(ceres_problem, rec, problem: WindowProblem, config, poses: np.ndarray) -> list:
+    """Add ``problem.distances`` to pycolmap's Ceres problem (pyceres: a cost on the camera centres of the two
+    keyframes' ``cam_from_world`` blocks, held ones as constants). Returns the cost objects and block views: the
+    caller keeps them alive until the solve ends (the problem does not own Python costs)."""
+    import ctypes
+
+    def block(i: int) -> np.ndarray | None:
+        """Keyframe i's pose block (qx, qy, qz, qw, tx, ty, tz: pycolmap's Rigid3d, one Ceres block of 7), or None
+        when it is held (no block)."""
+        rigid = rec.frame(rec.image(i + 1).frame_id).rig_from_world
+        q = rigid.rotation.quat
+        if config.has_constant_rig_from_world_pose(i + 1) or not ceres_problem.has_parameter_block(q):
+            return None
+        return np.ctypeslib.as_array((ctypes.c_double * 7).from_address(q.ctypes.data))
+
+    alive = []
+    for a, b, d, sigma in problem.distances:
+        blocks = [block(int(a)), block(int(b))]
+        if blocks[0] is None and blocks[1] is None:
+            continue
+        fixed = [None if blk is not None else poses[int(i)][:3, 3].copy() for blk, i in zip(blocks, (a, b))]
+        cost, free = _distance_cost(float(d), float(sigma), fixed), [blk for blk in blocks if blk is not None]
+        ceres_problem.add_residual_block(cost, None, free)
+        alive += [cost, free]
+    return alive
+
+
+def _centre(block: np.ndarray) -> np.ndarray:
+    """Camera centre of a pycolmap ``cam_from_world`` block (qx, qy, qz, qw, t): ``-R^T t``."""
+    x, y, z, w = block[:4] / np.linalg.norm(block[:4])
+    R = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                  [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                  [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    return -R.T @ block[4:]
+
+
+def _distance_cost(distance: float, sigma: float, fixed: list[np.ndarray | None]):
+    """A pyceres cost ``(|c_a - c_b| - distance) / sigma`` over the free keyframes' pose blocks (``fixed``: the
+    centre of a held keyframe, None for a free one). Central-difference Jacobians: a handful of residuals per
+    window beside thousands of reprojections."""
+    import pyceres
+
+    class DistanceCost(pyceres.CostFunction):
+        def __init__(self):
+            pyceres.CostFunction.__init__(self)
+            self.set_num_residuals(1)
+            self.set_parameter_block_sizes([7] * sum(f is None for f in fixed))
+
+        def residual(self, blocks) -> float:
+            it = iter(blocks)
+            c = [_centre(next(it)) if f is None else f for f in fixed]
+            return (float(np.linalg.norm(c[0] - c[1])) - distance) / sigma
+
+        def Evaluate(self, parameters, residuals, jacobians):
+            blocks = [np.array(p, float) for p in parameters]
+            residuals[0] = self.residual(blocks)
+            for k in range(len(blocks)) if jacobians is not None else ():
+                if jacobians[k] is None:
+                    continue
+                for d in range(7):
+                    h = 1e-7 * max(1.0, abs(blocks[k][d]))
+                    plus, minus = [b.copy() for b in blocks], [b.copy() for b in blocks]
+                    plus[k][d] += h
+                    minus[k][d] -= h
+                    jacobians[k][d] = (self.residual(plus) - self.residual(minus)) / (2 * h)
+            return True
+
+    return DistanceCost()
 
 
 def _solve_gtsam(problem: WindowProblem, cfg: BackendConfig, poses: np.ndarray, points: np.ndarray, k1: float,
@@ -494,6 +586,8 @@ def _solve_gtsam(problem: WindowProblem, cfg: BackendConfig, poses: np.ndarray, 
     weak = gtsam.noiseModel.Isotropic.Sigma(3, 1e3)
     for j in np.flatnonzero(counts < 2):
         graph.add(gtsam.PriorFactorPoint3(L(int(j)), gtsam.Point3(*points[j]), weak))
+    for a, b, d, sigma in problem.distances:  # metric distance priors between keyframes
+        graph.add(gtsam.RangeFactorPose3(X(int(a)), X(int(b)), float(d), gtsam.noiseModel.Isotropic.Sigma(1, sigma)))
     views = np.bincount(problem.obs_keyframe[use], minlength=n_kf)
     weak_pose = gtsam.noiseModel.Isotropic.Sigma(6, 1e3)
     for i in range(problem.num_fixed, n_kf):
@@ -560,11 +654,12 @@ def check_solver(cfg: BackendConfig) -> None:
 
     from kp2d_ros.errors import ConfigError
 
-    package = {"ceres": "pycolmap", "gtsam": "gtsam"}[cfg.solver]
-    if importlib.util.find_spec(package) is None:
-        other = "gtsam" if cfg.solver == "ceres" else "ceres"
-        raise ConfigError(f"backend.solver: {cfg.solver} needs the {package} package (pip install {package}); "
-                          f"or backend.solver: {other}, or backend.window: 0 (no bundle adjustment)")
+    packages = {"ceres": ("pycolmap", "pyceres"), "gtsam": ("gtsam",)}[cfg.solver]  # pyceres: the distance priors
+    for package in packages:
+        if importlib.util.find_spec(package) is None:
+            other = "gtsam" if cfg.solver == "ceres" else "ceres"
+            raise ConfigError(f"backend.solver: {cfg.solver} needs the {package} package (pip install {package}); "
+                              f"or backend.solver: {other}, or backend.window: 0 (no bundle adjustment)")
 
 
 def run_window(local_map: LocalMap, sigma: float, focal_px: float) -> BAResult:

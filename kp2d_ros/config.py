@@ -298,6 +298,9 @@ class BackendConfig:
     self_calibration: bool = True
     k1_prior_sigma: float = 0.05  # gtsam: prior on the window's k1 around the configured model (normalised units); both: |k1| > 5x this is a diverged window
     k1_windows: int = 9  # the front end takes the median of this many latest window estimates (from the 3rd on)
+    # A keyframe pair's metric length (wheel odometry, the ground plane) is a prior on the distance between the two
+    # keyframes in every window that holds both (kp2d_ros/backend.py).
+    metric_priors: bool = True
 
     def validate(self) -> None:
         _nonneg("backend.window", self.window)
@@ -364,6 +367,9 @@ class CameraConfig:
 class RosConfig:
     """ROS adapter settings (ignored by the offline tools)."""
 
+    # REP 105: odometry (and TF odom -> base) is continuous; the backend's corrections go into TF map -> odom, and
+    # the path (refined by the backend) is in map.
+    map_frame: str = "map"
     odom_frame: str = "odom"
     base_frame: str = "base_link"
     camera_frame: str = "camera_optical_frame"
@@ -389,6 +395,13 @@ class RosConfig:
     scale_odometry_max_age_s: float = 0.5
 
     def validate(self) -> None:
+        names = {"ros.map_frame": self.map_frame, "ros.odom_frame": self.odom_frame, "ros.base_frame": self.base_frame,
+                 "ros.camera_frame": self.camera_frame}
+        for key, name in names.items():
+            if not name:
+                raise ConfigError(f"{key}: empty frame name")
+        if len(set(names.values())) != len(names):
+            raise ConfigError(f"ros frames must differ: {names}")
         if len(self.camera_to_base) != 7:
             raise ConfigError("ros.camera_to_base: expected [x, y, z, qx, qy, qz, qw]")
         q = self.camera_to_base[3:]

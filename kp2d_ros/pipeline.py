@@ -192,6 +192,10 @@ class VOPipeline:
         """Forget every frame: the next one re-initialises at the identity."""
         self.ref: Keyframe | None = None
         self.last_pose = np.eye(4)
+        # REP 105: the world frame is ``map``; ``odom`` is the front end's own chain of motions, without the backend's
+        # corrections, so that it never jumps. T_world_odom takes every correction of the reference keyframe
+        # (identity without a backend).
+        self.T_world_odom = np.eye(4)
         self.gap = 0  # frames since the reference keyframe
         self.lost_frames = 0
         self.last_motion: tuple[np.ndarray, np.ndarray] | None = None  # previous pair's (R, unit t)
@@ -290,6 +294,8 @@ class VOPipeline:
             est.keyframe_id = self.ref.id
             est.T_keyframe_cam = invert_se3(self.ref.T_world_cam) @ est.T_world_cam
         self.last_pose = est.T_world_cam
+        est.T_world_odom = self.T_world_odom.copy()
+        est.T_odom_cam = invert_se3(self.T_world_odom) @ est.T_world_cam
         return est
 
     def _accumulate_travel(self, travelled_m: float | None) -> None:
@@ -337,6 +343,8 @@ class VOPipeline:
         self.last_cov = D @ self.last_cov @ D
         self.last_pose = self.last_pose.copy()
         self.last_pose[:3, 3] *= k
+        self.T_world_odom = self.T_world_odom.copy()
+        self.T_world_odom[:3, 3] *= k  # odom's positions x k as well
         if self.motion is not None:
             self.motion = replace(self.motion, distance=self.motion.distance * k)
 
@@ -514,8 +522,9 @@ class VOPipeline:
             direction = -geom.R.T @ geom.t
             if self.map is not None and self.k1 != 0.0:  # the backend models the residual distortion itself
                 n0, n1 = normalize_points(kp0[inl], self._raw_camera), normalize_points(kp1[inl], self._raw_camera)
+            choice = self._scale_choice
             self._promote(kf, now, cov, (scale, direction, parallax_px, np.radians(rotation_angle_deg(geom.R))),
-                          (matches.idx0[inl], idx1, n0, n1))
+                          (matches.idx0[inl], idx1, n0, n1), choice.measured if choice is not None else None)
             T = kf.T_world_cam  # refined by the backend when it ran in this thread
         return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf, cov, model)
 
@@ -744,14 +753,18 @@ class VOPipeline:
 
     def _promote(self, kf: Keyframe, now: _Tick, cov: np.ndarray,
                  motion: tuple[float, np.ndarray, float, float] | None,
-                 tracks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+                 tracks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 metric_length: tuple[float, float] | None = None) -> None:
         """Make ``kf`` (pose covariance ``cov``) the reference at ``now``. ``motion``: (translation length,
         unit centre displacement in the old reference's axes, parallax px, rotation rad) of the pair, which
         becomes the speed prior with the moving time since ``self.base``. ``tracks``: the pair's inliers
         (reference indices, ``kf`` indices, their normalised coordinates in both) that carry landmarks into
-        ``kf``; then the backend optimises the window (here, or on its worker)."""
+        ``kf``; then the backend optimises the window (here, or on its worker). ``metric_length``: the pair's metric length
+        (metres, log sigma) from wheel odometry or the ground plane, a prior between the two keyframes in the window."""
         old_id = self.ref.id if self.ref is not None else -1
         self._map_keyframe(kf, tracks)
+        if self.map is not None and metric_length is not None and old_id >= 0 and self.cfg.backend.metric_priors:
+            self.map.add_distance(old_id, kf.id, *metric_length)
         if motion is not None:
             distance, direction, parallax_px, rotation = motion
             self.motion = _Motion(distance, _Span.between(self.base, now), direction / np.linalg.norm(direction),
@@ -829,6 +842,14 @@ class VOPipeline:
                 self.k1 = float(np.median(self.k1_estimates))
         ref = self.ref
         if ref is not None and ref.id in self.map.poses:
+            # The next frames are posed against the reference's refined pose: in map they jump by its correction.
+            # odom (REP 105) keeps the front end's chain: each frame continues the previous one by the front end's
+            # motion between them, so the correction goes into T_world_odom. The same in both backend modes: the
+            # threaded worker's window lands while the last frame is posed against the reference; the deterministic
+            # one lands at the keyframe's own frame (the reference), whose odom stays its front-end pose.
+            correction = self.map.poses[ref.id] @ invert_se3(ref.T_world_cam)
+            self.T_world_odom = correction @ self.T_world_odom
+            self.last_pose = correction @ self.last_pose  # (threaded: the last frame was posed against the reference)
             ref.T_world_cam = self.map.poses[ref.id].copy()
             T_cam_world = invert_se3(ref.T_world_cam)
             idx = np.flatnonzero(ref.landmarks >= 0)

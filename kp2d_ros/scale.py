@@ -580,6 +580,9 @@ class ScaleChoice:
     rescale : metres per trajectory unit found at the acquisition (the pair that turns the trajectory
         metric; 1.0 at every other pair): the caller rescales its state (positions, depths) by it, so that
         the whole trajectory is in metres, not only the steps after it.
+    measured : (metres, log sigma) of the pair's length from the metric measurements it used alone (their
+        inverse-variance mean in log; without the propagated scale), None when it used none: the backend's
+        distance prior between the pair's keyframes.
     """
 
     scale: float
@@ -589,6 +592,7 @@ class ScaleChoice:
     notes: str = ""
     plane: PlaneFit | None = None
     rescale: float = 1.0
+    measured: tuple[float, float] | None = None
 
 
 class MetricScale:
@@ -694,6 +698,7 @@ class MetricScale:
         elif w is not None:
             measurements.append(("wheel_odometry", w[0], w[1]))
         metric, used, inconsistent, pending = self.metric, [], self.inconsistent, list(self.pending)
+        accepted: list[tuple[float, float]] = []  # (log metres, sigma) of the used measurements
         rescale = 1.0
         for name, s_m, sig_m in measurements:
             if not metric:  # acquisition, at a keyframe pair, once ACQUIRE_COUNT recent measurements agree
@@ -706,6 +711,7 @@ class MetricScale:
                 med = float(np.median(agree))
                 log_s, var, metric, rescale = log_s + med, sig_m ** 2 / len(agree), True, math.exp(med)
                 used.append(name)
+                accepted.append((math.log(s_m), sig_m))
                 continue
             e = math.log(s_m) - log_s
             gate = 3.0 * math.sqrt(var + sig_m ** 2)
@@ -721,13 +727,18 @@ class MetricScale:
             var = (1.0 - k) * var
             inconsistent = 0
             used.append(name)
+            accepted.append((math.log(s_m), sig_m))
         scale = math.exp(log_s)
         if not (math.isfinite(scale) and scale > 0):  # never reached with finite inputs; never publish a NaN
             scale, used, notes = prior, [], notes + ["scale filter produced a non-finite scale: propagated kept"]
+        measured = None
+        if accepted and used:
+            w = np.array([1.0 / max(sig, 1e-9) ** 2 for _, sig in accepted])
+            measured = (math.exp(float(np.dot(w, [v for v, _ in accepted]) / w.sum())), float(1.0 / math.sqrt(w.sum())))
         choice = ScaleChoice(scale=scale, log_sigma=math.sqrt(max(var, 0.0)),
                              source="+".join(used) if used else "propagated", metric=metric,
                              notes="; ".join(notes), plane=plane if "ground_plane" in used else None,
-                             rescale=rescale)
+                             rescale=rescale, measured=measured)
         if commit:
             self.metric, self.log_var, self.inconsistent, self.pending = metric, var, inconsistent, pending
             if choice.plane is not None:

@@ -192,6 +192,11 @@ class PoseEstimate:
     keyframe_id, T_keyframe_cam : the backend keyframe this pose was estimated against and the pose relative to
         it (-1 / None without a backend or while lost): ``T_world_cam = T_world_keyframe @ T_keyframe_cam``, so
         a path can follow the keyframes the backend refines later.
+    T_odom_cam, T_world_odom : REP 105's split of ``T_world_cam = T_world_odom @ T_odom_cam``. ``T_odom_cam`` is the
+        trajectory without the backend's corrections: each frame continues the previous one by the motion
+        between them, so it never jumps (``nav_msgs/Odometry``, TF odom -> base). ``T_world_odom`` holds the
+        corrections (TF map -> odom; the world frame is ``map``): it changes when a window refines the reference
+        keyframe, and stays the identity without a backend. None when not computed.
     timings_ms also has ``refine`` and ``backend`` (the local bundle adjustment run or taken in this frame).
     scale_source : where the translation length of this frame came from (:mod:`kp2d_ros.scale`):
         ``propagated`` (the structure shared with the previous pair, or the speed prior), ``ground_plane``
@@ -223,6 +228,8 @@ class PoseEstimate:
     motion_model: str = "none"
     keyframe_id: int = -1
     T_keyframe_cam: np.ndarray | None = None
+    T_odom_cam: np.ndarray | None = None
+    T_world_odom: np.ndarray | None = None
     scale_source: str = "none"
     scale_metric: bool = False
     scale_rescaled: float = 1.0

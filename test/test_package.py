@@ -59,7 +59,7 @@ ROSDEP_KEYS = {
     "tf2_ros": "tf2_ros_py",  # the Python tf2_ros module ships in the tf2_ros_py package
 }
 # No rosdep key: installed with pip (setup.py install_requires and docs/ros2_install.md say so).
-PIP_ONLY = {"threadpoolctl": "threadpoolctl", "pycolmap": "pycolmap"}
+PIP_ONLY = {"threadpoolctl": "threadpoolctl", "pycolmap": "pycolmap", "pyceres": "pyceres"}
 # Optional: imported inside a function only, by a CLI option that names what to install.
 OPTIONAL = {"onnxruntime", "onnx"}  # frontend.engine: onnxruntime (and torch's exporter, onnx), optional
 # setup.py install_requires distribution -> import name

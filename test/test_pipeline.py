@@ -363,39 +363,52 @@ def test_thread_settings_are_applied(monkeypatch):
 # Robustness: stops, dropped frames, slow motion (issue 11)
 # --------------------------------------------------------------------------------------------
 def front_end_config() -> VOConfig:
-    """The default configuration without the backend's window: the front end's own steps. With the default window
-    the published step at a frame where a window has just moved the keyframe carries that correction, and these
-    step-by-step bounds do not hold (run deterministically: the stops 2 % and the slow-motion 30 % bounds break at
-    those frames; the threaded backend passed them only while its windows landed after the tests' last frames)."""
+    """The default configuration without the backend's window: the front end's own steps."""
     cfg = VOConfig()
     cfg.backend.window = 0
     return cfg
 
 
+def default_config() -> VOConfig:
+    """The default configuration (the backend's window on), with each window waited for (deterministic), as
+    ``kp2d replay`` runs it. The tests below bound the published odometry (``T_odom_cam``): it continues without
+    the windows' corrections, which go into map -> odom (REP 105). Measured on the map pose instead, a window that
+    has just moved the keyframe shows as a jump between two frames (slow motion: 0.47-2.74x the true step)."""
+    cfg = VOConfig()
+    cfg.backend.threaded = False
+    return cfg
+
+
+ROBUSTNESS_CONFIGS = {"window_0": front_end_config, "default": default_config}
+
+
 def _steps(out, gt, keys):
-    """Estimated and true step lengths between consecutive entries of ``keys`` (indices into ``out``/``gt``)."""
-    est = [np.linalg.norm(out[b].T_world_cam[:3, 3] - out[a].T_world_cam[:3, 3]) for a, b in zip(keys[:-1], keys[1:])]
+    """Published (odometry) and true step lengths between consecutive entries of ``keys`` (indices into
+    ``out``/``gt``)."""
+    est = [np.linalg.norm(out[b].T_odom_cam[:3, 3] - out[a].T_odom_cam[:3, 3]) for a, b in zip(keys[:-1], keys[1:])]
     return np.array(est), np.array([np.linalg.norm(gt[b][:3, 3] - gt[a][:3, 3]) for a, b in zip(keys[:-1], keys[1:])])
 
 
+@pytest.mark.parametrize("config", ["window_0", "default"])
 @pytest.mark.parametrize("stamps", ["time", "none"])
 @pytest.mark.parametrize("n_static", [1, 3, 6, 12])
-def test_stop_inside_motion_keeps_every_step(n_static, stamps):
+def test_stop_inside_motion_keeps_every_step(n_static, stamps, config):
     """Frame 3 repeated ``n_static`` times (a stop: time passes, the images do not change), with real stamps
     or none at all (every stamp 0: frame counts). Static frames hold the pose; every moving step keeps its
     true length (the old frame-count prior made the first step after 3 / 6 / 12 static frames 1.33 / 2.33 /
-    4.33 times too long)."""
+    4.33 times too long): within 2 % without the window, 3 % with it (its refined depths carry the scale of the
+    next steps: measured 2.0-2.5 %)."""
     gt = driving_poses(8, step=0.5, speed_change=0.2)
     ids = [0, 1, 2, 3] + [3] * n_static + [4, 5, 6, 7]
     frames = [frame(i, stamp=0.1 * k if stamps == "time" else 0.0) for k, i in enumerate(ids)]
-    out = run(VOPipeline(front_end_config(), frontend=PointWorldFrontend(gt)), frames)
+    out = run(VOPipeline(ROBUSTNESS_CONFIGS[config](), frontend=PointWorldFrontend(gt)), frames)
     moving = [0, 1, 2, 3 + n_static] + list(range(4 + n_static, len(ids)))  # last frame of the stop -> frame 4
     est, true = _steps(out, [gt[i] for i in ids], moving)
-    np.testing.assert_allclose(est / est[0], true / true[0], rtol=0.02)
+    np.testing.assert_allclose(est / est[0], true / true[0], rtol=0.02 if config == "window_0" else 0.03)
     stop = out[4:4 + n_static]
     assert all(e.status == TrackingStatus.STATIC and e.motion_model == "static" for e in stop)
     for e in stop:
-        np.testing.assert_array_equal(e.T_world_cam, out[3].T_world_cam)
+        np.testing.assert_array_equal(e.T_odom_cam, out[3].T_odom_cam)
     assert all(e.status == TrackingStatus.TRACKING for e in out[4 + n_static:])
 
 
@@ -404,7 +417,7 @@ def test_dropped_frames_leave_a_longer_interval():
     frame-count prior clamped it to 3x the previous step (0.58x the truth)."""
     gt = driving_poses(14, step=0.5)
     ids = [0, 1, 2, 3, 4, 5, 10, 11, 12, 13]
-    out = run(VOPipeline(VOConfig(), frontend=PointWorldFrontend(gt)), [frame(i, stamp=0.1 * i) for i in ids])
+    out = run(VOPipeline(default_config(), frontend=PointWorldFrontend(gt)), [frame(i, stamp=0.1 * i) for i in ids])
     assert all(e.status == TrackingStatus.TRACKING for e in out[1:])
     est, true = _steps(out, [gt[i] for i in ids], list(range(len(ids))))
     np.testing.assert_allclose(est / est[0], true / true[0], rtol=0.05)
@@ -436,21 +449,24 @@ class AliasingFrontend(PointWorldFrontend):
         return Features(kp.astype(np.float32), self.desc[vis], np.ones(int(vis.sum()), np.float32))
 
 
-def test_dropped_frames_with_repeated_structure_keep_the_scale():
+@pytest.mark.parametrize("config", ["window_0", "default"])
+def test_dropped_frames_with_repeated_structure_keep_the_scale(config):
     """Frames 6..9 dropped and, across the gap, half the scene matched to the wrong copy (as the learned
     frontend did on a facade in KITTI 07 with frames 61-64 dropped: ATE 6.1 m instead of 0.5 m). The wrong
     half votes for a scale 5x too small; the median of all votes fell between the two clusters (old code:
     the step over the gap 0.22x the truth, and the keyframe's wrong depths spoilt the next steps). The speed
-    prior picks the right cluster, and the wrong points carry no depth into the next pair."""
+    prior picks the right cluster, and the wrong points carry no depth into the next pair. Within 5 % without the
+    window; with it the published steps stay within 10 % (measured 8.9 %; on the map pose, where the windows'
+    corrections land, 87 %)."""
     gt = driving_poses(14, step=0.5, yaw_deg=0.0)
     ids = [0, 1, 2, 3, 4, 5, 10, 11, 12, 13]
-    vo = VOPipeline(front_end_config(), frontend=AliasingFrontend(gt, frame_id=10, alias_id=6))
+    vo = VOPipeline(ROBUSTNESS_CONFIGS[config](), frontend=AliasingFrontend(gt, frame_id=10, alias_id=6))
     out = run(vo, [frame(i, stamp=0.1 * i) for i in ids])
     assert all(e.status == TrackingStatus.TRACKING for e in out[1:])
     assert [e.motion_model for e in out[2:]] == ["measured"] * 8
     # from frame 2 on (straight ahead, frame 1 shows too little parallax to fix the unit)
     est, true = _steps(out, [gt[i] for i in ids], list(range(2, len(ids))))
-    np.testing.assert_allclose(est / est[0], true / true[0], rtol=0.05)
+    np.testing.assert_allclose(est / est[0], true / true[0], rtol=0.05 if config == "window_0" else 0.10)
 
 
 def _slow_run(window: int):
@@ -460,31 +476,21 @@ def _slow_run(window: int):
     cfg = VOConfig()
     cfg.backend.window, cfg.backend.threaded = window, False
     out = run(VOPipeline(cfg, frontend=PointWorldFrontend(gt)), [frame(i, stamp=0.1 * i) for i in range(50)])
-    first = next(i for i, e in enumerate(out) if np.any(e.T_world_cam[:3, 3]))  # the first pair fixes the unit
+    first = next(i for i, e in enumerate(out) if np.any(e.T_odom_cam[:3, 3]))  # the first pair fixes the unit
     assert first < 12 and all(e.status == TrackingStatus.TRACKING for e in out[first:])
     est, true = _steps(out, gt, list(range(first, 50)))
-    unit = np.linalg.norm(out[first].T_world_cam[:3, 3]) / np.linalg.norm(gt[first][:3, 3])
+    unit = np.linalg.norm(out[first].T_odom_cam[:3, 3]) / np.linalg.norm(gt[first][:3, 3])
     return est / unit, true
 
 
-def test_slow_motion_gets_a_pose_every_frame():
+@pytest.mark.parametrize("window", [0, 10])
+def test_slow_motion_gets_a_pose_every_frame(window):
     """A camera moving 25x slower than the point world's usual step (under 1 px of parallax per frame):
     once moving, never STATIC, and every frame gets a pose that moves on (old code: held, then a jump of
-    several steps). Without the backend: the front end alone."""
-    est, true = _slow_run(window=0)
+    several steps). Without the backend and with its default window (published odometry: measured 0.95-1.18x;
+    the map pose, which takes each window's correction at once, 0.47-2.74x)."""
+    est, true = _slow_run(window=window)
     np.testing.assert_allclose(est, true, rtol=0.3)  # every step moves, none is held or doubled
-
-
-def test_slow_motion_with_the_default_backend():
-    """The same with the default window: still a pose every frame, every step moving on, but at the frames where a
-    window has just moved the keyframe the published step carries that correction: measured 0.47-2.74x the true
-    step at 4 of 41 frames with Ceres (GTSAM 0.26-1.29x), the other steps within 0.95-1.14x. With a sub-pixel
-    parallax per frame the windows re-scale the keyframe steps. The threaded node saw fewer of these only because
-    its windows land later. The bounds say how far that goes today; the other steps keep the front end's 30 %."""
-    est, true = _slow_run(window=10)
-    ratio = est / true
-    assert np.all(ratio > 0.2)  # none held
-    assert np.mean(np.abs(ratio - 1) <= 0.3) >= 0.85  # the steps between windows as without the backend
 
 
 def _position_sigma(e):
@@ -585,7 +591,10 @@ def test_slow_synthetic_street_is_as_accurate_as_the_fast_one():
     of the slow run within 2x of the fast one (the issue's target), every frame tracked. Scored from the first
     keyframe pair on (before it a monocular trajectory has no scale). Measured 1.6x in translation and 1.5x in
     rotation; before the direction gate (``pipeline.direction_gate_deg``) 2.4x / 2.5x (short baselines settled in
-    the wrong basin of the rotation/translation ambiguity); before the time-based priors ~40x / ~6x."""
+    the wrong basin of the rotation/translation ambiguity); before the time-based priors ~40x / ~6x. With the
+    window: the map pose (TF map -> base, the backend's corrections taken at once). The published odometry is the
+    front end's own chain (REP 105 odom), measured 5 % worse in rotation than without the window on both streets
+    (0.0172 vs 0.0163 deg fast, 0.0256 vs 0.0243 deg slow: the window's k1 and depths change the front end's steps)."""
     from kp2d_ros.data.synthetic import synthetic_sequence
     from kp2d_ros.eval.metrics import evaluate
     from kp2d_ros.types import Trajectory
@@ -597,7 +606,8 @@ def test_slow_synthetic_street_is_as_accurate_as_the_fast_one():
             res = _replay(seq, window=window)
             first = next(i for i, p in enumerate(res.estimate.poses) if np.any(p[:3, 3]))
             assert first <= 4 and all(s == TrackingStatus.TRACKING for s in res.statuses[first:])
-            part = Trajectory(res.estimate.stamps[first:], res.estimate.poses[first:])
+            traj = res.estimate if res.in_map is None else res.in_map
+            part = Trajectory(traj.stamps[first:], traj.poses[first:])
             m = evaluate(part, seq.ground_truth, correct_scale=True)
             errors[window, speed] = (m.rpe.trans_rmse_m, m.rpe.rot_rmse_deg)
     # the front end (issue 11's property, backend off)

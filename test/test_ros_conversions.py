@@ -273,23 +273,30 @@ def _perturbation(T, T0):
     return np.concatenate([T[:3, 3] - T0[:3, 3], cv2.Rodrigues(dR)[0].ravel()])
 
 
-def test_estimate_covariance_moves_to_the_odom_frame():
-    """Sampled camera poses with the estimate's covariance, mapped to the base pose in odom, have the
-    covariance that estimate_pose_covariance predicts (axes rotated, lever arm of the rotation)."""
+@pytest.mark.parametrize("corrected", [False, True])
+def test_estimate_covariance_moves_to_the_odom_frame(corrected):
+    """Sampled camera poses with the estimate's covariance (world = map axes), mapped to the base pose in odom, have
+    the covariance that estimate_pose_covariance predicts (axes rotated, lever arm of the rotation); ``corrected``:
+    with a backend correction between map and odom (``T_world_odom``), whose rotation turns the axes too."""
     rng = np.random.default_rng(1)
     T_wc = conv.xyzquat_to_matrix([1.0, -2.0, 5.0, 0.1, -0.3, 0.2, 0.9])
     T_bc = conv.xyzquat_to_matrix([0.4, 0.1, 1.2, -0.5, 0.5, -0.5, 0.5])
     A = rng.normal(size=(6, 6)) * np.r_[0.05, 0.05, 0.05, 0.01, 0.01, 0.01][:, None]
     cov = A @ A.T
     est = PoseEstimate(stamp=0.0, T_world_cam=T_wc, status=TrackingStatus.TRACKING, covariance=cov)
+    T_ow = np.eye(4)  # odom from world
+    if corrected:
+        T_wo = conv.xyzquat_to_matrix([0.3, 0.2, -0.4, 0.2, 0.1, -0.3, 0.9])
+        est.T_world_odom, est.T_odom_cam = T_wo, np.linalg.inv(T_wo) @ T_wc
+        T_ow = np.linalg.inv(T_wo)
     predicted = np.array(conv.estimate_pose_covariance(est, T_bc)).reshape(6, 6)
-    T0 = conv.camera_to_base_pose(T_wc, T_bc)
+    T0 = conv.camera_to_base_pose(T_ow @ T_wc, T_bc)
     samples = []
     for d in rng.multivariate_normal(np.zeros(6), cov, 4000):
         T = T_wc.copy()
         T[:3, :3] = cv2.Rodrigues(d[3:])[0] @ T_wc[:3, :3]
         T[:3, 3] += d[:3]
-        samples.append(_perturbation(conv.camera_to_base_pose(T, T_bc), T0))
+        samples.append(_perturbation(conv.camera_to_base_pose(T_ow @ T, T_bc), T0))
     empirical = np.cov(np.array(samples).T)
     scale = np.sqrt(np.outer(np.diag(predicted), np.diag(predicted)))
     np.testing.assert_allclose(empirical / scale, predicted / scale, atol=0.08)

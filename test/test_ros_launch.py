@@ -218,7 +218,7 @@ def test_vo_node_params_and_remappings_match_node(tree):
 def test_rviz_config():
     cfg = yaml.safe_load(RVIZ.read_text())
     vm = cfg["Visualization Manager"]
-    assert vm["Global Options"]["Fixed Frame"] == "odom"
+    assert vm["Global Options"]["Fixed Frame"] == "map"  # REP 105: the path is in map, odometry in odom (TF map -> odom)
     displays = {d["Class"].split("/")[-1]: d for d in vm["Displays"]}
     assert {"Odometry", "Path", "PointCloud2", "Image", "TF"} <= set(displays)
     topics = {k: displays[k]["Topic"]["Value"] for k in ("Odometry", "Path", "PointCloud2", "Image")}

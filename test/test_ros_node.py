@@ -156,6 +156,45 @@ def info_msg(k=(200.0, 0.0, 80.0, 0.0, 200.0, 60.0, 0.0, 0.0, 1.0), w=W, h=H) ->
 
 
 # --------------------------------------------------------------------------------------------
+class CorrectedPipeline(FakePipeline):
+    """FakePipeline whose backend moved the map 0.5 along the optical axis from the second frame on: odom continues
+    (``T_odom_cam``), the map pose (``T_world_cam``) carries the correction (``T_world_odom``)."""
+
+    def process(self, frame):
+        est = super().process(frame)
+        est.T_odom_cam = est.T_world_cam.copy()
+        est.T_world_odom = np.eye(4)
+        est.T_world_odom[2, 3] = 0.5 if len(self.frames) > 1 else 0.0
+        est.T_world_cam = est.T_world_odom @ est.T_odom_cam
+        return est
+
+
+class TfRecorder:
+    mode = "recorder"
+
+    def __init__(self):
+        self.sent = []
+
+    def send(self, *tfs, static=False):
+        self.sent.append([(t.header.frame_id, t.child_frame_id, t.transform.translation.x) for t in tfs])
+
+
+def test_odometry_is_continuous_and_the_correction_is_map_to_odom(rig):
+    """REP 105: odom (and TF odom -> base) without the backend's correction, TF map -> odom with it, the path in map."""
+    r = rig(pipeline=CorrectedPipeline())
+    tf = r.node.tf = TfRecorder()
+    r.send_info(info_msg())
+    for i in range(3):
+        r.send_image(image_msg(1.0 + 0.1 * i))
+    wait_until(lambda: len(r.odom) == 3 and r.paths and len(r.paths[-1].poses) == 3, "outputs")
+    assert [o.pose.pose.position.x for o in r.odom] == pytest.approx([0.0, 0.1, 0.2])  # base x = optical z
+    assert r.paths[-1].header.frame_id == "map"
+    assert [p.pose.position.x for p in r.paths[-1].poses] == pytest.approx([0.0, 0.6, 0.7])
+    assert [[(p, c) for p, c, _ in sent] for sent in tf.sent] == [[("map", "odom"), ("odom", "base_link")]] * 3
+    assert [[x for _, _, x in sent] for sent in tf.sent] == [pytest.approx([0.0, 0.0]), pytest.approx([0.5, 0.1]),
+                                                             pytest.approx([0.5, 0.2])]
+
+
 def test_good_frames_publish_odom_path_keypoints_diagnostics(rig):
     fake = FakePipeline()
     r = rig(pipeline=fake)
@@ -170,7 +209,7 @@ def test_good_frames_publish_odom_path_keypoints_diagnostics(rig):
     # camera moved 0.2 along its optical axis = 0.2 forward (x) for the REP-103 base
     assert (o.pose.pose.position.x, o.pose.pose.position.y, o.pose.pose.position.z) == pytest.approx((0.2, 0, 0))
     assert o.pose.covariance[0] == pytest.approx(conv.pose_covariance(0.8, TrackingStatus.TRACKING)[0])
-    assert len(r.paths[-1].poses) == 3 and r.paths[-1].header.frame_id == "odom"
+    assert len(r.paths[-1].poses) == 3 and r.paths[-1].header.frame_id == "map"
     kp = conv.cloud_to_keypoints(r.clouds[-1])
     np.testing.assert_allclose(kp[:, :4], [[10, 20, 0.5, 1], [30, 40, 0.25, 0]])
     np.testing.assert_allclose(kp[:, 4:], [[-0.35, -0.2, 1], [-0.25, -0.1, 1]], rtol=1e-6)

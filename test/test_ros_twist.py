@@ -58,28 +58,6 @@ def test_tracker_flags_unknown_and_static():
     assert not tr.update(0.6, T, TRACKING, None, fallback).known
 
 
-def test_rebase_keeps_a_backend_correction_out_of_the_velocity():
-    """A window that moves the keyframe between two frames shifts every later pose: the step's twist must stay
-    the motion between the frames (rebase: the previous pose where it lies now), not the correction."""
-    fallback = np.eye(6)
-    step = pose((0, 0.02, 0), (0.1, 0, 0.5))
-    correction = pose((0.01, -0.03, 0.02), (0.2, -0.1, 0.3))  # the refined keyframe against the old one
-    T_prev = pose((0.1, 0.2, 0.3), (1, 2, 3))
-    T_cur = correction @ T_prev @ step  # estimated against the moved keyframe
-    for rebase, matches in ((False, False), (True, True)):
-        tr = TwistTracker()
-        tr.update(0.0, T_prev, TRACKING, None, fallback)
-        if rebase:
-            tr.rebase(correction @ T_prev)
-        tw = tr.update(0.1, T_cur, TRACKING, None, fallback)
-        lin, ang = body_twist(np.eye(4), step, 0.1)
-        same = np.allclose(tw.linear, lin, atol=1e-9) and np.allclose(tw.angular, ang, atol=1e-9)
-        assert same == matches
-    tr = TwistTracker()
-    tr.rebase(T_prev)  # nothing to rebase after a reset: the next twist stays unknown
-    assert not tr.update(0.0, T_prev, TRACKING, None, fallback).known
-
-
 def test_twist_covariance_from_accumulated_pose_covariances():
     """The growth of the pose covariance between two frames, in the current body axes, / dt^2."""
     tr = TwistTracker()

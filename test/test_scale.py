@@ -273,7 +273,7 @@ def test_wheel_odometry_that_jumps_back_or_resets_restarts_with_a_warning():
 # --------------------------------------------------------------------------------------------
 def _wheel_run(window: int):
     """A car at 0.5-1.5 m per 0.1 s (speed varying), wheel odometry at 50 Hz, the backend's window ``window``
-    (deterministic). Returns (estimates, estimated step lengths, true step lengths)."""
+    (deterministic). Returns (estimates, the published odometry's step lengths, true step lengths)."""
     n = 25
     gt = driving_poses(n, step=1.0, speed_change=0.5)
     stamps = np.arange(n) * 0.1
@@ -292,7 +292,7 @@ def _wheel_run(window: int):
         d = None if i == 0 else wheel.travelled(stamps[i - 1], stamps[i]).distance
         out.append(vo.process(frame(i, stamp=stamps[i]), travelled_m=d))
     vo.close()
-    est = np.array([e.T_world_cam[:3, 3] for e in out])
+    est = np.array([e.T_odom_cam[:3, 3] for e in out])
     return out, np.linalg.norm(np.diff(est, axis=0), axis=1), np.linalg.norm(np.diff(centres, axis=0), axis=1)
 
 
@@ -308,15 +308,17 @@ def test_known_wheel_speeds_give_metric_scale_within_2_percent():
 
 
 def test_wheel_scale_with_the_default_backend():
-    """The same car with the default window: every frame still takes the wheels' length and the trajectory is
-    metric, but the window's own (visual) scale is not tied to the wheel distances (they are no prior in the
-    bundle adjustment yet), so its corrections move the published steps: up to 10 % off (GTSAM and Ceres alike;
-    2.4 % without the window) and the length 2 % long. The bounds say how far that goes today."""
+    """The same car with the default window: every frame still takes the wheels' length, each keyframe pair's wheel
+    distance is a prior in the window, and both the published odometry and the map pose keep the same claims
+    (measured, Ceres and GTSAM: 2.0-2.3 % worst step, length within 0.3 %). Without the priors the window's
+    corrections moved the map pose's steps by up to 10 % and its length by 2 %."""
     out, steps, gt_steps = _wheel_run(window=10)
     assert out[-1].scale_metric
     assert {e.scale_source for e in out[ACQUIRE_COUNT + 1:]} == {"wheel_odometry"}
-    np.testing.assert_allclose(steps, gt_steps, rtol=0.12)
-    assert np.sum(steps) / np.sum(gt_steps) == pytest.approx(1.0, abs=0.03)
+    in_map = np.linalg.norm(np.diff([e.T_world_cam[:3, 3] for e in out], axis=0), axis=1)
+    for published in (steps, in_map):
+        np.testing.assert_allclose(published, gt_steps, rtol=0.05)
+        assert np.sum(published) / np.sum(gt_steps) == pytest.approx(1.0, abs=0.02)
 
 
 def test_wheel_odometry_that_stops_falls_back_to_the_propagated_scale():

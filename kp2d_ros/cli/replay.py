@@ -3,10 +3,11 @@
 PATH is a KITTI odometry folder, a TUM RGB-D folder, an EuRoC folder, a synthetic sequence
 folder, or a ROS bag (ROS 1 .bag, rosbag2 sqlite3 folder/.db3, .mcap). ``--simulate`` replays a
 variant with a stop, dropped frames or a lower frame rate (ground truth follows). Writes to DIR:
-report.json, trajectory_est.tum (the odometry as published, frame by frame), trajectory_gt.tum (when
-there is ground truth), with the backend trajectory_path.tum and path.json (the trajectory as the node's
-path ends up: each frame against its keyframe's last refined pose, and its ATE/RPE), trajectory.png and
-config.yaml (the effective configuration).
+report.json and trajectory_est.tum (the odometry as published, frame by frame: REP 105's odom, continuous,
+without the backend's corrections), trajectory_gt.tum (when there is ground truth), with the backend
+trajectory_map.tum and map.json (each frame's pose in map as TF map -> base had it then, and its ATE/RPE),
+trajectory_path.tum and path.json (the trajectory as the node's path ends up: each frame against its
+keyframe's last refined pose, and its ATE/RPE), trajectory.png and config.yaml (the effective configuration).
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def load_effective_config(args):
 
 def write_outputs(result, sequence, cfg, out_dir: Path) -> dict:
     """report.json, scale.json (a replay's scale sources), trajectory_est.tum, trajectory_gt.tum,
-    trajectory_path.tum + path.json (with the backend), trajectory.png, config.yaml; returns the report."""
+    trajectory_map.tum + map.json, trajectory_path.tum + path.json (with the backend), trajectory.png, config.yaml; returns the report."""
     from kp2d_ros.errors import DataError
 
     try:
@@ -93,13 +94,15 @@ def _write_outputs(result, sequence, cfg, out_dir: Path) -> dict:
     if getattr(result, "scale", None) is not None:
         (out_dir / "scale.json").write_text(json.dumps(result.scale, indent=2) + "\n")
     write_tum(result.estimate, out_dir / "trajectory_est.tum")
-    path_file, path_json = out_dir / "trajectory_path.tum", out_dir / "path.json"
-    if getattr(result, "refined", None) is not None:
-        write_tum(result.refined, path_file)
-        path_json.write_text(json.dumps(result.refined_report(), indent=2) + "\n")
-    else:
-        for stale in (path_file, path_json):
-            stale.unlink(missing_ok=True)
+    for name, trajectory, summary in (("path", getattr(result, "refined", None), result.refined_report),
+                                      ("map", getattr(result, "in_map", None), result.in_map_report)):
+        tum, summary_json = out_dir / f"trajectory_{name}.tum", out_dir / f"{name}.json"
+        if trajectory is not None:
+            write_tum(trajectory, tum)
+            summary_json.write_text(json.dumps(summary(), indent=2) + "\n")
+        else:
+            for stale in (tum, summary_json):
+                stale.unlink(missing_ok=True)
     gt_file = out_dir / "trajectory_gt.tum"
     if sequence.ground_truth is not None and len(sequence.ground_truth):
         write_tum(sequence.ground_truth, gt_file)
@@ -133,6 +136,11 @@ def print_summary(result, report: dict, out_dir: Path) -> None:
     if path is not None and path["ate_rmse_m"] is not None:
         print(f"  refined path  ATE {path['ate_rmse_m']:.3f} m, RPE {path['rpe_rot_deg']:.3f} deg / "
               f"{path['rpe_trans_m']:.3f} m per frame (the node's path after the backend; path.json)")
+    in_map = result.in_map_report() if getattr(result, "in_map", None) is not None else None
+    if in_map is not None and in_map["ate_rmse_m"] is not None:
+        print(f"  in map        ATE {in_map['ate_rmse_m']:.3f} m, RPE {in_map['rpe_rot_deg']:.3f} deg / "
+              f"{in_map['rpe_trans_m']:.3f} m per frame (TF map -> base at each frame, with the backend's "
+              f"corrections; map.json)")
     if report.get("camera_k1") is not None:
         print(f"  camera k1     {report['camera_k1']:+.4f} (residual radial distortion, backend self-calibration)")
     if report["fps"] is not None:

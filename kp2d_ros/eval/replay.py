@@ -49,7 +49,8 @@ class ReplayResult:
     Attributes
     ----------
     sequence : name of the replayed sequence; frontend : ``frontend.type``.
-    estimate : (N) estimated T_world_cam of every frame (first camera = world).
+    estimate : (N) the published odometry of every frame: ``PoseEstimate.T_odom_cam`` (REP 105's odom: continuous,
+        without the backend's corrections; ``T_world_cam`` without a backend; first camera = origin).
     statuses : (N,) tracking status per frame (None: not known, a trajectory file).
     process_s : total wall time spent in ``VOPipeline.process`` (s) (None: not measured).
     metrics : ATE/RPE against the sequence's ground truth, None without (enough) ground truth.
@@ -61,6 +62,10 @@ class ReplayResult:
     refined : (N) the trajectory as the node's ``path`` ends up with the backend: every frame re-expressed
         against its keyframe's last refined pose (:class:`RefinedPath`); None without a backend.
     refined_metrics : its ATE/RPE (None without ground truth or without a backend).
+    in_map : (N) ``PoseEstimate.T_world_cam`` of every frame: its pose in ``map`` as the node's TF map -> base had it
+        at that frame (:attr:`estimate` with the backend's corrections, which jump at the keyframes they land on);
+        None without a backend (it is :attr:`estimate` then).
+    in_map_metrics : its ATE/RPE (None without ground truth or without a backend).
     """
 
     sequence: str
@@ -74,6 +79,8 @@ class ReplayResult:
     camera_k1: float | None = None
     refined: Trajectory | None = None
     refined_metrics: TrajectoryMetrics | None = None
+    in_map: Trajectory | None = None
+    in_map_metrics: TrajectoryMetrics | None = None
 
     @property
     def frames(self) -> int:
@@ -109,10 +116,18 @@ class ReplayResult:
         gt_keys = metrics_report(self.refined_metrics)
         return {k: gt_keys[k] for k in ("ate_rmse_m", "rpe_rot_deg", "rpe_trans_m")}
 
+    def in_map_report(self) -> dict | None:
+        """ATE/RPE of :attr:`in_map` (``map.json``), the same keys as :meth:`refined_report`; None without a
+        backend."""
+        if self.in_map is None:
+            return None
+        gt_keys = metrics_report(self.in_map_metrics)
+        return {k: gt_keys[k] for k in ("ate_rmse_m", "rpe_rot_deg", "rpe_trans_m")}
+
 
 class RefinedPath:
-    """The poses of a replay as the node's ``path`` ends up: the odometry is published once, against the keyframe
-    as it was then (``PoseEstimate.keyframe_id``, ``T_keyframe_cam``); the backend keeps refining that keyframe
+    """The poses of a replay as the node's ``path`` (in map) ends up: each frame's map pose is published once, against
+    the keyframe as it was then (``PoseEstimate.keyframe_id``, ``T_keyframe_cam``); the backend keeps refining that keyframe
     while it is in the window, and the path follows (``T_world_cam = T_world_keyframe @ T_keyframe_cam`` with the
     keyframe's last refined pose). Frames without a keyframe link keep their published pose."""
 
@@ -166,7 +181,7 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
     own = pipeline is None
     if own:
         pipeline = VOPipeline(cfg)
-    stamps, poses, statuses = [], [], []
+    stamps, poses, in_map, statuses = [], [], [], []
     refined = RefinedPath() if getattr(pipeline, "map", None) is not None else None
     scale_log = ScaleLog(cfg)
     stage_sum: dict[str, float] = {}
@@ -180,11 +195,12 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
             stamps.append(frame.stamp)
             rescale = float(getattr(est, "scale_rescaled", 1.0))
             if rescale != 1.0:  # the scale turned metric: the poses so far in the new unit
-                for T in poses:
+                for T in poses + in_map:
                     T[:3, 3] *= rescale
                 if refined is not None:
                     refined.rescale(rescale)
-            poses.append(np.array(est.T_world_cam, dtype=np.float64))
+            in_map.append(np.array(est.T_world_cam, dtype=np.float64))
+            poses.append(np.array(est.T_world_cam if est.T_odom_cam is None else est.T_odom_cam, dtype=np.float64))
             if refined is not None:
                 refined.add(est, pipeline.keyframe_poses())
             statuses.append(TrackingStatus(est.status))
@@ -207,9 +223,12 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
     result.scale = scale_log.summary()
     result.camera_k1 = float(pipeline.k1) if calibrated else None
     if refined is not None:
-        result.refined = Trajectory(stamps=estimate.stamps.copy(), poses=refined.poses(poses))
+        result.refined = Trajectory(stamps=estimate.stamps.copy(), poses=refined.poses(in_map))
         result.refined_metrics = evaluate_trajectory(result.refined, sequence.ground_truth, sequence=sequence.name,
                                                      max_diff=max_diff).metrics
+        result.in_map = Trajectory(stamps=estimate.stamps.copy(), poses=np.asarray(in_map, np.float64).reshape(-1, 4, 4))
+        result.in_map_metrics = evaluate_trajectory(result.in_map, sequence.ground_truth, sequence=sequence.name,
+                                                    max_diff=max_diff).metrics
     return result
 
 

@@ -211,18 +211,31 @@ def pose_covariance(quality: float, status: TrackingStatus) -> list[float]:
     return cov.ravel().tolist()
 
 
-def estimate_pose_covariance(est: PoseEstimate, T_base_cam: np.ndarray) -> list[float]:
-    """6x6 row-major odometry pose covariance (x, y, z, rx, ry, rz in the odom frame's axes) of ``est``.
+def odom_covariance(est: PoseEstimate, T_base_cam: np.ndarray) -> np.ndarray | None:
+    """(6, 6) covariance (x, y, z, rx, ry, rz in the odom frame's axes) of the base pose the odometry publishes for
+    ``est``, None when the estimate has none.
 
-    ``est.covariance`` (the camera pose in world axes, trajectory units; see :class:`PoseEstimate`)
-    moved to ``T_odom_base = T_base_cam @ T_world_cam @ inv(T_base_cam)``: the axes rotate by
-    ``T_base_cam``, and the rotation uncertainty moves the base by its lever arm from the camera.
-    Falls back to :func:`pose_covariance` (from ``quality``) when the estimate has none.
+    ``est.covariance`` (the camera pose in world = map axes, trajectory units; see :class:`PoseEstimate`) turns into
+    odom's axes (``est.T_world_odom``'s rotation: positions and small rotations alike), then moves to
+    ``T_odom_base = T_base_cam @ T_odom_cam @ inv(T_base_cam)``: the axes rotate by ``T_base_cam``, and the rotation
+    uncertainty moves the base by its lever arm from the camera.
     """
-    if est.covariance is None:
+    if getattr(est, "covariance", None) is None:
+        return None
+    T_world_odom, T_odom_cam = getattr(est, "T_world_odom", None), getattr(est, "T_odom_cam", None)
+    T_world_odom = np.eye(4) if T_world_odom is None else np.asarray(T_world_odom, dtype=np.float64)
+    T_odom_cam = est.T_world_cam if T_odom_cam is None else T_odom_cam
+    A = np.kron(np.eye(2), T_world_odom[:3, :3].T)
+    cov = A @ np.asarray(est.covariance, dtype=np.float64) @ A.T
+    return covariance_to_odom(cov, np.asarray(T_odom_cam, dtype=np.float64), np.asarray(T_base_cam, dtype=np.float64))
+
+
+def estimate_pose_covariance(est: PoseEstimate, T_base_cam: np.ndarray) -> list[float]:
+    """6x6 row-major odometry pose covariance of ``est`` (:func:`odom_covariance`), symmetrised; from ``quality``
+    (:func:`pose_covariance`) when the estimate has none."""
+    cov = odom_covariance(est, T_base_cam)
+    if cov is None:
         return pose_covariance(est.quality, est.status)
-    cov = covariance_to_odom(np.asarray(est.covariance, dtype=np.float64), np.asarray(est.T_world_cam, dtype=np.float64),
-                             np.asarray(T_base_cam, dtype=np.float64))
     return (0.5 * (cov + cov.T)).ravel().tolist()
 
 

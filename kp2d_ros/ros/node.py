@@ -6,12 +6,14 @@ free, so stale frames never queue up (replaced frames are counted as dropped).
 
 Subscribes  ``image`` (sensor_msgs/Image, or CompressedImage with ``ros.compressed``), ``camera_info``,
             ``ros.scale_odometry_topic`` (nav_msgs/Odometry, wheel odometry for the metric scale; "" = none).
-Publishes   ``odom`` (odom -> base, pose + body-frame twist with covariances; ``child_frame_id`` base_link:
+Publishes   ``odom`` (odom -> base, pose + body-frame twist with covariances; ``child_frame_id`` base_link;
+            REP 105's odom: continuous, the backend's corrections go into TF map -> odom;
             in metres with the exact lever arm once a metric scale source (``geometry.camera_height_m``,
             wheel odometry) is accepted; before that ``scale: unknown`` in the diagnostics, VO units, and the
-            camera's motion rotated into base axes, without the lever arm), ``path`` (a timer, off the
-            worker thread, every ``ros.path_period_s``), ``keypoints`` (PointCloud2: u, v, score, matched +
-            x, y, z rays), ``debug_image`` (only with subscribers), ``diagnostics`` (1 Hz), TF odom -> base.
+            camera's motion rotated into base axes, without the lever arm), ``path`` (in map, refined as the
+            backend refines its keyframes; a timer, off the worker thread, every ``ros.path_period_s``),
+            ``keypoints`` (PointCloud2: u, v, score, matched + x, y, z rays), ``debug_image`` (only with
+            subscribers), ``diagnostics`` (1 Hz), TF map -> odom and odom -> base (one message per frame).
 Services    ``~/reset``, ``~/pause``, ``~/resume``, ``~/save_trajectory`` (std_srvs/Trigger).
 Parameters  the fields of :class:`kp2d_ros.config.VOConfig`, dotted (``frontend.type``);
             :data:`kp2d_ros.ros.params.LIVE_PARAMETERS` can change while running (from the next frame).
@@ -44,11 +46,12 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from kp2d_ros.errors import ConfigError, DataError, Kp2dError
+from kp2d_ros.geometry import invert_se3
 from kp2d_ros.ros import conversions as conv
 from kp2d_ros.ros.outputs import PathBuffer, TrajectoryRecorder
 from kp2d_ros.ros.params import apply_changes, check_changes, declare_parameters, read_config, refresh_frontend
 from kp2d_ros.ros.tf_output import TfOutput
-from kp2d_ros.ros.twist import TwistTracker, covariance_to_odom
+from kp2d_ros.ros.twist import TwistTracker
 from kp2d_ros.scale import WheelOdometry
 from kp2d_ros.types import Frame, PoseEstimate, TrackingStatus
 
@@ -102,7 +105,6 @@ class VONode(Node):
         self.path = PathBuffer(rc.max_path_length)
         self.trajectory = TrajectoryRecorder()
         self.twist = TwistTracker()
-        self._twist_link = None  # the previous estimate's (backend keyframe id, T_keyframe_cam, metric)
         self.stats = collections.Counter()  # received, processed, dropped, rejected, errors, paused_dropped, resets
         self.last_warning = ""
         self.last_estimate: PoseEstimate | None = None
@@ -331,12 +333,11 @@ class VONode(Node):
         if self._stop:
             return
         revision = getattr(self.pipeline, "backend_revision", 0)
-        if revision != self._backend_revision:  # the backend refined its window: the path follows
+        if revision != self._backend_revision:  # the backend refined its window: the path (in map) follows
             self._backend_revision = revision
             metric = bool(getattr(estimate, "scale_metric", False))  # the path holds one unit (cleared when metric)
             keyframes = self.pipeline.keyframe_poses()
             self.path.refine(keyframes, lambda pose, T: conv.fill_pose(pose, self._odom_base(T, metric)))
-            self._rebase_twist(keyframes, metric)
         self._last_stamp, self._last_receipt = frame.stamp, t_recv
         if from_header:
             if self._last_header_stamp is not None:
@@ -396,16 +397,6 @@ class VONode(Node):
             raise _StampOrderError(f"stamp {stamp:.9f} not after the previous frame's {self._last_stamp:.9f}")
         return stamp, True
 
-    def _rebase_twist(self, keyframes: dict[int, np.ndarray], metric: bool) -> None:
-        """A window refined ``keyframes``: the twist's previous pose moves with the keyframe it was estimated
-        against, so that the next velocity is the step between the frames, not the correction."""
-        link = self._twist_link
-        if link is None or link[1] is None or link[2] != metric:
-            return
-        T_kf = keyframes.get(link[0])
-        if T_kf is not None:
-            self.twist.rebase(self._odom_base(T_kf @ link[1], metric))
-
     # ---------------------------------------------------------------- output
     def _publish(self, est: PoseEstimate, frame: Frame, stamp, t_recv: float) -> None:
         rc = self.cfg.ros
@@ -419,7 +410,12 @@ class VONode(Node):
             self.twist.reset()
             self.trajectory.rescale(rescale)  # the saved trajectory file is metric throughout, as kp2d replay's
         T_ext = conv.odom_extrinsic(self.T_base_cam, metric)
-        T_odom_base = self._odom_base(est.T_world_cam, metric)
+        # REP 105: odometry and TF odom -> base continue without the backend's corrections (T_odom_cam); those are
+        # TF map -> odom, and the path is in map
+        T_odom_cam = getattr(est, "T_odom_cam", None)
+        T_odom_cam = est.T_world_cam if T_odom_cam is None else np.asarray(T_odom_cam, float)
+        T_odom_base = self._odom_base(T_odom_cam, metric)
+        T_map_base = self._odom_base(est.T_world_cam, metric)
         odom = Odometry()
         odom.header.stamp = stamp
         odom.header.frame_id = rc.odom_frame
@@ -428,20 +424,19 @@ class VONode(Node):
         fallback = np.asarray(conv.pose_covariance(est.quality, est.status)).reshape(6, 6)
         # the core's accumulated covariance (world axes) when it provides one; a lost tracker's held pose
         # is not a measurement, so it keeps the fallback's 1e3 std ("ignore me" for an EKF)
-        cov_world = getattr(est, "covariance", None) if est.status != TrackingStatus.LOST else None
-        cov_odom = None if cov_world is None else covariance_to_odom(np.asarray(cov_world, float), est.T_world_cam,
-                                                                      T_ext)
+        cov_odom = conv.odom_covariance(est, T_ext) if est.status != TrackingStatus.LOST else None
         odom.pose.covariance = (fallback if cov_odom is None else cov_odom).ravel().tolist()
         tw = self.twist.update(frame.stamp, T_odom_base, est.status, cov_odom, fallback)
-        self._twist_link = (est.keyframe_id, est.T_keyframe_cam, metric)
         v, w = odom.twist.twist.linear, odom.twist.twist.angular
         v.x, v.y, v.z = (float(x) for x in tw.linear)
         w.x, w.y, w.z = (float(x) for x in tw.angular)
         odom.twist.covariance = tw.covariance.ravel().tolist()
         self.pub_odom.publish(odom)
-        self.trajectory.append(frame.stamp, est.T_world_cam)
+        self.trajectory.append(frame.stamp, T_odom_cam)  # the published odometry, as kp2d replay's trajectory_est.tum
         if rc.publish_path:
-            self.path.append(PoseStamped(header=odom.header, pose=odom.pose.pose), est.keyframe_id, est.T_keyframe_cam)
+            in_map = PoseStamped(header=Header(stamp=stamp, frame_id=rc.map_frame))
+            conv.fill_pose(in_map.pose, T_map_base)
+            self.path.append(in_map, est.keyframe_id, est.T_keyframe_cam)
         t1 = time.perf_counter()
         self._publish_ms["odom"].append((t1 - t0) * 1e3)
 
@@ -456,7 +451,8 @@ class VONode(Node):
                                                        rc.camera_frame))
         if self.tf is not None and self.tf.mode != "none" and rc.publish_tf:
             t3 = time.perf_counter()
-            self.tf.send(self._transform(T_odom_base, stamp, rc.odom_frame, rc.base_frame))
+            self.tf.send(self._transform(T_map_base @ invert_se3(T_odom_base), stamp, rc.map_frame, rc.odom_frame),
+                         self._transform(T_odom_base, stamp, rc.odom_frame, rc.base_frame))
             self._publish_ms["tf"].append((time.perf_counter() - t3) * 1e3)
         self.stats["processed"] += 1
         self.last_estimate = est
@@ -473,7 +469,7 @@ class VONode(Node):
         if not self.cfg.ros.publish_path or self.pub_path.get_subscription_count() == 0:
             return
         t0 = time.perf_counter()
-        msg = self.path.message(Path, self.cfg.ros.odom_frame)
+        msg = self.path.message(Path, self.cfg.ros.map_frame)
         if msg is None:
             return
         self.pub_path.publish(msg)

@@ -12,7 +12,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 
 class TfOutput:
-    """odom -> base (and static base -> camera) through tf2_ros, else raw /tf messages, else nothing."""
+    """map -> odom -> base (and static base -> camera) through tf2_ros, else raw /tf messages, else nothing."""
 
     def __init__(self, node: Node):
         self.mode = "none"
@@ -38,8 +38,9 @@ class TfOutput:
             node.get_logger().info("TF output unavailable (neither tf2_ros nor tf2_msgs importable): "
                                    "publishing odom/path only")
 
-    def send(self, tf: TransformStamped, static: bool = False) -> None:
+    def send(self, *tfs: TransformStamped, static: bool = False) -> None:
+        """Publish ``tfs`` together (one message)."""
         if self.mode == "tf2_ros":
-            (self._static.sendTransform if static else self._dynamic.sendTransform)(tf)
+            (self._static.sendTransform if static else self._dynamic.sendTransform)(list(tfs))
         elif self.mode == "tf2_msgs":
-            (self._static if static else self._dynamic).publish(self._msg(transforms=[tf]))
+            (self._static if static else self._dynamic).publish(self._msg(transforms=list(tfs)))

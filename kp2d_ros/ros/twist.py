@@ -80,13 +80,6 @@ class TwistTracker:
         """Forget the previous pose: the next twist is unknown."""
         self._prev: tuple[float, np.ndarray, np.ndarray | None, TrackingStatus] | None = None
 
-    def rebase(self, T_odom_base: np.ndarray) -> None:
-        """Replace the previous pose by where it lies now: a local bundle adjustment that finished since moved the
-        keyframe it was estimated against, and the next pose is expressed against the moved keyframe. Without it
-        the next twist would carry the correction as velocity."""
-        if self._prev is not None:
-            self._prev = (self._prev[0], np.asarray(T_odom_base, float), self._prev[2], self._prev[3])
-
     def update(self, stamp: float, T_odom_base: np.ndarray, status: TrackingStatus,
                pose_cov: np.ndarray | None, fallback_cov: np.ndarray) -> Twist:
         """Twist of the step from the previous pose to this one.
