@@ -379,6 +379,9 @@ class RosConfig:
     compressed: bool = False  # subscribe sensor_msgs/CompressedImage instead of Image
     qos_depth: int = 1
     publish_tf: bool = True
+    # TF map -> odom (the backend's corrections). false when another node owns map -> odom (a localisation or SLAM
+    # system): odom -> base still goes out with publish_tf, and the path stays in map_frame.
+    publish_map_tf: bool = True
     publish_keypoints: bool = True
     publish_path: bool = True
     max_path_length: int = 10000

@@ -195,6 +195,17 @@ def test_odometry_is_continuous_and_the_correction_is_map_to_odom(rig):
                                                              pytest.approx([0.5, 0.2])]
 
 
+def test_map_to_odom_can_be_left_to_another_node(rig):
+    """ros.publish_map_tf false (a localisation node owns map -> odom): only odom -> base from this node."""
+    r = rig(pipeline=CorrectedPipeline(), params={"ros.publish_map_tf": False})
+    tf = r.node.tf = TfRecorder()
+    r.send_info(info_msg())
+    for i in range(2):
+        r.send_image(image_msg(1.0 + 0.1 * i))
+    wait_until(lambda: len(r.odom) == 2, "outputs")
+    assert tf.sent == [[("odom", "base_link", pytest.approx(0.0))], [("odom", "base_link", pytest.approx(0.1))]]
+
+
 def test_good_frames_publish_odom_path_keypoints_diagnostics(rig):
     fake = FakePipeline()
     r = rig(pipeline=fake)

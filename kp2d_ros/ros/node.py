@@ -451,8 +451,10 @@ class VONode(Node):
                                                        rc.camera_frame))
         if self.tf is not None and self.tf.mode != "none" and rc.publish_tf:
             t3 = time.perf_counter()
-            self.tf.send(self._transform(T_map_base @ invert_se3(T_odom_base), stamp, rc.map_frame, rc.odom_frame),
-                         self._transform(T_odom_base, stamp, rc.odom_frame, rc.base_frame))
+            tfs = [self._transform(T_odom_base, stamp, rc.odom_frame, rc.base_frame)]
+            if rc.publish_map_tf:
+                tfs.insert(0, self._transform(T_map_base @ invert_se3(T_odom_base), stamp, rc.map_frame, rc.odom_frame))
+            self.tf.send(*tfs)
             self._publish_ms["tf"].append((time.perf_counter() - t3) * 1e3)
         self.stats["processed"] += 1
         self.last_estimate = est
