@@ -500,7 +500,7 @@ def _add_distance_priors(ceres_problem, rec, problem: WindowProblem, config, pos
         if not free:
             continue
         fixed = {k: poses[k][:3, 3].copy() for k in kfs if blocks[k] is None}
-        cost = _path_length_cost([(kfs[0], kfs[1])], free, fixed, float(d), float(sigma))
+        cost = _distance_cost(kfs[0], kfs[1], free, fixed, float(d), float(sigma))
         views = [blocks[k] for k in free]
         ceres_problem.add_residual_block(cost, None, views)
         alive += [cost, views]
@@ -516,15 +516,14 @@ def _centre(block: np.ndarray) -> np.ndarray:
     return -R.T @ block[4:]
 
 
-def _path_length_cost(pairs: list[tuple[int, int]], free: list[int], fixed: dict[int, np.ndarray], distance: float,
-                      sigma: float):
-    """A pyceres cost ``(sum over pairs of |c_a - c_b| - distance) / sigma`` over the pose blocks of the keyframes
-    ``free`` (in that order; ``fixed``: the centres of held ones). Central-difference Jacobians: a handful of
-    residuals per window beside thousands of reprojections. (One pair per prior: summing a window's pairs into one
-    residual gave the same KITTI 07 trajectories with the ground plane, 0.472 against 0.478 m with SIFT.)"""
+def _distance_cost(a: int, b: int, free: list[int], fixed: dict[int, np.ndarray], distance: float, sigma: float):
+    """A pyceres cost ``(|c_a - c_b| - distance) / sigma`` over the pose blocks of the keyframes ``free`` (of ``a``,
+    ``b``, in that order; ``fixed``: the centres of held ones). Central-difference Jacobians: a handful of residuals
+    per window beside thousands of reprojections. (Summing a window's pairs into one residual instead gave the same
+    KITTI 07 trajectories with the ground plane: 0.472 against 0.478 m with SIFT.)"""
     import pyceres
 
-    class PathLengthCost(pyceres.CostFunction):
+    class DistanceCost(pyceres.CostFunction):
         def __init__(self):
             pyceres.CostFunction.__init__(self)
             self.set_num_residuals(1)
@@ -533,7 +532,7 @@ def _path_length_cost(pairs: list[tuple[int, int]], free: list[int], fixed: dict
         def residual(self, blocks) -> float:
             c = dict(fixed)
             c.update({k: _centre(b) for k, b in zip(free, blocks)})
-            return (sum(float(np.linalg.norm(c[a] - c[b])) for a, b in pairs) - distance) / sigma
+            return (float(np.linalg.norm(c[a] - c[b])) - distance) / sigma
 
         def Evaluate(self, parameters, residuals, jacobians):
             blocks = [np.array(p, float) for p in parameters]
@@ -549,7 +548,7 @@ def _path_length_cost(pairs: list[tuple[int, int]], free: list[int], fixed: dict
                     jacobians[k][d] = (self.residual(plus) - self.residual(minus)) / (2 * h)
             return True
 
-    return PathLengthCost()
+    return DistanceCost()
 
 
 def _solve_gtsam(problem: WindowProblem, cfg: BackendConfig, poses: np.ndarray, points: np.ndarray, k1: float,
