@@ -73,6 +73,7 @@ def main() -> int:
             overrides = parse_overrides(args.set)
             overrides["matching.io_net"] = io
             cfg = load_config(args.config, overrides=overrides)
+            cfg.backend.threaded = False  # deterministic, as kp2d replay (the scores are its report.json's)
             key = "io_net" if io else "no_io_net"
             runs = results["runs"].setdefault(key, {})
             for name, path in sequences.items():
