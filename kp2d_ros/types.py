@@ -235,6 +235,13 @@ class PoseEstimate:
     scale_rescaled: float = 1.0
     scale_notes: str = ""
 
+    def odometry(self) -> tuple[np.ndarray, np.ndarray]:
+        """(``T_world_odom``, ``T_odom_cam``); without the split (not computed) odom is the world: the identity and
+        ``T_world_cam``."""
+        T_world_odom = np.eye(4) if self.T_world_odom is None else np.asarray(self.T_world_odom, np.float64)
+        T_odom_cam = self.T_world_cam if self.T_odom_cam is None else self.T_odom_cam
+        return T_world_odom, np.asarray(T_odom_cam, np.float64)
+
 
 @dataclass
 class Trajectory:

@@ -111,18 +111,18 @@ class ReplayResult:
     def refined_report(self) -> dict | None:
         """ATE/RPE of :attr:`refined` (``path.json``): ``ate_rmse_m``, ``rpe_rot_deg``, ``rpe_trans_m`` (None
         without ground truth), or None without a backend."""
-        if self.refined is None:
-            return None
-        gt_keys = metrics_report(self.refined_metrics)
-        return {k: gt_keys[k] for k in ("ate_rmse_m", "rpe_rot_deg", "rpe_trans_m")}
+        return None if self.refined is None else _accuracy(self.refined_metrics)
 
     def in_map_report(self) -> dict | None:
         """ATE/RPE of :attr:`in_map` (``map.json``), the same keys as :meth:`refined_report`; None without a
         backend."""
-        if self.in_map is None:
-            return None
-        gt_keys = metrics_report(self.in_map_metrics)
-        return {k: gt_keys[k] for k in ("ate_rmse_m", "rpe_rot_deg", "rpe_trans_m")}
+        return None if self.in_map is None else _accuracy(self.in_map_metrics)
+
+
+def _accuracy(metrics: TrajectoryMetrics | None) -> dict:
+    """``ate_rmse_m``, ``rpe_rot_deg``, ``rpe_trans_m`` of ``metrics`` (None each without ground truth)."""
+    gt_keys = metrics_report(metrics)
+    return {k: gt_keys[k] for k in ("ate_rmse_m", "rpe_rot_deg", "rpe_trans_m")}
 
 
 class RefinedPath:
@@ -200,7 +200,7 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
                 if refined is not None:
                     refined.rescale(rescale)
             in_map.append(np.array(est.T_world_cam, dtype=np.float64))
-            poses.append(np.array(est.T_world_cam if est.T_odom_cam is None else est.T_odom_cam, dtype=np.float64))
+            poses.append(est.odometry()[1].copy())
             if refined is not None:
                 refined.add(est, pipeline.keyframe_poses())
             statuses.append(TrackingStatus(est.status))

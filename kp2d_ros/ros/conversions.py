@@ -220,14 +220,12 @@ def odom_covariance(est: PoseEstimate, T_base_cam: np.ndarray) -> np.ndarray | N
     ``T_odom_base = T_base_cam @ T_odom_cam @ inv(T_base_cam)``: the axes rotate by ``T_base_cam``, and the rotation
     uncertainty moves the base by its lever arm from the camera.
     """
-    if getattr(est, "covariance", None) is None:
+    if est.covariance is None:
         return None
-    T_world_odom, T_odom_cam = getattr(est, "T_world_odom", None), getattr(est, "T_odom_cam", None)
-    T_world_odom = np.eye(4) if T_world_odom is None else np.asarray(T_world_odom, dtype=np.float64)
-    T_odom_cam = est.T_world_cam if T_odom_cam is None else T_odom_cam
+    T_world_odom, T_odom_cam = est.odometry()
     A = np.kron(np.eye(2), T_world_odom[:3, :3].T)
     cov = A @ np.asarray(est.covariance, dtype=np.float64) @ A.T
-    return covariance_to_odom(cov, np.asarray(T_odom_cam, dtype=np.float64), np.asarray(T_base_cam, dtype=np.float64))
+    return covariance_to_odom(cov, T_odom_cam, np.asarray(T_base_cam, dtype=np.float64))
 
 
 def estimate_pose_covariance(est: PoseEstimate, T_base_cam: np.ndarray) -> list[float]:

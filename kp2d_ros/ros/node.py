@@ -412,8 +412,7 @@ class VONode(Node):
         T_ext = conv.odom_extrinsic(self.T_base_cam, metric)
         # REP 105: odometry and TF odom -> base continue without the backend's corrections (T_odom_cam); those are
         # TF map -> odom, and the path is in map
-        T_odom_cam = getattr(est, "T_odom_cam", None)
-        T_odom_cam = est.T_world_cam if T_odom_cam is None else np.asarray(T_odom_cam, float)
+        T_odom_cam = est.odometry()[1]
         T_odom_base = self._odom_base(T_odom_cam, metric)
         T_map_base = self._odom_base(est.T_world_cam, metric)
         odom = Odometry()
