@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kp2d_ros.config import BackendConfig
-from kp2d_ros.geometry import invert_se3
+from kp2d_ros.geometry import invert_se3, orthonormalize_se3
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ class WindowProblem:
     k1: float = 0.0
     calibrate: bool = False
     distances: np.ndarray = field(default_factory=lambda: np.empty((0, 4)))
+    next_landmark_id: int = -1
+    revision: int = -1  # the map's revision at the snapshot (-1: unknown)
 
 
 @dataclass
@@ -99,6 +101,8 @@ class BAResult:
     iterations: int = 0
     time_ms: float = 0.0
     k1: float | None = None  # the window's estimate of the residual radial distortion (self-calibration)
+    next_landmark_id: int = -1  # the snapshot's (WindowProblem.next_landmark_id): newer landmarks were not in it
+    revision: int = -1  # the snapshot's map revision (WindowProblem.revision)
 
 
 class LocalMap:
@@ -266,30 +270,56 @@ class LocalMap:
                               if a in where and b in where], float).reshape(-1, 4)
         return WindowProblem(np.array(ids), np.stack([self.poses[k] for k in ids]), num_fixed, self.landmark_ids[rows].copy(),
                              self.positions[rows].copy(), np.searchsorted(ids, kf[sel]), np.searchsorted(rows, row[sel]),
-                             xy[sel].copy(), float(sigma), float(k1), bool(calibrate), distances)
+                             xy[sel].copy(), float(sigma), float(k1), bool(calibrate), distances, self._next_lm,
+                             self.revision)
 
     def apply(self, result: BAResult) -> bool:
-        """Take an optimisation's poses and positions. Keyframes created after its snapshot move rigidly with
-        the newest optimised keyframe; culled observations are removed, and landmarks left with fewer than
-        two observations with them. Returns False (nothing taken) for a skipped window, or a stale one: its
-        newest keyframe has left the window, or belongs to a map reset since."""
+        """Take an optimisation's poses and positions; culled observations are removed, and landmarks left with
+        fewer than two observations with them. Returns False (nothing taken) for a skipped window, or a stale one:
+        its newest keyframe has left the window, or belongs to a map reset since, or another result was applied
+        after its snapshot (:attr:`BAResult.revision`).
+
+        A result that lands late (threaded backend) finds keyframes and landmarks made after its snapshot. They
+        were chained onto the newest optimised keyframe with the scale of its landmarks' depths, so they follow
+        it by a similarity: its new pose, and the ratio of those depths after and before (:meth:`_depth_ratio`).
+        Moved only rigidly, they would keep the old scale against landmarks that have the new one."""
         if not result.optimised or max(result.poses, default=-1) not in self.poses:
             return False
+        if 0 <= result.revision != self.revision:
+            # another result was applied after this snapshot: taking this one would undo it
+            log.warning("backend: a window from map revision %d landed at revision %d: not applied",
+                        result.revision, self.revision)
+            return False
         newest = max(result.poses)
-        correction = result.poses[newest] @ invert_se3(self.poses[newest])
+        old_pose, new_pose = self.poses[newest].copy(), result.poses[newest]
+        rows, alive = self.rows(result.landmark_ids)
+        scale = self._depth_ratio(newest, old_pose, new_pose, result.landmark_ids[alive], result.positions[alive])
+        relative = invert_se3(old_pose)  # world -> the newest keyframe's old camera
+
+        def follow(T: np.ndarray) -> np.ndarray:
+            T_rel = relative @ T
+            T_rel[:3, 3] *= scale
+            return new_pose @ T_rel
+
+        # a followed pose is re-projected onto SO(3): a keyframe corrected window after window would otherwise drift
+        # off it, and the drift doubles with each correction (new @ inv(old) @ pose; a threaded KITTI replay blew up)
         for k in self.poses:
             if k in result.poses:
                 self.poses[k] = result.poses[k].copy()
             elif k > newest:
-                self.poses[k] = correction @ self.poses[k]
-        rows, alive = self.rows(result.landmark_ids)
+                self.poses[k] = orthonormalize_se3(follow(self.poses[k]))
         self.positions[rows[alive]] = result.positions[alive]
-        # landmarks made since the snapshot (every observation newer than it) move with the newest keyframe
+        # landmarks made since the snapshot follow the newest keyframe: those the pair (newest, newest + 1) made
+        # too, triangulated from the newest keyframe's old pose (every landmark made before it has a smaller id)
         first_view = np.full(len(self.landmark_ids), np.iinfo(np.int64).max)
         np.minimum.at(first_view, self._obs_rows(), self.obs_keyframe)
         moved = (first_view > newest) & (first_view < np.iinfo(np.int64).max)
+        if result.next_landmark_id >= 0:
+            moved |= self.landmark_ids >= result.next_landmark_id
         moved[rows[alive]] = False
-        self.positions[moved] = self.positions[moved] @ correction[:3, :3].T + correction[:3, 3]
+        if moved.any():
+            X = self.positions[moved] @ relative[:3, :3].T + relative[:3, 3]
+            self.positions[moved] = (scale * X) @ new_pose[:3, :3].T + new_pose[:3, 3]
         rejected = np.asarray(result.rejected, np.int64).reshape(-1, 2)
         if len(rejected):
             base = int(max(self.obs_keyframe.max(initial=0), rejected[:, 1].max())) + 1  # one int64 per (landmark, keyframe)
@@ -304,6 +334,23 @@ class LocalMap:
                 self._keep_landmarks(~drop)
         self.revision += 1
         return True
+
+    def _depth_ratio(self, keyframe: int, old_pose: np.ndarray, new_pose: np.ndarray, landmark_ids: np.ndarray,
+                     new_positions: np.ndarray) -> float:
+        """Median ratio of the distances from ``keyframe``'s camera centre to the optimised landmarks it observes,
+        after (``new_pose``, ``new_positions``) over before (``old_pose``, the map's positions); 1 with fewer than
+        :data:`MIN_KEYFRAME_OBSERVATIONS` of them. The scale the front end chained onto the keyframe."""
+        seen = np.isin(landmark_ids, self.obs_landmark[self.obs_keyframe == keyframe])
+        if seen.sum() < MIN_KEYFRAME_OBSERVATIONS:
+            return 1.0
+        rows, alive = self.rows(landmark_ids[seen])
+        before = np.linalg.norm(self.positions[rows[alive]] - old_pose[:3, 3], axis=1)
+        after = np.linalg.norm(new_positions[seen][alive] - new_pose[:3, 3], axis=1)
+        ok = before > 0
+        if ok.sum() < MIN_KEYFRAME_OBSERVATIONS:
+            return 1.0
+        ratio = float(np.median(after[ok] / before[ok]))
+        return ratio if np.isfinite(ratio) and ratio > 0 else 1.0
 
 
 def _select_tracks(track: np.ndarray, row: np.ndarray, kf: np.ndarray, lids: np.ndarray, ids: list[int],
@@ -383,7 +430,8 @@ def bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float = 
     result = BAResult(True, num_keyframes=n_kf, num_landmarks=n_lm, num_observations=int(len(keep)),
                       error_px_before=float(np.median(before[np.isfinite(before)]) * to_px) if np.isfinite(before).any() else float("nan"),
                       error_px_after=float(np.median(err[keep]) * to_px) if keep.any() else float("nan"),
-                      iterations=iters, k1=float(k1) if problem.calibrate else None)
+                      iterations=iters, k1=float(k1) if problem.calibrate else None,
+                      next_landmark_id=problem.next_landmark_id, revision=problem.revision)
     for i, k in enumerate(problem.keyframe_ids):
         result.poses[int(k)] = poses[i].copy() if i >= problem.num_fixed else problem.poses[i].copy()
     reason = _implausible(problem, result, keep, cfg)
@@ -754,6 +802,12 @@ class BackendWorker:
         with self._cond:
             done, self._done = self._done, None
             return done
+
+    def ready(self) -> bool:
+        """Nothing pending or running, and no finished result waiting for :meth:`poll`: a snapshot taken now
+        sees every result applied."""
+        with self._cond:
+            return self._pending is None and not self._busy and self._done is None
 
     def idle(self) -> bool:
         """Nothing pending or running (a finished result may still wait for :meth:`poll`)."""

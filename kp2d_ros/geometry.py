@@ -91,6 +91,19 @@ def invert_se3(T: np.ndarray) -> np.ndarray:
     return se3(R.T, -R.T @ t)
 
 
+def orthonormalize_se3(T: np.ndarray) -> np.ndarray:
+    """``T`` (4, 4) with its rotation block replaced by the nearest rotation matrix (SVD; the translation kept).
+
+    Chains of products drift off SO(3) by rounding, and :func:`invert_se3` (which uses the transpose) then is
+    no inverse. Where a pose is corrected by ``new @ inv(old) @ pose`` again and again (the backend's windows
+    landing on newer keyframes), that error doubles with each correction: re-project there."""
+    U, _, Vt = np.linalg.svd(T[:3, :3])
+    R = U @ Vt
+    if np.linalg.det(R) < 0:
+        R = U @ np.diag([1.0, 1.0, -1.0]) @ Vt
+    return se3(R, np.asarray(T[:3, 3], float))
+
+
 def compose_relative(T_world_cam0: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Camera-1 pose from camera-0 pose and the relative motion ``x1 = R x0 + t`` (metric t).
 

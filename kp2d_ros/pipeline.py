@@ -21,7 +21,7 @@ from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend, to_grey
 from kp2d_ros.geometry import (bearings, cauchy_cost, compose_covariance, compose_relative, estimate_relative_pose,
-                               focal_length, invert_se3, inverse_depths, normalize_points, refine_pose,
+                               focal_length, invert_se3, inverse_depths, normalize_points, orthonormalize_se3, refine_pose,
                                relative_motion_covariance, rotation_angle_deg, rotation_compensated_parallax,
                                rotation_covariance, sampson_errors, scale_from_inverse_depths, skew,
                                two_view_covariance, vote_log_scale)
@@ -228,6 +228,7 @@ class VOPipeline:
                 # a pipeline dropped without close() must not leave its worker thread and process behind
                 weakref.finalize(self, self.worker.close)
         self.last_backend: BAResult | None = None
+        self._backend_due = False  # a window waits for the busy worker (threaded)
         self._focal = 1.0
         self._backend_ms = 0.0
 
@@ -261,6 +262,8 @@ class VOPipeline:
                 t0 = time.perf_counter()
                 self._after_backend(result)
                 self._backend_ms += (time.perf_counter() - t0) * 1e3
+            if self._backend_due and self.map is not None:  # a keyframe came while the worker was busy
+                self._run_backend()
         with _timed(timings, "network"):
             feats = features if features is not None else self.detect(frame)
         self._grey = to_grey(frame.image) if self.cfg.refine.method != "none" else None
@@ -815,8 +818,14 @@ class VOPipeline:
         kf.landmarks[idx1[new]] = self.map.add_landmarks(Xw, {self.ref.id: n0[new], kf.id: n1[new]})
 
     def _run_backend(self) -> None:
-        """Optimise the window after a new keyframe: on the worker (threaded; the result is taken at a later
-        frame) or here, waiting for it (deterministic)."""
+        """Optimise the window after a new keyframe: here, waiting for it (deterministic), or on the worker
+        (threaded; the result is taken at a later frame). The worker gets a snapshot only when it is free and its
+        last result has been taken, else the window is due and goes at the first frame that finds it free: a
+        snapshot taken before a result was applied would undo that result when it lands in turn."""
+        if self.worker is not None and not self.worker.ready():
+            self._backend_due = True
+            return
+        self._backend_due = False
         t0 = time.perf_counter()
         problem = self.map.problem(self.cfg.backend.noise_px / self._focal, self.k1,
                                    self._self_calibrating(self._raw_camera))
@@ -848,8 +857,9 @@ class VOPipeline:
             # threaded worker's window lands while the last frame is posed against the reference; the deterministic
             # one lands at the keyframe's own frame (the reference), whose odom stays its front-end pose.
             correction = self.map.poses[ref.id] @ invert_se3(ref.T_world_cam)
-            self.T_world_odom = correction @ self.T_world_odom
-            self.last_pose = correction @ self.last_pose  # (threaded: the last frame was posed against the reference)
+            self.T_world_odom = orthonormalize_se3(correction @ self.T_world_odom)
+            # (threaded: the last frame was posed against the reference)
+            self.last_pose = orthonormalize_se3(correction @ self.last_pose)
             ref.T_world_cam = self.map.poses[ref.id].copy()
             T_cam_world = invert_se3(ref.T_world_cam)
             idx = np.flatnonzero(ref.landmarks >= 0)
