@@ -756,6 +756,51 @@ def _lower_priority(increment: int) -> None:
             pass
 
 
+class LaggedWorker:
+    """A deterministic stand-in for :class:`BackendWorker`: each window's result comes back at the ``lag``-th
+    :meth:`poll` after its :meth:`submit` (``lag`` frames late; the node's windows land a few keyframes late on
+    a busy CPU), optimised in the caller's thread. ``kp2d replay --backend-lag N`` runs the node's timing with it,
+    reproducibly; :meth:`wait` finishes the running window at once."""
+
+    def __init__(self, cfg: BackendConfig, lag: int = 3):
+        if lag < 1:
+            raise ValueError(f"lag must be >= 1 frame, got {lag}")
+        self.cfg, self.lag = cfg, int(lag)
+        self._job: tuple[WindowProblem, float] | None = None
+        self._polls = 0
+        self._done: BAResult | None = None
+
+    def submit(self, problem: WindowProblem, focal_px: float) -> None:
+        self._job, self._polls = (problem, focal_px), 0
+
+    def ready(self) -> bool:
+        return self._job is None and self._done is None
+
+    def idle(self) -> bool:
+        return self._job is None
+
+    def _finish(self) -> None:
+        problem, focal = self._job
+        self._job, self._done = None, bundle_adjust(problem, self.cfg, focal)
+
+    def poll(self) -> BAResult | None:
+        if self._job is not None:
+            self._polls += 1
+            if self._polls >= self.lag:
+                self._finish()
+        done, self._done = self._done, None
+        return done
+
+    def wait(self, timeout: float | None = None) -> BAResult | None:
+        if self._job is not None:
+            self._finish()
+        done, self._done = self._done, None
+        return done
+
+    def close(self) -> None:
+        self._job = self._done = None
+
+
 class BackendWorker:
     """One optimisation at a time, the newest window wins, in a child process.
 

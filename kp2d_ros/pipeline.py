@@ -16,7 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
-from kp2d_ros.backend import BAResult, BackendWorker, LocalMap, WindowProblem, bundle_adjust, check_solver
+from kp2d_ros.backend import (BAResult, BackendWorker, LaggedWorker, LocalMap, WindowProblem, bundle_adjust,
+                              check_solver)
 from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend, to_grey
@@ -149,9 +150,13 @@ class VOPipeline:
     scorer : optional learned match filter (IO-Net); its probabilities replace the match scores,
         matches below ``cfg.matching.io_threshold`` are dropped and the rest ordered for PROSAC.
         Built from ``cfg.matching.io_net_path`` when None and ``cfg.matching.io_net`` is set.
+    worker : the backend's worker: a :class:`kp2d_ros.backend.LaggedWorker` replays the node's late windows
+        reproducibly; when None, a :class:`kp2d_ros.backend.BackendWorker` with ``backend.threaded``, else the
+        windows are optimised in :meth:`process` (deterministic).
     """
 
-    def __init__(self, cfg: VOConfig, frontend: Frontend | None = None, scorer: MatchScorer | None = None):
+    def __init__(self, cfg: VOConfig, frontend: Frontend | None = None, scorer: MatchScorer | None = None,
+                 worker: BackendWorker | LaggedWorker | None = None):
         self.cfg = cfg
         apply_thread_settings(cfg.pipeline)
         self.frontend = frontend if frontend is not None else build_frontend(cfg.frontend)
@@ -166,7 +171,7 @@ class VOPipeline:
         self.scorer = scorer
         self.metric = MetricScale(cfg)  # metric scale: ground plane / wheel odometry (kp2d_ros/scale.py)
         self.ground_points = GroundPoints(cfg)
-        self.worker: BackendWorker | None = None
+        self.worker = worker  # the backend's worker (BackendWorker when backend.threaded, built at reset)
         self.map: LocalMap | None = None
         # Self-calibration (backend.self_calibration): the residual radial distortion k1 the windows estimate, and
         # the one the front end undistorts with (the median of the latest; kept across resets: same camera).

@@ -30,6 +30,9 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--backend-threaded", action="store_true",
                    help="optimise backend windows on a worker thread, as the node does (default: wait for each "
                         "window, so that runs are reproducible)")
+    p.add_argument("--backend-lag", type=int, default=0, metavar="N",
+                   help="take each backend window N frames after its keyframe, as the node's worker does on a busy "
+                        "CPU, reproducibly (the window is optimised in this thread; 0: wait for each window)")
     p.add_argument("--simulate", default=None, metavar="SPEC",
                    help="robustness variant of the input: comma-separated stop=K:R (R copies of frame K, a stop), "
                         "drop=A:B (frames A..B missing), every=N (every N-th frame), frames=S:E (a clip); "
@@ -155,6 +158,8 @@ def run(args) -> int:
 
     if args.max_frames is not None and args.max_frames <= 0:
         raise DataError(f"--max-frames must be > 0, got {args.max_frames}")
+    if args.backend_lag < 0 or args.backend_lag and args.backend_threaded:
+        raise DataError("--backend-lag must be >= 0, and not combined with --backend-threaded")
     cfg = load_effective_config(args)
     cfg.backend.threaded = bool(args.backend_threaded)  # deterministic unless asked
     seq = open_sequence(args.path, image_topic=args.image_topic, camera_info_topic=args.camera_info_topic,
@@ -163,7 +168,17 @@ def run(args) -> int:
         from kp2d_ros.data.faults import simulate
 
         seq = simulate(seq, args.simulate)
-    result = replay(seq, cfg, progress=not args.no_progress)
+    pipeline = None
+    if args.backend_lag:
+        from kp2d_ros.backend import LaggedWorker
+        from kp2d_ros.pipeline import VOPipeline
+
+        pipeline = VOPipeline(cfg, worker=LaggedWorker(cfg.backend, args.backend_lag))
+    try:
+        result = replay(seq, cfg, progress=not args.no_progress, pipeline=pipeline)
+    finally:
+        if pipeline is not None:
+            pipeline.close()
     out_dir = Path(args.out)
     report = write_outputs(result, seq, cfg, out_dir)
     print_summary(result, report, out_dir)
