@@ -745,14 +745,21 @@ def _main_script_hidden():
         main.__dict__.update(saved)
 
 
-def _lower_priority(increment: int) -> None:
-    """Initializer of the worker process: run at a lower CPU priority (``backend.worker_nice``)."""
+def _lower_priority(increment: int, idle: bool = False) -> None:
+    """Initializer of the worker process: run at a lower CPU priority (``backend.worker_nice``) and, with ``idle``
+    (``backend.worker_idle``), in Linux's SCHED_IDLE class. Even at nice 19 the optimisation took time slices from
+    the front end's torch threads on 2 cores; as SCHED_IDLE it runs only on CPU time they leave."""
     import os
 
     if increment > 0:
         try:
             os.nice(increment)
         except OSError:  # not permitted here: run at the normal priority
+            pass
+    if idle and hasattr(os, "SCHED_IDLE"):  # Linux; lowering one's own class needs no privilege
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
             pass
 
 
@@ -832,7 +839,8 @@ class BackendWorker:
             # spawn: a fork of a process running torch/rclpy threads is not safe
             # niced: on a small CPU the optimisation must not take the front end's cores (the latency of every frame)
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_lower_priority, initargs=(self.cfg.worker_nice,))
+                                             initializer=_lower_priority,
+                                             initargs=(self.cfg.worker_nice, self.cfg.worker_idle))
         with _main_script_hidden() if starting else nullcontext():  # the process starts with the first submit
             future = self._pool.submit(bundle_adjust, problem, self.cfg, focal)
         return future.result()

@@ -291,6 +291,7 @@ class BackendConfig:
     max_step_change: float = 3.0  # a window changing a keyframe step's length by more is rejected (diverged)
     threaded: bool = True  # optimise on a worker thread (the node); kp2d replay waits for each window
     worker_nice: int = 19  # CPU priority decrease of the threaded optimisation's process (0: same as the node; 19: the lowest)
+    worker_idle: bool = True  # that process in Linux's SCHED_IDLE class: it runs on CPU time no other task wants
     # Online self-calibration: every window also estimates the camera's first radial distortion coefficient k1 (on
     # top of the configured/CameraInfo model; plumb_bob and rational_polynomial), from the images alone, and the front
     # end undistorts with the median of the last ``k1_windows`` estimates. A residual k1 turns rotation into false

@@ -208,6 +208,7 @@ def test_worker_thread_gives_the_same_result():
         pids = list(worker._pool._processes)
         assert pids and all(os.getpriority(os.PRIO_PROCESS, pid) == min(os.nice(0) + m2.cfg.worker_nice, 19)
                             for pid in pids)
+        assert m2.cfg.worker_idle and all(os.sched_getscheduler(pid) == os.SCHED_IDLE for pid in pids)
     finally:
         worker.close()
     assert result is not None and result.optimised
