@@ -105,6 +105,23 @@ class BAResult:
     revision: int = -1  # the snapshot's map revision (WindowProblem.revision)
 
 
+@dataclass(frozen=True)
+class BackendStatus:
+    """How the backend keeps up (the node's diagnostics).
+
+    windows : optimised windows taken so far (the map's revision).
+    lag_keyframes : how many keyframes had been made since the snapshot of the last window taken (0: it landed at
+        once; the node's windows land later when the CPU is busy, and late windows cost accuracy).
+    time_ms : the last window's optimisation time.
+    last : "ok", or why the last window was skipped or not taken.
+    """
+
+    windows: int
+    lag_keyframes: int
+    time_ms: float
+    last: str
+
+
 class LocalMap:
     """The poses of the window's keyframes and the landmarks they observe.
 

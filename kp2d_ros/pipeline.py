@@ -16,8 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
-from kp2d_ros.backend import (BAResult, BackendWorker, LaggedWorker, LocalMap, WindowProblem, bundle_adjust,
-                              check_solver)
+from kp2d_ros.backend import (BAResult, BackendStatus, BackendWorker, LaggedWorker, LocalMap, WindowProblem,
+                              bundle_adjust, check_solver)
 from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend, to_grey
@@ -234,6 +234,8 @@ class VOPipeline:
                 weakref.finalize(self, self.worker.close)
         self.last_backend: BAResult | None = None
         self._backend_due = False  # a window waits for the busy worker (threaded)
+        self._backend_refused = ""  # why the last optimised window was not taken
+        self.backend_lag = 0  # keyframes made between the last taken window's snapshot and its landing
         self._focal = 1.0
         self._backend_ms = 0.0
 
@@ -793,6 +795,18 @@ class VOPipeline:
         """Bumped each time an optimised window is taken (0 without a backend)."""
         return self.map.revision if self.map is not None else 0
 
+    def backend_status(self) -> BackendStatus | None:
+        """Windows taken, how late the last one landed, its time and outcome; None without a backend."""
+        if self.map is None:
+            return None
+        last = self.last_backend
+        if last is None:
+            outcome = "no window yet"
+        else:
+            outcome = self._backend_refused or ("ok" if last.optimised else last.reason)
+        return BackendStatus(self.map.revision, self.backend_lag, float(last.time_ms) if last is not None else 0.0,
+                             outcome)
+
     def keyframe_poses(self) -> dict[int, np.ndarray]:
         """Copies of the current (refined) ``T_world_cam`` of the backend's window keyframes."""
         if self.map is None:
@@ -848,7 +862,11 @@ class VOPipeline:
         and depths (the next frames' scale rests on them), and the speed prior's distance."""
         self.last_backend = result
         if self.map is None or not self.map.apply(result):
+            if result.optimised:  # stale: its keyframes left the window, or an older snapshot
+                self._backend_refused = "a late window was not taken (stale)"
             return
+        self._backend_refused = ""
+        self.backend_lag = self.map.next_keyframe_id - 1 - max(result.poses)
         if result.k1 is not None:
             bc = self.cfg.backend
             self.k1_estimates = (self.k1_estimates + [float(result.k1)])[-bc.k1_windows:]

@@ -308,7 +308,11 @@ def test_late_windows_keep_the_trajectory(lag):
         worker = CheckedLaggedWorker(cfg.backend, worker_lag) if worker_lag else None
         vo = VOPipeline(cfg, frontend=PointWorldFrontend(gt, noise_px=1.0, seed=1), worker=worker)
         try:
-            out = [vo.process(frame(i)) for i in range(n)]
+            out, lags = [], set()
+            for i in range(n):
+                out.append(vo.process(frame(i)))
+                if window:
+                    lags.add(vo.backend_status().lag_keyframes)
         finally:
             vo.close()
         errors[name] = _end_error(out, gt)
@@ -316,6 +320,14 @@ def test_late_windows_keep_the_trajectory(lag):
             assert vo.map.revision == worker.results >= n // (lag + 3)  # every optimised result was taken
             for T in list(vo.map.poses.values()) + [e.T_world_cam for e in out]:
                 np.testing.assert_allclose(T[:3, :3].T @ T[:3, :3], np.eye(3), atol=1e-9)
+        if window:
+            status = vo.backend_status()
+            assert status.windows == vo.map.revision and status.last == "ok" and status.time_ms > 0
+            # taken at the start of the lag-th frame after its snapshot: lag - 1 keyframes made meanwhile, or lag for a
+            # window that waited for the worker (its snapshot was taken at the start of the next frame)
+            assert max(lags) == 0 if worker is None else lag - 1 <= max(lags) <= lag
+        else:
+            assert vo.backend_status() is None
     assert errors["late"] < 1.15 * errors["waited"], errors
     assert errors["late"] < 0.85 * errors["off"], errors
 

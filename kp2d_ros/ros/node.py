@@ -509,11 +509,22 @@ class VONode(Node):
             "scale_source": getattr(est, "scale_source", "none") if est is not None else "none",
             "scale_notes": getattr(est, "scale_notes", "") if est is not None else "",
             "wheel_odometry": str(self.stats["wheel_odometry"]) if self.wheel is not None else "off",
+            **self._backend_diagnostics(),
             **{f"publish_ms_{k}": f"{np.median(v):.3f}" if v else "nan" for k, v in self._publish_ms.items()},
             "last_warning": self.last_warning,
         }
         st.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         return st
+
+    def _backend_diagnostics(self) -> dict[str, str]:
+        """The local bundle adjustment's keys: windows taken, how many keyframes late the last one landed (late
+        windows cost accuracy: ``backend.worker_idle``), its time and outcome; ``backend: off`` without it."""
+        status_of = getattr(self.pipeline, "backend_status", None)
+        status = status_of() if status_of is not None else None
+        if status is None:
+            return {"backend": "off"}
+        return {"backend": status.last, "backend_windows": str(status.windows),
+                "backend_lag_keyframes": str(status.lag_keyframes), "backend_ms": f"{status.time_ms:.1f}"}
 
     def _publish_diagnostics(self) -> None:
         arr = DiagnosticArray(status=[self.diagnostics()])
