@@ -151,6 +151,8 @@ def test_bag_through_node_matches_offline_replay(storage, bags, params_file, tmp
         listener.pub_bad.publish(bad)
         wait_until(lambda: listener.diagnostic("rejected") == "1", "rejection in diagnostics")
         assert listener.diagnostic("processed") == "20" and "yuv422" in listener.diagnostic("last_warning")
+        # the backend (deterministic here: each window taken at once) reports itself
+        assert int(listener.diagnostic("backend_windows")) > 0 and listener.diagnostic("backend_lag_keyframes") == "0"
         assert proc.poll() is None, "vo_node died"
     finally:
         listener.close()
