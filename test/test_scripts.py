@@ -132,3 +132,28 @@ def test_scale_blocks_finds_a_stretched_block(tmp_path):
     out = tmp_path / "blocks.json"
     assert main([str(tmp_path), "--out", str(out)]) == 0 and json.loads(out.read_text())["results"][0]["steps"] == 40
     assert main([str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+# scripts/backend_lag.py (issue 13: how late the node's windows land)
+# --------------------------------------------------------------------------------------------
+def test_backend_lag_records_every_taken_window(tmp_path):
+    """A threaded replay of the synthetic street with SIFT: windows are taken, each with its lag (keyframes made
+    while it was optimised: 0 or more, at most the sequence), and the odometry stays accurate; window 0 is an
+    error."""
+    from kp2d_ros.data.synthetic import write_synthetic_sequence
+
+    seq = write_synthetic_sequence(tmp_path / "seq", n_frames=20)
+    out = tmp_path / "lag.json"
+    cmd = [sys.executable, str(REPO / "scripts" / "backend_lag.py"), str(seq), "--config",
+           str(REPO / "config" / "vo_classical.yaml"), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["frontend"] == "sift" and report["worker_idle"] is False and report["frames"] == 20
+    assert report["windows_taken"] == len(report["lag_keyframes"]) > 0
+    assert all(0 <= lag < 20 for lag in report["lag_keyframes"])
+    assert report["ate_rmse_m"] < 0.03 * 19 * 0.2
+    res = subprocess.run(cmd + ["--set", "backend.window=0"], capture_output=True, text=True, cwd=REPO, timeout=300,
+                         env=env)
+    assert res.returncode == 2 and "backend.window" in res.stderr
