@@ -139,21 +139,24 @@ def test_scale_blocks_finds_a_stretched_block(tmp_path):
 def test_backend_lag_records_every_taken_window(tmp_path):
     """A threaded replay of the synthetic street with SIFT: windows are taken, each with its lag (keyframes made
     while it was optimised: 0 or more, at most the sequence), and the odometry stays accurate; window 0 is an
-    error."""
+    error. The worker at the node's priority (``backend.worker_nice=0``): at nice 19 it starves while SIFT's thread
+    pool fills both cores (a CI run took no window in 20 frames, a run beside one busy process none in 60), which
+    is the trade-off the script exists to show, not what this test checks."""
     from kp2d_ros.data.synthetic import write_synthetic_sequence
 
-    seq = write_synthetic_sequence(tmp_path / "seq", n_frames=20)
+    n = 60
+    seq = write_synthetic_sequence(tmp_path / "seq", n_frames=n)
     out = tmp_path / "lag.json"
     cmd = [sys.executable, str(REPO / "scripts" / "backend_lag.py"), str(seq), "--config",
-           str(REPO / "config" / "vo_classical.yaml"), "--out", str(out)]
+           str(REPO / "config" / "vo_classical.yaml"), "--set", "backend.worker_nice=0", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["frontend"] == "sift" and report["worker_idle"] is False and report["frames"] == 20
+    assert report["frontend"] == "sift" and report["worker_idle"] is False and report["frames"] == n
     assert report["windows_taken"] == len(report["lag_keyframes"]) > 0
-    assert all(0 <= lag < 20 for lag in report["lag_keyframes"])
-    assert report["ate_rmse_m"] < 0.03 * 19 * 0.2
+    assert all(0 <= lag < n for lag in report["lag_keyframes"])
+    assert report["ate_rmse_m"] < 0.03 * (n - 1) * 0.2
     res = subprocess.run(cmd + ["--set", "backend.window=0"], capture_output=True, text=True, cwd=REPO, timeout=300,
                          env=env)
     assert res.returncode == 2 and "backend.window" in res.stderr
