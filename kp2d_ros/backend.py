@@ -310,7 +310,8 @@ class LocalMap:
         newest = max(result.poses)
         old_pose, new_pose = self.poses[newest].copy(), result.poses[newest]
         rows, alive = self.rows(result.landmark_ids)
-        scale = self._depth_ratio(newest, old_pose, new_pose, result.landmark_ids[alive], result.positions[alive])
+        scale = self._depth_ratio(newest, old_pose, new_pose, result.landmark_ids[alive], self.positions[rows[alive]],
+                                  result.positions[alive])
         relative = invert_se3(old_pose)  # world -> the newest keyframe's old camera
 
         def follow(T: np.ndarray) -> np.ndarray:
@@ -353,16 +354,14 @@ class LocalMap:
         return True
 
     def _depth_ratio(self, keyframe: int, old_pose: np.ndarray, new_pose: np.ndarray, landmark_ids: np.ndarray,
-                     new_positions: np.ndarray) -> float:
-        """Median ratio of the distances from ``keyframe``'s camera centre to the optimised landmarks it observes,
-        after (``new_pose``, ``new_positions``) over before (``old_pose``, the map's positions); 1 with fewer than
-        :data:`MIN_KEYFRAME_OBSERVATIONS` of them. The scale the front end chained onto the keyframe."""
+                     old_positions: np.ndarray, new_positions: np.ndarray) -> float:
+        """Median ratio of the distances from ``keyframe``'s camera centre to the optimised landmarks
+        ``landmark_ids`` it observes, after (``new_pose``, ``new_positions``) over before (``old_pose``,
+        ``old_positions``); 1 with fewer than :data:`MIN_KEYFRAME_OBSERVATIONS` of them. The scale the front end
+        chained onto the keyframe."""
         seen = np.isin(landmark_ids, self.obs_landmark[self.obs_keyframe == keyframe])
-        if seen.sum() < MIN_KEYFRAME_OBSERVATIONS:
-            return 1.0
-        rows, alive = self.rows(landmark_ids[seen])
-        before = np.linalg.norm(self.positions[rows[alive]] - old_pose[:3, 3], axis=1)
-        after = np.linalg.norm(new_positions[seen][alive] - new_pose[:3, 3], axis=1)
+        before = np.linalg.norm(old_positions[seen] - old_pose[:3, 3], axis=1)
+        after = np.linalg.norm(new_positions[seen] - new_pose[:3, 3], axis=1)
         ok = before > 0
         if ok.sum() < MIN_KEYFRAME_OBSERVATIONS:
             return 1.0
@@ -800,9 +799,6 @@ class LaggedWorker:
     def ready(self) -> bool:
         return self._job is None and self._done is None
 
-    def idle(self) -> bool:
-        return self._job is None
-
     def _finish(self) -> None:
         problem, focal = self._job
         self._job, self._done = None, bundle_adjust(problem, self.cfg, focal)
@@ -878,11 +874,6 @@ class BackendWorker:
         sees every result applied."""
         with self._cond:
             return self._pending is None and not self._busy and self._done is None
-
-    def idle(self) -> bool:
-        """Nothing pending or running (a finished result may still wait for :meth:`poll`)."""
-        with self._cond:
-            return self._pending is None and not self._busy
 
     def wait(self, timeout: float | None = None) -> BAResult | None:
         """Block until nothing is pending or running; then :meth:`poll`."""
