@@ -875,6 +875,11 @@ class BackendWorker:
         with self._cond:
             return self._pending is None and not self._busy and self._done is None
 
+    def idle(self) -> bool:
+        """Nothing pending or running (a finished result may still wait for :meth:`poll`)."""
+        with self._cond:
+            return self._pending is None and not self._busy
+
     def wait(self, timeout: float | None = None) -> BAResult | None:
         """Block until nothing is pending or running; then :meth:`poll`."""
         with self._cond:
