@@ -69,6 +69,34 @@ def bearings(normalised: np.ndarray) -> np.ndarray:
     return b / np.linalg.norm(b, axis=1, keepdims=True)
 
 
+def patch_warps(points: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Local linear maps from image 0 to image 1 at 3-D points seen by both (the zoom, rotation and shear a
+    small patch undergoes), for a patch on the plane through each point facing camera 0.
+
+    Parameters
+    ----------
+    points : (N, 3) points in camera-0 coordinates (z > 0). R, t : pose 0 -> 1 (``X1 = R X0 + t``), in the
+        points' unit. K : (3, 3) pinhole intrinsics of both images (distortion's change over a patch is ignored).
+
+    Returns
+    -------
+    (N, 2, 2) float64 Jacobians d(pixel 1) / d(pixel 0); NaN where a point is not in front of both cameras.
+    """
+    X = np.asarray(points, np.float64).reshape(-1, 3)
+    Y = X @ R.T + t
+    z0, z1 = X[:, 2], Y[:, 2]
+    fx, fy = K[0, 0], K[1, 1]
+    dX = np.zeros((len(X), 3, 2))  # d(X0) / d(pixel 0) on the fronto-parallel plane at depth z0
+    dX[:, 0, 0], dX[:, 1, 1] = z0 / fx, z0 / fy
+    dpi = np.zeros((len(X), 2, 3))  # d(pixel 1) / d(X1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dpi[:, 0, 0], dpi[:, 0, 2] = fx / z1, -fx * Y[:, 0] / z1 ** 2
+        dpi[:, 1, 1], dpi[:, 1, 2] = fy / z1, -fy * Y[:, 1] / z1 ** 2
+    J = np.einsum("nij,jk,nkl->nil", dpi, R, dX)
+    J[(z0 <= 0) | (z1 <= 0)] = np.nan
+    return J
+
+
 def focal_length(camera: Camera) -> float:
     """Mean focal length in pixels (converts pixel thresholds to normalised units)."""
     return 0.5 * float(camera.K[0, 0] + camera.K[1, 1])

@@ -22,7 +22,8 @@ from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend, to_grey
 from kp2d_ros.geometry import (bearings, cauchy_cost, compose_covariance, compose_relative, estimate_relative_pose,
-                               focal_length, invert_se3, inverse_depths, normalize_points, orthonormalize_se3, refine_pose,
+                               focal_length, invert_se3, inverse_depths, normalize_points, orthonormalize_se3, patch_warps,
+                               refine_pose,
                                relative_motion_covariance, rotation_angle_deg, rotation_compensated_parallax,
                                rotation_covariance, sampson_errors, scale_from_inverse_depths, skew,
                                two_view_covariance, vote_log_scale)
@@ -289,7 +290,7 @@ class VOPipeline:
                     matches = self._filter(matches, feats, camera)
             if self._grey is not None:
                 with _timed(timings, "refine"):
-                    feats = self._refine(feats, matches)
+                    feats = self._refine(feats, matches, frame, camera)
             before = self._backend_ms
             with _timed(timings, "pose"):
                 est = self._track(frame, camera, feats, matches)
@@ -397,19 +398,45 @@ class VOPipeline:
         probs = self.scorer.score(kp0, kp1, matches.distances, (camera.width, camera.height))
         return filter_matches(matches, probs, self.cfg.matching.io_threshold)
 
-    def _refine(self, feats: Features, matches: Matches) -> Features:
+    def _refine(self, feats: Features, matches: Matches, frame: Frame, camera: Camera) -> Features:
         """``feats`` with its matched keypoints moved to their sub-pixel positions relative to the
         reference keyframe's (unmatched and unrefined ones stay where the frontend put them). When this
         frame becomes a keyframe, the next frames are refined against these positions: tracks stay
-        consistent from keyframe to keyframe."""
+        consistent from keyframe to keyframe. With ``refine.affine`` each reference patch is first warped as
+        the predicted motion moves it (:meth:`_patch_warps`)."""
         ref_img = self.ref.image
         if ref_img is None or ref_img.shape != self._grey.shape or len(matches) == 0:
             return feats
-        r = refine_matches(ref_img, self._grey, self.ref.features.keypoints[matches.idx0],
-                           feats.keypoints[matches.idx1], self.cfg.refine)
+        kp0 = self.ref.features.keypoints[matches.idx0]
+        warps = self._patch_warps(matches.idx0, kp0, frame, camera) if self.cfg.refine.affine else None
+        r = refine_matches(ref_img, self._grey, kp0, feats.keypoints[matches.idx1], self.cfg.refine, warps)
         keypoints = feats.keypoints.copy()
         keypoints[matches.idx1] = r.keypoints
         return replace(feats, keypoints=keypoints)
+
+    def _patch_warps(self, idx0: np.ndarray, kp0: np.ndarray, frame: Frame, camera: Camera) -> np.ndarray | None:
+        """(M, 2, 2) predicted local maps reference -> this frame of the matched reference keypoints, or None
+        without a prediction. The motion is the last pair's rotation and direction at the speed prior's length;
+        the points are the reference's known depths. A point without a depth, or with an implausible map (a
+        determinant outside 1/2..2), keeps the identity: plain translation, as without ``refine.affine``."""
+        stamp = float(frame.stamp)
+        usable = np.isfinite(stamp) and (self.last_stamp is None or stamp > self.last_stamp)
+        expected = self._prior(_Tick(stamp if usable else None, self.frames_seen + 1))
+        if self.last_motion is None or expected is None:
+            return None
+        R, t = self.last_motion
+        rho = self.ref.inv_depth[idx0]
+        known = np.isfinite(rho) & (rho > 0)
+        if not known.any():
+            return None
+        warps = np.tile(np.eye(2), (len(idx0), 1, 1))
+        X = bearings(normalize_points(kp0[known], camera)) / rho[known, None]
+        J = patch_warps(X, R, t / np.linalg.norm(t) * expected[0], camera.K)
+        det = np.linalg.det(np.nan_to_num(J))
+        good = np.isfinite(J).all(axis=(1, 2)) & (det > 0.5) & (det < 2.0)
+        rows = np.flatnonzero(known)[good]
+        warps[rows] = J[good]
+        return warps
 
     def _initialise(self, frame: Frame, feats: Features) -> PoseEstimate:
         self.ref = Keyframe(features=feats, T_world_cam=self.last_pose.copy(), image=self._grey)

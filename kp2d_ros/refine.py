@@ -27,15 +27,18 @@ class Refinement:
     keypoints : (M, 2) float32 current-image pixels: refined where ``refined``, the seeds elsewhere.
     refined : (M,) bool, passed the forward-backward and shift checks.
     fb_error : (M,) float32 forward-backward distance in pixels (inf where tracking failed).
+    residual : (M,) float32 mean absolute grey-level difference of the tracked window (OpenCV's LK error; inf
+        where tracking failed).
     """
 
     keypoints: np.ndarray
     refined: np.ndarray
     fb_error: np.ndarray
+    residual: np.ndarray | None = None
 
 
 def refine_matches(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, kp1: np.ndarray,
-                   cfg: RefineConfig) -> Refinement:
+                   cfg: RefineConfig, warps: np.ndarray | None = None) -> Refinement:
     """Sub-pixel positions in ``image1`` of the reference keypoints ``kp0``, seeded with their matches ``kp1``.
 
     Parameters
@@ -43,6 +46,14 @@ def refine_matches(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, kp1:
     image0, image1 : (H, W) uint8 grey reference and current images (same size).
     kp0, kp1 : (M, 2) matched keypoints in pixels (0-based pixel centres).
     cfg : ``refine`` section (window, pyramid levels, forward-backward and shift bounds).
+    warps : (M, 2, 2) the local linear maps from the reference image to the current one at each match (the
+        zoom, rotation and shear that the motion gives each patch, :func:`kp2d_ros.geometry.patch_warps`), or
+        None: plain translation. With them each reference patch is resampled as it should look in the current
+        image before tracking (:func:`_affine_lk`): translation-only Lucas-Kanade on a patch that grows by 6 %
+        between the frames is off by ~0.2 px (median, KITTI images), as much as the detector's own noise at that
+        size. A match whose warped track fails its checks keeps its plain track. (Keeping, per match, whichever
+        of the two has the smaller window residual was tried: KITTI 07 0.176 m against 0.124 m warped and
+        0.193 m plain.)
 
     Returns
     -------
@@ -52,12 +63,29 @@ def refine_matches(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, kp1:
     seeds = np.ascontiguousarray(kp1, np.float32).reshape(-1, 1, 2)
     if m == 0:
         return Refinement(seeds.reshape(0, 2), np.zeros(0, bool), np.zeros(0, np.float32))
+    kp0, seeds = np.asarray(kp0, np.float32), seeds.reshape(-1, 2)
+    if warps is None:
+        return _plain_lk(image0, image1, kp0, seeds, cfg)
+    out = _affine_lk(image0, image1, kp0, seeds, warps, cfg)
+    redo = np.flatnonzero(~out.refined)  # the plain track where the warped one failed its checks (a larger move)
+    if len(redo):
+        plain = _plain_lk(image0, image1, kp0[redo], seeds[redo], cfg)
+        out.keypoints[redo], out.refined[redo] = plain.keypoints, plain.refined
+        out.fb_error[redo], out.residual[redo] = plain.fb_error, plain.residual
+    return out
+
+
+def _plain_lk(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, seeds: np.ndarray,
+              cfg: RefineConfig) -> Refinement:
+    """Pyramidal Lucas-Kanade from ``kp0`` seeded with ``seeds`` (M, 2), tracked back and checked."""
+    m = len(kp0)
+    seeds = seeds.reshape(-1, 1, 2)
     p0 = np.ascontiguousarray(kp0, np.float32).reshape(-1, 1, 2)
     win = (cfg.window_px, cfg.window_px)
     crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, cfg.iterations, 0.01)
     flags = cv2.OPTFLOW_USE_INITIAL_FLOW
-    fwd, st1, _ = cv2.calcOpticalFlowPyrLK(image0, image1, p0, seeds.copy(), winSize=win, maxLevel=cfg.levels,
-                                           criteria=crit, flags=flags)
+    fwd, st1, err = cv2.calcOpticalFlowPyrLK(image0, image1, p0, seeds.copy(), winSize=win, maxLevel=cfg.levels,
+                                             criteria=crit, flags=flags)
     back, st0, _ = cv2.calcOpticalFlowPyrLK(image1, image0, fwd, p0.copy(), winSize=win, maxLevel=cfg.levels,
                                             criteria=crit, flags=flags)
     fwd, back = fwd.reshape(-1, 2), back.reshape(-1, 2)
@@ -70,4 +98,70 @@ def refine_matches(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, kp1:
     refined = ok & (fb <= cfg.max_fb_error_px) & (shift <= cfg.max_shift_px) & inside
     out = seeds.reshape(-1, 2).copy()
     out[refined] = fwd[refined]
-    return Refinement(out, refined, fb)
+    return Refinement(out, refined, fb, np.where(ok, err.ravel(), np.inf).astype(np.float32))
+
+
+def _tiles(image: np.ndarray, centres: np.ndarray, maps: np.ndarray | None, radius: int) -> np.ndarray:
+    """A mosaic of square tiles of side ``n = 2 radius + 1`` on a G x G grid (G = ceil(sqrt(M))): tile i, at grid
+    row i // G and column i % G, samples ``image`` at ``centres[i] + maps[i] @ (dx, dy)`` for the tile's offsets
+    (dx, dy) from its centre (bilinear, edges replicated; ``maps`` None: the identity). -> (G n, G n) uint8."""
+    m, n = len(centres), 2 * radius + 1
+    g = int(np.ceil(np.sqrt(m)))
+    d = np.arange(-radius, radius + 1, dtype=np.float32)
+    c = np.full((g * g, 2), -1e4, np.float32)  # the grid's unused tiles sample outside (the replicated edge)
+    c[:m] = centres
+    a = np.zeros((g * g, 2, 2), np.float32)
+    a[:m] = np.eye(2) if maps is None else maps
+
+    def grid(v):  # (g * g,) per tile -> (g, 1, g, 1), broadcasting over (row, y, column, x)
+        return v.reshape(g, 1, g, 1)
+
+    dx, dy = d.reshape(1, 1, 1, n), d.reshape(1, n, 1, 1)
+    xs = (grid(c[:, 0]) + grid(a[:, 0, 0]) * dx + grid(a[:, 0, 1]) * dy).reshape(g * n, g * n)
+    ys = (grid(c[:, 1]) + grid(a[:, 1, 0]) * dx + grid(a[:, 1, 1]) * dy).reshape(g * n, g * n)
+    return cv2.remap(image, xs, ys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _affine_lk(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, seeds: np.ndarray, warps: np.ndarray,
+               cfg: RefineConfig) -> Refinement:
+    """Lucas-Kanade with each reference patch pre-warped by its local map: the reference tiles are the patches
+    around ``kp0`` resampled through ``warps`` (as they should look in the current image), the current tiles are
+    the current image around the seeds rounded to whole pixels (not resampled); one pyramidal LK call over the
+    two mosaics tracks every tile centre, and a track back checks each as in :func:`refine_matches`. It tracks on the
+    full-resolution level only (``refine.levels`` is not used): the seeds are within the detector's error, and a
+    coarser level of the mosaic would see the neighbouring tiles."""
+    m = len(kp0)
+    radius = cfg.window_px // 2 + int(np.ceil(cfg.max_shift_px)) + 2
+    n = 2 * radius + 1
+    g = int(np.ceil(np.sqrt(m)))
+    inv = np.linalg.inv(warps.astype(np.float64))  # current-tile offsets -> reference-image offsets
+    ok_warp = np.isfinite(inv).all(axis=(1, 2))
+    inv[~ok_warp] = np.eye(2)
+    base = np.round(seeds).astype(np.float32)
+    ref_tiles = _tiles(image0, kp0, inv, radius)
+    cur_tiles = _tiles(image1, base, None, radius)
+    i = np.arange(m)
+    centre = np.stack([(i % g) * n + radius, (i // g) * n + radius], 1).astype(np.float32)
+    start = centre + (seeds - base)
+    win = (cfg.window_px, cfg.window_px)
+    crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, cfg.iterations, 0.01)
+    flags = cv2.OPTFLOW_USE_INITIAL_FLOW
+    fwd, st1, err = cv2.calcOpticalFlowPyrLK(ref_tiles, cur_tiles, centre.reshape(-1, 1, 2),
+                                             start.reshape(-1, 1, 2), winSize=win, maxLevel=0, criteria=crit,
+                                             flags=flags)
+    back, st0, _ = cv2.calcOpticalFlowPyrLK(cur_tiles, ref_tiles, fwd, centre.reshape(-1, 1, 2).copy(),
+                                            winSize=win, maxLevel=0, criteria=crit, flags=flags)
+    fwd, back = fwd.reshape(-1, 2), back.reshape(-1, 2)
+    ok = (st1.ravel() == 1) & (st0.ravel() == 1) & np.isfinite(fwd).all(axis=1) & np.isfinite(back).all(axis=1)
+    fb = np.full(m, np.inf, np.float32)
+    fb[ok] = np.linalg.norm(back[ok] - centre[ok], axis=1)
+    moved = fwd - centre
+    out_pts = base + moved
+    shift = np.linalg.norm(out_pts - seeds, axis=1)
+    h, w = image1.shape[:2]
+    inside = (out_pts[:, 0] >= 0) & (out_pts[:, 0] <= w - 1) & (out_pts[:, 1] >= 0) & (out_pts[:, 1] <= h - 1)
+    in_tile = (np.abs(moved) <= radius - cfg.window_px // 2).all(axis=1)
+    refined = ok & (fb <= cfg.max_fb_error_px) & (shift <= cfg.max_shift_px) & inside & in_tile
+    out = seeds.copy()
+    out[refined] = out_pts[refined]
+    return Refinement(out.astype(np.float32), refined, fb, np.where(ok, err.ravel(), np.inf).astype(np.float32))

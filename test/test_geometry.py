@@ -320,3 +320,35 @@ def test_relative_motion_covariance_matches_sampled_motions():
         d.append(np.r_[T[:3, 3] - T0[:3, 3], cv2.Rodrigues(T[:3, :3] @ T0[:3, :3].T)[0].ravel()])
     sd = np.sqrt(np.outer(np.diag(predicted), np.diag(predicted)))
     np.testing.assert_allclose(np.cov(np.array(d).T) / sd, predicted / sd, atol=0.08)
+
+
+def test_patch_warps_are_the_jacobians_of_the_plane_mapping():
+    """patch_warps against finite differences of the mapping pixel 0 -> pixel 1 through the plane facing camera
+    0 at each point; a forward motion magnifies by z0 / z1; points behind a camera get NaN."""
+    from kp2d_ros.geometry import patch_warps
+
+    K = np.array([[500.0, 0, 320], [0, 480.0, 240], [0, 0, 1]])
+    rng = np.random.default_rng(0)
+    X = np.c_[rng.uniform(-3, 3, (20, 2)), rng.uniform(4, 20, 20)]
+    a = np.radians(4.0)
+    R = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    t = np.array([0.2, -0.05, -0.8])
+    J = patch_warps(X, R, t, K)
+
+    def pix(P):
+        return (P[:, :2] / P[:, 2:]) * [K[0, 0], K[1, 1]] + K[:2, 2]
+
+    def through_plane(u):  # pixel 0 -> point on the plane z = z0 -> pixel 1
+        Z = X[:, 2:]
+        P = np.c_[(u[:, 0:1] - K[0, 2]) / K[0, 0] * Z, (u[:, 1:2] - K[1, 2]) / K[1, 1] * Z, Z]
+        return pix(P @ R.T + t)
+
+    u0, h = pix(X), 1e-4
+    for k in range(2):
+        d = np.zeros(2)
+        d[k] = h
+        np.testing.assert_allclose(J[:, :, k], (through_plane(u0 + d) - through_plane(u0 - d)) / (2 * h),
+                                   rtol=1e-5, atol=1e-7)
+    fwd = patch_warps(np.array([[1.0, 0.5, 10.0]]), np.eye(3), np.array([0, 0, -0.6]), K)[0]
+    np.testing.assert_allclose(fwd, np.eye(2) * 10.0 / 9.4, rtol=1e-12)
+    assert np.isnan(patch_warps(np.array([[0, 0, 0.5]]), np.eye(3), np.array([0, 0, -1.0]), K)).all()
