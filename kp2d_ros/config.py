@@ -111,9 +111,9 @@ class RefineConfig:
     max_fb_error_px: float = 0.5  # tracking back must land this close to the reference keypoint
     max_shift_px: float = 3.0  # and the refined position stay this close to the detector's
     # Warp each reference patch by the motion predicted for it (constant velocity, the reference's known depths)
-    # before tracking: plain translation misjudges a patch that zooms as the camera drives towards it. With a
-    # prediction the matches are tracked on the full-resolution level only (``levels`` applies without one: the
-    # first pair, after a loss).
+    # before tracking: plain translation misjudges a patch that zooms as the camera drives towards it. The warped
+    # tracks use the full-resolution level only; ``levels`` applies to the plain ones (no prediction yet: the
+    # first pair, after a loss; a warped track that failed its checks).
     affine: bool = True
 
     def validate(self) -> None:

@@ -52,7 +52,8 @@ def main() -> int:
                 errors[name].append(np.linalg.norm(r.keypoints - truth, axis=1)[r.refined])
         for name, e in errors.items():
             e = np.concatenate(e)
-            print(f"zoom {s:.2f} {name:<6} refined {len(e):>5}  median {np.median(e):.3f} px  rms {np.sqrt((e ** 2).mean()):.3f} px")
+            rms = np.sqrt((e ** 2).mean())
+            print(f"zoom {s:.2f} {name:<6} refined {len(e):>5}  median {np.median(e):.3f} px  rms {rms:.3f} px")
     return 0
 
 

@@ -184,3 +184,19 @@ def test_pipeline_predicts_the_patch_warps_from_the_motion():
     assert moved.mean() > 0.5
     assert np.median(np.linalg.det(w[moved])) > 1.0  # driving forward: patches grow
     assert np.all(np.isfinite(w)) and np.all(np.linalg.det(w) > 0.5)
+
+
+def test_singular_or_missing_warps_fall_back_to_plain_tracking():
+    """Degenerate maps (zero, NaN) are treated as the identity: no exception, the matches still refine."""
+    img0 = texture(0)
+    d = np.array([0.37, -0.62], np.float32)
+    img1 = shifted(img0, *d)
+    kp0 = grid()
+    seeds = kp0 + d + 0.5
+    warps = np.tile(np.eye(2), (len(kp0), 1, 1))
+    warps[::3] = 0.0
+    warps[1::3] = np.nan
+    r = refine_matches(img0, img1, kp0, seeds, RefineConfig(method="lk"), warps)
+    assert r.refined.mean() > 0.9
+    err = np.linalg.norm(r.keypoints[r.refined] - (kp0[r.refined] + d), axis=1)
+    assert np.median(err) < 0.05
