@@ -418,9 +418,7 @@ class VOPipeline:
         without a prediction. The motion is the last pair's rotation and direction at the speed prior's length;
         the points are the reference's known depths. A point without a depth, or with an implausible map (a
         determinant outside 1/2..2), keeps the identity: plain translation, as without ``refine.affine``."""
-        stamp = float(frame.stamp)
-        usable = np.isfinite(stamp) and (self.last_stamp is None or stamp > self.last_stamp)
-        expected = self._prior(_Tick(stamp if usable else None, self.frames_seen + 1))
+        expected = self._prior(self._next_tick(frame))
         if self.last_motion is None or expected is None:
             return None
         R, t = self.last_motion
@@ -452,14 +450,20 @@ class VOPipeline:
                             ref_keypoints=np.zeros((0, 2), np.float32), cur_keypoints=np.zeros((0, 2), np.float32),
                             covariance=self.ref_cov.copy(), motion_model="none")
 
-    def _tick(self, frame: Frame) -> _Tick:
-        """Count ``frame``; its stamp is usable when finite and later than the last usable one."""
-        self.frames_seen += 1
+    def _next_tick(self, frame: Frame) -> _Tick:
+        """The tick :meth:`_tick` will give ``frame``, without counting it: its stamp is usable when finite and
+        later than the last usable one."""
         stamp = float(frame.stamp)
-        if np.isfinite(stamp) and (self.last_stamp is None or stamp > self.last_stamp):
-            self.last_stamp = stamp
-            return _Tick(stamp, self.frames_seen)
-        return _Tick(None, self.frames_seen)
+        usable = np.isfinite(stamp) and (self.last_stamp is None or stamp > self.last_stamp)
+        return _Tick(stamp if usable else None, self.frames_seen + 1)
+
+    def _tick(self, frame: Frame) -> _Tick:
+        """Count ``frame`` (:meth:`_next_tick`)."""
+        now = self._next_tick(frame)
+        self.frames_seen = now.count
+        if now.stamp is not None:
+            self.last_stamp = now.stamp
+        return now
 
     def _prior(self, now: _Tick) -> tuple[float, float] | None:
         """(expected translation length since ``self.base``, allowed change factor) at constant speed.

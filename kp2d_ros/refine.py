@@ -27,14 +27,11 @@ class Refinement:
     keypoints : (M, 2) float32 current-image pixels: refined where ``refined``, the seeds elsewhere.
     refined : (M,) bool, passed the forward-backward and shift checks.
     fb_error : (M,) float32 forward-backward distance in pixels (inf where tracking failed).
-    residual : (M,) float32 mean absolute grey-level difference of the tracked window (OpenCV's LK error; inf
-        where tracking failed).
     """
 
     keypoints: np.ndarray
     refined: np.ndarray
     fb_error: np.ndarray
-    residual: np.ndarray | None = None
 
 
 def refine_matches(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, kp1: np.ndarray,
@@ -70,35 +67,49 @@ def refine_matches(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, kp1:
     redo = np.flatnonzero(~out.refined)  # the plain track where the warped one failed its checks (a larger move)
     if len(redo):
         plain = _plain_lk(image0, image1, kp0[redo], seeds[redo], cfg)
-        out.keypoints[redo], out.refined[redo] = plain.keypoints, plain.refined
-        out.fb_error[redo], out.residual[redo] = plain.fb_error, plain.residual
+        out.keypoints[redo], out.refined[redo], out.fb_error[redo] = plain.keypoints, plain.refined, plain.fb_error
     return out
+
+
+def _track_back_and_forth(image0: np.ndarray, image1: np.ndarray, p0: np.ndarray, start: np.ndarray, levels: int,
+                          cfg: RefineConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LK from ``p0`` (M, 2) in ``image0`` to ``image1`` starting at ``start``, then back from there to ``image0``.
+    -> (M, 2) tracked positions, (M,) bool tracked both ways, (M,) float32 forward-backward distance (inf where
+    not tracked)."""
+    p0 = np.ascontiguousarray(p0, np.float32).reshape(-1, 1, 2)
+    win = (cfg.window_px, cfg.window_px)
+    crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, cfg.iterations, 0.01)
+    flags = cv2.OPTFLOW_USE_INITIAL_FLOW
+    start = np.array(start, np.float32).reshape(-1, 1, 2)  # a copy: OpenCV writes the result into it
+    fwd, st1, _ = cv2.calcOpticalFlowPyrLK(image0, image1, p0, start, winSize=win, maxLevel=levels, criteria=crit,
+                                           flags=flags)
+    back, st0, _ = cv2.calcOpticalFlowPyrLK(image1, image0, fwd, p0.copy(), winSize=win, maxLevel=levels,
+                                            criteria=crit, flags=flags)
+    fwd, back, p0 = fwd.reshape(-1, 2), back.reshape(-1, 2), p0.reshape(-1, 2)
+    ok = (st1.ravel() == 1) & (st0.ravel() == 1) & np.isfinite(fwd).all(axis=1) & np.isfinite(back).all(axis=1)
+    fb = np.full(len(p0), np.inf, np.float32)
+    fb[ok] = np.linalg.norm(back[ok] - p0[ok], axis=1)
+    return fwd, ok, fb
+
+
+def _checked(positions: np.ndarray, seeds: np.ndarray, ok: np.ndarray, fb: np.ndarray, shape: tuple,
+             cfg: RefineConfig) -> Refinement:
+    """Accept a tracked position when it was tracked both ways, tracking back landed within
+    ``max_fb_error_px``, it moved at most ``max_shift_px`` from its seed and lies in the image; else keep the seed."""
+    h, w = shape[:2]
+    shift = np.linalg.norm(positions - seeds, axis=1)
+    inside = (positions[:, 0] >= 0) & (positions[:, 0] <= w - 1) & (positions[:, 1] >= 0) & (positions[:, 1] <= h - 1)
+    refined = ok & (fb <= cfg.max_fb_error_px) & (shift <= cfg.max_shift_px) & inside
+    out = seeds.astype(np.float32)  # a copy
+    out[refined] = positions[refined]
+    return Refinement(out, refined, fb)
 
 
 def _plain_lk(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, seeds: np.ndarray,
               cfg: RefineConfig) -> Refinement:
     """Pyramidal Lucas-Kanade from ``kp0`` seeded with ``seeds`` (M, 2), tracked back and checked."""
-    m = len(kp0)
-    seeds = seeds.reshape(-1, 1, 2)
-    p0 = np.ascontiguousarray(kp0, np.float32).reshape(-1, 1, 2)
-    win = (cfg.window_px, cfg.window_px)
-    crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, cfg.iterations, 0.01)
-    flags = cv2.OPTFLOW_USE_INITIAL_FLOW
-    fwd, st1, err = cv2.calcOpticalFlowPyrLK(image0, image1, p0, seeds.copy(), winSize=win, maxLevel=cfg.levels,
-                                             criteria=crit, flags=flags)
-    back, st0, _ = cv2.calcOpticalFlowPyrLK(image1, image0, fwd, p0.copy(), winSize=win, maxLevel=cfg.levels,
-                                            criteria=crit, flags=flags)
-    fwd, back = fwd.reshape(-1, 2), back.reshape(-1, 2)
-    ok = (st1.ravel() == 1) & (st0.ravel() == 1) & np.isfinite(fwd).all(axis=1) & np.isfinite(back).all(axis=1)
-    fb = np.full(m, np.inf, np.float32)
-    fb[ok] = np.linalg.norm(back[ok] - kp0[ok], axis=1)
-    shift = np.linalg.norm(fwd - seeds.reshape(-1, 2), axis=1)
-    h, w = image1.shape[:2]
-    inside = (fwd[:, 0] >= 0) & (fwd[:, 0] <= w - 1) & (fwd[:, 1] >= 0) & (fwd[:, 1] <= h - 1)
-    refined = ok & (fb <= cfg.max_fb_error_px) & (shift <= cfg.max_shift_px) & inside
-    out = seeds.reshape(-1, 2).copy()
-    out[refined] = fwd[refined]
-    return Refinement(out, refined, fb, np.where(ok, err.ravel(), np.inf).astype(np.float32))
+    fwd, ok, fb = _track_back_and_forth(image0, image1, kp0, seeds, cfg.levels, cfg)
+    return _checked(fwd, seeds, ok, fb, image1.shape, cfg)
 
 
 def _tiles(image: np.ndarray, centres: np.ndarray, maps: np.ndarray | None, radius: int) -> np.ndarray:
@@ -148,25 +159,7 @@ def _affine_lk(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, seeds: n
     i = np.arange(m)
     centre = np.stack([(i % g) * n + radius, (i // g) * n + radius], 1).astype(np.float32)
     start = centre + (seeds - base)
-    win = (cfg.window_px, cfg.window_px)
-    crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, cfg.iterations, 0.01)
-    flags = cv2.OPTFLOW_USE_INITIAL_FLOW
-    fwd, st1, err = cv2.calcOpticalFlowPyrLK(ref_tiles, cur_tiles, centre.reshape(-1, 1, 2),
-                                             start.reshape(-1, 1, 2), winSize=win, maxLevel=0, criteria=crit,
-                                             flags=flags)
-    back, st0, _ = cv2.calcOpticalFlowPyrLK(cur_tiles, ref_tiles, fwd, centre.reshape(-1, 1, 2).copy(),
-                                            winSize=win, maxLevel=0, criteria=crit, flags=flags)
-    fwd, back = fwd.reshape(-1, 2), back.reshape(-1, 2)
-    ok = (st1.ravel() == 1) & (st0.ravel() == 1) & np.isfinite(fwd).all(axis=1) & np.isfinite(back).all(axis=1)
-    fb = np.full(m, np.inf, np.float32)
-    fb[ok] = np.linalg.norm(back[ok] - centre[ok], axis=1)
+    fwd, ok, fb = _track_back_and_forth(ref_tiles, cur_tiles, centre, start, 0, cfg)
     moved = fwd - centre
-    out_pts = base + moved
-    shift = np.linalg.norm(out_pts - seeds, axis=1)
-    h, w = image1.shape[:2]
-    inside = (out_pts[:, 0] >= 0) & (out_pts[:, 0] <= w - 1) & (out_pts[:, 1] >= 0) & (out_pts[:, 1] <= h - 1)
-    in_tile = (np.abs(moved) <= radius - cfg.window_px // 2).all(axis=1)
-    refined = ok & (fb <= cfg.max_fb_error_px) & (shift <= cfg.max_shift_px) & inside & in_tile
-    out = seeds.copy()
-    out[refined] = out_pts[refined]
-    return Refinement(out.astype(np.float32), refined, fb, np.where(ok, err.ravel(), np.inf).astype(np.float32))
+    ok &= (np.abs(moved) <= radius - cfg.window_px // 2).all(axis=1)  # still inside its tile
+    return _checked(base + moved, seeds, ok, fb, image1.shape, cfg)
