@@ -201,9 +201,10 @@ class PipelineConfig:
     # it moves too slowly to tell: constant-velocity guess (PoseEstimate.motion_model).
     static_parallax_px: float = 0.5
     # A tracked frame becomes the new keyframe when its median rotation-compensated parallax to the
-    # reference exceeds this (pixels), or when fewer than keyframe_min_inliers inliers remain.
-    # 0 = every tracked frame is a keyframe (best on KITTI; larger values hold the position during
-    # the start-up until the first keyframe pair).
+    # reference exceeds this (pixels), or when fewer than keyframe_min_inliers inliers remain; the first
+    # pair (no scale yet) needs only min_parallax_px. 0 = every tracked frame is a keyframe (best on
+    # KITTI 07). On slow motion the backend's windows then span short baselines and drift in scale
+    # through turns; 6-8 px avoid that (README: Robustness, learned frontend).
     keyframe_parallax_px: float = 0.0
     keyframe_min_inliers: int = 100
     # Short baselines leave a valley of near-equivalent (rotation, translation direction) pairs (the

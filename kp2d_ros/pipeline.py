@@ -527,9 +527,12 @@ class VOPipeline:
             sigma0, sigma1 = 1.0 / sin0, 1.0 / sin1
         parallax_px = float(np.median(rotation_compensated_parallax(n0, n1, geom.R))) * f
         n_inl = int(inl.sum())
-        is_kf = displacement_px >= pc.min_parallax_px and (parallax_px >= pc.keyframe_parallax_px
-                                                           or n_inl < pc.keyframe_min_inliers)
         expected = self._prior(now)
+        # The first pair (no speed yet: it defines the unit) needs only min_parallax_px, as every pair with
+        # keyframe_parallax_px 0: a larger spacing is for the keyframes that follow (the window's baselines).
+        spacing = pc.keyframe_parallax_px if expected is not None else 0.0
+        is_kf = displacement_px >= pc.min_parallax_px and (parallax_px >= spacing
+                                                           or n_inl < pc.keyframe_min_inliers)
         prior_std, elapsed = self._prior_log_std(now) if expected is not None else (np.inf, 1.0)
         measured = self._scale(geom, rho0, sigma0, matches, cfg.geometry.ransac_threshold_px / f, expected, prior_std)
         model = "measured"
