@@ -328,7 +328,9 @@ class LocalMap:
                 self.poses[k] = orthonormalize_se3(follow(self.poses[k]))
         self.positions[rows[alive]] = result.positions[alive]
         # landmarks made since the snapshot follow the newest keyframe: those the pair (newest, newest + 1) made
-        # too, triangulated from the newest keyframe's old pose (every landmark made before it has a smaller id)
+        # too, triangulated from the newest keyframe's old pose (every landmark made before it has a smaller id).
+        # Both rules: the id watermark names every landmark made since; a first view after the newest keyframe also
+        # names an older landmark whose earlier observations were culled, so that only keyframes that follow see it
         first_view = np.full(len(self.landmark_ids), np.iinfo(np.int64).max)
         np.minimum.at(first_view, self._obs_rows(), self.obs_keyframe)
         moved = (first_view > newest) & (first_view < np.iinfo(np.int64).max)
