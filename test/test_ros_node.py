@@ -112,11 +112,13 @@ class Rig:
         if self.closed:
             return
         self.closed = True
-        self.executor.shutdown(timeout_sec=1.0)
+        # the spin thread ends before the nodes and the context go: a callback still running (a 10 000-pose path on
+        # a loaded CI machine takes over a second) would otherwise raise in it when the context is shut down
+        self.executor.shutdown(timeout_sec=10.0)
+        self.thread.join(timeout=10.0)
         self.node.destroy_node()
         self.driver.destroy_node()
         rclpy.try_shutdown(context=self.ctx)
-        self.thread.join(timeout=2.0)
 
 
 @pytest.fixture
