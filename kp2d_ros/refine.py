@@ -112,12 +112,23 @@ def _plain_lk(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, seeds: np
     return _checked(fwd, seeds, ok, fb, image1.shape, cfg)
 
 
+def _tile_grid(m: int) -> int:
+    """G, the side (in tiles) of the square mosaic that holds ``m`` tiles: tile i sits at row i // G, column i % G."""
+    return int(np.ceil(np.sqrt(m)))
+
+
+def _tile_centres(m: int, radius: int) -> np.ndarray:
+    """(m, 2) float32 pixel centres (x, y) of the tiles of side ``2 radius + 1`` in the mosaic of :func:`_tiles`."""
+    g, n, i = _tile_grid(m), 2 * radius + 1, np.arange(m)
+    return np.stack([(i % g) * n + radius, (i // g) * n + radius], 1).astype(np.float32)
+
+
 def _tiles(image: np.ndarray, centres: np.ndarray, maps: np.ndarray | None, radius: int) -> np.ndarray:
-    """A mosaic of square tiles of side ``n = 2 radius + 1`` on a G x G grid (G = ceil(sqrt(M))): tile i, at grid
-    row i // G and column i % G, samples ``image`` at ``centres[i] + maps[i] @ (dx, dy)`` for the tile's offsets
-    (dx, dy) from its centre (bilinear, edges replicated; ``maps`` None: the identity). -> (G n, G n) uint8."""
+    """A mosaic of square tiles of side ``n = 2 radius + 1`` on a G x G grid (:func:`_tile_grid`): tile i samples
+    ``image`` at ``centres[i] + maps[i] @ (dx, dy)`` for the tile's offsets (dx, dy) from its centre (bilinear,
+    edges replicated; ``maps`` None: the identity). -> (G n, G n) uint8."""
     m, n = len(centres), 2 * radius + 1
-    g = int(np.ceil(np.sqrt(m)))
+    g = _tile_grid(m)
     d = np.arange(-radius, radius + 1, dtype=np.float32)
     c = np.full((g * g, 2), -1e4, np.float32)  # the grid's unused tiles sample outside (the replicated edge)
     c[:m] = centres
@@ -144,8 +155,6 @@ def _affine_lk(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, seeds: n
     with the plain, pyramidal tracker)."""
     m = len(kp0)
     radius = cfg.window_px // 2 + int(np.ceil(cfg.max_shift_px)) + 2
-    n = 2 * radius + 1
-    g = int(np.ceil(np.sqrt(m)))
     a = np.asarray(warps, np.float64).reshape(m, 2, 2)
     det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
     usable = np.isfinite(a).all(axis=(1, 2)) & (np.abs(det) > 1e-6)
@@ -156,8 +165,7 @@ def _affine_lk(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, seeds: n
     base = np.round(seeds).astype(np.float32)
     ref_tiles = _tiles(image0, kp0, inv, radius)
     cur_tiles = _tiles(image1, base, None, radius)
-    i = np.arange(m)
-    centre = np.stack([(i % g) * n + radius, (i // g) * n + radius], 1).astype(np.float32)
+    centre = _tile_centres(m, radius)
     start = centre + (seeds - base)
     fwd, ok, fb = _track_back_and_forth(ref_tiles, cur_tiles, centre, start, 0, cfg)
     moved = fwd - centre
