@@ -19,7 +19,8 @@ the distance between the two keyframes of the pair it measured, ``((|c_a - c_b| 
 
 Gauge: the ``backend.fixed_keyframes`` oldest keyframes of the window (at least two) are held; two
 fixed poses pin the trajectory's position, orientation *and scale*, so the window cannot slide or
-rescale what was already published. Observations that still reproject beyond
+rescale what was already published. The newest ``window - fixed_keyframes`` are free from the start: a
+window not yet full holds fewer (never under two). Observations that still reproject beyond
 ``backend.max_reprojection_px`` after the optimisation are removed from the map (a second,
 outlier-free optimisation follows), and so are landmarks behind a camera.
 
@@ -256,7 +257,9 @@ class LocalMap:
         :func:`_select_tracks`), in id order, and their observations in the order they were made."""
         cfg = self.cfg
         ids = self.window_ids()
-        num_fixed = min(max(cfg.fixed_keyframes, 2), len(ids))
+        # the newest window - fixed_keyframes are free; the others, at least two (the gauge), are held. A window not
+        # yet full holds only what the full one would: a start-up keyframe is refined before it is frozen.
+        num_fixed = min(max(len(ids) - (cfg.window - max(cfg.fixed_keyframes, 2)), 2), len(ids))
         if len(ids) - num_fixed < 1:
             return BAResult(False, f"{len(ids)} keyframes in the window: none to optimise beyond the {num_fixed} fixed")
         n = len(self.landmark_ids)

@@ -203,8 +203,8 @@ class PipelineConfig:
     # A tracked frame becomes the new keyframe when its median rotation-compensated parallax to the
     # reference exceeds this (pixels), or when fewer than keyframe_min_inliers inliers remain; the first
     # pair (no scale yet) needs only min_parallax_px. 0 = every tracked frame is a keyframe (best on
-    # KITTI 07). On slow motion the backend's windows then span short baselines and drift in scale
-    # through turns; 6-8 px avoid that (README: Robustness, learned frontend).
+    # KITTI 07). On slow motion the backend's windows then span short baselines; 8 of them held
+    # (backend.fixed_keyframes) keep their scale (README: Robustness, the backend's window on slow motion).
     keyframe_parallax_px: float = 0.0
     keyframe_min_inliers: int = 100
     # Short baselines leave a valley of near-equivalent (rotation, translation direction) pairs (the
@@ -283,8 +283,12 @@ class PipelineConfig:
 class BackendConfig:
     """Local bundle adjustment over a sliding window of keyframes (``kp2d_ros/backend.py``)."""
 
-    window: int = 10  # keyframes optimised jointly after each new one; 0: off (README: Local bundle adjustment)
-    fixed_keyframes: int = 2  # the oldest of the window are held (>= 2: fixes position, rotation and scale)
+    window: int = 16  # the last keyframes, jointly optimised after each new one; 0: off (README: Local bundle adjustment)
+    # The oldest of the window are held (>= 2: fixes position, rotation and scale); the newest window - fixed_keyframes
+    # are optimised. Held keyframes anchor the window's scale on a longer baseline: with 2 of 10 held (the old default)
+    # the learned frontend drifted in scale on slow motion (synthetic street at 0.05 m/frame 0.257 m, 8 of 16: 0.024 m;
+    # README: Robustness, the backend's window on slow motion). config/vo_classical.yaml keeps 2 of 10 for SIFT.
+    fixed_keyframes: int = 8
     solver: str = "ceres"  # ceres (pycolmap's bundle adjuster) | gtsam (Levenberg-Marquardt): README, solver choice
     noise_px: float = 1.0  # observation noise (pixels)
     kernel: str = "cauchy"  # robust kernel on the reprojection errors: cauchy | huber
@@ -316,7 +320,8 @@ class BackendConfig:
         if self.fixed_keyframes < 2:
             raise ConfigError(f"backend.fixed_keyframes: must be >= 2 (the gauge), got {self.fixed_keyframes}")
         if self.window and self.fixed_keyframes >= self.window:
-            raise ConfigError(f"backend.fixed_keyframes ({self.fixed_keyframes}) must be < backend.window ({self.window})")
+            raise ConfigError(f"backend.fixed_keyframes ({self.fixed_keyframes}) must be < backend.window ({self.window}): the "
+                              "newest window - fixed_keyframes keyframes are optimised (set both, e.g. 16 and 8, or 10 and 2)")
         _positive("backend.noise_px", self.noise_px)
         _choice("backend.solver", self.solver, ("ceres", "gtsam"))
         _choice("backend.kernel", self.kernel, ("cauchy", "huber"))

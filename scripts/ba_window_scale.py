@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default="config/vo.yaml")
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--window", type=int, default=5)
+    ap.add_argument("--fixed", type=int, default=2, help="backend.fixed_keyframes (held; < --window)")
     ap.add_argument("--every", type=int, default=4)
     ap.add_argument("--out", default="out/ba_window_scale.json")
     args = ap.parse_args(argv)
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     from kp2d_ros.pipeline import VOPipeline
 
     cfg = load_config(args.config)
-    cfg.backend.window, cfg.backend.threaded = args.window, False
+    cfg.backend.window, cfg.backend.fixed_keyframes, cfg.backend.threaded = args.window, args.fixed, False
     seq = open_sequence(args.sequence, camera=cfg.camera, max_frames=args.frames)
     if seq.ground_truth is None:
         print("the sequence has no ground truth", file=sys.stderr)

@@ -25,7 +25,7 @@ def true_poses(n=10):
 def make_map(poses, n_points=600, noise_px=0.25, outlier_ratio=0.0, seed=0, cfg=None, track_len=6, solver="ceres"):
     """A LocalMap of :func:`synthetic_window` (true keyframe poses, perturbed landmarks). Returns (map, window)."""
     w = synthetic_window(len(poses), n_points, noise_px, outlier_ratio, track_len, seed, F, BASELINE)
-    cfg = cfg or BackendConfig(window=len(poses), max_landmarks=10_000, solver=solver)
+    cfg = cfg or BackendConfig(window=len(poses), fixed_keyframes=2, max_landmarks=10_000, solver=solver)
     m = LocalMap(cfg)
     ids = [m.add_keyframe(T) for T in w.poses]
     for j in range(len(w.points)):
@@ -90,7 +90,7 @@ def test_too_few_landmarks_is_skipped_with_a_reason():
     m, _ = make_map(poses, n_points=10)
     result = run_window(m, sigma=1.0 / F, focal_px=F)
     assert not result.optimised and "landmarks" in result.reason
-    lonely = LocalMap(BackendConfig(window=5))
+    lonely = LocalMap(BackendConfig(window=5, fixed_keyframes=2))
     lonely.add_keyframe(np.eye(4))
     assert "keyframes" in run_window(lonely, 1.0 / F, F).reason
 
@@ -98,7 +98,7 @@ def test_too_few_landmarks_is_skipped_with_a_reason():
 def test_keyframe_without_observations_stays_out_of_the_window():
     """A keyframe restarted after a loss observes nothing: it is not a free variable (no singular system)."""
     poses = true_poses(8)
-    m, _ = make_map(poses[:7], cfg=BackendConfig(window=8, max_landmarks=10_000))
+    m, _ = make_map(poses[:7], cfg=BackendConfig(window=8, fixed_keyframes=2, max_landmarks=10_000))
     m.add_keyframe(poses[7])
     problem = m.problem(1.0 / F)
     assert 7 not in problem.keyframe_ids
@@ -109,7 +109,7 @@ def test_the_fixed_keyframes_keep_landmarks_when_the_budget_is_full():
     """More three-view tracks among the newest keyframes than ``backend.max_landmarks``: the oldest, fixed
     keyframes still observe landmarks, or the window has no gauge. (Before, the budget went to the newest
     tracks: the fixed keyframes observed nothing, and on KITTI 07 10-keyframe windows slid and diverged.)"""
-    m = LocalMap(BackendConfig(window=6, max_landmarks=60, min_landmarks=10))
+    m = LocalMap(BackendConfig(window=6, fixed_keyframes=2, max_landmarks=60, min_landmarks=10))
     ids = [m.add_keyframe(T) for T in true_poses(6)]
     xy = np.zeros(2)
     for k in range(5):  # two-view tracks between every consecutive pair
@@ -123,6 +123,20 @@ def test_the_fixed_keyframes_keep_landmarks_when_the_budget_is_full():
     counts = np.bincount(problem.obs_keyframe, minlength=len(problem.keyframe_ids))
     assert counts[:2].min() >= 5, counts
     assert counts.min() >= 5, counts
+
+
+def test_a_window_not_yet_full_holds_only_what_the_full_one_would():
+    """``window - fixed_keyframes`` keyframes are free from the first window on: with 8 of 16 held, the first
+    windows hold two (the gauge), not the first eight keyframes at their front-end poses for good."""
+    poses = true_poses(12)
+    cfg = BackendConfig(window=16, fixed_keyframes=8, max_landmarks=10_000)
+    for n, held in ((9, 2), (10, 2), (12, 4)):
+        m, _ = make_map(poses[:n], cfg=cfg)
+        assert m.problem(1.0 / F).num_fixed == held, n
+    full, _ = make_map(true_poses(16), cfg=cfg)
+    assert full.problem(1.0 / F).num_fixed == 8
+    young, _ = make_map(true_poses(6), cfg=BackendConfig(max_landmarks=10_000))  # the default, 6 keyframes in
+    assert young.problem(1.0 / F).num_fixed == 2
 
 
 def _reprojection_px(m, k, landmark_ids):
@@ -140,7 +154,7 @@ def test_a_late_result_moves_later_keyframes_and_landmarks_by_a_similarity():
     they stay consistent with each other (their reprojection errors do not change) and the later keyframe lands
     near the truth."""
     poses = true_poses(6)
-    m, _ = make_map(poses[:5], cfg=BackendConfig(window=6, max_landmarks=10_000))
+    m, _ = make_map(poses[:5], cfg=BackendConfig(window=6, fixed_keyframes=2, max_landmarks=10_000))
     perturb(m, np.random.default_rng(3))
     problem = m.problem(1.0 / F)
     newest = int(problem.keyframe_ids[-1])
@@ -170,7 +184,7 @@ def test_followed_keyframes_stay_rotations():
     """A later keyframe whose rotation has drifted off SO(3) (products of products) comes back onto it when it
     follows a window: each correction ``new @ inv(old) @ pose`` would otherwise double the drift."""
     poses = true_poses(6)
-    m, _ = make_map(poses[:5], cfg=BackendConfig(window=6, max_landmarks=10_000))
+    m, _ = make_map(poses[:5], cfg=BackendConfig(window=6, fixed_keyframes=2, max_landmarks=10_000))
     perturb(m, np.random.default_rng(3))
     problem = m.problem(1.0 / F)
     late = m.add_keyframe(poses[5])
@@ -228,12 +242,16 @@ def test_config_validation():
 # --------------------------------------------------------------------------------------------
 # In the pipeline (point-world fixture of test_pipeline.py)
 # --------------------------------------------------------------------------------------------
-def _pipeline_run(window, threaded=False, n=20, seed=0):
+def _pipeline_run(window=None, threaded=False, n=20, seed=0, fixed=None):
     from test_pipeline import PointWorldFrontend, driving_poses, frame
 
     gt = driving_poses(n, step=1.0, yaw_deg=1.0, speed_change=0.4)
-    cfg = VOConfig()
-    cfg.backend.window, cfg.backend.threaded = window, threaded
+    cfg = VOConfig()  # window None: the default window
+    cfg.backend.threaded = threaded
+    if window is not None:
+        cfg.backend.window = window
+    if fixed is not None:
+        cfg.backend.fixed_keyframes = fixed
     vo = VOPipeline(cfg, frontend=PointWorldFrontend(gt, noise_px=1.0, seed=seed))
     try:
         out = []
@@ -247,8 +265,8 @@ def _pipeline_run(window, threaded=False, n=20, seed=0):
 
 
 def test_pipeline_deterministic_mode_is_reproducible():
-    a, _, vo = _pipeline_run(10)
-    b, _, _ = _pipeline_run(10)
+    a, _, vo = _pipeline_run()
+    b, _, _ = _pipeline_run()
     assert vo.map.revision > 0 and all(e.timings_ms["backend"] > 0 for e in a if e.is_keyframe and e is not a[0])
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x.T_world_cam, y.T_world_cam)
@@ -265,8 +283,8 @@ def test_backend_reduces_scale_drift_on_the_point_world(seed):
     """1 px noise over 20 keyframes: the scale drifts without the window; with it, waiting for each window or on
     the worker thread, the end point is closer (no similarity fit)."""
     off = _end_error(*_pipeline_run(0, seed=seed)[:2])
-    on = _end_error(*_pipeline_run(10, seed=seed)[:2])
-    out, gt, vo = _pipeline_run(10, threaded=True, seed=seed)
+    on = _end_error(*_pipeline_run(seed=seed)[:2])
+    out, gt, vo = _pipeline_run(threaded=True, seed=seed)
     assert vo.map.revision > 10  # windows came back from the worker and were taken
     assert on < 0.8 * off, (on, off)
     assert _end_error(out, gt) < 0.8 * off
@@ -302,16 +320,18 @@ def test_late_windows_keep_the_trajectory(lag):
     n = 60
     gt = driving_poses(n, step=1.0, yaw_deg=1.0, speed_change=0.4)
     errors = {}
-    for name, window, worker_lag in (("off", 0, 0), ("waited", 10, 0), ("late", 10, lag)):
+    for name, window, worker_lag in (("off", 0, 0), ("waited", None, 0), ("late", None, lag)):  # None: the default
         cfg = VOConfig()
-        cfg.backend.window, cfg.backend.threaded = window, False
+        cfg.backend.threaded = False
+        if window is not None:
+            cfg.backend.window = window
         worker = CheckedLaggedWorker(cfg.backend, worker_lag) if worker_lag else None
         vo = VOPipeline(cfg, frontend=PointWorldFrontend(gt, noise_px=1.0, seed=1), worker=worker)
         try:
             out, lags = [], set()
             for i in range(n):
                 out.append(vo.process(frame(i)))
-                if window:
+                if window != 0:
                     lags.add(vo.backend_status().lag_keyframes)
         finally:
             vo.close()
@@ -320,7 +340,7 @@ def test_late_windows_keep_the_trajectory(lag):
             assert vo.map.revision == worker.results >= n // (lag + 3)  # every optimised result was taken
             for T in list(vo.map.poses.values()) + [e.T_world_cam for e in out]:
                 np.testing.assert_allclose(T[:3, :3].T @ T[:3, :3], np.eye(3), atol=1e-9)
-        if window:
+        if window != 0:
             status = vo.backend_status()
             assert status.windows == vo.map.revision and status.last == "ok" and status.time_ms > 0
             # taken at the start of the lag-th frame after its snapshot: lag - 1 keyframes made meanwhile, or lag for a
@@ -360,7 +380,7 @@ def test_distance_priors_pull_the_window_scale():
 
 
 def test_distance_priors_follow_the_window():
-    m = LocalMap(BackendConfig(window=3))
+    m = LocalMap(BackendConfig(window=3, fixed_keyframes=2))
     ids = [m.add_keyframe(np.eye(4)) for _ in range(3)]
     m.add_distance(ids[0], ids[1], 2.0, 0.02)
     m.add_distance(ids[1], ids[2], 0.0, 0.02)  # not a distance: ignored
@@ -382,8 +402,9 @@ def _step_errors(poses, gt):
 @pytest.mark.parametrize("seed", [0, 2])
 def test_odometry_stays_continuous_and_the_corrections_go_to_map_odom(seed):
     """REP 105: each window's correction of the reference keyframe moves the map pose of the frames after it (a
-    jump between two frames); the odometry continues without it, and T_world_odom holds the corrections."""
-    out, gt, _ = _pipeline_run(10, seed=seed)
+    jump between two frames); the odometry continues without it, and T_world_odom holds the corrections. With 2 of
+    10 keyframes held (the default holds 8 of 16, whose smaller corrections hide the jumps in this 20-frame run)."""
+    out, gt, _ = _pipeline_run(10, seed=seed, fixed=2)
     for e in out:
         np.testing.assert_allclose(e.T_world_odom @ e.T_odom_cam, e.T_world_cam, atol=1e-9)
     corrected = [k for k in range(1, len(out)) if not np.allclose(out[k].T_world_odom, out[k - 1].T_world_odom)]
@@ -452,7 +473,7 @@ def test_a_dropped_pipeline_stops_its_worker():
     from test_pipeline import PointWorldFrontend
 
     cfg = VOConfig()
-    cfg.backend.window, cfg.backend.threaded = 5, True
+    cfg.backend.window, cfg.backend.fixed_keyframes, cfg.backend.threaded = 5, 2, True
     pipe = VOPipeline(cfg, frontend=PointWorldFrontend(true_poses(3)))
     worker = pipe.worker
     assert worker is not None and worker._thread.is_alive()
@@ -478,7 +499,7 @@ from kp2d_ros.pipeline import VOPipeline
 print("script body runs", flush=True)
 gt = driving_poses(12, step=1.0, yaw_deg=1.0)
 cfg = VOConfig()
-cfg.backend.window, cfg.backend.threaded = 5, True
+cfg.backend.window, cfg.backend.fixed_keyframes, cfg.backend.threaded = 5, 2, True
 vo = VOPipeline(cfg, frontend=PointWorldFrontend(gt))
 for i in range(12):
     vo.process(frame(i))

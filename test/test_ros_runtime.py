@@ -393,7 +393,7 @@ def test_node_runs_the_backend_on_its_worker_thread(rig):
 
     seq = list(synthetic_sequence(14, width=320, height=240))
     cam = seq[0].camera
-    r = rig(params={"frontend.type": "sift", "backend.window": 5, "backend.threaded": True,
+    r = rig(params={"frontend.type": "sift", "backend.window": 5, "backend.fixed_keyframes": 2, "backend.threaded": True,
                     "ros.path_period_s": 0.1, "refine.method": "none", "matching.io_net": False})
     assert r.node.pipeline.worker is not None
     r.send_info(info_msg(k=tuple(cam.K.ravel()), w=320, h=240))

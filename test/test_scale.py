@@ -271,7 +271,7 @@ def test_wheel_odometry_that_jumps_back_or_resets_restarts_with_a_warning():
 # --------------------------------------------------------------------------------------------
 # The pipeline with a travelled distance per frame (wheel odometry)
 # --------------------------------------------------------------------------------------------
-def _wheel_run(window: int):
+def _wheel_run(window: int | None):
     """A car at 0.5-1.5 m per 0.1 s (speed varying), wheel odometry at 50 Hz, the backend's window ``window``
     (deterministic). Returns (estimates, the published odometry's step lengths, true step lengths)."""
     n = 25
@@ -285,7 +285,9 @@ def _wheel_run(window: int):
         a = (t - stamps[i]) / 0.1
         wheel.add(t, centres[i] + a * (centres[i + 1] - centres[i]))
     cfg = VOConfig()
-    cfg.backend.window, cfg.backend.threaded = window, False
+    cfg.backend.threaded = False
+    if window is not None:  # None: the default window
+        cfg.backend.window = window
     vo = VOPipeline(cfg, frontend=PointWorldFrontend(gt, noise_px=0.5))
     out = []
     for i in range(n):
@@ -312,7 +314,7 @@ def test_wheel_scale_with_the_default_backend():
     distance is a prior in the window, and both the published odometry and the map pose keep the same claims
     (measured, Ceres and GTSAM: 2.0-2.3 % worst step, length within 0.3 %). Without the priors the window's
     corrections moved the map pose's steps by up to 10 % and its length by 2 %."""
-    out, steps, gt_steps = _wheel_run(window=10)
+    out, steps, gt_steps = _wheel_run(window=None)
     assert out[-1].scale_metric
     assert {e.scale_source for e in out[ACQUIRE_COUNT + 1:]} == {"wheel_odometry"}
     in_map = np.linalg.norm(np.diff([e.T_world_cam[:3, 3] for e in out], axis=0), axis=1)
