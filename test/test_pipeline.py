@@ -653,14 +653,14 @@ def test_slow_synthetic_street_is_as_accurate_as_the_fast_one():
     assert all(errors[None, 0.05][i] <= 1.05 * errors[0, 0.05][i] for i in (0, 1)), errors
 
 
-@pytest.mark.slow
 def test_slow_turn_keeps_its_scale_with_the_default_config():
-    """A slow robot (the synthetic street at 0.05 m/frame, 320 frames, a keyframe every second frame) through the
-    street's turn with ``config/vo.yaml`` as shipped (KeyPointNet, LK, the window): the published odometry's ATE
-    stays under 6 cm on the 16 m path and no 40-frame block's step length strays beyond 10 % of the truth. With 2 of
-    10 keyframes held (stop 24's default) each window's scale rested on a 0.1 m baseline: 0.257 m, the step length
-    0.88x -> 1.18x through the turn; with the 8 of 16 held now, measured 0.024 m and 0.97-1.01x."""
+    """A slow robot (the synthetic street at 0.05 m/frame, a keyframe every second frame) through the street's turn
+    (frames 100-259, 8 m) with ``config/vo.yaml`` as shipped (KeyPointNet, LK, the window): the published odometry's
+    ATE stays under 4 cm and no 40-frame block's step length strays beyond 6 % of the truth. With 2 of 10 keyframes
+    held (stop 24's default) each window's scale rested on a 0.1 m baseline: measured 0.095 m and 0.89x -> 1.07x
+    (the whole 320 frames: 0.257 m); with the 8 of 16 held now, 0.017 m and 0.98-1.01x."""
     from kp2d_ros.config import load_config
+    from kp2d_ros.data.faults import simulate
     from kp2d_ros.data.synthetic import synthetic_sequence
     from kp2d_ros.eval.replay import replay
 
@@ -668,15 +668,15 @@ def test_slow_turn_keeps_its_scale_with_the_default_config():
     cfg.frontend.model_path = str(REPO / "models" / "keypoint_net.pt")
     cfg.matching.io_net_path = str(REPO / "models" / "io_net_epipolar.pt")
     cfg.backend.threaded = False  # deterministic, as kp2d replay
-    seq = synthetic_sequence(320, speed=0.05)
+    seq = simulate(synthetic_sequence(320, speed=0.05), "frames=100:259")
     res = replay(seq, cfg, progress=False)
-    assert res.tracked_frames >= 318
-    assert res.metrics.ate.rmse < 0.06, res.metrics.ate.rmse
+    assert res.tracked_frames >= 158
+    assert res.metrics.ate.rmse < 0.04, res.metrics.ate.rmse
     est = np.array([T[:3, 3] for T in res.estimate.poses])
     gt = np.array([T[:3, 3] for T in seq.ground_truth.poses])
     k = res.metrics.ate.alignment.scale
-    ratios = [k * np.linalg.norm(est[b + 40] - est[b]) / np.linalg.norm(gt[b + 40] - gt[b]) for b in range(8, 280, 40)]
-    assert max(abs(r - 1.0) for r in ratios) < 0.10, ratios
+    ratios = [k * np.linalg.norm(est[b + 40] - est[b]) / np.linalg.norm(gt[b + 40] - gt[b]) for b in (8, 48, 88)]
+    assert max(abs(r - 1.0) for r in ratios) < 0.06, ratios
 
 
 def _two_views(T_1_0, noise_px=0.2, seed=1):
