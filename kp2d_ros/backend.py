@@ -259,7 +259,8 @@ class LocalMap:
         ids = self.window_ids()
         # the newest window - fixed_keyframes are free; the others, at least two (the gauge), are held. A window not
         # yet full holds only what the full one would: a start-up keyframe is refined before it is frozen.
-        num_fixed = min(max(len(ids) - (cfg.window - max(cfg.fixed_keyframes, 2)), 2), len(ids))
+        free = cfg.window - max(cfg.fixed_keyframes, 2)
+        num_fixed = min(max(len(ids) - free, 2), len(ids))
         if len(ids) - num_fixed < 1:
             return BAResult(False, f"{len(ids)} keyframes in the window: none to optimise beyond the {num_fixed} fixed")
         n = len(self.landmark_ids)

@@ -243,15 +243,10 @@ def test_config_validation():
 # In the pipeline (point-world fixture of test_pipeline.py)
 # --------------------------------------------------------------------------------------------
 def _pipeline_run(window=None, threaded=False, n=20, seed=0, fixed=None):
-    from test_pipeline import PointWorldFrontend, driving_poses, frame
+    from test_pipeline import PointWorldFrontend, default_config, driving_poses, frame
 
     gt = driving_poses(n, step=1.0, yaw_deg=1.0, speed_change=0.4)
-    cfg = VOConfig()  # window None: the default window
-    cfg.backend.threaded = threaded
-    if window is not None:
-        cfg.backend.window = window
-    if fixed is not None:
-        cfg.backend.fixed_keyframes = fixed
+    cfg = default_config(window, fixed, threaded)  # None: the default window, held keyframes
     vo = VOPipeline(cfg, frontend=PointWorldFrontend(gt, noise_px=1.0, seed=seed))
     try:
         out = []
@@ -315,16 +310,13 @@ def test_late_windows_keep_the_trajectory(lag):
     result was applied): every result is taken, the rotations stay rotations, and the end point is as close as
     with each window waited for (measured 0.93-1.07x; 1 px noise drifts 20 m over this 57 m path even so) and
     closer than without the window (0.63-0.81x)."""
-    from test_pipeline import PointWorldFrontend, driving_poses, frame
+    from test_pipeline import PointWorldFrontend, default_config, driving_poses, frame
 
     n = 60
     gt = driving_poses(n, step=1.0, yaw_deg=1.0, speed_change=0.4)
     errors = {}
     for name, window, worker_lag in (("off", 0, 0), ("waited", None, 0), ("late", None, lag)):  # None: the default
-        cfg = VOConfig()
-        cfg.backend.threaded = False
-        if window is not None:
-            cfg.backend.window = window
+        cfg = default_config(window)
         worker = CheckedLaggedWorker(cfg.backend, worker_lag) if worker_lag else None
         vo = VOPipeline(cfg, frontend=PointWorldFrontend(gt, noise_px=1.0, seed=1), worker=worker)
         try:

@@ -387,13 +387,19 @@ def front_end_config() -> VOConfig:
     return cfg
 
 
-def default_config() -> VOConfig:
+def default_config(window: int | None = None, fixed: int | None = None, threaded: bool = False) -> VOConfig:
     """The default configuration (the backend's window on), with each window waited for (deterministic), as
     ``kp2d replay`` runs it. The tests below bound the published odometry (``T_odom_cam``): it continues without
     the windows' corrections, which go into map -> odom (REP 105). Measured on the map pose instead, a window that
-    has just moved the keyframe shows as a jump between two frames (slow motion: 0.47-2.74x the true step)."""
+    has just moved the keyframe shows as a jump between two frames (slow motion: 0.47-2.74x the true step).
+    ``window`` / ``fixed`` (None: the defaults) set ``backend.window`` / ``backend.fixed_keyframes``; ``threaded``:
+    the windows on the worker instead."""
     cfg = VOConfig()
-    cfg.backend.threaded = False
+    cfg.backend.threaded = threaded
+    if window is not None:
+        cfg.backend.window = window
+    if fixed is not None:
+        cfg.backend.fixed_keyframes = fixed
     return cfg
 
 
@@ -501,10 +507,7 @@ def _slow_run(window: int | None, lag: int = 0):
     with ``lag``, each window taken ``lag`` frames late). Returns (estimated step lengths in the first pair's unit,
     true step lengths), from the first positioned frame on."""
     gt = driving_poses(50, step=0.02, yaw_deg=0.04)
-    cfg = VOConfig()
-    cfg.backend.threaded = False
-    if window is not None:  # None: the default window
-        cfg.backend.window = window
+    cfg = default_config(window)
     worker = LaggedWorker(cfg.backend, lag) if lag else None
     out = run(VOPipeline(cfg, frontend=PointWorldFrontend(gt), worker=worker),
               [frame(i, stamp=0.1 * i) for i in range(50)])
@@ -572,11 +575,8 @@ def _replay(seq, frontend="sift", window=None):
     """The default config (backend included, deterministic as in ``kp2d replay``) with ``frontend``."""
     from kp2d_ros.eval.replay import replay
 
-    cfg = VOConfig()
+    cfg = default_config(window)
     cfg.frontend.type = frontend
-    cfg.backend.threaded = False
-    if window is not None:
-        cfg.backend.window = window
     return replay(seq, cfg, progress=False)
 
 

@@ -14,7 +14,7 @@ from kp2d_ros.pipeline import VOPipeline
 from kp2d_ros.scale import (ACQUIRE_COUNT, GroundObservation, MetricScale, TwoViewTracks, WheelOdometry,
                             fit_ground_plane, ground_direction, ground_roi, track_ground_points)
 from kp2d_ros.types import Camera
-from test_pipeline import PointWorldFrontend, driving_poses, frame, front_end_config
+from test_pipeline import PointWorldFrontend, default_config, driving_poses, frame, front_end_config
 
 F = 700.0
 CAM = Camera.from_intrinsics(F, F, 600.0, 185.0, 1200, 370)  # KITTI-like
@@ -284,11 +284,7 @@ def _wheel_run(window: int | None):
         i = min(int(t / 0.1), n - 2)
         a = (t - stamps[i]) / 0.1
         wheel.add(t, centres[i] + a * (centres[i + 1] - centres[i]))
-    cfg = VOConfig()
-    cfg.backend.threaded = False
-    if window is not None:  # None: the default window
-        cfg.backend.window = window
-    vo = VOPipeline(cfg, frontend=PointWorldFrontend(gt, noise_px=0.5))
+    vo = VOPipeline(default_config(window), frontend=PointWorldFrontend(gt, noise_px=0.5))
     out = []
     for i in range(n):
         d = None if i == 0 else wheel.travelled(stamps[i - 1], stamps[i]).distance
