@@ -17,7 +17,7 @@ A metric source of the front end (wheel odometry, the ground plane: :mod:`kp2d_r
 the distance between the two keyframes of the pair it measured, ``((|c_a - c_b| - d) / (d sigma_log))^2``
 (``c`` the camera centres), so the window's scale follows the measured lengths instead of drifting from them.
 
-Gauge: the ``backend.fixed_keyframes`` oldest keyframes of the window (at least two) are held; two
+Gauge: the ``backend.fixed_keyframes`` oldest keyframes of the window (at least two; 0: half the window) are held; two
 fixed poses pin the trajectory's position, orientation *and scale*, so the window cannot slide or
 rescale what was already published. The newest ``window - fixed_keyframes`` are free from the start: a
 window not yet full holds fewer (never under two). Observations that still reproject beyond
@@ -259,7 +259,7 @@ class LocalMap:
         ids = self.window_ids()
         # the newest window - fixed_keyframes are free; the others, at least two (the gauge), are held. A window not
         # yet full holds only what the full one would: a start-up keyframe is refined before it is frozen.
-        free = cfg.window - max(cfg.fixed_keyframes, 2)
+        free = cfg.window - cfg.held
         num_fixed = min(max(len(ids) - free, 2), len(ids))
         if len(ids) - num_fixed < 1:
             return BAResult(False, f"{len(ids)} keyframes in the window: none to optimise beyond the {num_fixed} fixed")
@@ -785,6 +785,15 @@ def _lower_priority(increment: int, idle: bool = False) -> None:
             pass
 
 
+def _load_solver(solver: str) -> None:
+    """Import ``backend.solver``'s package (:meth:`BackendWorker.start`, in the child process)."""
+    if solver == "ceres":
+        import pycolmap  # noqa: F401
+        import pyceres  # noqa: F401
+    else:
+        import gtsam  # noqa: F401
+
+
 class LaggedWorker:
     """A deterministic stand-in for :class:`BackendWorker`: each window's result comes back at the ``lag``-th
     :meth:`poll` after its :meth:`submit` (``lag`` frames late; the node's windows land a few keyframes late on
@@ -849,20 +858,30 @@ class BackendWorker:
         self._thread = threading.Thread(target=self._run, name="vo_backend", daemon=True)
         self._thread.start()
 
-    def _optimise(self, problem: WindowProblem, focal: float) -> BAResult:
-        starting = self._pool is None
-        if starting:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
+    def _submit(self, fn, *args):
+        """``fn(*args)`` in the child process (a Future), which starts with the first call."""
+        with self._cond:
+            starting = self._pool is None
+            if starting:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
 
-            # spawn: a fork of a process running torch/rclpy threads is not safe
-            # niced: on a small CPU the optimisation must not take the front end's cores (the latency of every frame)
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_lower_priority,
-                                             initargs=(self.cfg.worker_nice, self.cfg.worker_idle))
-        with _main_script_hidden() if starting else nullcontext():  # the process starts with the first submit
-            future = self._pool.submit(bundle_adjust, problem, self.cfg, focal)
-        return future.result()
+                # spawn: a fork of a process running torch/rclpy threads is not safe
+                # niced: on a small CPU the optimisation must not take the front end's cores (the latency of every frame)
+                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_lower_priority,
+                                                 initargs=(self.cfg.worker_nice, self.cfg.worker_idle))
+            with _main_script_hidden() if starting else nullcontext():  # the process starts with the first submit
+                return self._pool.submit(fn, *args)
+
+    def start(self) -> None:
+        """Start the child process now and load the solver in it, without waiting: otherwise both happen at the
+        first window, a second or two of CPU time taken from the first frames (the node calls this at start-up)."""
+        if self._pool is None:
+            self._submit(_load_solver, self.cfg.solver)
+
+    def _optimise(self, problem: WindowProblem, focal: float) -> BAResult:
+        return self._submit(bundle_adjust, problem, self.cfg, focal).result()
 
     def submit(self, problem: WindowProblem, focal_px: float) -> None:
         with self._cond:

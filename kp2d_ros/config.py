@@ -288,7 +288,8 @@ class BackendConfig:
     # are optimised. Held keyframes anchor the window's scale on a longer baseline: with 2 of 10 held (the old default)
     # the learned frontend drifted in scale on slow motion (synthetic street at 0.05 m/frame 0.257 m, 8 of 16: 0.024 m;
     # README: Robustness, the backend's window on slow motion). config/vo_classical.yaml keeps 2 of 10 for SIFT.
-    fixed_keyframes: int = 8
+    # 0: half the window (at least 2), so that setting backend.window alone keeps the proportion
+    fixed_keyframes: int = 0
     solver: str = "ceres"  # ceres (pycolmap's bundle adjuster) | gtsam (Levenberg-Marquardt): README, solver choice
     noise_px: float = 1.0  # observation noise (pixels)
     kernel: str = "cauchy"  # robust kernel on the reprojection errors: cauchy | huber
@@ -313,15 +314,20 @@ class BackendConfig:
     # keyframes in every window that holds both (kp2d_ros/backend.py).
     metric_priors: bool = True
 
+    @property
+    def held(self) -> int:
+        """Keyframes held at the old end of a full window: ``fixed_keyframes``, or half the window when 0."""
+        return self.fixed_keyframes if self.fixed_keyframes else max(self.window // 2, 2)
+
     def validate(self) -> None:
         _nonneg("backend.window", self.window)
         if self.window and self.window < 3:
             raise ConfigError(f"backend.window: 0 (off) or >= 3 keyframes, got {self.window}")
-        if self.fixed_keyframes < 2:
-            raise ConfigError(f"backend.fixed_keyframes: must be >= 2 (the gauge), got {self.fixed_keyframes}")
-        if self.window and self.fixed_keyframes >= self.window:
+        if self.fixed_keyframes != 0 and self.fixed_keyframes < 2:
+            raise ConfigError(f"backend.fixed_keyframes: 0 (half the window) or >= 2 (the gauge), got {self.fixed_keyframes}")
+        if self.window and self.held >= self.window:
             raise ConfigError(f"backend.fixed_keyframes ({self.fixed_keyframes}) must be < backend.window ({self.window}): the "
-                              "newest window - fixed_keyframes keyframes are optimised (set both, e.g. 16 and 8, or 10 and 2)")
+                              "newest window - fixed_keyframes keyframes are optimised (0: half the window)")
         _positive("backend.noise_px", self.noise_px)
         _choice("backend.solver", self.solver, ("ceres", "gtsam"))
         _choice("backend.kernel", self.kernel, ("cauchy", "huber"))

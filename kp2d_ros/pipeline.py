@@ -186,6 +186,11 @@ class VOPipeline:
             self.worker.close()
             self.worker = None
 
+    def start_backend(self) -> None:
+        """Start the threaded backend's process now rather than at the first window (the node, at start-up)."""
+        if isinstance(self.worker, BackendWorker):
+            self.worker.start()
+
     def wait_backend(self, timeout: float | None = None) -> None:
         """Wait for the backend's running window (threaded mode) and apply it."""
         if self.worker is not None:

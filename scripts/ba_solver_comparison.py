@@ -117,7 +117,7 @@ def make_window(n_points: int, outlier_ratio: float, noise_px: float, seed: int,
     for j in range(len(w.points)):
         sel = w.obs_point == j
         m.add_landmark(w.initial[j], {ids[k]: xy for k, xy in zip(w.obs_keyframe[sel], w.obs_xy[sel])})
-    moved = perturb_poses(w.poses, np.random.default_rng(seed + 1), 0.5, 0.05 * BASELINE, cfg.fixed_keyframes)
+    moved = perturb_poses(w.poses, np.random.default_rng(seed + 1), 0.5, 0.05 * BASELINE, cfg.held)
     for k, T in zip(ids, moved):
         m.poses[k] = T
     problem = m.problem(cfg.noise_px / FOCAL_PX)
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         caps = [int(c) for c in args.max_iterations.split(",") if c.strip()]
     except ValueError:
         p.error(f"--max-iterations: integers, got {args.max_iterations!r}")
-    cfg = BackendConfig(window=args.keyframes, max_landmarks=100_000)
+    cfg = BackendConfig(window=args.keyframes, fixed_keyframes=2, max_landmarks=100_000)  # the README comparison: 2 held
     cfg.validate()
 
     windows, rows = {}, []

@@ -139,6 +139,17 @@ def test_a_window_not_yet_full_holds_only_what_the_full_one_would():
     assert young.problem(1.0 / F).num_fixed == 2
 
 
+def test_the_window_alone_holds_half_of_it():
+    """``backend.fixed_keyframes: 0`` (the default) holds half the window, so a user who sets only
+    ``backend.window`` keeps the proportion: 10 alone holds 5, not the 8 of the default 16 (2 free)."""
+    assert BackendConfig().held == 8 and BackendConfig(window=10).held == 5 and BackendConfig(window=3).held == 2
+    assert BackendConfig(window=10, fixed_keyframes=2).held == 2
+    m, _ = make_map(true_poses(10), cfg=BackendConfig(window=10, max_landmarks=10_000))
+    assert m.problem(1.0 / F).num_fixed == 5
+    for window in (3, 4, 10, 16):
+        BackendConfig(window=window).validate()
+
+
 def _reprojection_px(m, k, landmark_ids):
     """Reprojection errors (px) of keyframe ``k``'s observations of ``landmark_ids`` in map ``m``."""
     rows = m._obs_rows()
@@ -229,6 +240,24 @@ def test_worker_thread_gives_the_same_result():
     m2.apply(result)
     for k in m1.poses:
         np.testing.assert_allclose(m2.poses[k], m1.poses[k], atol=1e-12)
+
+
+def test_worker_start_runs_the_process_before_the_first_window():
+    """The node starts the backend's process at start-up: spawning it and importing the solver at the first window
+    would take a second or two of CPU from the first frames."""
+    worker = BackendWorker(BackendConfig())
+    try:
+        assert worker._pool is None
+        worker.start()
+        pids = list(worker._pool._processes)
+        assert len(pids) == 1 and worker.ready()
+        m, _ = make_map(true_poses())
+        worker.submit(m.problem(1.0 / F), F)
+        result = worker.wait(timeout=60)
+        assert result is not None and result.optimised
+        assert list(worker._pool._processes) == pids  # the same process optimises
+    finally:
+        worker.close()
 
 
 def test_config_validation():

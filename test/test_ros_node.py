@@ -369,6 +369,19 @@ def test_compressed_input(rig):
     assert r.node.stats["rejected"] == 1 and "decode" in r.node.last_warning
 
 
+def test_the_backend_process_starts_with_the_node(rig):
+    """The threaded backend's process is running (and loads its solver) before the first image arrives, so the
+    first frames do not pay for starting it; it ends with the node."""
+    r = rig()
+    worker = r.node.pipeline.worker
+    assert r.node.cfg.backend.threaded and worker is not None and worker._pool is not None
+    procs = list(worker._pool._processes.values())
+    assert len(procs) == 1
+    r.close()
+    procs[0].join(timeout=10)
+    assert not procs[0].is_alive()
+
+
 def test_tracking_loss_with_real_pipeline(rig):
     """Black and noise frames between real frames: LOST with a large covariance, then tracking again."""
     folder = data_path("vo", "tum_fr2_desk_20f")

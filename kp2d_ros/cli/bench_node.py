@@ -1,7 +1,7 @@
 """``kp2d bench-node [SEQUENCE]``: latency, drop rate and memory of vo_node over DDS.
 
 Starts ``vo_node`` as its own process (or uses ``--attach PID``), measures its processing rate in
-lockstep, then publishes ``--frames`` images at ``--rate-factor`` times that rate (frames of
+lockstep, then publishes ``--frames`` images at ``--rate-factor`` times that rate or at a fixed ``--rate`` (frames of
 SEQUENCE reused cyclically; the synthetic sequence when none is given) and reports the
 image -> odometry latency (median, p95), the share of images without odometry (dropped: newest
 frame wins), the node's resident memory and its publication costs (odom, keypoints, TF, path), and
@@ -27,6 +27,9 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=1000, help="images to publish (default: 1000)")
     p.add_argument("--unique", type=int, default=30, help="distinct frames loaded and reused (default: 30)")
     p.add_argument("--rate-factor", type=float, default=2.0, help="publish rate / node rate (default: 2)")
+    p.add_argument("--rate", type=float, default=0.0, metavar="HZ",
+                   help="publish at this fixed rate instead (compare two configurations at the same rate: "
+                        "latency includes the wait for the node, which depends on it)")
     p.add_argument("--warmup", type=int, default=10, help="lockstep frames measuring the node rate")
     p.add_argument("--config", metavar="YAML", help="params file for the node (default: config/vo.yaml)")
     p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
@@ -67,9 +70,12 @@ def _load_frames(path: str | None, n: int):
 
 def run(args) -> int:
     from kp2d_ros.config import load_config, parse_overrides
+    from kp2d_ros.errors import ConfigError
     from kp2d_ros.ros.bench import bench_node, report
 
     config = Path(args.config) if args.config else _package_file("config/vo.yaml")
+    if args.rate < 0:
+        raise ConfigError(f"--rate: a rate in Hz (0: --rate-factor times the node's rate), got {args.rate}")
     overrides = parse_overrides(args.set)
     cfg = load_config(config, overrides=overrides)  # same validation as the node: fail before starting it
     frames, source = _load_frames(args.sequence, args.unique)
@@ -99,7 +105,8 @@ def run(args) -> int:
             print(f"\rpublished {i}/{n}", end="" if i < n else "\n", file=sys.stderr, flush=True)
 
     try:
-        res = bench_node(frames, pid, n_frames=args.frames, rate_factor=args.rate_factor, warmup=args.warmup,
+        res = bench_node(frames, pid, n_frames=args.frames, rate_factor=args.rate_factor, rate_hz=args.rate,
+                         warmup=args.warmup,
                          progress=progress)
     finally:
         if proc is not None:
@@ -117,7 +124,8 @@ def run(args) -> int:
 
         extra["path_at_length"] = bench_path_publication(args.path_poses)
     out = report(res, frontend=cfg.frontend.type, sequence=source, unique_frames=len(frames),
-                 rate_factor=args.rate_factor, created=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
+                 rate_factor=None if args.rate > 0 else args.rate_factor, rate_hz=args.rate or None,
+                 created=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
     text = json.dumps(out, indent=2)
     print(text)
     if args.out:

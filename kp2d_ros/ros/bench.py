@@ -62,10 +62,13 @@ def rss_mb(pid: int) -> float:
 
 
 def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate_factor: float = 2.0,
-               warmup: int = 10, image_topic: str = "image", camera_info_topic: str = "camera_info",
+               rate_hz: float = 0.0, warmup: int = 10, image_topic: str = "image", camera_info_topic: str = "camera_info",
                odom_topic: str = "odom", path_topic: str = "path", wait_s: float = 60.0,
                frame_timeout_s: float = 30.0, progress=None) -> NodeBenchResult:
-    """Publish ``frames`` cyclically to a running vo_node (process ``node_pid``) and measure it.
+    """Publish ``frames`` cyclically to a running vo_node (process ``node_pid``) and measure it: at ``rate_hz``
+    when > 0, else at ``rate_factor`` times the rate measured in warm-up. Latency includes the time an image
+    waits for the node (on average half the publishing period when the node is saturated), so two
+    configurations compare like for like only at the same ``rate_hz``.
 
     Raises
     ------
@@ -149,7 +152,7 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
                 raise DataError(f"vo_node sent no odometry within {frame_timeout_s:.0f} s during warm-up")
             round_trips.append(arrived[ns] - sent[ns])
         node_rate = 1.0 / max(float(np.median(round_trips)), 1e-6)
-        period = 1.0 / (rate_factor * node_rate)
+        period = 1.0 / rate_hz if rate_hz > 0 else 1.0 / (rate_factor * node_rate)
         sent.clear()
         rss.append(rss_mb(node_pid))  # after warm-up: models loaded, buffers allocated
 

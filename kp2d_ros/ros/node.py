@@ -80,6 +80,8 @@ class VONode(Node):
 
             pipeline = VOPipeline(self.cfg)
         self.pipeline = pipeline
+        if hasattr(pipeline, "start_backend"):
+            pipeline.start_backend()  # its process starts now, not with the first frames
         self._backend_revision = 0
         self._log_models()
         rc = self.cfg.ros
