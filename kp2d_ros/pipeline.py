@@ -571,8 +571,12 @@ class VOPipeline:
             if self.map is not None and self.k1 != 0.0:  # the backend models the residual distortion itself
                 n0, n1 = normalize_points(kp0[inl], self._raw_camera), normalize_points(kp1[inl], self._raw_camera)
             choice = self._scale_choice
+            # the scale's outliers do not extend the backend's tracks either: an aliased match would be a wrong
+            # observation of the landmark it continues
+            keep = ~measured.outliers if measured is not None else np.ones(idx1.size, bool)
             self._promote(kf, now, cov, (scale, direction, parallax_px, np.radians(rotation_angle_deg(geom.R))),
-                          (matches.idx0[inl], idx1, n0, n1), choice.measured if choice is not None else None)
+                          (matches.idx0[inl][keep], idx1[keep], n0[keep], n1[keep]),
+                          choice.measured if choice is not None else None)
             T = kf.T_world_cam  # refined by the backend when it ran in this thread
         return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf, cov, model)
 
