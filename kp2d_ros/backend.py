@@ -842,7 +842,7 @@ class BackendWorker:
     :meth:`submit` hands a snapshot over (replacing one that has not started); :meth:`poll` returns a
     finished result once, or None. The map itself is only touched by the caller's thread. GTSAM's Python
     binding holds the GIL while it optimises (a Python loop on another thread ran at ~1/6 of its speed), and either
-    solver's problem is built in Python, so the optimisation runs in a spawned process (started once, at the first window) fed by a daemon thread: the
+    solver's problem is built in Python, so the optimisation runs in a spawned process (started once, by :meth:`start` or the first window) fed by a daemon thread: the
     front end's thread never waits for it.
     """
 
@@ -855,12 +855,13 @@ class BackendWorker:
         self._busy = False
         self._stop = False
         self._pool = None  # the child process, started with the first window
+        self._pool_lock = threading.Lock()  # not _cond: the front end polls that every frame, and a spawn takes a while
         self._thread = threading.Thread(target=self._run, name="vo_backend", daemon=True)
         self._thread.start()
 
     def _submit(self, fn, *args):
         """``fn(*args)`` in the child process (a Future), which starts with the first call."""
-        with self._cond:
+        with self._pool_lock:
             starting = self._pool is None
             if starting:
                 import multiprocessing

@@ -106,8 +106,7 @@ def run(args) -> int:
 
     try:
         res = bench_node(frames, pid, n_frames=args.frames, rate_factor=args.rate_factor, rate_hz=args.rate,
-                         warmup=args.warmup,
-                         progress=progress)
+                         warmup=args.warmup, progress=progress)
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGINT)
