@@ -52,6 +52,7 @@ class Keyframe:
     image : (H, W) uint8 grey image, kept for sub-pixel refinement (None when ``refine.method`` is none).
     id : its id in the backend's :class:`~kp2d_ros.backend.LocalMap` (-1 without a backend).
     landmarks : (N,) the landmark id each feature observes (-1: none).
+    camera : the camera (as given, before the self-calibrated k1) its keypoints are pixels of.
     """
 
     features: Features
@@ -61,6 +62,7 @@ class Keyframe:
     image: np.ndarray | None = None
     id: int = -1
     landmarks: np.ndarray | None = None
+    camera: Camera | None = None
 
     def __post_init__(self):
         n = len(self.features)
@@ -285,6 +287,8 @@ class VOPipeline:
             self._ground_images["cur"] = self._grey if self._grey is not None else to_grey(frame.image)
         if self.ref is None:
             est = self._initialise(frame, feats)
+        elif not _same_camera(self.ref.camera, self._raw_camera):
+            est = self._camera_changed(frame, feats)
         else:
             self.gap += 1
             with _timed(timings, "matching"):
@@ -441,7 +445,8 @@ class VOPipeline:
         return warps
 
     def _initialise(self, frame: Frame, feats: Features) -> PoseEstimate:
-        self.ref = Keyframe(features=feats, T_world_cam=self.last_pose.copy(), image=self._grey)
+        self.ref = Keyframe(features=feats, T_world_cam=self.last_pose.copy(), image=self._grey,
+                            camera=self._raw_camera)
         self._map_keyframe(self.ref, None)
         self.lost_frames = 0
         self.gap = 0
@@ -823,6 +828,8 @@ class VOPipeline:
                                   parallax_px, rotation, now, (old_id, kf.id))
         if kf.image is None:
             kf.image = self._grey
+        if kf.camera is None:
+            kf.camera = self._raw_camera
         self.ref = kf
         self.ref_cov = cov.copy()
         self.base = now
@@ -994,10 +1001,22 @@ class VOPipeline:
             log_sigma = max(log_sigma, np.log(change) / 2.0)
         return _ScaleMeasurement(clamped, float(log_sigma), clamped != s, outliers)
 
-    def _lost(self, frame: Frame, feats: Features, matches: Matches, now: _Tick) -> PoseEstimate:
-        """No valid pose: hold it; after ``max_lost_frames`` restart from this frame (when it has enough
-        features), keeping the scale. The covariance grows by one unknown motion of the last pair's size
-        (1 unit / the rotation floor before the first pair) per lost frame."""
+    def _camera_changed(self, frame: Frame, feats: Features) -> PoseEstimate:
+        """The frame's camera (image size, intrinsics, distortion) is not the reference's: its keypoints are pixels
+        of another image, so it cannot be matched against the reference. Tracking restarts from this frame at
+        the last pose, keeping the scale, as after ``max_lost_frames`` lost frames."""
+        old, new = self.ref.camera, self._raw_camera
+        log.warning("camera changed (%dx%d fx %.1f -> %dx%d fx %.1f): tracking restarts from the last pose",
+                    old.width, old.height, old.K[0, 0], new.width, new.height, new.K[0, 0])
+        self.last_motion = None
+        empty = Matches(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32))
+        return self._lost(frame, feats, empty, self._tick(frame), restart=True)
+
+    def _lost(self, frame: Frame, feats: Features, matches: Matches, now: _Tick, restart: bool = False
+              ) -> PoseEstimate:
+        """No valid pose: hold it; after ``max_lost_frames`` (at once with ``restart``) restart from this frame
+        (when it has enough features), keeping the scale. The covariance grows by one unknown motion of the last
+        pair's size (1 unit / the rotation floor before the first pair) per lost frame."""
         self.lost_frames += 1
         m = self.motion
         sig_t = m.distance if m is not None else 1.0
@@ -1007,7 +1026,8 @@ class VOPipeline:
         cov[3:, 3:][np.diag_indices(3)] += sig_r ** 2
         self.last_cov = cov
         is_kf = False
-        if self.lost_frames >= self.cfg.pipeline.max_lost_frames and len(feats) >= self.cfg.geometry.min_inliers:
+        if ((restart or self.lost_frames >= self.cfg.pipeline.max_lost_frames)
+                and len(feats) >= self.cfg.geometry.min_inliers):
             self._promote(Keyframe(features=feats, T_world_cam=self.last_pose.copy()), now, cov, None)
             self.lost_frames = 0
             is_kf = True
@@ -1046,6 +1066,16 @@ class VOPipeline:
         ratio = n_inliers / n_matches
         count = min(1.0, n_inliers / (10.0 * self.cfg.geometry.min_inliers))
         return float(ratio * count)
+
+
+def _same_camera(a: Camera | None, b: Camera | None) -> bool:
+    """Whether keypoints of ``a``'s images can be matched with ``b``'s: the same size, model, intrinsics and
+    distortion (None: unknown, taken as the same)."""
+    if a is None or b is None or a is b:
+        return True
+    return ((a.width, a.height, a.model) == (b.width, b.height, b.model)
+            and np.allclose(a.K, b.K, rtol=1e-6, atol=1e-9)
+            and a.dist.shape == b.dist.shape and np.allclose(a.dist, b.dist, rtol=1e-6, atol=1e-9))
 
 
 def run_pipelined(pipeline: VOPipeline, frames) -> Iterator[PoseEstimate]:

@@ -194,6 +194,65 @@ def test_lost_holds_pose_then_reinitialises_keeping_scale():
         assert step == pytest.approx(1.0, rel=0.05)
 
 
+CAM_HALF = Camera.from_intrinsics(250.0, 250.0, 160.0, 120.0, 320, 240)
+
+
+class ResizingPointWorldFrontend(PointWorldFrontend):
+    """The point world seen by a camera that can switch to half resolution (a 240x320 image: CAM_HALF)."""
+
+    def detect(self, image):
+        feats = super().detect(image)  # (it reads the pose and descriptor set from the first two pixels)
+        if image.shape[0] == 240:  # the same points, as pixels of the half-size image
+            feats = Features(((feats.keypoints + 0.5) / 2 - 0.5).astype(np.float32), feats.descriptors, feats.scores)
+        return feats
+
+
+def half_frame(i):
+    image = np.full((240, 320), i, np.uint8)
+    image[0, 1] = 0
+    return Frame(image=image, camera=CAM_HALF, stamp=float(i), index=i)
+
+
+@pytest.mark.parametrize("window", [0, None])
+def test_a_camera_that_changes_resolution_restarts_tracking_from_the_last_pose(window):
+    """A driver switching the stream to half resolution mid-run (new CameraInfo, new image size): the reference
+    keyframe's keypoints are pixels of the old image, so the frame cannot be matched against it. The pipeline holds
+    that frame at the last pose, restarts from it keeping the scale, and tracks on; before, it matched the two
+    pixel frames and bent the trajectory. Bounds on the published odometry (``default_config``)."""
+    gt = driving_poses(12)
+    cfg = default_config(window)
+    vo = VOPipeline(cfg, frontend=ResizingPointWorldFrontend(gt))
+    out = run(vo, [frame(i) for i in range(6)] + [half_frame(i) for i in range(6, 12)])
+    assert all(e.status == TrackingStatus.TRACKING for e in out[1:6])
+    assert out[6].status == TrackingStatus.LOST and out[6].is_keyframe
+    np.testing.assert_allclose(out[6].T_odom_cam, out[5].T_odom_cam, atol=1e-9)
+    assert all(e.status == TrackingStatus.TRACKING for e in out[7:])
+    for i in range(8, 12):  # the previous step length (one gt step = 1 unit) and the true turn since frame 7
+        step = np.linalg.norm(out[i].T_odom_cam[:3, 3] - out[i - 1].T_odom_cam[:3, 3])
+        assert step == pytest.approx(1.0, rel=0.05)
+        R_est = out[7].T_odom_cam[:3, :3].T @ out[i].T_odom_cam[:3, :3]
+        assert rotation_angle_deg(R_est.T @ (gt[7][:3, :3].T @ gt[i][:3, :3])) < 0.2
+    # after the switch the trajectory is the true one, short of the held frame's motion (1 unit, 1 degree)
+    T7 = np.linalg.inv(out[7].T_odom_cam)
+    est = np.array([(T7 @ out[i].T_odom_cam)[:3, 3] for i in range(7, 12)])
+    true = np.array([(np.linalg.inv(gt[7]) @ gt[i])[:3, 3] for i in range(7, 12)]) / 0.5
+    assert np.max(np.linalg.norm(est - true, axis=1)) < 0.1
+    vo.close()
+
+
+def test_the_same_camera_is_recognised_across_copies():
+    from dataclasses import replace
+
+    from kp2d_ros.pipeline import _same_camera
+
+    assert _same_camera(CAM, replace(CAM, K=CAM.K.copy(), dist=CAM.dist.copy()))
+    assert _same_camera(None, CAM)
+    assert not _same_camera(CAM, CAM_HALF)
+    K = CAM.K.copy()
+    K[0, 0] *= 1.01
+    assert not _same_camera(CAM, replace(CAM, K=K))  # recalibrated or zoomed: other pixels for the same points
+
+
 def test_frames_without_features_are_lost_then_relocalised():
     gt = driving_poses(6)
     cfg = VOConfig()
@@ -335,7 +394,8 @@ def test_tum_rgb_with_distortion_tracks_rotation():
     """RGB frames and plumb_bob distortion (TUM fr2/desk): every frame tracked, rotation follows GT."""
     seq = _open(data_path("vo", "tum_fr2_desk_20f"))
     assert seq.camera.has_distortion and seq.ground_truth is not None and len(seq.ground_truth) == len(seq)
-    vo = VOPipeline(VOConfig())
+    vo = VOPipeline(default_config())  # each window waited for: with the worker the result varied with the timing
+    # (stop 27's machine: 2.24 degrees in one run of four against the bound of 2)
     out = [vo.process(f) for f in seq]
     assert all(e.status == TrackingStatus.TRACKING for e in out[1:])
     G = np.linalg.inv(seq.ground_truth.poses[0]) @ seq.ground_truth.poses
