@@ -412,6 +412,32 @@ def test_tracking_loss_with_real_pipeline(rig):
                                            TrackingStatus.INITIALIZING)
 
 
+def test_a_stream_that_switches_resolution_restarts_tracking(rig):
+    """The driver switches the stream to half resolution mid-run, CameraInfo still the full-size one (a new one
+    often comes later): the node scales the camera to the images, the pipeline restarts from the last pose at the
+    switch (LOST for that frame) and tracks on the half-size frames; odom does not jump at the switch."""
+    folder = data_path("vo", "tum_fr2_desk_20f")
+    from kp2d_ros.data import open_sequence
+
+    frames = list(open_sequence(folder, max_frames=10))
+    r = rig(params={"frontend.num_features": 500, "backend.window": 0})
+    cam = frames[0].camera
+    info = info_msg(cam.K.ravel(), cam.width, cam.height)
+    info.d = [float(v) for v in cam.dist]
+    r.send_info(info)
+    statuses = []
+    for i, f in enumerate(frames):
+        img = f.image if i < 5 else cv2.resize(f.image, (cam.width // 2, cam.height // 2), interpolation=cv2.INTER_AREA)
+        r.send_image(image_msg(f.stamp, img))
+        statuses.append(r.node.last_estimate.status)
+    wait_until(lambda: len(r.odom) == 10, "odom for every frame")
+    assert r.node.stats["errors"] == 0 and r.node.stats["processed"] == 10
+    assert statuses[5] == TrackingStatus.LOST and r.node.stats["resets"] == 0
+    assert all(st == TrackingStatus.TRACKING for st in statuses[6:]), statuses
+    p4, p5 = (np.array([o.pose.pose.position.x, o.pose.pose.position.y, o.pose.pose.position.z]) for o in r.odom[4:6])
+    np.testing.assert_allclose(p5, p4, atol=1e-9)  # held at the switch
+
+
 class YawPipeline(FakePipeline):
     """A 90 deg in-place yaw of a base whose camera sits 1 m ahead of it, seen at VO scale 0.3, or metric
     (``metric``: the trajectory in metres, as with geometry.camera_height_m or wheel odometry)."""
