@@ -238,6 +238,12 @@ class PipelineConfig:
     rotation_keyframe_deg: float = 5.0
     # Frames without a valid pose before the tracker declares itself lost and re-initialises.
     max_lost_frames: int = 3
+    # A blurred frame (a bump, a fast pan): the variance of its Laplacian below blur_ratio times the median of the
+    # last 5 keyframes'. It is posed against the last sharp keyframe as usual but never becomes a keyframe, nor
+    # restarts a lost tracker, so the frames after the burst match a sharp keyframe again (README: Robustness,
+    # stop 27). After max_blurred_frames in a row the images are taken as they are (a duller scene). 0: off.
+    blur_ratio: float = 0.4
+    max_blurred_frames: int = 10
     # Smallest image noise (pixels) the pose covariance assumes (PoseEstimate.covariance), also when
     # the residuals are smaller (identical images).
     covariance_noise_floor_px: float = 0.1
@@ -275,6 +281,9 @@ class PipelineConfig:
             raise ConfigError(f"pipeline.max_scale_change: must be > 1, got {self.max_scale_change}")
         _positive("pipeline.speed_change_sigma", self.speed_change_sigma)
         _positive("pipeline.max_lost_frames", self.max_lost_frames)
+        if not 0.0 <= self.blur_ratio < 1.0:
+            raise ConfigError(f"pipeline.blur_ratio: 0 (off) or in (0, 1), got {self.blur_ratio}")
+        _positive("pipeline.max_blurred_frames", self.max_blurred_frames)
         _nonneg("pipeline.min_triangulation_deg", self.min_triangulation_deg)
         _nonneg("pipeline.rotation_keyframe_deg", self.rotation_keyframe_deg)
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Iterator
 
+import cv2
 import numpy as np
 
 from kp2d_ros.backend import (BAResult, BackendStatus, BackendWorker, LaggedWorker, LocalMap, WindowProblem,
@@ -210,6 +211,11 @@ class VOPipeline:
         self.T_world_odom = np.eye(4)
         self.gap = 0  # frames since the reference keyframe
         self.lost_frames = 0
+        # Blur (pipeline.blur_ratio): the sharpness of the last keyframes, this frame's, and blurred frames in a row
+        self.sharpness: list[float] = []
+        self._sharpness_now = 0.0
+        self.blurred = False
+        self.blurred_run = 0
         self.last_motion: tuple[np.ndarray, np.ndarray] | None = None  # previous pair's (R, unit t)
         self._grey: np.ndarray | None = None  # the frame being processed, when refinement needs it
         # Time and motion priors: the speed is distance per second (per frame without usable stamps);
@@ -281,6 +287,7 @@ class VOPipeline:
         with _timed(timings, "network"):
             feats = features if features is not None else self.detect(frame)
         self._grey = to_grey(frame.image) if self.cfg.refine.method != "none" else None
+        self._judge_blur(frame)
         self._accumulate_travel(travelled_m)
         self._scale_choice = None
         if self.metric.active:
@@ -316,6 +323,21 @@ class VOPipeline:
         est.T_world_odom = self.T_world_odom.copy()
         est.T_odom_cam = invert_se3(self.T_world_odom) @ est.T_world_cam
         return est
+
+    def _judge_blur(self, frame: Frame) -> None:
+        """``self.blurred``: this frame is much less sharp than the last keyframes (``pipeline.blur_ratio``; the
+        variance of the Laplacian), and fewer than ``max_blurred_frames`` were in a row."""
+        pc = self.cfg.pipeline
+        self.blurred = False
+        if pc.blur_ratio <= 0:
+            return
+        grey = self._grey if self._grey is not None else to_grey(frame.image)
+        self._sharpness_now = float(cv2.Laplacian(grey, cv2.CV_32F).var())
+        if self.sharpness and self._sharpness_now < pc.blur_ratio * float(np.median(self.sharpness)):
+            self.blurred_run += 1
+            self.blurred = self.blurred_run <= pc.max_blurred_frames
+        else:
+            self.blurred_run = 0
 
     def _accumulate_travel(self, travelled_m: float | None) -> None:
         """Add this frame's externally measured travel to the sum since the reference keyframe (unknown
@@ -447,6 +469,7 @@ class VOPipeline:
     def _initialise(self, frame: Frame, feats: Features) -> PoseEstimate:
         self.ref = Keyframe(features=feats, T_world_cam=self.last_pose.copy(), image=self._grey,
                             camera=self._raw_camera)
+        self.sharpness = [self._sharpness_now] if self.cfg.pipeline.blur_ratio > 0 else []
         self._map_keyframe(self.ref, None)
         self.lost_frames = 0
         self.gap = 0
@@ -542,7 +565,7 @@ class VOPipeline:
         # keyframe_parallax_px 0: a larger spacing is for the keyframes that follow (the window's baselines).
         spacing = pc.keyframe_parallax_px if expected is not None else 0.0
         is_kf = displacement_px >= pc.min_parallax_px and (parallax_px >= spacing
-                                                           or n_inl < pc.keyframe_min_inliers)
+                                                           or n_inl < pc.keyframe_min_inliers) and not self.blurred
         prior_std, elapsed = self._prior_log_std(now) if expected is not None else (np.inf, 1.0)
         measured = self._scale(geom, rho0, sigma0, matches, cfg.geometry.ransac_threshold_px / f, expected, prior_std)
         model = "measured"
@@ -722,7 +745,7 @@ class VOPipeline:
         if standing:
             self.base = now
             self.still = True
-        is_kf = rotation_angle_deg(geom.R) > pc.rotation_keyframe_deg
+        is_kf = rotation_angle_deg(geom.R) > pc.rotation_keyframe_deg and not self.blurred
         if is_kf:
             kf = Keyframe(features=feats, T_world_cam=T)
             self._promote(kf, now, cov, None, (matches.idx0[geom.inliers], matches.idx1[geom.inliers], n0, n1))
@@ -746,7 +769,8 @@ class VOPipeline:
         else:
             cov_rel[3:, 3:] = self._rotation_cov(camera, R, *self._rays(camera, feats, matches, geom.inliers))
         cov = self._accumulate(T, cov_rel)
-        is_kf = geom is not None and rotation_angle_deg(geom.R) > self.cfg.pipeline.rotation_keyframe_deg
+        is_kf = (geom is not None and rotation_angle_deg(geom.R) > self.cfg.pipeline.rotation_keyframe_deg
+                 and not self.blurred)
         if is_kf:
             self._promote(Keyframe(features=feats, T_world_cam=T), now, cov, None)
         mask = self._still(feats, matches) if geom is None else geom.inliers
@@ -830,6 +854,8 @@ class VOPipeline:
             kf.image = self._grey
         if kf.camera is None:
             kf.camera = self._raw_camera
+        if self.cfg.pipeline.blur_ratio > 0:
+            self.sharpness = (self.sharpness + [self._sharpness_now])[-5:]
         self.ref = kf
         self.ref_cov = cov.copy()
         self.base = now
@@ -1009,6 +1035,7 @@ class VOPipeline:
         log.warning("camera changed (%dx%d fx %.1f -> %dx%d fx %.1f): tracking restarts from the last pose",
                     old.width, old.height, old.K[0, 0], new.width, new.height, new.K[0, 0])
         self.last_motion = None
+        self.sharpness = []  # another image size: another scale of sharpness
         empty = Matches(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32))
         return self._lost(frame, feats, empty, self._tick(frame), restart=True)
 
@@ -1026,7 +1053,7 @@ class VOPipeline:
         cov[3:, 3:][np.diag_indices(3)] += sig_r ** 2
         self.last_cov = cov
         is_kf = False
-        if ((restart or self.lost_frames >= self.cfg.pipeline.max_lost_frames)
+        if ((restart or self.lost_frames >= self.cfg.pipeline.max_lost_frames and not self.blurred)
                 and len(feats) >= self.cfg.geometry.min_inliers):
             self._promote(Keyframe(features=feats, T_world_cam=self.last_pose.copy()), now, cov, None)
             self.lost_frames = 0

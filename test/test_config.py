@@ -57,6 +57,8 @@ def test_dotted_keys_and_wrapper():
     ({"frontend.resolution": [640]}, "frontend.resolution"),
     ({"ros.camera_to_base": [0, 0, 0, 0, 0, 0, 2]}, "ros.camera_to_base"),
     ({"camera.fx": float("nan")}, "camera.fx"),
+    ({"pipeline.blur_ratio": 1.0}, "pipeline.blur_ratio"),
+    ({"pipeline.max_blurred_frames": 0}, "pipeline.max_blurred_frames"),
 ])
 def test_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as e:

@@ -253,6 +253,46 @@ def test_the_same_camera_is_recognised_across_copies():
     assert not _same_camera(CAM, replace(CAM, K=K))  # recalibrated or zoomed: other pixels for the same points
 
 
+def _street_with_a_blur_burst(tmp_path, blur_ratio: float, sigma: float = 3.0):
+    """The synthetic street (30 frames, 0.2 m/frame), frames 15-19 blurred as by a bump; the default config
+    without the backend's window (the gate is the front end's). Returns the estimates and the Sim(3) ATE."""
+    from dataclasses import replace
+
+    from kp2d_ros.data import open_sequence
+    from kp2d_ros.data.synthetic import write_synthetic_sequence
+
+    folder = tmp_path / "street"
+    if not folder.exists():
+        write_synthetic_sequence(folder, n_frames=30, speed=0.2)
+    seq = open_sequence(folder)
+    cfg = default_config(0)
+    cfg.pipeline.blur_ratio = blur_ratio
+    vo = VOPipeline(cfg)
+    out = []
+    for i, f in enumerate(seq):
+        if 15 <= i < 20:
+            f = replace(f, image=cv2.GaussianBlur(f.image, (0, 0), sigma))
+        out.append(vo.process(f))
+    vo.close()
+    est = np.array([e.T_odom_cam[:3, 3] for e in out])
+    gt = np.array([T[:3, 3] for T in seq.ground_truth.poses])
+    return out, float(np.sqrt(np.mean(np.sum((sim3_align(est, gt) - gt) ** 2, axis=1))))
+
+
+def test_a_blur_burst_does_not_become_keyframes(tmp_path):
+    """Five blurred frames (a bump, a fast pan): before, each became a keyframe and the sharp frames after them
+    were posed through the blurred chain (this street: ATE 0.046 m against 0.011 m clean, 80 frames). The blurred
+    frames are posed against the last sharp keyframe and never become keyframes; the first sharp frame after them
+    matches that keyframe again."""
+    out, ate = _street_with_a_blur_burst(tmp_path, blur_ratio=0.4)
+    assert all(e.is_keyframe for e in out[1:15]) and not any(e.is_keyframe for e in out[15:20])
+    assert all(e.status == TrackingStatus.TRACKING for e in out[15:])
+    assert out[20].is_keyframe and out[20].num_inliers > 200
+    out_off, ate_off = _street_with_a_blur_burst(tmp_path, blur_ratio=0.0)
+    assert all(e.is_keyframe for e in out_off[15:20])  # the gate off: the old behaviour
+    assert ate < 0.6 * ate_off, (ate, ate_off)
+
+
 def test_frames_without_features_are_lost_then_relocalised():
     gt = driving_poses(6)
     cfg = VOConfig()
