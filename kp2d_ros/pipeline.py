@@ -544,6 +544,12 @@ class VOPipeline:
         if geom is None:
             self.last_motion = None
             return self._lost(frame, feats, matches, now)
+        if self.blurred and int(geom.inliers.sum()) < pc.keyframe_min_inliers and self.motion is not None:
+            # a blurred frame's few inliers (a heavy blur: 17-21 of 2000) do not hold a translation: the last
+            # pair's velocity does, as for a frame too slow to measure
+            expected = self._prior(now)
+            if expected is not None:
+                return self._constant_velocity(frame, camera, feats, matches, geom, now, expected)
         self.last_motion = (geom.R, geom.t) if np.any(geom.t) else None
         self.lost_frames = 0
         if not np.any(geom.t):  # translation unobservable: a pure rotation, a stop, or too slow to see
