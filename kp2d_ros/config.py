@@ -241,7 +241,8 @@ class PipelineConfig:
     # A blurred frame (a bump, a fast pan): the variance of its Laplacian below blur_ratio times the median of the
     # last 5 keyframes'. It is posed against the last sharp keyframe as usual (at the last velocity when fewer than
     # keyframe_min_inliers inliers hold its pose) but never becomes a keyframe, nor restarts a lost tracker, so the
-    # frames after the burst match a sharp keyframe again (README: Robustness, stop 27). After max_blurred_frames in a row the images are taken as they are (a duller scene). 0: off.
+    # frames after the burst match a sharp keyframe again (README: Robustness, stop 27). After max_blurred_frames
+    # in a row the images are taken as they are (a duller scene). blur_ratio 0: off.
     blur_ratio: float = 0.4
     max_blurred_frames: int = 10
     # Smallest image noise (pixels) the pose covariance assumes (PoseEstimate.covariance), also when
