@@ -302,7 +302,8 @@ def test_twist_against_ground_truth_on_a_tum_bag(rig, tmp_path):
     direction cosine median 0.99. With the default backend window (threaded, its windows land at frames that vary
     from run to run) the linear error is 0.140 m/s before the REP 105 split and 0.143 m/s after it (the twist is the
     odometry's step, the front end's chain; the unit from the path's Sim(3) scale), against RMS 0.237 m/s: the bound
-    is 0.65 of it, 0.6 before.
+    is 0.65 of it, 0.6 before. Threaded, one run in CI reached 0.1541 against the bound's 0.1539 (stop 27), so the
+    node waits for each window here (``backend.threaded: false``): 0.149 m/s in every run.
     """
     from kp2d_ros.data import open_sequence, write_bag
     from kp2d_ros.eval.metrics import evaluate
@@ -313,7 +314,7 @@ def test_twist_against_ground_truth_on_a_tum_bag(rig, tmp_path):
     seq = open_sequence(bag)
     frames, gt = list(seq), seq.ground_truth
     assert gt is not None and len(gt) == len(frames) == 20
-    r = rig(params={"frontend.type": "sift", "frontend.num_features": 1000})
+    r = rig(params={"frontend.type": "sift", "frontend.num_features": 1000, "backend.threaded": False})
     cam = frames[0].camera
     info = info_msg(cam.K.ravel(), cam.width, cam.height)
     info.d = [float(v) for v in cam.dist]
