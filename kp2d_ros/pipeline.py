@@ -286,12 +286,15 @@ class VOPipeline:
                 self._run_backend()
         with _timed(timings, "network"):
             feats = features if features is not None else self.detect(frame)
-        self._grey = to_grey(frame.image) if self.cfg.refine.method != "none" else None
-        self._judge_blur(frame)
+        # the grey image once, for whichever of refinement, the blur gate and the ground plane need it
+        grey = to_grey(frame.image) if (self.cfg.refine.method != "none" or self.cfg.pipeline.blur_ratio > 0
+                                        or self.metric.active) else None
+        self._grey = grey if self.cfg.refine.method != "none" else None
+        self._judge_blur(grey)
         self._accumulate_travel(travelled_m)
         self._scale_choice = None
         if self.metric.active:
-            self._ground_images["cur"] = self._grey if self._grey is not None else to_grey(frame.image)
+            self._ground_images["cur"] = grey
         if self.ref is None:
             est = self._initialise(frame, feats)
         elif not _same_camera(self.ref.camera, self._raw_camera):
@@ -324,14 +327,13 @@ class VOPipeline:
         est.T_odom_cam = invert_se3(self.T_world_odom) @ est.T_world_cam
         return est
 
-    def _judge_blur(self, frame: Frame) -> None:
-        """``self.blurred``: this frame is much less sharp than the last keyframes (``pipeline.blur_ratio``; the
-        variance of the Laplacian), and fewer than ``max_blurred_frames`` were in a row."""
+    def _judge_blur(self, grey: np.ndarray | None) -> None:
+        """``self.blurred``: this frame (``grey``) is much less sharp than the last keyframes (``pipeline.blur_ratio``;
+        the variance of the Laplacian), and fewer than ``max_blurred_frames`` were in a row."""
         pc = self.cfg.pipeline
         self.blurred = False
         if pc.blur_ratio <= 0:
             return
-        grey = self._grey if self._grey is not None else to_grey(frame.image)
         self._sharpness_now = float(cv2.Laplacian(grey, cv2.CV_32F).var())
         if self.sharpness and self._sharpness_now < pc.blur_ratio * float(np.median(self.sharpness)):
             self.blurred_run += 1

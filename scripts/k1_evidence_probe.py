@@ -27,14 +27,13 @@ import numpy as np
 
 import kp2d_ros.pipeline as P
 from kp2d_ros.backend import bundle_adjust, reprojection_errors
+from kp2d_ros.geometry import cauchy_cost
 
 
-def robust_costs(problem, result, k1: float, focal: float, cfg) -> np.ndarray:
-    """(M,) Cauchy cost (px^2 / noise_px^2) of each observation under ``result``'s poses and landmarks."""
+def pixel_errors(problem, result, k1: float, focal: float) -> np.ndarray:
+    """(M,) reprojection error (px) of each observation under ``result``'s poses and landmarks (inf: behind)."""
     poses = np.stack([result.poses[int(k)] for k in problem.keyframe_ids])
-    e = reprojection_errors(problem, poses, result.positions, k1) * focal
-    c = cfg.kernel_px
-    return c * c * np.log1p((e / c) ** 2) / cfg.noise_px ** 2
+    return reprojection_errors(problem, poses, result.positions, k1) * focal
 
 
 def evidence(problem, cfg, focal, k1_held: float):
@@ -43,9 +42,11 @@ def evidence(problem, cfg, focal, k1_held: float):
     held = bundle_adjust(dataclasses.replace(problem, calibrate=False, k1=k1_held), cfg, focal)
     if not (free.optimised and held.optimised):
         return None
-    a, b = robust_costs(problem, held, k1_held, focal, cfg), robust_costs(problem, free, free.k1, focal, cfg)
+    a, b = pixel_errors(problem, held, k1_held, focal), pixel_errors(problem, free, free.k1, focal)
     ok = np.isfinite(a) & np.isfinite(b)
-    return free, held, float(a[ok].sum() - b[ok].sum())
+    c = cfg.kernel_px  # the Cauchy cost in px^2 (c^2 log(1 + (e/c)^2)), at the configured noise
+    gain = c * c * (cauchy_cost(a[ok], c) - cauchy_cost(b[ok], c)) / cfg.noise_px ** 2
+    return free, held, float(gain)
 
 
 def main() -> int:

@@ -394,6 +394,13 @@ def _process_ended(pid: int) -> bool:
     return state == "Z"
 
 
+def camera_info_of(cam) -> CameraInfo:
+    """The CameraInfo of a sequence's camera (K, size, plumb_bob distortion)."""
+    info = info_msg(cam.K.ravel(), cam.width, cam.height)
+    info.d = [float(v) for v in cam.dist]
+    return info
+
+
 def test_tracking_loss_with_real_pipeline(rig):
     """Black and noise frames between real frames: LOST with a large covariance, then tracking again."""
     folder = data_path("vo", "tum_fr2_desk_20f")
@@ -402,9 +409,7 @@ def test_tracking_loss_with_real_pipeline(rig):
     frames = list(open_sequence(folder, max_frames=8))
     r = rig(params={"frontend.num_features": 500})
     cam = frames[0].camera
-    info = info_msg(cam.K.ravel(), cam.width, cam.height)
-    info.d = [float(v) for v in cam.dist]
-    r.send_info(info)
+    r.send_info(camera_info_of(cam))
     t = frames[0].stamp
     for f in frames[:3]:
         r.send_image(image_msg(f.stamp, f.image))
@@ -434,9 +439,7 @@ def test_a_stream_that_switches_resolution_restarts_tracking(rig):
     frames = list(open_sequence(folder, max_frames=10))
     r = rig(params={"frontend.num_features": 500, "backend.window": 0})
     cam = frames[0].camera
-    info = info_msg(cam.K.ravel(), cam.width, cam.height)
-    info.d = [float(v) for v in cam.dist]
-    r.send_info(info)
+    r.send_info(camera_info_of(cam))
     statuses = []
     for i, f in enumerate(frames):
         img = f.image if i < 5 else cv2.resize(f.image, (cam.width // 2, cam.height // 2), interpolation=cv2.INTER_AREA)

@@ -29,7 +29,8 @@ from kp2d_ros.ros import outputs  # noqa: E402
 from kp2d_ros.types import TrackingStatus  # noqa: E402
 
 from conftest import data_path  # noqa: E402
-from test_ros_node import DOMAIN, FakePipeline, image_msg, info_msg, rig, texture, wait_until  # noqa: E402,F401
+from test_ros_node import (DOMAIN, FakePipeline, camera_info_of, image_msg, info_msg, rig, texture,  # noqa: E402,F401
+                           wait_until)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -316,9 +317,7 @@ def test_twist_against_ground_truth_on_a_tum_bag(rig, tmp_path):
     assert gt is not None and len(gt) == len(frames) == 20
     r = rig(params={"frontend.type": "sift", "frontend.num_features": 1000, "backend.threaded": False})
     cam = frames[0].camera
-    info = info_msg(cam.K.ravel(), cam.width, cam.height)
-    info.d = [float(v) for v in cam.dist]
-    r.send_info(info)
+    r.send_info(camera_info_of(cam))
     for f in frames:
         r.send_image(image_msg(f.stamp, f.image))
     wait_until(lambda: len(r.odom) == 20, "odometry of every frame")
