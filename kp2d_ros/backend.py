@@ -130,7 +130,8 @@ class LocalMap:
     object per landmark cost the front end's thread ~30 ms per keyframe on KITTI). ``landmark_ids`` (N,) ascending
     (ids grow with creation and never repeat) and ``positions`` (N, 3) world coordinates; every observation is a
     row of ``obs_landmark`` (M,) landmark id, ``obs_keyframe`` (M,) keyframe id and ``obs_xy`` (M, 2) normalised
-    image coordinates, in the order they were made.
+    image coordinates, in the order they were made; ``obs_row`` (M,) is each observation's row into ``positions``,
+    kept up to date on every change (a lookup of all of them cost the node's thread ~1 ms per use).
     """
 
     def __init__(self, cfg: BackendConfig, first_keyframe_id: int = 0):
@@ -141,6 +142,7 @@ class LocalMap:
         self.obs_landmark = np.empty(0, np.int64)
         self.obs_keyframe = np.empty(0, np.int64)
         self.obs_xy = np.empty((0, 2))
+        self.obs_row = np.empty(0, np.int64)
         self._next_kf = first_keyframe_id  # ids never repeat across maps: a late result cannot hit a new map
         self._next_lm = 0
         self.revision = 0  # bumped by every applied optimisation
@@ -180,10 +182,11 @@ class LocalMap:
         n = len(positions)
         lids = np.arange(self._next_lm, self._next_lm + n, dtype=np.int64)
         self._next_lm += n
+        rows = np.arange(len(self.landmark_ids), len(self.landmark_ids) + n)  # the newest ids: appended at the end
         self.landmark_ids = np.concatenate([self.landmark_ids, lids])
         self.positions = np.concatenate([self.positions, positions])
         for k, xy in observations.items():
-            self._append(lids, np.full(n, k, np.int64), np.asarray(xy, float).reshape(n, 2))
+            self._append(lids, rows, np.full(n, k, np.int64), np.asarray(xy, float).reshape(n, 2))
         return lids
 
     def add_landmark(self, position: np.ndarray, observations: dict[int, np.ndarray]) -> int:
@@ -196,32 +199,33 @@ class LocalMap:
         the map are ignored; a landmark it observed already moves to the new coordinates)."""
         lids = np.asarray(landmark_ids, np.int64).reshape(-1)
         xy = np.asarray(xy, float).reshape(-1, 2)
-        alive = self.rows(lids)[1]
-        lids, xy = lids[alive], xy[alive]
+        rows, alive = self.rows(lids)
+        lids, rows, xy = lids[alive], rows[alive], xy[alive]
         if len(lids) == 0:
             return
         again = self.obs_keyframe == keyframe_id  # a new keyframe (the pipeline's case) has none: no isin over the map
         if again.any():
             again &= np.isin(self.obs_landmark, lids)
             self._keep_observations(~again)
-        self._append(lids, np.full(len(lids), keyframe_id, np.int64), xy)
+        self._append(lids, rows, np.full(len(lids), keyframe_id, np.int64), xy)
 
-    def _append(self, lids: np.ndarray, kfs: np.ndarray, xy: np.ndarray) -> None:
+    def _append(self, lids: np.ndarray, rows: np.ndarray, kfs: np.ndarray, xy: np.ndarray) -> None:
         self.obs_landmark = np.concatenate([self.obs_landmark, lids])
+        self.obs_row = np.concatenate([self.obs_row, rows])
         self.obs_keyframe = np.concatenate([self.obs_keyframe, kfs])
         self.obs_xy = np.concatenate([self.obs_xy, xy])
 
     def _keep_observations(self, keep: np.ndarray) -> None:
-        self.obs_landmark, self.obs_keyframe, self.obs_xy = self.obs_landmark[keep], self.obs_keyframe[keep], self.obs_xy[keep]
+        self.obs_landmark, self.obs_row = self.obs_landmark[keep], self.obs_row[keep]
+        self.obs_keyframe, self.obs_xy = self.obs_keyframe[keep], self.obs_xy[keep]
 
     def _keep_landmarks(self, keep: np.ndarray) -> None:
         """Keep the landmark rows ``keep`` (N,) bool, and only their observations."""
         self.landmark_ids, self.positions = self.landmark_ids[keep], self.positions[keep]
-        self._keep_observations(np.isin(self.obs_landmark, self.landmark_ids))
-
-    def _obs_rows(self) -> np.ndarray:
-        """(M,) the landmark row of each observation."""
-        return np.searchsorted(self.landmark_ids, self.obs_landmark)
+        new_row = np.cumsum(keep) - 1  # old row -> new row (kept rows only)
+        kept = keep[self.obs_row]
+        self._keep_observations(kept)
+        self.obs_row = new_row[self.obs_row]
 
     def rescale(self, k: float) -> None:
         """Change the trajectory's unit: keyframe positions and landmarks x ``k`` (the world origin stays)."""
@@ -244,10 +248,10 @@ class LocalMap:
         for k in [k for k in self.poses if k < oldest]:
             del self.poses[k]
         self.distances = {ab: v for ab, v in self.distances.items() if min(ab) >= oldest}
-        newest_view = np.full(len(self.landmark_ids), -1, np.int64)
-        np.maximum.at(newest_view, self._obs_rows(), self.obs_keyframe)
-        if (newest_view < oldest).any():
-            self._keep_landmarks(newest_view >= oldest)
+        seen = np.zeros(len(self.landmark_ids), bool)  # observed by a keyframe of the window
+        seen[self.obs_row[self.obs_keyframe >= oldest]] = True
+        if not seen.all():
+            self._keep_landmarks(seen)
 
     # ------------------------------------------------------------------------------------
     def problem(self, sigma: float, k1: float = 0.0, calibrate: bool = False) -> WindowProblem | BAResult:
@@ -264,11 +268,9 @@ class LocalMap:
         if len(ids) - num_fixed < 1:
             return BAResult(False, f"{len(ids)} keyframes in the window: none to optimise beyond the {num_fixed} fixed")
         n = len(self.landmark_ids)
-        row = self._obs_rows()
-        order = np.argsort(row, kind="stable")  # by landmark, then as made
-        row, kf, xy = row[order], self.obs_keyframe[order], self.obs_xy[order]
-        inside = np.isin(kf, ids)
-        row, kf, xy = row[inside], kf[inside], xy[inside]
+        inside = np.flatnonzero(np.isin(self.obs_keyframe, ids))
+        inside = inside[np.argsort(self.obs_row[inside], kind="stable")]  # by landmark, then as made
+        row, kf, xy = self.obs_row[inside], self.obs_keyframe[inside], self.obs_xy[inside]
         track = np.bincount(row, minlength=n) >= 2
         if track.sum() > cfg.max_landmarks:
             track = _select_tracks(track, row, kf, self.landmark_ids, ids, cfg.max_landmarks)
@@ -290,7 +292,7 @@ class LocalMap:
         distances = np.array([(where[a], where[b], d, d * sig) for (a, b), (d, sig) in sorted(self.distances.items())
                               if a in where and b in where], float).reshape(-1, 4)
         return WindowProblem(np.array(ids), np.stack([self.poses[k] for k in ids]), num_fixed, self.landmark_ids[rows].copy(),
-                             self.positions[rows].copy(), np.searchsorted(ids, kf[sel]), np.searchsorted(rows, row[sel]),
+                             self.positions[rows].copy(), np.searchsorted(ids, kf[sel]), _positions_of(rows, n)[row[sel]],
                              xy[sel].copy(), float(sigma), float(k1), bool(calibrate), distances, self._next_lm,
                              self.revision)
 
@@ -335,9 +337,9 @@ class LocalMap:
         # too, triangulated from the newest keyframe's old pose (every landmark made before it has a smaller id).
         # Both rules: the id watermark names every landmark made since; a first view after the newest keyframe also
         # names an older landmark whose earlier observations were culled, so that only keyframes that follow see it
-        first_view = np.full(len(self.landmark_ids), np.iinfo(np.int64).max)
-        np.minimum.at(first_view, self._obs_rows(), self.obs_keyframe)
-        moved = (first_view > newest) & (first_view < np.iinfo(np.int64).max)
+        seen_by_then = np.zeros(len(self.landmark_ids), bool)  # first view at or before the newest keyframe
+        seen_by_then[self.obs_row[self.obs_keyframe <= newest]] = True
+        moved = ~seen_by_then & (np.bincount(self.obs_row, minlength=len(self.landmark_ids)) > 0)
         if result.next_landmark_id >= 0:
             moved |= self.landmark_ids >= result.next_landmark_id
         moved[rows[alive]] = False
@@ -350,7 +352,7 @@ class LocalMap:
             culled = np.isin(self.obs_landmark * base + self.obs_keyframe, rejected[:, 0] * base + rejected[:, 1])
             touched = np.unique(self.obs_landmark[culled])
             self._keep_observations(~culled)
-            left = np.bincount(self._obs_rows(), minlength=len(self.landmark_ids))
+            left = np.bincount(self.obs_row, minlength=len(self.landmark_ids))
             drop = np.zeros(len(self.landmark_ids), bool)
             trows, talive = self.rows(touched)
             drop[trows[talive]] = left[trows[talive]] < 2
@@ -373,6 +375,13 @@ class LocalMap:
             return 1.0
         ratio = float(np.median(after[ok] / before[ok]))
         return ratio if np.isfinite(ratio) and ratio > 0 else 1.0
+
+
+def _positions_of(rows: np.ndarray, n: int) -> np.ndarray:
+    """(n,) the position of each of ``n`` rows within ``rows`` (-1 where absent)."""
+    where = np.full(n, -1, np.int64)
+    where[rows] = np.arange(len(rows))
+    return where
 
 
 def _select_tracks(track: np.ndarray, row: np.ndarray, kf: np.ndarray, lids: np.ndarray, ids: list[int],

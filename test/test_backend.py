@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from kp2d_ros.backend import BackendWorker, LaggedWorker, LocalMap, bundle_adjust, run_window
+from kp2d_ros.backend import BackendWorker, LaggedWorker, LocalMap, WindowProblem, bundle_adjust, run_window
 from kp2d_ros.config import BackendConfig, ConfigError, VOConfig
 from kp2d_ros.data.synthetic_window import driving_poses, perturb_poses, synthetic_window
 from kp2d_ros.geometry import invert_se3, rotation_angle_deg
@@ -152,7 +152,7 @@ def test_the_window_alone_holds_half_of_it():
 
 def _reprojection_px(m, k, landmark_ids):
     """Reprojection errors (px) of keyframe ``k``'s observations of ``landmark_ids`` in map ``m``."""
-    rows = m._obs_rows()
+    rows = m.obs_row
     sel = (m.obs_keyframe == k) & np.isin(m.obs_landmark, landmark_ids)
     T = invert_se3(m.poses[k])
     X = m.positions[rows[sel]] @ T[:3, :3].T + T[:3, 3]
@@ -189,6 +189,48 @@ def test_a_late_result_moves_later_keyframes_and_landmarks_by_a_similarity():
     np.testing.assert_allclose(moved[:3, 3], scale * relative[:3, 3], atol=1e-9)
     assert abs(scale - 1) < 0.1
     assert np.linalg.norm(m.poses[late][:3, 3] - poses[5][:3, 3]) < 0.01
+
+
+def test_the_observation_rows_follow_every_change_of_the_map():
+    """``LocalMap.obs_row`` (each observation's row into ``positions``, kept up to date rather than looked up) stays
+    equal to a fresh lookup through what the front end and the worker do: new keyframes that observe old landmarks
+    and add new ones, keyframes leaving the window, a keyframe observing a landmark again, a result whose culled
+    observations drop landmarks."""
+    rng = np.random.default_rng(7)
+    m = LocalMap(BackendConfig(window=4, fixed_keyframes=2, max_landmarks=10_000, max_reprojection_px=1.0))
+
+    def lookup_agrees():
+        np.testing.assert_array_equal(m.obs_row, np.searchsorted(m.landmark_ids, m.obs_landmark))
+        np.testing.assert_array_equal(m.landmark_ids[m.obs_row], m.obs_landmark)
+
+    def seen(k, X):  # normalised coordinates of world points X in keyframe k, a fifth of them gross outliers
+        T = invert_se3(m.poses[k])
+        x = X @ T[:3, :3].T + T[:3, 3]
+        xy = x[:, :2] / x[:, 2:3]
+        return xy + (rng.random(len(xy)) < 0.2)[:, None] * rng.choice([-0.05, 0.05], (len(xy), 2))
+
+    poses = true_poses(9)
+    prev = m.add_keyframe(poses[0])
+    made = np.empty(0, np.int64)  # every landmark id: those no longer in the map are ignored by observe
+    for i in range(1, 9):
+        k = m.add_keyframe(poses[i])
+        old = made[rng.random(len(made)) < 0.5]
+        m.observe(old, k, seen(k, m.positions[m.rows(old)[0]]))
+        if i == 4:  # observed again: the new coordinates replace the old
+            m.observe(old[:5], k, seen(k, m.positions[m.rows(old[:5])[0]]))
+        X = np.column_stack([rng.uniform(-4, 4, 40), rng.uniform(-2, 2, 40), rng.uniform(5, 30, 40)])
+        X = X @ m.poses[k][:3, :3].T + m.poses[k][:3, 3]
+        made = np.concatenate([made, m.add_landmarks(X, {prev: seen(prev, X), k: seen(k, X)})])
+        prev = k
+        lookup_agrees()
+    problem = m.problem(1.0 / F)
+    assert isinstance(problem, WindowProblem)
+    result = bundle_adjust(problem, m.cfg, F)  # the outliers are culled, and landmarks left with one view dropped
+    n_before = len(m.landmark_ids)
+    assert m.apply(result) and len(result.rejected) > 0 and len(m.landmark_ids) < n_before
+    lookup_agrees()
+    m.add_keyframe(poses[0])
+    lookup_agrees()
 
 
 def test_followed_keyframes_stay_rotations():
