@@ -117,7 +117,8 @@ class _Motion:
 
     distance : length of its translation (trajectory units); span : the moving time it took;
     direction : (3,) unit displacement of the camera centre in the earlier camera's axes;
-    parallax_px : its median rotation-compensated parallax; rotation_rad : its rotation angle;
+    parallax_px : its median rotation-compensated parallax; rotation : (3, 3) its rotation (the earlier camera's
+    axes -> the later's, as :class:`~kp2d_ros.geometry.TwoViewGeometry`'s ``R``);
     end : when it was measured; keyframes : the pair's backend keyframe ids (its distance follows their
     refined poses).
     """
@@ -126,9 +127,13 @@ class _Motion:
     span: _Span
     direction: np.ndarray
     parallax_px: float
-    rotation_rad: float
+    rotation: np.ndarray
     end: _Tick
     keyframes: tuple[int, int] = (-1, -1)
+
+    @property
+    def rotation_rad(self) -> float:
+        return float(np.radians(rotation_angle_deg(self.rotation)))
 
 
 @dataclass(frozen=True)
@@ -537,7 +542,7 @@ class VOPipeline:
         kp0 = ref.features.keypoints[matches.idx0]
         kp1 = feats.keypoints[matches.idx1]
         if len(matches) < cfg.geometry.min_inliers:
-            return self._lost(frame, feats, matches, now)
+            return self._unposed(frame, camera, feats, matches, now)
         displacement_px = float(np.median(np.linalg.norm(kp1 - kp0, axis=1)))
         if displacement_px < pc.static_parallax_px:  # neither rotation nor parallax
             return self._untranslated(frame, camera, feats, matches, None, now)
@@ -545,13 +550,11 @@ class VOPipeline:
         geom = estimate_relative_pose(kp0, kp1, camera, cfg.geometry, ordered=True, prior=prior)
         if geom is None:
             self.last_motion = None
-            return self._lost(frame, feats, matches, now)
+            return self._unposed(frame, camera, feats, matches, now)
         if self.blurred and int(geom.inliers.sum()) < pc.keyframe_min_inliers and self.motion is not None:
-            # a blurred frame's few inliers (a heavy blur: 17-21 of 2000) do not hold a translation: the last
-            # pair's velocity does, as for a frame too slow to measure
-            expected = self._prior(now)
-            if expected is not None:
-                return self._constant_velocity(frame, camera, feats, matches, geom, now, expected)
+            # a blurred frame's few inliers (a heavy blur: 17-21 of 2000) hold neither its translation nor its
+            # rotation (README: Robustness, stop 28): the last pair's velocity does
+            return self._unposed(frame, camera, feats, matches, now)
         self.last_motion = (geom.R, geom.t) if np.any(geom.t) else None
         self.lost_frames = 0
         if not np.any(geom.t):  # translation unobservable: a pure rotation, a stop, or too slow to see
@@ -610,7 +613,7 @@ class VOPipeline:
             # the scale's outliers do not extend the backend's tracks either: an aliased match would be a wrong
             # observation of the landmark it continues
             keep = ~measured.outliers if measured is not None else np.ones(idx1.size, bool)
-            self._promote(kf, now, cov, (scale, direction, parallax_px, np.radians(rotation_angle_deg(geom.R))),
+            self._promote(kf, now, cov, (scale, direction, parallax_px, geom.R),
                           (matches.idx0[inl][keep], idx1[keep], n0[keep], n1[keep]),
                           choice.measured if choice is not None else None)
             T = kf.T_world_cam  # refined by the backend when it ran in this thread
@@ -784,6 +787,31 @@ class VOPipeline:
         mask = self._still(feats, matches) if geom is None else geom.inliers
         return self._result(frame, feats, matches, mask, T, TrackingStatus.TRACKING, is_kf, cov, "constant_velocity")
 
+    def _unposed(self, frame: Frame, camera: Camera, feats: Features, matches: Matches, now: _Tick) -> PoseEstimate:
+        """A frame the views cannot pose: too few matches, no geometry, or (blurred) fewer inliers than
+        ``keyframe_min_inliers``. A blurred one (``pipeline.blur_ratio``) continues from the reference at the last
+        pair's velocity, in translation and rotation (flagged ``constant_velocity``, no inliers): holding the last
+        pose, as a lost frame does, would stop a moving camera for the length of the burst, and a blurred frame's
+        few inliers give a poor rotation. Its rotation is uncertain by the last pair's rotation (at least 1 deg)
+        per interval of that pair since the reference, in every axis. It counts as lost for the restart (which
+        blurred frames never make). Any other frame is lost."""
+        expected = self._prior(now) if self.blurred else None
+        if expected is None:
+            return self._lost(frame, feats, matches, now)
+        self.lost_frames += 1
+        ref, m = self.ref, self.motion
+        length, change = expected
+        pairs = length / m.distance if m.distance > 0 else 1.0  # the last pair's intervals since the reference
+        R = _rotation_power(m.rotation, pairs)  # reference axes -> this camera's, at the last pair's rate
+        centre = length * m.direction
+        T = compose_relative(ref.T_world_cam, R, -R @ centre)
+        cov_rel = np.zeros((6, 6))
+        cov_rel[:3, :3] = np.eye(3) * (length * np.log(change) / 2.0 + self._translation_resolution(camera)) ** 2
+        cov_rel[3:, 3:] = np.eye(3) * (max(pairs, 1.0) * max(m.rotation_rad, np.radians(1.0))) ** 2
+        cov = self._accumulate(T, cov_rel)
+        return self._result(frame, feats, matches, np.zeros(len(matches), bool), T, TrackingStatus.TRACKING, False,
+                            cov, "constant_velocity")
+
     def _accumulate(self, T_world_cur: np.ndarray, cov_rel: np.ndarray, moving: bool = True) -> np.ndarray:
         """Covariance of ``T_world_cur`` (world axes): the reference's, plus ``cov_rel`` of the motion from
         the reference (reference axes). A motion (``moving``) also adds the model-error floors
@@ -841,11 +869,11 @@ class VOPipeline:
         return rho, sigma
 
     def _promote(self, kf: Keyframe, now: _Tick, cov: np.ndarray,
-                 motion: tuple[float, np.ndarray, float, float] | None,
+                 motion: tuple[float, np.ndarray, float, np.ndarray] | None,
                  tracks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
                  metric_length: tuple[float, float] | None = None) -> None:
         """Make ``kf`` (pose covariance ``cov``) the reference at ``now``. ``motion``: (translation length,
-        unit centre displacement in the old reference's axes, parallax px, rotation rad) of the pair, which
+        unit centre displacement in the old reference's axes, parallax px, (3, 3) rotation) of the pair, which
         becomes the speed prior with the moving time since ``self.base``. ``tracks``: the pair's inliers
         (reference indices, ``kf`` indices, their normalised coordinates in both) that carry landmarks into
         ``kf``; then the backend optimises the window (here, or on its worker). ``metric_length``: the pair's metric length
@@ -1101,6 +1129,12 @@ class VOPipeline:
         ratio = n_inliers / n_matches
         count = min(1.0, n_inliers / (10.0 * self.cfg.geometry.min_inliers))
         return float(ratio * count)
+
+
+def _rotation_power(R: np.ndarray, k: float) -> np.ndarray:
+    """``R`` to the real power ``k``: the same axis, ``k`` times the angle."""
+    rvec, _ = cv2.Rodrigues(np.asarray(R, float))
+    return cv2.Rodrigues(rvec * k)[0]
 
 
 def _same_camera(a: Camera | None, b: Camera | None) -> bool:
