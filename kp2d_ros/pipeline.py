@@ -36,6 +36,7 @@ from kp2d_ros.types import (Camera, Features, Frame, Frontend, Matches, PoseEsti
 
 log = logging.getLogger(__name__)
 
+EMPTY_IMAGE_STD = 2.0  # grey levels: a frame whose standard deviation is below this has no content to track (black)
 STAGES = ("network", "matching", "io_net", "refine", "pose", "backend")
 
 
@@ -220,6 +221,7 @@ class VOPipeline:
         self.sharpness: list[float] = []
         self._sharpness_now = 0.0
         self.blurred = False
+        self._empty = False  # this frame has no content (process)
         self.blurred_run = 0
         self.last_motion: tuple[np.ndarray, np.ndarray] | None = None  # previous pair's (R, unit t)
         self._grey: np.ndarray | None = None  # the frame being processed, when refinement needs it
@@ -295,6 +297,8 @@ class VOPipeline:
         grey = to_grey(frame.image) if (self.cfg.refine.method != "none" or self.cfg.pipeline.blur_ratio > 0
                                         or self.metric.active) else None
         self._grey = grey if self.cfg.refine.method != "none" else None
+        # a frame without content (a covered lens, a dropped exposure): nothing to continue from, nor to restart on
+        self._empty = grey is not None and float(cv2.meanStdDev(grey)[1][0, 0]) < EMPTY_IMAGE_STD
         self._judge_blur(grey)
         self._accumulate_travel(travelled_m)
         self._scale_choice = None
@@ -334,12 +338,16 @@ class VOPipeline:
 
     def _judge_blur(self, grey: np.ndarray | None) -> None:
         """``self.blurred``: this frame (``grey``) is much less sharp than the last keyframes (``pipeline.blur_ratio``;
-        the variance of the Laplacian), and fewer than ``max_blurred_frames`` were in a row."""
+        the variance of the Laplacian), and fewer than ``max_blurred_frames`` were in a row. A frame without content
+        (``self._empty``: grey levels within :data:`EMPTY_IMAGE_STD` of their mean) is not blurred: there is
+        nothing to continue from, and it is lost as any frame that cannot be posed."""
         pc = self.cfg.pipeline
         self.blurred = False
         if pc.blur_ratio <= 0:
             return
         self._sharpness_now = float(cv2.Laplacian(grey, cv2.CV_32F).var())
+        if self._empty:
+            return
         if self.sharpness and self._sharpness_now < pc.blur_ratio * float(np.median(self.sharpness)):
             self.blurred_run += 1
             self.blurred = self.blurred_run <= pc.max_blurred_frames
@@ -474,6 +482,12 @@ class VOPipeline:
         return warps
 
     def _initialise(self, frame: Frame, feats: Features) -> PoseEstimate:
+        if self._empty:  # a covered lens at start-up: no keyframe yet, the next frame tries again
+            return PoseEstimate(stamp=frame.stamp, T_world_cam=self.last_pose.copy(),
+                                status=TrackingStatus.INITIALIZING, num_features=len(feats), is_keyframe=False,
+                                features=feats, matched=np.zeros(len(feats), bool),
+                                ref_keypoints=np.zeros((0, 2), np.float32), cur_keypoints=np.zeros((0, 2), np.float32),
+                                covariance=self.last_cov.copy(), motion_model="none")
         self.ref = Keyframe(features=feats, T_world_cam=self.last_pose.copy(), image=self._grey,
                             camera=self._raw_camera)
         self.sharpness = [self._sharpness_now] if self.cfg.pipeline.blur_ratio > 0 else []
@@ -1090,7 +1104,7 @@ class VOPipeline:
         self.last_cov = cov
         is_kf = False
         if ((restart or self.lost_frames >= self.cfg.pipeline.max_lost_frames and not self.blurred)
-                and len(feats) >= self.cfg.geometry.min_inliers):
+                and len(feats) >= self.cfg.geometry.min_inliers and not self._empty):
             self._promote(Keyframe(features=feats, T_world_cam=self.last_pose.copy()), now, cov, None)
             self.lost_frames = 0
             is_kf = True

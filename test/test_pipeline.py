@@ -253,9 +253,10 @@ def test_the_same_camera_is_recognised_across_copies():
     assert not _same_camera(CAM, replace(CAM, K=K))  # recalibrated or zoomed: other pixels for the same points
 
 
-def _street_with_a_blur_burst(tmp_path, blur_ratio: float, sigma: float = 3.0):
-    """The synthetic street (30 frames, 0.2 m/frame), frames 15-19 blurred as by a bump; the default config
-    without the backend's window (the gate is the front end's). Returns the estimates and the Sim(3) ATE."""
+def _street_with_a_blur_burst(tmp_path, blur_ratio: float, sigma: float = 3.0, black: bool = False):
+    """The synthetic street (30 frames, 0.2 m/frame), frames 15-19 blurred as by a bump (``black``: black, as by a
+    covered lens); the default config without the backend's window (the gate is the front end's). Returns the
+    estimates and the Sim(3) ATE."""
     from dataclasses import replace
 
     from kp2d_ros.data import open_sequence
@@ -271,7 +272,7 @@ def _street_with_a_blur_burst(tmp_path, blur_ratio: float, sigma: float = 3.0):
     out = []
     for i, f in enumerate(seq):
         if 15 <= i < 20:
-            f = replace(f, image=cv2.GaussianBlur(f.image, (0, 0), sigma))
+            f = replace(f, image=np.zeros_like(f.image) if black else cv2.GaussianBlur(f.image, (0, 0), sigma))
         out.append(vo.process(f))
     vo.close()
     est = np.array([e.T_odom_cam[:3, 3] for e in out])
@@ -313,6 +314,36 @@ def test_a_blur_burst_does_not_become_keyframes(tmp_path, sigma):
     out_off, ate_off = _street_with_a_blur_burst(tmp_path, blur_ratio=0.0, sigma=sigma)
     assert any(e.is_keyframe for e in out_off[15:20])  # the gate off: the old behaviour
     assert ate < 0.6 * ate_off, (ate, ate_off)
+
+
+def test_black_frames_are_lost_not_blurred(tmp_path):
+    """Black frames have no sharpness at all, but nothing to continue from either: they are lost and held (a
+    covered lens), not placed at the last velocity as blurred frames are; the frame after them tracks again."""
+    out, _ = _street_with_a_blur_burst(tmp_path, blur_ratio=0.4, black=True)
+    assert all(e.status == TrackingStatus.LOST and not e.is_keyframe for e in out[15:20])
+    assert out[20].status == TrackingStatus.TRACKING and out[20].num_inliers > 200  # against keyframe 14
+
+
+def test_a_black_frame_is_never_a_keyframe():
+    """KeyPointNet returns its top-k keypoints on a black image too: a covered lens at start-up or for longer than
+    ``max_lost_frames`` used to become the keyframe (the start, or a restart), and the real frames after it were lost
+    against it. A frame without content is never one; tracking starts at the first frame with content."""
+    from kp2d_ros.data.synthetic import synthetic_sequence
+
+    seq = list(synthetic_sequence(n_frames=12))
+    cfg = default_config(0)
+    vo = VOPipeline(cfg)
+    black = np.zeros_like(seq[0].image)
+    from dataclasses import replace
+
+    frames = [replace(seq[0], image=black), replace(seq[1], image=black)] + seq[2:8] \
+        + [replace(f, image=black) for f in seq[8:12]]
+    out = [vo.process(f) for f in frames]
+    vo.close()
+    assert [e.status for e in out[:3]] == [TrackingStatus.INITIALIZING] * 3
+    assert not out[0].is_keyframe and not out[1].is_keyframe and out[2].is_keyframe
+    assert all(e.status == TrackingStatus.TRACKING for e in out[3:8])
+    assert all(e.status == TrackingStatus.LOST and not e.is_keyframe for e in out[8:12])  # max_lost_frames 3: no restart
 
 
 def test_frames_without_features_are_lost_then_relocalised():
