@@ -32,6 +32,15 @@ def to_grey(image: np.ndarray) -> np.ndarray:
     raise DataError(f"image: expected (H, W) grey or (H, W, 3) RGB, got shape {image.shape}")
 
 
+EMPTY_IMAGE_STD = 2.0  # grey levels: an image whose standard deviation is below this has no content (black)
+
+
+def has_content(grey: np.ndarray) -> bool:
+    """Whether the (H, W) grey image has anything to detect: its grey levels vary by at least
+    :data:`EMPTY_IMAGE_STD` (a covered lens or a black frame does not)."""
+    return float(cv2.meanStdDev(grey)[1][0, 0]) >= EMPTY_IMAGE_STD
+
+
 def resize_to_working(grey: np.ndarray, resolution: list[int], scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Resize to the working resolution ``[width, height]``; ``[0, 0]``: the input size times ``scale``.
 

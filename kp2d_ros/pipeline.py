@@ -21,7 +21,7 @@ from kp2d_ros.backend import (BAResult, BackendStatus, BackendWorker, LaggedWork
                               bundle_adjust, check_solver)
 from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
-from kp2d_ros.frontend import build_frontend, to_grey
+from kp2d_ros.frontend import build_frontend, has_content, to_grey
 from kp2d_ros.geometry import (bearings, cauchy_cost, compose_covariance, compose_relative, estimate_relative_pose,
                                focal_length, invert_se3, inverse_depths, normalize_points, orthonormalize_se3,
                                patch_warps, refine_pose, relative_motion_covariance, rotation_angle_deg,
@@ -36,7 +36,6 @@ from kp2d_ros.types import (Camera, Features, Frame, Frontend, Matches, PoseEsti
 
 log = logging.getLogger(__name__)
 
-EMPTY_IMAGE_STD = 2.0  # grey levels: a frame whose standard deviation is below this has no content to track (black)
 STAGES = ("network", "matching", "io_net", "refine", "pose", "backend")
 
 
@@ -297,8 +296,8 @@ class VOPipeline:
         grey = to_grey(frame.image) if (self.cfg.refine.method != "none" or self.cfg.pipeline.blur_ratio > 0
                                         or self.metric.active) else None
         self._grey = grey if self.cfg.refine.method != "none" else None
-        # a frame without content (a covered lens, a dropped exposure): nothing to continue from, nor to restart on
-        self._empty = grey is not None and float(cv2.meanStdDev(grey)[1][0, 0]) < EMPTY_IMAGE_STD
+        # a frame without content (a covered lens) has no sharpness, but is not blurred: nothing to continue from
+        self._empty = grey is not None and not has_content(grey)
         self._judge_blur(grey)
         self._accumulate_travel(travelled_m)
         self._scale_choice = None
@@ -339,8 +338,8 @@ class VOPipeline:
     def _judge_blur(self, grey: np.ndarray | None) -> None:
         """``self.blurred``: this frame (``grey``) is much less sharp than the last keyframes (``pipeline.blur_ratio``;
         the variance of the Laplacian), and fewer than ``max_blurred_frames`` were in a row. A frame without content
-        (``self._empty``: grey levels within :data:`EMPTY_IMAGE_STD` of their mean) is not blurred: there is
-        nothing to continue from, and it is lost as any frame that cannot be posed."""
+        (:func:`~kp2d_ros.frontend.has_content`: a black frame) is not blurred: there is nothing to continue from,
+        and it is lost as any frame that cannot be posed."""
         pc = self.cfg.pipeline
         self.blurred = False
         if pc.blur_ratio <= 0:
@@ -482,7 +481,7 @@ class VOPipeline:
         return warps
 
     def _initialise(self, frame: Frame, feats: Features) -> PoseEstimate:
-        if self._empty:  # a covered lens at start-up: no keyframe yet, the next frame tries again
+        if len(feats) < self.cfg.geometry.min_inliers:  # a covered lens at start-up: no keyframe yet, the next frame tries again
             return PoseEstimate(stamp=frame.stamp, T_world_cam=self.last_pose.copy(),
                                 status=TrackingStatus.INITIALIZING, num_features=len(feats), is_keyframe=False,
                                 features=feats, matched=np.zeros(len(feats), bool),
@@ -1104,7 +1103,7 @@ class VOPipeline:
         self.last_cov = cov
         is_kf = False
         if ((restart or self.lost_frames >= self.cfg.pipeline.max_lost_frames and not self.blurred)
-                and len(feats) >= self.cfg.geometry.min_inliers and not self._empty):
+                and len(feats) >= self.cfg.geometry.min_inliers):
             self._promote(Keyframe(features=feats, T_world_cam=self.last_pose.copy()), now, cov, None)
             self.lost_frames = 0
             is_kf = True

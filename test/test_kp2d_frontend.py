@@ -108,6 +108,19 @@ def test_score_threshold_can_empty_the_set(net):
     assert len(f) == 0 and f.keypoints.shape == (0, 2) and f.descriptors.shape == (0, 256)
 
 
+@pytest.mark.parametrize("level", [0, 128])
+def test_an_image_without_content_has_no_keypoints(net, level):
+    """A black (covered lens) or uniform frame: the network's top-k would be keypoints on noise, which the pipeline
+    took for a keyframe (SIFT finds none there). An image with content keeps its keypoints; RGB is judged in grey."""
+    fe = make(net)
+    flat = np.full((120, 160), level, np.uint8)
+    flat[::7, ::5] += 1  # sensor noise of a grey level
+    f = fe.detect(flat)
+    assert len(f) == 0 and f.keypoints.shape == (0, 2) and f.descriptors.shape == (0, 256)
+    assert len(fe.detect(np.dstack([flat] * 3))) == 0
+    assert len(fe.detect(image())) > 50
+
+
 def test_cuda_request_falls_back_to_cpu_with_one_log_line(monkeypatch, caplog, net):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with caplog.at_level(logging.WARNING, logger=kp2d_frontend.__name__):

@@ -325,9 +325,10 @@ def test_black_frames_are_lost_not_blurred(tmp_path):
 
 
 def test_a_black_frame_is_never_a_keyframe():
-    """KeyPointNet returns its top-k keypoints on a black image too: a covered lens at start-up or for longer than
-    ``max_lost_frames`` used to become the keyframe (the start, or a restart), and the real frames after it were lost
-    against it. A frame without content is never one; tracking starts at the first frame with content."""
+    """KeyPointNet returned its top-k keypoints on a black image too: a covered lens at start-up or for longer than
+    ``max_lost_frames`` became the keyframe (the start, or a restart), and the real frames after it were lost
+    against it. It now finds none there, as SIFT does, and the first keyframe needs ``geometry.min_inliers``
+    features: tracking starts at the first frame with content."""
     from kp2d_ros.data.synthetic import synthetic_sequence
 
     seq = list(synthetic_sequence(n_frames=12))
