@@ -779,35 +779,19 @@ def _main_script_hidden():
 def _lower_priority(increment: int, idle: bool = False) -> None:
     """Initializer of the worker process: run at a lower CPU priority (``backend.worker_nice``) and, with ``idle``
     (``backend.worker_idle``), in Linux's SCHED_IDLE class. Even at nice 19 the optimisation took time slices from
-    the front end's torch threads on 2 cores; as SCHED_IDLE it runs only on CPU time they leave.
-
-    Linux keeps both per thread, and the process already has threads when this runs: numpy's BLAS pool starts at
-    import, and those threads kept the normal priority (stop 28: 3 of the 4 threads), spinning after each matrix
-    product of the optimisation's Python. The pool is limited to one thread (the optimisation is one core's work)
-    and every thread is lowered; threads started later inherit it."""
+    the front end's torch threads on 2 cores; as SCHED_IDLE it runs only on CPU time they leave."""
     import os
 
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=1, user_api="blas")  # kept until restored; this process restores nothing
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        pass
-    try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:  # not Linux: the calling thread only
-        tids = [0]
-    for tid in tids:
-        if increment > 0:
-            try:
-                os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + increment, 19))
-            except OSError:  # not permitted here: run at the normal priority
-                pass
-        if idle and hasattr(os, "SCHED_IDLE"):  # Linux; lowering one's own class needs no privilege
-            try:
-                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-            except OSError:
-                pass
+    if increment > 0:
+        try:
+            os.nice(increment)
+        except OSError:  # not permitted here: run at the normal priority
+            pass
+    if idle and hasattr(os, "SCHED_IDLE"):  # Linux; lowering one's own class needs no privilege
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
+            pass
 
 
 def _load_solver(solver: str) -> None:
