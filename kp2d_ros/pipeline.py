@@ -481,7 +481,7 @@ class VOPipeline:
         return warps
 
     def _initialise(self, frame: Frame, feats: Features) -> PoseEstimate:
-        if len(feats) < self.cfg.geometry.min_inliers:  # a covered lens at start-up: no keyframe yet, the next frame tries again
+        if len(feats) < self.cfg.geometry.min_inliers:  # a covered lens at start-up: no keyframe; the next frame tries
             return PoseEstimate(stamp=frame.stamp, T_world_cam=self.last_pose.copy(),
                                 status=TrackingStatus.INITIALIZING, num_features=len(feats), is_keyframe=False,
                                 features=feats, matched=np.zeros(len(feats), bool),
