@@ -220,7 +220,6 @@ class VOPipeline:
         self.sharpness: list[float] = []
         self._sharpness_now = 0.0
         self.blurred = False
-        self._empty = False  # this frame has no content (process)
         self.blurred_run = 0
         self.last_motion: tuple[np.ndarray, np.ndarray] | None = None  # previous pair's (R, unit t)
         self._grey: np.ndarray | None = None  # the frame being processed, when refinement needs it
@@ -296,8 +295,6 @@ class VOPipeline:
         grey = to_grey(frame.image) if (self.cfg.refine.method != "none" or self.cfg.pipeline.blur_ratio > 0
                                         or self.metric.active) else None
         self._grey = grey if self.cfg.refine.method != "none" else None
-        # a frame without content (a covered lens) has no sharpness, but is not blurred: nothing to continue from
-        self._empty = grey is not None and not has_content(grey)
         self._judge_blur(grey)
         self._accumulate_travel(travelled_m)
         self._scale_choice = None
@@ -345,7 +342,7 @@ class VOPipeline:
         if pc.blur_ratio <= 0:
             return
         self._sharpness_now = float(cv2.Laplacian(grey, cv2.CV_32F).var())
-        if self._empty:
+        if not has_content(grey):  # a covered lens has no sharpness, but is not blurred: nothing to continue from
             return
         if self.sharpness and self._sharpness_now < pc.blur_ratio * float(np.median(self.sharpness)):
             self.blurred_run += 1
@@ -780,25 +777,31 @@ class VOPipeline:
                            geom: TwoViewGeometry | None, now: _Tick, expected: tuple[float, float]) -> PoseEstimate:
         """Too slow to see the translation yet: rotation from the views (identity without image motion), the
         translation continues the last pair's direction at its speed (flagged ``constant_velocity``)."""
-        ref = self.ref
         self.lost_frames = 0
-        length, change = expected
-        R = np.eye(3) if geom is None else geom.R
-        centre = length * self.motion.direction  # camera centre in the reference's axes
-        T = compose_relative(ref.T_world_cam, R, -R @ centre)
-        cov_rel = np.zeros((6, 6))
-        cov_rel[:3, :3] = np.eye(3) * (length * np.log(change) / 2.0 + self._translation_resolution(camera)) ** 2
         if geom is None:
-            cov_rel[3:, 3:] = self._rotation_cov(camera, None)
+            T, cov = self._at_last_velocity(camera, expected, np.eye(3), self._rotation_cov(camera, None))
         else:
-            cov_rel[3:, 3:] = self._rotation_cov(camera, R, *self._rays(camera, feats, matches, geom.inliers))
-        cov = self._accumulate(T, cov_rel)
+            rot_cov = self._rotation_cov(camera, geom.R, *self._rays(camera, feats, matches, geom.inliers))
+            T, cov = self._at_last_velocity(camera, expected, geom.R, rot_cov)
         is_kf = (geom is not None and rotation_angle_deg(geom.R) > self.cfg.pipeline.rotation_keyframe_deg
                  and not self.blurred)
         if is_kf:
             self._promote(Keyframe(features=feats, T_world_cam=T), now, cov, None)
         mask = self._still(feats, matches) if geom is None else geom.inliers
         return self._result(frame, feats, matches, mask, T, TrackingStatus.TRACKING, is_kf, cov, "constant_velocity")
+
+    def _at_last_velocity(self, camera: Camera, expected: tuple[float, float], R: np.ndarray,
+                          rot_cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The pose that continues from the reference along the last pair's direction for ``expected``'s length
+        (:meth:`_prior`), with the rotation ``R`` (reference axes -> this camera's) of (3, 3) covariance ``rot_cov``,
+        and its covariance (world axes): the length is uncertain by the allowed change of speed."""
+        length, change = expected
+        centre = length * self.motion.direction  # camera centre in the reference's axes
+        T = compose_relative(self.ref.T_world_cam, R, -R @ centre)
+        cov_rel = np.zeros((6, 6))
+        cov_rel[:3, :3] = np.eye(3) * (length * np.log(change) / 2.0 + self._translation_resolution(camera)) ** 2
+        cov_rel[3:, 3:] = rot_cov
+        return T, self._accumulate(T, cov_rel)
 
     def _unposed(self, frame: Frame, camera: Camera, feats: Features, matches: Matches, now: _Tick) -> PoseEstimate:
         """A frame the views cannot pose: too few matches, no geometry, or (blurred) fewer inliers than
@@ -812,16 +815,11 @@ class VOPipeline:
         if expected is None:
             return self._lost(frame, feats, matches, now)
         self.lost_frames += 1
-        ref, m = self.ref, self.motion
-        length, change = expected
-        pairs = length / m.distance if m.distance > 0 else 1.0  # the last pair's intervals since the reference
+        m = self.motion
+        pairs = expected[0] / m.distance if m.distance > 0 else 1.0  # the last pair's intervals since the reference
         R = _rotation_power(m.rotation, pairs)  # reference axes -> this camera's, at the last pair's rate
-        centre = length * m.direction
-        T = compose_relative(ref.T_world_cam, R, -R @ centre)
-        cov_rel = np.zeros((6, 6))
-        cov_rel[:3, :3] = np.eye(3) * (length * np.log(change) / 2.0 + self._translation_resolution(camera)) ** 2
-        cov_rel[3:, 3:] = np.eye(3) * (max(pairs, 1.0) * max(m.rotation_rad, np.radians(1.0))) ** 2
-        cov = self._accumulate(T, cov_rel)
+        rot_cov = np.eye(3) * (max(pairs, 1.0) * max(m.rotation_rad, np.radians(1.0))) ** 2
+        T, cov = self._at_last_velocity(camera, expected, R, rot_cov)
         return self._result(frame, feats, matches, np.zeros(len(matches), bool), T, TrackingStatus.TRACKING, False,
                             cov, "constant_velocity")
 
