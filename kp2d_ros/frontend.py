@@ -35,10 +35,10 @@ def to_grey(image: np.ndarray) -> np.ndarray:
 EMPTY_IMAGE_STD = 2.0  # grey levels: an image whose standard deviation is below this has no content (black)
 
 
-def has_content(grey: np.ndarray) -> bool:
-    """Whether the (H, W) grey image has anything to detect: its grey levels vary by at least
-    :data:`EMPTY_IMAGE_STD` (a covered lens or a black frame does not)."""
-    return float(cv2.meanStdDev(grey)[1][0, 0]) >= EMPTY_IMAGE_STD
+def has_content(image: np.ndarray) -> bool:
+    """Whether the (H, W) grey or (H, W, 3) RGB image has anything to detect: its levels vary by at least
+    :data:`EMPTY_IMAGE_STD` in one channel (a covered lens or a black frame does not). No grey conversion."""
+    return float(cv2.meanStdDev(image)[1].max()) >= EMPTY_IMAGE_STD
 
 
 def resize_to_working(grey: np.ndarray, resolution: list[int], scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

@@ -350,6 +350,12 @@ class VOPipeline:
         else:
             self.blurred_run = 0
 
+    def _keyframe_allowed(self, wanted: bool) -> bool:
+        """The keyframe decision's last word: a frame that wants to become a keyframe may, unless it is blurred
+        (``pipeline.blur_ratio``). A blurred keyframe's poorly placed keypoints would carry the next frames' poses;
+        the frames after a burst match the last sharp keyframe instead. (A camera change restarts regardless.)"""
+        return bool(wanted) and not self.blurred
+
     def _accumulate_travel(self, travelled_m: float | None) -> None:
         """Add this frame's externally measured travel to the sum since the reference keyframe (unknown
         once any frame since it had none)."""
@@ -585,8 +591,8 @@ class VOPipeline:
         # The first pair (no speed yet: it defines the unit) needs only min_parallax_px, as every pair with
         # keyframe_parallax_px 0: a larger spacing is for the keyframes that follow (the window's baselines).
         spacing = pc.keyframe_parallax_px if expected is not None else 0.0
-        is_kf = displacement_px >= pc.min_parallax_px and (parallax_px >= spacing
-                                                           or n_inl < pc.keyframe_min_inliers) and not self.blurred
+        is_kf = self._keyframe_allowed(displacement_px >= pc.min_parallax_px
+                                       and (parallax_px >= spacing or n_inl < pc.keyframe_min_inliers))
         prior_std, elapsed = self._prior_log_std(now) if expected is not None else (np.inf, 1.0)
         measured = self._scale(geom, rho0, sigma0, matches, cfg.geometry.ransac_threshold_px / f, expected, prior_std)
         model = "measured"
@@ -766,7 +772,7 @@ class VOPipeline:
         if standing:
             self.base = now
             self.still = True
-        is_kf = rotation_angle_deg(geom.R) > pc.rotation_keyframe_deg and not self.blurred
+        is_kf = self._keyframe_allowed(rotation_angle_deg(geom.R) > pc.rotation_keyframe_deg)
         if is_kf:
             kf = Keyframe(features=feats, T_world_cam=T)
             self._promote(kf, now, cov, None, (matches.idx0[geom.inliers], matches.idx1[geom.inliers], n0, n1))
@@ -783,8 +789,8 @@ class VOPipeline:
         else:
             rot_cov = self._rotation_cov(camera, geom.R, *self._rays(camera, feats, matches, geom.inliers))
             T, cov = self._at_last_velocity(camera, expected, geom.R, rot_cov)
-        is_kf = (geom is not None and rotation_angle_deg(geom.R) > self.cfg.pipeline.rotation_keyframe_deg
-                 and not self.blurred)
+        is_kf = self._keyframe_allowed(geom is not None
+                                       and rotation_angle_deg(geom.R) > self.cfg.pipeline.rotation_keyframe_deg)
         if is_kf:
             self._promote(Keyframe(features=feats, T_world_cam=T), now, cov, None)
         mask = self._still(feats, matches) if geom is None else geom.inliers
@@ -1100,7 +1106,7 @@ class VOPipeline:
         cov[3:, 3:][np.diag_indices(3)] += sig_r ** 2
         self.last_cov = cov
         is_kf = False
-        if ((restart or self.lost_frames >= self.cfg.pipeline.max_lost_frames and not self.blurred)
+        if ((restart or self._keyframe_allowed(self.lost_frames >= self.cfg.pipeline.max_lost_frames))
                 and len(feats) >= self.cfg.geometry.min_inliers):
             self._promote(Keyframe(features=feats, T_world_cam=self.last_pose.copy()), now, cov, None)
             self.lost_frames = 0

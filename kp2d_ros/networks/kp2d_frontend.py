@@ -34,7 +34,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from kp2d_ros.config import FrontendConfig
 from kp2d_ros.errors import DataError
-from kp2d_ros.frontend import has_content, resize_to_working, to_grey
+from kp2d_ros.frontend import has_content, resize_to_working
 from kp2d_ros.networks.keypoint_net import KeyPointNet, sample_conv_descriptors
 from kp2d_ros.runtime import cpu_has_native_bf16
 from kp2d_ros.types import Features, Frontend
@@ -276,7 +276,7 @@ class KP2DFrontend(Frontend):
         """Like :meth:`detect` but returns float32 tensors on the frontend's device:
         keypoints (N, 2) in input pixels, scores (N,), descriptors (N, D)."""
         work, (w, h), (rw, rh) = self._working_image(image)
-        if not has_content(to_grey(work)):  # a black frame: the network's top-k keypoints would be noise
+        if not has_content(work):  # a black frame: the network's top-k keypoints would be noise
             d = self.model.config.descriptor_dim
             return (torch.zeros((0, 2), device=self.device), torch.zeros(0, device=self.device),
                     torch.zeros((0, d), device=self.device))
