@@ -61,9 +61,71 @@ def test_mono16_scaled_to_8bit(encoding, bigendian):
 
 def test_unsupported_encoding_is_named():
     msg = make_image(RGB, "rgb8")
-    msg.encoding = "yuv422"
-    with pytest.raises(DataError, match="yuv422"):
+    msg.encoding = "nv21"
+    with pytest.raises(DataError, match="nv21"):
         conv.image_to_array(msg)
+
+
+# Camera-native encodings (USB cameras' YUV 4:2:2, machine-vision cameras' Bayer mosaics), as cv_bridge reads them.
+# The bytes are written here by hand from the encodings' definitions, not by the package's encoder.
+RED_YUV, BLUE_YUV = (81, 90, 240), (41, 240, 110)  # BT.601 limited range: (Y, U, V) of pure red / pure blue
+
+
+@pytest.mark.parametrize("encoding,uyvy", [("yuv422", True), ("uyvy", True), ("yuv422_yuy2", False), ("yuyv", False)])
+@pytest.mark.parametrize("pad", [0, 4])
+def test_yuv422_encodings_give_rgb(encoding, uyvy, pad):
+    """A 2x4 image, left pixel pair red, right pair blue: ROS's ``yuv422`` (= ``uyvy``) is U Y0 V Y1, ``yuv422_yuy2``
+    (= ``yuyv``, v4l2_camera's YUYV) is Y0 U Y1 V."""
+    def pair(yuv):
+        y, u, v = yuv
+        return [u, y, v, y] if uyvy else [y, u, y, v]
+
+    row = np.array(pair(RED_YUV) + pair(BLUE_YUV), np.uint8)
+    padded = np.zeros((2, 8 + pad), np.uint8)
+    padded[:, :8] = row
+    msg = Image(height=2, width=4, encoding=encoding, is_bigendian=0, step=8 + pad)
+    msg.data = padded.tobytes()
+    out = conv.image_to_array(msg)
+    assert out.shape == (2, 4, 3) and out.dtype == np.uint8
+    np.testing.assert_allclose(out[:, :2].reshape(-1, 3), [[255, 0, 0]] * 4, atol=3)
+    np.testing.assert_allclose(out[:, 2:].reshape(-1, 3), [[0, 0, 255]] * 4, atol=3)
+
+
+def test_yuv422_needs_an_even_width():
+    msg = Image(height=2, width=3, encoding="yuv422", is_bigendian=0, step=6)
+    msg.data = bytes(12)
+    with pytest.raises(DataError, match="even width"):
+        conv.image_to_array(msg)
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_bayer_encodings_are_demosaiced(pattern, bits):
+    """A uniform colour as a Bayer sensor sees it: each pixel keeps the channel its filter passes, the 2x2 tile
+    read row by row as the encoding's name (``bayer_rggb8``: R G / G B). Demosaiced, the inside is that colour."""
+    colour = {"r": 200, "g": 100, "b": 30}
+    tile = np.array([[colour[pattern[0]], colour[pattern[1]]], [colour[pattern[2]], colour[pattern[3]]]])
+    mosaic = np.tile(tile, (4, 5)).astype(np.uint8 if bits == 8 else np.uint16)
+    if bits == 16:
+        mosaic = mosaic * 257
+    out = conv.image_to_array(make_image(mosaic, f"bayer_{pattern}{bits}"))
+    assert out.shape == (8, 10, 3) and out.dtype == np.uint8
+    np.testing.assert_allclose(out[2:-2, 2:-2].reshape(-1, 3), [[200, 100, 30]] * 24, atol=2)
+
+
+@pytest.mark.parametrize("encoding", ["yuv422", "yuv422_yuy2", "bayer_rggb8", "bayer_gbrg16"])
+def test_camera_native_encodings_round_trip(encoding):
+    """What the bag writer stores in these encodings reads back as the image (a smooth one: 4:2:2 halves the colour
+    resolution and a mosaic keeps one channel a pixel)."""
+    from kp2d_ros.data.images import decode_image_msg, encode_image
+
+    y, x = np.mgrid[0:24, 0:32]
+    img = np.dstack([60 + 4 * x, 50 + 3 * y, 120 + 2 * x - y]).astype(np.uint8)
+    data, step = encode_image(img, encoding)
+    msg = Image(height=24, width=32, encoding=encoding, is_bigendian=0, step=step)
+    msg.data = data.tobytes()
+    out = decode_image_msg(msg)
+    np.testing.assert_allclose(out[2:-2, 2:-2].astype(int), img[2:-2, 2:-2].astype(int), atol=4)
 
 
 @pytest.mark.parametrize("mutate,match", [

@@ -29,7 +29,27 @@ _ENCODINGS = {
     "bgr16": (3, np.uint16, "bgr"),
 }
 
-SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+# Camera-native layouts, demosaiced or converted by OpenCV to RGB (as cv_bridge does): encoding -> (bytes per
+# pixel, numpy dtype of one sample, OpenCV code). ``yuv422`` is UYVY (ROS's name; ``uyvy`` since Humble),
+# ``yuv422_yuy2`` YUYV (v4l2_camera's default for YUYV cameras); Bayer as ROS names it (``bayer_rggb8``: R at the
+# top-left), mapped to OpenCV's shifted pattern names exactly as cv_bridge maps them.
+_CONVERTED = {
+    "yuv422": (2, np.uint8, cv2.COLOR_YUV2RGB_UYVY),
+    "uyvy": (2, np.uint8, cv2.COLOR_YUV2RGB_UYVY),
+    "yuv422_yuy2": (2, np.uint8, cv2.COLOR_YUV2RGB_YUY2),
+    "yuyv": (2, np.uint8, cv2.COLOR_YUV2RGB_YUY2),
+    "bayer_rggb8": (1, np.uint8, cv2.COLOR_BayerBG2RGB),
+    "bayer_bggr8": (1, np.uint8, cv2.COLOR_BayerRG2RGB),
+    "bayer_gbrg8": (1, np.uint8, cv2.COLOR_BayerGR2RGB),
+    "bayer_grbg8": (1, np.uint8, cv2.COLOR_BayerGB2RGB),
+    "bayer_rggb16": (1, np.uint16, cv2.COLOR_BayerBG2RGB),
+    "bayer_bggr16": (1, np.uint16, cv2.COLOR_BayerRG2RGB),
+    "bayer_gbrg16": (1, np.uint16, cv2.COLOR_BayerGR2RGB),
+    "bayer_grbg16": (1, np.uint16, cv2.COLOR_BayerGB2RGB),
+}
+_BAYER_RED = {"rggb": (0, 0), "bggr": (1, 1), "gbrg": (1, 0), "grbg": (0, 1)}  # (row, col) of R in the 2x2 tile
+
+SUPPORTED_ENCODINGS = tuple(_ENCODINGS) + tuple(_CONVERTED)
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
@@ -99,9 +119,9 @@ def decode_image_msg(msg) -> np.ndarray:
         ``len(data) != step * height``.
     """
     enc = str(msg.encoding).lower()
-    if enc not in _ENCODINGS:
+    if enc not in SUPPORTED_ENCODINGS:
         raise DataError(f"unsupported image encoding '{msg.encoding}' (supported: {', '.join(SUPPORTED_ENCODINGS)})")
-    channels, dtype, order = _ENCODINGS[enc]
+    channels, dtype, order = _ENCODINGS[enc] if enc in _ENCODINGS else _CONVERTED[enc]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
         raise DataError(f"empty image ({w}x{h})")
@@ -114,6 +134,13 @@ def decode_image_msg(msg) -> np.ndarray:
         raise DataError(f"image data has {data.size} bytes, expected step * height = {step} * {h} = {step * h}")
     rows = data.reshape(h, step)[:, :row]
     img = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<"))
+    if enc in _CONVERTED:  # packed YUV 4:2:2 (2 bytes a pixel) or a Bayer mosaic: OpenCV converts it to RGB
+        if channels == 2 and w % 2:
+            raise DataError(f"{msg.encoding}: a 4:2:2 image needs an even width, got {w}")
+        if channels == 1 and min(h, w) < 2:
+            raise DataError(f"{msg.encoding}: a Bayer image needs at least 2x2 pixels, got {w}x{h}")
+        img = img.astype(dtype).reshape(h, w, channels) if channels > 1 else img.astype(dtype).reshape(h, w)
+        return _to_grey_or_rgb(cv2.cvtColor(img, order), "rgb")
     img = img.astype(dtype).reshape(h, w, channels)
     return _to_grey_or_rgb(img, order)
 
@@ -143,10 +170,12 @@ def encode_image(img: np.ndarray, encoding: str) -> tuple[np.ndarray, int]:
     mono encodings from a colour image convert to grey.
     """
     enc = encoding.lower()
-    if enc not in _ENCODINGS:
+    if enc not in SUPPORTED_ENCODINGS:
         raise DataError(f"unsupported image encoding '{encoding}' (supported: {', '.join(SUPPORTED_ENCODINGS)})")
-    channels, dtype, order = _ENCODINGS[enc]
     img = np.asarray(img)
+    if enc in _CONVERTED:
+        return _encode_converted(img, enc)
+    channels, dtype, order = _ENCODINGS[enc]
     if channels == 1:
         out = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     else:
@@ -159,6 +188,27 @@ def encode_image(img: np.ndarray, encoding: str) -> tuple[np.ndarray, int]:
     out = np.ascontiguousarray(out)
     step = out.shape[1] * channels * out.dtype.itemsize
     return out.view(np.uint8).reshape(-1), step
+
+
+def _encode_converted(img: np.ndarray, enc: str) -> tuple[np.ndarray, int]:
+    """(H, W) grey or (H, W, 3) RGB uint8 -> a camera-native layout of :data:`_CONVERTED` (bytes, step): YUV 4:2:2
+    by OpenCV (even width), a Bayer mosaic by sampling each pixel's colour in the pattern (16 bit: ``v * 257``)."""
+    rgb = img if img.ndim == 3 else np.repeat(img[:, :, None], 3, axis=2)
+    h, w = rgb.shape[:2]
+    if enc.startswith("bayer_"):
+        r0, c0 = _BAYER_RED[enc[6:10]]
+        out = rgb[:, :, 1].copy()  # green on the other diagonal
+        out[r0::2, c0::2] = rgb[r0::2, c0::2, 0]
+        out[1 - r0::2, 1 - c0::2] = rgb[1 - r0::2, 1 - c0::2, 2]
+        if enc.endswith("16"):
+            out = out.astype("<u2") * 257
+    else:
+        if w % 2:
+            raise DataError(f"{enc}: a 4:2:2 image needs an even width, got {w}")
+        code = cv2.COLOR_RGB2YUV_UYVY if _CONVERTED[enc][2] == cv2.COLOR_YUV2RGB_UYVY else cv2.COLOR_RGB2YUV_YUY2
+        out = cv2.cvtColor(np.ascontiguousarray(rgb), code)
+    out = np.ascontiguousarray(out)
+    return out.view(np.uint8).reshape(-1), out.nbytes // h
 
 
 def encode_compressed(img: np.ndarray, fmt: str = "png") -> np.ndarray:
