@@ -299,9 +299,9 @@ def test_a_blur_burst_does_not_become_keyframes(tmp_path, sigma):
     keyframes; the first sharp frame after them matches that keyframe again. Measured at 3 px: 0.0048 m against
     0.0098 m with the gate off on the EPYC (bf16 network), 0.0049 against 0.0043 m on an AVX-512 Xeon without bf16
     (fp32; clean 0.0019 m): on 30 frames a mild blur's chain is not always worse, so at 3 px the bound is the clean
-    run's scale (< 0.01 m), and the gate-off comparison is at 6 px, where the chain breaks. At 6 px the blurred frames match the sharp keyframe too little to be posed; they
-    continue at the last pair's velocity, in translation and rotation: 0.0034 m, rotation since frame 14 within
-    0.21 deg (the gate off: 0.301 m; stop 27, lost frames held and the few inliers' rotations: 0.131 m, 3.3 deg)."""
+    run's scale (< 0.01 m), and the gate-off comparison is at 6 px, where the chain breaks. At 6 px the blurred
+    frames match the sharp keyframe too little to be posed; they continue at the last pair's velocity, in
+    translation and rotation: 0.0034 m (0.0037 m on the Xeon), rotation since frame 14 within 0.21 deg (the gate off: 0.301 m; stop 27, lost frames held and the few inliers' rotations: 0.131 m, 3.3 deg)."""
     out, ate = _street_with_a_blur_burst(tmp_path, blur_ratio=0.4, sigma=sigma)
     assert all(e.is_keyframe for e in out[1:15]) and not any(e.is_keyframe for e in out[15:20])
     assert out[20].is_keyframe and out[20].num_inliers > 200

@@ -160,3 +160,26 @@ def test_backend_lag_records_every_taken_window(tmp_path):
     res = subprocess.run(cmd + ["--set", "backend.window=0"], capture_output=True, text=True, cwd=REPO, timeout=300,
                          env=env)
     assert res.returncode == 2 and "backend.window" in res.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/backend_contention.py (issue 13: what the optimisation on the other core costs the front end)
+# --------------------------------------------------------------------------------------------
+def test_backend_contention_times_both_kinds_of_round(tmp_path):
+    """On 12 frames of the synthetic street with SIFT: the windows are recorded, and each kind of round (the front
+    end alone, and beside a process optimising them) has its per-frame wall and CPU times."""
+    from kp2d_ros.data.synthetic import write_synthetic_sequence
+
+    seq = write_synthetic_sequence(tmp_path / "seq", n_frames=12)
+    out = tmp_path / "contention.json"
+    cmd = [sys.executable, str(REPO / "scripts" / "backend_contention.py"), str(seq), "--config",
+           str(REPO / "config" / "vo_classical.yaml"), "--frames", "12", "--rounds", "1", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["windows"] > 0 and report["frames"] == 12
+    for kind in ("alone", "with_backend"):
+        assert len(report[kind]["rounds"]) == 1 and report[kind]["wall_ms_median"] > 0
+    assert report["wall_ratio"] == pytest.approx(report["with_backend"]["wall_ms_median"]
+                                                 / report["alone"]["wall_ms_median"])
