@@ -53,7 +53,40 @@ def normalize_points(pts: np.ndarray, camera: Camera) -> np.ndarray:
         return np.stack([(pts[:, 0] - K[0, 2]) / K[0, 0], (pts[:, 1] - K[1, 2]) / K[1, 1]], axis=1)
     if camera.model == "equidistant":
         return cv2.fisheye.undistortPoints(pts.reshape(-1, 1, 2), camera.K, camera.dist[:4]).reshape(-1, 2)
+    K = camera.K
+    if K[0, 1] == 0 and np.all(camera.dist[2:4] == 0) and np.all(camera.dist[5:] == 0):
+        # radial only (k1 k2 k3: the backend's self-calibrated lens): the radius solved directly
+        xd = np.stack([(pts[:, 0] - K[0, 2]) / K[0, 0], (pts[:, 1] - K[1, 2]) / K[1, 1]], axis=1)
+        k = camera.dist[[0, 1, 4]] if len(camera.dist) > 4 else np.append(camera.dist[:2], 0.0)
+        out = _undistort_radial(xd, k)
+        if out is not None:
+            return out
     return cv2.undistortPoints(pts.reshape(-1, 1, 2), camera.K, camera.dist, criteria=UNDISTORT_CRITERIA).reshape(-1, 2)
+
+
+def _undistort_radial(xd: np.ndarray, k: np.ndarray, iterations: int = 10) -> np.ndarray | None:
+    """(N, 2) distorted normalised points of a radial-only lens ``x_d = x (1 + k1 r^2 + k2 r^4 + k3 r^6)`` ->
+    (N, 2) undistorted, by Newton's method on the radius from ``r = r_d``: the root cv2.undistortPoints' fixed-point
+    iteration converges to (equal to 1e-15 for the self-calibrated k1), in 3-4 steps instead of 20. None where no
+    root is found to 1e-13 or the lens folds back (``d r_d / d r <= 0``: beyond a barrel lens's largest radius):
+    the caller falls back to OpenCV."""
+    k1, k2, k3 = (float(v) for v in k)
+    rd = np.hypot(xd[:, 0], xd[:, 1])
+    r = rd.copy()
+    for _ in range(iterations):
+        r2 = r * r
+        g = r * (1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))) - rd
+        if np.abs(g).max() <= 1e-13:
+            break
+        dg = 1.0 + r2 * (3.0 * k1 + r2 * (5.0 * k2 + r2 * 7.0 * k3))
+        if np.any(dg <= 0):
+            return None
+        r = r - g / dg
+    else:
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(rd > 0, r / rd, 1.0)
+    return xd * ratio[:, None]
 
 
 def undistort_pixels(pts: np.ndarray, camera: Camera) -> np.ndarray:

@@ -352,3 +352,51 @@ def test_patch_warps_are_the_jacobians_of_the_plane_mapping():
     fwd = patch_warps(np.array([[1.0, 0.5, 10.0]]), np.eye(3), np.array([0, 0, -0.6]), K)[0]
     np.testing.assert_allclose(fwd, np.eye(2) * 10.0 / 9.4, rtol=1e-12)
     assert np.isnan(patch_warps(np.array([[0, 0, 0.5]]), np.eye(3), np.array([0, 0, -1.0]), K)).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Radial-only lenses (the backend's self-calibrated k1): undistorted by Newton's method on the radius
+# --------------------------------------------------------------------------------------------
+def _radial(x: np.ndarray, d) -> np.ndarray:
+    r2 = (x ** 2).sum(1)
+    return x * (1 + d[0] * r2 + d[1] * r2 ** 2 + d[4] * r2 ** 3)[:, None]
+
+
+_KITTI_PTS = np.random.default_rng(3).uniform([0, 0], [1226, 370], (500, 2))
+
+
+@pytest.mark.parametrize("dist", [[0.0112, 0, 0, 0, 0], [-0.039, 0, 0, 0, 0], [-0.2, 0.05, 0, 0, 0.01]])
+def test_a_radial_lens_is_undistorted_as_opencv_does(dist):
+    """The self-calibrated k1 (KITTI 07: +0.011; TUM with SIFT: -0.039) and a moderate barrel lens: the same points
+    as cv2.undistortPoints to 1e-12, and the forward model gives the input back."""
+    from kp2d_ros.geometry import UNDISTORT_CRITERIA, normalize_points
+
+    cam = Camera.from_intrinsics(707, 707, 601, 183, 1226, 370, dist=dist)
+    ours = normalize_points(_KITTI_PTS, cam)
+    ref = cv2.undistortPoints(_KITTI_PTS.reshape(-1, 1, 2), cam.K, cam.dist, criteria=UNDISTORT_CRITERIA).reshape(-1, 2)
+    np.testing.assert_allclose(ours, ref, atol=1e-12)
+    xd = (_KITTI_PTS - [601, 183]) / 707
+    np.testing.assert_allclose(_radial(ours, dist), xd, atol=1e-12)
+
+
+def test_a_strong_radial_lens_converges_where_opencv_stops_short():
+    """k1 0.25, k2 -0.8, k3 1.2: OpenCV's 20 fixed-point steps leave 1e-3 of the forward model's error at the
+    corners; the Newton steps solve it to 1e-12."""
+    from kp2d_ros.geometry import normalize_points
+
+    dist = [0.25, -0.8, 0, 0, 1.2]
+    cam = Camera.from_intrinsics(707, 707, 601, 183, 1226, 370, dist=dist)
+    xd = (_KITTI_PTS - [601, 183]) / 707
+    np.testing.assert_allclose(_radial(normalize_points(_KITTI_PTS, cam), dist), xd, atol=1e-12)
+
+
+@pytest.mark.parametrize("dist", [[0.2312, -0.7849, -0.0033, -0.0001, 0.9172],  # TUM fr2's plumb_bob (tangential)
+                                  [-0.6, 0, 0, 0, 0]])  # folds back inside the image: no monotone radius
+def test_other_lenses_are_left_to_opencv(dist):
+    from kp2d_ros.geometry import UNDISTORT_CRITERIA, _undistort_radial, normalize_points
+
+    cam = Camera.from_intrinsics(707, 707, 601, 183, 1226, 370, dist=dist)
+    ref = cv2.undistortPoints(_KITTI_PTS.reshape(-1, 1, 2), cam.K, cam.dist, criteria=UNDISTORT_CRITERIA).reshape(-1, 2)
+    np.testing.assert_array_equal(normalize_points(_KITTI_PTS, cam), ref)
+    if dist[2] == 0:
+        assert _undistort_radial((_KITTI_PTS - [601, 183]) / 707, np.array([dist[0], dist[1], dist[4]])) is None
