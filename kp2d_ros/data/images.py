@@ -33,19 +33,15 @@ _ENCODINGS = {
 # pixel, numpy dtype of one sample, OpenCV code). ``yuv422`` is UYVY (ROS's name; ``uyvy`` since Humble),
 # ``yuv422_yuy2`` YUYV (v4l2_camera's default for YUYV cameras); Bayer as ROS names it (``bayer_rggb8``: R at the
 # top-left), mapped to OpenCV's shifted pattern names exactly as cv_bridge maps them.
+_BAYER_CODES = {"rggb": cv2.COLOR_BayerBG2RGB, "bggr": cv2.COLOR_BayerRG2RGB, "gbrg": cv2.COLOR_BayerGR2RGB,
+                "grbg": cv2.COLOR_BayerGB2RGB}
 _CONVERTED = {
     "yuv422": (2, np.uint8, cv2.COLOR_YUV2RGB_UYVY),
     "uyvy": (2, np.uint8, cv2.COLOR_YUV2RGB_UYVY),
     "yuv422_yuy2": (2, np.uint8, cv2.COLOR_YUV2RGB_YUY2),
     "yuyv": (2, np.uint8, cv2.COLOR_YUV2RGB_YUY2),
-    "bayer_rggb8": (1, np.uint8, cv2.COLOR_BayerBG2RGB),
-    "bayer_bggr8": (1, np.uint8, cv2.COLOR_BayerRG2RGB),
-    "bayer_gbrg8": (1, np.uint8, cv2.COLOR_BayerGR2RGB),
-    "bayer_grbg8": (1, np.uint8, cv2.COLOR_BayerGB2RGB),
-    "bayer_rggb16": (1, np.uint16, cv2.COLOR_BayerBG2RGB),
-    "bayer_bggr16": (1, np.uint16, cv2.COLOR_BayerRG2RGB),
-    "bayer_gbrg16": (1, np.uint16, cv2.COLOR_BayerGR2RGB),
-    "bayer_grbg16": (1, np.uint16, cv2.COLOR_BayerGB2RGB),
+    **{f"bayer_{pattern}{bits}": (1, np.uint8 if bits == 8 else np.uint16, code)
+       for pattern, code in _BAYER_CODES.items() for bits in (8, 16)},
 }
 _BAYER_RED = {"rggb": (0, 0), "bggr": (1, 1), "gbrg": (1, 0), "grbg": (0, 1)}  # (row, col) of R in the 2x2 tile
 
