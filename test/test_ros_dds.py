@@ -147,10 +147,10 @@ def test_bag_through_node_matches_offline_replay(storage, bags, params_file, tmp
                    and listener.paths and len(listener.paths[-1].poses) == 20, "odom/path/keypoints")
         # a malformed image: rejected with a warning naming the encoding, the node stays up
         bad = conv.array_to_image(np.zeros((4, 4, 3), np.uint8), Image)
-        bad.encoding = "yuv422"
+        bad.encoding = "nv21"
         listener.pub_bad.publish(bad)
         wait_until(lambda: listener.diagnostic("rejected") == "1", "rejection in diagnostics")
-        assert listener.diagnostic("processed") == "20" and "yuv422" in listener.diagnostic("last_warning")
+        assert listener.diagnostic("processed") == "20" and "nv21" in listener.diagnostic("last_warning")
         # the backend (deterministic here: each window taken at once) reports itself
         assert int(listener.diagnostic("backend_windows")) > 0 and listener.diagnostic("backend_lag_keyframes") == "0"
         assert proc.poll() is None, "vo_node died"
@@ -160,7 +160,7 @@ def test_bag_through_node_matches_offline_replay(storage, bags, params_file, tmp
 
     assert dt < 2.0, f"vo_node took {dt:.2f} s to stop on SIGINT"
     assert proc.returncode == 0 and "Traceback" not in err, err
-    assert "yuv422" in err  # the warning names the encoding
+    assert "nv21" in err  # the warning names the encoding
 
     # recorded camera trajectory == offline replay of the same bag and config
     from kp2d_ros.data import read_tum

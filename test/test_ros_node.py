@@ -254,8 +254,26 @@ def test_debug_image_only_with_subscribers(rig, monkeypatch):
     assert calls and (r2.debug[0].width, r2.debug[0].height, r2.debug[0].encoding) == (W, H, "rgb8")
 
 
+@pytest.mark.parametrize("encoding", ["yuv422_yuy2", "bayer_rggb8"])
+def test_camera_native_images_reach_the_pipeline_as_rgb(rig, encoding):
+    """A USB camera's YUYV and a raw Bayer stream, as their drivers publish them, are processed (not rejected):
+    the pipeline gets the (H, W, 3) RGB image."""
+    from kp2d_ros.data.images import encode_image
+
+    fake = FakePipeline()
+    r = rig(pipeline=fake)
+    r.send_info(info_msg())
+    rgb = texture()
+    msg = image_msg(1.0)
+    data, msg.step = encode_image(rgb, encoding)
+    msg.encoding, msg.data = encoding, data.tobytes()
+    r.send_image(msg)
+    wait_until(lambda: len(r.odom) == 1, "odom")
+    assert r.node.stats["rejected"] == 0 and fake.frames[0].image.shape == (H, W, 3)
+
+
 @pytest.mark.parametrize("mutate,match", [
-    (lambda m: setattr(m, "encoding", "yuv422"), "yuv422"),
+    (lambda m: setattr(m, "encoding", "nv21"), "nv21"),
     (lambda m: (setattr(m, "height", 0), setattr(m, "width", 0), setattr(m, "data", b"")), "empty"),
     (lambda m: setattr(m, "data", bytes(len(m.data) - 5)), "bytes"),
     (lambda m: setattr(m, "step", 3), "step"),
