@@ -30,14 +30,11 @@ from pathlib import Path
 import numpy as np
 
 
-def _optimise_forever(problems, cfg, stop) -> None:
-    from kp2d_ros.backend import bundle_adjust
-
-    while not stop.is_set():
-        for problem, focal in problems:
-            bundle_adjust(problem, cfg, focal)
-            if stop.is_set():
-                return
+def _interleaved(rounds: int, a: str, b: str):
+    """(round, kind) for ``rounds`` rounds of the two kinds, alternating which goes first."""
+    for r in range(rounds):
+        for kind in ((a, b) if r % 2 == 0 else (b, a)):
+            yield r, kind
 
 
 def _front_end_round(cfg, frames) -> tuple[float, float]:
@@ -91,11 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     cfg = load_config(args.config)
-    frames = []
-    for i, f in enumerate(open_sequence(args.path)):
-        if i >= args.frames:
-            break
-        frames.append(f)
+    frames = list(open_sequence(args.path, max_frames=args.frames))
 
     problems = []  # the windows of a deterministic replay: what the node's worker would optimise
     record = copy.deepcopy(cfg)
@@ -122,36 +115,34 @@ def main(argv: list[str] | None = None) -> int:
     front.backend.window = 0
     ctx = multiprocessing.get_context("spawn")
     rows = {"alone": [], "with_backend": []}
-    for r in range(args.rounds):
-        for kind in (("alone", "with_backend") if r % 2 == 0 else ("with_backend", "alone")):
-            stop, proc = ctx.Event(), None
-            if kind == "with_backend":
-                proc = ctx.Process(target=_child, args=(problems[-8:], cfg.backend, stop,
-                                                        cfg.backend.worker_nice, cfg.backend.worker_idle))
-                proc.start()
-                time.sleep(2.0)  # imports done, optimising
-            try:
-                rows[kind].append(_front_end_round(front, frames))
-            finally:
-                if proc is not None:
-                    stop.set()
-                    proc.join(timeout=30)
-                    if proc.is_alive():
-                        proc.kill()
-            print(f"round {r} {kind}: wall {rows[kind][-1][0]:.1f} ms, cpu {rows[kind][-1][1]:.1f} ms per frame",
-                  flush=True)
+    for r, kind in _interleaved(args.rounds, "alone", "with_backend"):
+        stop, proc = ctx.Event(), None
+        if kind == "with_backend":
+            proc = ctx.Process(target=_child, args=(problems[-8:], cfg.backend, stop,
+                                                    cfg.backend.worker_nice, cfg.backend.worker_idle))
+            proc.start()
+            time.sleep(2.0)  # imports done, optimising
+        try:
+            rows[kind].append(_front_end_round(front, frames))
+        finally:
+            if proc is not None:
+                stop.set()
+                proc.join(timeout=30)
+                if proc.is_alive():
+                    proc.kill()
+        print(f"round {r} {kind}: wall {rows[kind][-1][0]:.1f} ms, cpu {rows[kind][-1][1]:.1f} ms per frame",
+              flush=True)
     # the front end's own share: the map's bookkeeping and the window's snapshot / result, in the node's thread
     threaded = {"window_on": [], "window_0": []}
-    for r in range(args.rounds):
-        for kind in (("window_on", "window_0") if r % 2 == 0 else ("window_0", "window_on")):
-            c = copy.deepcopy(cfg)
-            c.backend.threaded = True
-            if kind == "window_0":
-                c.backend.window = 0
-            threaded[kind].append(_threaded_round(c, frames))
-            t = threaded[kind][-1]
-            print(f"round {r} threaded {kind}: total {t['total']:.1f} ms, pose {t['pose']:.2f} ms, backend "
-                  f"{t['backend']:.2f} ms per frame, {t['windows']} windows", flush=True)
+    for r, kind in _interleaved(args.rounds, "window_on", "window_0"):
+        c = copy.deepcopy(cfg)
+        c.backend.threaded = True
+        if kind == "window_0":
+            c.backend.window = 0
+        threaded[kind].append(_threaded_round(c, frames))
+        t = threaded[kind][-1]
+        print(f"round {r} threaded {kind}: total {t['total']:.1f} ms, pose {t['pose']:.2f} ms, backend "
+              f"{t['backend']:.2f} ms per frame, {t['windows']} windows", flush=True)
     summary = {k: {"wall_ms_median": float(np.median([w for w, _ in v])),
                    "cpu_ms_median": float(np.median([c for _, c in v])),
                    "rounds": [{"wall_ms": w, "cpu_ms": c} for w, c in v]} for k, v in rows.items()}
@@ -177,10 +168,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _child(problems, bcfg, stop, nice: int, idle: bool) -> None:
-    from kp2d_ros.backend import _lower_priority
+    """The spawned process: the worker's priority (its own initializer), then the windows in a loop until ``stop``."""
+    from kp2d_ros.backend import _lower_priority, bundle_adjust
 
     _lower_priority(nice, idle)
-    _optimise_forever(problems, bcfg, stop)
+    while not stop.is_set():
+        for problem, focal in problems:
+            bundle_adjust(problem, bcfg, focal)
+            if stop.is_set():
+                return
 
 
 if __name__ == "__main__":

@@ -111,7 +111,8 @@ def test_score_threshold_can_empty_the_set(net):
 @pytest.mark.parametrize("level", [0, 128])
 def test_an_image_without_content_has_no_keypoints(net, level):
     """A black (covered lens) or uniform frame: the network's top-k would be keypoints on noise, which the pipeline
-    took for a keyframe (SIFT finds none there). An image with content keeps its keypoints; RGB is judged in grey."""
+    took for a keyframe (SIFT finds none there). An image with content keeps its keypoints; RGB is judged per
+    channel."""
     fe = make(net)
     flat = np.full((120, 160), level, np.uint8)
     flat[::7, ::5] += 1  # sensor noise of a grey level
