@@ -683,17 +683,72 @@ def test_the_scale_outliers_do_not_extend_the_backends_tracks():
             flagged[current] = world(vo.ref.features.descriptors[idx0[measured.outliers]])
         return measured
 
-    def map_spy(kf, tracks):
-        if tracks is not None and vo.ref is not None and vo.ref.id >= 0:
+    def map_spy(ref, kf, tracks, *args):
+        if tracks is not None and ref is not None and ref.id >= 0:
             idx0, idx1 = tracks[0], tracks[1]
-            extended[current] = world(kf.features.descriptors[idx1[vo.ref.landmarks[idx0] >= 0]])
-        map_keyframe(kf, tracks)
+            extended[current] = world(kf.features.descriptors[idx1[ref.landmarks[idx0] >= 0]])
+        map_keyframe(ref, kf, tracks, *args)
 
     vo._scale, vo._map_keyframe = scale_spy, map_spy
     for current in ids:
         vo.process(frame(current, stamp=0.1 * current))
     assert len(flagged[10]) >= 20 and all(fe.X[j, 0] > 0 for j in flagged[10])  # aliased points, all of them
     assert len(extended[10]) > 100 and not flagged[10] & extended[10]
+
+
+class NextFrameWorker:
+    """A backend worker that optimises each window at once, in the caller's thread, and hands the result to the next
+    :meth:`poll` (however often the pipeline polls). Records the newest keyframe of every window it was given."""
+
+    def __init__(self, cfg: VOConfig):
+        self.cfg, self.newest, self._done = cfg, [], None
+
+    def submit(self, problem, focal_px):
+        from kp2d_ros.backend import bundle_adjust
+
+        self.newest.append(int(problem.keyframe_ids[-1]))
+        self._done = bundle_adjust(problem, self.cfg.backend, focal_px)
+
+    def ready(self):
+        return self._done is None
+
+    def poll(self):
+        done, self._done = self._done, None
+        return done
+
+    def wait(self, timeout=None):
+        return self.poll()
+
+    def close(self):
+        pass
+
+
+def test_with_a_worker_the_window_goes_after_the_pose():
+    """With a worker (the node's threaded backend) the new keyframe's landmarks and window are not part of its pose:
+    :meth:`VOPipeline.process` returns without them and :meth:`VOPipeline.finish` (the node calls it after
+    publishing) does them; a caller that never calls it gets the same trajectory and windows, done at the start of
+    the next frame. A window taken there moves the next frames: the refined depths carry the scale."""
+    gt = driving_poses(12, step=0.5, yaw_deg=2.0)
+    runs = {}
+    for finish in (True, False):
+        cfg = default_config()
+        worker = NextFrameWorker(cfg)
+        vo = VOPipeline(cfg, frontend=PointWorldFrontend(gt), worker=worker)
+        out = []
+        for i in range(12):
+            out.append(vo.process(frame(i, stamp=0.1 * i)))
+            if finish:
+                assert out[-1].keyframe_id not in worker.newest  # its window was not handed over before the pose
+                vo.finish()
+                if i >= 2 and out[-1].is_keyframe:
+                    assert worker.newest[-1] == out[-1].keyframe_id  # ... and is after finish()
+        vo.finish()  # the last frame's, for the run that did not
+        runs[finish] = out, worker.newest, vo.backend_revision
+    (with_finish, windows, revision), (without, windows_without, revision_without) = runs[True], runs[False]
+    assert revision >= 8 and windows == windows_without and revision_without == revision
+    for a, b in zip(with_finish, without):
+        np.testing.assert_array_equal(a.T_world_cam, b.T_world_cam)
+        np.testing.assert_array_equal(a.T_odom_cam, b.T_odom_cam)
 
 
 def _slow_run(window: int | None, lag: int = 0):

@@ -208,6 +208,44 @@ def test_map_to_odom_can_be_left_to_another_node(rig):
     assert tf.sent == [[("odom", "base_link", pytest.approx(0.0))], [("odom", "base_link", pytest.approx(0.1))]]
 
 
+class FinishingPipeline(FakePipeline):
+    """FakePipeline with the backend's after-the-pose work (:meth:`VOPipeline.finish`): records how many frames the
+    node had published when it was called, and refines keyframe 0 (the path follows a new backend revision)."""
+
+    def __init__(self):
+        super().__init__()
+        self.node, self.published_at_finish, self.backend_revision = None, [], 0
+
+    def process(self, frame):
+        est = super().process(frame)
+        est.keyframe_id, est.T_keyframe_cam = 0, est.T_world_cam.copy()
+        return est
+
+    def finish(self):
+        self.published_at_finish.append(self.node.stats["processed"])
+        self.backend_revision += 1
+
+    def keyframe_poses(self):
+        T = np.eye(4)
+        T[2, 3] = 1.0  # keyframe 0 moved 1 along the optical axis
+        return {0: T}
+
+
+def test_the_backends_work_comes_after_the_frames_odometry(rig):
+    """The node publishes a frame's odometry first, then lets the pipeline do the backend's work that the pose did
+    not need (the new keyframe's landmarks and window, a finished window taken); the path follows what it took."""
+    fake = FinishingPipeline()
+    r = rig(pipeline=fake)
+    fake.node = r.node
+    r.send_info(info_msg())
+    for i in range(3):
+        r.send_image(image_msg(1.0 + 0.1 * i))
+    wait_until(lambda: len(r.odom) == 3 and r.paths and len(r.paths[-1].poses) == 3, "outputs")
+    assert fake.published_at_finish == [1, 2, 3]
+    assert [o.pose.pose.position.x for o in r.odom] == pytest.approx([0.0, 0.1, 0.2])  # odom: the front end's
+    assert [p.pose.position.x for p in r.paths[-1].poses] == pytest.approx([1.0, 1.1, 1.2])  # map: refined keyframe
+
+
 def test_good_frames_publish_odom_path_keypoints_diagnostics(rig):
     fake = FakePipeline()
     r = rig(pipeline=fake)

@@ -334,12 +334,7 @@ class VONode(Node):
             estimate = self.pipeline.process(frame)
         if self._stop:
             return
-        revision = getattr(self.pipeline, "backend_revision", 0)
-        if revision != self._backend_revision:  # the backend refined its window: the path (in map) follows
-            self._backend_revision = revision
-            metric = bool(getattr(estimate, "scale_metric", False))  # the path holds one unit (cleared when metric)
-            keyframes = self.pipeline.keyframe_poses()
-            self.path.refine(keyframes, lambda pose, T: conv.fill_pose(pose, self._odom_base(T, metric)))
+        self._follow_backend(estimate)
         self._last_stamp, self._last_receipt = frame.stamp, t_recv
         if from_header:
             if self._last_header_stamp is not None:
@@ -348,6 +343,19 @@ class VONode(Node):
         # the header's own stamp when it has one (bit-exact for listeners matching stamps), else the estimate
         stamp = msg.header.stamp if from_header else conv.sec_to_stamp(frame.stamp, Time)
         self._publish(estimate, frame, stamp, t_recv)
+        finish = getattr(self.pipeline, "finish", None)
+        if finish is not None:  # the backend's work that this frame's pose did not need, after it went out
+            finish()
+            self._follow_backend(estimate)
+
+    def _follow_backend(self, estimate) -> None:
+        """The path (in map) follows the backend's refined keyframes when it took a window."""
+        revision = getattr(self.pipeline, "backend_revision", 0)
+        if revision != self._backend_revision:
+            self._backend_revision = revision
+            metric = bool(getattr(estimate, "scale_metric", False))  # the path holds one unit (cleared when metric)
+            keyframes = self.pipeline.keyframe_poses()
+            self.path.refine(keyframes, lambda pose, T: conv.fill_pose(pose, self._odom_base(T, metric)))
 
     def _travelled(self, stamp: float) -> float | None:
         """Wheel-odometry distance since the previous frame (None, with a warning, when unknown)."""
