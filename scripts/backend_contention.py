@@ -16,7 +16,9 @@ hypervisor shares between the two vCPUs.
 Then the other part of what the node pays, in its own thread: the pipeline in the node's mode (``backend.threaded``,
 the worker process optimising), with the window and with ``backend.window=0``, in interleaved rounds; the mean
 ``pose`` + ``backend`` stages per frame of each (the map's bookkeeping of every keyframe, the window's snapshot, and
-taking a result: ``in_thread_ms``, their difference).
+taking a result: ``in_thread_ms``, their difference), and the part of it before the pose goes out
+(``before_pose_ms``: the rest is done in ``VOPipeline.finish()``, which the node calls after publishing).
+``--threaded-only`` runs only this second part.
 """
 from __future__ import annotations
 
@@ -53,19 +55,30 @@ def _front_end_round(cfg, frames) -> tuple[float, float]:
 
 
 def _threaded_round(cfg, frames) -> dict[str, float]:
-    """The pipeline as the node runs it (``backend.threaded``: windows on the worker process): the mean of each
-    stage of ``PoseEstimate.timings_ms`` per frame after warm-up, and the windows taken."""
+    """The pipeline as the node runs it (``backend.threaded``: windows on the worker process; ``finish()`` after each
+    frame's pose, where the node calls it after publishing, when the pipeline has it): the mean of each stage of
+    ``PoseEstimate.timings_ms`` per frame after warm-up, ``after_pose`` (the time in ``finish()``, counted in the next
+    frame's ``backend`` stage), ``before_pose`` (``pose`` + ``backend`` without it: the node's thread before the
+    odometry goes out), and the windows taken."""
     from kp2d_ros.pipeline import VOPipeline
 
     vo = VOPipeline(cfg)
     vo.start_backend()
     time.sleep(2.0 if cfg.backend.window > 0 else 0.0)  # the worker's imports, as the node's start-up
+    finish = getattr(vo, "finish", lambda: None)  # earlier code: none, all of it before the pose
     stages: dict[str, list[float]] = {}
+    after = 0.0
     for i, f in enumerate(frames):
         est = vo.process(f)
         if i >= 3:
             for k, v in est.timings_ms.items():
                 stages.setdefault(k, []).append(v)
+            stages.setdefault("before_pose", []).append(est.timings_ms["pose"] + est.timings_ms["backend"] - after)
+        t = time.perf_counter()
+        finish()
+        after = (time.perf_counter() - t) * 1e3
+        if i >= 3:
+            stages.setdefault("after_pose", []).append(after)
     windows = vo.backend_revision
     vo.close()
     return {**{k: float(np.mean(v)) for k, v in stages.items()}, "windows": windows}
@@ -85,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=30)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--out", default=None)
+    p.add_argument("--threaded-only", action="store_true",
+                   help="only the second part: the front end's own thread in the node's mode")
     args = p.parse_args(argv)
 
     cfg = load_config(args.config)
@@ -115,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     front.backend.window = 0
     ctx = multiprocessing.get_context("spawn")
     rows = {"alone": [], "with_backend": []}
-    for r, kind in _interleaved(args.rounds, "alone", "with_backend"):
+    for r, kind in _interleaved(0 if args.threaded_only else args.rounds, "alone", "with_backend"):
         stop, proc = ctx.Event(), None
         if kind == "with_backend":
             proc = ctx.Process(target=_child, args=(problems[-8:], cfg.backend, stop,
@@ -142,25 +157,30 @@ def main(argv: list[str] | None = None) -> int:
         threaded[kind].append(_threaded_round(c, frames))
         t = threaded[kind][-1]
         print(f"round {r} threaded {kind}: total {t['total']:.1f} ms, pose {t['pose']:.2f} ms, backend "
-              f"{t['backend']:.2f} ms per frame, {t['windows']} windows", flush=True)
-    summary = {k: {"wall_ms_median": float(np.median([w for w, _ in v])),
-                   "cpu_ms_median": float(np.median([c for _, c in v])),
-                   "rounds": [{"wall_ms": w, "cpu_ms": c} for w, c in v]} for k, v in rows.items()}
-    summary["wall_ratio"] = summary["with_backend"]["wall_ms_median"] / summary["alone"]["wall_ms_median"]
-    summary["cpu_ratio"] = summary["with_backend"]["cpu_ms_median"] / summary["alone"]["cpu_ms_median"]
+              f"{t['backend']:.2f} ms per frame ({t['before_pose']:.2f} ms of pose + backend before the pose, "
+              f"{t['after_pose']:.2f} after), {t['windows']} windows", flush=True)
+    summary = {}
+    if not args.threaded_only:
+        summary = {k: {"wall_ms_median": float(np.median([w for w, _ in v])),
+                       "cpu_ms_median": float(np.median([c for _, c in v])),
+                       "rounds": [{"wall_ms": w, "cpu_ms": c} for w, c in v]} for k, v in rows.items()}
+        summary["wall_ratio"] = summary["with_backend"]["wall_ms_median"] / summary["alone"]["wall_ms_median"]
+        summary["cpu_ratio"] = summary["with_backend"]["cpu_ms_median"] / summary["alone"]["cpu_ms_median"]
     summary["threaded"] = {k: {s: float(np.median([t[s] for t in v])) for s in v[0]} | {"rounds": v}
                            for k, v in threaded.items()}
     on, off = summary["threaded"]["window_on"], summary["threaded"]["window_0"]
     summary["in_thread_ms"] = (on["pose"] + on["backend"]) - (off["pose"] + off["backend"])
+    summary["before_pose_ms"] = on["before_pose"] - off["before_pose"]  # what the node's odometry waits for
     summary["windows"] = len(problems)
     summary["config"] = args.config
     summary["frames"] = len(frames)
-    print(f"front end per frame: alone {summary['alone']['wall_ms_median']:.1f} ms, with the backend's process "
-          f"{summary['with_backend']['wall_ms_median']:.1f} ms (x{summary['wall_ratio']:.3f}); "
-          f"CPU x{summary['cpu_ratio']:.3f}")
+    if not args.threaded_only:
+        print(f"front end per frame: alone {summary['alone']['wall_ms_median']:.1f} ms, with the backend's process "
+              f"{summary['with_backend']['wall_ms_median']:.1f} ms (x{summary['wall_ratio']:.3f}); "
+              f"CPU x{summary['cpu_ratio']:.3f}")
     print(f"in the front end's thread (threaded, the node's mode): pose + backend stages "
           f"{on['pose'] + on['backend']:.2f} ms per frame with the window, {off['pose'] + off['backend']:.2f} ms "
-          f"without (+{summary['in_thread_ms']:.2f} ms)")
+          f"without (+{summary['in_thread_ms']:.2f} ms); before the pose goes out +{summary['before_pose_ms']:.2f} ms")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(summary, indent=1))

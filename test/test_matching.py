@@ -120,13 +120,22 @@ def test_filter_matches_drops_and_orders():
     assert filter_matches(m, s, 0.0).idx0.tolist() == m.idx0[np.argsort(-s, kind="stable")].tolist()
 
 
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
 @pytest.mark.parametrize("unit", [True, False])
 @pytest.mark.parametrize("mutual,ratio,max_q", [(True, 0.0, 0), (False, 0.0, 0), (True, 0.9, 0), (False, 0.8, 0),
                                                  (True, 0.0, 40)])
-def test_float_matching_equals_the_full_distance_matrix(unit, mutual, ratio, max_q):
+def test_float_matching_equals_the_full_distance_matrix(unit, mutual, ratio, max_q, engine, monkeypatch):
     """The float path never builds the (N0, N1) distance matrix; it must pick the same pairs, with the same
-    distances, as arg-mins over :func:`l2_distances` (unit-norm learned and unnormalised SIFT-like vectors)."""
+    distances, as arg-mins over :func:`l2_distances` (unit-norm learned and unnormalised SIFT-like vectors), whether
+    its similarities come from numpy or, with torch loaded (a learned frontend), from torch."""
+    import sys
+
     from kp2d_ros.matching import l2_distances
+
+    if engine == "torch":
+        pytest.importorskip("torch")
+    else:
+        monkeypatch.delitem(sys.modules, "torch", raising=False)
 
     rng = np.random.default_rng(3)
     d0 = rng.normal(size=(300, 64)).astype(np.float32)

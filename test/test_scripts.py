@@ -183,3 +183,8 @@ def test_backend_contention_times_both_kinds_of_round(tmp_path):
         assert len(report[kind]["rounds"]) == 1 and report[kind]["wall_ms_median"] > 0
     assert report["wall_ratio"] == pytest.approx(report["with_backend"]["wall_ms_median"]
                                                  / report["alone"]["wall_ms_median"])
+    # the node's mode: with the window, the keyframe's work is done after the pose (finish()), and counted once
+    on, off = report["threaded"]["window_on"], report["threaded"]["window_0"]
+    assert on["windows"] > 0 and on["after_pose"] > 10 * off["after_pose"]
+    assert on["before_pose"] + on["after_pose"] == pytest.approx(on["pose"] + on["backend"], rel=0.05, abs=0.2)
+    assert report["before_pose_ms"] == pytest.approx(on["before_pose"] - off["before_pose"])
