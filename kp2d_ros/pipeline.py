@@ -21,7 +21,8 @@ from kp2d_ros.backend import (BAResult, BackendStatus, BackendWorker, LaggedWork
                               bundle_adjust, check_solver)
 from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
-from kp2d_ros.frontend import build_frontend, has_content, to_grey
+from kp2d_ros.frontend import build_frontend
+from kp2d_ros.frontend_common import has_content, to_grey
 from kp2d_ros.geometry import (bearings, cauchy_cost, compose_covariance, compose_relative, estimate_relative_pose,
                                focal_length, invert_se3, inverse_depths, normalize_points, orthonormalize_se3,
                                patch_warps, refine_pose, relative_motion_covariance, rotation_angle_deg,
@@ -354,7 +355,7 @@ class VOPipeline:
     def _judge_blur(self, grey: np.ndarray | None) -> None:
         """``self.blurred``: this frame (``grey``) is much less sharp than the last keyframes (``pipeline.blur_ratio``;
         the variance of the Laplacian), and fewer than ``max_blurred_frames`` were in a row. A frame without content
-        (:func:`~kp2d_ros.frontend.has_content`: a black frame) is not blurred: there is nothing to continue from,
+        (:func:`~kp2d_ros.frontend_common.has_content`: a black frame) is not blurred: there is nothing to continue from,
         and it is lost as any frame that cannot be posed."""
         pc = self.cfg.pipeline
         self.blurred = False

@@ -7,7 +7,7 @@
 Patches the pipeline for this process only (the product has no such setting); deterministic replay; writes
 kp2d replay's outputs to OUT_DIR and prints ATE, RPE rot, RPE trans.
 """
-import sys, json
+import sys
 from pathlib import Path
 from kp2d_ros.cli.replay import write_outputs
 from kp2d_ros.config import load_config

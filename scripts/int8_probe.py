@@ -12,7 +12,7 @@ descriptor features) next to the output's largest magnitude. Files go to out/.
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import time, glob, io, copy, numpy as np, cv2, torch, onnxruntime as ort, warnings
+import time, glob, copy, numpy as np, cv2, torch, onnxruntime as ort, warnings
 from onnxruntime.quantization import quantize_static, CalibrationDataReader, QuantType, QuantFormat
 from kp2d_ros.config import FrontendConfig
 from kp2d_ros.networks.kp2d_frontend import KP2DFrontend, NetworkBody

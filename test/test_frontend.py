@@ -6,7 +6,8 @@ import pytest
 from conftest import data_path
 from kp2d_ros.config import FrontendConfig
 from kp2d_ros.errors import DataError, ModelError
-from kp2d_ros.frontend import build_frontend, grid_select, to_input_pixels
+from kp2d_ros.frontend import build_frontend
+from kp2d_ros.frontend_common import grid_select, to_input_pixels
 from kp2d_ros.types import Features
 
 FRONTENDS = ["orb", "sift", "kp2d"]  # the contract every frontend meets (kp2d skips without weights)
@@ -130,7 +131,7 @@ def test_grid_select_and_pixel_mapping():
 
 
 def test_working_scale_resizes_relative_to_the_input():
-    from kp2d_ros.frontend import resize_to_working
+    from kp2d_ros.frontend_common import resize_to_working
 
     img = np.zeros((370, 1226), np.uint8)
     work, scale = resize_to_working(img, [0, 0], 1.5)

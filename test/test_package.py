@@ -46,6 +46,44 @@ def test_core_does_not_import_ros():
     assert not offenders, offenders
 
 
+def _module_imports() -> dict[str, set[str]]:
+    """kp2d_ros module -> the kp2d_ros modules it imports, at module level or inside a function."""
+    modules = {}
+    for path in (REPO / "kp2d_ros").rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_no_import_cycles():
+    """No kp2d_ros module imports one that imports it back, directly or through others, even lazily inside a
+    function (``frontend`` built the learned frontend, whose module imported ``frontend`` for its helpers: they
+    live in the leaf ``frontend_common`` now)."""
+    graph = _module_imports()
+    assert "kp2d_ros.frontend_common" in graph["kp2d_ros.networks.kp2d_frontend"]
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo.extend(graph[m])
+        return seen
+
+    cycles = sorted(m for m in graph if m in reaches(m))
+    assert not cycles, cycles
+
+
 # --------------------------------------------------------------------------------------------
 # package.xml against the imports
 # --------------------------------------------------------------------------------------------

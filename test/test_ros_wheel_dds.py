@@ -86,9 +86,9 @@ def test_wheel_odometry_over_dds_gives_metric_odometry(tmp_path):
     wheel = WheelOdometry()
     for t, p in zip(fine, positions):
         wheel.add(float(t), p)
-    vo, offline = VOPipeline(load_config(params)), []
-    for i, frame in enumerate(open_sequence(bag)):
-        d = None if i == 0 else wheel.travelled(prev, frame.stamp).distance
+    vo, offline, prev = VOPipeline(load_config(params)), [], None
+    for frame in open_sequence(bag):
+        d = None if prev is None else wheel.travelled(prev, frame.stamp).distance
         est = vo.process(frame, travelled_m=d)
         for T in offline:  # as kp2d replay: the poses so far in the new unit when the scale turned metric
             T[:3, 3] *= est.scale_rescaled

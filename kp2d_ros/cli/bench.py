@@ -89,7 +89,7 @@ def build_config(args):
     path = args.config if args.config is not None else default_config_path()
     cfg = load_config(path, overrides=overrides)
     scale = cfg.frontend.scale
-    if scale != 1.0:  # the working size replay would use for images of --resolution (frontend.resize_to_working)
+    if scale != 1.0:  # the working size replay would use for images of --resolution (frontend_common.resize_to_working)
         cfg.frontend.resolution = [max(8, int(round(w * scale))), max(8, int(round(h * scale)))]
     return cfg
 

@@ -34,7 +34,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from kp2d_ros.config import FrontendConfig
 from kp2d_ros.errors import DataError
-from kp2d_ros.frontend import has_content, resize_to_working
+from kp2d_ros.frontend_common import has_content, resize_to_working
 from kp2d_ros.networks.keypoint_net import KeyPointNet, sample_conv_descriptors
 from kp2d_ros.runtime import cpu_has_native_bf16
 from kp2d_ros.types import Features, Frontend
