@@ -204,7 +204,7 @@ class VOPipeline:
         """The backend's work that the last frame's pose does not need, when a worker optimises the windows: the
         new keyframe's landmarks into the local map and its window handed to the worker, then a finished window
         taken. :meth:`process` does it first thing; a caller that publishes each pose (the node) calls it after
-        publishing, so that the pose goes out ~3 ms earlier (KITTI, stop 30). Its time is counted in the next
+        publishing, so that the pose goes out ~2 ms earlier (KITTI 07, stop 30). Its time is counted in the next
         frame's ``backend`` stage and ``total``. Without a worker (deterministic) the window is optimised within
         :meth:`process`, and this does nothing."""
         if self.worker is None:
@@ -935,10 +935,11 @@ class VOPipeline:
         self.base = now
         self.gap = 0
         if self.map is not None:
-            self._keyframe_work = (old_ref, kf, tracks, metric_length)
-            if self.worker is None:  # deterministic: the window is optimised now; else after the pose (finish)
-                self._map_keyframe(*self._keyframe_work)
-                self._keyframe_work = None
+            work = (old_ref, kf, tracks, metric_length)
+            if self.worker is None:  # deterministic: the window is optimised now
+                self._map_keyframe(*work)
+            else:  # after the pose: finish()
+                self._keyframe_work = work
 
     # ----------------------------------------------------------------------------------------
     # Backend: landmarks and the windowed bundle adjustment (kp2d_ros/backend.py)
