@@ -816,8 +816,10 @@ def _load_solver(solver: str) -> None:
 
 class LaggedWorker:
     """A deterministic stand-in for :class:`BackendWorker`: each window's result comes back at the ``lag``-th
-    :meth:`poll` after its :meth:`submit` (``lag`` frames late; the node's windows land a few keyframes late on
-    a busy CPU), optimised in the caller's thread. ``kp2d replay --backend-lag N`` runs the node's timing with it,
+    :meth:`poll` after its :meth:`submit`, optimised in the caller's thread. The pipeline submits a keyframe's
+    window and polls at the start of the next frame, so a window lands ``lag`` frames after its keyframe: ``lag``
+    1 is the deterministic timing, 2 the node's worker when the CPU keeps up (each window lands at the next
+    frame), more the node's on a busy CPU. ``kp2d replay --backend-lag N`` runs the node's timing with it,
     reproducibly; :meth:`wait` finishes the running window at once. The lag counts polls: the pipeline polls once
     per frame, and once more at each :meth:`VOPipeline.finish` its caller makes (the node does after every frame)."""
 

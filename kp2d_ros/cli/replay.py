@@ -7,7 +7,9 @@ report.json and trajectory_est.tum (the odometry as published, frame by frame: R
 without the backend's corrections), trajectory_gt.tum (when there is ground truth), with the backend
 trajectory_map.tum and map.json (each frame's pose in map as TF map -> base had it then, and its ATE/RPE),
 trajectory_path.tum and path.json (the trajectory as the node's path ends up: each frame against its
-keyframe's last refined pose, and its ATE/RPE), trajectory.png and config.yaml (the effective configuration).
+keyframe's last refined pose, and its ATE/RPE), backend.json (with the backend: windows taken, how many keyframes
+late they landed, their time, why others were not taken), trajectory.png and config.yaml (the effective
+configuration).
 """
 from __future__ import annotations
 
@@ -31,8 +33,10 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                    help="optimise backend windows on a worker thread, as the node does (default: wait for each "
                         "window, so that runs are reproducible)")
     p.add_argument("--backend-lag", type=int, default=0, metavar="N",
-                   help="take each backend window N frames after its keyframe, as the node's worker does on a busy "
-                        "CPU, reproducibly (the window is optimised in this thread; 0: wait for each window)")
+                   help="take each backend window N frames after its keyframe, as the node's worker does (N = 2: "
+                        "it keeps up, each window lands at the next frame; more on a busy CPU), reproducibly (the "
+                        "window is optimised in this thread; a keyframe that finds it running gets none; 0: wait "
+                        "for each window)")
     p.add_argument("--simulate", default=None, metavar="SPEC",
                    help="robustness variant of the input: comma-separated stop=K:R (R copies of frame K, a stop), "
                         "drop=A:B (frames A..B missing), every=N (every N-th frame), frames=S:E (a clip); "
@@ -76,7 +80,7 @@ def load_effective_config(args):
 
 
 def write_outputs(result, sequence, cfg, out_dir: Path) -> dict:
-    """report.json, scale.json (a replay's scale sources), trajectory_est.tum, trajectory_gt.tum,
+    """report.json, scale.json (a replay's scale sources), backend.json (with the backend), trajectory_est.tum, trajectory_gt.tum,
     trajectory_map.tum + map.json, trajectory_path.tum + path.json (with the backend), trajectory.png, config.yaml; returns the report."""
     from kp2d_ros.errors import DataError
 
@@ -96,6 +100,11 @@ def _write_outputs(result, sequence, cfg, out_dir: Path) -> dict:
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     if getattr(result, "scale", None) is not None:
         (out_dir / "scale.json").write_text(json.dumps(result.scale, indent=2) + "\n")
+    backend_json = out_dir / "backend.json"
+    if getattr(result, "backend", None) is not None:
+        backend_json.write_text(json.dumps(result.backend, indent=2) + "\n")
+    else:
+        backend_json.unlink(missing_ok=True)  # a stale file from an earlier run would be misleading
     write_tum(result.estimate, out_dir / "trajectory_est.tum")
     for name, trajectory, summary in (("path", getattr(result, "refined", None), result.refined_report),
                                       ("map", getattr(result, "in_map", None), result.in_map_report)):
@@ -144,6 +153,14 @@ def print_summary(result, report: dict, out_dir: Path) -> None:
         print(f"  in map        ATE {in_map['ate_rmse_m']:.3f} m, RPE {in_map['rpe_rot_deg']:.3f} deg / "
               f"{in_map['rpe_trans_m']:.3f} m per frame (TF map -> base at each frame, with the backend's "
               f"corrections; map.json)")
+    b = getattr(result, "backend", None)
+    if b is not None:
+        lag, t = b["lag_keyframes"], b["time_ms"]
+        late = "" if lag["median"] is None else (f", landing {lag['median']:g} keyframes late (median; max "
+                                                 f"{lag['max']:g}), {t['median']:.0f} ms each (median)")
+        busy = f", {b['skipped_busy']} keyframes found the worker busy" if b["skipped_busy"] else ""
+        print(f"  backend       {b['windows_taken']} windows taken for {b['keyframes']} keyframes ({b['mode']}){late}"
+              f"{busy} (backend.json)")
     if report.get("camera_k1") is not None:
         print(f"  camera k1     {report['camera_k1']:+.4f} (residual radial distortion, backend self-calibration)")
     if report["fps"] is not None:

@@ -66,6 +66,8 @@ class ReplayResult:
         at that frame (:attr:`estimate` with the backend's corrections, which jump at the keyframes they land on);
         None without a backend (it is :attr:`estimate` then).
     in_map_metrics : its ATE/RPE (None without ground truth or without a backend).
+    backend : how the backend's windows kept up (:meth:`BackendLog.summary`; ``backend.json``), None without a
+        backend.
     """
 
     sequence: str
@@ -81,6 +83,7 @@ class ReplayResult:
     refined_metrics: TrajectoryMetrics | None = None
     in_map: Trajectory | None = None
     in_map_metrics: TrajectoryMetrics | None = None
+    backend: dict | None = None
 
     @property
     def frames(self) -> int:
@@ -184,6 +187,7 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
     stamps, poses, in_map, statuses = [], [], [], []
     refined = RefinedPath() if getattr(pipeline, "map", None) is not None else None
     scale_log = ScaleLog(cfg)
+    backend_log = BackendLog(cfg) if refined is not None else None
     stage_sum: dict[str, float] = {}
     process_s = 0.0
     bar = tqdm(total=len(sequence), unit="frame", disable=not progress, dynamic_ncols=True, leave=False)
@@ -205,6 +209,8 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
                 refined.add(est, pipeline.keyframe_poses())
             statuses.append(TrackingStatus(est.status))
             scale_log.add(len(poses) - 1, est)
+            if backend_log is not None:
+                backend_log.add(pipeline)
             for k, v in (est.timings_ms or {}).items():
                 stage_sum[k] = stage_sum.get(k, 0.0) + float(v)
             bar.update(1)
@@ -221,6 +227,7 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
                                  frontend=cfg.frontend.type, statuses=statuses, process_s=process_s,
                                  max_diff=max_diff, stage_ms={k: v / n for k, v in stage_sum.items()})
     result.scale = scale_log.summary()
+    result.backend = backend_log.summary() if backend_log is not None else None
     result.camera_k1 = float(pipeline.k1) if calibrated else None
     if refined is not None:
         result.refined = Trajectory(stamps=estimate.stamps.copy(), poses=refined.poses(in_map))
@@ -267,6 +274,69 @@ class ScaleLog:
                 "metric_from_frame": self.metric_from, "rescale": self.rescale,
                 "sources": dict(sorted(self.sources.items())),
                 "not_used": dict(sorted(self.reasons.items(), key=lambda kv: -kv[1])), "verdict": verdict}
+
+
+class BackendLog:
+    """How the backend's windows kept up with the keyframes, for ``backend.json``: windows taken, how many
+    keyframes late each landed (0: at its own keyframe, the deterministic replay; the node's worker on a busy CPU
+    lands later, and late windows cost accuracy: README, *Local bundle adjustment → Threads*), their optimisation
+    time, and why the others were not taken. Read from the pipeline after every frame."""
+
+    def __init__(self, cfg: VOConfig):
+        self.mode = "deterministic"  # each window waited for; "threaded" (the node's worker), "lagged N" (--backend-lag)
+        self.window = cfg.backend.window
+        self.lags: list[int] = []
+        self.times_ms: list[float] = []
+        self.not_taken: dict[str, int] = {}
+        self.busy_skips = 0  # keyframes whose window found the worker busy (the next keyframe's covers them)
+        self._busy_seen = 0
+        self.keyframes = 0
+        self._map = None
+        self._revision = 0
+        self._last = None
+
+    def add(self, pipeline) -> None:
+        m = pipeline.map
+        if m is None:
+            return
+        worker = getattr(pipeline, "worker", None)
+        if worker is not None:
+            self.mode = f"lagged {worker.lag}" if hasattr(worker, "lag") else "threaded"
+        if m is not self._map:  # the first frame, or a reset: a new map (its keyframe ids continue the old one's)
+            self._map, self._revision, self._last, self._busy_seen = m, 0, None, 0
+        self.keyframes = int(m.next_keyframe_id)
+        busy = int(getattr(pipeline, "backend_busy_skips", 0))
+        self.busy_skips += busy - self._busy_seen
+        self._busy_seen = busy
+        last = pipeline.last_backend
+        if last is None or last is self._last:
+            return
+        self._last = last
+        if m.revision != self._revision:
+            self._revision = m.revision
+            self.lags.append(int(pipeline.backend_lag))
+            self.times_ms.append(float(last.time_ms))
+        else:
+            status = pipeline.backend_status()
+            reason = status.last if status is not None else str(last.reason)
+            key = re.sub(r"[-+]?\d+(\.\d+)?", "N", reason or "not optimised")
+            self.not_taken[key] = self.not_taken.get(key, 0) + 1
+
+    def summary(self) -> dict:
+        """``{mode, window, keyframes, windows_taken, lag_keyframes: {median, p90, max, counts}, time_ms: {median,
+        p90, max}, skipped_busy, not_taken}``."""
+        def stats(values, digits):
+            if not values:
+                return {"median": None, "p90": None, "max": None}
+            a = np.asarray(values, np.float64)
+            return {"median": round(float(np.median(a)), digits), "p90": round(float(np.percentile(a, 90)), digits),
+                    "max": round(float(a.max()), digits)}
+
+        lag = stats(self.lags, 1)
+        lag["counts"] = {str(k): int(v) for k, v in zip(*np.unique(np.asarray(self.lags, int), return_counts=True))}
+        return {"mode": self.mode, "window": self.window, "keyframes": self.keyframes,
+                "windows_taken": len(self.lags), "lag_keyframes": lag, "time_ms": stats(self.times_ms, 1),
+                "skipped_busy": self.busy_skips, "not_taken": dict(sorted(self.not_taken.items(), key=lambda kv: -kv[1]))}
 
 
 def evaluate_trajectory(estimate: Trajectory, ground_truth: Trajectory | None, *, sequence: str,
