@@ -187,6 +187,8 @@ class VOPipeline:
         self.k1_estimates: list[float] = []
         self.k1 = 0.0
         self._raw_camera: Camera | None = None
+        # keyframes whose window found the worker busy (threaded; over the pipeline's life, resets included)
+        self.backend_busy_skips = 0
         self.reset()
 
     def close(self) -> None:
@@ -279,7 +281,6 @@ class VOPipeline:
                 weakref.finalize(self, self.worker.close)
         self.last_backend: BAResult | None = None
         self._backend_due = False  # a keyframe found the worker busy (threaded)
-        self.backend_busy_skips = 0  # keyframes whose window found the worker busy (threaded): the next one's covers them
         self._backend_refused = ""  # why the last optimised window was not taken
         self.backend_lag = 0  # keyframes made between the last taken window's snapshot and its landing
         self._focal = 1.0

@@ -752,22 +752,21 @@ def test_with_a_worker_the_window_goes_after_the_pose():
 
 
 class RecordingLaggedWorker(LaggedWorker):
-    """:class:`LaggedWorker` that records, at each snapshot it is given, the newest keyframe's map revision when it
-    was added against the snapshot's revision (the same: no window landed between)."""
+    """:class:`LaggedWorker` that records, at each snapshot it is given, the map revision at which its newest
+    keyframe was added (``added_at_revision``, filled by the test) against the snapshot's revision (the same: no
+    window landed between)."""
 
-    def __init__(self, cfg, lag, pipeline_ref):
+    def __init__(self, cfg, lag):
         super().__init__(cfg, lag)
-        self.pipeline_ref, self.snapshots = pipeline_ref, []
+        self.added_at_revision, self.snapshots = {}, []
 
     def submit(self, problem, focal_px):
-        vo = self.pipeline_ref[0]
         newest = int(problem.keyframe_ids[-1])
-        self.snapshots.append((newest, vo.added_at_revision[newest], problem.revision))
+        self.snapshots.append((newest, self.added_at_revision[newest], problem.revision))
         super().submit(problem, focal_px)
 
 
-@pytest.mark.parametrize("lag", [2])
-def test_a_window_is_taken_at_a_new_keyframe_never_right_after_another_lands(lag):
+def test_a_window_is_taken_at_a_new_keyframe_never_right_after_another_lands():
     """With a worker (the node), a keyframe whose window finds the worker busy gets none: the next keyframe's window
     covers it. Before, it was snapshotted as soon as the running window landed, with its newest keyframe just moved
     by that window's similarity guess (``LocalMap.apply``'s follow): windows landing one frame late back to back
@@ -777,16 +776,13 @@ def test_a_window_is_taken_at_a_new_keyframe_never_right_after_another_lands(lag
     slower worker, 2+ late, still sends the waiting window at once)."""
     gt = driving_poses(16, step=0.5, yaw_deg=2.0)
     cfg = default_config()
-    ref = [None]
-    worker = RecordingLaggedWorker(cfg.backend, lag, ref)
+    worker = RecordingLaggedWorker(cfg.backend, lag=2)
     vo = VOPipeline(cfg, frontend=PointWorldFrontend(gt), worker=worker)
-    ref[0] = vo
-    vo.added_at_revision = {}
     add = vo.map.add_keyframe
 
     def add_keyframe(T):
         k = add(T)
-        vo.added_at_revision[k] = vo.map.revision
+        worker.added_at_revision[k] = vo.map.revision
         return k
 
     vo.map.add_keyframe = add_keyframe

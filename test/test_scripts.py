@@ -111,6 +111,30 @@ def test_step_errors_accounts_for_every_step(tmp_path):
 # --------------------------------------------------------------------------------------------
 # scripts/scale_blocks.py (issue 13: where the scale drifts)
 # --------------------------------------------------------------------------------------------
+def test_scale_blocks_finds_a_stretched_block(tmp_path):
+    """A straight ground-truth path and an estimate at half scale whose steps 20-29 are 1.2x too long: every
+    block reads 1.00 except that one (1.20), whatever the estimate's overall scale."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from scale_blocks import main, scale_blocks
+
+    n = 41
+    steps_gt = np.full(n - 1, 0.5)
+    steps_est = 0.25 * np.ones(n - 1)
+    steps_est[20:30] *= 1.2
+    quat = np.tile([0.0, 0.0, 0.0, 1.0], (n, 1))
+    for name, steps in (("trajectory_gt.tum", steps_gt), ("trajectory_est.tum", steps_est)):
+        z = np.concatenate([[0.0], np.cumsum(steps)])
+        rows = np.column_stack([np.arange(n) * 0.1, np.zeros(n), np.zeros(n), z, quat])
+        np.savetxt(tmp_path / name, rows)
+    res = scale_blocks(tmp_path, block=10)
+    assert [round(b["ratio"], 3) for b in res["blocks"]] == [1.0, 1.0, 1.2, 1.0]
+    assert res["blocks"][0]["gt_speed"] == pytest.approx(0.5) and res["blocks"][0]["gt_rotation_deg"] == 0.0
+    out = tmp_path / "blocks.json"
+    assert main([str(tmp_path), "--out", str(out)]) == 0 and json.loads(out.read_text())["results"][0]["steps"] == 40
+    assert main([str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+# --------------------------------------------------------------------------------------------
 # scripts/backend_contention.py (issue 13: what the optimisation on the other core costs the front end)
 # --------------------------------------------------------------------------------------------
 def test_backend_contention_times_both_kinds_of_round(tmp_path):

@@ -289,7 +289,6 @@ class BackendLog:
         self.times_ms: list[float] = []
         self.not_taken: dict[str, int] = {}
         self.busy_skips = 0  # keyframes whose window found the worker busy (the next keyframe's covers them)
-        self._busy_seen = 0
         self.keyframes = 0
         self._map = None
         self._revision = 0
@@ -303,11 +302,9 @@ class BackendLog:
         if worker is not None:
             self.mode = f"lagged {worker.lag}" if hasattr(worker, "lag") else "threaded"
         if m is not self._map:  # the first frame, or a reset: a new map (its keyframe ids continue the old one's)
-            self._map, self._revision, self._last, self._busy_seen = m, 0, None, 0
+            self._map, self._revision, self._last = m, 0, None
         self.keyframes = int(m.next_keyframe_id)
-        busy = int(getattr(pipeline, "backend_busy_skips", 0))
-        self.busy_skips += busy - self._busy_seen
-        self._busy_seen = busy
+        self.busy_skips = int(getattr(pipeline, "backend_busy_skips", 0))
         last = pipeline.last_backend
         if last is None or last is self._last:
             return
@@ -317,8 +314,7 @@ class BackendLog:
             self.lags.append(int(pipeline.backend_lag))
             self.times_ms.append(float(last.time_ms))
         else:
-            status = pipeline.backend_status()
-            reason = status.last if status is not None else str(last.reason)
+            reason = pipeline.backend_status().last  # a map exists, so a status does
             key = re.sub(r"[-+]?\d+(\.\d+)?", "N", reason or "not optimised")
             self.not_taken[key] = self.not_taken.get(key, 0) + 1
 
