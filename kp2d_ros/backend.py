@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -450,18 +450,21 @@ def bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float = 
     ended.
     """
     t0 = time.perf_counter()
-    solve = _solve_ceres if cfg.solver == "ceres" else _solve_gtsam
+    if cfg.solver == "ceres":
+        solve = _CeresWindow(problem, cfg, focal_px).solve
+    else:
+        solve = lambda *state: _solve_gtsam(problem, cfg, *state, focal_px)  # noqa: E731
     n_kf, n_lm = len(problem.keyframe_ids), len(problem.landmark_ids)
     poses, points, k1 = problem.poses.copy(), problem.positions.copy(), problem.k1
     before = reprojection_errors(problem, poses, points, k1)
     limit = cfg.max_reprojection_px * problem.sigma / max(cfg.noise_px, 1e-9)
     keep = np.isfinite(before)
     try:
-        poses, points, k1, iters = solve(problem, cfg, poses, points, k1, keep, focal_px)
+        poses, points, k1, iters = solve(poses, points, k1, keep)
         err = reprojection_errors(problem, poses, points, k1)
         keep &= err <= limit
         if (~keep).any() and keep.any():
-            poses, points, k1, more = solve(problem, cfg, poses, points, k1, keep, focal_px)
+            poses, points, k1, more = solve(poses, points, k1, keep)
             iters += more
             err = reprojection_errors(problem, poses, points, k1)
             keep &= err <= limit
@@ -489,82 +492,126 @@ def bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float = 
     return result
 
 
-# One pass of a solver: (problem, cfg, poses (K, 4, 4), points (L, 3), k1, the observations to use (M,) bool,
-# focal px) -> (poses, points, k1, iterations). The fixed keyframes (the first ``problem.num_fixed``) stay.
-def _solve_ceres(problem: WindowProblem, cfg: BackendConfig, poses: np.ndarray, points: np.ndarray, k1: float,
-                 use: np.ndarray, focal_px: float) -> tuple[np.ndarray, np.ndarray, float, int]:
-    """pycolmap's Ceres bundle adjuster (Schur complement, one thread). The observations are pixels of a
-    SIMPLE_RADIAL camera (focal ``focal_px``, distortion k1 on normalised coordinates: the residual model of
-    :func:`reprojection_errors`), refined when ``problem.calibrate`` (no prior on it: Ceres has none here, so a
-    window's k1 rests on its observations alone; :func:`_implausible` rejects a diverged one). Landmarks with fewer
-    than two used observations stay out (where they are), and a free keyframe with fewer than three is held."""
-    import pycolmap
+# One pass of a solver: (poses (K, 4, 4), points (L, 3), k1, the observations to use (M,) bool) -> (poses, points,
+# k1, iterations). The fixed keyframes (the first ``problem.num_fixed``) stay.
+class _CeresWindow:
+    """pycolmap's Ceres bundle adjuster (Schur complement, one thread) on one window, for its passes. The
+    observations are pixels of a SIMPLE_RADIAL camera (focal ``focal_px``, distortion k1 on normalised coordinates:
+    the residual model of :func:`reprojection_errors`), refined when ``problem.calibrate`` (no prior on it: Ceres
+    has none here, so a window's k1 rests on its observations alone; :func:`_implausible` rejects a diverged one).
+    Landmarks with fewer than two used observations stay out (where they are), and a free keyframe with fewer than
+    three is held.
 
-    f = float(max(focal_px, 1.0))
-    size = 2 * int(np.ceil(2 * f))  # the image size only places the principal point; no observation is clipped
-    c = np.array([size / 2, size / 2])
-    counts = np.bincount(problem.obs_landmark[use], minlength=len(points))
-    use = use & (counts[problem.obs_landmark] >= 2)
-    rec = pycolmap.Reconstruction()
-    camera = pycolmap.Camera.create_from_model_name(1, "SIMPLE_RADIAL", f, size, size)
-    camera.params = [f, c[0], c[1], float(k1)]
-    rec.add_camera_with_trivial_rig(camera)
-    point2d = np.full(len(use), -1)
-    for i in range(len(poses)):  # image id = frame id = i + 1
-        sel = np.flatnonzero(use & (problem.obs_keyframe == i))
-        point2d[sel] = np.arange(len(sel))
-        image = pycolmap.Image(name=str(i), keypoints=problem.obs_xy[sel] * f + c, camera_id=1, image_id=i + 1)
-        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(invert_se3(poses[i])[:3, :4]))
-    order = np.flatnonzero(use)
-    order = order[np.argsort(problem.obs_landmark[order], kind="stable")]
-    point3d = {}
-    for group in np.split(order, np.flatnonzero(np.diff(problem.obs_landmark[order])) + 1):
-        if len(group) == 0:
-            continue
-        track = pycolmap.Track()
-        for m in group:
-            track.add_element(int(problem.obs_keyframe[m]) + 1, int(point2d[m]))
-        j = int(problem.obs_landmark[group[0]])
-        point3d[j] = rec.add_point3D(points[j], track)
-    config = pycolmap.BundleAdjustmentConfig()
-    views = np.bincount(problem.obs_keyframe[use], minlength=len(poses))
-    for i in range(len(poses)):
-        config.add_image(i + 1)
-        if i < problem.num_fixed or views[i] < 3:
-            config.set_constant_rig_from_world_pose(i + 1)
-    options = pycolmap.BundleAdjustmentOptions()
-    options.refine_focal_length = False
-    options.refine_principal_point = False
-    options.refine_extra_params = bool(problem.calibrate)
-    options.print_summary = False
-    options.ceres.loss_function_type = (pycolmap.LossFunctionType.CAUCHY if cfg.kernel == "cauchy"
-                                        else pycolmap.LossFunctionType.HUBER)
-    options.ceres.loss_function_scale = cfg.kernel_px  # residuals in pixels, as the kernel
-    solver = options.ceres.solver_options
-    solver.max_num_iterations = cfg.max_iterations
-    solver.initial_trust_region_radius = 1e8  # start as Gauss-Newton, as GTSAM's LM (lambda 1e-5): Ceres' 1e4 took
-    # twice the iterations (a window whose free keyframes all start 10% too far: half-way after 5)
-    solver.function_tolerance = 1e-5  # GTSAM's relative error decrease, so both stop alike
-    solver.gradient_tolerance = 1e-4
-    solver.parameter_tolerance = 0.0
-    solver.num_threads = 1  # the worker's one core; the front end has the other
-    adjuster = pycolmap.create_default_ceres_bundle_adjuster(options, config, rec)
-    keep_alive = _add_distance_priors(adjuster.problem, rec, problem, config, poses) if len(problem.distances) else []
-    summary = adjuster.solve()
-    del keep_alive
-    if not summary.is_solution_usable():
-        raise RuntimeError(f"ceres: {summary.brief_report()}")
-    out = poses.copy()
-    for i in range(problem.num_fixed, len(poses)):
-        T = np.eye(4)
-        T[:3] = rec.image(i + 1).cam_from_world().matrix()
-        out[i] = invert_se3(T)
-    pts = points.copy()
-    for j, pid in point3d.items():
-        pts[j] = rec.point3D(pid).xyz
-    ceres = summary.ceres_summary
-    k1_out = float(rec.camera(1).params[3]) if problem.calibrate else k1
-    return out, pts, k1_out, int(ceres.num_successful_steps + ceres.num_unsuccessful_steps)
+    The first :meth:`solve` builds the ``pycolmap.Reconstruction``; a later one (the second pass) continues from
+    where the last ended, in the same reconstruction, with the observations ``use`` no longer names deleted:
+    building it again cost as much as a third of the pass (KITTI 07, 16 keyframes, ~10 000 observations)."""
+
+    def __init__(self, problem: WindowProblem, cfg: BackendConfig, focal_px: float):
+        self.problem, self.cfg = problem, cfg
+        self.f = float(max(focal_px, 1.0))
+        self.rec = None
+        self.used = np.zeros(len(problem.obs_xy), bool)  # the observations in the reconstruction
+        self.point2d = np.full(len(problem.obs_xy), -1)  # each observation's index in its image
+        self.point3d: dict[int, int] = {}  # landmark row -> pycolmap point id, while it is in the reconstruction
+        self.points = np.empty((0, 3))
+
+    def solve(self, poses: np.ndarray, points: np.ndarray, k1: float, use: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, float, int]:
+        import pycolmap
+
+        problem = self.problem
+        counts = np.bincount(problem.obs_landmark[use], minlength=len(points))
+        use = use & (counts[problem.obs_landmark] >= 2)
+        if self.rec is None:
+            self._build(poses, points, k1, use)
+        else:
+            if (use & ~self.used).any():
+                raise ValueError("a later pass may only drop observations")
+            self._drop(self.used & ~use)
+        rec = self.rec
+        config = pycolmap.BundleAdjustmentConfig()
+        views = np.bincount(problem.obs_keyframe[use], minlength=len(poses))
+        for i in range(len(poses)):
+            config.add_image(i + 1)
+            if i < problem.num_fixed or views[i] < 3:
+                config.set_constant_rig_from_world_pose(i + 1)
+        adjuster = pycolmap.create_default_ceres_bundle_adjuster(self._options(), config, rec)
+        keep_alive = _add_distance_priors(adjuster.problem, rec, problem, config, poses) if len(problem.distances) else []
+        summary = adjuster.solve()
+        del keep_alive
+        if not summary.is_solution_usable():
+            raise RuntimeError(f"ceres: {summary.brief_report()}")
+        out = poses.copy()
+        for i in range(problem.num_fixed, len(poses)):
+            T = np.eye(4)
+            T[:3] = rec.image(i + 1).cam_from_world().matrix()
+            out[i] = invert_se3(T)
+        for j, pid in self.point3d.items():
+            self.points[j] = rec.point3D(pid).xyz
+        ceres = summary.ceres_summary
+        k1_out = float(rec.camera(1).params[3]) if problem.calibrate else k1
+        return out, self.points.copy(), k1_out, int(ceres.num_successful_steps + ceres.num_unsuccessful_steps)
+
+    def _build(self, poses: np.ndarray, points: np.ndarray, k1: float, use: np.ndarray) -> None:
+        import pycolmap
+
+        problem, f = self.problem, self.f
+        size = 2 * int(np.ceil(2 * f))  # the image size only places the principal point; no observation is clipped
+        c = np.array([size / 2, size / 2])
+        rec = pycolmap.Reconstruction()
+        camera = pycolmap.Camera.create_from_model_name(1, "SIMPLE_RADIAL", f, size, size)
+        camera.params = [f, c[0], c[1], float(k1)]
+        rec.add_camera_with_trivial_rig(camera)
+        for i in range(len(poses)):  # image id = frame id = i + 1
+            sel = np.flatnonzero(use & (problem.obs_keyframe == i))
+            self.point2d[sel] = np.arange(len(sel))
+            image = pycolmap.Image(name=str(i), keypoints=problem.obs_xy[sel] * f + c, camera_id=1, image_id=i + 1)
+            rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(invert_se3(poses[i])[:3, :4]))
+        order = np.flatnonzero(use)
+        order = order[np.argsort(problem.obs_landmark[order], kind="stable")]
+        landmark = problem.obs_landmark[order]
+        starts = np.flatnonzero(np.diff(landmark, prepend=-1))  # each used landmark's first observation in ``order``
+        ends = np.append(starts[1:], len(order)).tolist()
+        image_ids, point2d_ids = (problem.obs_keyframe[order] + 1).tolist(), self.point2d[order].tolist()
+        element = pycolmap.TrackElement
+        # plain Python loops: indexing numpy scalars here cost a tenth of the pass
+        for s, e, j in zip(starts.tolist(), ends, landmark[starts].tolist()):
+            track = pycolmap.Track([element(image_ids[m], point2d_ids[m]) for m in range(s, e)])
+            self.point3d[j] = rec.add_point3D(points[j], track)
+        self.rec, self.used, self.points = rec, use.copy(), np.array(points, float)
+
+    def _drop(self, observations: np.ndarray) -> None:
+        """Delete the observations (M,) bool from the reconstruction; COLMAP deletes a landmark left with one."""
+        problem, rec = self.problem, self.rec
+        for m in np.flatnonzero(observations).tolist():
+            j = int(problem.obs_landmark[m])
+            if j in self.point3d:
+                if rec.point3D(self.point3d[j]).track.length() <= 2:
+                    del self.point3d[j]  # it stays where the last pass left it
+                rec.delete_observation(int(problem.obs_keyframe[m]) + 1, int(self.point2d[m]))
+        self.used &= ~observations
+
+    def _options(self):
+        import pycolmap
+
+        cfg = self.cfg
+        options = pycolmap.BundleAdjustmentOptions()
+        options.refine_focal_length = False
+        options.refine_principal_point = False
+        options.refine_extra_params = bool(self.problem.calibrate)
+        options.print_summary = False
+        options.ceres.loss_function_type = (pycolmap.LossFunctionType.CAUCHY if cfg.kernel == "cauchy"
+                                            else pycolmap.LossFunctionType.HUBER)
+        options.ceres.loss_function_scale = cfg.kernel_px  # residuals in pixels, as the kernel
+        solver = options.ceres.solver_options
+        solver.max_num_iterations = cfg.max_iterations
+        solver.initial_trust_region_radius = 1e8  # start as Gauss-Newton, as GTSAM's LM (lambda 1e-5): Ceres' 1e4 took
+        # twice the iterations (a window whose free keyframes all start 10% too far: half-way after 5)
+        solver.function_tolerance = 1e-5  # GTSAM's relative error decrease, so both stop alike
+        solver.gradient_tolerance = 1e-4
+        solver.parameter_tolerance = 0.0
+        solver.num_threads = 1  # the worker's one core; the front end has the other
+        return options
 
 
 def _add_distance_priors(ceres_problem, rec, problem: WindowProblem, config, poses: np.ndarray) -> list:
@@ -814,6 +861,24 @@ def _load_solver(solver: str) -> None:
         import gtsam  # noqa: F401
 
 
+def _serve(conn, increment: int, idle: bool, solver: str) -> None:
+    """The worker process (:class:`BackendWorker`): lower its priority (:func:`_lower_priority`), load the solver,
+    then answer each ``(fn, args)`` received on ``conn`` with ``(True, fn(*args))``, or ``(False, "Type: message")``
+    when it raised, until the pipe closes."""
+    _lower_priority(increment, idle)
+    _load_solver(solver)
+    while True:
+        try:
+            fn, args = conn.recv()
+        except (EOFError, OSError):  # the node's end closed
+            return
+        try:
+            reply = (True, fn(*args))
+        except Exception as e:  # noqa: BLE001 - reported to the node's worker thread, which logs it
+            reply = (False, f"{type(e).__name__}: {e}")
+        conn.send(reply)
+
+
 class LaggedWorker:
     """A deterministic stand-in for :class:`BackendWorker`: each window's result comes back at the ``lag``-th
     :meth:`poll` after its :meth:`submit`, optimised in the caller's thread. The pipeline submits a keyframe's
@@ -877,35 +942,54 @@ class BackendWorker:
         self._done: BAResult | None = None
         self._busy = False
         self._stop = False
-        self._pool = None  # the child process, started with the first window
-        self._pool_lock = threading.Lock()  # not _cond: the front end polls that every frame, and a spawn takes a while
+        self._process = None  # the child process (started by start() or the first window) ...
+        self._conn = None  # ... and this end of its pipe (only the worker thread reads and writes it)
+        self._process_lock = threading.Lock()  # not _cond: the front end polls that every frame, and a spawn takes a while
         self._thread = threading.Thread(target=self._run, name="vo_backend", daemon=True)
         self._thread.start()
 
-    def _submit(self, fn, *args):
-        """``fn(*args)`` in the child process (a Future), which starts with the first call."""
-        with self._pool_lock:
-            starting = self._pool is None
-            if starting:
-                import multiprocessing
-                from concurrent.futures import ProcessPoolExecutor
-
-                # spawn: a fork of a process running torch/rclpy threads is not safe
-                # niced: on a small CPU the optimisation must not take the front end's cores (the latency of every frame)
-                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_lower_priority,
-                                                 initargs=(self.cfg.worker_nice, self.cfg.worker_idle))
-            with _main_script_hidden() if starting else nullcontext():  # the process starts with the first submit
-                return self._pool.submit(fn, *args)
+    @property
+    def pid(self) -> int | None:
+        """The child process's id (None before it starts)."""
+        process = self._process
+        return process.pid if process is not None else None
 
     def start(self) -> None:
-        """Start the child process now and load the solver in it, without waiting: otherwise both happen at the
-        first window, a second or two of CPU time taken from the first frames (the node calls this at start-up)."""
-        if self._pool is None:
-            self._submit(_load_solver, self.cfg.solver)
+        """Start the child process now, which loads the solver, without waiting: otherwise both happen at the first
+        window, a second or two of CPU time taken from the first frames (the node calls this at start-up)."""
+        with self._process_lock:
+            if self._stop or (self._process is not None and self._process.is_alive()):
+                return
+            if self._process is not None:  # it died: reaped, and its pipe closed
+                self._process.join(timeout=1.0)
+                self._conn.close()
+            import multiprocessing
+
+            # spawn: a fork of a process running torch/rclpy threads is not safe
+            # niced: on a small CPU the optimisation must not take the front end's cores (the latency of every frame)
+            context = multiprocessing.get_context("spawn")
+            mine, theirs = context.Pipe()
+            process = context.Process(target=_serve, name="vo_backend", daemon=True,
+                                      args=(theirs, self.cfg.worker_nice, self.cfg.worker_idle, self.cfg.solver))
+            with _main_script_hidden():
+                process.start()
+            # only the child holds its end now: when it dies, a read here ends (EOF) instead of waiting for ever.
+            # (A ProcessPoolExecutor's reader, killed mid-message by close(), waited for ever, and its exit hook
+            # with it: a `kp2d bench` hung at exit once in ~20 runs.)
+            theirs.close()
+            self._process, self._conn = process, mine
 
     def _optimise(self, problem: WindowProblem, focal: float) -> BAResult:
-        return self._submit(bundle_adjust, problem, self.cfg, focal).result()
+        """``bundle_adjust`` in the child process (started if it is not running); called by the worker thread."""
+        if self._process is None or not self._process.is_alive():
+            self.start()  # the first window, or the child died (its failure was logged): a new one
+        if self._stop:
+            raise RuntimeError("the backend worker is closed")
+        self._conn.send((bundle_adjust, (problem, self.cfg, focal)))
+        ok, value = self._conn.recv()  # EOFError when the child died
+        if not ok:
+            raise RuntimeError(value)
+        return value
 
     def submit(self, problem: WindowProblem, focal_px: float) -> None:
         with self._cond:
@@ -940,12 +1024,14 @@ class BackendWorker:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            for proc in list(getattr(pool, "_processes", {}).values()):  # do not wait for a running window
-                proc.kill()  # not SIGTERM: pycolmap's glog handler prints a stack trace for it
-            pool.shutdown(wait=False, cancel_futures=True)
+        with self._process_lock:
+            process, self._process = self._process, None
+        if process is not None:
+            process.kill()  # do not wait for a running window; not SIGTERM: pycolmap's glog handler prints a stack trace
+            process.join(timeout=5.0)  # reaped; the worker thread's read, if any, has ended with it
         self._thread.join(timeout=5.0)
+        if self._conn is not None:
+            self._conn.close()
 
     def _run(self) -> None:
         while True:
