@@ -31,7 +31,7 @@ from kp2d_ros.geometry import (bearings, cauchy_cost, compose_covariance, compos
 from kp2d_ros.matching import MatchScorer, filter_matches, match_features
 from kp2d_ros.refine import refine_matches
 from kp2d_ros.scale import GroundPoints, MetricScale, ScaleChoice
-from kp2d_ros.runtime import apply_thread_settings
+from kp2d_ros.runtime import apply_thread_settings, one_thread_fewer
 from kp2d_ros.types import (Camera, Features, Frame, Frontend, Matches, PoseEstimate, TrackingStatus,
                             TwoViewGeometry)
 
@@ -291,7 +291,11 @@ class VOPipeline:
     # ----------------------------------------------------------------------------------------
     def detect(self, frame: Frame) -> Features:
         """The frontend's features of ``frame`` (the first stage of :meth:`process`; thread-safe
-        with respect to the tracking stages, so :func:`run_pipelined` overlaps it with them)."""
+        with respect to the tracking stages, so :func:`run_pipelined` overlaps it with them). With
+        ``backend.worker_core``, on one CPU thread fewer while the worker optimises a window."""
+        if self.cfg.backend.worker_core and isinstance(self.worker, BackendWorker) and not self.worker.idle():
+            with one_thread_fewer(getattr(self.frontend, "name", None) == "kp2d"):
+                return self.frontend.detect(frame.image)
         return self.frontend.detect(frame.image)
 
     def process(self, frame: Frame, features: Features | None = None, travelled_m: float | None = None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,29 @@ def apply_thread_settings(pipeline_cfg) -> None:
     """Apply ``pipeline.torch_threads`` / ``pipeline.library_threads`` (0 = leave the pool alone)."""
     if pipeline_cfg.torch_threads or pipeline_cfg.library_threads:
         set_cpu_threads(pipeline_cfg.library_threads, pipeline_cfg.torch_threads)
+
+
+@contextmanager
+def one_thread_fewer(learned: bool) -> Iterator[None]:
+    """Inside, the frontend's detection runs on one CPU thread fewer (at least one): torch's intra-op pool for the
+    learned frontend (``learned``), OpenCV's pool for SIFT/ORB; restored on leaving. Both counts are read and set in
+    the calling thread, the one that detects (``backend.worker_core``: a core for the backend's worker)."""
+    if learned:
+        import torch
+
+        get, put = torch.get_num_threads, torch.set_num_threads
+    else:
+        import cv2
+
+        get, put = cv2.getNumThreads, cv2.setNumThreads
+    n = get()
+    if n > 1:
+        put(n - 1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            put(n)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import data_path
-from kp2d_ros.backend import LaggedWorker
+from kp2d_ros.backend import BackendWorker, LaggedWorker
 from kp2d_ros.config import VOConfig
 from kp2d_ros.geometry import rotation_angle_deg, se3
 from kp2d_ros.matching import MatchScorer
@@ -793,6 +793,60 @@ def test_a_window_is_taken_at_a_new_keyframe_never_right_after_another_lands():
         assert added == snapshot, (newest, added, snapshot)  # no window landed between the keyframe and its snapshot
     est, true = _steps(out, gt, list(range(2, 16)))
     np.testing.assert_allclose(est / est[0], true / true[0], rtol=0.03)
+
+
+class ThreadCountingFrontend(Frontend):
+    """Records the CPU thread counts of torch's and OpenCV's pools while it detects (it finds nothing)."""
+
+    def __init__(self, name):
+        self.name, self.seen = name, []
+
+    def detect(self, image):
+        import torch
+
+        self.seen.append((torch.get_num_threads(), cv2.getNumThreads()))
+        return Features.empty(dim=32)
+
+
+class BusyWorker(BackendWorker):
+    """A threaded backend worker whose idleness the test sets (it never optimises)."""
+
+    busy = False
+
+    def idle(self):
+        return not self.busy
+
+
+@pytest.mark.parametrize("frontend", ["kp2d", "sift"])
+def test_worker_core_leaves_one_thread_to_a_busy_worker(frontend):
+    """``backend.worker_core``: while the worker optimises, the frontend detects on one thread fewer of its own pool
+    (torch's for the learned frontend, OpenCV's for SIFT), the other pool untouched, and gets it back after; with the
+    worker idle, or the option off, every thread."""
+    import torch
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        torch.set_num_threads(2)
+        cv2.setNumThreads(2)
+        fewer = (1, 2) if frontend == "kp2d" else (2, 1)
+        for on in (True, False):
+            cfg = VOConfig()
+            cfg.pipeline.library_threads = 0  # OpenCV's pool as set above
+            cfg.matching.io_net = False
+            cfg.backend.worker_core = on
+            counting = ThreadCountingFrontend(frontend)
+            vo = VOPipeline(cfg, frontend=counting, worker=BusyWorker(cfg.backend))
+            try:
+                for busy in (True, False, True):
+                    vo.worker.busy = busy
+                    vo.detect(frame(0))
+            finally:
+                vo.close()
+            assert counting.seen == ([fewer, (2, 2), fewer] if on else [(2, 2)] * 3), (on, counting.seen)
+            assert (torch.get_num_threads(), cv2.getNumThreads()) == (2, 2)
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
 
 
 def _slow_run(window: int | None, lag: int = 0):
