@@ -864,9 +864,18 @@ def _load_solver(solver: str) -> None:
 def _serve(conn, increment: int, idle: bool, solver: str) -> None:
     """The worker process (:class:`BackendWorker`): lower its priority (:func:`_lower_priority`), load the solver,
     then answer each ``(fn, args)`` received on ``conn`` with ``(True, fn(*args))``, or ``(False, "Type: message")``
-    when it raised, until the pipe closes."""
+    when it raised, until the pipe closes.
+
+    Signals: Ctrl-C in a terminal reaches the whole process group, and the node's shutdown ends this process itself
+    (:meth:`BackendWorker.close`), so SIGINT is ignored here; SIGTERM (multiprocessing's exit hook for a worker that
+    was never closed) ends it quietly, where pycolmap's glog handler would print a stack trace."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _lower_priority(increment, idle)
     _load_solver(solver)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # after the solver's import, which installs glog's
     while True:
         try:
             fn, args = conn.recv()

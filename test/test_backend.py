@@ -1,6 +1,8 @@
 """Local bundle adjustment (kp2d_ros/backend.py): a synthetic window with known poses, then the pipeline."""
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -368,6 +370,29 @@ def test_a_window_after_the_worker_process_died_gets_a_new_one():
         assert result is not None and result.optimised and worker.pid not in (None, first)
     finally:
         worker.close()
+
+
+def test_the_worker_process_outlives_ctrl_c_and_ends_quietly_with_the_program():
+    """Ctrl-C in a terminal reaches the node's whole process group: the worker's child ignores it (it printed a
+    KeyboardInterrupt traceback and died), the node ends it. A program that exits without ``close()`` ends the child
+    through multiprocessing's exit hook (SIGTERM), without pycolmap's glog stack trace (printed until stop 32's fix)."""
+    worker = BackendWorker(BackendConfig())
+    try:
+        m, _ = make_map(true_poses())
+        worker.submit(m.problem(1.0 / F), F)
+        assert worker.wait(timeout=60).optimised  # the child is up (a signal during its start-up kills it)
+        pid = worker.pid
+        os.kill(pid, signal.SIGINT)
+        worker.submit(m.problem(1.0 / F), F)
+        result = worker.wait(timeout=60)
+        assert result is not None and result.optimised and worker.pid == pid
+    finally:
+        worker.close()
+    script = ("import time\nfrom kp2d_ros.backend import BackendWorker\nfrom kp2d_ros.config import BackendConfig\n"
+              "w = BackendWorker(BackendConfig())\nw.start()\ntime.sleep(4)\nprint('child', w.pid, flush=True)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "child" in run.stdout, run.stderr[-2000:]
+    assert "SIGTERM" not in run.stderr and "stack trace" not in run.stderr, run.stderr[-2000:]
 
 
 def test_config_validation():
