@@ -315,9 +315,10 @@ class BackendConfig:
     worker_idle: bool = True  # that process in Linux's SCHED_IDLE class: it runs on CPU time no other task wants
     # While a window is being optimised, the frontend detects on one CPU thread fewer (torch's pool for the learned
     # frontend, OpenCV's for SIFT/ORB), so that the worker has a core: on a small CPU the network otherwise keeps
-    # every core busy and the windows land 3-5 keyframes late, which costs the odometry accuracy (KITTI 07 node-mode
-    # replay, 2 cores: 0.10-0.11 m against 0.066 m when they land 1 late; README: Local bundle adjustment, Threads).
-    # Off by default: those frames take longer (2 cores: 5.3 -> 4.0-4.3 FPS). No effect on onnxruntime's fixed pool.
+    # every core busy and the windows land 3-5 keyframes late, which costs the odometry accuracy (KITTI 07 threaded
+    # replay, 2 cores: 0.11-0.12 m, against 0.066-0.073 m when they land 1 late; README: Local bundle adjustment,
+    # Threads). Off by default: those frames take longer (2 cores: 4.7-5.2 -> 3.5-4.4 FPS, node latency +50-80 %).
+    # No effect on onnxruntime's fixed pool.
     worker_core: bool = False
     # Online self-calibration: every window also estimates the camera's first radial distortion coefficient k1 (on
     # top of the configured/CameraInfo model; plumb_bob and rational_polynomial), from the images alone, and the front
