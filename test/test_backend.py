@@ -8,7 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from kp2d_ros.backend import BAResult, BackendWorker, LaggedWorker, LocalMap, WindowProblem, bundle_adjust, run_window
+from kp2d_ros.backend import (BAResult, BackendWorker, LaggedWorker, LocalMap, WindowProblem, _CeresWindow, bundle_adjust,
+                              reprojection_errors, run_window)
 from kp2d_ros.config import BackendConfig, ConfigError, VOConfig
 from kp2d_ros.data.synthetic_window import driving_poses, perturb_poses, synthetic_window
 from kp2d_ros.geometry import invert_se3, rotation_angle_deg
@@ -69,6 +70,28 @@ def test_perturbed_keyframes_converge_back(outlier_ratio, solver):
     if outlier_ratio:
         assert len(result.rejected) > 0.5 * outlier_ratio * result.num_observations
     assert result.error_px_after < result.error_px_before
+
+
+def test_the_second_ceres_pass_continues_as_a_fresh_build_would():
+    """The second pass deletes the culled observations from the first pass's reconstruction (a landmark left with
+    one goes with it) instead of building it again: it must solve the problem a fresh build of the kept observations
+    from the first pass's result poses. 20 % gross outliers, a fifth of the landmarks two-view only."""
+    poses = true_poses()
+    m, _ = make_map(poses, outlier_ratio=0.2, track_len=3)
+    perturb(m, np.random.default_rng(1))
+    problem = m.problem(m.cfg.noise_px / F, calibrate=True)
+    use = np.ones(len(problem.obs_xy), bool)
+    window = _CeresWindow(problem, m.cfg, F)
+    first = window.solve(problem.poses.copy(), problem.positions.copy(), 0.0, use)
+    keep = use & (reprojection_errors(problem, first[0], first[1], first[2]) <= m.cfg.max_reprojection_px / F)
+    assert 0.1 * len(keep) < (~keep).sum() < 0.4 * len(keep)
+    again = window.solve(first[0], first[1], first[2], keep)
+    fresh = _CeresWindow(problem, m.cfg, F).solve(first[0], first[1], first[2], keep)
+    np.testing.assert_allclose(again[0], fresh[0], atol=1e-8)
+    np.testing.assert_allclose(again[2], fresh[2], atol=1e-10)
+    near = np.linalg.norm(first[1], axis=1) < 50 * BASELINE  # far two-view points are ill-conditioned
+    np.testing.assert_allclose(again[1][near], fresh[1][near], atol=1e-6)
+    assert not np.allclose(again[0], first[0])  # the second pass did move the poses
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
