@@ -246,6 +246,28 @@ def test_the_backends_work_comes_after_the_frames_odometry(rig):
     assert [p.pose.position.x for p in r.paths[-1].poses] == pytest.approx([1.0, 1.1, 1.2])  # map: refined keyframe
 
 
+class LatePipeline(FinishingPipeline):
+    """FinishingPipeline whose every window lands ``lag`` keyframes late."""
+
+    def __init__(self, lag):
+        super().__init__()
+        self.backend_lag = lag
+
+
+@pytest.mark.parametrize("lag, worker_core, hinted", [(4, False, True), (1, False, False), (4, True, False)])
+def test_windows_that_keep_landing_late_name_the_setting_that_helps(rig, lag, worker_core, hinted):
+    """Five windows in a row 3+ keyframes late (a saturated CPU; the odometry pays for it): the node says once that
+    ``backend.worker_core`` trades frame rate for it; not when they keep up, nor when it is on already."""
+    fake = LatePipeline(lag)
+    r = rig(pipeline=fake, params={"backend.worker_core": worker_core})
+    fake.node = r.node
+    r.send_info(info_msg())
+    for i in range(6):
+        r.send_image(image_msg(1.0 + 0.1 * i))
+    wait_until(lambda: len(r.odom) == 6 and fake.backend_revision == 6, "outputs")
+    assert ("backend.worker_core" in r.node.last_warning) == hinted, r.node.last_warning
+
+
 def test_good_frames_publish_odom_path_keypoints_diagnostics(rig):
     fake = FakePipeline()
     r = rig(pipeline=fake)
