@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 KEYS = {"frames", "received", "drop_rate", "publish_rate_hz", "node_rate_hz", "latency_ms_median",
         "latency_ms_p95", "latency_ms_mean", "latency_ms_max", "rss_mb_start", "rss_mb_max", "rss_mb_end",
         "image_width", "image_height", "encoding", "wall_s", "frontend", "sequence", "unique_frames", "rate_factor", "rate_hz",
-        "publish_ms", "path_poses", "path_at_length"}
+        "publish_ms", "path_poses", "path_at_length", "backend"}
 
 
 def test_bench_node_smoke(tmp_path):
@@ -42,6 +42,9 @@ def test_bench_node_smoke(tmp_path):
     # the node's publication costs (ms per call); TF only where tf2_ros / tf2_msgs are installed
     assert report["publish_ms"]["odom"] > 0 and report["publish_ms"]["keypoints"] > 0
     assert 1 <= report["path_poses"] <= 10 and set(report["publish_ms"]) == {"odom", "keypoints", "tf", "path"}
+    # the backend's windows in the measured phase, from the node's diagnostics
+    assert set(report["backend"]) == {"windows", "lag_keyframes_median", "lag_keyframes_max", "samples"}
+    assert report["backend"]["samples"] >= 1 and report["backend"]["windows"] >= 0
     path = report["path_at_length"]
     assert path["poses"] == 300 and path["received"] >= 1 and path["publish_ms"] > 0 and path["append_us"] > 0
     assert path["message_bytes"] > 300 * 60  # a PoseStamped is > 60 bytes serialised

@@ -48,6 +48,9 @@ class NodeBenchResult:
     # the node's median publication cost per call (ms; None: not published, e.g. TF without tf2 packages)
     publish_ms: dict = field(default_factory=dict)
     path_poses: int = 0  # path length the node reached
+    # the backend's windows during the measured phase, from the node's diagnostics (1 Hz samples of the last landed
+    # window): {"windows": taken, "lag_keyframes_median", "lag_keyframes_max", "samples"}; {} with the backend off
+    backend: dict = field(default_factory=dict)
 
 
 def rss_mb(pid: int) -> float:
@@ -157,6 +160,7 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
         rss.append(rss_mb(node_pid))  # after warm-up: models loaded, buffers allocated
 
         # measured phase: publish at rate_factor x the node's rate
+        diag_start = len(diagnostics)
         t0 = time.monotonic()
         next_rss = t0
         last = 0
@@ -192,6 +196,7 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
     for k in ("odom", "keypoints", "tf", "path"):
         v = float(values.get(f"publish_ms_{k}", "nan"))
         publish_ms[k] = None if np.isnan(v) else v
+    backend = _backend_during(diagnostics, diag_start)
     return NodeBenchResult(
         frames=len(sent), received=int(lat.size), drop_rate=1.0 - lat.size / len(sent),
         publish_rate_hz=len(sent) / t_pub if t_pub > 0 else 0.0, node_rate_hz=node_rate,
@@ -199,7 +204,22 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
         latency_ms_mean=float(lat.mean()), latency_ms_max=float(lat.max()),
         rss_mb_start=rss[0], rss_mb_max=max(rss), rss_mb_end=rss[-1],
         image_width=int(images[0].width), image_height=int(images[0].height), encoding=images[0].encoding,
-        wall_s=wall, publish_ms=publish_ms, path_poses=int(values.get("path_poses", 0)))
+        wall_s=wall, publish_ms=publish_ms, path_poses=int(values.get("path_poses", 0)), backend=backend)
+
+
+def _backend_during(diagnostics: list, start: int) -> dict:
+    """How late the node's backend windows landed from diagnostics message ``start`` on (see
+    :attr:`NodeBenchResult.backend`); {} when the node runs without the backend or sent no diagnostics."""
+    samples = [{kv.key: kv.value for kv in d.status[0].values} for d in diagnostics[start:]]
+    if not samples or samples[-1].get("backend", "off") == "off":
+        return {}
+    before = {kv.key: kv.value for kv in diagnostics[start - 1].status[0].values} if start > 0 else {}
+    lags = [int(v["backend_lag_keyframes"]) for v in samples]
+    windows = int(samples[-1]["backend_windows"]) - int(before.get("backend_windows", 0))
+    if windows < 0:  # the node's tracking was reset (a new map counts from 0)
+        windows = int(samples[-1]["backend_windows"])
+    return {"windows": windows,
+            "lag_keyframes_median": float(np.median(lags)), "lag_keyframes_max": max(lags), "samples": len(lags)}
 
 
 def bench_path_publication(n_poses: int = 10000, repeats: int = 5) -> dict:
