@@ -873,8 +873,10 @@ def _serve(conn, increment: int, idle: bool, solver: str) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _lower_priority(increment, idle)
+    # the solver's import (~1 s of CPU) before the priority drops: at SCHED_IDLE on a CPU the front end keeps busy it
+    # took seconds, and the node's first windows waited for it
     _load_solver(solver)
+    _lower_priority(increment, idle)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # after the solver's import, which installs glog's
     while True:
         try:
