@@ -862,7 +862,7 @@ def _load_solver(solver: str) -> None:
 
 
 def _serve(conn, increment: int, idle: bool, solver: str) -> None:
-    """The worker process (:class:`BackendWorker`): lower its priority (:func:`_lower_priority`), load the solver,
+    """The worker process (:class:`BackendWorker`): load the solver, lower its priority (:func:`_lower_priority`),
     then answer each ``(fn, args)`` received on ``conn`` with ``(True, fn(*args))``, or ``(False, "Type: message")``
     when it raised, until the pipe closes.
 

@@ -191,7 +191,7 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
         lat = np.array([(arrived[k] - t) * 1e3 for k, t in sent.items() if k in arrived])
     if lat.size == 0:
         raise DataError("vo_node published no odometry during the benchmark")
-    values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values} if diagnostics else {}
+    values = _values(diagnostics[-1]) if diagnostics else {}
     publish_ms = {}
     for k in ("odom", "keypoints", "tf", "path"):
         v = float(values.get(f"publish_ms_{k}", "nan"))
@@ -207,13 +207,18 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
         wall_s=wall, publish_ms=publish_ms, path_poses=int(values.get("path_poses", 0)), backend=backend)
 
 
+def _values(diagnostics) -> dict[str, str]:
+    """The key-value pairs of the node's status in a DiagnosticArray."""
+    return {kv.key: kv.value for kv in diagnostics.status[0].values}
+
+
 def _backend_during(diagnostics: list, start: int) -> dict:
     """How late the node's backend windows landed from diagnostics message ``start`` on (see
     :attr:`NodeBenchResult.backend`); {} when the node runs without the backend or sent no diagnostics."""
-    samples = [{kv.key: kv.value for kv in d.status[0].values} for d in diagnostics[start:]]
+    samples = [_values(d) for d in diagnostics[start:]]
     if not samples or samples[-1].get("backend", "off") == "off":
         return {}
-    before = {kv.key: kv.value for kv in diagnostics[start - 1].status[0].values} if start > 0 else {}
+    before = _values(diagnostics[start - 1]) if start > 0 else {}
     lags = [int(v["backend_lag_keyframes"]) for v in samples]
     windows = int(samples[-1]["backend_windows"]) - int(before.get("backend_windows", 0))
     if windows < 0:  # the node's tracking was reset (a new map counts from 0)
