@@ -46,6 +46,14 @@ def test_drop_keeps_the_real_stamps():
     np.testing.assert_allclose(seq.ground_truth.poses[:, 0, 3], ids(seq))
 
 
+def test_scattered_drops_as_a_busy_node_drops_them():
+    base = numbered()
+    seq = simulate(base, "drop=2,drop=6:7,drop=15")
+    assert ids(seq) == [0, 1, 3, 4, 5, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18, 19]
+    assert seq.name == "num+drop2+drop6-7+drop15"
+    np.testing.assert_allclose(seq.stamps, base.stamps[ids(seq)])
+
+
 def test_every_and_clip_and_combinations():
     base = numbered(gt_every=2)
     assert ids(simulate(base, "every=3")) == [0, 3, 6, 9, 12, 15, 18]
@@ -61,7 +69,7 @@ def test_every_and_clip_and_combinations():
 
 @pytest.mark.parametrize("spec, fragment", [
     ("pause=3:4", "expected"), ("stop=3", "two integers"), ("every=0", ">= 1"), ("drop=5:2", "ends before"),
-    ("stop=a:2", "integers"), ("every=2,every=3", "twice"), ("drop=18:25", "outside"), ("stop=7:2,drop=6:8", "not part"),
+    ("stop=a:2", "integers"), ("every=2,every=3", "twice"), ("drop=18:25", "outside"), ("drop=3,drop=20", "outside"), ("stop=7:2,drop=6:8", "not part"),
     ("frames=0:3,every=1,drop=0:3", "no frame left")])
 def test_bad_specifications_raise(spec, fragment):
     with pytest.raises(DataError, match=fragment):
@@ -70,4 +78,4 @@ def test_bad_specifications_raise(spec, fragment):
 
 def test_parse():
     f = Faults.parse("stop=60:10,drop=61:64,every=3,frames=30:99")
-    assert (f.stop, f.drop, f.every, f.frames) == ((60, 10), (61, 64), 3, (30, 99))
+    assert (f.stop, f.drop, f.every, f.frames) == ((60, 10), ((61, 64),), 3, (30, 99))

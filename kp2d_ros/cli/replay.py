@@ -39,7 +39,8 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                         "for each window)")
     p.add_argument("--simulate", default=None, metavar="SPEC",
                    help="robustness variant of the input: comma-separated stop=K:R (R copies of frame K, a stop), "
-                        "drop=A:B (frames A..B missing), every=N (every N-th frame), frames=S:E (a clip); "
+                        "drop=A:B (frames A..B missing; drop=K one frame; drop may repeat), every=N (every N-th "
+                        "frame), frames=S:E (a clip); "
                         "frame numbers of the original sequence (see kp2d_ros/data/faults.py)")
     return p
 

@@ -1,11 +1,12 @@
 """Robustness variants of any sequence: a stop, dropped frames, a lower frame rate.
 
 ``kp2d replay PATH --simulate SPEC`` and the tests build them with :func:`simulate`. SPEC is a
-comma-separated list of (each at most once; frame numbers are those of the original sequence):
+comma-separated list of (each at most once but ``drop``; frame numbers are those of the original sequence):
 
 ``frames=S:E``  keep only frames S..E (inclusive), e.g. a clip of a longer sequence;
 ``drop=A:B``    remove frames A..B (inclusive), as a busy node drops them; the other frames keep
-                their stamps, so the gap shows as a longer interval;
+                their stamps, so the gap shows as a longer interval. ``drop=K`` removes frame K; ``drop``
+                may be given several times (a node's scattered drops, e.g. ``drop=22,drop=27:28``);
 ``every=N``     keep every N-th frame (0, N, 2N, ... counted from the first kept frame);
 ``stop=K:R``    after frame K insert R copies of it (identical images) one median frame interval
                 apart, and shift every later stamp by R intervals: a stop of R intervals with the
@@ -31,13 +32,13 @@ class Faults:
     Attributes
     ----------
     frames : (S, E) inclusive range of original frames to keep.
-    drop : (A, B) inclusive range of original frames to remove.
+    drop : (A, B) inclusive ranges of original frames to remove.
     every : keep every N-th frame.
     stop : (K, R) R copies of original frame K.
     """
 
     frames: tuple[int, int] | None = None
-    drop: tuple[int, int] | None = None
+    drop: tuple[tuple[int, int], ...] = ()
     every: int = 1
     stop: tuple[int, int] | None = None
 
@@ -58,13 +59,15 @@ class Faults:
             key = key.strip()
             if not sep or key not in ("frames", "drop", "every", "stop"):
                 raise DataError(f"--simulate: expected frames=S:E, drop=A:B, every=N or stop=K:R, got {item!r}")
-            if key in seen:
+            if key in seen and key != "drop":
                 raise DataError(f"--simulate: {key} given twice")
             seen.add(key)
             try:
                 nums = [int(v) for v in value.split(":")]
             except ValueError:
                 raise DataError(f"--simulate: {key} needs integers, got {value!r}") from None
+            if key == "drop" and len(nums) == 1:
+                nums = nums * 2
             if any(n < 0 for n in nums) or len(nums) != (1 if key == "every" else 2):
                 raise DataError(f"--simulate: {key}={value} is not {'N' if key == 'every' else 'two integers A:B'} >= 0")
             if key == "every":
@@ -74,7 +77,10 @@ class Faults:
                 continue
             if key in ("frames", "drop") and nums[1] < nums[0]:
                 raise DataError(f"--simulate: {key}={value}: the range ends before it starts")
-            setattr(out, key, (nums[0], nums[1]))
+            if key == "drop":
+                out.drop += ((nums[0], nums[1]),)
+            else:
+                setattr(out, key, (nums[0], nums[1]))
         return out
 
     def label(self) -> str:
@@ -82,8 +88,8 @@ class Faults:
         parts = []
         if self.frames:
             parts.append(f"f{self.frames[0]}-{self.frames[1]}")
-        if self.drop:
-            parts.append(f"drop{self.drop[0]}-{self.drop[1]}")
+        for a, b in self.drop:
+            parts.append(f"drop{a}" if a == b else f"drop{a}-{b}")
         if self.every > 1:
             parts.append(f"every{self.every}")
         if self.stop:
@@ -108,16 +114,15 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
         faults = Faults.parse(faults)
     n = len(sequence)
     stamps = sequence.stamps
-    for key in ("frames", "drop", "stop"):
-        rng = getattr(faults, key)
+    for key, rng in [("frames", faults.frames), ("stop", faults.stop)] + [("drop", d) for d in faults.drop]:
         if rng is not None and not (0 <= rng[0] < n and (key == "stop" or rng[1] < n)):
             raise DataError(f"--simulate: {key}={rng[0]}:{rng[1]} is outside the sequence's frames 0..{n - 1}")
     keep = np.ones(n, bool)
     if faults.frames:
         keep[:faults.frames[0]] = False
         keep[faults.frames[1] + 1:] = False
-    if faults.drop:
-        keep[faults.drop[0]:faults.drop[1] + 1] = False
+    for a, b in faults.drop:
+        keep[a:b + 1] = False
     idx = np.flatnonzero(keep)
     if faults.every > 1 and idx.size:
         first = int(idx[0])
