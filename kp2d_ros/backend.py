@@ -303,8 +303,9 @@ class LocalMap:
         after its snapshot (:attr:`BAResult.revision`).
 
         A result that lands late (threaded backend) finds keyframes and landmarks made after its snapshot. They
-        were chained onto the newest optimised keyframe with the scale of its landmarks' depths, so they follow
-        it by a similarity: its new pose, and the ratio of those depths after and before (:meth:`_depth_ratio`).
+        were chained onto the newest optimised keyframe with the front end's scale, so they follow it by a
+        similarity: its new pose, and the scale the window gave the chain at its head, the length of its newest step
+        after over before (:meth:`_step_ratio`; else the ratio of the keyframe's landmark depths, :meth:`_depth_ratio`).
         Moved only rigidly, they would keep the old scale against landmarks that have the new one."""
         if not result.optimised or max(result.poses, default=-1) not in self.poses:
             return False
@@ -316,8 +317,10 @@ class LocalMap:
         newest = max(result.poses)
         old_pose, new_pose = self.poses[newest].copy(), result.poses[newest]
         rows, alive = self.rows(result.landmark_ids)
-        scale = self._depth_ratio(newest, old_pose, new_pose, result.landmark_ids[alive], self.positions[rows[alive]],
-                                  result.positions[alive])
+        scale = self._step_ratio(result)
+        if scale is None:
+            scale = self._depth_ratio(newest, old_pose, new_pose, result.landmark_ids[alive],
+                                      self.positions[rows[alive]], result.positions[alive])
         relative = invert_se3(old_pose)  # world -> the newest keyframe's old camera
 
         def follow(T: np.ndarray) -> np.ndarray:
@@ -361,12 +364,39 @@ class LocalMap:
         self.revision += 1
         return True
 
+    def _step_ratio(self, result: BAResult) -> float | None:
+        """Length of the window's newest step (between its two newest keyframes) after ``result`` over before it:
+        the scale the window gave the front end's chain where the keyframes made since continue it. None when a
+        length is 0 or the ratio is beyond ``max_step_change`` (then :meth:`_depth_ratio`).
+
+        Why not the landmarks' depths (:meth:`_depth_ratio`, until stop 33): where the pair depths are poorly
+        conditioned (a car speeding up from standstill, far points) a window lengthens the newest steps more than it
+        moves their landmarks. KITTI 07 with each window landing 2 frames late: the optimised newest steps grew 1.03,
+        1.13, 1.39, 1.64 (frames 3-9) while the depth ratio gave the followers 1.02, 1.07, 1.21, 1.39, and the
+        published steps fell to 0.75-0.81x of the true ones for frames 6-11. Published odometry, KITTI 07 kp2d
+        (README, stop 33): threaded replays 0.139, 0.104 -> 0.065, 0.082 m; ``--backend-lag 2 / 3 / 4`` 0.066 /
+        0.116 / 0.113 -> 0.057 / 0.066 / 0.087 m, and with the live node's dropped frames 0.12-0.29 -> 0.10-0.24 m.
+        (Stop 30 had found one step too noisy on TUM fr2/desk; since stop 31's one snapshot per landed result it is
+        not: 0.0094 / 0.0093 -> 0.0092 / 0.0076 m at lag 2 / 3.)"""
+        ks = sorted(k for k in result.poses if k in self.poses)[-2:]
+        if len(ks) < 2:
+            return None
+        a, b = ks
+        before = float(np.linalg.norm(self.poses[b][:3, 3] - self.poses[a][:3, 3]))
+        after = float(np.linalg.norm(result.poses[b][:3, 3] - result.poses[a][:3, 3]))
+        if not (before > 0 and after > 0):
+            return None
+        ratio = after / before
+        limit = self.cfg.max_step_change
+        return ratio if 1.0 / limit <= ratio <= limit else None
+
     def _depth_ratio(self, keyframe: int, old_pose: np.ndarray, new_pose: np.ndarray, landmark_ids: np.ndarray,
                      old_positions: np.ndarray, new_positions: np.ndarray) -> float:
         """Median ratio of the distances from ``keyframe``'s camera centre to the nearer half of the optimised
         landmarks ``landmark_ids`` it observes (by their distance before), after (``new_pose``, ``new_positions``)
         over before (``old_pose``, ``old_positions``); 1 with fewer than :data:`MIN_KEYFRAME_OBSERVATIONS` of them.
-        The scale the front end chained onto the keyframe.
+        The scale the front end chained onto the keyframe; a late window's followers take it when the window has no
+        usable newest step (:meth:`_step_ratio`).
 
         The nearer half, because a landmark's inverse depth is known to about the same angle over the baseline near
         or far, so the relative error of its distance grows with the distance: the near landmarks carry the scale

@@ -218,9 +218,43 @@ def test_a_late_result_moves_later_keyframes_and_landmarks_by_a_similarity():
     assert np.linalg.norm(m.poses[late][:3, 3] - poses[5][:3, 3]) < 0.01
 
 
+def _late_window(step_after: float, depth_factor: float) -> float:
+    """A window over keyframes a (origin) and b (1 ahead) lands after keyframe c (1 beyond b) was made: it moves b to
+    ``step_after`` ahead of a and scales b's landmarks' distances by ``depth_factor``. Returns c's step from b after
+    the window was applied."""
+    m = LocalMap(BackendConfig(window=6))
+    step = np.eye(4)
+    step[2, 3] = 1.0
+    a = m.add_keyframe(np.eye(4))
+    b = m.add_keyframe(step.copy())
+    rng = np.random.default_rng(3)
+    X = np.column_stack([rng.uniform(-3, 3, 100), rng.uniform(-1, 1, 100), rng.uniform(6, 20, 100)])
+    ids = m.add_landmarks(X, {a: X[:, :2] / X[:, 2:3], b: X[:, :2] / (X[:, 2:3] - 1.0)})
+    c = m.add_keyframe(step @ step)
+    moved = np.eye(4)
+    moved[2, 3] = step_after
+    positions = moved[:3, 3] + depth_factor * (X - step[:3, 3])
+    result = BAResult(True, poses={a: np.eye(4), b: moved}, landmark_ids=ids, positions=positions,
+                      next_landmark_id=int(ids[-1]) + 1, revision=m.revision)
+    assert m.apply(result)
+    return float(np.linalg.norm(m.poses[c][:3, 3] - m.poses[b][:3, 3]))
+
+
+def test_a_late_windows_followers_take_the_scale_of_its_newest_step():
+    """What was made after a late window's snapshot continues the front end's chain from the window's newest
+    keyframe: it takes the scale the window gave that chain's head, its newest step's length after over before
+    (here 1.3), not its landmarks' depth ratio (1.05; KITTI 07 speeding up from standstill: the depths lag the
+    steps, and the published steps fell to 0.75x). A newest step of no length, or one changed beyond
+    ``max_step_change``, says nothing: the depth ratio then."""
+    assert _late_window(1.3, 1.05) == pytest.approx(1.3, abs=1e-9)
+    assert _late_window(0.7, 1.05) == pytest.approx(0.7, abs=1e-9)
+    assert _late_window(5.0, 1.05) == pytest.approx(1.05, abs=1e-9)  # beyond max_step_change (3)
+    assert _late_window(0.0, 1.05) == pytest.approx(1.05, abs=1e-9)
+
+
 def test_a_late_windows_scale_is_read_from_the_near_landmarks():
-    """What was made after a late window's snapshot follows its newest keyframe with the scale of that keyframe's
-    landmarks, read from the nearer half: a far landmark's distance is known only roughly and hardly moves when the
+    """Without a newest step (one keyframe optimised), what was made after a late window's snapshot follows its
+    newest keyframe with the scale of that keyframe's landmarks, read from the nearer half: a far landmark's distance is known only roughly and hardly moves when the
     window changes the scale. Here the window scales the 200 near landmarks (4-12 m) by 1.25 about the keyframe and
     the 300 far ones (80-300 m) by 1.02: the later keyframe's step grows by 1.25 (by 1.02 with the median of all:
     KITTI 07's odometry with windows landing 2 keyframes late was 0.144 m with it, 0.066 m with the nearer half)."""
