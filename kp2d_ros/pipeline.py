@@ -538,7 +538,10 @@ class VOPipeline:
 
     def _next_tick(self, frame: Frame) -> _Tick:
         """The tick :meth:`_tick` will give ``frame``, without counting it: its stamp is usable when finite and
-        later than the last usable one."""
+        later than the last finite stamp (usable or not). A stamp that jumps back is unusable itself, and the next
+        ones are compared with it: a first frame stamped by another clock (``vo_node`` stamps a header stamp of 0
+        with its own clock, years after a bag's stamps) used to make every later stamp unusable, and the speed
+        prior counted frames, not time, for the rest of the run (a 5-interval gap in slow motion: a 0.2x step)."""
         stamp = float(frame.stamp)
         usable = np.isfinite(stamp) and (self.last_stamp is None or stamp > self.last_stamp)
         return _Tick(stamp if usable else None, self.frames_seen + 1)
@@ -547,8 +550,8 @@ class VOPipeline:
         """Count ``frame`` (:meth:`_next_tick`)."""
         now = self._next_tick(frame)
         self.frames_seen = now.count
-        if now.stamp is not None:
-            self.last_stamp = now.stamp
+        if np.isfinite(frame.stamp):
+            self.last_stamp = float(frame.stamp)
         return now
 
     def _prior(self, now: _Tick) -> tuple[float, float] | None:

@@ -876,6 +876,24 @@ def test_slow_motion_gets_a_pose_every_frame(window, lag):
     np.testing.assert_allclose(est, true, rtol=0.3)  # every step moves, none is held or doubled
 
 
+@pytest.mark.parametrize("window", [0, None])
+@pytest.mark.parametrize("first_stamp", ["its own", "another clock"])
+def test_a_gap_in_slow_motion_is_timed_even_after_a_first_stamp_from_another_clock(first_stamp, window):
+    """Slow motion (the speed prior sets each step) with frames 20-23 missing: the step across the gap spans 5
+    intervals and is 5 true steps long. The first frame may carry another clock's stamp, as ``vo_node`` gives a
+    header stamp of 0 (its own clock, years after a bag's): every later stamp was then "not after the last" and the
+    prior counted frames for the rest of the run (the step across the gap 0.2x, 0.17x with the backend)."""
+    gt = driving_poses(40, step=0.02, yaw_deg=0.04)
+    keep = [i for i in range(40) if not 20 <= i <= 23]
+    frames = [frame(i, stamp=1.8e9 if i == 0 and first_stamp == "another clock" else 0.1 * i) for i in keep]
+    out = run(VOPipeline(default_config(window), frontend=PointWorldFrontend(gt)), frames)
+    est, true = _steps(out, [gt[i] for i in keep], list(range(5, len(keep))))
+    ratio = (est / true) / np.median(est / true)
+    across = keep.index(24) - 6  # the step from frame 19 to frame 24
+    assert true[across] == pytest.approx(5 * true[across - 1], rel=0.01)
+    assert ratio[across] == pytest.approx(1.0, abs=0.1)
+
+
 def _position_sigma(e):
     return float(np.sqrt(np.trace(e.covariance[:3, :3])))
 
