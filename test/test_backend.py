@@ -254,8 +254,8 @@ def test_a_late_windows_followers_take_the_scale_of_its_newest_step():
 
 def test_a_late_windows_scale_is_read_from_the_near_landmarks():
     """Without a newest step (one keyframe optimised), what was made after a late window's snapshot follows its
-    newest keyframe with the scale of that keyframe's landmarks, read from the nearer half: a far landmark's distance is known only roughly and hardly moves when the
-    window changes the scale. Here the window scales the 200 near landmarks (4-12 m) by 1.25 about the keyframe and
+    newest keyframe with the scale of that keyframe's landmarks, read from the nearer half: a far landmark's
+    distance is known only roughly and hardly moves when the window changes the scale. Here the window scales the 200 near landmarks (4-12 m) by 1.25 about the keyframe and
     the 300 far ones (80-300 m) by 1.02: the later keyframe's step grows by 1.25 (by 1.02 with the median of all:
     KITTI 07's odometry with windows landing 2 keyframes late was 0.144 m with it, 0.066 m with the nearer half)."""
     m = LocalMap(BackendConfig(window=6))
