@@ -316,8 +316,9 @@ class BackendConfig:
     # While a window is being optimised, the frontend detects on one CPU thread fewer (torch's pool for the learned
     # frontend, OpenCV's for SIFT/ORB), so that the worker has a core: on a small CPU the network otherwise keeps
     # every core busy and the windows land 3-5 keyframes late, which costs the odometry accuracy (KITTI 07 threaded
-    # replay, 2 cores: 0.11-0.12 m, against 0.066-0.073 m when they land 1 late; README: Local bundle adjustment,
-    # Threads). Off by default: those frames take longer (2 cores: 4.7-5.2 -> 3.5-4.4 FPS, node latency +50-80 %).
+    # replay, 2 cores: 0.065-0.085 m, against 0.057 m when they land 1 late; before stop 33's follower scale 0.11-0.12
+    # against 0.066-0.073 m; README: Local bundle adjustment, Threads). Off by default: those frames take longer
+    # (2 cores: 4.4-4.5 -> 3.0-3.3 FPS in those replays, node latency +50-80 %).
     # No effect on onnxruntime's fixed pool.
     worker_core: bool = False
     # Online self-calibration: every window also estimates the camera's first radial distortion coefficient k1 (on

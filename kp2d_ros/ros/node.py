@@ -364,8 +364,8 @@ class VONode(Node):
     def _hint_late_windows(self) -> None:
         """Say which setting helps when the backend's windows keep landing late (once per run of late windows, and
         at most every WARN_PERIOD_S): the CPU is saturated, and the published odometry pays for it (KITTI 07 on 2
-        cores: 0.11-0.12 m with windows 4 keyframes late, 0.07 m with ``backend.worker_core``, at a quarter of the
-        frame rate; README, Local bundle adjustment: Threads)."""
+        cores: 0.065-0.085 m with windows 3-4 keyframes late, 0.057 m with ``backend.worker_core``, at a quarter of
+        the frame rate; README, Local bundle adjustment: Threads, stop 33)."""
         lag = int(getattr(self.pipeline, "backend_lag", 0))
         self._late_windows = self._late_windows + 1 if lag >= LATE_WINDOW_KEYFRAMES else 0
         if self._late_windows == LATE_WINDOW_RUN and not self.cfg.backend.worker_core:
