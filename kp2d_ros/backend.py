@@ -387,8 +387,7 @@ class LocalMap:
         if not (before > 0 and after > 0):
             return None
         ratio = after / before
-        limit = self.cfg.max_step_change
-        return ratio if 1.0 / limit <= ratio <= limit else None
+        return ratio if _plausible_step_change(ratio, self.cfg) else None
 
     def _depth_ratio(self, keyframe: int, old_pose: np.ndarray, new_pose: np.ndarray, landmark_ids: np.ndarray,
                      old_positions: np.ndarray, new_positions: np.ndarray) -> float:
@@ -813,9 +812,14 @@ def _implausible(problem: WindowProblem, result: BAResult, keep: np.ndarray, cfg
             continue
         before = np.linalg.norm(problem.poses[ids.index(b), :3, 3] - problem.poses[ids.index(a), :3, 3])
         after = np.linalg.norm(result.poses[b][:3, 3] - result.poses[a][:3, 3])
-        if before > 0 and not (1.0 / cfg.max_step_change <= after / before <= cfg.max_step_change):
+        if before > 0 and not _plausible_step_change(after / before, cfg):
             return f"diverged: keyframe {b}'s step changed {after / max(before, 1e-12):.2f}x"
     return ""
+
+
+def _plausible_step_change(ratio: float, cfg: BackendConfig) -> bool:
+    """A keyframe step's length after a window over before it is within ``backend.max_step_change`` either way."""
+    return 1.0 / cfg.max_step_change <= ratio <= cfg.max_step_change
 
 
 def check_solver(cfg: BackendConfig) -> None:
