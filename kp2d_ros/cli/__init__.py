@@ -13,6 +13,7 @@ import sys
 COMMANDS = {
     "demo": "demo",
     "replay": "replay",
+    "stress": "stress",
     "evaluate": "evaluate",
     "bench": "bench",
     "train": "train",

@@ -1,0 +1,172 @@
+"""One sequence replayed under what robots and busy nodes do, reproducibly, and the spread of the results.
+
+A single replay of a short clip decides little: KITTI 07's 160-frame clip moves ±30 % in ATE with any small
+change of the configuration (README, *Local bundle adjustment → Threads*, stop 33), so two settings or two
+commits compared on one run are compared on noise. :func:`stress_variants` lists deterministic variants of one
+sequence that a node meets; ``kp2d stress`` replays each and :func:`summarize` reports each variant's numbers
+and their median, geometric mean and maximum, so that an A/B compares distributions.
+
+The variants (names as ``--variants`` takes them):
+
+``clean``        every frame, each backend window waited for (``kp2d replay``'s default);
+``lagN``         every window lands N frames after its keyframe (:class:`kp2d_ros.backend.LaggedWorker`):
+                 2 = the node's worker when the CPU keeps up, 3 or more = a busy CPU;
+``dropsS``       a busy node's dropped frames: each frame after the first dropped with probability
+                 ``drop_rate``, seed S (:func:`random_drops`), windows waited for;
+``dropsS+lagN``  the same drops with late windows (what a live node on a busy CPU does);
+``everyN``       every N-th frame (a lower camera rate);
+``stop``         the middle frame repeated for ``stop_frames`` intervals (a robot that stops).
+
+Everything here is deterministic: the same sequence, configuration and variants give the same numbers.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from kp2d_ros.errors import ConfigError
+
+_NAME = re.compile(r"^(clean|stop|lag(\d+)|every(\d+)|drops(\d+)(\+lag(\d+))?)$")
+
+
+@dataclass(frozen=True)
+class StressVariant:
+    """One variant of a sequence: a ``--simulate`` spec (None: every frame) and a backend lag (0: wait)."""
+
+    name: str
+    simulate: str | None = None
+    backend_lag: int = 0
+
+
+@dataclass
+class VariantOutcome:
+    """The numbers of one variant's replay (None where the sequence has no ground truth).
+
+    ``odom_ate_m``: the published odometry (REP 105's ``odom``); ``path_ate_m`` / ``map_ate_m``: the node's
+    ``path`` after the backend and the pose in ``map`` (None without a backend).
+    """
+
+    name: str
+    simulate: str | None
+    backend_lag: int
+    frames: int
+    tracked_frames: int | None
+    odom_ate_m: float | None
+    odom_rpe_rot_deg: float | None
+    path_ate_m: float | None = None
+    map_ate_m: float | None = None
+
+
+@dataclass
+class StressSummary:
+    """Every variant's outcome and, per trajectory (odom / path / map), the median, geometric mean and maximum
+    ATE over the variants that have one, with the worst variant's name."""
+
+    sequence: str
+    frontend: str
+    variants: list[VariantOutcome]
+    stats: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"sequence": self.sequence, "frontend": self.frontend, "stats": self.stats,
+                "variants": [asdict(v) for v in self.variants]}
+
+
+def random_drops(n_frames: int, rate: float, seed: int) -> list[int]:
+    """Frames a busy node drops: each of frames 1..n-1 with probability ``rate`` (frame 0 starts the run).
+
+    Raises
+    ------
+    ConfigError
+        a rate outside [0, 1).
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ConfigError(f"drop rate must be in [0, 1), got {rate}")
+    draws = np.random.default_rng(seed).random(max(n_frames - 1, 0))
+    return [int(i) + 1 for i in np.flatnonzero(draws < rate)]
+
+
+DEFAULT_VARIANTS = ("clean", "lag2", "lag3", "drops0", "drops1", "drops2", "drops0+lag2", "drops1+lag2",
+                    "drops2+lag2", "every2", "stop")
+
+
+def stress_variants(n_frames: int, names=DEFAULT_VARIANTS, *, drop_rate: float = 0.1,
+                    stop_frames: int = 10) -> list[StressVariant]:
+    """The variants called ``names`` for a sequence of ``n_frames`` frames (module docstring).
+
+    Raises
+    ------
+    ConfigError
+        an unknown or repeated name, a lag or frame step below 1, a sequence too short to vary.
+    """
+    if n_frames < 3:
+        raise ConfigError(f"stress needs a sequence of at least 3 frames, got {n_frames}")
+    out, seen = [], set()
+    for name in names:
+        m = _NAME.match(name)
+        if m is None:
+            raise ConfigError(f"unknown stress variant {name!r}: expected clean, lagN, dropsS, dropsS+lagN, "
+                              f"everyN or stop")
+        if name in seen:
+            raise ConfigError(f"stress variant {name!r} given twice")
+        seen.add(name)
+        lag = int(m.group(2) or m.group(6) or 0)
+        if (m.group(2) or m.group(6)) and lag < 1:
+            raise ConfigError(f"stress variant {name!r}: the lag must be >= 1 frame")
+        if m.group(1) == "clean":
+            out.append(StressVariant(name))
+        elif m.group(1) == "stop":
+            out.append(StressVariant(name, simulate=f"stop={n_frames // 2}:{stop_frames}"))
+        elif m.group(2):
+            out.append(StressVariant(name, backend_lag=lag))
+        elif m.group(3):
+            step = int(m.group(3))
+            if step < 2:
+                raise ConfigError(f"stress variant {name!r}: every needs N >= 2")
+            out.append(StressVariant(name, simulate=f"every={step}"))
+        else:
+            drops = random_drops(n_frames, drop_rate, int(m.group(4)))
+            spec = ",".join(f"drop={i}" for i in drops) or None
+            out.append(StressVariant(name, simulate=spec, backend_lag=lag))
+    return out
+
+
+def _stats(values: list[tuple[str, float]]) -> dict | None:
+    finite = [(n, v) for n, v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return None
+    vals = np.array([v for _, v in finite])
+    worst = max(finite, key=lambda nv: nv[1])
+    gmean = float(np.exp(np.mean(np.log(np.maximum(vals, 1e-12)))))
+    return {"n": len(finite), "median": float(np.median(vals)), "gmean": gmean, "max": float(worst[1]),
+            "worst": worst[0]}
+
+
+def summarize(sequence: str, frontend: str, outcomes: list[VariantOutcome]) -> StressSummary:
+    """Median / geometric mean / max of each trajectory's ATE over the variants (``stats[odom|path|map]``; a
+    trajectory without any finite ATE is left out)."""
+    stats = {}
+    for key in ("odom", "path", "map"):
+        s = _stats([(o.name, getattr(o, f"{key}_ate_m")) for o in outcomes])
+        if s is not None:
+            stats[key] = s
+    return StressSummary(sequence=sequence, frontend=frontend, variants=list(outcomes), stats=stats)
+
+
+def outcome(variant: StressVariant, result) -> VariantOutcome:
+    """A :class:`VariantOutcome` from a :class:`kp2d_ros.eval.replay.ReplayResult`."""
+    report = result.report()
+
+    def ate(name):
+        if getattr(result, name, None) is None:
+            return None
+        summary = result.refined_report() if name == "refined" else result.in_map_report()
+        return summary["ate_rmse_m"]
+
+    return VariantOutcome(name=variant.name, simulate=variant.simulate, backend_lag=variant.backend_lag,
+                          frames=int(report["frames"]), tracked_frames=report["tracked_frames"],
+                          odom_ate_m=report["ate_rmse_m"], odom_rpe_rot_deg=report["rpe_rot_deg"],
+                          path_ate_m=ate("refined"), map_ate_m=ate("in_map"))

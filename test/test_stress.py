@@ -1,0 +1,79 @@
+"""``kp2d stress``: the variants, their summary, and the command end to end on a short synthetic sequence."""
+import json
+
+import numpy as np
+import pytest
+from test_replay_cli import _assert_clean_error, kp2d
+
+from kp2d_ros.data.synthetic import write_synthetic_sequence
+from kp2d_ros.errors import ConfigError
+from kp2d_ros.eval.stress import VariantOutcome, random_drops, stress_variants, summarize
+
+
+def test_random_drops_are_reproducible_spare_the_first_frame_and_follow_the_rate():
+    a, b = random_drops(2000, 0.1, 3), random_drops(2000, 0.1, 3)
+    assert a == b and a != random_drops(2000, 0.1, 4)
+    assert 0 not in a and all(1 <= i < 2000 for i in a) and a == sorted(set(a))
+    assert 160 < len(a) < 240  # 10 % of 1999
+    assert random_drops(50, 0.0, 0) == []
+    with pytest.raises(ConfigError, match="drop rate"):
+        random_drops(50, 1.0, 0)
+
+
+def test_variants_are_the_replay_options_they_name():
+    by_name = {v.name: v for v in stress_variants(160, ["clean", "lag3", "drops1", "drops1+lag2", "every2", "stop"])}
+    assert (by_name["clean"].simulate, by_name["clean"].backend_lag) == (None, 0)
+    assert (by_name["lag3"].simulate, by_name["lag3"].backend_lag) == (None, 3)
+    drops = ",".join(f"drop={i}" for i in random_drops(160, 0.1, 1))
+    assert (by_name["drops1"].simulate, by_name["drops1"].backend_lag) == (drops, 0)
+    assert (by_name["drops1+lag2"].simulate, by_name["drops1+lag2"].backend_lag) == (drops, 2)
+    assert by_name["every2"].simulate == "every=2" and by_name["stop"].simulate == "stop=80:10"
+    for bad in (["clean", "clean"], ["lag0"], ["every1"], ["drops"], ["fast"]):
+        with pytest.raises(ConfigError):
+            stress_variants(160, bad)
+    with pytest.raises(ConfigError, match="at least 3 frames"):
+        stress_variants(2, ["clean"])
+
+
+def test_the_summary_takes_median_gmean_and_worst_over_the_variants_that_have_a_number():
+    def o(name, odom, path=None):
+        return VariantOutcome(name=name, simulate=None, backend_lag=0, frames=10, tracked_frames=9,
+                              odom_ate_m=odom, odom_rpe_rot_deg=0.01, path_ate_m=path)
+
+    s = summarize("seq", "sift", [o("a", 0.01, 0.02), o("b", 0.04), o("c", 0.02, 0.08), o("d", None)])
+    assert s.stats["odom"]["n"] == 3 and s.stats["odom"]["median"] == pytest.approx(0.02)
+    assert s.stats["odom"]["gmean"] == pytest.approx(0.02) and s.stats["odom"]["worst"] == "b"
+    assert s.stats["path"] == {"n": 2, "median": pytest.approx(0.05), "gmean": pytest.approx(0.04),
+                               "max": pytest.approx(0.08), "worst": "c"}
+    assert "map" not in s.stats
+    js = s.to_json()
+    assert [v["name"] for v in js["variants"]] == ["a", "b", "c", "d"] and json.dumps(js)
+
+
+def test_stress_end_to_end_on_a_short_sequence(tmp_path):
+    seq = write_synthetic_sequence(tmp_path / "seq", n_frames=12)
+    out = tmp_path / "out"
+    res = kp2d("stress", seq, "--frontend", "sift", "--variants", "clean,lag2,drops0,stop", "--drop-rate", "0.2",
+               "--out", out, "--no-progress")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "stress.json").read_text())
+    rows = {v["name"]: v for v in summary["variants"]}
+    assert list(rows) == ["clean", "lag2", "drops0", "stop"] and summary["frontend"] == "sift"
+    assert rows["clean"]["frames"] == 12 and rows["stop"]["frames"] == 22
+    assert rows["drops0"]["frames"] == 12 - len(random_drops(12, 0.2, 0)) < 12
+    assert json.loads((out / "lag2" / "backend.json").read_text())["mode"] == "lagged 2"
+    assert json.loads((out / "clean" / "backend.json").read_text())["mode"] == "deterministic"
+    for name, row in rows.items():
+        report = json.loads((out / name / "report.json").read_text())
+        assert report["ate_rmse_m"] == row["odom_ate_m"] and row["odom_ate_m"] < 0.05, name
+        assert row["path_ate_m"] is not None and row["map_ate_m"] is not None
+    odom = [r["odom_ate_m"] for r in rows.values()]
+    assert summary["stats"]["odom"]["median"] == pytest.approx(float(np.median(odom)))
+    assert summary["stats"]["odom"]["max"] == pytest.approx(max(odom))
+    assert "odom  ATE over 4 variants" in res.stdout
+    assert (out / "config.yaml").is_file()
+
+
+def test_stress_bad_variant_is_one_error_line(tmp_path):
+    seq = write_synthetic_sequence(tmp_path / "seq", n_frames=4)
+    _assert_clean_error(kp2d("stress", seq, "--variants", "clean,warp", "--out", tmp_path / "o"), "warp")
