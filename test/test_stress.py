@@ -7,7 +7,7 @@ from test_replay_cli import _assert_clean_error, kp2d
 
 from kp2d_ros.data.synthetic import write_synthetic_sequence
 from kp2d_ros.errors import ConfigError
-from kp2d_ros.eval.stress import VariantOutcome, random_drops, stress_variants, summarize
+from kp2d_ros.eval.stress import VariantOutcome, compare, random_drops, stress_variants, summarize
 
 
 def test_random_drops_are_reproducible_spare_the_first_frame_and_follow_the_rate():
@@ -72,8 +72,36 @@ def test_stress_end_to_end_on_a_short_sequence(tmp_path):
     assert summary["stats"]["odom"]["max"] == pytest.approx(max(odom))
     assert "odom  ATE over 4 variants" in res.stdout
     assert (out / "config.yaml").is_file()
+    # an A/B: another configuration on two of the variants, against the first run
+    res = kp2d("stress", seq, "--frontend", "sift", "--set", "backend.window=0", "--variants", "stop,clean",
+               "--compare", out / "stress.json", "--out", tmp_path / "b", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    b = json.loads((tmp_path / "b" / "stress.json").read_text())
+    assert b["compared_with"]["file"] == str(out / "stress.json")
+    assert list(b["compared_with"]["stats"]) == ["odom"]  # no path or map without the backend
+    odom = b["compared_with"]["stats"]["odom"]
+    assert odom["variants"] == ["stop", "clean"] and odom["base_gmean"] == pytest.approx(
+        float(np.sqrt(rows["stop"]["odom_ate_m"] * rows["clean"]["odom_ate_m"])))
+    assert "over 2 common variants" in res.stdout
+    _assert_clean_error(kp2d("stress", seq, "--variants", "clean", "--compare", out / "clean" / "report.json",
+                             "--out", tmp_path / "c"), "not a kp2d stress result")
 
 
 def test_stress_bad_variant_is_one_error_line(tmp_path):
     seq = write_synthetic_sequence(tmp_path / "seq", n_frames=4)
     _assert_clean_error(kp2d("stress", seq, "--variants", "clean,warp", "--out", tmp_path / "o"), "warp")
+
+
+def test_compare_counts_the_variants_where_the_new_run_is_lower():
+    def run(values):
+        return {"variants": [{"name": n, "odom_ate_m": v, "path_ate_m": None, "map_ate_m": None}
+                             for n, v in values.items()]}
+
+    base = run({"clean": 0.10, "lag2": 0.20, "drops0": 0.40})
+    new = run({"lag2": 0.10, "clean": 0.10, "stop": 0.01, "drops0": float("nan")})
+    c = compare(base, new)
+    assert list(c) == ["odom"] and c["odom"]["variants"] == ["lag2", "clean"] and c["odom"]["n"] == 2
+    assert c["odom"]["base_gmean"] == pytest.approx(np.sqrt(0.02)) and c["odom"]["new_gmean"] == pytest.approx(0.1)
+    assert c["odom"]["ratio"] == pytest.approx(0.1 / np.sqrt(0.02)) and c["odom"]["new_lower"] == 1
+    with pytest.raises(ConfigError, match="no variant in common"):
+        compare(base, run({"stop": 0.1}))

@@ -4,7 +4,9 @@ Each variant (late backend windows, a busy node's dropped frames, half the frame
 :mod:`kp2d_ros.eval.stress`) is a deterministic ``kp2d replay``; its results go to DIR/<variant>/ as
 ``kp2d replay`` writes them. DIR/stress.json holds every variant's ATE (published odometry, the node's path, the
 pose in map) and their median, geometric mean and maximum; DIR/config.yaml the effective configuration. Compare
-two configurations or commits on these distributions rather than on one replay of a short clip.
+two configurations or commits on these distributions rather than on one replay of a short clip: ``--compare
+OTHER/stress.json`` prints each trajectory's geometric mean ATE against an earlier run's over the variants both ran,
+and in how many of them this run is lower (also saved in stress.json as ``compared_with``).
 """
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ def add_parser(sub, name: str):
     p.add_argument("--drop-rate", type=float, default=0.1,
                    help="share of frames a dropsS variant drops (default: 0.1, as the live node on KITTI 07 at 4 Hz "
                         "dropped 3-19 %%)")
+    p.add_argument("--compare", default=None, metavar="STRESS_JSON",
+                   help="an earlier run's stress.json (another config or commit): print each trajectory's geometric "
+                        "mean ATE against it over the variants both ran, and in how many this run is lower")
     p.add_argument("--max-frames", type=int, default=None, help="use at most N frames of the sequence")
     p.add_argument("--image-topic", default=None, help="bag image topic (default: the only one)")
     p.add_argument("--camera-info-topic", default=None, help="bag CameraInfo topic (default: the only one)")
@@ -46,8 +51,17 @@ def run(args) -> int:
     from kp2d_ros.data.faults import simulate
     from kp2d_ros.errors import DataError
     from kp2d_ros.eval.replay import replay
-    from kp2d_ros.eval.stress import outcome, stress_variants, summarize
+    from kp2d_ros.eval.stress import compare, outcome, stress_variants, summarize
 
+    base = None
+    if args.compare is not None:
+        try:
+            base = json.loads(Path(args.compare).read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(f"--compare: cannot read {args.compare}: {e}") from None
+        if not (isinstance(base, dict) and isinstance(base.get("variants"), list)
+                and all(isinstance(v, dict) and "name" in v for v in base["variants"])):
+            raise DataError(f"--compare: {args.compare} is not a kp2d stress result (stress.json)")
     if args.max_frames is not None and args.max_frames <= 0:
         raise DataError(f"--max-frames must be > 0, got {args.max_frames}")
     cfg = load_effective_config(args)
@@ -86,10 +100,16 @@ def run(args) -> int:
         print(f"{o.name:<14} {o.frames:>6} {'-' if o.tracked_frames is None else o.tracked_frames:>7} "
               f"{_fmt(o.odom_ate_m):>9} {_fmt(o.path_ate_m):>9} {_fmt(o.map_ate_m):>9} "
               f"{_fmt(o.odom_rpe_rot_deg):>8}", flush=True)
-    summary = summarize(name, cfg.frontend.type, outcomes)
-    (out_dir / "stress.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
-    for key, s in summary.stats.items():
+    summary = summarize(name, cfg.frontend.type, outcomes).to_json()
+    if base is not None:
+        summary["compared_with"] = {"file": str(args.compare), "stats": compare(base, summary)}
+    (out_dir / "stress.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for key, s in summary["stats"].items():
         print(f"{key:<5} ATE over {s['n']} variants: median {s['median']:.4f} m, geometric mean {s['gmean']:.4f} m, "
               f"max {s['max']:.4f} m ({s['worst']})")
+    if base is not None:
+        for key, c in summary["compared_with"]["stats"].items():
+            print(f"{key:<5} against {args.compare}: geometric mean {c['base_gmean']:.4f} -> {c['new_gmean']:.4f} m "
+                  f"(x{c['ratio']:.3f}) over {c['n']} common variants, lower in {c['new_lower']} of them")
     print(f"results in {out_dir} (stress.json)")
     return 0

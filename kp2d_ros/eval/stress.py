@@ -170,3 +170,34 @@ def outcome(variant: StressVariant, result) -> VariantOutcome:
                           frames=int(report["frames"]), tracked_frames=report["tracked_frames"],
                           odom_ate_m=report["ate_rmse_m"], odom_rpe_rot_deg=report["rpe_rot_deg"],
                           path_ate_m=ate("refined"), map_ate_m=ate("in_map"))
+
+
+def compare(base: dict, new: dict) -> dict:
+    """``new`` against ``base`` (both :meth:`StressSummary.to_json`) on the variants both ran with a finite ATE, per
+    trajectory (odom / path / map): ``{n, variants, base_gmean, new_gmean, ratio (new / base), new_lower (how many
+    variants new has the lower ATE)}``. A trajectory that no common variant has is left out.
+
+    Raises
+    ------
+    ConfigError
+        the two summaries have no variant in common.
+    """
+    va = {v["name"]: v for v in base["variants"]}
+    vb = {v["name"]: v for v in new["variants"]}
+    ate = lambda v, key: v.get(f"{key}_ate_m")  # noqa: E731
+    common = [n for n in vb if n in va]
+    if not common:
+        raise ConfigError("the two stress runs have no variant in common")
+    out = {}
+    for key in ("odom", "path", "map"):
+        pairs = [(n, ate(va[n], key), ate(vb[n], key)) for n in common]
+        pairs = [(n, a, b) for n, a, b in pairs if isinstance(a, (int, float)) and isinstance(b, (int, float))
+                 and math.isfinite(a) and math.isfinite(b)]
+        if not pairs:
+            continue
+        a = np.maximum([p[1] for p in pairs], 1e-12)
+        b = np.maximum([p[2] for p in pairs], 1e-12)
+        ga, gb = float(np.exp(np.mean(np.log(a)))), float(np.exp(np.mean(np.log(b))))
+        out[key] = {"n": len(pairs), "variants": [p[0] for p in pairs], "base_gmean": ga, "new_gmean": gb,
+                    "ratio": gb / ga, "new_lower": int(np.sum(b < a))}
+    return out
