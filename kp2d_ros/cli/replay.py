@@ -186,17 +186,7 @@ def run(args) -> int:
         from kp2d_ros.data.faults import simulate
 
         seq = simulate(seq, args.simulate)
-    pipeline = None
-    if args.backend_lag:
-        from kp2d_ros.backend import LaggedWorker
-        from kp2d_ros.pipeline import VOPipeline
-
-        pipeline = VOPipeline(cfg, worker=LaggedWorker(cfg.backend, args.backend_lag))
-    try:
-        result = replay(seq, cfg, progress=not args.no_progress, pipeline=pipeline)
-    finally:
-        if pipeline is not None:
-            pipeline.close()
+    result = replay(seq, cfg, progress=not args.no_progress, backend_lag=args.backend_lag)
     out_dir = Path(args.out)
     report = write_outputs(result, seq, cfg, out_dir)
     print_summary(result, report, out_dir)

@@ -83,17 +83,7 @@ def run(args) -> int:
         name = seq.name
         if variant.simulate:
             seq = simulate(seq, variant.simulate)
-        pipeline = None
-        if variant.backend_lag and cfg.backend.window > 0:
-            from kp2d_ros.backend import LaggedWorker
-            from kp2d_ros.pipeline import VOPipeline
-
-            pipeline = VOPipeline(cfg, worker=LaggedWorker(cfg.backend, variant.backend_lag))
-        try:
-            result = replay(seq, cfg, progress=not args.no_progress, pipeline=pipeline)
-        finally:
-            if pipeline is not None:
-                pipeline.close()
+        result = replay(seq, cfg, progress=not args.no_progress, backend_lag=variant.backend_lag)
         write_outputs(result, seq, cfg, out_dir / variant.name)
         o = outcome(variant, result)
         outcomes.append(o)

@@ -161,7 +161,7 @@ class RefinedPath:
 
 
 def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline=None,
-           max_diff: float = 0.01) -> ReplayResult:
+           max_diff: float = 0.01, backend_lag: int = 0) -> ReplayResult:
     """Run the VO pipeline over every frame of ``sequence`` and evaluate it.
 
     Parameters
@@ -171,6 +171,8 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
     progress : show a tqdm bar on stderr.
     pipeline : a ready :class:`kp2d_ros.pipeline.VOPipeline` (built from ``cfg`` when None).
     max_diff : stamp tolerance (s) for pairing estimates with ground truth.
+    backend_lag : when the pipeline is built here with a backend, each window lands this many frames after its
+        keyframe (:class:`kp2d_ros.backend.LaggedWorker`, the node's timing, reproducibly); 0: as ``cfg`` says.
 
     Raises
     ------
@@ -183,7 +185,12 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
 
     own = pipeline is None
     if own:
-        pipeline = VOPipeline(cfg)
+        if backend_lag and cfg.backend.window > 0:
+            from kp2d_ros.backend import LaggedWorker
+
+            pipeline = VOPipeline(cfg, worker=LaggedWorker(cfg.backend, backend_lag))
+        else:
+            pipeline = VOPipeline(cfg)
     stamps, poses, in_map, statuses = [], [], [], []
     refined = RefinedPath() if getattr(pipeline, "map", None) is not None else None
     scale_log = ScaleLog(cfg)

@@ -134,14 +134,21 @@ def stress_variants(n_frames: int, names=DEFAULT_VARIANTS, *, drop_rate: float =
     return out
 
 
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _gmean(values) -> float:
+    return float(np.exp(np.mean(np.log(np.maximum(np.asarray(values, float), 1e-12)))))
+
+
 def _stats(values: list[tuple[str, float]]) -> dict | None:
-    finite = [(n, v) for n, v in values if v is not None and math.isfinite(v)]
+    finite = [(n, v) for n, v in values if _finite(v)]
     if not finite:
         return None
     vals = np.array([v for _, v in finite])
     worst = max(finite, key=lambda nv: nv[1])
-    gmean = float(np.exp(np.mean(np.log(np.maximum(vals, 1e-12)))))
-    return {"n": len(finite), "median": float(np.median(vals)), "gmean": gmean, "max": float(worst[1]),
+    return {"n": len(finite), "median": float(np.median(vals)), "gmean": _gmean(vals), "max": float(worst[1]),
             "worst": worst[0]}
 
 
@@ -184,20 +191,17 @@ def compare(base: dict, new: dict) -> dict:
     """
     va = {v["name"]: v for v in base["variants"]}
     vb = {v["name"]: v for v in new["variants"]}
-    ate = lambda v, key: v.get(f"{key}_ate_m")  # noqa: E731
     common = [n for n in vb if n in va]
     if not common:
         raise ConfigError("the two stress runs have no variant in common")
     out = {}
     for key in ("odom", "path", "map"):
-        pairs = [(n, ate(va[n], key), ate(vb[n], key)) for n in common]
-        pairs = [(n, a, b) for n, a, b in pairs if isinstance(a, (int, float)) and isinstance(b, (int, float))
-                 and math.isfinite(a) and math.isfinite(b)]
+        pairs = [(n, va[n].get(f"{key}_ate_m"), vb[n].get(f"{key}_ate_m")) for n in common]
+        pairs = [(n, a, b) for n, a, b in pairs if _finite(a) and _finite(b)]
         if not pairs:
             continue
-        a = np.maximum([p[1] for p in pairs], 1e-12)
-        b = np.maximum([p[2] for p in pairs], 1e-12)
-        ga, gb = float(np.exp(np.mean(np.log(a)))), float(np.exp(np.mean(np.log(b))))
+        a, b = np.array([p[1] for p in pairs]), np.array([p[2] for p in pairs])
+        ga, gb = _gmean(a), _gmean(b)
         out[key] = {"n": len(pairs), "variants": [p[0] for p in pairs], "base_gmean": ga, "new_gmean": gb,
                     "ratio": gb / ga, "new_lower": int(np.sum(b < a))}
     return out
