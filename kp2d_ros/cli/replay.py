@@ -25,10 +25,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("path", help="dataset folder or bag")
     add_common_arguments(p)
     p.add_argument("--out", default="out/replay", help="output directory (default: out/replay)")
-    p.add_argument("--max-frames", type=int, default=None, help="process at most N frames")
-    p.add_argument("--image-topic", default=None, help="bag image topic (default: the only one)")
-    p.add_argument("--camera-info-topic", default=None, help="bag CameraInfo topic (default: the only one)")
-    p.add_argument("--gt-topic", default=None, help="bag ground-truth pose topic (PoseStamped/Odometry)")
+    add_input_arguments(p)
     p.add_argument("--backend-threaded", action="store_true",
                    help="optimise backend windows on a worker thread, as the node does (default: wait for each "
                         "window, so that runs are reproducible)")
@@ -43,6 +40,31 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                         "frame), frames=S:E (a clip); "
                         "frame numbers of the original sequence (see kp2d_ros/data/faults.py)")
     return p
+
+
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    """How the input is read (shared with ``kp2d stress``; :func:`open_input`)."""
+    p.add_argument("--max-frames", type=int, default=None, help="process at most N frames")
+    p.add_argument("--image-topic", default=None, help="bag image topic (default: the only one)")
+    p.add_argument("--camera-info-topic", default=None, help="bag CameraInfo topic (default: the only one)")
+    p.add_argument("--gt-topic", default=None, help="bag ground-truth pose topic (PoseStamped/Odometry)")
+
+
+def open_input(args, cfg):
+    """The sequence at ``args.path``, read as :func:`add_input_arguments`' options say.
+
+    Raises
+    ------
+    DataError
+        ``--max-frames`` not positive, or an unreadable input.
+    """
+    from kp2d_ros.data import open_sequence
+    from kp2d_ros.errors import DataError
+
+    if args.max_frames is not None and args.max_frames <= 0:
+        raise DataError(f"--max-frames must be > 0, got {args.max_frames}")
+    return open_sequence(args.path, image_topic=args.image_topic, camera_info_topic=args.camera_info_topic,
+                         gt_topic=args.gt_topic, max_frames=args.max_frames, camera=cfg.camera)
 
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
@@ -170,18 +192,14 @@ def print_summary(result, report: dict, out_dir: Path) -> None:
 
 
 def run(args) -> int:
-    from kp2d_ros.data import open_sequence
     from kp2d_ros.errors import DataError
     from kp2d_ros.eval.replay import replay
 
-    if args.max_frames is not None and args.max_frames <= 0:
-        raise DataError(f"--max-frames must be > 0, got {args.max_frames}")
     if args.backend_lag < 0 or args.backend_lag and args.backend_threaded:
         raise DataError("--backend-lag must be >= 0, and not combined with --backend-threaded")
     cfg = load_effective_config(args)
     cfg.backend.threaded = bool(args.backend_threaded)  # deterministic unless asked
-    seq = open_sequence(args.path, image_topic=args.image_topic, camera_info_topic=args.camera_info_topic,
-                        gt_topic=args.gt_topic, max_frames=args.max_frames, camera=cfg.camera)
+    seq = open_input(args, cfg)
     if args.simulate:
         from kp2d_ros.data.faults import simulate
 

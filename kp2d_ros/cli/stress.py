@@ -14,7 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from kp2d_ros.cli.replay import add_common_arguments, load_effective_config, write_outputs
+from kp2d_ros.cli.replay import (add_common_arguments, add_input_arguments, load_effective_config, open_input,
+                                 write_outputs)
 
 
 def add_parser(sub, name: str):
@@ -34,10 +35,7 @@ def add_parser(sub, name: str):
     p.add_argument("--compare", default=None, metavar="STRESS_JSON",
                    help="an earlier run's stress.json (another config or commit): print each trajectory's geometric "
                         "mean ATE against it over the variants both ran, and in how many this run is lower")
-    p.add_argument("--max-frames", type=int, default=None, help="use at most N frames of the sequence")
-    p.add_argument("--image-topic", default=None, help="bag image topic (default: the only one)")
-    p.add_argument("--camera-info-topic", default=None, help="bag CameraInfo topic (default: the only one)")
-    p.add_argument("--gt-topic", default=None, help="bag ground-truth pose topic (PoseStamped/Odometry)")
+    add_input_arguments(p)
     return p
 
 
@@ -47,7 +45,6 @@ def _fmt(v, digits=4):
 
 def run(args) -> int:
     from kp2d_ros.config import dump_config
-    from kp2d_ros.data import open_sequence
     from kp2d_ros.data.faults import simulate
     from kp2d_ros.errors import DataError
     from kp2d_ros.eval.replay import replay
@@ -62,16 +59,9 @@ def run(args) -> int:
         if not (isinstance(base, dict) and isinstance(base.get("variants"), list)
                 and all(isinstance(v, dict) and "name" in v for v in base["variants"])):
             raise DataError(f"--compare: {args.compare} is not a kp2d stress result (stress.json)")
-    if args.max_frames is not None and args.max_frames <= 0:
-        raise DataError(f"--max-frames must be > 0, got {args.max_frames}")
     cfg = load_effective_config(args)
     cfg.backend.threaded = False  # every variant is reproducible
-
-    def open_input():
-        return open_sequence(args.path, image_topic=args.image_topic, camera_info_topic=args.camera_info_topic,
-                             gt_topic=args.gt_topic, max_frames=args.max_frames, camera=cfg.camera)
-
-    variants = stress_variants(len(open_input()), [v.strip() for v in args.variants.split(",") if v.strip()],
+    variants = stress_variants(len(open_input(args, cfg)), [v.strip() for v in args.variants.split(",") if v.strip()],
                                drop_rate=args.drop_rate)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +69,7 @@ def run(args) -> int:
     print(f"{'variant':<14} {'frames':>6} {'tracked':>7} {'odom ATE':>9} {'path ATE':>9} {'map ATE':>9} {'RPE rot':>8}")
     outcomes, name = [], None
     for variant in variants:
-        seq = open_input()
+        seq = open_input(args, cfg)
         name = seq.name
         if variant.simulate:
             seq = simulate(seq, variant.simulate)
