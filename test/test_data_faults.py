@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from kp2d_ros.data.faults import Faults, simulate
+from kp2d_ros.data.faults import Faults, drop_spec, simulate
 from kp2d_ros.data.sequence import Sequence
 from kp2d_ros.errors import DataError
 from kp2d_ros.types import Camera, Trajectory
@@ -52,6 +52,14 @@ def test_scattered_drops_as_a_busy_node_drops_them():
     assert ids(seq) == [0, 1, 3, 4, 5, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18, 19]
     assert seq.name == "num+drop2+drop6-7+drop15"
     np.testing.assert_allclose(seq.stamps, base.stamps[ids(seq)])
+
+
+def test_drop_spec_removes_exactly_the_given_frames():
+    assert drop_spec([9, 3, 7, 8, 3]) == "drop=3,drop=7:9" and drop_spec([]) is None
+    dropped = [0, 4, 5, 6, 11, 19]
+    assert ids(simulate(numbered(), drop_spec(dropped))) == [i for i in range(20) if i not in dropped]
+    with pytest.raises(DataError, match=">= 0"):
+        drop_spec([2, -1])
 
 
 def test_every_and_clip_and_combinations():

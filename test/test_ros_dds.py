@@ -197,6 +197,34 @@ def test_bag_through_node_matches_offline_replay(storage, bags, params_file, tmp
     assert (0 <= kp[:, 0]).all() and (kp[:, 0] < 640).all() and (kp[:, 1] < 480).all()
 
 
+def test_the_frames_the_node_dropped_replay_to_its_trajectory(bags, params_file, tmp_path):
+    """Played faster than the node keeps up, it drops frames (the newest image wins); ``kp2d play --record-drops``
+    names them, and the offline replay of the bag without them gives the node's trajectory."""
+    from kp2d_ros.data import open_sequence, read_tum
+    from kp2d_ros.data.faults import simulate
+    from kp2d_ros.eval.replay import replay
+
+    bag, out, drops = bags["mcap"], tmp_path / "odom.tum", tmp_path / "drops.txt"
+    proc = start_node(params_file)
+    try:
+        play = subprocess.run([str(BIN / "kp2d"), "play", str(bag), "--rate", "4", "--record-odom", str(out),
+                               "--record-drops", str(drops), "--config", str(params_file), "--wait", "60"],
+                              env=ENV, capture_output=True, text=True, timeout=300)
+        assert play.returncode == 0, play.stderr
+        assert proc.poll() is None, "vo_node died"
+    finally:
+        _, err = stop_node(proc)
+    spec = drops.read_text().strip()
+    rec = read_tum(out)
+    # 4x the bag's 10 Hz: a frame every 25 ms, less than the node needs (the backend waits for each window)
+    assert spec and 2 <= len(rec) < 20, (spec, len(rec))
+    assert f"without odometry: {20 - len(rec)}" in play.stdout and "replay them: kp2d replay" in play.stdout
+    replayed = replay(simulate(open_sequence(bag), spec), load_config(params_file), progress=False)
+    np.testing.assert_allclose(rec.stamps, replayed.estimate.stamps, atol=1e-6)
+    np.testing.assert_allclose(rec.poses, replayed.estimate.poses, atol=1e-5)
+    assert "Traceback" not in err, err
+
+
 def test_play_without_node_fails_clearly(bags, tmp_path):
     env = dict(ENV, ROS_DOMAIN_ID=str((DOMAIN + 50) % 200 + 1))  # nobody listens there
     p = subprocess.run([str(BIN / "kp2d"), "play", str(bags["sqlite3"]), "--wait", "1"], env=env,

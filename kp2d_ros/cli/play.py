@@ -4,6 +4,11 @@ The node must run already (``ros2 run kp2d_ros vo_node --ros-args -r image:=/cam
 -r camera_info:=/camera/camera_info``). ``--record-odom`` writes a TUM file of the camera optical
 frame in the first camera's frame (``--frame camera``, comparable with ``kp2d replay``) or of
 ``ros.base_frame`` in ``ros.odom_frame`` (``--frame base``).
+
+Without ``--lockstep`` the node drops the frames that arrive while it is busy (the newest image wins), as on a
+robot. ``--record-drops FILE`` writes those frames as a ``--simulate`` SPEC, so that the same frames go through the
+offline pipeline, deterministically: ``kp2d replay BAG --simulate "$(cat FILE)"`` (with the node's config and
+``--backend-lag N`` for its late windows) tells what the drops cost from what the threads cost.
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--lockstep", action="store_true",
                    help="wait for the node's odometry of each image before the next (every frame processed)")
     p.add_argument("--record-odom", metavar="FILE.tum", help="write the received odometry as a TUM file")
+    p.add_argument("--record-drops", metavar="FILE",
+                   help="write the frames the node dropped (no odometry) as a --simulate SPEC for kp2d replay")
     p.add_argument("--frame", choices=("camera", "base"), default="camera", help="pose recorded (see above)")
     p.add_argument("--config", metavar="YAML", help="the node's params file (for ros.camera_to_base)")
     p.add_argument("--image-topic", help="bag image topic to play (default: the first image topic)")
@@ -32,6 +39,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
 def run(args) -> int:
     from kp2d_ros.config import load_config
     from kp2d_ros.data import write_tum
+    from kp2d_ros.data.faults import drop_spec
     from kp2d_ros.ros.conversions import xyzquat_to_matrix
     from kp2d_ros.ros.player import play_bag
 
@@ -50,4 +58,10 @@ def run(args) -> int:
     if args.record_odom:
         write_tum(res.odometry, args.record_odom)
         print(f"odometry ({args.frame} frame) written to {args.record_odom}")
+    if args.record_drops:
+        spec = drop_spec(res.dropped) or ""
+        with open(args.record_drops, "w") as f:
+            f.write(spec + "\n")
+        print(f"dropped frames ({len(res.dropped)}) written to {args.record_drops}"
+              + (f"; replay them: kp2d replay {args.bag} --simulate \"$(cat {args.record_drops})\"" if spec else ""))
     return 0

@@ -13,6 +13,8 @@ comma-separated list of (each at most once but ``drop``; frame numbers are those
                 ground truth held at frame K.
 
 Example: ``stop=60:10`` on KITTI (10 Hz) is a 1 s stop at frame 60; ``drop=61:64`` drops 4 frames.
+:func:`drop_spec` writes the SPEC of given dropped frames (``kp2d play --record-drops``: the frames a live node
+dropped, replayed deterministically).
 """
 from __future__ import annotations
 
@@ -95,6 +97,27 @@ class Faults:
         if self.stop:
             parts.append(f"stop{self.stop[0]}x{self.stop[1]}")
         return "".join("+" + p for p in parts)
+
+
+def drop_spec(frames) -> str | None:
+    """The ``--simulate`` SPEC that removes ``frames`` (original frame numbers; runs of consecutive frames become
+    ``drop=A:B``), e.g. ``[3, 7, 8, 9]`` -> ``"drop=3,drop=7:9"``; None when there is none to remove.
+
+    Raises
+    ------
+    DataError
+        a negative frame number.
+    """
+    idx = sorted({int(i) for i in frames})
+    if idx and idx[0] < 0:
+        raise DataError(f"dropped frame numbers must be >= 0, got {idx[0]}")
+    runs: list[list[int]] = []
+    for i in idx:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(f"drop={a}" if a == b else f"drop={a}:{b}" for a, b in runs) or None
 
 
 def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:

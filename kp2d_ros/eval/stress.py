@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from kp2d_ros.data.faults import drop_spec
 from kp2d_ros.errors import ConfigError
 
 _NAME = re.compile(r"^(clean|stop|lag(\d+)|every(\d+)|drops(\d+)(\+lag(\d+))?)$")
@@ -128,8 +129,7 @@ def stress_variants(n_frames: int, names=DEFAULT_VARIANTS, *, drop_rate: float =
                 raise ConfigError(f"stress variant {name!r}: every needs N >= 2")
             out.append(StressVariant(name, simulate=f"every={step}"))
         else:
-            drops = random_drops(n_frames, drop_rate, int(m.group(4)))
-            spec = ",".join(f"drop={i}" for i in drops) or None
+            spec = drop_spec(random_drops(n_frames, drop_rate, int(m.group(4))))
             out.append(StressVariant(name, simulate=spec, backend_lag=lag))
     return out
 

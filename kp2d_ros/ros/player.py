@@ -39,6 +39,9 @@ class PlayResult:
     missing_stamps : image stamps (s) for which no odometry arrived.
     frame : ``camera`` or ``base`` (see the module docstring).
     wall_s : playback wall time.
+    dropped : those images' numbers in the bag's image order (0 = the first image), which are the frame numbers
+        of ``kp2d replay`` on the same bag: :func:`kp2d_ros.data.faults.drop_spec` of them replays the frames the
+        node processed, deterministically (``kp2d play --record-drops``).
     """
 
     images_published: int
@@ -46,6 +49,7 @@ class PlayResult:
     missing_stamps: list[float] = field(default_factory=list)
     frame: str = "camera"
     wall_s: float = 0.0
+    dropped: list[int] = field(default_factory=list)
 
 
 def _msg_class(msgtype: str):
@@ -129,7 +133,7 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, lockstep: bool = False, imag
     spinner = threading.Thread(target=executor.spin, daemon=True)
     published = 0
     sent: list[int] = []
-    missing: list[float] = []
+    dropped: list[int] = []
     t_start = time.monotonic()
     try:
         node = rclpy.create_node("kp2d_play", context=ctx)
@@ -200,7 +204,7 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, lockstep: bool = False, imag
             if sent and not lockstep:  # the newest image is always processed: wait for its odometry
                 wait_for_stamp(cond, odom, sent[-1], frame_timeout_s)
             with cond:
-                missing = [s * 1e-9 for s in sent if s not in odom]
+                dropped = [i for i, s in enumerate(sent) if s not in odom]
         finally:
             reader.close()
     finally:
@@ -214,7 +218,8 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, lockstep: bool = False, imag
     if record_frame == "camera" and len(keys):
         poses = np.stack([conv.base_to_camera_pose(T, T_base_cam) for T in poses])
     traj = Trajectory(stamps=np.asarray(keys, dtype=np.float64) * 1e-9, poses=poses)
-    return PlayResult(published, traj, missing, record_frame, time.monotonic() - t_start)
+    return PlayResult(published, traj, [sent[i] * 1e-9 for i in dropped], record_frame, time.monotonic() - t_start,
+                      dropped)
 
 
 def _groups(messages):
