@@ -225,6 +225,16 @@ def test_the_frames_the_node_dropped_replay_to_its_trajectory(bags, params_file,
     assert "Traceback" not in err, err
 
 
+def test_dropped_images_are_told_by_stamp_and_zero_stamps_by_the_node_s_own():
+    from kp2d_ros.ros.player import dropped_images
+
+    assert dropped_images([10, 20, 30, 40], [10, 40]) == [1, 2]
+    # a first image stamped 0 is published under the node's clock: processed, not dropped
+    assert dropped_images([0, 20, 30, 40], [1_800_000_000_000_000_000, 30, 40]) == [1]
+    assert dropped_images([0, 20, 30, 40], [30, 40]) == [0, 1]
+    assert dropped_images([0, 0, 0], [5]) is None  # an unstamped camera, two of three dropped: cannot be told
+
+
 def test_play_without_node_fails_clearly(bags, tmp_path):
     env = dict(ENV, ROS_DOMAIN_ID=str((DOMAIN + 50) % 200 + 1))  # nobody listens there
     p = subprocess.run([str(BIN / "kp2d"), "play", str(bags["sqlite3"]), "--wait", "1"], env=env,

@@ -59,6 +59,10 @@ def run(args) -> int:
         write_tum(res.odometry, args.record_odom)
         print(f"odometry ({args.frame} frame) written to {args.record_odom}")
     if args.record_drops:
+        if res.dropped is None:
+            print("error: --record-drops: the node restamped only some of the images with a zero header stamp: "
+                  "which of them it dropped cannot be told", file=sys.stderr)
+            return 1
         spec = drop_spec(res.dropped) or ""
         with open(args.record_drops, "w") as f:
             f.write(spec + "\n")

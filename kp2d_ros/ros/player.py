@@ -36,12 +36,13 @@ class PlayResult:
     ----------
     images_published : images sent (retries not counted).
     odometry : recorded poses, (N,) stamps and (N, 4, 4) poses in ``frame``.
-    missing_stamps : image stamps (s) for which no odometry arrived.
+    missing_stamps : stamps (s) of the images the node did not process (no odometry arrived; ``dropped``).
     frame : ``camera`` or ``base`` (see the module docstring).
     wall_s : playback wall time.
-    dropped : those images' numbers in the bag's image order (0 = the first image), which are the frame numbers
-        of ``kp2d replay`` on the same bag: :func:`kp2d_ros.data.faults.drop_spec` of them replays the frames the
-        node processed, deterministically (``kp2d play --record-drops``).
+    dropped : the numbers of the images the node dropped, in the bag's image order (0 = the first image): the
+        frame numbers of ``kp2d replay`` on the same bag, so :func:`kp2d_ros.data.faults.drop_spec` of them replays
+        the frames the node processed, deterministically (``kp2d play --record-drops``). None when that cannot be
+        told (:func:`dropped_images`).
     """
 
     images_published: int
@@ -49,7 +50,7 @@ class PlayResult:
     missing_stamps: list[float] = field(default_factory=list)
     frame: str = "camera"
     wall_s: float = 0.0
-    dropped: list[int] = field(default_factory=list)
+    dropped: list[int] | None = field(default_factory=list)
 
 
 def _msg_class(msgtype: str):
@@ -133,7 +134,8 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, lockstep: bool = False, imag
     spinner = threading.Thread(target=executor.spin, daemon=True)
     published = 0
     sent: list[int] = []
-    dropped: list[int] = []
+    dropped: list[int] | None = []
+    missing: list[float] = []
     t_start = time.monotonic()
     try:
         node = rclpy.create_node("kp2d_play", context=ctx)
@@ -204,7 +206,9 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, lockstep: bool = False, imag
             if sent and not lockstep:  # the newest image is always processed: wait for its odometry
                 wait_for_stamp(cond, odom, sent[-1], frame_timeout_s)
             with cond:
-                dropped = [i for i, s in enumerate(sent) if s not in odom]
+                dropped = dropped_images(sent, odom)
+                gone = set(dropped) if dropped is not None else {i for i, s in enumerate(sent) if s not in odom}
+                missing = [sent[i] * 1e-9 for i in sorted(gone)]
         finally:
             reader.close()
     finally:
@@ -218,8 +222,26 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, lockstep: bool = False, imag
     if record_frame == "camera" and len(keys):
         poses = np.stack([conv.base_to_camera_pose(T, T_base_cam) for T in poses])
     traj = Trajectory(stamps=np.asarray(keys, dtype=np.float64) * 1e-9, poses=poses)
-    return PlayResult(published, traj, [sent[i] * 1e-9 for i in dropped], record_frame, time.monotonic() - t_start,
-                      dropped)
+    return PlayResult(published, traj, missing, record_frame, time.monotonic() - t_start, dropped)
+
+
+def dropped_images(sent: list[int], received) -> list[int] | None:
+    """Which of the images sent (header stamps in ns, in order) the node dropped, given the stamps of the odometry
+    it published (``received``).
+
+    The node publishes one odometry per processed image, stamped with the image's header stamp, except for a
+    header stamp of 0, which it replaces with one of its own (``vo_node``'s ``_frame_stamp``). An odometry stamp
+    that matches no image sent is such a replacement: when there are as many as zero-stamped images, the node
+    processed them all; when there is none, it dropped them all. Otherwise (an unstamped camera whose frames the
+    node partly dropped) which ones it dropped cannot be told from the stamps: None.
+    """
+    received = set(received)
+    sent_set = set(sent)
+    zero = [i for i, s in enumerate(sent) if s == 0]
+    restamped = sum(1 for s in received if s not in sent_set)
+    if zero and restamped not in (0, len(zero)):
+        return None
+    return [i for i, s in enumerate(sent) if (s not in received if s != 0 else restamped == 0)]
 
 
 def _groups(messages):
