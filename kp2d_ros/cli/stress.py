@@ -61,18 +61,16 @@ def run(args) -> int:
             raise DataError(f"--compare: {args.compare} is not a kp2d stress result (stress.json)")
     cfg = load_effective_config(args)
     cfg.backend.threaded = False  # every variant is reproducible
-    variants = stress_variants(len(open_input(args, cfg)), [v.strip() for v in args.variants.split(",") if v.strip()],
+    sequence = open_input(args, cfg)  # read once (a bag's stamps are read in full): every variant iterates it anew
+    variants = stress_variants(len(sequence), [v.strip() for v in args.variants.split(",") if v.strip()],
                                drop_rate=args.drop_rate)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out_dir / "config.yaml")
     print(f"{'variant':<14} {'frames':>6} {'tracked':>7} {'odom ATE':>9} {'path ATE':>9} {'map ATE':>9} {'RPE rot':>8}")
-    outcomes, name = [], None
+    outcomes = []
     for variant in variants:
-        seq = open_input(args, cfg)
-        name = seq.name
-        if variant.simulate:
-            seq = simulate(seq, variant.simulate)
+        seq = simulate(sequence, variant.simulate) if variant.simulate else sequence
         result = replay(seq, cfg, progress=not args.no_progress, backend_lag=variant.backend_lag)
         write_outputs(result, seq, cfg, out_dir / variant.name)
         o = outcome(variant, result)
@@ -80,7 +78,7 @@ def run(args) -> int:
         print(f"{o.name:<14} {o.frames:>6} {'-' if o.tracked_frames is None else o.tracked_frames:>7} "
               f"{_fmt(o.odom_ate_m):>9} {_fmt(o.path_ate_m):>9} {_fmt(o.map_ate_m):>9} "
               f"{_fmt(o.odom_rpe_rot_deg):>8}", flush=True)
-    summary = summarize(name, cfg.frontend.type, outcomes).to_json()
+    summary = summarize(sequence.name, cfg.frontend.type, outcomes).to_json()
     if base is not None:
         summary["compared_with"] = {"file": str(args.compare), "stats": compare(base, summary)}
     (out_dir / "stress.json").write_text(json.dumps(summary, indent=2) + "\n")

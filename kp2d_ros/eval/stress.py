@@ -165,18 +165,12 @@ def summarize(sequence: str, frontend: str, outcomes: list[VariantOutcome]) -> S
 
 def outcome(variant: StressVariant, result) -> VariantOutcome:
     """A :class:`VariantOutcome` from a :class:`kp2d_ros.eval.replay.ReplayResult`."""
-    report = result.report()
-
-    def ate(name):
-        if getattr(result, name, None) is None:
-            return None
-        summary = result.refined_report() if name == "refined" else result.in_map_report()
-        return summary["ate_rmse_m"]
-
+    report, path, in_map = result.report(), result.refined_report(), result.in_map_report()  # None: no backend
     return VariantOutcome(name=variant.name, simulate=variant.simulate, backend_lag=variant.backend_lag,
                           frames=int(report["frames"]), tracked_frames=report["tracked_frames"],
                           odom_ate_m=report["ate_rmse_m"], odom_rpe_rot_deg=report["rpe_rot_deg"],
-                          path_ate_m=ate("refined"), map_ate_m=ate("in_map"))
+                          path_ate_m=None if path is None else path["ate_rmse_m"],
+                          map_ate_m=None if in_map is None else in_map["ate_rmse_m"])
 
 
 def compare(base: dict, new: dict) -> dict:
