@@ -365,13 +365,22 @@ class VONode(Node):
         """Say which setting helps when the backend's windows keep landing late (once per run of late windows, and
         at most every WARN_PERIOD_S): the CPU is saturated, and the published odometry pays for it (KITTI 07 on 2
         cores: 0.065-0.085 m with windows 3-4 keyframes late, 0.057 m with ``backend.worker_core``, at a quarter of
-        the frame rate; README, Local bundle adjustment: Threads, stop 33)."""
+        the frame rate; README, Local bundle adjustment: Threads, stop 33). With ``backend.worker_core`` on, windows
+        that stay late although the worker gets a core mean that other processes hold the CPU (SCHED_IDLE starves
+        the worker behind them)."""
         lag = int(getattr(self.pipeline, "backend_lag", 0))
         self._late_windows = self._late_windows + 1 if lag >= LATE_WINDOW_KEYFRAMES else 0
-        if self._late_windows == LATE_WINDOW_RUN and not self.cfg.backend.worker_core:
+        if self._late_windows != LATE_WINDOW_RUN:
+            return
+        bc = self.cfg.backend
+        if not bc.worker_core:
             self._warn("backend_late", f"the backend's windows land {lag} keyframes late (the CPU is saturated), which "
                        "costs the odometry accuracy: backend.worker_core: true gives the optimisation a core while it "
                        "runs, at some frame rate")
+        elif bc.worker_idle:
+            self._warn("backend_late", f"the backend's windows land {lag} keyframes late although the optimisation "
+                       "gets a core: other processes hold the CPU, and the worker (SCHED_IDLE) runs only when they "
+                       "leave it idle; backend.worker_idle: false lets it compete with them at backend.worker_nice")
 
     def _travelled(self, stamp: float) -> float | None:
         """Wheel-odometry distance since the previous frame (None, with a warning, when unknown)."""
