@@ -160,3 +160,22 @@ def test_backend_contention_times_both_kinds_of_round(tmp_path):
     assert on["windows"] > 0 and on["after_pose"] > 10 * off["after_pose"]
     assert on["before_pose"] + on["after_pose"] == pytest.approx(on["pose"] + on["backend"], rel=0.05, abs=0.2)
     assert report["before_pose_ms"] == pytest.approx(on["before_pose"] - off["before_pose"])
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/window_ties.py (issue 13: the landmarks that tie a window's held keyframes to its free ones)
+# --------------------------------------------------------------------------------------------
+def test_window_ties_counts_the_landmarks_seen_by_held_and_free_keyframes():
+    """Three keyframes, the oldest held: landmark 0 seen by keyframes 0 and 1, landmark 1 by 1 and 2, landmark 2 by
+    0 and 2. Two tie the held keyframe to a free one (0, 2), one to the newest (2); tracks are 2 long."""
+    from kp2d_ros.backend import WindowProblem
+
+    spec = importlib.util.spec_from_file_location("window_ties", REPO / "scripts" / "window_ties.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    problem = WindowProblem(keyframe_ids=np.array([7, 8, 9]), poses=np.tile(np.eye(4), (3, 1, 1)), num_fixed=1,
+                            landmark_ids=np.array([100, 101, 102]), positions=np.zeros((3, 3)),
+                            obs_keyframe=np.array([0, 1, 1, 2, 0, 2]), obs_landmark=np.array([0, 0, 1, 1, 2, 2]),
+                            obs_xy=np.zeros((6, 2)), sigma=1e-3)
+    assert mod.ties(problem) == dict(newest=9, keyframes=3, held=1, landmarks=3, observations=6, held_to_free=2,
+                                     held_to_newest=1, track_mean=2.0)
