@@ -7,7 +7,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export ROS_DOMAIN_ID ?= $(shell expr $$$$ % 100 + 100)
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all scorecard clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: install
 
 test-all: install
 	$(PY) -m pytest -q --runslow test
+
+# the headline numbers and issue 10's targets in one run (~15 min on 2 cores; needs ../shared/data)
+scorecard: install
+	$(VENV)/bin/kp2d scorecard ../shared/data --out out/scorecard
 
 clean:
 	rm -rf out build install log .pytest_cache

@@ -374,7 +374,7 @@ class LocalMap:
         moves their landmarks. KITTI 07 with each window landing 2 frames late: the optimised newest steps grew 1.03,
         1.13, 1.39, 1.64 (frames 3-9) while the depth ratio gave the followers 1.02, 1.07, 1.21, 1.39, and the
         published steps fell to 0.75-0.81x of the true ones for frames 6-11. Published odometry, KITTI 07 kp2d
-        (README, stop 33): threaded replays 0.139, 0.104 -> 0.065, 0.082 m; ``--backend-lag 2 / 3 / 4`` 0.066 /
+        (docs/results.md, stop 33): threaded replays 0.139, 0.104 -> 0.065, 0.082 m; ``--backend-lag 2 / 3 / 4`` 0.066 /
         0.116 / 0.113 -> 0.057 / 0.066 / 0.087 m, and with the live node's dropped frames 0.12-0.29 -> 0.10-0.24 m.
         (Stop 30 had found one step too noisy on TUM fr2/desk; since stop 31's one snapshot per landed result it is
         not: 0.0094 / 0.0093 -> 0.0092 / 0.0076 m at lag 2 / 3.)"""
@@ -402,7 +402,7 @@ class LocalMap:
         the front end measured its next steps against (its scale vote keeps the well-triangulated ones), while the
         far ones hardly move when the window changes the scale and drew the median of all of them towards 1. KITTI
         07 with every window landing 2 keyframes late (``kp2d replay --backend-lag 2``): the learned frontend's
-        published odometry 0.144 m with all of them, 0.066 m with the nearer half (README, stop 30). Weighting by
+        published odometry 0.144 m with all of them, 0.066 m with the nearer half (docs/results.md, stop 30). Weighting by
         1 / distance² instead let a few landmarks triangulated centimetres from the camera set the scale (a SIFT
         replay diverged)."""
         seen = np.isin(landmark_ids, self.obs_landmark[self.obs_keyframe == keyframe])

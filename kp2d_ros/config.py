@@ -53,7 +53,7 @@ class FrontendConfig:
     score_threshold: float = 0.0
     half_precision: bool = True  # fp16 on CUDA / bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32
     # What runs the network on the CPU: torchscript (the default: the torch body traced and frozen, bit-identical
-    # to eager torch in bf16, ~25% faster there; README Speed), torch (eager), onnxruntime (optional dependency,
+    # to eager torch in bf16, ~25% faster there; docs/results.md Speed), torch (eager), onnxruntime (optional dependency,
     # fp32 only; ~15% less CPU time than eager torch for the network at 1226x370 on an AVX2 CPU; its outputs
     # equal torch's within 1e-4, but near-tied keypoint ranks can swap, and the two runs measured with it came out
     # slightly worse: demo ATE 0.0073 -> 0.0076 m, TUM 0.0107 -> 0.0118 m), or auto = onnxruntime when installed
@@ -104,7 +104,7 @@ class RefineConfig:
     """Sub-pixel refinement of matched keypoints (pyramidal Lucas-Kanade seeded with each match,
     forward-backward checked); works for every frontend (``kp2d_ros/refine.py``)."""
 
-    method: str = "lk"  # none | lk (KITTI 07, kp2d at the input size: ATE 0.944 -> 0.474 m, README)
+    method: str = "lk"  # none | lk (KITTI 07, kp2d at the input size: ATE 0.944 -> 0.474 m, docs/results.md)
     window_px: int = 11  # LK window side (odd)
     levels: int = 1  # pyramid levels above the full image (the seed is already within ~2 px)
     iterations: int = 20
@@ -204,7 +204,7 @@ class PipelineConfig:
     # reference exceeds this (pixels), or when fewer than keyframe_min_inliers inliers remain; the first
     # pair (no scale yet) needs only min_parallax_px. 0 = every tracked frame is a keyframe (best on
     # KITTI 07). On slow motion the backend's windows then span short baselines; 8 of them held
-    # (backend.fixed_keyframes) keep their scale (README: Robustness, the backend's window on slow motion).
+    # (backend.fixed_keyframes) keep their scale (docs/results.md: Robustness, the backend's window on slow motion).
     keyframe_parallax_px: float = 0.0
     keyframe_min_inliers: int = 100
     # Short baselines leave a valley of near-equivalent (rotation, translation direction) pairs (the
@@ -241,7 +241,7 @@ class PipelineConfig:
     # A blurred frame (a bump, a fast pan): the variance of its Laplacian below blur_ratio times the median of the
     # last 5 keyframes'. It is posed against the last sharp keyframe as usual (at the last velocity when fewer than
     # keyframe_min_inliers inliers hold its pose) but never becomes a keyframe, nor restarts a lost tracker, so the
-    # frames after the burst match a sharp keyframe again (README: Robustness, stop 27). After max_blurred_frames
+    # frames after the burst match a sharp keyframe again (docs/results.md: Robustness, stop 27). After max_blurred_frames
     # in a row the images are taken as they are (a duller scene). blur_ratio 0: off.
     blur_ratio: float = 0.4
     max_blurred_frames: int = 10
@@ -259,7 +259,7 @@ class PipelineConfig:
     # torch_threads also sizes onnxruntime's pool (frontend.engine). Default 0 = torch's own default (one thread
     # per physical core), as SIFT gets OpenCV's pool: on the 2-core Xeon (AMX-BF16) KITTI 1226x370 ran at 7.0 FPS
     # with 2 torch threads against 4.0-4.5 with 1 while a training job held one core, 6.7 against 5.2 idle
-    # (README Speed). On an AVX2 EPYC shared by many jobs (load 6-16) a second OpenMP thread stalled whenever
+    # (docs/results.md Speed). On an AVX2 EPYC shared by many jobs (load 6-16) a second OpenMP thread stalled whenever
     # another process held a core (0.4 against 0.7 FPS; IO-Net 7 -> 364 ms): set torch_threads: 1 there.
     # library_threads 1: OpenBLAS's spinning workers steal the network's cores.
     torch_threads: int = 0
@@ -293,14 +293,14 @@ class PipelineConfig:
 class BackendConfig:
     """Local bundle adjustment over a sliding window of keyframes (``kp2d_ros/backend.py``)."""
 
-    window: int = 16  # the last keyframes, jointly optimised after each new one; 0: off (README: Local bundle adjustment)
+    window: int = 16  # the last keyframes, jointly optimised after each new one; 0: off (docs/results.md: Local bundle adjustment)
     # The oldest of the window are held (>= 2: fixes position, rotation and scale); the newest window - fixed_keyframes
     # are optimised. Held keyframes anchor the window's scale on a longer baseline: with 2 of 10 held (the old default)
     # the learned frontend drifted in scale on slow motion (synthetic street at 0.05 m/frame 0.257 m, 8 of 16: 0.024 m;
-    # README: Robustness, the backend's window on slow motion). config/vo_classical.yaml keeps 2 of 10 for SIFT.
+    # docs/results.md: Robustness, the backend's window on slow motion). config/vo_classical.yaml keeps 2 of 10 for SIFT.
     # 0: half the window (at least 2), so that setting backend.window alone keeps the proportion
     fixed_keyframes: int = 0
-    solver: str = "ceres"  # ceres (pycolmap's bundle adjuster) | gtsam (Levenberg-Marquardt): README, solver choice
+    solver: str = "ceres"  # ceres (pycolmap's bundle adjuster) | gtsam (Levenberg-Marquardt): docs/results.md, solver choice
     noise_px: float = 1.0  # observation noise (pixels)
     kernel: str = "cauchy"  # robust kernel on the reprojection errors: cauchy | huber
     kernel_px: float = 2.0  # its scale (pixels)
@@ -317,14 +317,14 @@ class BackendConfig:
     # frontend, OpenCV's for SIFT/ORB), so that the worker has a core: on a small CPU the network otherwise keeps
     # every core busy and the windows land 3-5 keyframes late, which costs the odometry accuracy (KITTI 07 threaded
     # replay, 2 cores: 0.065-0.085 m, against 0.057 m when they land 1 late; before stop 33's follower scale 0.11-0.12
-    # against 0.066-0.073 m; README: Local bundle adjustment, Threads). Off by default: those frames take longer
+    # against 0.066-0.073 m; docs/results.md: Local bundle adjustment, Threads). Off by default: those frames take longer
     # (2 cores: 4.4-4.5 -> 3.0-3.3 FPS in those replays, node latency +50-80 %).
     # No effect on onnxruntime's fixed pool.
     worker_core: bool = False
     # Online self-calibration: every window also estimates the camera's first radial distortion coefficient k1 (on
     # top of the configured/CameraInfo model; plumb_bob and rational_polynomial), from the images alone, and the front
     # end undistorts with the median of the last ``k1_windows`` estimates. A residual k1 turns rotation into false
-    # parallax, so it shows as scale drift in every turn (KITTI 07: README, Local bundle adjustment).
+    # parallax, so it shows as scale drift in every turn (KITTI 07: docs/results.md, Local bundle adjustment).
     self_calibration: bool = True
     k1_prior_sigma: float = 0.05  # gtsam: prior on the window's k1 around the configured model (normalised units); both: |k1| > 5x this is a diverged window
     k1_windows: int = 9  # the front end takes the median of this many latest window estimates (from the 3rd on)

@@ -602,7 +602,7 @@ class VOPipeline:
             return self._unposed(frame, camera, feats, matches, now)
         if self.blurred and int(geom.inliers.sum()) < pc.keyframe_min_inliers and self.motion is not None:
             # a blurred frame's few inliers (a heavy blur: 17-21 of 2000) hold neither its translation nor its
-            # rotation (README: Robustness, stop 28): the last pair's velocity does
+            # rotation (docs/results.md: Robustness, stop 28): the last pair's velocity does
             return self._unposed(frame, camera, feats, matches, now)
         self.last_motion = (geom.R, geom.t) if np.any(geom.t) else None
         self.lost_frames = 0
@@ -1017,7 +1017,7 @@ class VOPipeline:
         its newest keyframe just moved by that window's similarity guess (:meth:`LocalMap.apply`), and windows
         started from such guesses back to back fed a growing scale into the odometry. When each window landed one
         frame late (the node's worker when the CPU keeps up) KITTI 07's published odometry went from 0.061 to
-        0.66 m (SIFT 0.074 to 0.74 m); at a new keyframe instead, 0.066 m (SIFT 0.069 m; README, stop 31)."""
+        0.66 m (SIFT 0.074 to 0.74 m); at a new keyframe instead, 0.066 m (SIFT 0.069 m; docs/results.md, stop 31)."""
         if self.worker is not None and not self.worker.ready():
             self.backend_busy_skips += 1
             self._backend_due = True

@@ -3,7 +3,7 @@
 On a small CPU the libraries' own thread pools fight each other: OpenBLAS (numpy's and OpenCV's
 copies) keeps its worker threads spinning after every matrix product, and those spinning threads
 steal the core that the network needs. Measured on the 2-core machine with ``kp2d bench``
-(kp2d, 320x240, 500 keypoints; README speed table): 26.3 FPS with torch at 2 threads and the rest
+(kp2d, 320x240, 500 keypoints; docs/results.md speed table): 26.3 FPS with torch at 2 threads and the rest
 at 1, 21.3 FPS with torch at 1 thread and the libraries' default pools.
 """
 from __future__ import annotations

@@ -50,7 +50,7 @@ FOCAL_PX = 500.0
 BASELINE = 1.0
 BOUND_ROT_DEG, BOUND_TRANS = 0.05, 0.01  # the issue's: rotation < 0.05 deg, translation < 1% of the baseline
 
-# What each package's API has done across versions (sources in the README paragraph; checked against the
+# What each package's API has done across versions (sources in the docs/results.md paragraph; checked against the
 # installed versions by running this script).
 API_NOTES = {
     "gtsam": "Python wrapper (pybind11, generated from gtsam.i) since 4.0; the classes the backend uses (Pose3, "
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         caps = [int(c) for c in args.max_iterations.split(",") if c.strip()]
     except ValueError:
         p.error(f"--max-iterations: integers, got {args.max_iterations!r}")
-    cfg = BackendConfig(window=args.keyframes, fixed_keyframes=2, max_landmarks=100_000)  # the README comparison: 2 held
+    cfg = BackendConfig(window=args.keyframes, fixed_keyframes=2, max_landmarks=100_000)  # the docs/results.md comparison: 2 held
     cfg.validate()
 
     windows, rows = {}, []

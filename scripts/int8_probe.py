@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Probe (issue 10): onnxruntime static int8 quantisation of KeyPointNet's body: speed, output change, and what
-it does to a replay. Tried and not kept (README, *Speed*).
+it does to a replay. Tried and not kept (docs/results.md, *Speed*).
 
     python scripts/int8_probe.py [--format qdq|qoperator] [--calibrate percentile|minmax|entropy]
         [--exclude loc_b,...] [--replay SEQ --out DIR] [--json FILE]

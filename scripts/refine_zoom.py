@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """LK refinement error on zoomed KITTI frames (known mapping): plain translation against the patch pre-warped by
-the zoom (``refine_matches(..., warps=...)``, README *Motion-predicted patch warps*).
+the zoom (``refine_matches(..., warps=...)``, docs/results.md *Motion-predicted patch warps*).
 
     python scripts/refine_zoom.py [--data ../shared/data/vo/kitti07_f0000-0159] [--config config/vo.yaml]
 

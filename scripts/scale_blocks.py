@@ -7,7 +7,7 @@ ground truth's speed (m/step), its rotation (deg/step) and the median step-lengt
 stretched against the rest of the trajectory; a run of rising blocks is scale drift. Several replay folders can be
 compared side by side. Writes JSON.
 
-Example (the README's *Local bundle adjustment* diagnosis)::
+Example (docs/results.md's *Local bundle adjustment* diagnosis)::
 
     kp2d replay ../shared/data/vo/kitti07_f0000-0159 --config config/vo_classical.yaml --out out/k07_sift
     python scripts/scale_blocks.py out/k07_sift [out/k07_kp2d ...] --out out/scale_blocks.json

@@ -7,7 +7,7 @@ length ratio to the truth and the angle between its direction and the truth's. T
 share of the squared sums over keyframes / non-keyframes / turning (ground-truth rotation above
 ``--turn-deg`` per frame) / straight steps, and the steps with the largest rotation errors. Writes JSON.
 
-Example (the slow synthetic street of the README's *Robustness* section)::
+Example (the slow synthetic street of docs/results.md's *Robustness* section)::
 
     python scripts/step_errors.py out/syn/street_0.05_320 --config config/vo_classical.yaml \\
         --turn-deg 0.1 --out out/step_errors_slow.json

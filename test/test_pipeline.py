@@ -771,7 +771,7 @@ def test_a_window_is_taken_at_a_new_keyframe_never_right_after_another_lands():
     covers it. Before, it was snapshotted as soon as the running window landed, with its newest keyframe just moved
     by that window's similarity guess (``LocalMap.apply``'s follow): windows landing one frame late back to back
     (the node's worker when the CPU keeps up: a GPU, or one torch thread on 2 cores) took KITTI 07's published
-    odometry from 0.061 to 0.66 m, the steps growing 1.4x through the first turn (README, stop 31). Every window's
+    odometry from 0.061 to 0.66 m, the steps growing 1.4x through the first turn (docs/results.md, stop 31). Every window's
     newest keyframe is now one no window has moved since it was added, while windows land 1 keyframe late (a
     slower worker, 2+ late, still sends the waiting window at once)."""
     gt = driving_poses(16, step=0.5, yaw_deg=2.0)

@@ -22,6 +22,7 @@ COMMANDS = {
     "export-onnx": "export_onnx",
     "play": "play",
     "bench-node": "bench_node",
+    "scorecard": "scorecard",
 }
 
 

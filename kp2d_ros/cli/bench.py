@@ -65,12 +65,12 @@ def build_config(args):
     from kp2d_ros.cli.replay import default_config_path
     from kp2d_ros.config import parse_overrides
     from kp2d_ros.config import load_config
+    from kp2d_ros.eval.bench import config_for_image_size
 
     w, h = parse_resolution(args.resolution)
     overrides = parse_overrides(args.set)
     if args.frontend is not None:
         overrides["frontend.type"] = args.frontend
-    overrides["frontend.resolution"] = [w, h]
     if args.threads > 0:
         overrides["pipeline.torch_threads"] = args.threads
     if args.device is not None:
@@ -87,11 +87,7 @@ def build_config(args):
             overrides["matching.io_net"] = True
             overrides["matching.io_net_path"] = args.io_net
     path = args.config if args.config is not None else default_config_path()
-    cfg = load_config(path, overrides=overrides)
-    scale = cfg.frontend.scale
-    if scale != 1.0:  # the working size replay would use for images of --resolution (frontend_common.resize_to_working)
-        cfg.frontend.resolution = [max(8, int(round(w * scale))), max(8, int(round(h * scale)))]
-    return cfg
+    return config_for_image_size(load_config(path, overrides=overrides), w, h)
 
 
 def run(args) -> int:

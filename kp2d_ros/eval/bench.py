@@ -66,6 +66,17 @@ def machine_info() -> dict:
     return info
 
 
+def config_for_image_size(cfg: VOConfig, width: int, height: int) -> VOConfig:
+    """A copy of ``cfg`` whose frontend works on images of ``width`` x ``height`` as ``kp2d replay`` would: at that
+    size times ``frontend.scale`` (``frontend_common.resize_to_working``)."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    scale = out.frontend.scale
+    out.frontend.resolution = [max(8, int(round(width * scale))), max(8, int(round(height * scale)))]
+    return out
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

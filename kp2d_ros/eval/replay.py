@@ -286,7 +286,7 @@ class ScaleLog:
 class BackendLog:
     """How the backend's windows kept up with the keyframes, for ``backend.json``: windows taken, how many
     keyframes late each landed (0: at its own keyframe, the deterministic replay; the node's worker on a busy CPU
-    lands later, and late windows cost accuracy: README, *Local bundle adjustment → Threads*), their optimisation
+    lands later, and late windows cost accuracy: docs/results.md, *Local bundle adjustment → Threads*), their optimisation
     time, and why the others were not taken. Read from the pipeline after every frame."""
 
     def __init__(self, cfg: VOConfig):

@@ -1,7 +1,7 @@
 """One sequence replayed under what robots and busy nodes do, reproducibly, and the spread of the results.
 
 A single replay of a short clip decides little: KITTI 07's 160-frame clip moves ±30 % in ATE with any small
-change of the configuration (README, *Local bundle adjustment → Threads*, stop 33), so two settings or two
+change of the configuration (docs/results.md, *Local bundle adjustment → Threads*, stop 33), so two settings or two
 commits compared on one run are compared on noise. :func:`stress_variants` lists deterministic variants of one
 sequence that a node meets; ``kp2d stress`` replays each and :func:`summarize` reports each variant's numbers
 and their median, geometric mean and maximum, so that an A/B compares distributions.

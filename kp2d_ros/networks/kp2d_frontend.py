@@ -143,7 +143,7 @@ class FrozenBody:
 
     Same operations as the eager body: on a CPU with native bf16 its outputs are bit-identical to eager torch
     (tested on the shipped weights) and it takes ~25 % less time (KeyPointNet width 0.5 at 1232x376, 1 thread:
-    67 against 87 ms, README *Speed*); in fp32 they agree within 1e-5.
+    67 against 87 ms, docs/results.md *Speed*); in fp32 they agree within 1e-5.
     """
 
     def __init__(self, net: KeyPointNet, dtype: torch.dtype):

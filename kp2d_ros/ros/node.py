@@ -365,7 +365,7 @@ class VONode(Node):
         """Say which setting helps when the backend's windows keep landing late (once per run of late windows, and
         at most every WARN_PERIOD_S): the CPU is saturated, and the published odometry pays for it (KITTI 07 on 2
         cores: 0.065-0.085 m with windows 3-4 keyframes late, 0.057 m with ``backend.worker_core``, at a quarter of
-        the frame rate; README, Local bundle adjustment: Threads, stop 33). With ``backend.worker_core`` on, windows
+        the frame rate; docs/results.md, Local bundle adjustment: Threads, stop 33). With ``backend.worker_core`` on, windows
         that stay late although the worker gets a core mean that other processes hold the CPU (SCHED_IDLE starves
         the worker behind them)."""
         lag = int(getattr(self.pipeline, "backend_lag", 0))

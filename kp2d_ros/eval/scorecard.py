@@ -1,0 +1,266 @@
+"""The project's headline numbers in one run: VO on every dev sequence, the keypoints alone, the speed, and
+issue 10's targets checked against them (``kp2d scorecard``).
+
+Every number comes from the same library calls as ``kp2d replay`` (deterministic: each backend window is waited
+for), ``kp2d eval-homography`` and ``kp2d bench``, for two configurations side by side: the default
+(``config/vo.yaml``, the learned frontend) and the baseline (``config/vo_classical.yaml``, SIFT). The verdicts
+(:func:`issue10_targets`) compare them within this one run, on this machine, as the issue asks ("in the same run").
+
+Parts (any subset): ``vo`` (KITTI 07, TUM fr2/desk, EuRoC static from the data folder, and the synthetic street
+of ``kp2d demo`` rendered here), ``keypoints`` (Oxford, KP2D protocol, 320x240/top-300 and 640x480/top-1000,
+KeyPointNet against SIFT), ``speed`` (``kp2d bench`` at 1226x370 on KITTI 07 frames, median of ``repeat`` runs).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from kp2d_ros.config import VOConfig
+from kp2d_ros.errors import DataError
+
+PARTS = ("vo", "keypoints", "speed")
+# name -> folder under the data root; "synthetic" is rendered (kp2d demo's street: 80 frames, seed 0)
+VO_SEQUENCES = {
+    "kitti07": "vo/kitti07_f0000-0159",
+    "tum_fr2_desk": "vo/tum_fr2_desk_20f",
+    "euroc_static": "vo/euroc_v101_static_19f",
+    "synthetic": None,
+}
+KEYPOINT_SETTINGS = (((320, 240), 300), ((640, 480), 1000))
+SPEED_IMAGE_SIZE = (1226, 370)
+
+
+@dataclass
+class VORow:
+    """One configuration on one sequence: the published odometry's accuracy (``kp2d replay``'s report.json)."""
+
+    sequence: str
+    config: str  # the label: "default" or "baseline"
+    frontend: str
+    frames: int
+    tracked_frames: int
+    ate_rmse_m: float | None
+    rpe_rot_deg: float | None
+    rpe_trans_m: float | None
+    fps: float
+
+
+@dataclass
+class KeypointRow:
+    """One method at one resolution / top-k (``kp2d eval-homography``)."""
+
+    method: str
+    resolution: list[int]
+    top_k: int
+    repeatability: float
+    localization_error: float
+    c1: float
+    c3: float
+    c5: float
+    matching_score: float
+    pairs: int
+
+
+@dataclass
+class SpeedRow:
+    """``kp2d bench`` of one configuration: median FPS over ``repeat`` runs, stage medians, the load."""
+
+    config: str
+    frontend: str
+    image_size: list[int]
+    fps: float
+    fps_runs: list[float]
+    stages_ms: dict
+    cpu_ms: float | None
+    load_average_before: list[float] | None
+    load_average_after: list[float] | None
+
+
+@dataclass
+class Target:
+    """One of issue 10's "done when" lines: ``met`` is None when the part it needs was not run."""
+
+    name: str
+    value: float | None
+    bound: float | None
+    rule: str  # "<=" or ">="
+    met: bool | None
+    text: str
+
+
+@dataclass
+class Scorecard:
+    vo: list[VORow] = field(default_factory=list)
+    keypoints: list[KeypointRow] = field(default_factory=list)
+    speed: list[SpeedRow] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+    machine: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def vo_row(self, sequence: str, config: str) -> VORow | None:
+        return next((r for r in self.vo if r.sequence == sequence and r.config == config), None)
+
+    def keypoint_row(self, method: str, resolution: tuple[int, int]) -> KeypointRow | None:
+        return next((r for r in self.keypoints if r.method == method and tuple(r.resolution) == tuple(resolution)),
+                    None)
+
+    def speed_row(self, config: str) -> SpeedRow | None:
+        return next((r for r in self.speed if r.config == config), None)
+
+
+def _check(name: str, value: float | None, rule: str, bound: float | None, text: str) -> Target:
+    met = None
+    if value is not None and bound is not None:
+        met = bool(value <= bound) if rule == "<=" else bool(value >= bound)
+    return Target(name, value, bound, rule, met, text)
+
+
+def issue10_targets(card: Scorecard) -> list[Target]:
+    """Issue 10's "done when", each against the numbers of this one run (None where a part was skipped, and for
+    the VO lines when the sequences were clipped: ``settings["max_frames"]``)."""
+
+    def get(row, attr):
+        return None if row is None else getattr(row, attr)
+
+    def times(value, k):
+        return None if value is None else k * value
+
+    kp320, sift320 = card.keypoint_row("kp2d", (320, 240)), card.keypoint_row("sift", (320, 240))
+    kp640, sift640 = card.keypoint_row("kp2d", (640, 480)), card.keypoint_row("sift", (640, 480))
+    street_d, street_b = card.vo_row("synthetic", "default"), card.vo_row("synthetic", "baseline")
+    k07_d, k07_b = card.vo_row("kitti07", "default"), card.vo_row("kitti07", "baseline")
+    fps_d, fps_b = card.speed_row("default"), card.speed_row("baseline")
+    if card.settings.get("max_frames") is not None:  # clipped sequences: the issue's targets are on whole ones
+        street_d = street_b = k07_d = k07_b = None
+    return [
+        _check("keypoints_loc_320", get(kp320, "localization_error"), "<=", 0.85,
+               "KeyPointNet localisation error at 320x240/top-300 <= 0.85 px"),
+        _check("keypoints_ms_320", get(kp320, "matching_score"), ">=", times(get(sift320, "matching_score"), 1.3),
+               "KeyPointNet matching score at 320x240/top-300 >= 1.3x SIFT's"),
+        _check("keypoints_c3_640", get(kp640, "c3"), ">=", get(sift640, "c3"),
+               "KeyPointNet C3 at 640x480/top-1000 >= SIFT's"),
+        _check("demo_ate", get(street_d, "ate_rmse_m"), "<=", times(get(street_b, "ate_rmse_m"), 2.0),
+               "synthetic street (make demo): default ATE <= 2x the baseline's"),
+        _check("kitti07_ate", get(k07_d, "ate_rmse_m"), "<=", 0.40, "KITTI 07: default ATE <= 0.40 m"),
+        _check("kitti07_ate_vs_baseline", get(k07_d, "ate_rmse_m"), "<=", get(k07_b, "ate_rmse_m"),
+               "KITTI 07: default ATE <= the baseline's"),
+        _check("kitti07_rpe_rot", get(k07_d, "rpe_rot_deg"), "<=", 0.040, "KITTI 07: default RPE rot <= 0.040 deg/frame"),
+        _check("speed_1226x370", get(fps_d, "fps"), ">=", get(fps_b, "fps"),
+               "kp2d bench 1226x370: default FPS >= the baseline's"),
+    ]
+
+
+def check_data(data_root: Path, parts, sequences=None) -> None:
+    """Raise :class:`DataError` naming the first data folder a run of ``parts`` would miss (before hours of work)."""
+    names = list(VO_SEQUENCES) if sequences is None else list(sequences)
+    unknown = [n for n in names if n not in VO_SEQUENCES]
+    if unknown:
+        raise DataError(f"scorecard: unknown sequence {unknown[0]!r} (known: {', '.join(VO_SEQUENCES)})")
+    needed = [VO_SEQUENCES[n] for n in names if "vo" in parts and VO_SEQUENCES[n] is not None]
+    needed += ["homography"] if "keypoints" in parts else []
+    needed += [VO_SEQUENCES["kitti07"]] if "speed" in parts else []
+    for rel in needed:
+        if not (Path(data_root) / rel).exists():
+            raise DataError(f"scorecard: {Path(data_root) / rel} not found (the data folder's README lists the sequences)")
+
+
+def run_vo(data_root: Path, configs: dict[str, VOConfig], work_dir: Path, *, sequences=None,
+           max_frames: int | None = None, progress: bool = False, on_result: Callable | None = None) -> list[VORow]:
+    """Deterministic replays of every configuration on every sequence (missing data folders raise).
+
+    ``on_result(label, name, sequence, cfg, result)`` is called after each replay (the CLI writes its outputs)."""
+    from kp2d_ros.data import open_sequence
+    from kp2d_ros.data.synthetic import synthetic_matches, write_synthetic_sequence
+    from kp2d_ros.eval.replay import replay
+
+    names = list(VO_SEQUENCES) if sequences is None else list(sequences)
+    check_data(data_root, ("vo",), names)
+    rows = []
+    for name in names:
+        if VO_SEQUENCES[name] is None:
+            path = work_dir / "synthetic"
+            if not synthetic_matches(path):
+                write_synthetic_sequence(path)
+        else:
+            path = data_root / VO_SEQUENCES[name]
+        for label, cfg in configs.items():
+            cfg = copy.deepcopy(cfg)
+            cfg.backend.threaded = False  # deterministic, as kp2d replay
+            seq = open_sequence(path, max_frames=max_frames, camera=cfg.camera)
+            result = replay(seq, cfg, progress=progress)
+            r = result.report()
+            rows.append(VORow(name, label, cfg.frontend.type, r["frames"], r["tracked_frames"], r["ate_rmse_m"],
+                              r["rpe_rot_deg"], r["rpe_trans_m"], r["fps"]))
+            if on_result is not None:
+                on_result(label, name, seq, cfg, result)
+    return rows
+
+
+def run_keypoints(homography_root: Path, model_path: str) -> list[KeypointRow]:
+    """``kp2d eval-homography ROOT --methods kp2d,sift`` at both of the issue's settings."""
+    from kp2d_ros.eval.homography import evaluate_homography
+
+    rows = []
+    for resolution, top_k in KEYPOINT_SETTINGS:
+        results = evaluate_homography(homography_root, ["kp2d", "sift"], resolution, top_k, model_path, "cpu")
+        for method, s in results.items():
+            rows.append(KeypointRow(method, list(resolution), top_k, s.repeatability, s.localization_error, s.c1,
+                                    s.c3, s.c5, s.matching_score, s.num_pairs))
+    return rows
+
+
+def run_speed(sequence_path: Path, configs: dict[str, VOConfig], *, repeat: int = 3, frames: int = 30,
+              warmup: int = 3) -> list[SpeedRow]:
+    """``kp2d bench --resolution 1226x370 --sequence KITTI07 --repeat N`` for each configuration."""
+    from kp2d_ros.data import open_sequence
+    from kp2d_ros.eval.bench import bench_repeated, config_for_image_size
+
+    rows = []
+    for label, cfg in configs.items():
+        cfg = config_for_image_size(cfg, *SPEED_IMAGE_SIZE)
+        seq = open_sequence(sequence_path, max_frames=frames + warmup, camera=cfg.camera)
+        r = bench_repeated(seq, cfg, repeat, frames=frames, warmup=warmup).report()
+        rows.append(SpeedRow(label, cfg.frontend.type, list(SPEED_IMAGE_SIZE), r["fps"], r["fps_runs"],
+                             r["stages_ms"], r.get("cpu_ms"), r["load_average_before"], r["load_average_after"]))
+    return rows
+
+
+def _fmt(v, digits: int) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def to_markdown(card: Scorecard) -> str:
+    """The scorecard as Markdown tables (what ``kp2d scorecard`` prints and writes as scorecard.md)."""
+    lines = []
+    if card.vo:
+        lines += ["| sequence | config | frontend | tracked | ATE (m) | RPE rot (°/frame) | RPE trans (m/frame) | FPS |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r.sequence} | {r.config} | {r.frontend} | {r.tracked_frames}/{r.frames} | {_fmt(r.ate_rmse_m, 4)} "
+                  f"| {_fmt(r.rpe_rot_deg, 4)} | {_fmt(r.rpe_trans_m, 4)} | {r.fps:.1f} |" for r in card.vo]
+        lines.append("")
+    if card.keypoints:
+        lines += ["| method | resolution / top-k | repeatability | loc. error (px) | C1 | C3 | C5 | matching score |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r.method} | {r.resolution[0]}x{r.resolution[1]} / {r.top_k} | {r.repeatability:.3f} "
+                  f"| {r.localization_error:.3f} | {r.c1:.3f} | {r.c3:.3f} | {r.c5:.3f} | {r.matching_score:.3f} |"
+                  for r in card.keypoints]
+        lines.append("")
+    if card.speed:
+        lines += ["| config | frontend | image | FPS (median) | runs | network ms | total ms | load before / after |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r.config} | {r.frontend} | {r.image_size[0]}x{r.image_size[1]} | {r.fps:.2f} "
+                  f"| {', '.join(f'{v:.2f}' for v in r.fps_runs)} | {r.stages_ms.get('network', 0.0):.0f} "
+                  f"| {r.stages_ms.get('total', 0.0):.0f} | {r.load_average_before} / {r.load_average_after} |"
+                  for r in card.speed]
+        lines.append("")
+    if card.targets:
+        lines += ["| issue 10 target | value | bound | met |", "|---|---|---|---|"]
+        lines += [f"| {t.text} | {_fmt(t.value, 4)} | {t.rule} {_fmt(t.bound, 4)} "
+                  f"| {'–' if t.met is None else ('yes' if t.met else '**no**')} |" for t in card.targets]
+        lines.append("")
+    return "\n".join(lines)
