@@ -23,6 +23,7 @@ COMMANDS = {
     "play": "play",
     "bench-node": "bench_node",
     "scorecard": "scorecard",
+    "to-bag": "to_bag",
 }
 
 
