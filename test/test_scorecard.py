@@ -4,7 +4,12 @@ import json
 import pytest
 from test_replay_cli import _assert_clean_error, kp2d
 
+from kp2d_ros.eval.homography import MethodSummary
 from kp2d_ros.eval.scorecard import KeypointRow, Scorecard, SpeedRow, VORow, issue10_targets, to_markdown
+
+
+def _kp(method, resolution, top_k, rep, loc, c1, c3, c5, ms):
+    return KeypointRow(method, resolution, top_k, MethodSummary(rep, loc, c1, c3, c5, ms, 30))
 
 
 def _card(**settings) -> Scorecard:
@@ -12,10 +17,10 @@ def _card(**settings) -> Scorecard:
           VORow("kitti07", "baseline", "sift", 160, 159, 0.25, 0.034, 0.01, 2.0),
           VORow("synthetic", "default", "kp2d", 80, 79, 0.017, 0.006, 0.002, 1.4),
           VORow("synthetic", "baseline", "sift", 80, 79, 0.010, 0.006, 0.001, 2.7)]
-    kp = [KeypointRow("kp2d", [320, 240], 300, 0.76, 0.99, 0.57, 0.77, 0.77, 0.60, 30),
-          KeypointRow("sift", [320, 240], 300, 0.61, 0.75, 0.67, 0.97, 0.97, 0.45, 30),
-          KeypointRow("kp2d", [640, 480], 1000, 0.70, 1.08, 0.40, 0.90, 0.90, 0.54, 30),
-          KeypointRow("sift", [640, 480], 1000, 0.56, 0.97, 0.50, 0.87, 0.93, 0.38, 30)]
+    kp = [_kp("kp2d", [320, 240], 300, 0.76, 0.99, 0.57, 0.77, 0.77, 0.60),
+          _kp("sift", [320, 240], 300, 0.61, 0.75, 0.67, 0.97, 0.97, 0.45),
+          _kp("kp2d", [640, 480], 1000, 0.70, 1.08, 0.40, 0.90, 0.90, 0.54),
+          _kp("sift", [640, 480], 1000, 0.56, 0.97, 0.50, 0.87, 0.93, 0.38)]
     card = Scorecard(vo=vo, keypoints=kp, settings=dict(settings))
     card.targets = issue10_targets(card)
     return card

@@ -13,12 +13,14 @@ KeyPointNet against SIFT), ``speed`` (``kp2d bench`` at 1226x370 on KITTI 07 fra
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
+from kp2d_ros.eval.homography import MethodSummary
 
 PARTS = ("vo", "keypoints", "speed")
 # name -> folder under the data root; "synthetic" is rendered (kp2d demo's street: 80 frames, seed 0)
@@ -49,18 +51,13 @@ class VORow:
 
 @dataclass
 class KeypointRow:
-    """One method at one resolution / top-k (``kp2d eval-homography``)."""
+    """One method at one resolution / top-k (``kp2d eval-homography``): its averages over the pairs
+    (``summary.pairs`` left empty)."""
 
     method: str
     resolution: list[int]
     top_k: int
-    repeatability: float
-    localization_error: float
-    c1: float
-    c3: float
-    c5: float
-    matching_score: float
-    pairs: int
+    summary: MethodSummary
 
 
 @dataclass
@@ -130,8 +127,12 @@ def issue10_targets(card: Scorecard) -> list[Target]:
     def times(value, k):
         return None if value is None else k * value
 
-    kp320, sift320 = card.keypoint_row("kp2d", (320, 240)), card.keypoint_row("sift", (320, 240))
-    kp640, sift640 = card.keypoint_row("kp2d", (640, 480)), card.keypoint_row("sift", (640, 480))
+    def summary(method, resolution):
+        row = card.keypoint_row(method, resolution)
+        return None if row is None else row.summary
+
+    kp320, sift320 = summary("kp2d", (320, 240)), summary("sift", (320, 240))
+    kp640, sift640 = summary("kp2d", (640, 480)), summary("sift", (640, 480))
     street_d, street_b = card.vo_row("synthetic", "default"), card.vo_row("synthetic", "baseline")
     k07_d, k07_b = card.vo_row("kitti07", "default"), card.vo_row("kitti07", "baseline")
     fps_d, fps_b = card.speed_row("default"), card.speed_row("baseline")
@@ -208,9 +209,8 @@ def run_keypoints(homography_root: Path, model_path: str) -> list[KeypointRow]:
     rows = []
     for resolution, top_k in KEYPOINT_SETTINGS:
         results = evaluate_homography(homography_root, ["kp2d", "sift"], resolution, top_k, model_path, "cpu")
-        for method, s in results.items():
-            rows.append(KeypointRow(method, list(resolution), top_k, s.repeatability, s.localization_error, s.c1,
-                                    s.c3, s.c5, s.matching_score, s.num_pairs))
+        for method, summary in results.items():
+            rows.append(KeypointRow(method, list(resolution), top_k, dataclasses.replace(summary, pairs=[])))
     return rows
 
 
@@ -234,33 +234,35 @@ def _fmt(v, digits: int) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+
+
 def to_markdown(card: Scorecard) -> str:
     """The scorecard as Markdown tables (what ``kp2d scorecard`` prints and writes as scorecard.md)."""
     lines = []
     if card.vo:
-        lines += ["| sequence | config | frontend | tracked | ATE (m) | RPE rot (°/frame) | RPE trans (m/frame) | FPS |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r.sequence} | {r.config} | {r.frontend} | {r.tracked_frames}/{r.frames} | {_fmt(r.ate_rmse_m, 4)} "
-                  f"| {_fmt(r.rpe_rot_deg, 4)} | {_fmt(r.rpe_trans_m, 4)} | {r.fps:.1f} |" for r in card.vo]
-        lines.append("")
+        lines += _table(["sequence", "config", "frontend", "tracked", "ATE (m)", "RPE rot (°/frame)",
+                         "RPE trans (m/frame)", "FPS"],
+                        [[r.sequence, r.config, r.frontend, f"{r.tracked_frames}/{r.frames}", _fmt(r.ate_rmse_m, 4),
+                          _fmt(r.rpe_rot_deg, 4), _fmt(r.rpe_trans_m, 4), f"{r.fps:.1f}"] for r in card.vo])
     if card.keypoints:
-        lines += ["| method | resolution / top-k | repeatability | loc. error (px) | C1 | C3 | C5 | matching score |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r.method} | {r.resolution[0]}x{r.resolution[1]} / {r.top_k} | {r.repeatability:.3f} "
-                  f"| {r.localization_error:.3f} | {r.c1:.3f} | {r.c3:.3f} | {r.c5:.3f} | {r.matching_score:.3f} |"
-                  for r in card.keypoints]
-        lines.append("")
+        lines += _table(["method", "resolution / top-k", "repeatability", "loc. error (px)", "C1", "C3", "C5",
+                         "matching score"],
+                        [[r.method, f"{r.resolution[0]}x{r.resolution[1]} / {r.top_k}",
+                          *(f"{v:.3f}" for v in (r.summary.repeatability, r.summary.localization_error, r.summary.c1,
+                                                  r.summary.c3, r.summary.c5, r.summary.matching_score))]
+                         for r in card.keypoints])
     if card.speed:
-        lines += ["| config | frontend | image | FPS (median) | runs | network ms | total ms | load before / after |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r.config} | {r.frontend} | {r.image_size[0]}x{r.image_size[1]} | {r.fps:.2f} "
-                  f"| {', '.join(f'{v:.2f}' for v in r.fps_runs)} | {r.stages_ms.get('network', 0.0):.0f} "
-                  f"| {r.stages_ms.get('total', 0.0):.0f} | {r.load_average_before} / {r.load_average_after} |"
-                  for r in card.speed]
-        lines.append("")
+        lines += _table(["config", "frontend", "image", "FPS (median)", "runs", "network ms", "total ms",
+                         "load before / after"],
+                        [[r.config, r.frontend, f"{r.image_size[0]}x{r.image_size[1]}", f"{r.fps:.2f}",
+                          ", ".join(f"{v:.2f}" for v in r.fps_runs), f"{r.stages_ms.get('network', 0.0):.0f}",
+                          f"{r.stages_ms.get('total', 0.0):.0f}", f"{r.load_average_before} / {r.load_average_after}"]
+                         for r in card.speed])
     if card.targets:
-        lines += ["| issue 10 target | value | bound | met |", "|---|---|---|---|"]
-        lines += [f"| {t.text} | {_fmt(t.value, 4)} | {t.rule} {_fmt(t.bound, 4)} "
-                  f"| {'–' if t.met is None else ('yes' if t.met else '**no**')} |" for t in card.targets]
-        lines.append("")
+        lines += _table(["issue 10 target", "value", "bound", "met"],
+                        [[t.text, _fmt(t.value, 4), f"{t.rule} {_fmt(t.bound, 4)}",
+                          "–" if t.met is None else ("yes" if t.met else "**no**")] for t in card.targets])
     return "\n".join(lines)
