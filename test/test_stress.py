@@ -80,7 +80,10 @@ def test_stress_end_to_end_on_a_short_sequence(tmp_path):
     assert res.returncode == 0, res.stderr
     b = json.loads((tmp_path / "b" / "stress.json").read_text())
     assert b["compared_with"]["file"] == str(out / "stress.json")
-    assert list(b["compared_with"]["stats"]) == ["odom"]  # no path or map without the backend
+    assert list(b["compared_with"]["stats"]) == ["odom", "odom_rpe_rot"]  # no path or map without the backend
+    rot = b["compared_with"]["stats"]["odom_rpe_rot"]
+    assert rot["new_gmean"] == pytest.approx(float(np.sqrt(np.prod([v["odom_rpe_rot_deg"] for v in b["variants"]]))))
+    assert "RPE rot against" in res.stdout and "deg/frame" in res.stdout
     odom = b["compared_with"]["stats"]["odom"]
     assert odom["variants"] == ["stop", "clean"] and odom["base_gmean"] == pytest.approx(
         float(np.sqrt(rows["stop"]["odom_ate_m"] * rows["clean"]["odom_ate_m"])))
@@ -96,8 +99,8 @@ def test_stress_bad_variant_is_one_error_line(tmp_path):
 
 def test_compare_counts_the_variants_where_the_new_run_is_lower():
     def run(values):
-        return {"variants": [{"name": n, "odom_ate_m": v, "path_ate_m": None, "map_ate_m": None}
-                             for n, v in values.items()]}
+        return {"variants": [{"name": n, "odom_ate_m": v, "path_ate_m": None, "map_ate_m": None,
+                              "odom_rpe_rot_deg": None} for n, v in values.items()]}
 
     base = run({"clean": 0.10, "lag2": 0.20, "drops0": 0.40})
     new = run({"lag2": 0.10, "clean": 0.10, "stop": 0.01, "drops0": float("nan")})

@@ -5,7 +5,8 @@ Each variant (late backend windows, a busy node's dropped frames, half the frame
 ``kp2d replay`` writes them. DIR/stress.json holds every variant's ATE (published odometry, the node's path, the
 pose in map) and their median, geometric mean and maximum; DIR/config.yaml the effective configuration. Compare
 two configurations or commits on these distributions rather than on one replay of a short clip: ``--compare
-OTHER/stress.json`` prints each trajectory's geometric mean ATE against an earlier run's over the variants both ran,
+OTHER/stress.json`` prints each trajectory's geometric mean ATE (and the odometry's RPE rotation) against an earlier
+run's over the variants both ran,
 and in how many of them this run is lower (also saved in stress.json as ``compared_with``).
 """
 from __future__ import annotations
@@ -34,7 +35,8 @@ def add_parser(sub, name: str):
                         "dropped 3-19 %%)")
     p.add_argument("--compare", default=None, metavar="STRESS_JSON",
                    help="an earlier run's stress.json (another config or commit): print each trajectory's geometric "
-                        "mean ATE against it over the variants both ran, and in how many this run is lower")
+                        "mean ATE (and the odometry's RPE rotation) against it over the variants both ran, and in "
+                        "how many this run is lower")
     add_input_arguments(p)
     return p
 
@@ -87,7 +89,8 @@ def run(args) -> int:
               f"max {s['max']:.4f} m ({s['worst']})")
     if base is not None:
         for key, c in summary["compared_with"]["stats"].items():
-            print(f"{key:<5} against {args.compare}: geometric mean {c['base_gmean']:.4f} -> {c['new_gmean']:.4f} m "
+            what, unit = ("RPE rot", "deg/frame") if key == "odom_rpe_rot" else (f"{key:<5} ATE", "m")
+            print(f"{what} against {args.compare}: geometric mean {c['base_gmean']:.4f} -> {c['new_gmean']:.4f} {unit} "
                   f"(x{c['ratio']:.3f}) over {c['n']} common variants, lower in {c['new_lower']} of them")
     print(f"results in {out_dir} (stress.json)")
     return 0

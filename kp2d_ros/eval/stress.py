@@ -173,10 +173,15 @@ def outcome(variant: StressVariant, result) -> VariantOutcome:
                           map_ate_m=None if in_map is None else in_map["ate_rmse_m"])
 
 
+# compare()'s keys -> the VariantOutcome field compared (ATE in metres, the RPE rotation in degrees per frame)
+COMPARED = {"odom": "odom_ate_m", "path": "path_ate_m", "map": "map_ate_m", "odom_rpe_rot": "odom_rpe_rot_deg"}
+
+
 def compare(base: dict, new: dict) -> dict:
-    """``new`` against ``base`` (both :meth:`StressSummary.to_json`) on the variants both ran with a finite ATE, per
-    trajectory (odom / path / map): ``{n, variants, base_gmean, new_gmean, ratio (new / base), new_lower (how many
-    variants new has the lower ATE)}``. A trajectory that no common variant has is left out.
+    """``new`` against ``base`` (both :meth:`StressSummary.to_json`) on the variants both ran with a finite value, per
+    trajectory's ATE (odom / path / map) and for the odometry's RPE rotation (``odom_rpe_rot``, degrees/frame):
+    ``{n, variants, base_gmean, new_gmean, ratio (new / base), new_lower (how many variants new has the lower
+    value)}``. A key that no common variant has is left out.
 
     Raises
     ------
@@ -189,8 +194,8 @@ def compare(base: dict, new: dict) -> dict:
     if not common:
         raise ConfigError("the two stress runs have no variant in common")
     out = {}
-    for key in ("odom", "path", "map"):
-        pairs = [(n, va[n].get(f"{key}_ate_m"), vb[n].get(f"{key}_ate_m")) for n in common]
+    for key, field in COMPARED.items():
+        pairs = [(n, va[n].get(field), vb[n].get(field)) for n in common]
         pairs = [(n, a, b) for n, a, b in pairs if _finite(a) and _finite(b)]
         if not pairs:
             continue
