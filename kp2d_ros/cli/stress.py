@@ -6,8 +6,8 @@ Each variant (late backend windows, a busy node's dropped frames, half the frame
 pose in map) and their median, geometric mean and maximum; DIR/config.yaml the effective configuration. Compare
 two configurations or commits on these distributions rather than on one replay of a short clip: ``--compare
 OTHER/stress.json`` prints each trajectory's geometric mean ATE (and the odometry's RPE rotation) against an earlier
-run's over the variants both ran,
-and in how many of them this run is lower (also saved in stress.json as ``compared_with``).
+run's over the variants both ran, and in how many of them this run is lower (also saved in stress.json as
+``compared_with``).
 """
 from __future__ import annotations
 
