@@ -1,6 +1,7 @@
 """``kp2d scorecard``: issue 10's verdicts from one run's numbers, the Markdown, and the CLI end to end."""
 import json
 
+import numpy as np
 import pytest
 from test_replay_cli import _assert_clean_error, kp2d
 
@@ -76,3 +77,22 @@ def test_scorecard_cli_bad_input(tmp_path):
     _assert_clean_error(kp2d("scorecard", tmp_path, "--out", tmp_path / "o", "--parts", "vo,nope"), "--parts")
     _assert_clean_error(kp2d("scorecard", tmp_path / "missing", "--out", tmp_path / "o", "--parts", "vo",
                              "--sequences", "kitti07"), "not found")
+
+
+def test_speed_rounds_interleave_the_configurations(tmp_path):
+    from kp2d_ros.config import VOConfig
+    from kp2d_ros.data.synthetic import write_synthetic_sequence
+    from kp2d_ros.eval.scorecard import SPEED_IMAGE_SIZE, run_speed
+
+    seq = write_synthetic_sequence(tmp_path / "seq", n_frames=4)
+    cfgs = {}
+    for label, frontend in (("default", "orb"), ("baseline", "sift")):
+        cfg = VOConfig()
+        cfg.frontend.type, cfg.backend.window = frontend, 0
+        cfgs[label] = cfg
+    rows = run_speed(seq, cfgs, repeat=2, frames=2, warmup=1)
+    assert [(r.config, r.frontend) for r in rows] == [("default", "orb"), ("baseline", "sift")]
+    for r in rows:
+        assert len(r.fps_runs) == 2 and all(v > 0 for v in r.fps_runs) and r.image_size == list(SPEED_IMAGE_SIZE)
+        assert r.fps == pytest.approx(float(np.median(r.fps_runs)))
+    assert rows[0].load_average_before == rows[1].load_average_before  # one interleaved series, one load record

@@ -209,7 +209,8 @@ def _timed_run(pipe, cfg: VOConfig, sequence: Sequence, images: list, warmup: in
     return result
 
 
-def _load_average() -> list[float] | None:
+def load_average() -> list[float] | None:
+    """``os.getloadavg()`` (1, 5, 15 min), rounded; None where the platform has none."""
     try:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
@@ -276,7 +277,7 @@ def bench_repeated(sequence: Sequence, cfg: VOConfig, repeat: int = 1, frames: i
     if repeat < 1:
         raise DataError(f"bench: repeat must be >= 1, got {repeat}")
     pipe = pipeline if pipeline is not None else VOPipeline(cfg)
-    load_before = _load_average()
+    load_before = load_average()
     runs = []
     try:
         for _ in range(repeat):
@@ -285,5 +286,5 @@ def bench_repeated(sequence: Sequence, cfg: VOConfig, repeat: int = 1, frames: i
     finally:
         if pipeline is None:
             pipe.close()  # the backend's worker
-    return RepeatedBench(runs, load_before, _load_average())
+    return RepeatedBench(runs, load_before, load_average())
 

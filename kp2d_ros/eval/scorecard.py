@@ -216,15 +216,31 @@ def run_keypoints(homography_root: Path, model_path: str) -> list[KeypointRow]:
 
 def run_speed(sequence_path: Path, configs: dict[str, VOConfig], *, repeat: int = 3, frames: int = 30,
               warmup: int = 3) -> list[SpeedRow]:
-    """``kp2d bench --resolution 1226x370 --sequence KITTI07 --repeat N`` for each configuration."""
+    """``kp2d bench --resolution 1226x370 --sequence KITTI07`` for each configuration, ``repeat`` rounds with the
+    configurations interleaved (default, baseline, default, ...), so that a load that drifts during the run weighs
+    on both alike; FPS is the median over the rounds, as ``kp2d bench --repeat``."""
     from kp2d_ros.data import open_sequence
-    from kp2d_ros.eval.bench import bench_repeated, config_for_image_size
+    from kp2d_ros.eval.bench import RepeatedBench, bench, config_for_image_size, load_average
+    from kp2d_ros.pipeline import VOPipeline
 
+    cfgs = {label: config_for_image_size(cfg, *SPEED_IMAGE_SIZE) for label, cfg in configs.items()}
+    seqs = {label: open_sequence(sequence_path, max_frames=frames + warmup, camera=cfg.camera)
+            for label, cfg in cfgs.items()}
+    pipes = {label: VOPipeline(cfg) for label, cfg in cfgs.items()}
+    runs = {label: [] for label in cfgs}
+    load_before = load_average()
+    try:
+        for _ in range(repeat):
+            for label, cfg in cfgs.items():
+                pipes[label].reset()
+                runs[label].append(bench(seqs[label], cfg, frames, warmup, pipes[label]))
+    finally:
+        for pipe in pipes.values():
+            pipe.close()  # the backend's worker
+    load_after = load_average()
     rows = []
-    for label, cfg in configs.items():
-        cfg = config_for_image_size(cfg, *SPEED_IMAGE_SIZE)
-        seq = open_sequence(sequence_path, max_frames=frames + warmup, camera=cfg.camera)
-        r = bench_repeated(seq, cfg, repeat, frames=frames, warmup=warmup).report()
+    for label, cfg in cfgs.items():
+        r = RepeatedBench(runs[label], load_before, load_after).report()
         rows.append(SpeedRow(label, cfg.frontend.type, list(SPEED_IMAGE_SIZE), r["fps"], r["fps_runs"],
                              r["stages_ms"], r.get("cpu_ms"), r["load_average_before"], r["load_average_after"]))
     return rows
