@@ -39,6 +39,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     import dataclasses
+    import itertools
 
     from kp2d_ros.data import open_sequence, write_bag
     from kp2d_ros.errors import DataError
@@ -56,8 +57,8 @@ def run(args) -> int:
         encoding = "mono8" if first.image.ndim == 2 else "rgb8"
     offset = float(args.stamp_offset)
 
-    def shifted():
-        for frame in (first, *frames):
+    def shifted():  # one frame in memory at a time
+        for frame in itertools.chain([first], frames):
             yield dataclasses.replace(frame, stamp=frame.stamp + offset) if offset else frame
 
     gt = seq.ground_truth
