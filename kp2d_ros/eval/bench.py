@@ -209,7 +209,7 @@ def _timed_run(pipe, cfg: VOConfig, sequence: Sequence, images: list, warmup: in
     return result
 
 
-def load_average() -> list[float] | None:
+def _load_average() -> list[float] | None:
     """``os.getloadavg()`` (1, 5, 15 min), rounded; None where the platform has none."""
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -274,17 +274,40 @@ def bench_repeated(sequence: Sequence, cfg: VOConfig, repeat: int = 1, frames: i
     DataError
         ``repeat`` < 1, or as :func:`bench`.
     """
+    return bench_interleaved({"": (sequence, cfg)}, repeat, frames, warmup,
+                             pipelines=None if pipeline is None else {"": pipeline}, pipelined=pipelined)[""]
+
+
+def bench_interleaved(setups: dict[str, tuple[Sequence, VOConfig]], repeat: int = 1, frames: int = 50,
+                      warmup: int = 5, pipelines: dict | None = None,
+                      pipelined: bool = False) -> dict[str, RepeatedBench]:
+    """:func:`bench_repeated` for several configurations (``label -> (sequence, cfg)``) whose runs alternate:
+    round 1 of each, in order, then round 2, ..., so that a load that drifts during the measurement weighs on all
+    alike. ``pipelines`` (``label -> ready pipeline``) are used as they are; the others are built here and closed.
+    One load average before the first and one after the last run, shared by every result.
+
+    Raises
+    ------
+    DataError
+        ``repeat`` < 1, or as :func:`bench`.
+    """
     if repeat < 1:
         raise DataError(f"bench: repeat must be >= 1, got {repeat}")
-    pipe = pipeline if pipeline is not None else VOPipeline(cfg)
-    load_before = load_average()
-    runs = []
+    given = pipelines or {}
+    pipes = {}
+    runs: dict[str, list[BenchResult]] = {label: [] for label in setups}
     try:
+        for label, (_, cfg) in setups.items():
+            pipes[label] = given[label] if label in given else VOPipeline(cfg)
+        load_before = _load_average()
         for _ in range(repeat):
-            pipe.reset()
-            runs.append(bench(sequence, cfg, frames, warmup, pipe, pipelined))  # same frames, read before timing
+            for label, (sequence, cfg) in setups.items():
+                pipes[label].reset()
+                # the same frames each round, read before timing
+                runs[label].append(bench(sequence, cfg, frames, warmup, pipes[label], pipelined))
     finally:
-        if pipeline is None:
-            pipe.close()  # the backend's worker
-    return RepeatedBench(runs, load_before, load_average())
-
+        for label, pipe in pipes.items():
+            if label not in given:
+                pipe.close()  # the backend's worker
+    load_after = _load_average()
+    return {label: RepeatedBench(r, load_before, load_after) for label, r in runs.items()}

@@ -220,27 +220,15 @@ def run_speed(sequence_path: Path, configs: dict[str, VOConfig], *, repeat: int 
     configurations interleaved (default, baseline, default, ...), so that a load that drifts during the run weighs
     on both alike; FPS is the median over the rounds, as ``kp2d bench --repeat``."""
     from kp2d_ros.data import open_sequence
-    from kp2d_ros.eval.bench import RepeatedBench, bench, config_for_image_size, load_average
-    from kp2d_ros.pipeline import VOPipeline
+    from kp2d_ros.eval.bench import bench_interleaved, config_for_image_size
 
     cfgs = {label: config_for_image_size(cfg, *SPEED_IMAGE_SIZE) for label, cfg in configs.items()}
-    seqs = {label: open_sequence(sequence_path, max_frames=frames + warmup, camera=cfg.camera)
-            for label, cfg in cfgs.items()}
-    pipes = {label: VOPipeline(cfg) for label, cfg in cfgs.items()}
-    runs = {label: [] for label in cfgs}
-    load_before = load_average()
-    try:
-        for _ in range(repeat):
-            for label, cfg in cfgs.items():
-                pipes[label].reset()
-                runs[label].append(bench(seqs[label], cfg, frames, warmup, pipes[label]))
-    finally:
-        for pipe in pipes.values():
-            pipe.close()  # the backend's worker
-    load_after = load_average()
+    setups = {label: (open_sequence(sequence_path, max_frames=frames + warmup, camera=cfg.camera), cfg)
+              for label, cfg in cfgs.items()}
+    results = bench_interleaved(setups, repeat, frames, warmup)
     rows = []
     for label, cfg in cfgs.items():
-        r = RepeatedBench(runs[label], load_before, load_after).report()
+        r = results[label].report()
         rows.append(SpeedRow(label, cfg.frontend.type, list(SPEED_IMAGE_SIZE), r["fps"], r["fps_runs"],
                              r["stages_ms"], r.get("cpu_ms"), r["load_average_before"], r["load_average_after"]))
     return rows
