@@ -5,7 +5,7 @@ side: deterministic ``kp2d replay`` on KITTI 07, TUM fr2/desk, EuRoC static and 
 demo``; ``kp2d eval-homography --methods kp2d,sift`` on the Oxford sets (320x240/top-300, 640x480/top-1000);
 ``kp2d bench`` at 1226x370 on KITTI 07 frames (median of --repeat runs; run it on an idle machine). Then checks
 issue 10's "done when" against those numbers. Writes OUT/scorecard.json, OUT/scorecard.md, both configs, and each
-replay's outputs (OUT/vo/LABEL/SEQUENCE/, as ``kp2d replay --out`` writes them). ~15 min on a 2-core CPU.
+replay's outputs (OUT/vo/LABEL/SEQUENCE/, as ``kp2d replay --out`` writes them). 6 min on a 2-core CPU.
 
 Example: ``kp2d scorecard ../shared/data --out out/scorecard`` (``make scorecard``)
 """
