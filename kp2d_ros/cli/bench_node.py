@@ -6,6 +6,12 @@ SEQUENCE reused cyclically; the synthetic sequence when none is given) and repor
 image -> odometry latency (median, p95), the share of images without odometry (dropped: newest
 frame wins), the node's resident memory and its publication costs (odom, keypoints, TF, path), and
 the path output at ``--path-poses`` poses. Prints and, with ``--out``, saves the JSON report.
+
+``--rounds R`` starts the node R times (a fresh process each round) and reports every round and the median of
+the rounds' medians: one node run's latency moves by tens of ms with the machine's state. ``--against KEY=VALUE``
+adds a second configuration (the same overrides plus these); the rounds alternate, A, B, A, B, ..., at the same
+``--rate``, and the report gives B - A per round (paired, so a load that drifts weighs on both alike), their
+median and in how many rounds B was slower: e.g. ``--against backend.window=0`` for the backend's cost.
 """
 from __future__ import annotations
 
@@ -37,6 +43,10 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--attach", type=int, metavar="PID", help="benchmark an already running vo_node process")
     p.add_argument("--path-poses", type=int, default=10000,
                    help="also measure the path output at this many poses (0: skip; default: 10000)")
+    p.add_argument("--rounds", type=int, default=1, help="node runs per configuration, each a fresh process (default: 1)")
+    p.add_argument("--against", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="a second configuration: --set's overrides plus these; rounds alternate with the first "
+                        "(needs --rate), and the report gives the paired latency difference")
     p.add_argument("--out", metavar="FILE.json", help="write the JSON report here")
     return p
 
@@ -71,13 +81,22 @@ def _load_frames(path: str | None, n: int):
 def run(args) -> int:
     from kp2d_ros.config import load_config, parse_overrides
     from kp2d_ros.errors import ConfigError
-    from kp2d_ros.ros.bench import bench_node, report
+    from kp2d_ros.ros.bench import paired_difference, report, summarize_rounds
 
     config = Path(args.config) if args.config else _package_file("config/vo.yaml")
     if args.rate < 0:
         raise ConfigError(f"--rate: a rate in Hz (0: --rate-factor times the node's rate), got {args.rate}")
+    if args.rounds < 1:
+        raise ConfigError(f"--rounds: at least 1, got {args.rounds}")
+    if args.attach and (args.rounds > 1 or args.against):
+        raise ConfigError("--rounds and --against start their own nodes: not with --attach")
+    if args.against and args.rate <= 0:
+        raise ConfigError("--against compares latencies at one publishing rate: give --rate HZ")
     overrides = parse_overrides(args.set)
+    against = parse_overrides(args.against)
     cfg = load_config(config, overrides=overrides)  # same validation as the node: fail before starting it
+    if against:
+        load_config(config, overrides={**overrides, **against})
     frames, source = _load_frames(args.sequence, args.unique)
 
     env = dict(os.environ)
@@ -87,6 +106,42 @@ def run(args) -> int:
         env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(profile))
     os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE")
                        if k in env})
+
+    context = dict(frontend=cfg.frontend.type, sequence=source, unique_frames=len(frames),
+                   rate_factor=None if args.rate > 0 else args.rate_factor, rate_hz=args.rate or None)
+    if args.rounds == 1 and not against:
+        res = _run_node(config, overrides, frames, args, env)
+        out = report(res, **context, created=time.strftime("%Y-%m-%dT%H:%M:%S"), **_path_report(args))
+    else:
+        setups = {"a": overrides} | ({"b": {**overrides, **against}} if against else {})
+        runs: dict[str, list] = {label: [] for label in setups}
+        for r in range(args.rounds):
+            for label, ov in setups.items():
+                print(f"round {r + 1}/{args.rounds}, configuration {label}", file=sys.stderr, flush=True)
+                runs[label].append(_run_node(config, ov, frames, args, env))
+        out = {**context, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "rounds": args.rounds,
+               **{label: {"set": setups[label], **summarize_rounds(runs[label])} for label in setups},
+               **({"difference": paired_difference(runs["a"], runs["b"])} if against else {}),
+               **_path_report(args)}
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+def _path_report(args) -> dict:
+    if args.path_poses <= 0:
+        return {}
+    from kp2d_ros.ros.bench import bench_path_publication
+
+    return {"path_at_length": bench_path_publication(args.path_poses)}
+
+
+def _run_node(config: Path, overrides: dict, frames: list, args, env: dict):
+    """One :func:`kp2d_ros.ros.bench.bench_node` run against a fresh ``vo_node`` process (or ``--attach``)."""
+    from kp2d_ros.ros.bench import bench_node
 
     proc = None
     if args.attach:
@@ -105,8 +160,8 @@ def run(args) -> int:
             print(f"\rpublished {i}/{n}", end="" if i < n else "\n", file=sys.stderr, flush=True)
 
     try:
-        res = bench_node(frames, pid, n_frames=args.frames, rate_factor=args.rate_factor, rate_hz=args.rate,
-                         warmup=args.warmup, progress=progress)
+        return bench_node(frames, pid, n_frames=args.frames, rate_factor=args.rate_factor, rate_hz=args.rate,
+                          warmup=args.warmup, progress=progress)
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGINT)
@@ -117,17 +172,3 @@ def run(args) -> int:
                 _, err = proc.communicate()
             if proc.returncode not in (0, -signal.SIGINT):
                 print(err[-2000:], file=sys.stderr)
-    extra = {}
-    if args.path_poses > 0:
-        from kp2d_ros.ros.bench import bench_path_publication
-
-        extra["path_at_length"] = bench_path_publication(args.path_poses)
-    out = report(res, frontend=cfg.frontend.type, sequence=source, unique_frames=len(frames),
-                 rate_factor=None if args.rate > 0 else args.rate_factor, rate_hz=args.rate or None,
-                 created=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    return 0

@@ -289,6 +289,32 @@ def bench_path_publication(n_poses: int = 10000, repeats: int = 5) -> dict:
             "publish_ms": float(np.median(times) * 1e3), "message_bytes": size, "received": len(got)}
 
 
+def summarize_rounds(runs: list[NodeBenchResult]) -> dict:
+    """Several node runs of one configuration: each run's report and the medians over runs of its latency
+    median and p95, node rate and drop rate."""
+    if not runs:
+        raise DataError("summarize_rounds: no runs")
+    med = lambda key: float(np.median([getattr(r, key) for r in runs]))  # noqa: E731
+    return {"latency_ms_median": med("latency_ms_median"), "latency_ms_p95": med("latency_ms_p95"),
+            "node_rate_hz": med("node_rate_hz"), "drop_rate": med("drop_rate"), "runs": [asdict(r) for r in runs]}
+
+
+def paired_difference(a: list[NodeBenchResult], b: list[NodeBenchResult]) -> dict:
+    """Latency of B minus A, round by round (run i of A and run i of B ran one after the other).
+
+    Returns
+    -------
+    dict: ``median_ms_per_round`` and ``p95_ms_per_round`` (B - A of each round's median and p95),
+    ``median_ms`` (their median), ``b_slower_rounds`` (rounds whose median B > A), ``rounds``.
+    """
+    if len(a) != len(b) or not a:
+        raise DataError(f"paired_difference: {len(a)} and {len(b)} runs; need as many of each, at least one")
+    diff = [rb.latency_ms_median - ra.latency_ms_median for ra, rb in zip(a, b)]
+    p95 = [rb.latency_ms_p95 - ra.latency_ms_p95 for ra, rb in zip(a, b)]
+    return {"median_ms_per_round": diff, "p95_ms_per_round": p95, "median_ms": float(np.median(diff)),
+            "p95_ms": float(np.median(p95)), "b_slower_rounds": int(sum(d > 0 for d in diff)), "rounds": len(diff)}
+
+
 def report(result: NodeBenchResult, **extra) -> dict:
     """JSON-ready dict of a result plus context (frontend, sequence, ...)."""
     return {**asdict(result), **extra}
