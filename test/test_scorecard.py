@@ -1,4 +1,4 @@
-"""``kp2d scorecard``: issue 10's verdicts from one run's numbers, the Markdown, and the CLI end to end."""
+"""``kp2d scorecard``: issues 10's and 13's verdicts from one run's numbers, the Markdown, and the CLI end to end."""
 import json
 
 import numpy as np
@@ -6,7 +6,8 @@ import pytest
 from test_replay_cli import _assert_clean_error, kp2d
 
 from kp2d_ros.eval.homography import MethodSummary
-from kp2d_ros.eval.scorecard import KeypointRow, Scorecard, SpeedRow, VORow, issue10_targets, to_markdown
+from kp2d_ros.eval.scorecard import (KeypointRow, Scorecard, SpeedRow, VORow, issue10_targets, issue13_targets,
+                                     to_markdown, without_backend)
 
 
 def _kp(method, resolution, top_k, rep, loc, c1, c3, c5, ms):
@@ -71,6 +72,61 @@ def test_scorecard_cli_on_the_synthetic_street(tmp_path):
     assert "frontend:\n      type: kp2d" in (out / "config_default.yaml").read_text().replace("\r", "")
     assert "| synthetic | baseline | sift |" in (out / "scorecard.md").read_text()
     assert all(t["met"] is None for t in card["targets"])  # clipped and partial: nothing judged
+    # the backend part: each configuration again without the backend (issue 13), replays written beside
+    res = kp2d("scorecard", tmp_path / "no_data", "--out", out, "--parts", "backend", "--sequences", "synthetic",
+               "--max-frames", "5", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    card = json.loads((out / "scorecard.json").read_text())
+    assert [r["config"] for r in card["vo"]] == ["default", "baseline", "default_w0", "baseline_w0"]
+    assert "window: 0" in (out / "config_default_w0.yaml").read_text()
+    assert (out / "vo" / "baseline_w0" / "synthetic" / "report.json").is_file()
+    assert {t["issue"] for t in card["targets"]} == {10, 13} and all(t["met"] is None for t in card["targets"])
+
+
+def _vo(sequence, config, ate, rpe_rot):
+    return VORow(sequence, config, "kp2d" if config.startswith("default") else "sift", 20, 19, ate, rpe_rot, 0.01, 2.0)
+
+
+def _speed(config, fps):
+    return SpeedRow(config, "kp2d", [1226, 370], fps, [fps], {}, None, None, None)
+
+
+def test_issue13_verdicts_compare_each_configuration_with_its_twin_without_the_backend():
+    vo = [_vo("kitti07", "default", 0.061, 0.0339), _vo("kitti07", "default_w0", 0.515, 0.0340),
+          _vo("kitti07", "baseline", 0.400, 0.0337), _vo("kitti07", "baseline_w0", 0.489, 0.0336),
+          _vo("tum_fr2_desk", "default", 0.0124, 0.43), _vo("tum_fr2_desk", "default_w0", 0.0111, 0.41),
+          _vo("tum_fr2_desk", "baseline", 0.0081, 0.52), _vo("tum_fr2_desk", "baseline_w0", 0.0088, 0.52),
+          _vo("euroc_static", "default", 0.0008, 0.04), _vo("euroc_static", "default_w0", 0.0008, 0.04)]
+    card = Scorecard(vo=vo, speed=[_speed("default", 2.9), _speed("default_w0", 3.5), _speed("baseline", 4.0),
+                                   _speed("baseline_w0", 5.5)])
+    t = {x.name: x for x in issue13_targets(card)}
+    assert all(x.issue == 13 for x in t.values())
+    assert t["kitti07_ate_backend_default"].met is True
+    assert t["kitti07_ate_backend_default"].bound == pytest.approx(0.75 * 0.515)
+    assert t["kitti07_ate_backend_baseline"].met is False  # 0.400 > 0.75 x 0.489
+    assert t["kitti07_rpe_rot_backend_default"].met is True and t["kitti07_rpe_rot_backend_baseline"].met is False
+    assert t["tum_ate_backend_default"].met is False and t["tum_ate_backend_baseline"].met is True
+    assert t["euroc_static_ate_backend_default"].met is True  # equal is not worse
+    assert t["euroc_static_ate_backend_baseline"].met is None  # no rows: no verdict
+    assert t["speed_backend_default"].met is True and t["speed_backend_baseline"].met is False  # 2.9/3.5, 4.0/5.5
+    # clipped sequences are not judged; the speed rounds do not depend on the clip
+    card.settings["max_frames"] = 10
+    t = {x.name: x for x in issue13_targets(card)}
+    assert t["kitti07_ate_backend_default"].met is None and t["tum_ate_backend_baseline"].met is None
+    assert t["speed_backend_default"].met is True
+    # without the backend part there is nothing to compare with
+    assert all(x.met is None for x in issue13_targets(Scorecard(vo=vo[::2], speed=card.speed[::2])))
+
+
+def test_the_twins_differ_from_their_configuration_only_by_the_window():
+    from kp2d_ros.config import VOConfig
+
+    cfg = VOConfig()
+    twins = without_backend({"default": cfg})
+    assert list(twins) == ["default_w0"] and twins["default_w0"].backend.window == 0
+    assert cfg.backend.window > 0  # the original is left as it was
+    twins["default_w0"].backend.window = cfg.backend.window
+    assert twins["default_w0"] == cfg
 
 
 def test_scorecard_cli_bad_input(tmp_path):

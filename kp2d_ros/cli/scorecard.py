@@ -1,11 +1,13 @@
-"""``kp2d scorecard``: the project's headline numbers and issue 10's targets, in one run on this machine.
+"""``kp2d scorecard``: the project's headline numbers and issues 10's and 13's targets, in one run on this machine.
 
 Runs the default config (config/vo.yaml: KeyPointNet) and the baseline (config/vo_classical.yaml: SIFT) side by
 side: deterministic ``kp2d replay`` on KITTI 07, TUM fr2/desk, EuRoC static and the synthetic street of ``kp2d
 demo``; ``kp2d eval-homography --methods kp2d,sift`` on the Oxford sets (320x240/top-300, 640x480/top-1000);
-``kp2d bench`` at 1226x370 on KITTI 07 frames (median of --repeat runs; run it on an idle machine). Then checks
-issue 10's "done when" against those numbers. Writes OUT/scorecard.json, OUT/scorecard.md, both configs, and each
-replay's outputs (OUT/vo/LABEL/SEQUENCE/, as ``kp2d replay --out`` writes them). 6 min on a 2-core CPU.
+``kp2d bench`` at 1226x370 on KITTI 07 frames (median of --repeat runs; run it on an idle machine); with the part
+``backend`` (issue 13) every replay and speed round again with ``backend.window=0`` (labels default_w0,
+baseline_w0). Then checks issue 10's and issue 13's "done when" against those numbers. Writes OUT/scorecard.json,
+OUT/scorecard.md, the configs, and each replay's outputs (OUT/vo/LABEL/SEQUENCE/, as ``kp2d replay --out`` writes
+them). ~9 min on a 2-core CPU (6 min without the backend part).
 
 Example: ``kp2d scorecard ../shared/data --out out/scorecard`` (``make scorecard``)
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 def add_parser(sub, name: str) -> argparse.ArgumentParser:
     from kp2d_ros.eval.scorecard import PARTS, VO_SEQUENCES
 
-    p = sub.add_parser(name, help="headline numbers (VO, keypoints, speed) and issue 10's targets in one run",
+    p = sub.add_parser(name, help="headline numbers (VO, keypoints, speed) and issues 10's and 13's targets in one run",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", help="the data folder (../shared/data: vo/, homography/)")
     p.add_argument("--out", required=True, help="output directory")
@@ -53,8 +55,9 @@ def run(args) -> int:
     from kp2d_ros.config import dump_config, load_config, parse_overrides
     from kp2d_ros.errors import DataError
     from kp2d_ros.eval.bench import machine_info
-    from kp2d_ros.eval.scorecard import (PARTS, VO_SEQUENCES, Scorecard, check_data, issue10_targets, run_keypoints,
-                                         run_speed, run_vo, to_markdown)
+    from kp2d_ros.eval.scorecard import (PARTS, VO_SEQUENCES, Scorecard, check_data, issue10_targets,
+                                         issue13_targets, run_keypoints, run_speed, run_vo, to_markdown,
+                                         without_backend)
 
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if not parts or any(p not in PARTS for p in parts):
@@ -72,6 +75,8 @@ def run(args) -> int:
         raise DataError("config/vo_classical.yaml not found: pass --baseline")
     configs = {"default": load_config(default_path, overrides=parse_overrides(args.set)),
                "baseline": load_config(baseline_path)}
+    if "backend" in parts:  # issue 13: each configuration against its twin without the backend
+        configs |= without_backend(configs)
     out.mkdir(parents=True, exist_ok=True)
     for label, cfg in configs.items():
         dump_config(cfg, out / f"config_{label}.yaml")
@@ -90,7 +95,7 @@ def run(args) -> int:
             f"RPE rot {r['rpe_rot_deg'] or float('nan'):.4f} deg  {r['fps']:.1f} FPS")
 
     t0 = time.time()
-    if "vo" in parts:
+    if "vo" in parts or "backend" in parts:
         log("VO (deterministic replays) ...")
         card.vo = run_vo(data, configs, out, sequences=sequences, max_frames=args.max_frames,
                          progress=not args.no_progress, on_result=on_result)
@@ -100,7 +105,7 @@ def run(args) -> int:
     if "speed" in parts:
         log(f"speed (kp2d bench 1226x370, {args.repeat} runs per config) ...")
         card.speed = run_speed(data / VO_SEQUENCES["kitti07"], configs, repeat=args.repeat)
-    card.targets = issue10_targets(card)
+    card.targets = issue10_targets(card) + issue13_targets(card)
     card.settings["seconds"] = round(time.time() - t0, 1)
     (out / "scorecard.json").write_text(json.dumps(card.to_dict(), indent=2) + "\n")
     md = to_markdown(card)

@@ -1,14 +1,17 @@
 """The project's headline numbers in one run: VO on every dev sequence, the keypoints alone, the speed, and
-issue 10's targets checked against them (``kp2d scorecard``).
+issues 10's and 13's targets checked against them (``kp2d scorecard``).
 
 Every number comes from the same library calls as ``kp2d replay`` (deterministic: each backend window is waited
 for), ``kp2d eval-homography`` and ``kp2d bench``, for two configurations side by side: the default
 (``config/vo.yaml``, the learned frontend) and the baseline (``config/vo_classical.yaml``, SIFT). The verdicts
-(:func:`issue10_targets`) compare them within this one run, on this machine, as the issue asks ("in the same run").
+(:func:`issue10_targets`, :func:`issue13_targets`) compare them within this one run, on this machine, as the issues
+ask ("in the same run").
 
 Parts (any subset): ``vo`` (KITTI 07, TUM fr2/desk, EuRoC static from the data folder, and the synthetic street
 of ``kp2d demo`` rendered here), ``keypoints`` (Oxford, KP2D protocol, 320x240/top-300 and 640x480/top-1000,
-KeyPointNet against SIFT), ``speed`` (``kp2d bench`` at 1226x370 on KITTI 07 frames, median of ``repeat`` runs).
+KeyPointNet against SIFT), ``speed`` (``kp2d bench`` at 1226x370 on KITTI 07 frames, median of ``repeat`` runs),
+``backend`` (issue 13: every replay, and every speed round when ``speed`` runs, again with ``backend.window=0``,
+labelled ``default_w0`` / ``baseline_w0``; it implies ``vo``).
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.eval.homography import MethodSummary
 
-PARTS = ("vo", "keypoints", "speed")
+PARTS = ("vo", "keypoints", "speed", "backend")
+WITHOUT_BACKEND = "_w0"  # label suffix of a configuration's twin with backend.window=0 (the backend part)
 # name -> folder under the data root; "synthetic" is rendered (kp2d demo's street: 80 frames, seed 0)
 VO_SEQUENCES = {
     "kitti07": "vo/kitti07_f0000-0159",
@@ -77,8 +81,9 @@ class SpeedRow:
 
 @dataclass
 class Target:
-    """One of issue 10's "done when" lines: ``met`` is None when the part it needs was not run."""
+    """One of an issue's "done when" lines: ``met`` is None when the part it needs was not run."""
 
+    issue: int
     name: str
     value: float | None
     bound: float | None
@@ -110,22 +115,34 @@ class Scorecard:
         return next((r for r in self.speed if r.config == config), None)
 
 
-def _check(name: str, value: float | None, rule: str, bound: float | None, text: str) -> Target:
+def _check(issue: int, name: str, value: float | None, rule: str, bound: float | None, text: str) -> Target:
     met = None
     if value is not None and bound is not None:
         met = bool(value <= bound) if rule == "<=" else bool(value >= bound)
-    return Target(name, value, bound, rule, met, text)
+    return Target(issue, name, value, bound, rule, met, text)
+
+
+def _get(row, attr):
+    return None if row is None else getattr(row, attr)
+
+
+def _times(value, k):
+    return None if value is None else k * value
+
+
+def without_backend(configs: dict[str, VOConfig]) -> dict[str, VOConfig]:
+    """Each configuration's twin with the backend off (``backend.window=0``), labelled ``LABEL_w0``."""
+    out = {}
+    for label, cfg in configs.items():
+        twin = copy.deepcopy(cfg)
+        twin.backend.window = 0
+        out[label + WITHOUT_BACKEND] = twin
+    return out
 
 
 def issue10_targets(card: Scorecard) -> list[Target]:
     """Issue 10's "done when", each against the numbers of this one run (None where a part was skipped, and for
     the VO lines when the sequences were clipped: ``settings["max_frames"]``)."""
-
-    def get(row, attr):
-        return None if row is None else getattr(row, attr)
-
-    def times(value, k):
-        return None if value is None else k * value
 
     def summary(method, resolution):
         row = card.keypoint_row(method, resolution)
@@ -139,21 +156,54 @@ def issue10_targets(card: Scorecard) -> list[Target]:
     if card.settings.get("max_frames") is not None:  # clipped sequences: the issue's targets are on whole ones
         street_d = street_b = k07_d = k07_b = None
     return [
-        _check("keypoints_loc_320", get(kp320, "localization_error"), "<=", 0.85,
+        _check(10, "keypoints_loc_320", _get(kp320, "localization_error"), "<=", 0.85,
                "KeyPointNet localisation error at 320x240/top-300 <= 0.85 px"),
-        _check("keypoints_ms_320", get(kp320, "matching_score"), ">=", times(get(sift320, "matching_score"), 1.3),
+        _check(10, "keypoints_ms_320", _get(kp320, "matching_score"), ">=",
+               _times(_get(sift320, "matching_score"), 1.3),
                "KeyPointNet matching score at 320x240/top-300 >= 1.3x SIFT's"),
-        _check("keypoints_c3_640", get(kp640, "c3"), ">=", get(sift640, "c3"),
+        _check(10, "keypoints_c3_640", _get(kp640, "c3"), ">=", _get(sift640, "c3"),
                "KeyPointNet C3 at 640x480/top-1000 >= SIFT's"),
-        _check("demo_ate", get(street_d, "ate_rmse_m"), "<=", times(get(street_b, "ate_rmse_m"), 2.0),
+        _check(10, "demo_ate", _get(street_d, "ate_rmse_m"), "<=", _times(_get(street_b, "ate_rmse_m"), 2.0),
                "synthetic street (make demo): default ATE <= 2x the baseline's"),
-        _check("kitti07_ate", get(k07_d, "ate_rmse_m"), "<=", 0.40, "KITTI 07: default ATE <= 0.40 m"),
-        _check("kitti07_ate_vs_baseline", get(k07_d, "ate_rmse_m"), "<=", get(k07_b, "ate_rmse_m"),
+        _check(10, "kitti07_ate", _get(k07_d, "ate_rmse_m"), "<=", 0.40, "KITTI 07: default ATE <= 0.40 m"),
+        _check(10, "kitti07_ate_vs_baseline", _get(k07_d, "ate_rmse_m"), "<=", _get(k07_b, "ate_rmse_m"),
                "KITTI 07: default ATE <= the baseline's"),
-        _check("kitti07_rpe_rot", get(k07_d, "rpe_rot_deg"), "<=", 0.040, "KITTI 07: default RPE rot <= 0.040 deg/frame"),
-        _check("speed_1226x370", get(fps_d, "fps"), ">=", get(fps_b, "fps"),
+        _check(10, "kitti07_rpe_rot", _get(k07_d, "rpe_rot_deg"), "<=", 0.040,
+               "KITTI 07: default RPE rot <= 0.040 deg/frame"),
+        _check(10, "speed_1226x370", _get(fps_d, "fps"), ">=", _get(fps_b, "fps"),
                "kp2d bench 1226x370: default FPS >= the baseline's"),
     ]
+
+
+def issue13_targets(card: Scorecard) -> list[Target]:
+    """Issue 13's "done when" that one run can judge, each configuration (default, baseline) against its own twin
+    without the backend (``LABEL_w0``) in this run: KITTI 07 ATE <= 0.75x and RPE rot not worse; TUM fr2/desk and
+    EuRoC static ATE not worse; ``kp2d bench`` FPS >= 0.8x. None where a row is missing (the backend part or
+    ``speed`` not run) or the sequences were clipped. ``vo_node``'s latency is ``kp2d bench-node --against
+    backend.window=0``'s to measure, not this one's."""
+    clipped = card.settings.get("max_frames") is not None
+    targets = []
+    for label in ("default", "baseline"):
+        def vo(sequence, attr, twin=False):
+            row = None if clipped else card.vo_row(sequence, label + (WITHOUT_BACKEND if twin else ""))
+            return _get(row, attr)
+
+        targets += [
+            _check(13, f"kitti07_ate_backend_{label}", vo("kitti07", "ate_rmse_m"), "<=",
+                   _times(vo("kitti07", "ate_rmse_m", True), 0.75),
+                   f"KITTI 07, {label}: ATE with the backend <= 0.75x without"),
+            _check(13, f"kitti07_rpe_rot_backend_{label}", vo("kitti07", "rpe_rot_deg"), "<=",
+                   vo("kitti07", "rpe_rot_deg", True), f"KITTI 07, {label}: RPE rot with the backend not worse"),
+            _check(13, f"tum_ate_backend_{label}", vo("tum_fr2_desk", "ate_rmse_m"), "<=",
+                   vo("tum_fr2_desk", "ate_rmse_m", True), f"TUM fr2/desk, {label}: ATE with the backend not worse"),
+            _check(13, f"euroc_static_ate_backend_{label}", vo("euroc_static", "ate_rmse_m"), "<=",
+                   vo("euroc_static", "ate_rmse_m", True),
+                   f"EuRoC static, {label}: ATE with the backend not worse"),
+            _check(13, f"speed_backend_{label}", _get(card.speed_row(label), "fps"), ">=",
+                   _times(_get(card.speed_row(label + WITHOUT_BACKEND), "fps"), 0.8),
+                   f"kp2d bench 1226x370, {label}: FPS with the backend >= 0.8x without"),
+        ]
+    return targets
 
 
 def check_data(data_root: Path, parts, sequences=None) -> None:
@@ -162,7 +212,8 @@ def check_data(data_root: Path, parts, sequences=None) -> None:
     unknown = [n for n in names if n not in VO_SEQUENCES]
     if unknown:
         raise DataError(f"scorecard: unknown sequence {unknown[0]!r} (known: {', '.join(VO_SEQUENCES)})")
-    needed = [VO_SEQUENCES[n] for n in names if "vo" in parts and VO_SEQUENCES[n] is not None]
+    replays = "vo" in parts or "backend" in parts
+    needed = [VO_SEQUENCES[n] for n in names if replays and VO_SEQUENCES[n] is not None]
     needed += ["homography"] if "keypoints" in parts else []
     needed += [VO_SEQUENCES["kitti07"]] if "speed" in parts else []
     for rel in needed:
@@ -238,6 +289,11 @@ def _fmt(v, digits: int) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def _sig(v) -> str:
+    """Four significant digits: the targets' values run from 1e-4 m (a static camera's ATE) to 1 px."""
+    return "–" if v is None else f"{v:.4g}"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(r) + " |" for r in rows] + [""]
@@ -266,7 +322,7 @@ def to_markdown(card: Scorecard) -> str:
                           f"{r.stages_ms.get('total', 0.0):.0f}", f"{r.load_average_before} / {r.load_average_after}"]
                          for r in card.speed])
     if card.targets:
-        lines += _table(["issue 10 target", "value", "bound", "met"],
-                        [[t.text, _fmt(t.value, 4), f"{t.rule} {_fmt(t.bound, 4)}",
+        lines += _table(["issue", "target", "value", "bound", "met"],
+                        [[str(t.issue), t.text, _sig(t.value), f"{t.rule} {_sig(t.bound)}",
                           "–" if t.met is None else ("yes" if t.met else "**no**")] for t in card.targets])
     return "\n".join(lines)
