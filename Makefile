@@ -27,7 +27,7 @@ test: install
 test-all: install
 	$(PY) -m pytest -q --runslow test
 
-# the headline numbers and issue 10's targets in one run (6 min on stop 37's 2-core CPU; needs ../shared/data)
+# the headline numbers and issues 10's and 13's targets in one run (10 min on stop 38's 2-core CPU; needs ../shared/data)
 scorecard: install
 	$(VENV)/bin/kp2d scorecard ../shared/data --out out/scorecard
 

@@ -7,7 +7,7 @@ demo``; ``kp2d eval-homography --methods kp2d,sift`` on the Oxford sets (320x240
 ``backend`` (issue 13) every replay and speed round again with ``backend.window=0`` (labels default_w0,
 baseline_w0). Then checks issue 10's and issue 13's "done when" against those numbers. Writes OUT/scorecard.json,
 OUT/scorecard.md, the configs, and each replay's outputs (OUT/vo/LABEL/SEQUENCE/, as ``kp2d replay --out`` writes
-them). ~9 min on a 2-core CPU (6 min without the backend part).
+them). 10 min on a 2-core CPU (6 min without the backend part).
 
 Example: ``kp2d scorecard ../shared/data --out out/scorecard`` (``make scorecard``)
 """
