@@ -35,7 +35,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -147,6 +147,9 @@ class LocalMap:
         self._next_lm = 0
         self.revision = 0  # bumped by every applied optimisation
         self.distances: dict[tuple[int, int], tuple[float, float]] = {}  # (keyframe a, b) -> (metres, log sigma)
+        # the similarities (centre, factor) of :meth:`rescale_about` since the last snapshot (:meth:`problem`): a window
+        # that lands later was solved before them, and :meth:`apply` moves its result by them
+        self._rescaled_since: list[tuple[np.ndarray, float]] = []
 
     @property
     def next_keyframe_id(self) -> int:
@@ -234,6 +237,30 @@ class LocalMap:
         self.positions = self.positions * k
         self.distances = {ab: (d * k, sig) for ab, (d, sig) in self.distances.items()}
 
+    def rescale_about(self, centre: np.ndarray, k: float) -> None:
+        """Scale the window about ``centre`` (a camera centre) by ``k``: keyframe positions and landmarks (the metric
+        lengths stay). The metric scale's correction at a keyframe pair (:meth:`VOPipeline._choose_scale`): the pair
+        takes the filter's length, and the keyframes and landmarks behind it follow, so that the window does not pull
+        the next steps back to the scale its held keyframes had."""
+        c = np.asarray(centre, float).reshape(3)
+        for T in self.poses.values():
+            T[:3, 3] = c + k * (T[:3, 3] - c)
+        self.positions = c + k * (self.positions - c)
+        self._rescaled_since.append((c.copy(), float(k)))
+
+    def _moved_since_snapshot(self, result: BAResult) -> BAResult:
+        """``result`` moved by the similarities of :meth:`rescale_about` made since its snapshot (the result of a
+        window solved before them)."""
+        if not self._rescaled_since:
+            return result
+        poses = {k: T.copy() for k, T in result.poses.items()}
+        positions = result.positions.copy()
+        for c, k in self._rescaled_since:
+            for T in poses.values():
+                T[:3, 3] = c + k * (T[:3, 3] - c)
+            positions = c + k * (positions - c)
+        return replace(result, poses=poses, positions=positions)
+
     def window_ids(self) -> list[int]:
         """The ids of the last ``window`` keyframes, oldest first."""
         ids = sorted(self.poses)
@@ -260,6 +287,7 @@ class LocalMap:
         Its landmarks are those observed at least twice in the window (at most ``backend.max_landmarks``:
         :func:`_select_tracks`), in id order, and their observations in the order they were made."""
         cfg = self.cfg
+        self._rescaled_since = []  # a snapshot in the scale of now (the worker takes one only when no window is out)
         ids = self.window_ids()
         # the newest window - fixed_keyframes are free; the others, at least two (the gauge), are held. A window not
         # yet full holds only what the full one would: a start-up keyframe is refined before it is frozen.
@@ -314,6 +342,8 @@ class LocalMap:
             log.warning("backend: a window from map revision %d landed at revision %d: not applied",
                         result.revision, self.revision)
             return False
+        result = self._moved_since_snapshot(result)
+        self._rescaled_since = []
         newest = max(result.poses)
         old_pose, new_pose = self.poses[newest].copy(), result.poses[newest]
         rows, alive = self.rows(result.landmark_ids)

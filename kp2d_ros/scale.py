@@ -16,7 +16,8 @@ the scale propagated through the shared structure (the pipeline's own estimate);
 measurement corrects it when it passes the gates (plane tilt, plane flip against the last accepted
 plane, innovation against the prediction). No correction exceeds ``pipeline.max_scale_change``. Without
 an accepted measurement the propagated scale is kept (``ScaleChoice.source == "propagated"``). Once
-``ACQUIRE_COUNT`` recent measurements agree, the trajectory switches from VO units to metres
+``ACQUIRE_COUNT`` recent measurements agree (ground planes: and, weighted by their sigmas, fix the scale within
+``ACQUIRE_MAX_LOG_SIGMA``), the trajectory switches from VO units to metres, at their inverse-variance mean
 (``ScaleChoice.metric``): the pipeline rescales its state by ``ScaleChoice.rescale`` (the positions so far
 and the reference's depths), and ``PoseEstimate.scale_rescaled`` tells consumers that the poses they
 already have are to be multiplied by it.
@@ -42,10 +43,20 @@ log = logging.getLogger(__name__)
 
 RANSAC_ITERATIONS = 300
 PROCESS_LOG_SIGMA = 0.01  # scale drift the filter assumes per keyframe pair, on top of the pair's own spread
+# ... with the backend's window (``backend.metric_priors``), once metric, instead: the window's scale drift per keyframe
+# pair (the pair's own spread is then not a drift: MetricScale.choose). KITTI 07 without a metric source (either
+# frontend, the default window): the step lengths over 10-frame stretches stay within +-2 % of their mean over 160
+# pairs, ~0.3 % per pair as a random walk.
+WINDOW_PROCESS_LOG_SIGMA = 0.003
 MAX_INCONSISTENT = 5  # measurements rejected in a row for disagreeing with the prediction before one is taken
 ACQUIRE_COUNT = 3  # the trajectory turns metric once this many of the last ACQUIRE_WINDOW measurements agree ...
-ACQUIRE_WINDOW = 5
-ACQUIRE_SPREAD = math.log(1.15)  # ... within this (log) of their median (relative to the propagated scale)
+ACQUIRE_WINDOW = 30
+ACQUIRE_SPREAD = math.log(1.15)  # ... within this (log) of their median (relative to the propagated scale) ...
+# ... and, for ground planes, their inverse-variance mean has at most this log sigma (or ACQUIRE_WINDOW of them agree).
+# Three planes of a good fit (6 %) reach it; those of a slow start (short baselines: 15-20 % each) must be more. Before,
+# the median of the first three agreeing planes set the unit: on KITTI 07 those of frames 24-26 (sigmas 14-19 %),
+# 11 % short, and the frames before and after the acquisition kept that error (docs/results.md, Metric scale).
+ACQUIRE_MAX_LOG_SIGMA = 0.04
 TRACK_NOISE_PX = 0.5  # noise of the ground corners tracked by Lucas-Kanade (forward-backward checked to 1 px)
 MAX_REL_SIGMA = 0.05  # ground points used: inverse depth known within this fraction (a short baseline has none)
 MIN_INLIER_FRACTION = 0.5  # of the candidate points (the ground region's) on the plane
@@ -583,6 +594,9 @@ class ScaleChoice:
     measured : (metres, log sigma) of the pair's length from the metric measurements it used alone (their
         inverse-variance mean in log; without the propagated scale), None when it used none: the backend's
         distance prior between the pair's keyframes.
+    window_rescale : with the backend's window (``backend.metric_priors``), once metric: the factor by which the
+        measurements corrected the window's scale (the part of the pair's correction that is not its own
+        two-view spread); the pipeline scales the window behind the pair by it. 1.0 otherwise.
     """
 
     scale: float
@@ -593,6 +607,7 @@ class ScaleChoice:
     plane: PlaneFit | None = None
     rescale: float = 1.0
     measured: tuple[float, float] | None = None
+    window_rescale: float = 1.0
 
 
 class MetricScale:
@@ -605,6 +620,7 @@ class MetricScale:
 
     def __init__(self, cfg: VOConfig):
         self.cfg = cfg
+        self._window_follows = cfg.backend.window > 0 and cfg.backend.metric_priors
         self.reset()
 
     def reset(self) -> None:
@@ -616,7 +632,8 @@ class MetricScale:
         self.plane_accepted = 0
         self.since_plane = 0  # keyframe pairs since the last accepted plane (the flip gate expires)
         self.last_notes = ""
-        self.pending: list[float] = []  # before the first acquisition: log(measured / propagated) of the last pairs
+        # before the first acquisition: (log(measured / propagated), its log sigma) of the last pairs' measurements
+        self.pending: list[tuple[float, float]] = []
         self._warned: set[str] = set()
 
     @property
@@ -679,9 +696,21 @@ class MetricScale:
         max_log = math.log(self.cfg.pipeline.max_scale_change)
         prior = 1.0 if propagated is None or not (propagated > 0 and math.isfinite(propagated)) else propagated
         log_s = math.log(prior)
-        var = self.log_var + (log_sigma if math.isfinite(log_sigma) else max_log / 2) ** 2
-        if propagated is not None:
-            var += PROCESS_LOG_SIGMA ** 2
+        pair_var = (log_sigma if math.isfinite(log_sigma) else max_log / 2) ** 2
+        # With the backend's window following the corrections (the pipeline's _rescale_behind) the pair's log length
+        # is two errors: the window's scale x, carried from pair to pair and drifting as the window's does, and the
+        # pair's own n (its two-view spread), new at every pair. A measurement corrects both (joint: P); the window
+        # takes x's correction (ScaleChoice.window_rescale), the pair both. Without a window every pair's spread is a
+        # drift of the chain, and the state is the pair's scale.
+        joint = self.metric and self._window_follows and propagated is not None
+        P = np.diag([self.log_var + WINDOW_PROCESS_LOG_SIGMA ** 2, pair_var]) if joint else None
+        shift = 0.0  # the correction of x (log)
+        if joint:
+            var = float(P.sum())
+        else:
+            var = self.log_var + pair_var
+            if propagated is not None:
+                var += PROCESS_LOG_SIGMA ** 2
         measurements: list[tuple[str, float, float]] = []
         notes: list[str] = []
         plane = None
@@ -702,14 +731,21 @@ class MetricScale:
         rescale = 1.0
         for name, s_m, sig_m in measurements:
             if not metric:  # acquisition, at a keyframe pair, once ACQUIRE_COUNT recent measurements agree
-                pending = (pending + [math.log(s_m) - log_s])[-ACQUIRE_WINDOW:]
-                med = float(np.median(pending))
-                agree = [v for v in pending if abs(v - med) <= ACQUIRE_SPREAD]
-                if not commit or len(agree) < ACQUIRE_COUNT:
-                    notes.append(f"{name}: {len(agree)} agreeing measurement(s), need {ACQUIRE_COUNT} to go metric")
+                pending = (pending + [(math.log(s_m) - log_s, sig_m)])[-ACQUIRE_WINDOW:]
+                med = float(np.median([v for v, _ in pending]))
+                agree = [(v, sig) for v, sig in pending if abs(v - med) <= ACQUIRE_SPREAD]
+                w = np.array([1.0 / max(sig, 1e-9) ** 2 for _, sig in agree])
+                spread = 1.0 / math.sqrt(w.sum()) if len(agree) else math.inf
+                # the ground planes' sigmas are calibrated fits; a wheel distance's (its resolution over one short
+                # step) is not, so wheels go metric on ACQUIRE_COUNT agreeing steps, as before
+                unsure = name == "ground_plane" and spread > ACQUIRE_MAX_LOG_SIGMA and len(agree) < ACQUIRE_WINDOW
+                if not commit or len(agree) < ACQUIRE_COUNT or unsure:
+                    notes.append(f"{name}: {len(agree)} agreeing measurement(s) fixing the scale within "
+                                 f"{100 * spread:.3g} %, need {ACQUIRE_COUNT} within {100 * ACQUIRE_MAX_LOG_SIGMA:g} % "
+                                 f"to go metric")
                     continue
-                med = float(np.median(agree))
-                log_s, var, metric, rescale = log_s + med, sig_m ** 2 / len(agree), True, math.exp(med)
+                offset = float(np.dot(w, [v for v, _ in agree]) / w.sum())
+                log_s, var, metric, rescale = log_s + offset, spread ** 2, True, math.exp(offset)
                 used.append(name)
                 accepted.append((math.log(s_m), sig_m))
                 continue
@@ -722,9 +758,17 @@ class MetricScale:
                 if name == "ground_plane":
                     plane = None
                 continue
-            k = var / (var + sig_m ** 2)
-            log_s += float(np.clip(k * e, -max_log, max_log))
-            var = (1.0 - k) * var
+            if joint:
+                K = P.sum(axis=1) / (var + sig_m ** 2)  # (x, n) gains of the measurement of x + n
+                step = float(np.clip(K.sum() * e, -max_log, max_log))
+                log_s += step
+                shift += K[0] * e * (step / (K.sum() * e) if K.sum() * e != 0 else 1.0)
+                P = P - np.outer(K, K) * (var + sig_m ** 2)
+                var = float(P.sum())
+            else:
+                k = var / (var + sig_m ** 2)
+                log_s += float(np.clip(k * e, -max_log, max_log))
+                var = (1.0 - k) * var
             inconsistent = 0
             used.append(name)
             accepted.append((math.log(s_m), sig_m))
@@ -738,9 +782,10 @@ class MetricScale:
         choice = ScaleChoice(scale=scale, log_sigma=math.sqrt(max(var, 0.0)),
                              source="+".join(used) if used else "propagated", metric=metric,
                              notes="; ".join(notes), plane=plane if "ground_plane" in used else None,
-                             rescale=rescale, measured=measured)
+                             rescale=rescale, measured=measured, window_rescale=math.exp(shift))
         if commit:
-            self.metric, self.log_var, self.inconsistent, self.pending = metric, var, inconsistent, pending
+            self.metric, self.inconsistent, self.pending = metric, inconsistent, pending
+            self.log_var = float(P[0, 0]) if joint else var
             if choice.plane is not None:
                 self.last_normal = choice.plane.normal
                 self.plane_accepted += 1

@@ -1,4 +1,5 @@
 """Local bundle adjustment (kp2d_ros/backend.py): a synthetic window with known poses, then the pipeline."""
+import copy
 import os
 import signal
 import subprocess
@@ -343,6 +344,37 @@ def test_a_result_older_than_the_last_applied_one_is_refused():
     assert not m.apply(bundle_adjust(second, m.cfg, F))
     for k, T in before.items():
         np.testing.assert_array_equal(m.poses[k], T)
+
+
+def test_a_rescale_about_a_centre_moves_the_window_and_a_late_result_with_it():
+    """The metric scale's correction (``LocalMap.rescale_about``): keyframe positions and landmarks scale about the
+    given centre (rotations, the metric lengths and the centre itself stay). A window solved before it lands in the
+    new scale: the same as solving after it, to the solver's tolerance (the poses within 2 mm of 1 m steps)."""
+    poses = true_poses()
+    m, _ = make_map(poses)
+    perturb(m, np.random.default_rng(5))
+    twin = copy.deepcopy(m)
+    centre = m.poses[6][:3, 3].copy()
+    before = {k: T.copy() for k, T in m.poses.items()}
+    X = m.positions.copy()
+    problem = m.problem(1.0 / F)  # the snapshot, then the correction while it is solved
+    m.rescale_about(centre, 1.1)
+    for k, T in m.poses.items():
+        np.testing.assert_allclose(T[:3, :3], before[k][:3, :3])
+        np.testing.assert_allclose(T[:3, 3], centre + 1.1 * (before[k][:3, 3] - centre))
+    np.testing.assert_allclose(m.positions, centre + 1.1 * (X - centre))
+    np.testing.assert_allclose(m.poses[6][:3, 3], centre)
+    assert m.apply(bundle_adjust(problem, m.cfg, F))
+    # the twin: corrected first, then solved
+    twin.rescale_about(centre, 1.1)
+    assert twin.apply(bundle_adjust(twin.problem(1.0 / F), twin.cfg, F))
+    for k in m.poses:
+        np.testing.assert_allclose(m.poses[k][:3, 3], twin.poses[k][:3, 3], atol=2e-3)
+    # nothing left to move a later result by; the metric lengths (metres) do not scale
+    assert m._rescaled_since == []
+    m.add_distance(3, 4, 1.0, 0.02)
+    m.rescale_about(centre, 0.9)
+    assert m.distances[(3, 4)] == (1.0, 0.02)
 
 
 def test_worker_thread_gives_the_same_result():

@@ -11,7 +11,8 @@ from kp2d_ros.config import VOConfig, load_config
 from kp2d_ros.errors import ConfigError
 from kp2d_ros.geometry import se3
 from kp2d_ros.pipeline import VOPipeline
-from kp2d_ros.scale import (ACQUIRE_COUNT, GroundObservation, MetricScale, TwoViewTracks, WheelOdometry,
+from kp2d_ros.scale import (ACQUIRE_COUNT, WHEEL_ABS_SIGMA_M, WINDOW_PROCESS_LOG_SIGMA,
+                            GroundObservation, MetricScale, TwoViewTracks, WheelOdometry,
                             fit_ground_plane, ground_direction, ground_roi, track_ground_points)
 from kp2d_ros.types import Camera
 from test_pipeline import PointWorldFrontend, default_config, driving_poses, frame, front_end_config
@@ -184,6 +185,59 @@ def test_filter_turns_metric_after_agreeing_planes_and_rescales():
     # then: metric steps, the plane keeps them there
     c = m.choose(0.1, 0.01, plane_points(16.5, rng))
     assert c.metric and c.rescale == 1.0 and c.scale == pytest.approx(0.1, rel=0.02)
+
+
+def test_the_acquisition_waits_for_planes_that_fix_the_scale_and_weighs_them():
+    """Uncertain ground planes (17 % each, as KITTI 07's at its slow start) turn the trajectory metric only once
+    their inverse-variance mean is within ACQUIRE_MAX_LOG_SIGMA, and the unit is that mean: three of them (the old
+    rule, their median) would have set it 10 % long here. Wheel distances still need ACQUIRE_COUNT agreeing steps."""
+    cfg = metric_cfg()
+    cfg.geometry.ground_scale_sigma = 0.17
+    m = MetricScale(cfg)
+    rng = np.random.default_rng(3)
+    offsets = [0.1, 0.1, 0.1] + [-0.02, 0.0] * 20  # log(the plane's length / the true 0.1 m): the first three long
+    choices = []
+    for e in offsets:
+        choices.append(m.choose(1.0, 0.01, plane_points(16.5 * math.exp(-e), rng)))
+        if choices[-1].metric:
+            break
+    n = len(choices)
+    assert ACQUIRE_COUNT < n < 30 and not any(c.metric for c in choices[:-1])
+    assert "agreeing" in choices[0].notes
+    assert choices[-1].rescale == pytest.approx(0.1 * math.exp(np.mean(offsets[:n])), rel=0.01)
+    assert choices[-1].rescale < 0.1 * math.exp(0.05)  # the median of the first three: 0.1 * exp(0.1)
+    # wheel distances (2 % each) need only ACQUIRE_COUNT
+    m = MetricScale(metric_cfg())
+    choices = [m.choose(1.0, 0.01, distance=0.1) for _ in range(ACQUIRE_COUNT)]
+    assert [c.metric for c in choices] == [False] * (ACQUIRE_COUNT - 1) + [True]
+
+
+@pytest.mark.parametrize("pair_sigma", [0.001, 0.2])
+def test_with_the_window_a_correction_is_shared_between_the_window_and_the_pair(pair_sigma):
+    """With the backend's window (which the pipeline scales by ``window_rescale``) a measurement's correction goes to
+    the window's scale in proportion to how uncertain that is against the pair's own two-view spread: a pair whose
+    length the structure fixes passes it on to the window; a pair whose length is uncertain takes it itself.
+    Without a window nothing is passed on."""
+    for window in (16, 0):
+        cfg = metric_cfg()
+        cfg.backend.window = window
+        m = MetricScale(cfg)
+        for _ in range(ACQUIRE_COUNT):  # metric: 1 unit = 0.1 m
+            m.choose(1.0, 0.01, distance=0.1)
+        P = m.log_var + WINDOW_PROCESS_LOG_SIGMA ** 2
+        r = math.hypot(cfg.geometry.odometry_scale_sigma, WHEEL_ABS_SIGMA_M / 0.11) ** 2
+        c = m.choose(0.1, pair_sigma, distance=0.11)  # the wheels: 10 % longer
+        e = math.log(1.1)
+        if window:
+            assert c.window_rescale == pytest.approx(math.exp(P / (P + pair_sigma ** 2 + r) * e), rel=1e-9)
+            assert c.scale == pytest.approx(0.1 * math.exp((P + pair_sigma ** 2) / (P + pair_sigma ** 2 + r) * e),
+                                            rel=1e-9)
+            if pair_sigma > 0.1:
+                assert c.window_rescale < 1.003 and c.scale > 0.1 * 1.09
+            else:
+                assert c.window_rescale > 1.01
+        else:
+            assert c.window_rescale == 1.0
 
 
 def test_filter_rejects_a_plane_that_flips_and_a_nonsense_plane_without_nan(caplog):
