@@ -419,8 +419,8 @@ class VOPipeline:
 
     def _rescale_behind(self, k: float) -> None:
         """The metric filter corrected the window's scale by ``k`` at this keyframe pair
-        (:attr:`ScaleChoice.window_rescale`): the window behind the reference follows, scaled about the reference's centre (:meth:`LocalMap.rescale_about`), and the
-        reference's depths with it. Without this the window's held keyframes kept the scale they had, its landmarks
+        (:attr:`ScaleChoice.window_rescale`): the window behind the reference follows, scaled about the reference's
+        centre (:meth:`LocalMap.rescale_about`), and the reference's depths with it. Without this the window's held keyframes kept the scale they had, its landmarks
         carried it into the next pairs, and the filter's corrections were undone window after window: KITTI 07
         with the ground plane ended 6 % off metric, its steps 5-11 % short for most of the clip (docs/results.md,
         Metric scale). The odometry stays continuous: the reference keeps its pose."""

@@ -740,9 +740,10 @@ class MetricScale:
                 # step) is not, so wheels go metric on ACQUIRE_COUNT agreeing steps, as before
                 unsure = name == "ground_plane" and spread > ACQUIRE_MAX_LOG_SIGMA and len(agree) < ACQUIRE_WINDOW
                 if not commit or len(agree) < ACQUIRE_COUNT or unsure:
-                    notes.append(f"{name}: {len(agree)} agreeing measurement(s) fixing the scale within "
-                                 f"{100 * spread:.3g} %, need {ACQUIRE_COUNT} within {100 * ACQUIRE_MAX_LOG_SIGMA:g} % "
-                                 f"to go metric")
+                    within = (f" fixing the scale within {100 * spread:.3g} % (need {100 * ACQUIRE_MAX_LOG_SIGMA:g} %)"
+                              if name == "ground_plane" else "")
+                    notes.append(f"{name}: {len(agree)} agreeing measurement(s){within}, need {ACQUIRE_COUNT} to go "
+                                 f"metric")
                     continue
                 offset = float(np.dot(w, [v for v, _ in agree]) / w.sum())
                 log_s, var, metric, rescale = log_s + offset, spread ** 2, True, math.exp(offset)
@@ -760,9 +761,10 @@ class MetricScale:
                 continue
             if joint:
                 K = P.sum(axis=1) / (var + sig_m ** 2)  # (x, n) gains of the measurement of x + n
-                step = float(np.clip(K.sum() * e, -max_log, max_log))
+                full = float(K.sum() * e)
+                step = float(np.clip(full, -max_log, max_log))
                 log_s += step
-                shift += K[0] * e * (step / (K.sum() * e) if K.sum() * e != 0 else 1.0)
+                shift += float(K[0] * e) * (step / full if full != 0.0 else 1.0)  # x's share of the (bounded) step
                 P = P - np.outer(K, K) * (var + sig_m ** 2)
                 var = float(P.sum())
             else:
