@@ -232,9 +232,7 @@ class LocalMap:
 
     def rescale(self, k: float) -> None:
         """Change the trajectory's unit: keyframe positions and landmarks x ``k`` (the world origin stays)."""
-        for T in self.poses.values():
-            T[:3, 3] *= k
-        self.positions = self.positions * k
+        self.positions = _scale_about(self.poses, self.positions, np.zeros(3), k)
         self.distances = {ab: (d * k, sig) for ab, (d, sig) in self.distances.items()}
 
     def rescale_about(self, centre: np.ndarray, k: float) -> None:
@@ -242,11 +240,9 @@ class LocalMap:
         lengths stay). The metric scale's correction at a keyframe pair (:meth:`VOPipeline._choose_scale`): the pair
         takes the filter's length, and the keyframes and landmarks behind it follow, so that the window does not pull
         the next steps back to the scale its held keyframes had."""
-        c = np.asarray(centre, float).reshape(3)
-        for T in self.poses.values():
-            T[:3, 3] = c + k * (T[:3, 3] - c)
-        self.positions = c + k * (self.positions - c)
-        self._rescaled_since.append((c.copy(), float(k)))
+        c = np.asarray(centre, float).reshape(3).copy()
+        self.positions = _scale_about(self.poses, self.positions, c, k)
+        self._rescaled_since.append((c, float(k)))
 
     def _moved_since_snapshot(self, result: BAResult) -> BAResult:
         """``result`` moved by the similarities of :meth:`rescale_about` made since its snapshot (the result of a
@@ -254,11 +250,9 @@ class LocalMap:
         if not self._rescaled_since:
             return result
         poses = {k: T.copy() for k, T in result.poses.items()}
-        positions = result.positions.copy()
+        positions = result.positions
         for c, k in self._rescaled_since:
-            for T in poses.values():
-                T[:3, 3] = c + k * (T[:3, 3] - c)
-            positions = c + k * (positions - c)
+            positions = _scale_about(poses, positions, c, k)
         return replace(result, poses=poses, positions=positions)
 
     def window_ids(self) -> list[int]:
@@ -445,6 +439,14 @@ class LocalMap:
         near = before <= np.median(before)
         ratio = float(np.median(after[near] / before[near]))
         return ratio if np.isfinite(ratio) and ratio > 0 else 1.0
+
+
+def _scale_about(poses: dict[int, np.ndarray], positions: np.ndarray, centre: np.ndarray, k: float) -> np.ndarray:
+    """Scale the camera centres of ``poses`` (in place) and ``positions`` (N, 3) about ``centre`` by ``k``; returns the
+    new positions."""
+    for T in poses.values():
+        T[:3, 3] = centre + k * (T[:3, 3] - centre)
+    return centre + k * (positions - centre)
 
 
 def _positions_of(rows: np.ndarray, n: int) -> np.ndarray:
