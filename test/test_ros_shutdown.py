@@ -99,5 +99,8 @@ def test_sigint_during_a_large_frame(tmp_path):
     assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
     saved = read_tum(traj)  # written at shutdown: the frames processed before the signal
     processed = sorted(conv.stamp_to_sec(m.header.stamp) for _, m in odom)
-    np.testing.assert_allclose(saved.stamps, processed)
+    # a frame the node posed before our subscription matched its publisher is saved but never reached us (volatile
+    # QoS; stop 39's CI: 10.0 saved, 10.1-10.3 received): compare from the first one received
+    np.testing.assert_allclose(saved.stamps[saved.stamps >= processed[0]], processed)
+    assert np.all(np.diff(saved.stamps) > 0) and saved.stamps[0] >= 10.0
     assert len(saved) >= 3 and f"wrote {len(saved)} poses" in err
