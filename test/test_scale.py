@@ -376,7 +376,11 @@ def test_wheel_scale_with_the_default_backend():
 def test_wheel_odometry_that_stops_falls_back_to_the_propagated_scale():
     n = 16
     gt = driving_poses(n, step=1.0)
-    vo = VOPipeline(VOConfig(), frontend=PointWorldFrontend(gt, noise_px=0.3))
+    cfg = VOConfig()
+    # each window waited for: with the worker the steps vary with its timing (stop 39's CI: one step 7.9 % off;
+    # with every window 3 frames late, kp2d_ros.backend.LaggedWorker, the last step is 0.79x: docs/limitations.md)
+    cfg.backend.threaded = False
+    vo = VOPipeline(cfg, frontend=PointWorldFrontend(gt, noise_px=0.3))
     out = []
     for i in range(n):
         d = 1.0 if 0 < i < 8 else None  # the wheel source stops after frame 7
