@@ -98,6 +98,15 @@ class PlaneResult:
     reason: str = ""
 
 
+def _inverse_variance_mean(values: list[tuple[float, float]]) -> tuple[float, float]:
+    """The inverse-variance weighted mean of ``values`` ((value, sigma) pairs; sigmas floored at 1e-9) and its
+    sigma; (nan, inf) for none."""
+    if not values:
+        return math.nan, math.inf
+    w = np.array([1.0 / max(sig, 1e-9) ** 2 for _, sig in values])
+    return float(np.dot(w, [v for v, _ in values]) / w.sum()), float(1.0 / math.sqrt(w.sum()))
+
+
 def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     c = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
     return math.degrees(math.acos(min(1.0, max(-1.0, c))))
@@ -734,8 +743,7 @@ class MetricScale:
                 pending = (pending + [(math.log(s_m) - log_s, sig_m)])[-ACQUIRE_WINDOW:]
                 med = float(np.median([v for v, _ in pending]))
                 agree = [(v, sig) for v, sig in pending if abs(v - med) <= ACQUIRE_SPREAD]
-                w = np.array([1.0 / max(sig, 1e-9) ** 2 for _, sig in agree])
-                spread = 1.0 / math.sqrt(w.sum()) if len(agree) else math.inf
+                offset, spread = _inverse_variance_mean(agree)
                 # the ground planes' sigmas are calibrated fits; a wheel distance's (its resolution over one short
                 # step) is not, so wheels go metric on ACQUIRE_COUNT agreeing steps, as before
                 unsure = name == "ground_plane" and spread > ACQUIRE_MAX_LOG_SIGMA and len(agree) < ACQUIRE_WINDOW
@@ -745,7 +753,6 @@ class MetricScale:
                     notes.append(f"{name}: {len(agree)} agreeing measurement(s){within}, need {ACQUIRE_COUNT} to go "
                                  f"metric")
                     continue
-                offset = float(np.dot(w, [v for v, _ in agree]) / w.sum())
                 log_s, var, metric, rescale = log_s + offset, spread ** 2, True, math.exp(offset)
                 used.append(name)
                 accepted.append((math.log(s_m), sig_m))
@@ -779,8 +786,8 @@ class MetricScale:
             scale, used, notes = prior, [], notes + ["scale filter produced a non-finite scale: propagated kept"]
         measured = None
         if accepted and used:
-            w = np.array([1.0 / max(sig, 1e-9) ** 2 for _, sig in accepted])
-            measured = (math.exp(float(np.dot(w, [v for v, _ in accepted]) / w.sum())), float(1.0 / math.sqrt(w.sum())))
+            mean, sigma = _inverse_variance_mean(accepted)
+            measured = (math.exp(mean), sigma)
         choice = ScaleChoice(scale=scale, log_sigma=math.sqrt(max(var, 0.0)),
                              source="+".join(used) if used else "propagated", metric=metric,
                              notes="; ".join(notes), plane=plane if "ground_plane" in used else None,
