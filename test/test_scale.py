@@ -378,7 +378,8 @@ def test_wheel_odometry_that_stops_falls_back_to_the_propagated_scale():
     gt = driving_poses(n, step=1.0)
     cfg = VOConfig()
     # each window waited for: with the worker the steps vary with its timing (stop 39's CI: one step 7.9 % off;
-    # with every window 3 frames late, kp2d_ros.backend.LaggedWorker, the last step is 0.79x: docs/limitations.md)
+    # with every window 3 frames late, kp2d_ros.backend.LaggedWorker, the map-frame steps jump where windows land,
+    # the last 0.79x; the published odometry's do not: docs/limitations.md)
     cfg.backend.threaded = False
     vo = VOPipeline(cfg, frontend=PointWorldFrontend(gt, noise_px=0.3))
     out = []
