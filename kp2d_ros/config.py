@@ -232,6 +232,14 @@ class PipelineConfig:
     speed_change_sigma: float = 0.05
     # Carry inverse depths of tracked points from keyframe to keyframe and fuse them with each new pair's.
     fuse_depths: bool = False
+    # Pose each pair against the structure the backend's window refined: after the essential matrix and the scale
+    # vote, one robust motion-only adjustment fits the rotation, direction and length to the epipolar errors of all
+    # inliers and the reprojection errors of the reference's points whose depth the window refined (each whitened
+    # by its depth's uncertainty), as ORB-SLAM's and DSO's trackers pose a frame against their local map. Kept only
+    # within 1 deg / 10 deg / 30 % of the two-view pose. Nothing changes without the window (backend.window 0) or
+    # before it lands: a single pair's depths carry its own pose error into the next pair. false: the two-view pose
+    # and the voted scale alone (docs/results.md: Structure pose, stop 41).
+    structure_pose: bool = True
     # ratio method: only points seen under at least this triangulation angle (degrees) in both pairs vote.
     min_triangulation_deg: float = 0.5
     # A pure rotation (no observable translation) becomes a keyframe only beyond this angle.

@@ -328,6 +328,91 @@ def refine_pose(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, sc
 _FD_STEP = float(np.sqrt(np.finfo(np.float64).eps))
 
 
+def refine_pose_with_structure(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, rays0: np.ndarray,
+                               rho0: np.ndarray, rho_std: np.ndarray, m1: np.ndarray, scale: float,
+                               iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Refine a scaled relative pose (R, t) against the epipolar geometry of all inliers and the points of the
+    reference view whose depth it knows: motion-only bundle adjustment with epipolar terms for the points without a
+    depth, as ORB-SLAM's and DSO's trackers pose a frame against their local map rather than against two views.
+
+    A known point's inverse depth is uncertain (``rho_std``), which moves its projection along its epipolar line.
+    Its reprojection residual is whitened by that covariance, ``noise^2 I + d d^T`` with ``d`` the projection's
+    shift for one standard deviation of inverse depth, at the pose being evaluated: the errors-in-variables cost,
+    whose minimum is not pulled short as a plain reprojection fit to noisy depths is (regression dilution).
+
+    Parameters
+    ----------
+    R, t : initial pose 0 -> 1, ``t`` with its length (the trajectory's scale).
+    n0, n1 : (N, 2) normalised inlier coordinates (Sampson terms).
+    rays0 : (M, 3) unit rays of the known points in view 0; rho0, rho_std : (M,) their inverse distances along the
+        rays and its standard deviations; m1 : (M, 2) their normalised observations in view 1.
+    scale : the observations' noise and the robust (Cauchy) loss's scale, in normalised units.
+
+    Returns
+    -------
+    R, t refined (``t`` with its length).
+    """
+    k = n0.shape[0]
+
+    def residuals(Rs, ts):  # (K, 3, 3), (K, 3) -> (K, N + 2M)
+        samp = sampson_errors(np.stack([skew(tx) @ Rx for Rx, tx in zip(Rs, ts)]), n0, n1)
+        Y = np.einsum("kij,mj->kmi", Rs, rays0) + rho0[None, :, None] * ts[:, None, :]  # ~ the point in camera 1
+        z = Y[..., 2:]
+        z = np.where(np.abs(z) > 1e-12, z, 1e-12)
+        r = Y[..., :2] / z - m1[None]
+        d = rho_std[None, :, None] * (ts[:, None, :2] * z - Y[..., :2] * ts[:, None, 2:]) / z ** 2  # d(proj)/d(rho)
+        dn = np.linalg.norm(d, axis=2, keepdims=True)
+        u = d / np.maximum(dn, 1e-300)
+        a = 1.0 - scale / np.sqrt(scale ** 2 + dn ** 2)
+        r = r - a * np.sum(u * r, axis=2, keepdims=True) * u
+        return np.concatenate([samp, r.reshape(len(Rs), -1)], axis=1)
+
+    def cost(r):
+        return cauchy_cost(r[:k], scale) + float(np.sum(np.log1p(np.sum(r[k:].reshape(-1, 2) ** 2, axis=1) / scale ** 2)))
+
+    def step(Rx, tx, dx):  # a left perturbation: rotate the whole pose about camera 1's centre, then translate
+        dR = cv2.Rodrigues(dx[:3])[0]
+        return dR @ Rx, dR @ tx + dx[3:]
+
+    def weights(r):
+        w = 1.0 / (1.0 + (r / scale) ** 2)
+        rep = r[k:].reshape(-1, 2)  # a point's two residuals share its weight (the norm of its error)
+        w[k:] = np.repeat(1.0 / (1.0 + np.sum(rep ** 2, axis=1) / scale ** 2), 2)
+        return w
+
+    Rx, tx = R.copy(), t.copy()
+    r = residuals(Rx[None], tx[None])[0]
+    c = cost(r)
+    lam = 1e-3
+    for _ in range(iterations):
+        # forward differences, the six perturbations in one pass
+        steps = np.r_[np.full(3, _FD_STEP), np.full(3, _FD_STEP * max(1.0, float(np.linalg.norm(tx))))]
+        moved = [step(Rx, tx, dx) for dx in np.diag(steps)]
+        J = ((residuals(np.stack([m[0] for m in moved]), np.stack([m[1] for m in moved])) - r) / steps[:, None]).T
+        w = weights(r)
+        A = J.T @ (w[:, None] * J)
+        g = J.T @ (w * r)
+        try:
+            dx = -np.linalg.solve(A + lam * np.diag(np.diag(A) + 1e-30), g)
+        except np.linalg.LinAlgError:
+            break
+        R_new, t_new = step(Rx, tx, dx)
+        r_new = residuals(R_new[None], t_new[None])[0]
+        c_new = cost(r_new)
+        if c_new < c:
+            # IRLS converges linearly: stop when the cost falls by less than 1e-4 of itself (the step is then
+            # ~1e-5 rad and ~1e-3 of the translation's length)
+            converged = c - c_new <= 1e-4 * c
+            Rx, tx, r, c, lam = R_new, t_new, r_new, c_new, max(lam / 10, 1e-9)
+            if converged:
+                break
+        else:
+            lam *= 10
+            if lam > 1e8:
+                break
+    return Rx, tx
+
+
 def _same_basin(Ra: np.ndarray, ta: np.ndarray, Rb: np.ndarray, tb: np.ndarray,
                 max_rotation_deg: float = 0.25, max_direction_deg: float = 2.0) -> bool:
     """Two motions close enough that polishing one would end where the other is (no need to compare)."""

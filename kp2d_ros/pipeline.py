@@ -25,7 +25,8 @@ from kp2d_ros.frontend import build_frontend
 from kp2d_ros.frontend_common import has_content, to_grey
 from kp2d_ros.geometry import (bearings, cauchy_cost, compose_covariance, compose_relative, estimate_relative_pose,
                                focal_length, invert_se3, inverse_depths, normalize_points, orthonormalize_se3,
-                               patch_warps, refine_pose, relative_motion_covariance, rotation_angle_deg,
+                               patch_warps, refine_pose, refine_pose_with_structure, relative_motion_covariance,
+                               rotation_angle_deg,
                                rotation_compensated_parallax, rotation_covariance, sampson_errors,
                                scale_from_inverse_depths, skew, two_view_covariance, vote_log_scale)
 from kp2d_ros.matching import MatchScorer, filter_matches, match_features
@@ -55,6 +56,7 @@ class Keyframe:
     id : its id in the backend's :class:`~kp2d_ros.backend.LocalMap` (-1 without a backend).
     landmarks : (N,) the landmark id each feature observes (-1: none).
     camera : the camera (as given, before the self-calibrated k1) its keypoints are pixels of.
+    refined : (N,) bool, ``inv_depth`` is a landmark the backend's window refined (with this keyframe in it).
     """
 
     features: Features
@@ -65,9 +67,12 @@ class Keyframe:
     id: int = -1
     landmarks: np.ndarray | None = None
     camera: Camera | None = None
+    refined: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.features)
+        if self.refined is None:
+            self.refined = np.zeros(n, bool)
         if self.inv_depth is None:
             self.inv_depth = np.full(n, np.nan)
             self.inv_depth_sigma = np.full(n, np.inf)
@@ -643,6 +648,13 @@ class VOPipeline:
                                        and (parallax_px >= spacing or n_inl < pc.keyframe_min_inliers))
         prior_std, elapsed = self._prior_log_std(now) if expected is not None else (np.inf, 1.0)
         measured = self._scale(geom, rho0, sigma0, matches, cfg.geometry.ransac_threshold_px / f, expected, prior_std)
+        if measured is not None and not measured.clamped and pc.structure_pose:
+            geom, s_new = self._pose_on_structure(geom, n0, n1, matches, measured, cfg.geometry.ransac_threshold_px / f)
+            if s_new != measured.scale:
+                measured = replace(measured, scale=s_new)
+                rho0, rho1, sin0, sin1 = inverse_depths(n0, n1, geom.R, geom.t)
+                with np.errstate(divide="ignore"):
+                    sigma0, sigma1 = 1.0 / sin0, 1.0 / sin1
         model = "measured"
         if measured is not None:
             scale, log_sigma = measured.scale, measured.log_sigma
@@ -682,6 +694,32 @@ class VOPipeline:
                           choice.measured if choice is not None else None)
             T = kf.T_world_cam  # refined by the backend when it ran in this thread
         return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf, cov, model)
+
+    def _pose_on_structure(self, geom: TwoViewGeometry, n0: np.ndarray, n1: np.ndarray, matches: Matches,
+                           measured: "_ScaleMeasurement", noise: float) -> tuple[TwoViewGeometry, float]:
+        """(geom, scale) refined against the reference's refined points (``pipeline.structure_pose``): the pair's
+        rotation, direction and length that fit both the epipolar geometry of all inliers and the reprojections
+        of the points whose depth the backend's window refined with the reference in it. Unchanged when fewer than
+        ``min_scale_points`` such points are matched (no window, or it has not landed yet) or the refinement leaves
+        the pose's basin. A single pair's triangulated depths are not used: they carry the last pair's own pose
+        error into this one, and on the synthetic street without the window that tripled the ATE (stop 41)."""
+        pc = self.cfg.pipeline
+        idx0 = matches.idx0[geom.inliers]
+        rho, sig = self.ref.inv_depth[idx0], self.ref.inv_depth_sigma[idx0]
+        with np.errstate(invalid="ignore"):
+            use = (self.ref.refined[idx0] & np.isfinite(rho) & (rho > np.radians(pc.min_triangulation_deg) * sig)
+                   & ~measured.outliers)
+        if use.sum() < pc.min_scale_points:
+            return geom, measured.scale
+        t0 = measured.scale * geom.t
+        R, t = refine_pose_with_structure(geom.R, t0, n0, n1, bearings(n0[use]), rho[use], noise * sig[use],
+                                          n1[use], noise)
+        s = float(np.linalg.norm(t))
+        if (s <= 0 or rotation_angle_deg(R.T @ geom.R) > 1.0
+                or np.degrees(np.arccos(np.clip(t @ t0 / (s * measured.scale), -1, 1))) > 10.0
+                or abs(np.log(s / measured.scale)) > 0.3):
+            return geom, measured.scale
+        return replace(geom, R=R, t=t / s), s
 
     def _gate_direction(self, geom: TwoViewGeometry, kp0: np.ndarray, kp1: np.ndarray, camera: Camera
                         ) -> TwoViewGeometry:
@@ -1081,6 +1119,7 @@ class VOPipeline:
             idx = np.flatnonzero(ref.landmarks >= 0)
             rows, alive = self.map.rows(ref.landmarks[idx])
             ref.landmarks[idx[~alive]] = -1  # culled
+            ref.refined[idx[~alive]] = False
             if alive.any():
                 idx = idx[alive]
                 P = self.map.positions[rows[alive]]
@@ -1090,6 +1129,7 @@ class VOPipeline:
                 ref.inv_depth[idx[ok]] = np.sign(xc[ok, 2]) / d[ok]
                 sig = ref.inv_depth_sigma[idx[ok]]
                 ref.inv_depth_sigma[idx[ok]] = np.where(np.isfinite(sig), sig, 1.0)
+                ref.refined[idx[ok]] = True
         m = self.motion
         if m is not None and all(k in self.map.poses for k in m.keyframes):
             a, b = (self.map.poses[k][:3, 3] for k in m.keyframes)
