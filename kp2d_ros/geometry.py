@@ -297,32 +297,43 @@ def refine_pose(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, sc
 
     # Levenberg-Marquardt on the Cauchy-weighted normal equations (IRLS). scipy's least_squares
     # minimises the same objective but spends ~0.5 ms of Python per iteration on 5 unknowns.
-    x = np.zeros(5)
-    r = batch_residuals(x[None])[0]
-    c = cauchy_cost(r, scale)
+    x = _robust_levenberg_marquardt(
+        np.zeros(5), lambda x: batch_residuals(x[None])[0], jacobian, lambda r: 1.0 / (1.0 + (r / scale) ** 2),
+        lambda r: cauchy_cost(r, scale), lambda x, dx: x + dx,
+        # stop when the step no longer matters: < 1e-7 rad / unit-baseline, or cost down < 1e-7 relative
+        lambda c, c_new, dx: c - c_new <= 1e-7 * c or np.linalg.norm(dx) <= 1e-7, iterations)
+    return unpack(x)
+
+
+def _robust_levenberg_marquardt(state, residuals, jacobian, weights, cost, retract, converged, iterations: int):
+    """Levenberg-Marquardt on robustly weighted normal equations (IRLS): ``residuals(state) -> r``,
+    ``jacobian(state, r) -> J``, ``weights(r) -> w`` (the robust kernel's), ``cost(r)``, ``retract(state, dx)``
+    (the update), ``converged(cost, new_cost, dx)`` after an accepted step. Returns the last accepted state."""
+    r = residuals(state)
+    c = cost(r)
     lam = 1e-3
     for _ in range(iterations):
-        J = jacobian(x, r)
-        w = 1.0 / (1.0 + (r / scale) ** 2)
+        J = jacobian(state, r)
+        w = weights(r)
         A = J.T @ (w[:, None] * J)
         g = J.T @ (w * r)
         try:
             dx = -np.linalg.solve(A + lam * np.diag(np.diag(A) + 1e-30), g)
         except np.linalg.LinAlgError:
             break
-        r_new = batch_residuals((x + dx)[None])[0]
-        c_new = cauchy_cost(r_new, scale)
+        new = retract(state, dx)
+        r_new = residuals(new)
+        c_new = cost(r_new)
         if c_new < c:
-            # stop when the step no longer matters: < 1e-7 rad / unit-baseline, or cost down < 1e-7 relative
-            converged = c - c_new <= 1e-7 * c or np.linalg.norm(dx) <= 1e-7
-            x, r, c, lam = x + dx, r_new, c_new, max(lam / 10, 1e-9)
-            if converged:
+            done = converged(c, c_new, dx)
+            state, r, c, lam = new, r_new, c_new, max(lam / 10, 1e-9)
+            if done:
                 break
         else:
             lam *= 10
             if lam > 1e8:
                 break
-    return unpack(x)
+    return state
 
 
 _FD_STEP = float(np.sqrt(np.finfo(np.float64).eps))
@@ -380,37 +391,18 @@ def refine_pose_with_structure(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1:
         w[k:] = np.repeat(1.0 / (1.0 + np.sum(rep ** 2, axis=1) / scale ** 2), 2)
         return w
 
-    Rx, tx = R.copy(), t.copy()
-    r = residuals(Rx[None], tx[None])[0]
-    c = cost(r)
-    lam = 1e-3
-    for _ in range(iterations):
-        # forward differences, the six perturbations in one pass
+    def jacobian(pose, r):  # forward differences, the six perturbations in one pass
+        Rx, tx = pose
         steps = np.r_[np.full(3, _FD_STEP), np.full(3, _FD_STEP * max(1.0, float(np.linalg.norm(tx))))]
         moved = [step(Rx, tx, dx) for dx in np.diag(steps)]
-        J = ((residuals(np.stack([m[0] for m in moved]), np.stack([m[1] for m in moved])) - r) / steps[:, None]).T
-        w = weights(r)
-        A = J.T @ (w[:, None] * J)
-        g = J.T @ (w * r)
-        try:
-            dx = -np.linalg.solve(A + lam * np.diag(np.diag(A) + 1e-30), g)
-        except np.linalg.LinAlgError:
-            break
-        R_new, t_new = step(Rx, tx, dx)
-        r_new = residuals(R_new[None], t_new[None])[0]
-        c_new = cost(r_new)
-        if c_new < c:
-            # IRLS converges linearly: stop when the cost falls by less than 1e-4 of itself (the step is then
-            # ~1e-5 rad and ~1e-3 of the translation's length)
-            converged = c - c_new <= 1e-4 * c
-            Rx, tx, r, c, lam = R_new, t_new, r_new, c_new, max(lam / 10, 1e-9)
-            if converged:
-                break
-        else:
-            lam *= 10
-            if lam > 1e8:
-                break
-    return Rx, tx
+        return ((residuals(np.stack([m[0] for m in moved]), np.stack([m[1] for m in moved])) - r) / steps[:, None]).T
+
+    return _robust_levenberg_marquardt(
+        (R.copy(), t.copy()), lambda pose: residuals(pose[0][None], pose[1][None])[0], jacobian, weights, cost,
+        lambda pose, dx: step(*pose, dx),
+        # IRLS converges linearly: stop when the cost falls by less than 1e-4 of itself (the step is then
+        # ~1e-5 rad and ~1e-3 of the translation's length)
+        lambda c, c_new, dx: c - c_new <= 1e-4 * c, iterations)
 
 
 def _same_basin(Ra: np.ndarray, ta: np.ndarray, Rb: np.ndarray, tb: np.ndarray,
