@@ -26,8 +26,7 @@ from kp2d_ros.frontend_common import has_content, to_grey
 from kp2d_ros.geometry import (bearings, cauchy_cost, compose_covariance, compose_relative, estimate_relative_pose,
                                focal_length, invert_se3, inverse_depths, normalize_points, orthonormalize_se3,
                                patch_warps, refine_pose, refine_pose_with_structure, relative_motion_covariance,
-                               rotation_angle_deg,
-                               rotation_compensated_parallax, rotation_covariance, sampson_errors,
+                               rotation_angle_deg, rotation_compensated_parallax, rotation_covariance, sampson_errors,
                                scale_from_inverse_depths, skew, two_view_covariance, vote_log_scale)
 from kp2d_ros.matching import MatchScorer, filter_matches, match_features
 from kp2d_ros.refine import refine_matches
