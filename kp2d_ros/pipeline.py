@@ -648,12 +648,13 @@ class VOPipeline:
         prior_std, elapsed = self._prior_log_std(now) if expected is not None else (np.inf, 1.0)
         measured = self._scale(geom, rho0, sigma0, matches, cfg.geometry.ransac_threshold_px / f, expected, prior_std)
         if measured is not None and not measured.clamped and pc.structure_pose:
-            geom, s_new = self._pose_on_structure(geom, n0, n1, matches, measured, cfg.geometry.ransac_threshold_px / f)
-            if s_new != measured.scale:
-                measured = replace(measured, scale=s_new)
-                rho0, rho1, sin0, sin1 = inverse_depths(n0, n1, geom.R, geom.t)
+            posed = self._pose_on_structure(geom, n0, n1, matches, measured, cfg.geometry.ransac_threshold_px / f)
+            if posed is not None:  # this pair's depths (a keyframe's) from the adjusted pose
+                geom, scale = posed
+                measured = replace(measured, scale=scale)
+                _, rho1, _, sin1 = inverse_depths(n0, n1, geom.R, geom.t)
                 with np.errstate(divide="ignore"):
-                    sigma0, sigma1 = 1.0 / sin0, 1.0 / sin1
+                    sigma1 = 1.0 / sin1
         model = "measured"
         if measured is not None:
             scale, log_sigma = measured.scale, measured.log_sigma
@@ -695,13 +696,14 @@ class VOPipeline:
         return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf, cov, model)
 
     def _pose_on_structure(self, geom: TwoViewGeometry, n0: np.ndarray, n1: np.ndarray, matches: Matches,
-                           measured: "_ScaleMeasurement", noise: float) -> tuple[TwoViewGeometry, float]:
+                           measured: "_ScaleMeasurement", noise: float) -> tuple[TwoViewGeometry, float] | None:
         """(geom, scale) refined against the reference's refined points (``pipeline.structure_pose``): the pair's
         rotation, direction and length that fit both the epipolar geometry of all inliers and the reprojections
-        of the points whose depth the backend's window refined with the reference in it. Unchanged when fewer than
-        ``min_scale_points`` such points are matched (no window, or it has not landed yet) or the refinement leaves
-        the pose's basin. A single pair's triangulated depths are not used: they carry the last pair's own pose
-        error into this one, and on the synthetic street without the window that tripled the ATE (stop 41)."""
+        of the points whose depth the backend's window refined with the reference in it. None (the two-view pose
+        stands) when fewer than ``min_scale_points`` such points are matched (no window, or it has not landed yet) or
+        the refinement leaves the pose's basin. A single pair's triangulated depths are not used: they carry the
+        last pair's own pose error into this one, and on the synthetic street without the window that tripled the ATE
+        (stop 41)."""
         pc = self.cfg.pipeline
         idx0 = matches.idx0[geom.inliers]
         rho, sig = self.ref.inv_depth[idx0], self.ref.inv_depth_sigma[idx0]
@@ -709,7 +711,7 @@ class VOPipeline:
             use = (self.ref.refined[idx0] & np.isfinite(rho) & (rho > np.radians(pc.min_triangulation_deg) * sig)
                    & ~measured.outliers)
         if use.sum() < pc.min_scale_points:
-            return geom, measured.scale
+            return None
         t0 = measured.scale * geom.t
         R, t = refine_pose_with_structure(geom.R, t0, n0, n1, bearings(n0[use]), rho[use], noise * sig[use],
                                           n1[use], noise)
@@ -717,7 +719,7 @@ class VOPipeline:
         if (s <= 0 or rotation_angle_deg(R.T @ geom.R) > 1.0
                 or np.degrees(np.arccos(np.clip(t @ t0 / (s * measured.scale), -1, 1))) > 10.0
                 or abs(np.log(s / measured.scale)) > 0.3):
-            return geom, measured.scale
+            return None
         return replace(geom, R=R, t=t / s), s
 
     def _gate_direction(self, geom: TwoViewGeometry, kp0: np.ndarray, kp1: np.ndarray, camera: Camera
@@ -1118,7 +1120,7 @@ class VOPipeline:
             idx = np.flatnonzero(ref.landmarks >= 0)
             rows, alive = self.map.rows(ref.landmarks[idx])
             ref.landmarks[idx[~alive]] = -1  # culled
-            ref.refined[idx[~alive]] = False
+            ref.refined[:] = False  # set again below for the depths this window gives
             if alive.any():
                 idx = idx[alive]
                 P = self.map.positions[rows[alive]]
