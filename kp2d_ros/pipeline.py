@@ -231,6 +231,26 @@ class VOPipeline:
         self._backend_ms = outer
         self._finished_ms += (time.perf_counter() - t0) * 1e3
 
+    def _take_window_after_network(self) -> bool:
+        """A window the worker finished while this frame's network ran, taken before its features are matched.
+
+        :meth:`finish` polls at the start of a frame, before the network. A window handed over after the last
+        keyframe and done during this frame's network (it takes ~180 ms on KITTI 07, the network ~275 ms; the worker
+        needs a core of its own, or ``backend.worker_core``) then landed only after this frame was posed: the node's
+        windows were never in time for the next pair, and the pair kept the two-view pose. Taken here, the
+        reference is in the window (a lag of 0) and everything after the network runs as in the deterministic mode:
+        the refinement's patch warps from the refined depths, the pair posed against the refined pose and points
+        (``pipeline.structure_pose``), the window's k1. Only the worker process: :class:`LaggedWorker`'s lag
+        counts frames, and the deterministic mode has none. True when a window was taken."""
+        if not isinstance(self.worker, BackendWorker):
+            return False
+        t0 = time.perf_counter()
+        result = self.worker.poll()
+        if result is not None:
+            self._after_backend(result)
+        self._backend_ms += (time.perf_counter() - t0) * 1e3
+        return result is not None
+
     def wait_backend(self, timeout: float | None = None) -> None:
         """Wait for the backend's running window (threaded mode) and apply it."""
         self.finish()  # the last keyframe's window first
@@ -324,6 +344,8 @@ class VOPipeline:
         self._focal = focal_length(camera)
         with _timed(timings, "network"):
             feats = features if features is not None else self.detect(frame)
+        if self._take_window_after_network():
+            camera = self._camera(frame)  # with the k1 of the window just taken
         # the grey image once, for whichever of refinement, the blur gate and the ground plane need it
         grey = to_grey(frame.image) if (self.cfg.refine.method != "none" or self.cfg.pipeline.blur_ratio > 0
                                         or self.metric.active) else None
