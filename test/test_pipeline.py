@@ -220,9 +220,9 @@ class NetworkTimedFrontend(PointWorldFrontend):
 
 def test_a_window_done_during_the_network_poses_the_next_pair(monkeypatch):
     """The node's timing with a worker that keeps up: each keyframe's window is handed over after its frame and
-    finishes while the next frame's network runs. It is taken before that frame's features are matched, so the pair is posed
-    against the reference's refined points (the deterministic mode's odometry, to rounding), not kept for the frame
-    after (before stop 42 the node's windows were never in time for the structure pose)."""
+    finishes while the next frame's network runs. It is taken before that frame's features are matched, so the pair
+    is posed against the reference's refined points (the deterministic mode's odometry, to rounding), not kept for
+    the frame after (before stop 42 the node's windows were never in time for the structure pose)."""
     threaded, n_threaded = _odom_step_errors(True, 16, monkeypatch, during_network=True)
     deterministic, n_deterministic = _odom_step_errors(True, 16, monkeypatch)
     assert n_threaded >= 20 and n_threaded == n_deterministic
