@@ -191,6 +191,8 @@ def replay(sequence: Sequence, cfg: VOConfig, *, progress: bool = True, pipeline
             pipeline = VOPipeline(cfg, worker=LaggedWorker(cfg.backend, backend_lag))
         else:
             pipeline = VOPipeline(cfg)
+    if hasattr(pipeline, "start_backend"):
+        pipeline.start_backend()  # the threaded backend's process starts now, as the node's does at start-up
     stamps, poses, in_map, statuses = [], [], [], []
     refined = RefinedPath() if getattr(pipeline, "map", None) is not None else None
     scale_log = ScaleLog(cfg)
