@@ -325,8 +325,11 @@ class BackendConfig:
     # frontend, OpenCV's for SIFT/ORB), so that the worker has a core: on a small CPU the network otherwise keeps
     # every core busy and the windows land 3-5 keyframes late, which costs the odometry accuracy (KITTI 07 threaded
     # replay, 2 cores: 0.065-0.085 m, against 0.057 m when they land 1 late; before stop 33's follower scale 0.11-0.12
-    # against 0.066-0.073 m; docs/results.md: Local bundle adjustment, Threads). Off by default: those frames take longer
-    # (2 cores: 4.4-4.5 -> 3.0-3.3 FPS in those replays, node latency +50-80 %).
+    # against 0.066-0.073 m; docs/results.md: Local bundle adjustment, Threads). Since stop 42 a window done during the
+    # next frame's network is taken before that frame is matched, so with a core for the worker every window lands in
+    # time and a threaded replay equals the deterministic one (KITTI 07 0.0549 m, TUM fr2/desk 0.0072 m; without:
+    # 0.08-0.12 / 0.012 m; docs/results.md: Windows in time). Off by default: those frames take longer (2 cores,
+    # KITTI 07: 2.7-2.9 -> 1.6-1.9 FPS in those replays; stop 33: node latency +50-80 %).
     # No effect on onnxruntime's fixed pool.
     worker_core: bool = False
     # Online self-calibration: every window also estimates the camera's first radial distortion coefficient k1 (on

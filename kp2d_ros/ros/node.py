@@ -363,9 +363,10 @@ class VONode(Node):
 
     def _hint_late_windows(self) -> None:
         """Say which setting helps when the backend's windows keep landing late (once per run of late windows, and
-        at most every WARN_PERIOD_S): the CPU is saturated, and the published odometry pays for it (KITTI 07 on 2
-        cores: 0.065-0.085 m with windows 3-4 keyframes late, 0.057 m with ``backend.worker_core``, at a quarter of
-        the frame rate; docs/results.md, Local bundle adjustment: Threads, stop 33). With ``backend.worker_core`` on, windows
+        at most every WARN_PERIOD_S): the CPU is saturated, and the published odometry pays for it (KITTI 07 threaded
+        replays on 2 cores: 0.08-0.12 m with windows 3-5 keyframes late; with ``backend.worker_core`` every window in
+        time since stop 42, 0.0549 m as the deterministic replay, at 1.6-1.9 against 2.7-2.9 FPS; docs/results.md,
+        Windows in time for the next pair). With ``backend.worker_core`` on, windows
         that stay late although the worker gets a core mean that other processes hold the CPU (SCHED_IDLE starves
         the worker behind them)."""
         lag = int(getattr(self.pipeline, "backend_lag", 0))
