@@ -179,7 +179,6 @@ class DuringNetworkWorker(BackendWorker):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.running = self.done = None
-        self.lags = []
 
     def submit(self, problem, focal_px):
         from kp2d_ros.backend import bundle_adjust
