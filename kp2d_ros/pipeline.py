@@ -236,8 +236,8 @@ class VOPipeline:
 
         :meth:`finish` polls at the start of a frame, before the network. A window handed over after the last
         keyframe and done during this frame's network (it takes ~180 ms on KITTI 07, the network ~275 ms; the worker
-        needs a core of its own, or ``backend.worker_core``) then landed only after this frame was posed: the node's
-        windows were never in time for the next pair, and the pair kept the two-view pose. Taken here, the
+        needs a core of its own, or ``backend.worker_core``) then landed only after this frame was posed: a saturated
+        node's windows were never in time for the next pair, and the pair kept the two-view pose. Taken here, the
         reference is in the window (a lag of 0) and everything after the network runs as in the deterministic mode:
         the refinement's patch warps from the refined depths, the pair posed against the refined pose and points
         (``pipeline.structure_pose``), the window's k1. Only the worker process: :class:`LaggedWorker`'s lag
