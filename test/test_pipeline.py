@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import data_path
-from kp2d_ros.backend import BackendWorker, LaggedWorker
+from kp2d_ros.backend import BackendWorker, LaggedWorker, bundle_adjust
 from kp2d_ros.config import VOConfig
 from kp2d_ros.geometry import rotation_angle_deg, se3
 from kp2d_ros.matching import MatchScorer
@@ -181,8 +181,6 @@ class DuringNetworkWorker(BackendWorker):
         self.running = self.done = None
 
     def submit(self, problem, focal_px):
-        from kp2d_ros.backend import bundle_adjust
-
         self.running = bundle_adjust(problem, self.cfg, focal_px)
 
     def network_ran(self):
@@ -221,7 +219,7 @@ def test_a_window_done_during_the_network_poses_the_next_pair(monkeypatch):
     """The node's timing with a worker that keeps up: each keyframe's window is handed over after its frame and
     finishes while the next frame's network runs. It is taken before that frame's features are matched, so the pair
     is posed against the reference's refined points (the deterministic mode's odometry, to rounding), not kept for
-    the frame after (before stop 42 the node's windows were never in time for the structure pose)."""
+    the frame after (before stop 42 a saturated node's windows were never in time for the structure pose)."""
     threaded, n_threaded = _odom_step_errors(True, 16, monkeypatch, during_network=True)
     deterministic, n_deterministic = _odom_step_errors(True, 16, monkeypatch)
     assert n_threaded >= 20 and n_threaded == n_deterministic
@@ -816,8 +814,6 @@ class NextFrameWorker:
         self.cfg, self.newest, self._done = cfg, [], None
 
     def submit(self, problem, focal_px):
-        from kp2d_ros.backend import bundle_adjust
-
         self.newest.append(int(problem.keyframe_ids[-1]))
         self._done = bundle_adjust(problem, self.cfg.backend, focal_px)
 
