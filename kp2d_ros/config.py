@@ -632,11 +632,11 @@ class TrainConfig:
 
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # mixed precision: fp16 on CUDA, bf16 on CPUs with native bf16 (else fp32)
+    amp: bool = True  # mixed precision: bf16 on GPUs that have it (else fp16 + loss scaling), bf16 on CPUs with native bf16 (else fp32)
     num_threads: int = 0  # torch CPU threads, 0 = torch default
     resolution: list[int] = field(default_factory=lambda: [320, 240])  # training [width, height]
     batch_size: int = 4
-    num_workers: int = 0
+    num_workers: int = 0  # loader threads; > 0 also draws the next batch while a step runs
     steps: int = 10000
     log_every: int = 10
     checkpoint_every: int = 200  # steps

@@ -215,6 +215,21 @@ def test_checkpoint_resume_loses_nothing(tmp_path, image_dir):
     assert net.metadata["step"] == 4
 
 
+def test_loader_workers_prefetch_the_same_batches(tmp_path, image_dir):
+    """num_workers > 0 draws the next batch during a step; the weights equal the serial run's."""
+    serial = Trainer(tiny_config(), image_dir, tmp_path / "serial")
+    serial.train(3)
+    threaded = Trainer(tiny_config(num_workers=2), image_dir, tmp_path / "threaded")
+    threaded.train(3)
+    assert threaded._prefetched is not None and threaded._prefetched[0] == 3
+    wa, wb = _weights(serial), _weights(threaded)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    resumed = Trainer(tiny_config(num_workers=2), image_dir, tmp_path / "serial", resume=False)
+    first = resumed._batch(5)  # a batch out of order is drawn, not taken from a stale prefetch
+    assert torch.equal(first["H"], serial.sampler.batch(2, 5)["H"])
+    assert torch.equal(resumed._batch(2)["source"], serial.sampler.batch(2, 2)["source"])
+
+
 def test_fine_tuning_starts_from_given_weights(tmp_path, image_dir):
     from kp2d_ros.networks.weights import save_network
 
@@ -252,6 +267,41 @@ def test_cli_train_one_step(tmp_path, image_dir):
     assert rc == 0
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 1
     assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_cli_train_stops_on_sigint_even_when_started_with_it_ignored(tmp_path, image_dir):
+    """A shell starts background jobs with SIGINT ignored (``timeout -s INT kp2d train ... &`` in
+    scripts/gpu_check.sh): the run still stops after the step in flight and keeps it in a checkpoint."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "kp2d_ros.cli", "train", "--data", str(image_dir), "--out", str(run),
+           "--steps", "100000", "--no-progress", "--set", "resolution=[48,40]", "batch_size=1",
+           "keypoint_net.width_multiplier=0.25", "io_net.channels=8", "loss.io_top_k=8", "num_threads=1",
+           "device=cpu", "log_every=1", "checkpoint_every=100000", "checkpoint_minutes=0"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.jsonl").is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "stopped at step" in err
+    step = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["step"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert step >= 1 and rows[-1]["step"] == step
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -41,20 +42,33 @@ def run(args) -> int:
 
         bar = tqdm(total=cfg.steps, initial=trainer.step, unit="step", dynamic_ncols=True)
 
+    # SIGINT / SIGTERM stop the run after the step in flight, which a checkpoint then keeps. A handler of its own
+    # because a shell starts background jobs with SIGINT ignored (`timeout -s INT ... &` in scripts/gpu_check.sh)
+    stop_signal: list[int] = []
+
     def callback(result):
         if bar is not None:
             bar.update(1)
             bar.set_postfix({k: f"{result.losses[k]:.3f}" for k in ("total", "descriptor", "io", "repeat3px")
                              if k in result.losses})
+        if stop_signal:
+            raise KeyboardInterrupt
 
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     t0 = time.time()
     start = trainer.step
     try:
         ckpt = trainer.train(cfg.steps, callback)
     except KeyboardInterrupt:
         trainer.save_checkpoint()
+        if rank0:
+            print(f"stopped at step {trainer.step} (signal {stop_signal[0] if stop_signal else 'SIGINT'}); "
+                  f"checkpoint {args.out}/checkpoint.pt", file=sys.stderr)
         raise
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if bar is not None:
             bar.close()
     if rank0:

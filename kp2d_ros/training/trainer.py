@@ -124,16 +124,26 @@ class Trainer:
         self.optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         step_size = cfg.optim.lr_decay_steps or 10**12
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size, cfg.optim.lr_decay_gamma)
-        # mixed precision: fp16 + loss scaling on CUDA; bf16 on a CPU that has it natively (fp32 master weights)
+        # mixed precision, fp32 master weights: bf16 on a GPU that has it (no loss scaling, no fp16 overflow),
+        # else fp16 with loss scaling; on the CPU bf16 where the CPU has it natively
         cuda = self.device.type == "cuda"
         self.use_amp = cfg.amp and (cuda or cpu_has_native_bf16())
-        self.amp_dtype = torch.float16 if cuda else torch.bfloat16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and cuda)
+        fp16 = cuda and not torch.cuda.is_bf16_supported()
+        self.amp_dtype = torch.float16 if fp16 else torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and fp16)
         w, h = cfg.resolution
         self.sampler = PairSampler(list_images(data_dir), w, h, cfg.homography, cfg.augmentation, self.seed,
                                    cfg.num_workers)
         self.step = 0
         self.history: list[dict] = []
+        # with loader workers, the next step's batch is drawn while this step runs (a pure function of
+        # (seed, step), so prefetching changes no batch)
+        self._prefetcher = None
+        self._prefetched: tuple[int, object] | None = None
+        if cfg.num_workers > 0:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._prefetcher = ThreadPoolExecutor(1)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -156,7 +166,7 @@ class Trainer:
         """One optimisation step on a fresh batch."""
         self.kp_model.train()
         self.io_model.train()
-        batch = self.sampler.batch(self.cfg.batch_size, self.step)
+        batch = self._batch(self.step)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         use_io = self.step >= self.cfg.loss.io_start_step
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
@@ -175,6 +185,17 @@ class Trainer:
             raise ModelError(f"training diverged at step {self.step}: loss {logs['total']}")
         return StepResult(self.step, logs)
 
+    def _batch(self, step: int) -> dict[str, torch.Tensor]:
+        """The batch of ``step`` (prefetched when loader workers are on) and the next one started."""
+        pending, self._prefetched = self._prefetched, None
+        if pending is not None and pending[0] == step:
+            batch = pending[1].result()
+        else:
+            batch = self.sampler.batch(self.cfg.batch_size, step)
+        if self._prefetcher is not None:
+            self._prefetched = (step + 1, self._prefetcher.submit(self.sampler.batch, self.cfg.batch_size, step + 1))
+        return batch
+
     def train(self, steps: int | None = None, callback: Callable[[StepResult], None] | None = None) -> Path:
         """Train until ``steps`` (default ``cfg.steps``) total steps; returns the checkpoint path."""
         steps = steps or self.cfg.steps
@@ -184,8 +205,6 @@ class Trainer:
         while self.step < steps:
             result = self.train_step()
             window.append(result.losses)
-            if callback is not None:
-                callback(result)
             if self.step % self.cfg.log_every == 0 or self.step == steps:
                 row = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
                 row.update(step=self.step, lr=self.optimizer.param_groups[0]["lr"],
@@ -198,6 +217,8 @@ class Trainer:
                     or (minutes > 0 and time.monotonic() - last_ckpt > 60 * minutes)):
                 self.save_checkpoint()
                 last_ckpt = time.monotonic()
+            if callback is not None:  # after the step's log row: a callback may stop the run (KeyboardInterrupt)
+                callback(result)
         return self.out / CHECKPOINT
 
     # ---------------------------------------------------------------------------------------
