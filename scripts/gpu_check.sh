@@ -18,6 +18,12 @@
 #
 # Usage:  scripts/gpu_check.sh [OUT_DIR] [--dry-run]      (OUT_DIR default: $OUT, else ./out/gpu_check)
 #
+# On this workplace's lent GPU machine (no network; the training images travel in the working tree, 64 MiB in all):
+#   here:   python scripts/pack_train_images.py ../shared/data/train_images gpu_data/train_images   (30 MB)
+#           echo /gpu_data/ >> .git/info/exclude
+#   device: run(carry=["gpu_data"], timeout_s=595, command='NO_INSTALL=1 DATA=gpu_data/train_images BUDGET_S=540
+#           BATCH=16 bash scripts/gpu_check.sh "$OUT"')
+#
 # Output (at most 8 flat files, each well under 16 MiB: what a lent machine sends back):
 #   OUT_DIR/gpu_check.json        summary: machine, stage status and seconds, FPS of every bench, both runs'
 #                                 steps / seconds per step / last losses, Oxford metrics of the trained weights
@@ -53,7 +59,7 @@ OUT_DIR=""
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY=1 ;;
-        -h|--help) sed -n '2,47p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,53p' "${BASH_SOURCE[0]}"; exit 0 ;;
         -*) echo "gpu_check.sh: unknown option $arg" >&2; exit 2 ;;
         *) OUT_DIR="$arg" ;;
     esac

@@ -179,3 +179,35 @@ def test_window_ties_counts_the_landmarks_seen_by_held_and_free_keyframes():
                             obs_xy=np.zeros((6, 2)), sigma=1e-3)
     assert mod.ties(problem) == dict(newest=9, keyframes=3, held=1, landmarks=3, observations=6, held_to_free=2,
                                      held_to_newest=1, track_mean=2.0)
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/pack_train_images.py (training images small enough for a lent GPU machine's 64 MiB)
+# --------------------------------------------------------------------------------------------
+def test_pack_train_images_keeps_what_the_trainer_crops(tmp_path):
+    """Large images shrink to the trainer's cover size (320x240 x zoom 1.5), small ones keep theirs, and a training
+    crop drawn from a packed image matches the one drawn from the original."""
+    import cv2
+
+    from kp2d_ros.training.dataset import random_crop
+
+    spec = importlib.util.spec_from_file_location("pack_train_images", REPO / "scripts" / "pack_train_images.py")
+    pack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pack)
+    src = tmp_path / "src" / "sub"
+    src.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    big = cv2.resize(rng.integers(0, 255, (20, 25, 3), dtype=np.uint8), (1000, 800), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(src / "big.png"), big)
+    cv2.imwrite(str(src / "small.jpg"), big[:200, :300])
+    report = pack.pack(tmp_path / "src", tmp_path / "dst")
+    assert report["images"] == 2 and report["resized"] == 1 and report["cover"] == [480, 360]
+    packed_big = cv2.imread(str(tmp_path / "dst" / "sub" / "big.jpg"))
+    assert packed_big.shape[:2] == (384, 480)
+    assert cv2.imread(str(tmp_path / "dst" / "sub" / "small.jpg")).shape[:2] == (200, 300)
+    for seed in range(5):
+        a = random_crop(big, 320, 240, np.random.default_rng(seed)).astype(float)
+        b = random_crop(packed_big, 320, 240, np.random.default_rng(seed)).astype(float)
+        assert a.shape == b.shape == (240, 320, 3)
+        assert np.abs(a - b).mean() < 4.0, seed  # resampling and JPEG only
+    assert pack.main([str(tmp_path / "missing"), str(tmp_path / "d2")]) == 2
