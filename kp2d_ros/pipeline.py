@@ -900,10 +900,12 @@ class VOPipeline:
             T, cov = self._at_last_velocity(camera, expected, geom.R, rot_cov)
         is_kf = self._keyframe_allowed(geom is not None
                                        and rotation_angle_deg(geom.R) > self.cfg.pipeline.rotation_keyframe_deg)
+        ref = self.ref  # the matches index its features, also once this frame has become the reference
+        mask = self._still(feats, matches) if geom is None else geom.inliers
         if is_kf:
             self._promote(Keyframe(features=feats, T_world_cam=T), now, cov, None)
-        mask = self._still(feats, matches) if geom is None else geom.inliers
-        return self._result(frame, feats, matches, mask, T, TrackingStatus.TRACKING, is_kf, cov, "constant_velocity")
+        return self._result(frame, feats, matches, mask, T, TrackingStatus.TRACKING, is_kf, cov, "constant_velocity",
+                            ref.features)
 
     def _at_last_velocity(self, camera: Camera, expected: tuple[float, float], R: np.ndarray,
                           rot_cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
