@@ -768,10 +768,17 @@ class VOPipeline:
         cost = cauchy_cost(sampson_errors(skew(t) @ R, n0, n1), thr)
         cost0 = cauchy_cost(sampson_errors(skew(geom.t) @ geom.R, n0, n1), thr)
         after = angle(R, t)
+        # Beyond 90 deg it is the sign of the direction, which the Sampson cost cannot see (t and -t fit alike):
+        # only the points' depths can. A robot backing up lies ~180 deg from its last direction; its pose keeps its
+        # own direction unless as many points stay in front of both cameras along the constant-velocity one (a
+        # sub-pixel pair's depths are noise, and then the gate decides as before).
+        front0 = front = 0
+        if before > 90.0:
+            front0, front = _points_in_front(n0, n1, geom.R, geom.t), _points_in_front(n0, n1, R, t)
         log.debug("direction gate: %.1f deg from the constant-velocity direction -> %.1f deg, rotation %.3f deg, "
-                  "cost %.1f -> %.1f (%d inliers)", before, after, rotation_angle_deg(R.T @ geom.R), cost0, cost,
-                  n0.shape[0])
-        if after > gate or cost > cost0 + 0.1 * n0.shape[0]:
+                  "cost %.1f -> %.1f, in front %d -> %d (%d inliers)", before, after, rotation_angle_deg(R.T @ geom.R),
+                  cost0, cost, front0, front, n0.shape[0])
+        if after > gate or cost > cost0 + 0.1 * n0.shape[0] or front < front0 - 0.1 * n0.shape[0]:
             return geom
         return replace(geom, R=R, t=t)
 
@@ -1279,6 +1286,12 @@ class VOPipeline:
         ratio = n_inliers / n_matches
         count = min(1.0, n_inliers / (10.0 * self.cfg.geometry.min_inliers))
         return float(ratio * count)
+
+
+def _points_in_front(n0: np.ndarray, n1: np.ndarray, R: np.ndarray, t: np.ndarray) -> int:
+    """How many correspondences (normalised coordinates) triangulate in front of both cameras of pose (R, t)."""
+    rho0, rho1, _, _ = inverse_depths(n0, n1, R, t / np.linalg.norm(t))
+    return int(np.sum((rho0 > 0) & (rho1 > 0)))
 
 
 def _rotation_power(R: np.ndarray, k: float) -> np.ndarray:

@@ -164,23 +164,26 @@ def synthetic_trajectory(n_frames: int, speed: float = SPEED) -> Trajectory:
     return Trajectory(stamps=T0 + np.arange(n_frames) / FPS, poses=poses)
 
 
-def turn_in_place_trajectory(n_before: int, n_turn: int, n_after: int, turn_deg: float = 90.0,
-                             speed: float = SPEED) -> Trajectory:
-    """Ground truth T_world_cam of a robot that drives, turns in place and drives on along its new heading.
+def robot_trajectory(steps: list[tuple[int, float, float, float]]) -> Trajectory:
+    """Ground truth T_world_cam of a ground robot's moves on the street, for what a robot does that a car does not.
 
-    ``n_before`` frames ``speed`` m apart along the street, then ``n_turn`` frames that only turn (yaw, about the
-    camera centre, ``turn_deg / n_turn`` each), then ``n_after`` frames along the new heading. Render each pose with
-    :func:`render`. At 90 deg the turn faces the street's side wall (7 m away) after ~4 m of street.
+    The camera starts at the street's first pose; each ``(n, forward, sideways, yaw_deg)`` adds ``n`` frames, each
+    turned by ``yaw_deg`` (about the camera centre) and then moved ``forward`` m along its new heading and
+    ``sideways`` m to its right (negative: backwards / to the left). Render each pose with :func:`render`.
+    Examples: a turn in place ``[(11, 0.2, 0, 0), (15, 0, 0, 6), (12, 0.2, 0, 0)]`` (the 90 deg turn faces the side
+    wall, 7 m away); a reversal ``[(11, 0.2, 0, 0), (14, -0.2, 0, 0)]``; a stop is ``(n, 0, 0, 0)``.
     """
-    yaw = np.concatenate([np.zeros(n_before), np.radians(turn_deg) * np.arange(1, n_turn + 1) / n_turn,
-                          np.full(n_after, np.radians(turn_deg))])
-    moves = np.r_[np.ones(n_before - 1), np.zeros(n_turn), np.ones(n_after)]  # step i: frame i -> i + 1
-    heading = np.stack([np.sin(yaw[1:]), np.zeros(yaw.size - 1), np.cos(yaw[1:])], axis=1)
-    pos = np.vstack([np.zeros(3), np.cumsum(speed * moves[:, None] * heading, axis=0)])
-    poses = np.tile(np.eye(4), (yaw.size, 1, 1))
-    poses[:, :3, :3] = Rotation.from_euler("Y", yaw[:, None]).as_matrix()
-    poses[:, :3, 3] = pos
-    return Trajectory(stamps=T0 + np.arange(yaw.size) / FPS, poses=poses)
+    yaw, pos = [0.0], [np.zeros(3)]
+    for n, forward, sideways, yaw_deg in steps:
+        for _ in range(int(n)):
+            y = yaw[-1] + np.radians(yaw_deg)
+            ahead, right = np.array([np.sin(y), 0.0, np.cos(y)]), np.array([np.cos(y), 0.0, -np.sin(y)])
+            yaw.append(y)
+            pos.append(pos[-1] + forward * ahead + sideways * right)
+    poses = np.tile(np.eye(4), (len(yaw), 1, 1))
+    poses[:, :3, :3] = Rotation.from_euler("Y", np.array(yaw)[:, None]).as_matrix()
+    poses[:, :3, 3] = np.array(pos)
+    return Trajectory(stamps=T0 + np.arange(len(yaw)) / FPS, poses=poses)
 
 
 def _clip_near(pts: np.ndarray, near: float) -> np.ndarray:
