@@ -56,6 +56,8 @@ class Keyframe:
     landmarks : (N,) the landmark id each feature observes (-1: none).
     camera : the camera (as given, before the self-calibrated k1) its keypoints are pixels of.
     refined : (N,) bool, ``inv_depth`` is a landmark the backend's window refined (with this keyframe in it).
+    local_sharpness : (N,) the image's mean squared Laplacian around each keypoint (``pipeline.blur_ratio`` > 0),
+        for telling a blurred frame from a view of smoother content.
     """
 
     features: Features
@@ -67,6 +69,7 @@ class Keyframe:
     landmarks: np.ndarray | None = None
     camera: Camera | None = None
     refined: np.ndarray | None = None
+    local_sharpness: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.features)
@@ -272,6 +275,7 @@ class VOPipeline:
         # Blur (pipeline.blur_ratio): the sharpness of the last keyframes, this frame's, and blurred frames in a row
         self.sharpness: list[float] = []
         self._sharpness_now = 0.0
+        self._sharpness_map: np.ndarray | None = None  # this frame's squared Laplacian, box-filtered (9 x 9)
         self.blurred = False
         self.blurred_run = 0
         self.last_motion: tuple[np.ndarray, np.ndarray] | None = None  # previous pair's (R, unit t)
@@ -396,13 +400,39 @@ class VOPipeline:
         self.blurred = False
         if pc.blur_ratio <= 0:
             return
-        self._sharpness_now = float(cv2.Laplacian(grey, cv2.CV_32F).var())
+        laplacian = cv2.Laplacian(grey, cv2.CV_32F)
+        self._sharpness_now = float(laplacian.var())
+        self._sharpness_map = cv2.boxFilter(laplacian * laplacian, -1, (9, 9))
         if not has_content(grey):  # a covered lens has no sharpness, but is not blurred: nothing to continue from
             return
         if self.sharpness and self._sharpness_now < pc.blur_ratio * float(np.median(self.sharpness)):
             self.blurred_run += 1
             self.blurred = self.blurred_run <= pc.max_blurred_frames
         else:
+            self.blurred_run = 0
+
+    def _local_sharpness(self, keypoints: np.ndarray) -> np.ndarray | None:
+        """(N,) this frame's mean squared Laplacian around each keypoint (None without ``pipeline.blur_ratio``)."""
+        m = self._sharpness_map
+        if m is None:
+            return None
+        h, w = m.shape
+        x = np.clip(np.rint(keypoints[:, 0]).astype(np.int64), 0, w - 1)
+        y = np.clip(np.rint(keypoints[:, 1]).astype(np.int64), 0, h - 1)
+        return m[y, x]
+
+    def _confirm_blur(self, matches: Matches, feats: Features) -> None:
+        """A frame much less sharp than the last keyframes may only show smoother content: a robot turning from the
+        street to a plain wall (the synthetic street's side wall: 0.3x the street's Laplacian variance) was taken for
+        10 blurred frames in a row, and without keyframes the turn was lost. It is blurred only if the points it shares
+        with its reference are less sharp in it too (median over the matches, the same ``blur_ratio``)."""
+        ref = self.ref.local_sharpness
+        if not self.blurred or ref is None or len(matches) < self.cfg.geometry.min_inliers:
+            return
+        now = self._local_sharpness(feats.keypoints[matches.idx1])
+        before = float(np.median(ref[matches.idx0]))
+        if before > 0 and float(np.median(now)) >= self.cfg.pipeline.blur_ratio * before:
+            self.blurred = False
             self.blurred_run = 0
 
     def _keyframe_allowed(self, wanted: bool) -> bool:
@@ -561,7 +591,7 @@ class VOPipeline:
                                 ref_keypoints=np.zeros((0, 2), np.float32), cur_keypoints=np.zeros((0, 2), np.float32),
                                 covariance=self.last_cov.copy(), motion_model="none")
         self.ref = Keyframe(features=feats, T_world_cam=self.last_pose.copy(), image=self._grey,
-                            camera=self._raw_camera)
+                            camera=self._raw_camera, local_sharpness=self._local_sharpness(feats.keypoints))
         self.sharpness = [self._sharpness_now] if self.cfg.pipeline.blur_ratio > 0 else []
         if self.map is not None:
             self.ref.id = self.map.add_keyframe(self.ref.T_world_cam)
@@ -633,6 +663,7 @@ class VOPipeline:
         kp1 = feats.keypoints[matches.idx1]
         if len(matches) < cfg.geometry.min_inliers:
             return self._unposed(frame, camera, feats, matches, now)
+        self._confirm_blur(matches, feats)
         displacement_px = float(np.median(np.linalg.norm(kp1 - kp0, axis=1)))
         if displacement_px < pc.static_parallax_px:  # neither rotation nor parallax
             return self._untranslated(frame, camera, feats, matches, None, now)
@@ -1027,6 +1058,8 @@ class VOPipeline:
             kf.camera = self._raw_camera
         if self.cfg.pipeline.blur_ratio > 0:
             self.sharpness = (self.sharpness + [self._sharpness_now])[-5:]
+            if kf.local_sharpness is None:
+                kf.local_sharpness = self._local_sharpness(kf.features.keypoints)
         self.ref = kf
         self.ref_cov = cov.copy()
         self.base = now
