@@ -668,7 +668,10 @@ class VOPipeline:
         if displacement_px < pc.static_parallax_px:  # neither rotation nor parallax
             return self._untranslated(frame, camera, feats, matches, None, now)
         prior = self.last_motion if cfg.geometry.motion_prior else None
-        geom = estimate_relative_pose(kp0, kp1, camera, cfg.geometry, ordered=True, prior=prior)
+        geo = cfg.geometry
+        if self.still:  # standing or turning on the spot: starting to move needs twice the parallax (hysteresis)
+            geo = replace(geo, rotation_only_parallax_px=2.0 * geo.rotation_only_parallax_px)
+        geom = estimate_relative_pose(kp0, kp1, camera, geo, ordered=True, prior=prior)
         if geom is None:
             self.last_motion = None
             return self._unposed(frame, camera, feats, matches, now)

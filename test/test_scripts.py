@@ -211,3 +211,24 @@ def test_pack_train_images_keeps_what_the_trainer_crops(tmp_path):
         assert a.shape == b.shape == (240, 320, 3)
         assert np.abs(a - b).mean() < 4.0, seed  # resampling and JPEG only
     assert pack.main([str(tmp_path / "missing"), str(tmp_path / "d2")]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/robot_moves.py (what a ground robot does: turns on the spot, backs up, strafes)
+# --------------------------------------------------------------------------------------------
+def test_robot_moves_scores_a_robot_backing_up(tmp_path):
+    """One scenario end to end with SIFT: the JSON holds its scores, and backing up is estimated as backing up
+    (before stop 43 the direction gate turned it into driving on: ATE 0.84 m over 5 m)."""
+    out = tmp_path / "moves.json"
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "robot_moves.py"), "--config",
+                          str(REPO / "config" / "vo_classical.yaml"), "--scenarios", "reverse", "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["scenario"] == "reverse" and row["frames"] == 31 and row["path_length_m"] == pytest.approx(5.0)
+    assert row["ate_m"] < 0.03 and row["moved_while_still_m"] < 0.01
+    assert 0.9 < row["step_ratio_before"] < 1.1 and 0.9 < row["step_ratio_after"] < 1.1
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "robot_moves.py"), "--scenarios", "moonwalk"],
+                         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert bad.returncode == 2 and "unknown scenario" in bad.stderr
