@@ -313,7 +313,11 @@ class LocalMap:
         where = {k: i for i, k in enumerate(ids)}
         distances = np.array([(where[a], where[b], d, d * sig) for (a, b), (d, sig) in sorted(self.distances.items())
                               if a in where and b in where], float).reshape(-1, 4)
-        return WindowProblem(np.array(ids), np.stack([self.poses[k] for k in ids]), num_fixed, self.landmark_ids[rows].copy(),
+        poses = np.stack([self.poses[k] for k in ids])
+        gauge = scale_gauge(poses, num_fixed)
+        if gauge is not None:
+            distances = np.vstack([distances, gauge])
+        return WindowProblem(np.array(ids), poses, num_fixed, self.landmark_ids[rows].copy(),
                              self.positions[rows].copy(), np.searchsorted(ids, kf[sel]), _positions_of(rows, n)[row[sel]],
                              xy[sel].copy(), float(sigma), float(k1), bool(calibrate), distances, self._next_lm,
                              self.revision)
@@ -673,6 +677,40 @@ class _CeresWindow:
         solver.parameter_tolerance = 0.0
         solver.num_threads = 1  # the worker's one core; the front end has the other
         return options
+
+
+def scale_gauge(poses: np.ndarray, num_fixed: int, min_spread: float = 0.1, sigma: float = 1e-3
+                ) -> np.ndarray | None:
+    """The window's scale, held by a distance when its held keyframes cannot hold it.
+
+    Held keyframes fix the window's position and orientation, and its scale by the distances between them. A robot
+    that stood or turned on the spot leaves held keyframes with (nearly) one centre: no scale is held, and the
+    window, free to shrink or grow the steps after them, grew a turn-in-place's next metres 1.7x (SIFT's 10-keyframe
+    window, 2 held). Then the distance from the newest held keyframe to the free keyframe farthest from it is held
+    at its value (a prior of relative standard deviation ``sigma``: a gauge, not a measurement).
+
+    Parameters
+    ----------
+    poses : (K, 4, 4) the window's T_world_cam, oldest first; num_fixed : how many of the oldest are held.
+    min_spread : the held keyframes' largest distance between centres, over that distance, below which they are
+        taken to hold no scale.
+
+    Returns
+    -------
+    (1, 4) a distance prior row (index a, index b, distance, its standard deviation) for
+    :attr:`WindowProblem.distances`, or None when the held keyframes span a baseline (or nothing moved).
+    """
+    if num_fixed < 1 or num_fixed >= len(poses):
+        return None
+    centres = poses[:, :3, 3]
+    held = centres[:num_fixed]
+    spread = float(np.max(np.linalg.norm(held[:, None] - held[None], axis=2))) if num_fixed > 1 else 0.0
+    reach = np.linalg.norm(centres[num_fixed:] - held[-1], axis=1)
+    far = int(np.argmax(reach))
+    d = float(reach[far])
+    if d <= 0 or spread >= min_spread * d:
+        return None
+    return np.array([[num_fixed - 1, num_fixed + far, d, d * sigma]])
 
 
 def _add_distance_priors(ceres_problem, rec, problem: WindowProblem, config, poses: np.ndarray) -> list:

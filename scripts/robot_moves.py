@@ -8,7 +8,8 @@ replayed with a config as ``kp2d replay`` does (each backend window waited for);
 
 Per scenario: ATE (Sim(3)-aligned) and RPE rotation, the path length, how far the estimate moved while the truth
 stood or turned on the spot (``moved_while_still_m``, at the ATE's scale), and the step lengths' ratio to the truth
-(median before and after the first stop or turn, and the worst step). Prints a table and writes JSON.
+(median before and after the first stop or turn, and the worst step); a scenario that raised keeps its error.
+Prints a table and writes JSON.
 """
 from __future__ import annotations
 
@@ -106,7 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'scenario':16s} {'frames':>6s} {'path m':>7s} {'ATE m':>8s} {'RPE rot':>8s} {'moved still m':>13s} "
           f"{'steps before/after/worst':>26s}")
     for name in names:
-        r = score(name, SCENARIOS[name], cfg)
+        try:
+            r = score(name, SCENARIOS[name], cfg)
+        except Exception as e:  # noqa: BLE001 - a crash is this scenario's result, the others still run
+            rows.append({"scenario": name, "steps": [list(s) for s in SCENARIOS[name]],
+                         "error": f"{type(e).__name__}: {e}"})
+            print(f"{name:16s} failed: {type(e).__name__}: {e}", flush=True)
+            continue
         rows.append(r)
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         print(f"{name:16s} {r['frames']:6d} {r['path_length_m']:7.2f} {r['ate_m']:8.4f} {r['rpe_rot_deg']:8.4f} "

@@ -113,6 +113,24 @@ def test_gauge_stays_fixed(solver):
     assert trans.max() < 0.01 * BASELINE
 
 
+def test_held_keyframes_on_one_spot_hold_the_scale_by_a_distance():
+    """Two held keyframes with one centre (a robot turned on the spot between them) fix no scale: the window gets a
+    distance prior from the newest held keyframe to the farthest free one, at its current length. Held keyframes
+    that span a baseline (driving) get none."""
+    from kp2d_ros.backend import scale_gauge
+
+    poses = np.stack(list(driving_poses(6, BASELINE)))
+    assert scale_gauge(poses, 2) is None
+    turned = poses.copy()
+    turned[1, :3, 3] = turned[0, :3, 3]  # the second held keyframe only turned
+    row = scale_gauge(turned, 2)
+    far = np.linalg.norm(turned[2:, :3, 3] - turned[1, :3, 3], axis=1)
+    assert row.shape == (1, 4) and row[0, 0] == 1 and row[0, 1] == 2 + np.argmax(far)
+    assert row[0, 2] == pytest.approx(far.max()) and row[0, 3] == pytest.approx(1e-3 * far.max())
+    assert scale_gauge(turned, 1) is not None  # one held keyframe holds no scale either
+    assert scale_gauge(turned, 6) is None and scale_gauge(np.tile(np.eye(4), (4, 1, 1)), 2) is None  # nothing free/moved
+
+
 def test_too_few_landmarks_is_skipped_with_a_reason():
     poses = true_poses(5)
     m, _ = make_map(poses, n_points=10)
