@@ -538,8 +538,6 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
     # Translation observability: parallax left after the best pure rotation (model selection; the
     # essential matrix of a pure rotation is degenerate and its R may be the twisted solution).
     R_rot, parallax_px = pure_rotation_fit(n0[inl], n1[inl], f)
-    import os
-    if os.environ.get("DBG_E"): print(f"  [E residual median {np.median(np.abs(sampson_errors(E, n0[inl], n1[inl]))) * f:.3f} px, rot parallax {parallax_px:.3f}, ratio {parallax_px / (np.median(np.abs(sampson_errors(E, n0[inl], n1[inl]))) * f):.2f}]")
     if parallax_px < cfg.rotation_only_parallax_px:
         R = R_rot
         return TwoViewGeometry(R=R, t=np.zeros(3), inliers=inl, points3d=np.zeros((0, 3)),
