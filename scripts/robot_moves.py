@@ -38,21 +38,11 @@ SCENARIOS: dict[str, list[tuple[int, float, float, float]]] = {
 }
 
 
-def sequence(steps):
-    from kp2d_ros.data.sequence import Sequence
-    from kp2d_ros.data.synthetic import render, robot_trajectory, synthetic_camera
-
-    gt = robot_trajectory(steps)
-    camera = synthetic_camera()
-    images = [render(T, camera, noise_seed=i) for i, T in enumerate(gt.poses)]
-    return Sequence("robot_moves", "synthetic", camera, gt.stamps, lambda: iter(images), ground_truth=gt,
-                    loader=images.__getitem__)
-
-
 def score(name: str, steps, cfg) -> dict:
+    from kp2d_ros.data.synthetic import robot_sequence
     from kp2d_ros.eval.replay import replay
 
-    seq = sequence(steps)
+    seq = robot_sequence(steps)
     t0 = time.perf_counter()
     res = replay(seq, cfg, progress=False)
     est = np.array([T[:3, 3] for T in res.estimate.poses])

@@ -1266,14 +1266,9 @@ def test_direction_gate_takes_the_constant_velocity_basin_only_when_the_data_all
 
 def _robot(steps):
     """The synthetic street driven by a robot's moves (``robot_trajectory``), rendered, as a sequence."""
-    from kp2d_ros.data.sequence import Sequence
-    from kp2d_ros.data.synthetic import render, robot_trajectory, synthetic_camera
+    from kp2d_ros.data.synthetic import robot_sequence
 
-    gt = robot_trajectory(steps)
-    camera = synthetic_camera()
-    images = [render(T, camera, noise_seed=i) for i, T in enumerate(gt.poses)]
-    return Sequence("robot", "synthetic", camera, gt.stamps, lambda: iter(images), ground_truth=gt,
-                    loader=images.__getitem__)
+    return robot_sequence(steps)
 
 
 def _replay_shipped(seq, frontend):

@@ -285,6 +285,23 @@ def synthetic_sequence(n_frames: int = 80, seed: int = 0, width: int = 640, heig
     return Sequence("synthetic", "synthetic", camera, gt.stamps, images, ground_truth=gt, loader=load)
 
 
+def robot_sequence(steps: list[tuple[int, float, float, float]], seed: int = 0, width: int = 640,
+                   height: int = 480) -> Sequence:
+    """:func:`robot_trajectory` rendered on the street as a sequence (frames rendered on access, as
+    :func:`synthetic_sequence`'s)."""
+    camera = synthetic_camera(width, height)
+    gt = robot_trajectory(steps)
+
+    def load(i: int) -> np.ndarray:
+        return render(gt.poses[i], camera, noise_seed=seed * 100003 + i)
+
+    def images():
+        for i in range(len(gt.stamps)):
+            yield load(i)
+
+    return Sequence("robot_moves", "synthetic", camera, gt.stamps, images, ground_truth=gt, loader=load)
+
+
 def texture_source() -> str:
     """``scikit-image`` when its sample images are available, else ``procedural``."""
     try:
