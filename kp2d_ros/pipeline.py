@@ -288,6 +288,7 @@ class VOPipeline:
         self.last_stamp: float | None = None
         self.base = _Tick(None, 0)
         self.still = False  # the last frame without translation was judged standing (not too slow to see)
+        self.turning = False  # ... and it turned on the spot (a pure rotation once the camera had moved)
         self.speed_changes: list[tuple[float, float]] = []  # (log measured / prior length, elapsed), last pairs
         self.ref_cov = np.zeros((6, 6))  # covariance of the reference keyframe's pose (world axes)
         self.last_cov = np.zeros((6, 6))
@@ -669,7 +670,7 @@ class VOPipeline:
             return self._untranslated(frame, camera, feats, matches, None, now)
         prior = self.last_motion if cfg.geometry.motion_prior else None
         geo = cfg.geometry
-        if self.still:  # standing or turning on the spot: starting to move needs twice the parallax (hysteresis)
+        if self.turning:  # turning on the spot: starting to move needs twice the parallax (hysteresis)
             geo = replace(geo, rotation_only_parallax_px=2.0 * geo.rotation_only_parallax_px)
         geom = estimate_relative_pose(kp0, kp1, camera, geo, ordered=True, prior=prior)
         if geom is None:
@@ -684,7 +685,7 @@ class VOPipeline:
         if not np.any(geom.t):  # translation unobservable: a pure rotation, a stop, or too slow to see
             return self._untranslated(frame, camera, feats, matches, geom, now)
 
-        self.still = False
+        self.still = self.turning = False
         geom = self._gate_direction(geom, kp0, kp1, camera)
         inl = geom.inliers
         n0 = normalize_points(kp0[inl], camera)
@@ -874,6 +875,7 @@ class VOPipeline:
         self.lost_frames = 0
         self.base = now
         self.still = True
+        self.turning = False
         still = self._still(feats, matches)
         cov_rel = np.zeros((6, 6))
         cov_rel[:3, :3] = self._zero_translation_cov(camera, feats, matches, still)
@@ -922,6 +924,7 @@ class VOPipeline:
         if standing:
             self.base = now
             self.still = True
+            self.turning = True
         is_kf = self._keyframe_allowed(rotation_angle_deg(geom.R) > pc.rotation_keyframe_deg)
         if is_kf:
             kf = Keyframe(features=feats, T_world_cam=T)

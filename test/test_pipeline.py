@@ -521,7 +521,7 @@ def test_a_camera_turning_where_it_stood_does_not_start_moving_on_a_lens_error()
     """A robot drives, stops, then turns on the spot at 5 deg per frame, through a lens error of k1 = 0.08 (the
     self-calibration's spurious k1 on the pinhole street). The error leaves the turn's pairs ~0.5 px of parallax
     after the best rotation, just above ``geometry.rotation_only_parallax_px``: before, the pairs became translations
-    and the camera drove 8 m off while turning. Standing or turning, starting to move now takes twice that
+    and the camera drove 8 m off while turning. Turning on the spot, starting to move now takes twice that
     parallax."""
     poses = [se3(np.eye(3), np.array([0.0, 0.0, 3.0 * i])) for i in range(3)] + [se3(np.eye(3), [0.0, 0.0, 6.0])] * 3
     poses += [se3(cv2.Rodrigues(np.radians([0.0, 5.0 * j, 0.0]))[0], [0.0, 0.0, 6.0]) for j in range(1, 13)]
