@@ -86,12 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     except Kp2dError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for key in ("model_path",):
-        path = Path(getattr(cfg.frontend, key))
-        if not path.is_absolute() and not path.exists():
-            setattr(cfg.frontend, key, str(REPO / path))
-    if not Path(cfg.matching.io_net_path).is_absolute() and not Path(cfg.matching.io_net_path).exists():
-        cfg.matching.io_net_path = str(REPO / cfg.matching.io_net_path)
     cfg.backend.threaded = False  # each window waited for, as kp2d replay
     rows = []
     print(f"{'scenario':16s} {'frames':>6s} {'path m':>7s} {'ATE m':>8s} {'RPE rot':>8s} {'moved still m':>13s} "

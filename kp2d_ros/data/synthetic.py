@@ -273,24 +273,12 @@ def synthetic_sequence(n_frames: int = 80, seed: int = 0, width: int = 640, heig
     camera = synthetic_camera(width, height)
     if not speed > 0:
         raise ValueError("speed must be > 0")
-    gt = synthetic_trajectory(n_frames, speed)
-
-    def load(i: int) -> np.ndarray:
-        return render(gt.poses[i], camera, noise_seed=seed * 100003 + i)
-
-    def images():
-        for i in range(n_frames):
-            yield load(i)
-
-    return Sequence("synthetic", "synthetic", camera, gt.stamps, images, ground_truth=gt, loader=load)
+    return _rendered("synthetic", synthetic_trajectory(n_frames, speed), camera, seed)
 
 
-def robot_sequence(steps: list[tuple[int, float, float, float]], seed: int = 0, width: int = 640,
-                   height: int = 480) -> Sequence:
-    """:func:`robot_trajectory` rendered on the street as a sequence (frames rendered on access, as
-    :func:`synthetic_sequence`'s)."""
-    camera = synthetic_camera(width, height)
-    gt = robot_trajectory(steps)
+def _rendered(name: str, gt: Trajectory, camera: Camera, seed: int) -> Sequence:
+    """The street seen from ``gt``'s poses as a sequence, each frame rendered on access (frame i's pixel noise
+    seeded with ``seed * 100003 + i``)."""
 
     def load(i: int) -> np.ndarray:
         return render(gt.poses[i], camera, noise_seed=seed * 100003 + i)
@@ -299,7 +287,14 @@ def robot_sequence(steps: list[tuple[int, float, float, float]], seed: int = 0, 
         for i in range(len(gt.stamps)):
             yield load(i)
 
-    return Sequence("robot_moves", "synthetic", camera, gt.stamps, images, ground_truth=gt, loader=load)
+    return Sequence(name, "synthetic", camera, gt.stamps, images, ground_truth=gt, loader=load)
+
+
+def robot_sequence(steps: list[tuple[int, float, float, float]], seed: int = 0, width: int = 640,
+                   height: int = 480) -> Sequence:
+    """:func:`robot_trajectory` rendered on the street as a sequence (frames rendered on access, as
+    :func:`synthetic_sequence`'s)."""
+    return _rendered("robot_moves", robot_trajectory(steps), synthetic_camera(width, height), seed)
 
 
 def texture_source() -> str:
