@@ -115,9 +115,17 @@ class RefineConfig:
     # tracks use the full-resolution level only; ``levels`` applies to the plain ones (no prediction yet: the
     # first pair, after a loss; a warped track that failed its checks).
     affine: bool = True
+    # Auto-exposure: scale the brighter image to the darker one's brightness before tracking, by the ratio measured
+    # at the matches (refine.exposure_ratio), when it changes the brightness by more than exposure_min_change. Half
+    # the brightness broke ~90 % of the tracks. Below 20 % the points' own changes (vignetting, shadows: 2-11 % per
+    # frame on KITTI 07) are as large as a common one, and taking two such frames for an exposure change cost the
+    # clean clip 0.0545 -> 0.073 m (docs/results.md: Auto-exposure).
+    exposure: bool = True
+    exposure_min_change: float = 0.2
 
     def validate(self) -> None:
         _choice("refine.method", self.method, ("none", "lk"))
+        _nonneg("refine.exposure_min_change", self.exposure_min_change)
         if self.window_px < 3 or self.window_px % 2 == 0:
             raise ConfigError(f"refine.window_px: must be odd and >= 3, got {self.window_px}")
         _nonneg("refine.levels", self.levels)
@@ -246,8 +254,9 @@ class PipelineConfig:
     rotation_keyframe_deg: float = 5.0
     # Frames without a valid pose before the tracker declares itself lost and re-initialises.
     max_lost_frames: int = 3
-    # A blurred frame (a bump, a fast pan): the variance of its Laplacian below blur_ratio times the median of the
-    # last 5 keyframes'. It is posed against the last sharp keyframe as usual (at the last velocity when fewer than
+    # A blurred frame (a bump, a fast pan): the variance of its Laplacian (over its squared mean brightness, so that an
+    # auto-exposure change is not blur) below blur_ratio times the median of the last 5 keyframes'. It is posed
+    # against the last sharp keyframe as usual (at the last velocity when fewer than
     # keyframe_min_inliers inliers hold its pose) but never becomes a keyframe, nor restarts a lost tracker, so the
     # frames after the burst match a sharp keyframe again (docs/results.md: Robustness, stop 27). After max_blurred_frames
     # in a row the images are taken as they are (a duller scene). blur_ratio 0: off.

@@ -56,8 +56,8 @@ class Keyframe:
     landmarks : (N,) the landmark id each feature observes (-1: none).
     camera : the camera (as given, before the self-calibrated k1) its keypoints are pixels of.
     refined : (N,) bool, ``inv_depth`` is a landmark the backend's window refined (with this keyframe in it).
-    local_sharpness : (N,) the image's mean squared Laplacian around each keypoint (``pipeline.blur_ratio`` > 0),
-        for telling a blurred frame from a view of smoother content.
+    local_sharpness : (N,) the image's mean squared Laplacian around each keypoint over its squared mean brightness
+        there (``pipeline.blur_ratio`` > 0), for telling a blurred frame from a view of smoother content.
     """
 
     features: Features
@@ -275,7 +275,7 @@ class VOPipeline:
         # Blur (pipeline.blur_ratio): the sharpness of the last keyframes, this frame's, and blurred frames in a row
         self.sharpness: list[float] = []
         self._sharpness_now = 0.0
-        self._sharpness_map: np.ndarray | None = None  # this frame's squared Laplacian, box-filtered (9 x 9)
+        self._sharpness_map: np.ndarray | None = None  # squared Laplacian over squared brightness, 9 x 9 means
         self.blurred = False
         self.blurred_run = 0
         self.last_motion: tuple[np.ndarray, np.ndarray] | None = None  # previous pair's (R, unit t)
@@ -394,7 +394,10 @@ class VOPipeline:
 
     def _judge_blur(self, grey: np.ndarray | None) -> None:
         """``self.blurred``: this frame (``grey``) is much less sharp than the last keyframes (``pipeline.blur_ratio``;
-        the variance of the Laplacian), and fewer than ``max_blurred_frames`` were in a row. A frame without content
+        the variance of the Laplacian over the squared mean brightness), and fewer than ``max_blurred_frames`` were
+        in a row. Both sharpness measures (this one and the local one, :meth:`_local_sharpness`) are relative to the
+        brightness: an auto-exposure step to half the brightness quarters the Laplacian's variance, and was taken
+        for 10 frames of blur (docs/results.md: Exposure). A frame without content
         (:func:`~kp2d_ros.frontend_common.has_content`: a black frame) is not blurred: there is nothing to continue from,
         and it is lost as any frame that cannot be posed."""
         pc = self.cfg.pipeline
@@ -402,8 +405,9 @@ class VOPipeline:
         if pc.blur_ratio <= 0:
             return
         laplacian = cv2.Laplacian(grey, cv2.CV_32F)
-        self._sharpness_now = float(laplacian.var())
-        self._sharpness_map = cv2.boxFilter(laplacian * laplacian, -1, (9, 9))
+        self._sharpness_now = float(laplacian.var()) / max(float(grey.mean()), 1.0) ** 2
+        brightness = np.maximum(cv2.boxFilter(grey.astype(np.float32), -1, (9, 9)), 1.0)
+        self._sharpness_map = cv2.boxFilter(laplacian * laplacian, -1, (9, 9)) / (brightness * brightness)
         if not has_content(grey):  # a covered lens has no sharpness, but is not blurred: nothing to continue from
             return
         if self.sharpness and self._sharpness_now < pc.blur_ratio * float(np.median(self.sharpness)):
@@ -413,7 +417,8 @@ class VOPipeline:
             self.blurred_run = 0
 
     def _local_sharpness(self, keypoints: np.ndarray) -> np.ndarray | None:
-        """(N,) this frame's mean squared Laplacian around each keypoint (None without ``pipeline.blur_ratio``)."""
+        """(N,) this frame's mean squared Laplacian around each keypoint over the squared mean brightness there (9 x 9
+        windows; None without ``pipeline.blur_ratio``)."""
         m = self._sharpness_map
         if m is None:
             return None

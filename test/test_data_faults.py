@@ -1,4 +1,4 @@
-"""``--simulate`` variants of a sequence: stop, dropped frames, every N-th frame, a clip."""
+"""``--simulate`` variants of a sequence: stop, dropped frames, every N-th frame, a clip, an exposure change."""
 import numpy as np
 import pytest
 
@@ -78,7 +78,8 @@ def test_every_and_clip_and_combinations():
 @pytest.mark.parametrize("spec, fragment", [
     ("pause=3:4", "expected"), ("stop=3", "two integers"), ("every=0", ">= 1"), ("drop=5:2", "ends before"),
     ("stop=a:2", "integers"), ("every=2,every=3", "twice"), ("drop=18:25", "outside"), ("drop=3,drop=20", "outside"),
-    ("stop=7:2,drop=6:8", "not part"),
+    ("stop=7:2,drop=6:8", "not part"), ("gain=3:4", "three integers"), ("gain=5:2:50", "ends before"),
+    ("gain=3:25:50", "outside"), ("gain=3:4:-5", "three integers"),
     ("frames=0:3,every=1,drop=0:3", "no frame left")])
 def test_bad_specifications_raise(spec, fragment):
     with pytest.raises(DataError, match=fragment):
@@ -88,3 +89,22 @@ def test_bad_specifications_raise(spec, fragment):
 def test_parse():
     f = Faults.parse("stop=60:10,drop=61:64,every=3,frames=30:99")
     assert (f.stop, f.drop, f.every, f.frames) == ((60, 10), ((61, 64),), 3, (30, 99))
+
+
+@pytest.mark.parametrize("loader", [True, False])
+def test_gain_scales_the_frames_intensities_as_an_exposure_step(loader):
+    """``gain=A:B:P``: frames A..B at P percent (rounded, saturating at the dtype's maximum), the others untouched,
+    on top of the other faults; ranges given twice multiply where they overlap."""
+    base = numbered(n=20, loader=loader)
+    seq = simulate(base, "gain=4:9:50,gain=8:9:300,drop=6,stop=5:1")
+    assert seq.name == "num+drop6+stop5x1+gain4-9x50+gain8-9x300"
+    # frame i's pixel is i: 4 -> 2, 5 -> 2 (2.5 rounds to even), its stop copy too, 7 -> 4 (3.5), 8 -> 12, 9 -> 14 (13.5)
+    assert ids(seq) == [0, 1, 2, 3, 2, 2, 2, 4, 12, 14] + list(range(10, 20))
+    assert seq.frame(8).image.dtype == np.uint8
+    bright = simulate(numbered(n=70, loader=loader), "gain=0:69:400")
+    assert int(bright.frame(64).image[0, 0]) == 255 and int(bright.frame(10).image[0, 0]) == 40
+
+
+def test_parse_gain():
+    f = Faults.parse("gain=60:159:50, gain=70:72:150")
+    assert f.gain == ((60, 159, 50), (70, 72, 150)) and f.label() == "+gain60-159x50+gain70-72x150"

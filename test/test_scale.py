@@ -151,6 +151,25 @@ def test_tracking_along_the_predicted_plane_homography_removes_the_zoom_bias():
     assert errors["predicted"] < 0.1 and errors["predicted"] < errors["plain"] / 3, errors
 
 
+def test_ground_tracking_survives_an_exposure_step():
+    """The same road, the current image at 60 % of the brightness (auto-exposure). Lucas-Kanade needs constant
+    brightness: before, 11 of 241 tracks passed the forward-backward check, 0.9 px off (median); the images are now
+    brought to one brightness first."""
+    K = CAM.K
+    rng = np.random.default_rng(0)
+    tex = cv2.GaussianBlur((rng.random((CAM.height, CAM.width)) * 255).astype(np.float32), (0, 0), 2.0)
+    ref = cv2.normalize(tex, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    t = np.array([0.0, 0.0, -1.0])
+    H = K @ (np.eye(3) + np.outer(t, [0.0, 1 / 1.65, 0.0])) @ np.linalg.inv(K)
+    cur = cv2.warpPerspective(ref, H, (CAM.width, CAM.height), flags=cv2.INTER_LINEAR)
+    cur = np.rint(cur * 0.6).astype(np.uint8)
+    roi = ground_roi(CAM, ground_direction(VOConfig()))
+    p0, p1 = track_ground_points(ref, cur, roi, homography=H)
+    assert len(p0) > 100
+    truth = cv2.perspectiveTransform(p0.reshape(-1, 1, 2).astype(np.float64), H).reshape(-1, 2)
+    assert float(np.median(np.linalg.norm(p1 - truth, axis=1))) < 0.1
+
+
 def test_ground_roi_is_the_road_ahead():
     roi = ground_roi(CAM, ground_direction(VOConfig()))
     assert roi.shape == (CAM.height, CAM.width)

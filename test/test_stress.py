@@ -8,7 +8,7 @@ from test_replay_cli import _assert_clean_error, kp2d
 from kp2d_ros.data.faults import Faults
 from kp2d_ros.data.synthetic import write_synthetic_sequence
 from kp2d_ros.errors import ConfigError
-from kp2d_ros.eval.stress import VariantOutcome, compare, random_drops, stress_variants, summarize
+from kp2d_ros.eval.stress import DEFAULT_VARIANTS, VariantOutcome, compare, random_drops, stress_variants, summarize
 
 
 def test_random_drops_are_reproducible_spare_the_first_frame_and_follow_the_rate():
@@ -22,7 +22,8 @@ def test_random_drops_are_reproducible_spare_the_first_frame_and_follow_the_rate
 
 
 def test_variants_are_the_replay_options_they_name():
-    by_name = {v.name: v for v in stress_variants(160, ["clean", "lag3", "drops1", "drops1+lag2", "every2", "stop"])}
+    by_name = {v.name: v for v in stress_variants(160, ["clean", "lag3", "drops1", "drops1+lag2", "every2", "stop",
+                                                         "shade", "glare"])}
     assert (by_name["clean"].simulate, by_name["clean"].backend_lag) == (None, 0)
     assert (by_name["lag3"].simulate, by_name["lag3"].backend_lag) == (None, 3)
     spec = by_name["drops1"].simulate
@@ -30,6 +31,9 @@ def test_variants_are_the_replay_options_they_name():
     assert removed == random_drops(160, 0.1, 1) and by_name["drops1"].backend_lag == 0
     assert (by_name["drops1+lag2"].simulate, by_name["drops1+lag2"].backend_lag) == (spec, 2)
     assert by_name["every2"].simulate == "every=2" and by_name["stop"].simulate == "stop=80:10"
+    assert by_name["shade"].simulate == "gain=80:159:50" and by_name["glare"].simulate == "gain=80:159:180"
+    assert Faults.parse(by_name["shade"].simulate).gain == ((80, 159, 50),)
+    assert "shade" not in DEFAULT_VARIANTS  # earlier runs were compared over the defaults
     for bad in (["clean", "clean"], ["lag0"], ["every1"], ["drops"], ["fast"]):
         with pytest.raises(ConfigError):
             stress_variants(160, bad)

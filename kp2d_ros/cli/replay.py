@@ -37,7 +37,8 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--simulate", default=None, metavar="SPEC",
                    help="robustness variant of the input: comma-separated stop=K:R (R copies of frame K, a stop), "
                         "drop=A:B (frames A..B missing; drop=K one frame; drop may repeat), every=N (every N-th "
-                        "frame), frames=S:E (a clip); "
+                        "frame), frames=S:E (a clip), gain=A:B:P (frames A..B at P percent of their brightness: "
+                        "an auto-exposure step); "
                         "frame numbers of the original sequence (see kp2d_ros/data/faults.py)")
     return p
 

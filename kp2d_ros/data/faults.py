@@ -1,4 +1,4 @@
-"""Robustness variants of any sequence: a stop, dropped frames, a lower frame rate.
+"""Robustness variants of any sequence: a stop, dropped frames, a lower frame rate, an exposure change.
 
 ``kp2d replay PATH --simulate SPEC`` and the tests build them with :func:`simulate`. SPEC is a
 comma-separated list of (each at most once but ``drop``; frame numbers are those of the original sequence):
@@ -10,7 +10,11 @@ comma-separated list of (each at most once but ``drop``; frame numbers are those
 ``every=N``     keep every N-th frame (0, N, 2N, ... counted from the first kept frame);
 ``stop=K:R``    after frame K insert R copies of it (identical images) one median frame interval
                 apart, and shift every later stamp by R intervals: a stop of R intervals with the
-                ground truth held at frame K.
+                ground truth held at frame K;
+``gain=A:B:P``  multiply the intensities of frames A..B (inclusive) by P percent, clipped to the image's
+                range: an auto-exposure step (``gain=60:159:50`` halves the brightness from frame 60 on, as
+                when a robot drives into shade; ``P`` > 100 brightens and saturates). ``gain`` may be given
+                several times (a later range multiplies on top where they overlap).
 
 Example: ``stop=60:10`` on KITTI (10 Hz) is a 1 s stop at frame 60; ``drop=61:64`` drops 4 frames.
 :func:`drop_spec` writes the SPEC of given dropped frames (``kp2d play --record-drops``: the frames a live node
@@ -37,16 +41,18 @@ class Faults:
     drop : (A, B) inclusive ranges of original frames to remove.
     every : keep every N-th frame.
     stop : (K, R) R copies of original frame K.
+    gain : (A, B, P) frames A..B with their intensities multiplied by P / 100.
     """
 
     frames: tuple[int, int] | None = None
     drop: tuple[tuple[int, int], ...] = ()
     every: int = 1
     stop: tuple[int, int] | None = None
+    gain: tuple[tuple[int, int, int], ...] = ()
 
     @classmethod
     def parse(cls, spec: str) -> "Faults":
-        """``"stop=60:10,drop=61:64,every=3,frames=30:99"`` -> Faults.
+        """``"stop=60:10,drop=61:64,every=3,frames=30:99,gain=70:99:50"`` -> Faults.
 
         Raises
         ------
@@ -59,9 +65,10 @@ class Faults:
                 continue
             key, sep, value = item.partition("=")
             key = key.strip()
-            if not sep or key not in ("frames", "drop", "every", "stop"):
-                raise DataError(f"--simulate: expected frames=S:E, drop=A:B, every=N or stop=K:R, got {item!r}")
-            if key in seen and key != "drop":
+            if not sep or key not in ("frames", "drop", "every", "stop", "gain"):
+                raise DataError(f"--simulate: expected frames=S:E, drop=A:B, every=N, stop=K:R or gain=A:B:P, "
+                                f"got {item!r}")
+            if key in seen and key not in ("drop", "gain"):
                 raise DataError(f"--simulate: {key} given twice")
             seen.add(key)
             try:
@@ -70,6 +77,13 @@ class Faults:
                 raise DataError(f"--simulate: {key} needs integers, got {value!r}") from None
             if key == "drop" and len(nums) == 1:
                 nums = nums * 2
+            if key == "gain":
+                if len(nums) != 3 or any(n < 0 for n in nums):
+                    raise DataError(f"--simulate: gain={value} is not three integers A:B:P >= 0 (P in percent)")
+                if nums[1] < nums[0]:
+                    raise DataError(f"--simulate: gain={value}: the range ends before it starts")
+                out.gain += ((nums[0], nums[1], nums[2]),)
+                continue
             if any(n < 0 for n in nums) or len(nums) != (1 if key == "every" else 2):
                 raise DataError(f"--simulate: {key}={value} is not {'N' if key == 'every' else 'two integers A:B'} >= 0")
             if key == "every":
@@ -96,6 +110,8 @@ class Faults:
             parts.append(f"every{self.every}")
         if self.stop:
             parts.append(f"stop{self.stop[0]}x{self.stop[1]}")
+        for a, b, pct in self.gain:
+            parts.append(f"gain{a}-{b}x{pct}")
         return "".join("+" + p for p in parts)
 
 
@@ -137,7 +153,8 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
         faults = Faults.parse(faults)
     n = len(sequence)
     stamps = sequence.stamps
-    for key, rng in [("frames", faults.frames), ("stop", faults.stop)] + [("drop", d) for d in faults.drop]:
+    for key, rng in ([("frames", faults.frames), ("stop", faults.stop)] + [("drop", d) for d in faults.drop]
+                     + [("gain", g[:2]) for g in faults.gain]):
         if rng is not None and not (0 <= rng[0] < n and (key == "stop" or rng[1] < n)):
             raise DataError(f"--simulate: {key}={rng[0]}:{rng[1]} is outside the sequence's frames 0..{n - 1}")
     keep = np.ones(n, bool)
@@ -165,6 +182,9 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
     if idx.size == 0:
         raise DataError("--simulate: no frame left")
     order = [int(i) for i in idx]
+    gains = np.ones(n)
+    for a, b, pct in faults.gain:
+        gains[a:b + 1] *= pct / 100.0
 
     def images():
         if sequence._loader is not None:  # random access (folder layouts): read only the frames used
@@ -174,16 +194,28 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
         nxt = next(want, None)
         for i, frame in enumerate(sequence):
             while nxt == i:
-                yield frame.image
+                yield exposed(frame.image, gains[i])
                 nxt = next(want, None)
             if nxt is None:
                 return
 
     def load(j: int) -> np.ndarray:
-        return sequence.frame(order[j]).image
+        return exposed(sequence.frame(order[j]).image, gains[order[j]])
 
     return Sequence(sequence.name + faults.label(), sequence.layout, sequence.camera, new_stamps, images,
                     ground_truth=_ground_truth(sequence, idx, new_stamps), loader=load)
+
+
+def exposed(image: np.ndarray, gain: float) -> np.ndarray:
+    """``image`` with its intensities multiplied by ``gain``: an integer image rounded and clipped to its dtype's
+    range (saturation), a float image only scaled; ``gain == 1`` returns it as is."""
+    if gain == 1.0:
+        return image
+    out = image.astype(np.float32) * np.float32(gain)
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        return np.clip(np.rint(out), info.min, info.max).astype(image.dtype)
+    return out.astype(image.dtype)
 
 
 def _ground_truth(sequence: Sequence, idx: np.ndarray, new_stamps: np.ndarray) -> Trajectory | None:

@@ -15,7 +15,13 @@ The variants (names as ``--variants`` takes them):
                  ``drop_rate``, seed S (:func:`random_drops`), windows waited for;
 ``dropsS+lagN``  the same drops with late windows (what a live node on a busy CPU does);
 ``everyN``       every N-th frame (a lower camera rate);
-``stop``         the middle frame repeated for ``stop_frames`` intervals (a robot that stops).
+``stop``         the middle frame repeated for ``stop_frames`` intervals (a robot that stops);
+``shade``        from the middle frame on, the images at half their brightness (an auto-exposure step as a
+                 robot drives into shade: ``--simulate gain=M:E:50``);
+``glare``        from the middle frame on, at 1.8x their brightness, saturating (``gain=M:E:180``).
+
+``shade`` and ``glare`` are not among the defaults (:data:`DEFAULT_VARIANTS`, which earlier runs were compared
+over); name them with ``--variants``.
 
 Everything here is deterministic: the same sequence, configuration and variants give the same numbers.
 """
@@ -30,7 +36,8 @@ import numpy as np
 from kp2d_ros.data.faults import drop_spec
 from kp2d_ros.errors import ConfigError
 
-_NAME = re.compile(r"^(clean|stop|lag(\d+)|every(\d+)|drops(\d+)(\+lag(\d+))?)$")
+_NAME = re.compile(r"^(clean|stop|shade|glare|lag(\d+)|every(\d+)|drops(\d+)(\+lag(\d+))?)$")
+_EXPOSURE = {"shade": 50, "glare": 180}  # percent of the brightness from the middle frame on
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,7 @@ def stress_variants(n_frames: int, names=DEFAULT_VARIANTS, *, drop_rate: float =
         m = _NAME.match(name)
         if m is None:
             raise ConfigError(f"unknown stress variant {name!r}: expected clean, lagN, dropsS, dropsS+lagN, "
-                              f"everyN or stop")
+                              f"everyN, stop, shade or glare")
         if name in seen:
             raise ConfigError(f"stress variant {name!r} given twice")
         seen.add(name)
@@ -121,6 +128,8 @@ def stress_variants(n_frames: int, names=DEFAULT_VARIANTS, *, drop_rate: float =
             out.append(StressVariant(name))
         elif m.group(1) == "stop":
             out.append(StressVariant(name, simulate=f"stop={n_frames // 2}:{stop_frames}"))
+        elif m.group(1) in _EXPOSURE:
+            out.append(StressVariant(name, simulate=f"gain={n_frames // 2}:{n_frames - 1}:{_EXPOSURE[name]}"))
         elif m.group(2):
             out.append(StressVariant(name, backend_lag=lag))
         elif m.group(3):
