@@ -51,6 +51,12 @@ class FrontendConfig:
     device: str = "auto"  # auto | cpu | cuda
     nms_radius: int = 0  # pixels at working resolution, 0 = off
     score_threshold: float = 0.0
+    # A dim scene: while the running mean of the images' brightness (0-255, exponential, 10 frames) is below this,
+    # each image is brightened to it before the frontend detects (tracking and refinement see the images as they
+    # are). KeyPointNet's keypoints move ~0.3 px and its descriptors change when an image's brightness halves: KITTI
+    # 07 at half brightness 0.309 m -> 0.089 m, SIFT 0.097 -> 0.083 m (docs/results.md: Auto-exposure). 76 = the 10th
+    # percentile of the training images' mean brightness; the dev sequences' images are all brighter (82-146). 0: off.
+    min_brightness: float = 76.0
     half_precision: bool = True  # fp16 on CUDA / bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32
     # What runs the network on the CPU: torchscript (the default: the torch body traced and frozen, bit-identical
     # to eager torch in bf16, ~25% faster there; docs/results.md Speed), torch (eager), onnxruntime (optional dependency,
@@ -69,6 +75,8 @@ class FrontendConfig:
             raise ConfigError(f"frontend.resolution: expected [width, height] >= 0, got {self.resolution}")
         if (self.resolution[0] == 0) != (self.resolution[1] == 0):
             raise ConfigError("frontend.resolution: width and height must both be 0 or both be > 0")
+        if not (math.isfinite(self.min_brightness) and 0.0 <= self.min_brightness <= 255.0):
+            raise ConfigError(f"frontend.min_brightness: 0 (off) or a mean intensity up to 255, got {self.min_brightness}")
         if not (math.isfinite(self.scale) and 0.05 <= self.scale <= 8.0):
             raise ConfigError(f"frontend.scale: must be in [0.05, 8], got {self.scale}")
         _nonneg("frontend.nms_radius", self.nms_radius)

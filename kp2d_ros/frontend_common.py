@@ -31,6 +31,18 @@ def to_grey(image: np.ndarray) -> np.ndarray:
 EMPTY_IMAGE_STD = 2.0  # grey levels: an image whose standard deviation is below this has no content (black)
 
 
+def exposed(image: np.ndarray, gain: float) -> np.ndarray:
+    """``image`` with its intensities multiplied by ``gain``: an integer image rounded and clipped to its dtype's
+    range (saturation), a float image only scaled; ``gain == 1`` returns it as is."""
+    if gain == 1.0:
+        return image
+    out = image.astype(np.float32) * np.float32(gain)
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        return np.clip(np.rint(out), info.min, info.max).astype(image.dtype)
+    return out.astype(image.dtype)
+
+
 def has_content(image: np.ndarray) -> bool:
     """Whether the (H, W) grey or (H, W, 3) RGB image has anything to detect: its levels vary by at least
     :data:`EMPTY_IMAGE_STD` in one channel (a covered lens or a black frame does not). No grey conversion."""

@@ -22,7 +22,7 @@ from kp2d_ros.backend import (BAResult, BackendStatus, BackendWorker, LaggedWork
 from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend
-from kp2d_ros.frontend_common import has_content, to_grey
+from kp2d_ros.frontend_common import exposed, has_content, to_grey
 from kp2d_ros.geometry import (bearings, cauchy_cost, compose_covariance, compose_relative, estimate_relative_pose,
                                focal_length, invert_se3, inverse_depths, normalize_points, orthonormalize_se3,
                                patch_warps, refine_pose, refine_pose_with_structure, relative_motion_covariance,
@@ -38,6 +38,7 @@ from kp2d_ros.types import (Camera, Features, Frame, Frontend, Matches, PoseEsti
 log = logging.getLogger(__name__)
 
 STAGES = ("network", "matching", "io_net", "refine", "pose", "backend")
+BRIGHTNESS_SMOOTHING = 0.1  # frontend.min_brightness: the running mean follows a brightness change within ~10 frames
 
 
 @dataclass
@@ -275,6 +276,7 @@ class VOPipeline:
         # Blur (pipeline.blur_ratio): the sharpness of the last keyframes, this frame's, and blurred frames in a row
         self.sharpness: list[float] = []
         self._sharpness_now = 0.0
+        self._brightness: float | None = None  # running mean of the images' brightness (frontend.min_brightness)
         self._sharpness_map: np.ndarray | None = None  # squared Laplacian over squared brightness, 9 x 9 means
         self.blurred = False
         self.blurred_run = 0
@@ -322,10 +324,25 @@ class VOPipeline:
         """The frontend's features of ``frame`` (the first stage of :meth:`process`; thread-safe
         with respect to the tracking stages, so :func:`run_pipelined` overlaps it with them). With
         ``backend.worker_core``, on one CPU thread fewer while the worker optimises a window."""
+        image = self._brightened(frame.image)
         if self.cfg.backend.worker_core and isinstance(self.worker, BackendWorker) and not self.worker.idle():
             with one_thread_fewer(getattr(self.frontend, "name", None) == "kp2d"):
-                return self.frontend.detect(frame.image)
-        return self.frontend.detect(frame.image)
+                return self.frontend.detect(image)
+        return self.frontend.detect(image)
+
+    def _brightened(self, image: np.ndarray) -> np.ndarray:
+        """``image`` as the frontend should see it: brightened to ``frontend.min_brightness`` while the running mean
+        of the images' brightness (exponential, :data:`BRIGHTNESS_SMOOTHING` per frame: consecutive images get
+        nearly the same gain) is below it, else as it is. A frame without content (a covered lens, a black frame)
+        does not count: the first images after it would otherwise be brightened several times over."""
+        target = self.cfg.frontend.min_brightness
+        if target <= 0 or image.dtype != np.uint8 or not has_content(image):
+            return image
+        mean = float(image.mean())
+        b = self._brightness
+        self._brightness = mean if b is None else b + BRIGHTNESS_SMOOTHING * (mean - b)
+        gain = target / max(self._brightness, 1.0)
+        return exposed(image, gain) if gain > 1.0 else image
 
     def process(self, frame: Frame, features: Features | None = None, travelled_m: float | None = None
                 ) -> PoseEstimate:

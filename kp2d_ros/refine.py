@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from kp2d_ros.config import RefineConfig
+from kp2d_ros.frontend_common import exposed
 
 
 @dataclass
@@ -108,11 +109,9 @@ def _beyond(ratio: float, cfg: RefineConfig) -> float:
 def matched_exposure(image0: np.ndarray, image1: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
     """The two images at one brightness: the brighter one scaled down by ``ratio`` (current / reference), so that
     nothing saturates and the darker image's quantisation is kept."""
-    if ratio == 1.0:
-        return image0, image1
     if ratio < 1.0:
-        return np.rint(image0.astype(np.float32) * np.float32(ratio)).astype(np.uint8), image1
-    return image0, np.rint(image1.astype(np.float32) * np.float32(1.0 / ratio)).astype(np.uint8)
+        return exposed(image0, ratio), image1
+    return image0, exposed(image1, 1.0 / ratio)
 
 
 def refine_matches(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, kp1: np.ndarray,

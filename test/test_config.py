@@ -59,6 +59,9 @@ def test_dotted_keys_and_wrapper():
     ({"camera.fx": float("nan")}, "camera.fx"),
     ({"pipeline.blur_ratio": 1.0}, "pipeline.blur_ratio"),
     ({"pipeline.max_blurred_frames": 0}, "pipeline.max_blurred_frames"),
+    ({"frontend.min_brightness": 300.0}, "frontend.min_brightness"),
+    ({"frontend.min_brightness": -1.0}, "frontend.min_brightness"),
+    ({"refine.exposure_min_change": -0.5}, "refine.exposure_min_change"),
 ])
 def test_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as e:

@@ -28,6 +28,7 @@ import numpy as np
 
 from kp2d_ros.data.sequence import Sequence
 from kp2d_ros.errors import DataError
+from kp2d_ros.frontend_common import exposed
 from kp2d_ros.types import Trajectory
 
 
@@ -204,18 +205,6 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
 
     return Sequence(sequence.name + faults.label(), sequence.layout, sequence.camera, new_stamps, images,
                     ground_truth=_ground_truth(sequence, idx, new_stamps), loader=load)
-
-
-def exposed(image: np.ndarray, gain: float) -> np.ndarray:
-    """``image`` with its intensities multiplied by ``gain``: an integer image rounded and clipped to its dtype's
-    range (saturation), a float image only scaled; ``gain == 1`` returns it as is."""
-    if gain == 1.0:
-        return image
-    out = image.astype(np.float32) * np.float32(gain)
-    if np.issubdtype(image.dtype, np.integer):
-        info = np.iinfo(image.dtype)
-        return np.clip(np.rint(out), info.min, info.max).astype(image.dtype)
-    return out.astype(image.dtype)
 
 
 def _ground_truth(sequence: Sequence, idx: np.ndarray, new_stamps: np.ndarray) -> Trajectory | None:
