@@ -322,8 +322,9 @@ class VOPipeline:
     # ----------------------------------------------------------------------------------------
     def detect(self, frame: Frame) -> Features:
         """The frontend's features of ``frame`` (the first stage of :meth:`process`; thread-safe
-        with respect to the tracking stages, so :func:`run_pipelined` overlaps it with them). With
-        ``backend.worker_core``, on one CPU thread fewer while the worker optimises a window."""
+        with respect to the tracking stages, so :func:`run_pipelined` overlaps it with them; frames in order). A dim
+        scene's image is brightened first (``frontend.min_brightness``). With ``backend.worker_core``, on one CPU
+        thread fewer while the worker optimises a window."""
         image = self._brightened(frame.image)
         if self.cfg.backend.worker_core and isinstance(self.worker, BackendWorker) and not self.worker.idle():
             with one_thread_fewer(getattr(self.frontend, "name", None) == "kp2d"):
@@ -414,7 +415,7 @@ class VOPipeline:
         the variance of the Laplacian over the squared mean brightness), and fewer than ``max_blurred_frames`` were
         in a row. Both sharpness measures (this one and the local one, :meth:`_local_sharpness`) are relative to the
         brightness: an auto-exposure step to half the brightness quarters the Laplacian's variance, and was taken
-        for 10 frames of blur (docs/results.md: Exposure). A frame without content
+        for 10 frames of blur (docs/results.md: Auto-exposure). A frame without content
         (:func:`~kp2d_ros.frontend_common.has_content`: a black frame) is not blurred: there is nothing to continue from,
         and it is lost as any frame that cannot be posed."""
         pc = self.cfg.pipeline

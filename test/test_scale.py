@@ -129,25 +129,36 @@ def test_image_space_fit_rejects_clutter_and_survives_bad_points():
     assert fit_ground_plane(still, cfg).plane is None
 
 
-def test_tracking_along_the_predicted_plane_homography_removes_the_zoom_bias():
-    """A textured road seen after 1 m forward motion: plain Lucas-Kanade misplaces the zooming near-road corners
-    (its translational model), tracking from the reference warped by a predicted plane homography does not,
-    even with the prediction's plane 5 % too high and tilted."""
+def textured_road_after_one_metre():
+    """A random texture as the road (camera 1.65 m above it) and the view after 1 m forward: (reference image,
+    current image, the true pixel homography reference -> current)."""
     K = CAM.K
     rng = np.random.default_rng(0)
     tex = cv2.GaussianBlur((rng.random((CAM.height, CAM.width)) * 255).astype(np.float32), (0, 0), 2.0)
     ref = cv2.normalize(tex, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     t = np.array([0.0, 0.0, -1.0])
     H = K @ (np.eye(3) + np.outer(t, [0.0, 1 / 1.65, 0.0])) @ np.linalg.inv(K)
-    cur = cv2.warpPerspective(ref, H, (CAM.width, CAM.height), flags=cv2.INTER_LINEAR)
+    return ref, cv2.warpPerspective(ref, H, (CAM.width, CAM.height), flags=cv2.INTER_LINEAR), H
+
+
+def median_track_error(p0, p1, H):
+    truth = cv2.perspectiveTransform(p0.reshape(-1, 1, 2).astype(np.float64), H).reshape(-1, 2)
+    return float(np.median(np.linalg.norm(p1 - truth, axis=1)))
+
+
+def test_tracking_along_the_predicted_plane_homography_removes_the_zoom_bias():
+    """A textured road seen after 1 m forward motion: plain Lucas-Kanade misplaces the zooming near-road corners
+    (its translational model), tracking from the reference warped by a predicted plane homography does not,
+    even with the prediction's plane 5 % too high and tilted."""
+    ref, cur, H = textured_road_after_one_metre()
     roi = ground_roi(CAM, ground_direction(VOConfig()))
+    K, t = CAM.K, np.array([0.0, 0.0, -1.0])
     wrong = K @ (np.eye(3) + np.outer(t, [0.02, 1 / (1.05 * 1.65), 0.0])) @ np.linalg.inv(K)
     errors = {}
     for name, predicted in (("plain", None), ("predicted", wrong)):
         p0, p1 = track_ground_points(ref, cur, roi, homography=predicted)
         assert len(p0) > 100
-        truth = cv2.perspectiveTransform(p0.reshape(-1, 1, 2).astype(np.float64), H).reshape(-1, 2)
-        errors[name] = float(np.median(np.linalg.norm(p1 - truth, axis=1)))
+        errors[name] = median_track_error(p0, p1, H)
     assert errors["predicted"] < 0.1 and errors["predicted"] < errors["plain"] / 3, errors
 
 
@@ -155,19 +166,10 @@ def test_ground_tracking_survives_an_exposure_step():
     """The same road, the current image at 60 % of the brightness (auto-exposure). Lucas-Kanade needs constant
     brightness: before, 11 of 241 tracks passed the forward-backward check, 0.9 px off (median); the images are now
     brought to one brightness first."""
-    K = CAM.K
-    rng = np.random.default_rng(0)
-    tex = cv2.GaussianBlur((rng.random((CAM.height, CAM.width)) * 255).astype(np.float32), (0, 0), 2.0)
-    ref = cv2.normalize(tex, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    t = np.array([0.0, 0.0, -1.0])
-    H = K @ (np.eye(3) + np.outer(t, [0.0, 1 / 1.65, 0.0])) @ np.linalg.inv(K)
-    cur = cv2.warpPerspective(ref, H, (CAM.width, CAM.height), flags=cv2.INTER_LINEAR)
-    cur = np.rint(cur * 0.6).astype(np.uint8)
-    roi = ground_roi(CAM, ground_direction(VOConfig()))
-    p0, p1 = track_ground_points(ref, cur, roi, homography=H)
-    assert len(p0) > 100
-    truth = cv2.perspectiveTransform(p0.reshape(-1, 1, 2).astype(np.float64), H).reshape(-1, 2)
-    assert float(np.median(np.linalg.norm(p1 - truth, axis=1))) < 0.1
+    ref, cur, H = textured_road_after_one_metre()
+    p0, p1 = track_ground_points(ref, np.rint(cur * 0.6).astype(np.uint8), ground_roi(CAM, ground_direction(VOConfig())),
+                                 homography=H)
+    assert len(p0) > 100 and median_track_error(p0, p1, H) < 0.1
 
 
 def test_ground_roi_is_the_road_ahead():
