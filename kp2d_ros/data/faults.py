@@ -1,7 +1,8 @@
 """Robustness variants of any sequence: a stop, dropped frames, a lower frame rate, an exposure change.
 
 ``kp2d replay PATH --simulate SPEC`` and the tests build them with :func:`simulate`. SPEC is a
-comma-separated list of (each at most once but ``drop``; frame numbers are those of the original sequence):
+comma-separated list of (each at most once but ``drop`` and ``gain``; frame numbers are those of the original
+sequence):
 
 ``frames=S:E``  keep only frames S..E (inclusive), e.g. a clip of a longer sequence;
 ``drop=A:B``    remove frames A..B (inclusive), as a busy node drops them; the other frames keep
