@@ -69,12 +69,7 @@ def exposure_ratio(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, kp1:
     -------
     The ratio (> 0); 1.0 with fewer than ``min_points`` usable matches or no significant change.
     """
-    return ratio_of_means(_window_means(image0, kp0, radius), _window_means(image1, kp1, radius), min_points,
-                          significance)
-
-
-def ratio_of_means(m0: np.ndarray, m1: np.ndarray, min_points: int = 20, significance: float = 3.0) -> float:
-    """:func:`exposure_ratio` from the (M,) mean intensities of corresponding windows in the two images."""
+    m0, m1 = _window_means(image0, kp0, radius), _window_means(image1, kp1, radius)
     ok = (m0 >= 8) & (m0 <= 247) & (m1 >= 8) & (m1 <= 247)
     if int(ok.sum()) < min_points:
         return 1.0
@@ -101,12 +96,19 @@ def _window_means(image: np.ndarray, points: np.ndarray, radius: int) -> np.ndar
     return image[y[:, :, None], x[:, None, :]].reshape(len(points), -1).mean(axis=1, dtype=np.float64)
 
 
-def _beyond(ratio: float, cfg: RefineConfig) -> float:
-    """``ratio`` when it changes the brightness by more than ``refine.exposure_min_change``, else 1.0."""
-    return ratio if abs(np.log(ratio)) > np.log1p(cfg.exposure_min_change) else 1.0
+def _exposure_matched(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, kp1: np.ndarray, cfg: RefineConfig,
+                     radius: int = 7) -> tuple[np.ndarray, np.ndarray, float]:
+    """The two images brought to one brightness as ``cfg`` says: with ``refine.exposure``, by the
+    :func:`exposure_ratio` measured at the corresponding points ``kp0`` / ``kp1`` (windows of ``radius``), when it
+    changes the brightness by more than ``refine.exposure_min_change``. -> (image0, image1, the ratio compensated:
+    1.0 for none, the images then as given)."""
+    ratio = exposure_ratio(image0, image1, kp0, kp1, radius) if cfg.exposure else 1.0
+    if abs(np.log(ratio)) <= np.log1p(cfg.exposure_min_change):
+        ratio = 1.0
+    return (*_matched_exposure(image0, image1, ratio), ratio)
 
 
-def matched_exposure(image0: np.ndarray, image1: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+def _matched_exposure(image0: np.ndarray, image1: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
     """The two images at one brightness: the brighter one scaled down by ``ratio`` (current / reference), so that
     nothing saturates and the darker image's quantisation is kept."""
     if ratio < 1.0:
@@ -142,15 +144,15 @@ def refine_matches(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, kp1:
         return Refinement(seeds.reshape(0, 2), np.zeros(0, bool), np.zeros(0, np.float32))
     kp0, seeds = np.asarray(kp0, np.float32), seeds.reshape(-1, 2)
     if warps is None:
-        ratio = _beyond(exposure_ratio(image0, image1, kp0, seeds), cfg) if cfg.exposure else 1.0
-        out = _plain_lk(*matched_exposure(image0, image1, ratio), kp0, seeds, cfg)
+        image0, image1, ratio = _exposure_matched(image0, image1, kp0, seeds, cfg)
+        out = _plain_lk(image0, image1, kp0, seeds, cfg)
         out.exposure = ratio
         return out
     out = _affine_lk(image0, image1, kp0, seeds, warps, cfg)
     ratio = out.exposure
     redo = np.flatnonzero(~out.refined)  # the plain track where the warped one failed its checks (a larger move)
     if len(redo):
-        image0, image1 = matched_exposure(image0, image1, ratio)
+        image0, image1 = _matched_exposure(image0, image1, ratio)
         plain = _plain_lk(image0, image1, kp0[redo], seeds[redo], cfg)
         out.keypoints[redo], out.refined[redo], out.fb_error[redo] = plain.keypoints, plain.refined, plain.fb_error
     return out
@@ -252,11 +254,8 @@ def _affine_lk(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, seeds: n
     cur_tiles = _tiles(image1, base, None, radius)
     centre = _tile_centres(m, radius)
     start = centre + (seeds - base)
-    ratio = 1.0
-    if cfg.exposure:  # measured on the warped tiles: windows of one scene extent (a zoom moves a fixed window's mean)
-        r = cfg.window_px // 2
-        ratio = _beyond(ratio_of_means(_window_means(ref_tiles, centre, r), _window_means(cur_tiles, start, r)), cfg)
-        ref_tiles, cur_tiles = matched_exposure(ref_tiles, cur_tiles, ratio)
+    # the brightness measured on the warped tiles: windows of one scene extent (a zoom moves a fixed window's mean)
+    ref_tiles, cur_tiles, ratio = _exposure_matched(ref_tiles, cur_tiles, centre, start, cfg, cfg.window_px // 2)
     fwd, ok, fb = _track_back_and_forth(ref_tiles, cur_tiles, centre, start, 0, cfg)
     moved = fwd - centre
     ok &= (np.abs(moved) <= radius - cfg.window_px // 2).all(axis=1)  # still inside its tile
