@@ -37,7 +37,6 @@ from scipy.optimize import least_squares
 
 from kp2d_ros.config import VOConfig
 from kp2d_ros.geometry import bearings, focal_length, inverse_depths, normalize_points
-from kp2d_ros.refine import exposure_ratio, matched_exposure
 from kp2d_ros.types import Camera
 
 log = logging.getLogger(__name__)
@@ -411,8 +410,7 @@ def track_ground_points(ref_image: np.ndarray, cur_image: np.ndarray, roi: np.nd
     reference image is then warped by it first and each corner tracked from its predicted position in the
     warped image: the road's patches then look alike in both, where Lucas-Kanade's translational model
     otherwise under-estimates the large, zooming flows of the near road (on KITTI 07 the plane fitted to
-    them came out 6-9 % too high). The two images are brought to one brightness first when they differ measurably
-    at the predicted positions (:func:`kp2d_ros.refine.exposure_ratio`)."""
+    them came out 6-9 % too high)."""
     empty = np.zeros((0, 2), np.float32)
     if ref_image is None or cur_image is None or ref_image.shape != cur_image.shape or ref_image.shape != roi.shape:
         return empty, empty
@@ -431,9 +429,6 @@ def track_ground_points(ref_image: np.ndarray, cur_image: np.ndarray, roi: np.nd
         p0, start = p0[inside], start[inside]
         if len(p0) < 3:
             return empty, empty
-    # an auto-exposure change between the frames breaks Lucas-Kanade's constant brightness (kp2d_ros.refine)
-    at = start.reshape(-1, 2)
-    source, cur_image = matched_exposure(source, cur_image, exposure_ratio(source, cur_image, at, at))
     p1, st, _ = cv2.calcOpticalFlowPyrLK(source, cur_image, start, start.copy(),
                                          flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **lk)
     pb, st_b, _ = cv2.calcOpticalFlowPyrLK(cur_image, source, p1, start.copy(),
