@@ -17,6 +17,12 @@ A metric source of the front end (wheel odometry, the ground plane: :mod:`kp2d_r
 the distance between the two keyframes of the pair it measured, ``((|c_a - c_b| - d) / (d sigma_log))^2``
 (``c`` the camera centres), so the window's scale follows the measured lengths instead of drifting from them.
 
+Self-calibration (``backend.self_calibration``): a window may also estimate the lens's residual radial distortion
+``k1`` (``x_obs = x (1 + k1 |x|^2)``) and, with Ceres, its standard deviation (the marginal covariance). Under
+forward motion, and over a few keyframes, k1 is hardly observable: a window that measures it less precisely than
+``backend.k1_prior_sigma`` is solved again with the front end's k1 held (:func:`bundle_adjust`), and the front end
+takes the median of the latest windows' estimates that measured it (:func:`fused_k1`).
+
 Gauge: the ``backend.fixed_keyframes`` oldest keyframes of the window (at least two; 0: half the window) are held; two
 fixed poses pin the trajectory's position, orientation *and scale*, so the window cannot slide or
 rescale what was already published. The newest ``window - fixed_keyframes`` are free from the start: a
@@ -102,6 +108,8 @@ class BAResult:
     iterations: int = 0
     time_ms: float = 0.0
     k1: float | None = None  # the window's estimate of the residual radial distortion (self-calibration)
+    # its standard deviation (Ceres' covariance at backend.noise_px; inf: undetermined; None: GTSAM)
+    k1_sigma: float | None = None
     next_landmark_id: int = -1  # the snapshot's (WindowProblem.next_landmark_id): newer landmarks were not in it
     revision: int = -1  # the snapshot's map revision (WindowProblem.revision)
 
@@ -513,10 +521,29 @@ def bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float = 
     ``focal_px`` converts the reported errors and ``max_reprojection_px`` to pixels (and Ceres' residuals). Two
     passes: the robust optimisation, then, without the culled observations, a second one from where the first
     ended.
+
+    A self-calibrating Ceres window (``problem.calibrate``) that measures k1 no better than
+    ``backend.k1_prior_sigma`` (a few keyframes, forward motion) is solved again with k1 held at the front end's
+    (``problem.k1``), and reports no k1: its free k1 followed the noise of its tracks (a robot's first windows on a
+    pinhole camera: -0.086, -0.066, -0.033, standard deviations 0.13-0.34), and the poses it gave did not fit the
+    front end's lens.
     """
+    result = _bundle_adjust(problem, cfg, focal_px)
+    if (problem.calibrate and result.optimised and result.k1_sigma is not None
+            and not result.k1_sigma < cfg.k1_prior_sigma):
+        held = _bundle_adjust(replace(problem, calibrate=False), cfg, focal_px)
+        held.time_ms += result.time_ms
+        return held
+    return result
+
+
+def _bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float) -> BAResult:
+    """:func:`bundle_adjust`'s one solve."""
     t0 = time.perf_counter()
+    ceres_window = None
     if cfg.solver == "ceres":
-        solve = _CeresWindow(problem, cfg, focal_px).solve
+        ceres_window = _CeresWindow(problem, cfg, focal_px)
+        solve = ceres_window.solve
     else:
         solve = lambda *state: _solve_gtsam(problem, cfg, *state, focal_px)  # noqa: E731
     n_kf, n_lm = len(problem.keyframe_ids), len(problem.landmark_ids)
@@ -541,6 +568,7 @@ def bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float = 
                       error_px_before=float(np.median(before[np.isfinite(before)]) * to_px) if np.isfinite(before).any() else float("nan"),
                       error_px_after=float(np.median(err[keep]) * to_px) if keep.any() else float("nan"),
                       iterations=iters, k1=float(k1) if problem.calibrate else None,
+                      k1_sigma=ceres_window.k1_sigma if ceres_window is not None and problem.calibrate else None,
                       next_landmark_id=problem.next_landmark_id, revision=problem.revision)
     for i, k in enumerate(problem.keyframe_ids):
         result.poses[int(k)] = poses[i].copy() if i >= problem.num_fixed else problem.poses[i].copy()
@@ -562,8 +590,9 @@ def bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float = 
 class _CeresWindow:
     """pycolmap's Ceres bundle adjuster (Schur complement, one thread) on one window, for its passes. The
     observations are pixels of a SIMPLE_RADIAL camera (focal ``focal_px``, distortion k1 on normalised coordinates:
-    the residual model of :func:`reprojection_errors`), refined when ``problem.calibrate`` (no prior on it: Ceres
-    has none here, so a window's k1 rests on its observations alone; :func:`_implausible` rejects a diverged one).
+    the residual model of :func:`reprojection_errors`), refined when ``problem.calibrate`` (no prior on it: a
+    window's k1 rests on its observations alone, with its standard deviation from Ceres' covariance,
+    :meth:`_k1_sigma`; :func:`_implausible` rejects a diverged one).
     Landmarks with fewer than two used observations stay out (where they are), and a free keyframe with fewer than
     three is held.
 
@@ -579,6 +608,7 @@ class _CeresWindow:
         self.point2d = np.full(len(problem.obs_xy), -1)  # each observation's index in its image
         self.point3d: dict[int, int] = {}  # landmark row -> pycolmap point id, while it is in the reconstruction
         self.points = np.empty((0, 3))
+        self.k1_sigma: float | None = None  # of the last pass's k1 (when problem.calibrate; inf: Ceres could not tell)
 
     def solve(self, poses: np.ndarray, points: np.ndarray, k1: float, use: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, float, int]:
@@ -603,9 +633,11 @@ class _CeresWindow:
         adjuster = pycolmap.create_default_ceres_bundle_adjuster(self._options(), config, rec)
         keep_alive = _add_distance_priors(adjuster.problem, rec, problem, config, poses) if len(problem.distances) else []
         summary = adjuster.solve()
-        del keep_alive
         if not summary.is_solution_usable():
             raise RuntimeError(f"ceres: {summary.brief_report()}")
+        if problem.calibrate:
+            self.k1_sigma = self._k1_sigma(adjuster.problem)
+        del keep_alive
         out = poses.copy()
         for i in range(problem.num_fixed, len(poses)):
             T = np.eye(4)
@@ -616,6 +648,25 @@ class _CeresWindow:
         ceres = summary.ceres_summary
         k1_out = float(rec.camera(1).params[3]) if problem.calibrate else k1
         return out, self.points.copy(), k1_out, int(ceres.num_successful_steps + ceres.num_unsuccessful_steps)
+
+    def _k1_sigma(self, ceres_problem) -> float | None:
+        """The standard deviation of the window's k1 at the solution: its marginal covariance (the poses and
+        landmarks eliminated, pycolmap's Schur-complement estimate) with pixel residuals of ``backend.noise_px``
+        standard deviation. Infinite where the covariance cannot be estimated (a rank-deficient window)."""
+        import pycolmap
+
+        options = pycolmap.BACovarianceOptions()
+        options.params = pycolmap.BACovarianceOptionsParams.ALL  # (POSES leaves the camera block's out)
+        level = pycolmap.logging.minloglevel
+        pycolmap.logging.minloglevel = 2  # a rank-deficient window is answered None, not logged as a warning
+        try:
+            cov = pycolmap.estimate_ba_covariance_from_problem(options, self.rec, ceres_problem)
+        finally:
+            pycolmap.logging.minloglevel = level
+        var = None if cov is None else cov.get_other_params_cov(self.rec.camera(1).params)
+        if var is None or var.size != 1 or not np.isfinite(var).all() or var[0, 0] <= 0:
+            return float("inf")
+        return float(np.sqrt(var[0, 0]) * self.cfg.noise_px)
 
     def _build(self, poses: np.ndarray, points: np.ndarray, k1: float, use: np.ndarray) -> None:
         import pycolmap
@@ -677,6 +728,30 @@ class _CeresWindow:
         solver.parameter_tolerance = 0.0
         solver.num_threads = 1  # the worker's one core; the front end has the other
         return options
+
+
+def fused_k1(estimates: list[tuple[float, float | None]], prior_sigma: float, min_count: int = 3) -> float:
+    """The residual radial distortion the front end undistorts with: the median of the latest windows' estimates
+    that measured it, once there are ``min_count`` of them (before that, the configured lens: 0).
+
+    Each Ceres window's k1 comes with its standard deviation (:attr:`BAResult.k1_sigma`). Under forward motion, and
+    in a window of a few keyframes, k1 is hardly observable: a robot's first windows on a pinhole camera estimated
+    -0.086, -0.066 and -0.033 with standard deviations of 0.34, 0.15 and 0.13, and their median was undistorted into
+    its next turn. A window counts only when its standard deviation is below ``prior_sigma``
+    (``backend.k1_prior_sigma``, the spread of residual lenses expected): one that measured k1 less precisely than
+    that says nothing about it. Among those that count, the median, not a precision-weighted mean: a window can be
+    confidently wrong (a turn on the spot estimated +0.012 with sigma 0.003 through a lens of +0.08 that its
+    neighbours measured), and one such window must not outvote the others. GTSAM's windows (no sigma; its graph has
+    the prior) all count.
+
+    Parameters
+    ----------
+    estimates : (k1, sigma or None) of the latest windows, oldest first; sigma inf: undetermined.
+    prior_sigma : the largest standard deviation of a window whose k1 counts.
+    min_count : estimates the median needs.
+    """
+    k = [e[0] for e in estimates if e[1] is None or e[1] < prior_sigma]
+    return float(np.median(k)) if len(k) >= min_count else 0.0
 
 
 def scale_gauge(poses: np.ndarray, num_fixed: int, min_spread: float = 0.1, sigma: float = 1e-3

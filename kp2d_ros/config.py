@@ -350,11 +350,15 @@ class BackendConfig:
     # No effect on onnxruntime's fixed pool.
     worker_core: bool = False
     # Online self-calibration: every window also estimates the camera's first radial distortion coefficient k1 (on
-    # top of the configured/CameraInfo model; plumb_bob and rational_polynomial), from the images alone, and the front
-    # end undistorts with the median of the last ``k1_windows`` estimates. A residual k1 turns rotation into false
-    # parallax, so it shows as scale drift in every turn (KITTI 07: docs/results.md, Local bundle adjustment).
+    # top of the configured/CameraInfo model; plumb_bob and rational_polynomial), from the images alone, with its
+    # standard deviation (Ceres); a window that measures it less precisely than ``k1_prior_sigma`` is solved again
+    # with the front end's k1 held, and the front end undistorts with the median of the last ``k1_windows``
+    # estimates (backend.bundle_adjust, backend.fused_k1). A residual k1 turns rotation into false parallax, so it
+    # shows as scale drift in every turn (KITTI 07: docs/results.md, Local bundle adjustment).
     self_calibration: bool = True
-    k1_prior_sigma: float = 0.05  # gtsam: prior on the window's k1 around the configured model (normalised units); both: |k1| > 5x this is a diverged window
+    # a window's k1 counts when its standard deviation is below this (Ceres); GTSAM: the prior on the window's k1
+    # around the configured model; both: |k1| > 5x this is a diverged window
+    k1_prior_sigma: float = 0.05
     k1_windows: int = 9  # the front end takes the median of this many latest window estimates (from the 3rd on)
     # A keyframe pair's metric length (wheel odometry, the ground plane) is a prior on the distance between the two
     # keyframes in every window that holds both (kp2d_ros/backend.py).
