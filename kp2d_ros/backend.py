@@ -108,7 +108,7 @@ class BAResult:
     iterations: int = 0
     time_ms: float = 0.0
     k1: float | None = None  # the window's estimate of the residual radial distortion (self-calibration)
-    # its standard deviation (Ceres' covariance at backend.noise_px; inf: undetermined; None: GTSAM)
+    # its standard deviation (Ceres' covariance at backend.noise_px; None: GTSAM, or no k1)
     k1_sigma: float | None = None
     next_landmark_id: int = -1  # the snapshot's (WindowProblem.next_landmark_id): newer landmarks were not in it
     revision: int = -1  # the snapshot's map revision (WindowProblem.revision)
@@ -523,8 +523,8 @@ def bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float = 
     ended.
 
     A self-calibrating Ceres window (``problem.calibrate``) that measures k1 no better than
-    ``backend.k1_prior_sigma`` (a few keyframes, forward motion) is solved again with k1 held at the front end's
-    (``problem.k1``), and reports no k1: its free k1 followed the noise of its tracks (a robot's first windows on a
+    ``backend.k1_prior_sigma`` (a few keyframes, forward motion; or an undetermined, infinite one) is solved again
+    with k1 held at the front end's (``problem.k1``), and reports no k1: its free k1 followed the noise of its tracks (a robot's first windows on a
     pinhole camera: -0.086, -0.066, -0.033, standard deviations 0.13-0.34), and the poses it gave did not fit the
     front end's lens.
     """
@@ -649,7 +649,7 @@ class _CeresWindow:
         k1_out = float(rec.camera(1).params[3]) if problem.calibrate else k1
         return out, self.points.copy(), k1_out, int(ceres.num_successful_steps + ceres.num_unsuccessful_steps)
 
-    def _k1_sigma(self, ceres_problem) -> float | None:
+    def _k1_sigma(self, ceres_problem) -> float:
         """The standard deviation of the window's k1 at the solution: its marginal covariance (the poses and
         landmarks eliminated, pycolmap's Schur-complement estimate) with pixel residuals of ``backend.noise_px``
         standard deviation. Infinite where the covariance cannot be estimated (a rank-deficient window)."""

@@ -732,7 +732,8 @@ def test_the_k1_standard_deviation_is_the_spread_of_the_estimates():
     """Ceres' window reports its k1's standard deviation (the marginal covariance at ``backend.noise_px``). Over six
     noise draws of a window seen through a lens with k1 = 0.02 the estimates' errors are of that size (z-scores
     within 4, their RMS near 1), and a window of three keyframes, which hardly observes the lens, says so with a
-    standard deviation many times larger: the front end then leans on it far less (:func:`fused_k1`)."""
+    standard deviation many times larger (above ``backend.k1_prior_sigma`` it would not count:
+    :func:`fused_k1`)."""
     k1, z, sigmas = 0.02, [], []
     for seed in range(6):
         cfg = BackendConfig(window=10, fixed_keyframes=2, max_landmarks=10_000, noise_px=0.25)
