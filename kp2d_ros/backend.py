@@ -20,8 +20,8 @@ the distance between the two keyframes of the pair it measured, ``((|c_a - c_b| 
 Self-calibration (``backend.self_calibration``): a window may also estimate the lens's residual radial distortion
 ``k1`` (``x_obs = x (1 + k1 |x|^2)``) and, with Ceres, its standard deviation (the marginal covariance). Under
 forward motion, and over a few keyframes, k1 is hardly observable: a window that measures it less precisely than
-``backend.k1_prior_sigma`` is solved again with the front end's k1 held (:func:`bundle_adjust`), and the front end
-takes the median of the latest windows' estimates that measured it (:func:`fused_k1`).
+``backend.k1_prior_sigma`` is solved again with the front end's k1 held and reports none (:func:`bundle_adjust`), so
+the median the front end takes of the latest windows' estimates holds only windows that measured it.
 
 Gauge: the ``backend.fixed_keyframes`` oldest keyframes of the window (at least two; 0: half the window) are held; two
 fixed poses pin the trajectory's position, orientation *and scale*, so the window cannot slide or
@@ -568,7 +568,7 @@ def _bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float) 
                       error_px_before=float(np.median(before[np.isfinite(before)]) * to_px) if np.isfinite(before).any() else float("nan"),
                       error_px_after=float(np.median(err[keep]) * to_px) if keep.any() else float("nan"),
                       iterations=iters, k1=float(k1) if problem.calibrate else None,
-                      k1_sigma=ceres_window.k1_sigma if ceres_window is not None and problem.calibrate else None,
+                      k1_sigma=ceres_window.k1_sigma() if ceres_window is not None and problem.calibrate else None,
                       next_landmark_id=problem.next_landmark_id, revision=problem.revision)
     for i, k in enumerate(problem.keyframe_ids):
         result.poses[int(k)] = poses[i].copy() if i >= problem.num_fixed else problem.poses[i].copy()
@@ -592,7 +592,7 @@ class _CeresWindow:
     observations are pixels of a SIMPLE_RADIAL camera (focal ``focal_px``, distortion k1 on normalised coordinates:
     the residual model of :func:`reprojection_errors`), refined when ``problem.calibrate`` (no prior on it: a
     window's k1 rests on its observations alone, with its standard deviation from Ceres' covariance,
-    :meth:`_k1_sigma`; :func:`_implausible` rejects a diverged one).
+    :meth:`k1_sigma`; :func:`_implausible` rejects a diverged one).
     Landmarks with fewer than two used observations stay out (where they are), and a free keyframe with fewer than
     three is held.
 
@@ -608,7 +608,7 @@ class _CeresWindow:
         self.point2d = np.full(len(problem.obs_xy), -1)  # each observation's index in its image
         self.point3d: dict[int, int] = {}  # landmark row -> pycolmap point id, while it is in the reconstruction
         self.points = np.empty((0, 3))
-        self.k1_sigma: float | None = None  # of the last pass's k1 (when problem.calibrate; inf: Ceres could not tell)
+        self._last: tuple | None = None  # the Python costs of the last pass's Ceres adjuster, and the adjuster
 
     def solve(self, poses: np.ndarray, points: np.ndarray, k1: float, use: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, float, int]:
@@ -635,9 +635,7 @@ class _CeresWindow:
         summary = adjuster.solve()
         if not summary.is_solution_usable():
             raise RuntimeError(f"ceres: {summary.brief_report()}")
-        if problem.calibrate:
-            self.k1_sigma = self._k1_sigma(adjuster.problem)
-        del keep_alive
+        self._last = (keep_alive, adjuster)  # for k1_sigma(); the costs must outlive any evaluation of the problem
         out = poses.copy()
         for i in range(problem.num_fixed, len(poses)):
             T = np.eye(4)
@@ -649,11 +647,14 @@ class _CeresWindow:
         k1_out = float(rec.camera(1).params[3]) if problem.calibrate else k1
         return out, self.points.copy(), k1_out, int(ceres.num_successful_steps + ceres.num_unsuccessful_steps)
 
-    def _k1_sigma(self, ceres_problem) -> float:
-        """The standard deviation of the window's k1 at the solution: its marginal covariance (the poses and
-        landmarks eliminated, pycolmap's Schur-complement estimate) with pixel residuals of ``backend.noise_px``
-        standard deviation. Infinite where the covariance cannot be estimated (a rank-deficient window)."""
+    def k1_sigma(self) -> float:
+        """The standard deviation of the window's k1 at the last pass's solution: its marginal covariance (the poses
+        and landmarks eliminated, pycolmap's Schur-complement estimate) with pixel residuals of ``backend.noise_px``
+        standard deviation. Infinite where the covariance cannot be estimated (a rank-deficient window). Asked once,
+        after the last pass: 20-50 ms for a 16-keyframe, 2000-landmark window."""
         import pycolmap
+
+        ceres_problem = self._last[1].problem
 
         options = pycolmap.BACovarianceOptions()
         options.params = pycolmap.BACovarianceOptionsParams.ALL  # (POSES leaves the camera block's out)
@@ -728,30 +729,6 @@ class _CeresWindow:
         solver.parameter_tolerance = 0.0
         solver.num_threads = 1  # the worker's one core; the front end has the other
         return options
-
-
-def fused_k1(estimates: list[tuple[float, float | None]], prior_sigma: float, min_count: int = 3) -> float:
-    """The residual radial distortion the front end undistorts with: the median of the latest windows' estimates
-    that measured it, once there are ``min_count`` of them (before that, the configured lens: 0).
-
-    Each Ceres window's k1 comes with its standard deviation (:attr:`BAResult.k1_sigma`). Under forward motion, and
-    in a window of a few keyframes, k1 is hardly observable: a robot's first windows on a pinhole camera estimated
-    -0.086, -0.066 and -0.033 with standard deviations of 0.34, 0.15 and 0.13, and their median was undistorted into
-    its next turn. A window counts only when its standard deviation is below ``prior_sigma``
-    (``backend.k1_prior_sigma``, the spread of residual lenses expected): one that measured k1 less precisely than
-    that says nothing about it. Among those that count, the median, not a precision-weighted mean: a window can be
-    confidently wrong (a turn on the spot estimated +0.012 with sigma 0.003 through a lens of +0.08 that its
-    neighbours measured), and one such window must not outvote the others. GTSAM's windows (no sigma; its graph has
-    the prior) all count.
-
-    Parameters
-    ----------
-    estimates : (k1, sigma or None) of the latest windows, oldest first; sigma inf: undetermined.
-    prior_sigma : the largest standard deviation of a window whose k1 counts.
-    min_count : estimates the median needs.
-    """
-    k = [e[0] for e in estimates if e[1] is None or e[1] < prior_sigma]
-    return float(np.median(k)) if len(k) >= min_count else 0.0
 
 
 def scale_gauge(poses: np.ndarray, num_fixed: int, min_spread: float = 0.1, sigma: float = 1e-3

@@ -352,8 +352,8 @@ class BackendConfig:
     # Online self-calibration: every window also estimates the camera's first radial distortion coefficient k1 (on
     # top of the configured/CameraInfo model; plumb_bob and rational_polynomial), from the images alone, with its
     # standard deviation (Ceres); a window that measures it less precisely than ``k1_prior_sigma`` is solved again
-    # with the front end's k1 held, and the front end undistorts with the median of the last ``k1_windows``
-    # estimates (backend.bundle_adjust, backend.fused_k1). A residual k1 turns rotation into false parallax, so it
+    # with the front end's k1 held and reports none (backend.bundle_adjust), and the front end undistorts with the
+    # median of the last ``k1_windows`` estimates. A residual k1 turns rotation into false parallax, so it
     # shows as scale drift in every turn (KITTI 07: docs/results.md, Local bundle adjustment).
     self_calibration: bool = True
     # a window's k1 counts when its standard deviation is below this (Ceres); GTSAM: the prior on the window's k1

@@ -17,7 +17,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from kp2d_ros.backend import (BAResult, BackendStatus, BackendWorker, LaggedWorker, LocalMap, WindowProblem, fused_k1,
+from kp2d_ros.backend import (BAResult, BackendStatus, BackendWorker, LaggedWorker, LocalMap, WindowProblem,
                               bundle_adjust, check_solver)
 from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
@@ -190,10 +190,10 @@ class VOPipeline:
         self.ground_points = GroundPoints(cfg)
         self.worker = worker  # the backend's worker (BackendWorker when backend.threaded, built at reset)
         self.map: LocalMap | None = None
-        # Self-calibration (backend.self_calibration): the residual radial distortion k1 the windows estimate (with
-        # its standard deviation), and the one the front end undistorts with (backend.fused_k1 of the latest; kept
-        # across resets: same camera).
-        self.k1_estimates: list[tuple[float, float | None]] = []
+        # Self-calibration (backend.self_calibration): the residual radial distortion k1 the windows estimate (only
+        # windows that measured it report one: backend.bundle_adjust), and the one the front end undistorts with (the
+        # median of the latest; kept across resets: same camera).
+        self.k1_estimates: list[float] = []
         self.k1 = 0.0
         self._raw_camera: Camera | None = None
         # keyframes whose window found the worker busy (threaded; over the pipeline's life, resets included)
@@ -1195,8 +1195,9 @@ class VOPipeline:
         self.backend_lag = self.map.next_keyframe_id - 1 - max(result.poses)
         if result.k1 is not None:
             bc = self.cfg.backend
-            self.k1_estimates = (self.k1_estimates + [(float(result.k1), result.k1_sigma)])[-bc.k1_windows:]
-            self.k1 = fused_k1(self.k1_estimates, bc.k1_prior_sigma, min(3, bc.k1_windows))
+            self.k1_estimates = (self.k1_estimates + [float(result.k1)])[-bc.k1_windows:]
+            if len(self.k1_estimates) >= min(3, bc.k1_windows):
+                self.k1 = float(np.median(self.k1_estimates))
         ref = self.ref
         if ref is not None and ref.id in self.map.poses:
             # The next frames are posed against the reference's refined pose: in map they jump by its correction.

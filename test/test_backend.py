@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kp2d_ros.backend import (BAResult, BackendWorker, LaggedWorker, LocalMap, WindowProblem, _bundle_adjust, _CeresWindow,
-                              bundle_adjust, fused_k1, reprojection_errors, run_window)
+                              bundle_adjust, reprojection_errors, run_window)
 from kp2d_ros.config import BackendConfig, ConfigError, VOConfig
 from kp2d_ros.data.synthetic_window import driving_poses, perturb_poses, synthetic_window
 from kp2d_ros.geometry import invert_se3, rotation_angle_deg
@@ -732,8 +732,8 @@ def test_the_k1_standard_deviation_is_the_spread_of_the_estimates():
     """Ceres' window reports its k1's standard deviation (the marginal covariance at ``backend.noise_px``). Over six
     noise draws of a window seen through a lens with k1 = 0.02 the estimates' errors are of that size (z-scores
     within 4, their RMS near 1), and a window of three keyframes, which hardly observes the lens, says so with a
-    standard deviation many times larger (above ``backend.k1_prior_sigma`` it would not count:
-    :func:`fused_k1`)."""
+    standard deviation many times larger (above ``backend.k1_prior_sigma`` the window would hold the front end's k1:
+    :func:`bundle_adjust`)."""
     k1, z, sigmas = 0.02, [], []
     for seed in range(6):
         cfg = BackendConfig(window=10, fixed_keyframes=2, max_landmarks=10_000, noise_px=0.25)
@@ -754,25 +754,6 @@ def test_the_k1_standard_deviation_is_the_spread_of_the_estimates():
     assert bundle_adjust(m.problem(cfg.noise_px / F, 0.0, False), cfg, F).k1_sigma is None
     gcfg = BackendConfig(window=3, fixed_keyframes=2, max_landmarks=10_000, noise_px=0.25, solver="gtsam")
     assert bundle_adjust(m.problem(cfg.noise_px / F, 0.0, True), gcfg, F).k1_sigma is None
-
-
-def test_the_front_end_takes_a_k1_by_its_evidence():
-    """:func:`fused_k1`: the median of the windows' estimates whose standard deviation is below
-    ``backend.k1_prior_sigma``. The first windows of a robot's fast turn estimated -0.086, -0.066 and -0.033 with
-    standard deviations of 0.34, 0.15 and 0.13 on a pinhole camera; their median, -0.066, was undistorted into the
-    turn (ATE 0.27 m over 3.8 m). Now they do not count. Among the windows that measured k1, one confidently wrong
-    window does not outvote the others (a median, not a precision-weighted mean)."""
-    wild = [(-0.086, 0.34), (-0.066, 0.15), (-0.033, 0.13)]
-    assert fused_k1(wild, 0.05) == 0.0
-    measured = [(0.019, 0.002), (0.021, 0.002), (0.020, 0.0025)]
-    assert fused_k1(wild + measured, 0.05) == pytest.approx(0.020)
-    assert fused_k1([(0.077, 0.008), (0.074, 0.004), (0.012, 0.003)], 0.05) == pytest.approx(0.074)
-    assert fused_k1(measured[:2], 0.05) == 0.0  # from min_count (3) estimates on
-    assert fused_k1(measured[:2], 0.05, min_count=2) == pytest.approx(0.020)
-    # an undetermined window (inf) does not count
-    assert fused_k1([(0.5, float("inf"))] + measured, 0.05) == pytest.approx(0.020) and fused_k1([], 0.05) == 0.0
-    # GTSAM's windows (no sigma) all count
-    assert fused_k1([(0.01, None), (0.03, None), (0.02, None)], 0.05) == pytest.approx(0.02)
 
 
 def test_a_window_that_hardly_sees_the_lens_holds_the_front_ends():

@@ -1404,8 +1404,8 @@ def test_a_fast_turn_to_a_plain_wall_is_not_taken_for_blur(frontend):
     (SIFT: RPE rot 13 deg/frame, ATE 0.19 m over 3.8 m). A frame is now blurred only if the points it shares with its
     reference are less sharp in it too. The learned frontend then lost it to the lens: the first, short windows'
     self-calibrated k1 (-0.086, -0.066, -0.033 on this pinhole camera, each with a standard deviation above 0.1)
-    was undistorted into the turn as their median (ATE 0.27 m); the front end now weighs each window's k1 by its
-    standard deviation (:func:`kp2d_ros.backend.fused_k1`)."""
+    was undistorted into the turn as their median (ATE 0.27 m); a window that cannot measure k1 now holds the front
+    end's and reports none (:func:`kp2d_ros.backend.bundle_adjust`)."""
     res, steps_est, steps_gt = _replay_shipped(_robot([(10, 0.2, 0, 0), (6, 0, 0, 15), (10, 0.2, 0, 0)]), frontend)
     assert all(s == TrackingStatus.TRACKING for s in res.statuses[1:])
     assert res.metrics.rpe.rot_rmse_deg < 0.1, res.metrics.rpe.rot_rmse_deg
