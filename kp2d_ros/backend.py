@@ -17,6 +17,12 @@ A metric source of the front end (wheel odometry, the ground plane: :mod:`kp2d_r
 the distance between the two keyframes of the pair it measured, ``((|c_a - c_b| - d) / (d sigma_log))^2``
 (``c`` the camera centres), so the window's scale follows the measured lengths instead of drifting from them.
 
+A turn on the spot (the front end saw no translation between two keyframes) enters as a prior that holds the two
+camera centres together (:meth:`LocalMap.add_same_centre`), and where no landmark carries the scale from one
+baseline to the next (after such a turn, what is seen was first seen from the turn's one centre) the distance the
+chain broke at is held as a gauge (:func:`scale_breaks`), as where the held keyframes span no baseline
+(:func:`scale_gauge`).
+
 Self-calibration (``backend.self_calibration``): a window may also estimate the lens's residual radial distortion
 ``k1`` (``x_obs = x (1 + k1 |x|^2)``) and, with Ceres, its standard deviation (the marginal covariance). Under
 forward motion, and over a few keyframes, k1 is hardly observable: a window that measures it less precisely than
@@ -63,7 +69,9 @@ class WindowProblem:
     coordinates. sigma : the observation noise in normalised units. k1 : the residual radial distortion the
     observations are modelled with (``x_obs = x (1 + k1 |x|^2)``, x the projection), and its starting value when
     ``calibrate``: then the window estimates it too. distances : (D, 4) metric distance priors as rows (index a,
-    index b into ``keyframe_ids``, distance, its standard deviation), in world units.
+    index b into ``keyframe_ids``, distance, its standard deviation), in world units. same_centres : (C, 3) rows
+    (index a, index b, standard deviation in world units): keyframes the front end saw turn on the spot from one to
+    the other, whose camera centres a prior holds together.
     """
 
     keyframe_ids: np.ndarray
@@ -78,6 +86,7 @@ class WindowProblem:
     k1: float = 0.0
     calibrate: bool = False
     distances: np.ndarray = field(default_factory=lambda: np.empty((0, 4)))
+    same_centres: np.ndarray = field(default_factory=lambda: np.empty((0, 3)))
     next_landmark_id: int = -1
     revision: int = -1  # the map's revision at the snapshot (-1: unknown)
 
@@ -155,6 +164,7 @@ class LocalMap:
         self._next_lm = 0
         self.revision = 0  # bumped by every applied optimisation
         self.distances: dict[tuple[int, int], tuple[float, float]] = {}  # (keyframe a, b) -> (metres, log sigma)
+        self.same_centres: set[tuple[int, int]] = set()  # (keyframe a, b): a turn on the spot from a to b
         # the similarities (centre, factor) of :meth:`rescale_about` since the last snapshot (:meth:`problem`): a window
         # that lands later was solved before them, and :meth:`apply` moves its result by them
         self._rescaled_since: list[tuple[np.ndarray, float]] = []
@@ -185,6 +195,15 @@ class LocalMap:
         holds both."""
         if a in self.poses and b in self.poses and distance > 0 and np.isfinite(distance) and log_sigma > 0:
             self.distances[(int(a), int(b))] = (float(distance), float(log_sigma))
+
+    def add_same_centre(self, a: int, b: int) -> None:
+        """The front end saw keyframe ``b`` turn on the spot from ``a`` (a pure rotation: no translation to see): a
+        prior in every window that holds both keeps their camera centres together. Without it a window moved the
+        keyframes of a turn apart (by up to a tenth of a driving step, a robot stopping and turning 60 deg on the
+        spot), since landmarks seen only from one centre hold no baseline; what the robot drove next was then
+        triangulated against that false baseline."""
+        if a in self.poses and b in self.poses and a != b:
+            self.same_centres.add((int(a), int(b)))
 
     def add_landmarks(self, positions: np.ndarray, observations: dict[int, np.ndarray]) -> np.ndarray:
         """New landmarks at ``positions`` (n, 3), each observed by every keyframe of ``observations`` (keyframe id ->
@@ -277,6 +296,7 @@ class LocalMap:
         for k in [k for k in self.poses if k < oldest]:
             del self.poses[k]
         self.distances = {ab: v for ab, v in self.distances.items() if min(ab) >= oldest}
+        self.same_centres = {ab for ab in self.same_centres if min(ab) >= oldest}
         seen = np.zeros(len(self.landmark_ids), bool)  # observed by a keyframe of the window
         seen[self.obs_row[self.obs_keyframe >= oldest]] = True
         if not seen.all():
@@ -322,13 +342,15 @@ class LocalMap:
         distances = np.array([(where[a], where[b], d, d * sig) for (a, b), (d, sig) in sorted(self.distances.items())
                               if a in where and b in where], float).reshape(-1, 4)
         poses = np.stack([self.poses[k] for k in ids])
+        obs_kf, obs_lm = np.searchsorted(ids, kf[sel]), _positions_of(rows, n)[row[sel]]
+        same = _same_centre_rows(self.same_centres, where, poses)
         gauge = scale_gauge(poses, num_fixed)
-        if gauge is not None:
-            distances = np.vstack([distances, gauge])
+        if gauge is None:
+            gauge = scale_breaks(poses, num_fixed, obs_kf, obs_lm, same)
+        distances = np.vstack([distances, gauge])
         return WindowProblem(np.array(ids), poses, num_fixed, self.landmark_ids[rows].copy(),
-                             self.positions[rows].copy(), np.searchsorted(ids, kf[sel]), _positions_of(rows, n)[row[sel]],
-                             xy[sel].copy(), float(sigma), float(k1), bool(calibrate), distances, self._next_lm,
-                             self.revision)
+                             self.positions[rows].copy(), obs_kf, obs_lm, xy[sel].copy(), float(sigma), float(k1),
+                             bool(calibrate), distances, same, self._next_lm, self.revision)
 
     def apply(self, result: BAResult) -> bool:
         """Take an optimisation's poses and positions; culled observations are removed, and landmarks left with
@@ -459,6 +481,35 @@ def _scale_about(poses: dict[int, np.ndarray], positions: np.ndarray, centre: np
     for T in poses.values():
         T[:3, 3] = centre + k * (T[:3, 3] - centre)
     return centre + k * (positions - centre)
+
+
+def _same_centre_rows(pairs: set[tuple[int, int]], where: dict[int, int], poses: np.ndarray,
+                      sigma: float = 1e-4) -> np.ndarray:
+    """(C, 3) rows (index a, index b, standard deviation) that hold together the centres of the window's keyframes
+    (``where``: keyframe id -> index into ``poses``) joined by a chain of the pairs ``pairs``, also through keyframes
+    the window left out (a keyframe late in a turn sees too few landmarks to be posed by the window). The standard
+    deviation is ``sigma`` of the window's extent (its camera centres' largest distance from their mean): the front
+    end placed the turn's keyframes on one centre, and the window's unit is the trajectory's. (1e-3 of it let a
+    window's landmarks part them by their noise.)"""
+    root: dict[int, int] = {}
+
+    def find(k: int) -> int:
+        while root.setdefault(k, k) != k:
+            k = root[k]
+        return k
+
+    for a, b in pairs:
+        root[find(a)] = find(b)
+    groups: dict[int, list[int]] = {}
+    for k in sorted(where):
+        if k in root:
+            groups.setdefault(find(k), []).append(where[k])
+    rows = sorted((a, b) for members in groups.values() for a, b in zip(members, members[1:]))
+    centres = poses[:, :3, 3]
+    extent = float(np.max(np.linalg.norm(centres - centres.mean(0), axis=1))) if len(centres) else 0.0
+    if not rows or extent <= 0:
+        return np.empty((0, 3))
+    return np.array([(a, b, sigma * extent) for a, b in rows], float)
 
 
 def _positions_of(rows: np.ndarray, n: int) -> np.ndarray:
@@ -631,7 +682,7 @@ class _CeresWindow:
             if i < problem.num_fixed or views[i] < 3:
                 config.set_constant_rig_from_world_pose(i + 1)
         adjuster = pycolmap.create_default_ceres_bundle_adjuster(self._options(), config, rec)
-        keep_alive = _add_distance_priors(adjuster.problem, rec, problem, config, poses) if len(problem.distances) else []
+        keep_alive = _add_centre_priors(adjuster.problem, rec, problem, config, poses)
         summary = adjuster.solve()
         if not summary.is_solution_usable():
             raise RuntimeError(f"ceres: {summary.brief_report()}")
@@ -765,10 +816,72 @@ def scale_gauge(poses: np.ndarray, num_fixed: int, min_spread: float = 0.1, sigm
     return np.array([[num_fixed - 1, num_fixed + far, d, d * sigma]])
 
 
-def _add_distance_priors(ceres_problem, rec, problem: WindowProblem, config, poses: np.ndarray) -> list:
-    """Add ``problem.distances`` to pycolmap's Ceres problem (pyceres: a cost on the camera centres of the two
-    keyframes' ``cam_from_world`` blocks, held ones as constants). Returns the cost objects and block views: the
-    caller keeps them alive until the solve ends (the problem does not own Python costs)."""
+def scale_breaks(poses: np.ndarray, num_fixed: int, obs_keyframe: np.ndarray, obs_landmark: np.ndarray,
+                 same_centres: np.ndarray, min_links: int = 10, sigma: float = 1e-3) -> np.ndarray:
+    """The window's scale, held by a distance wherever its landmarks do not carry it on.
+
+    A landmark seen from two camera centres ties its depth to their baseline; only one seen from three ties two
+    baselines' lengths together. The window's scale runs from its held keyframes' baseline through such landmarks,
+    one baseline to the next. A robot that drove, stopped, turned on the spot and drove on breaks that chain: the
+    turn's keyframes share one centre (``same_centres``), and what the robot sees after the turn was first seen from
+    there, so no landmark is seen from a centre before the turn, the turn's and one after it; the keyframes after the
+    turn and their landmarks may all scale about the turn's centre. The learned frontend's window shrank the next
+    metres by 6 % there (``stop_turn_go``, ``scripts/robot_moves.py``). At each such break the distance from the
+    centre where the chain broke to the farthest centre it reaches before the next break is held at its value (a
+    prior of relative standard deviation ``sigma``: a gauge, not a measurement), as :func:`scale_gauge` holds it
+    where the held keyframes span no baseline.
+
+    Parameters
+    ----------
+    poses : (K, 4, 4) the window's T_world_cam, oldest first; num_fixed : how many of the oldest are held.
+    obs_keyframe, obs_landmark : (M,) each observation's keyframe index and landmark index.
+    same_centres : (C, >= 2) rows whose first two columns are keyframe indices on one centre.
+    min_links : landmarks seen from three consecutive centres, below which they do not carry the scale on.
+
+    Returns
+    -------
+    (B, 4) distance prior rows (index a, index b, distance, its standard deviation), one per break (none: (0, 4)).
+    """
+    k = len(poses)
+    group = np.arange(k)  # consecutive keyframes on one centre form one group (a turn's are consecutive)
+    for a, b in sorted((int(min(r[:2])), int(max(r[:2]))) for r in np.asarray(same_centres).reshape(-1, 3)):
+        group[group == group[b]] = group[a]
+    _, group = np.unique(group, return_inverse=True)  # 0..G-1 in keyframe order
+    n_groups = int(group.max()) + 1 if k else 0
+    held_groups = int(group[num_fixed - 1]) + 1 if num_fixed > 0 else 0
+    if n_groups - held_groups < 1 or len(obs_landmark) == 0:
+        return np.empty((0, 4))
+    n_lm = int(obs_landmark.max()) + 1
+    seen = np.zeros((n_groups, n_lm), bool)
+    seen[group[obs_keyframe], obs_landmark] = True
+    last = np.array([np.flatnonzero(group == g)[-1] for g in range(n_groups)])  # each group's newest keyframe
+    # baseline i joins groups i and i + 1. It carries the scale of baseline i - 1 when enough landmarks are seen from
+    # all three of groups i - 1, i and i + 1; the first free baseline carries that of the held ones (two or more
+    # held groups), a later one that of the one before it.
+    first = held_groups - 1
+    carried = [i >= 1 and int((seen[i - 1] & seen[i] & seen[i + 1]).sum()) >= min_links for i in range(n_groups - 1)]
+    carried[first] = carried[first] and held_groups >= 2
+    rows = []
+    i = first
+    while i < n_groups - 1:
+        if carried[i]:
+            i += 1
+            continue
+        j = i + 1  # a break at baseline i: the run after it reaches group j (as far as the next baselines carry it)
+        while j < n_groups - 1 and carried[j]:
+            j += 1
+        a, b = int(last[i]), int(last[j])
+        d = float(np.linalg.norm(poses[b, :3, 3] - poses[a, :3, 3]))
+        if d > 0:
+            rows.append((a, b, d, d * sigma))
+        i = j
+    return np.array(rows, float).reshape(-1, 4)
+
+
+def _add_centre_priors(ceres_problem, rec, problem: WindowProblem, config, poses: np.ndarray) -> list:
+    """Add ``problem.distances`` and ``problem.same_centres`` to pycolmap's Ceres problem (pyceres: a cost on the
+    camera centres of the two keyframes' ``cam_from_world`` blocks, held ones as constants). Returns the cost objects
+    and block views: the caller keeps them alive until the solve ends (the problem does not own Python costs)."""
     import ctypes
 
     def block(i: int) -> np.ndarray | None:
@@ -780,19 +893,30 @@ def _add_distance_priors(ceres_problem, rec, problem: WindowProblem, config, pos
             return None
         return np.ctypeslib.as_array((ctypes.c_double * 7).from_address(q.ctypes.data))
 
+    priors = [(int(a), int(b), _distance(float(d), float(sigma)), 1) for a, b, d, sigma in problem.distances]
+    priors += [(int(a), int(b), _coincidence(float(sigma)), 3) for a, b, sigma in problem.same_centres]
     alive = []
-    for a, b, d, sigma in problem.distances:
-        kfs = [int(a), int(b)]
-        blocks = {k: block(k) for k in kfs}
-        free = [k for k in kfs if blocks[k] is not None]
+    for a, b, residual, size in priors:
+        blocks = {k: block(k) for k in (a, b)}
+        free = [k for k in (a, b) if blocks[k] is not None]
         if not free:
             continue
-        fixed = {k: poses[k][:3, 3].copy() for k in kfs if blocks[k] is None}
-        cost = _distance_cost(kfs[0], kfs[1], free, fixed, float(d), float(sigma))
+        fixed = {k: poses[k][:3, 3].copy() for k in (a, b) if blocks[k] is None}
+        cost = _centre_cost(a, b, free, fixed, residual, size)
         views = [blocks[k] for k in free]
         ceres_problem.add_residual_block(cost, None, views)
         alive += [cost, views]
     return alive
+
+
+def _distance(distance: float, sigma: float):
+    """The residual ``(|c_a - c_b| - distance) / sigma`` of two camera centres: a metric distance prior."""
+    return lambda ca, cb: np.array([(float(np.linalg.norm(ca - cb)) - distance) / sigma])
+
+
+def _coincidence(sigma: float):
+    """The residuals ``(c_a - c_b) / sigma`` of two camera centres: a turn on the spot."""
+    return lambda ca, cb: (ca - cb) / sigma
 
 
 def _centre(block: np.ndarray) -> np.ndarray:
@@ -804,39 +928,40 @@ def _centre(block: np.ndarray) -> np.ndarray:
     return -R.T @ block[4:]
 
 
-def _distance_cost(a: int, b: int, free: list[int], fixed: dict[int, np.ndarray], distance: float, sigma: float):
-    """A pyceres cost ``(|c_a - c_b| - distance) / sigma`` over the pose blocks of the keyframes ``free`` (of ``a``,
-    ``b``, in that order; ``fixed``: the centres of held ones). Central-difference Jacobians: a handful of residuals
-    per window beside thousands of reprojections. (Summing a window's pairs into one residual instead gave the same
-    KITTI 07 trajectories with the ground plane: 0.472 against 0.478 m with SIFT.)"""
+def _centre_cost(a: int, b: int, free: list[int], fixed: dict[int, np.ndarray], residual, size: int):
+    """A pyceres cost of ``size`` residuals ``residual(c_a, c_b)`` (:func:`_distance`, :func:`_coincidence`) over
+    the pose blocks of the keyframes ``free`` (of ``a``, ``b``, in that order; ``fixed``: the centres of held ones).
+    Central-difference Jacobians: a handful of residuals per window beside thousands of reprojections. (Summing a
+    window's distance pairs into one residual instead gave the same KITTI 07 trajectories with the ground plane:
+    0.472 against 0.478 m with SIFT.)"""
     import pyceres
 
-    class DistanceCost(pyceres.CostFunction):
+    class CentreCost(pyceres.CostFunction):
         def __init__(self):
             pyceres.CostFunction.__init__(self)
-            self.set_num_residuals(1)
+            self.set_num_residuals(size)
             self.set_parameter_block_sizes([7] * len(free))
 
-        def residual(self, blocks) -> float:
+        def residuals(self, blocks) -> np.ndarray:
             c = dict(fixed)
             c.update({k: _centre(b) for k, b in zip(free, blocks)})
-            return (float(np.linalg.norm(c[a] - c[b])) - distance) / sigma
+            return residual(c[a], c[b])
 
         def Evaluate(self, parameters, residuals, jacobians):
             blocks = [np.array(p, float) for p in parameters]
-            residuals[0] = self.residual(blocks)
+            residuals[:size] = self.residuals(blocks)
             for k in range(len(blocks)) if jacobians is not None else ():
                 if jacobians[k] is None:
                     continue
-                for d in range(7):
+                for d in range(7):  # the Jacobian is row-major: residual i, parameter d at i * 7 + d
                     h = 1e-7 * max(1.0, abs(blocks[k][d]))
                     plus, minus = [b.copy() for b in blocks], [b.copy() for b in blocks]
                     plus[k][d] += h
                     minus[k][d] -= h
-                    jacobians[k][d] = (self.residual(plus) - self.residual(minus)) / (2 * h)
+                    jacobians[k][d::7] = (self.residuals(plus) - self.residuals(minus)) / (2 * h)
             return True
 
-    return DistanceCost()
+    return CentreCost()
 
 
 def _solve_gtsam(problem: WindowProblem, cfg: BackendConfig, poses: np.ndarray, points: np.ndarray, k1: float,
@@ -880,6 +1005,11 @@ def _solve_gtsam(problem: WindowProblem, cfg: BackendConfig, poses: np.ndarray, 
         graph.add(gtsam.PriorFactorPoint3(L(int(j)), gtsam.Point3(*points[j]), weak))
     for a, b, d, sigma in problem.distances:  # metric distance priors between keyframes
         graph.add(gtsam.RangeFactorPose3(X(int(a)), X(int(b)), float(d), gtsam.noiseModel.Isotropic.Sigma(1, sigma)))
+    for a, b, sigma in problem.same_centres:  # turns on the spot: the relative pose's translation is 0, its rotation free
+        a, b = int(a), int(b)
+        turn = gtsam.Pose3(gtsam.Rot3(poses[a][:3, :3].T @ poses[b][:3, :3]), np.zeros(3))
+        noise = gtsam.noiseModel.Diagonal.Sigmas(np.array([1e3, 1e3, 1e3, sigma, sigma, sigma]))
+        graph.add(gtsam.BetweenFactorPose3(X(a), X(b), turn, noise))
     views = np.bincount(problem.obs_keyframe[use], minlength=n_kf)
     weak_pose = gtsam.noiseModel.Isotropic.Sigma(6, 1e3)
     for i in range(problem.num_fixed, n_kf):
@@ -923,14 +1053,15 @@ def _quiet_stdout(active: bool = True):
 def _implausible(problem: WindowProblem, result: BAResult, keep: np.ndarray, cfg: BackendConfig) -> str:
     """Why an optimised window must not be taken ('' when it may): too many observations culled, or a
     keyframe step whose length changed by more than ``backend.max_step_change`` (a diverged window: the
-    front end's steps are never that wrong)."""
+    front end's steps are never that wrong). A turn on the spot (``problem.same_centres``) has no length to change."""
     if keep.mean() < 0.7:
         return f"diverged: {100 * (1 - keep.mean()):.0f}% of the observations culled"
     if result.k1 is not None and abs(result.k1) > 5.0 * cfg.k1_prior_sigma:
         return f"diverged: radial distortion k1 {result.k1:+.3f}"
     ids = [int(k) for k in problem.keyframe_ids]
-    for a, b in zip(ids[1:], ids[2:]):
-        if b not in result.poses:
+    turns = {(int(a), int(b)) for a, b, _ in problem.same_centres}
+    for i, (a, b) in enumerate(zip(ids[1:], ids[2:])):
+        if b not in result.poses or (i + 1, i + 2) in turns:
             continue
         before = np.linalg.norm(problem.poses[ids.index(b), :3, 3] - problem.poses[ids.index(a), :3, 3])
         after = np.linalg.norm(result.poses[b][:3, 3] - result.poses[a][:3, 3])

@@ -952,7 +952,11 @@ class VOPipeline:
         is_kf = self._keyframe_allowed(rotation_angle_deg(geom.R) > pc.rotation_keyframe_deg)
         if is_kf:
             kf = Keyframe(features=feats, T_world_cam=T)
-            self._promote(kf, now, cov, None, (matches.idx0[geom.inliers], matches.idx1[geom.inliers], n0, n1))
+            t0, t1 = n0, n1
+            if self.map is not None and self.k1 != 0.0:  # the backend models the residual distortion itself, as
+                t0, t1 = self._rays(self._raw_camera, feats, matches, geom.inliers)  # a translation's tracks
+            self._promote(kf, now, cov, None, (matches.idx0[geom.inliers], matches.idx1[geom.inliers], t0, t1),
+                          turned=True)
             T = kf.T_world_cam
         return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf, cov, "rotation_only")
 
@@ -1067,17 +1071,20 @@ class VOPipeline:
     def _promote(self, kf: Keyframe, now: _Tick, cov: np.ndarray,
                  motion: tuple[float, np.ndarray, float, np.ndarray] | None,
                  tracks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
-                 metric_length: tuple[float, float] | None = None) -> None:
+                 metric_length: tuple[float, float] | None = None, turned: bool = False) -> None:
         """Make ``kf`` (pose covariance ``cov``) the reference at ``now``. ``motion``: (translation length,
         unit centre displacement in the old reference's axes, parallax px, (3, 3) rotation) of the pair, which
         becomes the speed prior with the moving time since ``self.base``. ``tracks``: the pair's inliers
         (reference indices, ``kf`` indices, their normalised coordinates in both) that carry landmarks into
         ``kf``; then the backend optimises the window (here, or on its worker). ``metric_length``: the pair's metric length
-        (metres, log sigma) from wheel odometry or the ground plane, a prior between the two keyframes in the window."""
+        (metres, log sigma) from wheel odometry or the ground plane, a prior between the two keyframes in the window.
+        ``turned``: the pair is a turn on the spot (no translation seen): the window keeps the two centres together."""
         old_ref = self.ref
         old_id = old_ref.id if old_ref is not None else -1
         if self.map is not None:
             kf.id = self.map.add_keyframe(kf.T_world_cam)
+            if turned and old_id >= 0:
+                self.map.add_same_centre(old_id, kf.id)
         if motion is not None:
             distance, direction, parallax_px, rotation = motion
             self.motion = _Motion(distance, _Span.between(self.base, now), direction / np.linalg.norm(direction),

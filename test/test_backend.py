@@ -131,6 +131,112 @@ def test_held_keyframes_on_one_spot_hold_the_scale_by_a_distance():
     assert scale_gauge(turned, 6) is None and scale_gauge(np.tile(np.eye(4), (4, 1, 1)), 2) is None  # nothing free/moved
 
 
+def test_the_scale_is_held_where_no_landmark_carries_it_on():
+    """:func:`kp2d_ros.backend.scale_breaks`: a driving window whose landmarks are seen from three consecutive centres
+    carries the held keyframes' scale through: no prior. A turn on the spot (keyframes 4-6 on one centre) after which
+    nothing is seen from before the turn breaks it: the distance from the turn's centre to the newest keyframe is held
+    (relative sigma 1e-3). Held keyframes on the turn's centre alone: the break is at the first free baseline."""
+    from kp2d_ros.backend import scale_breaks
+
+    poses = np.stack(list(driving_poses(9, BASELINE)))
+    # landmark j seen from keyframes j, j+1, j+2 (x 20 landmarks each): every consecutive triple shares 20
+    kf = np.concatenate([np.repeat(np.arange(j, j + 3), 20) for j in range(7)])
+    lm = np.concatenate([np.tile(np.arange(20 * j, 20 * j + 20), 3) for j in range(7)])
+    none = np.empty((0, 3))
+    assert scale_breaks(poses, 3, kf, lm, none).shape == (0, 4)
+    turned = poses.copy()
+    turned[5:7, :3, 3] = turned[4, :3, 3]  # keyframes 4, 5, 6 on one centre
+    turn = np.array([[4, 5, 1e-4], [5, 6, 1e-4]])
+    before = np.isin(kf, [0, 1, 2, 3, 4, 5, 6])  # landmarks seen before and in the turn
+    after = np.isin(kf, [5, 6, 7, 8]) & (lm >= 100)  # and after it: first seen in the turn, none from before
+    kf2, lm2 = np.concatenate([kf[before & (lm < 100)], kf[after]]), np.concatenate([lm[before & (lm < 100)], lm[after]])
+    rows = scale_breaks(turned, 3, kf2, lm2, turn)
+    assert rows.shape == (1, 4) and tuple(rows[0, :2]) == (6, 8)  # the turn's newest keyframe -> the newest one
+    d = np.linalg.norm(turned[8, :3, 3] - turned[6, :3, 3])
+    assert rows[0, 2] == pytest.approx(d) and rows[0, 3] == pytest.approx(1e-3 * d)
+    rows = scale_breaks(turned, 5, kf2, lm2, turn)  # held up to keyframe 4: the held groups are 0-3 and the turn
+    assert tuple(rows[0, :2]) == (6, 8)
+
+
+def test_a_turn_on_the_spot_is_a_pair_of_centres_in_every_window_that_holds_both():
+    """``LocalMap.add_same_centre``: the window's problem has a row for each pair of its keyframes joined by turns,
+    also through a keyframe it leaves out, with a standard deviation of 1e-4 of the window's extent; the pairs leave
+    with the keyframes."""
+    m = LocalMap(BackendConfig(window=6, fixed_keyframes=2))
+    poses = true_poses(6)
+    ids = [m.add_keyframe(T) for T in poses]
+    m.add_same_centre(ids[2], ids[3])
+    m.add_same_centre(ids[3], ids[4])
+    m.add_same_centre(ids[4], 99)  # not in the map: ignored
+    assert m.same_centres == {(ids[2], ids[3]), (ids[3], ids[4])}
+    from kp2d_ros.backend import _same_centre_rows
+
+    where = {k: i for i, k in enumerate(ids) if k != ids[3]}  # the window leaves keyframe 3 out
+    poses_in = np.stack([poses[i] for i in where.values()])
+    rows = _same_centre_rows(m.same_centres, {k: n for n, k in enumerate(where)}, poses_in)
+    extent = np.max(np.linalg.norm(poses_in[:, :3, 3] - poses_in[:, :3, 3].mean(0), axis=1))
+    np.testing.assert_allclose(rows, [[2, 3, 1e-4 * extent]])  # keyframes 2 and 4, now at indices 2 and 3
+    for _ in range(3):
+        m.add_keyframe(np.eye(4))  # keyframes 0-2 leave the window, and the pair (2, 3) with them
+    assert m.same_centres == {(ids[3], ids[4])}
+
+
+def _turning_window(noise_px=0.25, seed=0):
+    """A LocalMap of 9 keyframes: 5 driving, 3 turning 10 deg each on the spot of the 5th, one driving on; 900
+    landmarks at 4-15 baselines, observed (with ``noise_px`` noise) by every keyframe that sees them in a 640x480
+    view. Returns (map, true poses)."""
+    rng = np.random.default_rng(seed)
+    poses = list(driving_poses(5, BASELINE))
+    turn = np.eye(4)
+    turn[:3, :3] = np.array([[np.cos(0.1745), 0, np.sin(0.1745)], [0, 1, 0], [-np.sin(0.1745), 0, np.cos(0.1745)]])
+    for _ in range(3):
+        poses.append(poses[-1] @ turn)
+    step = np.eye(4)
+    step[2, 3] = BASELINE
+    poses.append(poses[-1] @ step)
+    m = LocalMap(BackendConfig(window=9, fixed_keyframes=3, max_landmarks=10_000))
+    ids = [m.add_keyframe(T) for T in poses]
+    for k in (5, 6, 7):
+        m.add_same_centre(ids[k - 1], ids[k])
+    for _ in range(900):
+        home = poses[int(rng.integers(0, 9))]
+        X = home[:3, :3] @ (np.array([rng.uniform(-5, 5), rng.uniform(-3, 2), rng.uniform(4, 15)]) * BASELINE) \
+            + home[:3, 3]
+        seen = {}
+        for k, T in zip(ids, poses):
+            xc = invert_se3(T)[:3, :3] @ X + invert_se3(T)[:3, 3]
+            xy = xc[:2] / xc[2] if xc[2] > 0.5 * BASELINE else None
+            if xy is not None and abs(xy[0]) < 320 / F and abs(xy[1]) < 240 / F:
+                seen[k] = xy + rng.normal(0, noise_px / F, 2)
+        if len(seen) >= 2:
+            m.add_landmark(X + rng.normal(0, 0.05 * BASELINE, 3), seen)
+    return m, poses
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_the_keyframes_of_a_turn_on_the_spot_keep_one_centre(solver):
+    """Keyframes the front end saw turn on the spot (``LocalMap.add_same_centre``) leave the window on one centre,
+    with each solver: a prior holds them together (a pyceres cost in pycolmap's problem, GTSAM's BetweenFactorPose3
+    on the translation alone). Without it the window places them by their landmarks alone: apart by their noise."""
+    spread = {}
+    for together in (True, False):
+        m, poses = _turning_window()
+        m.cfg.solver = solver
+        if not together:
+            m.same_centres = set()
+        ids = sorted(m.poses)
+        rng = np.random.default_rng(3)
+        for k in (ids[3], ids[8]):  # the turn starts on its one centre (a step of 0 has no length to check)
+            m.poses[k][:3, 3] += rng.normal(0, 0.03 * BASELINE, 3)
+        result = run_window(m, m.cfg.noise_px / F, F)
+        assert result.optimised, result.reason
+        centres = np.stack([m.poses[k][:3, 3] for k in ids[4:8]])
+        spread[together] = float(np.max(np.linalg.norm(centres - centres[0], axis=1)))
+        rot, trans = pose_errors(m, poses)
+        assert rot.max() < 0.05 and trans.max() < 0.01 * BASELINE, (rot, trans)
+    assert spread[True] < 0.1 * spread[False] and spread[True] < 1e-4 * BASELINE, spread
+
+
 def test_too_few_landmarks_is_skipped_with_a_reason():
     poses = true_poses(5)
     m, _ = make_map(poses, n_points=10)

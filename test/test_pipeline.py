@@ -596,7 +596,9 @@ def test_a_camera_turning_where_it_stood_does_not_start_moving_on_a_lens_error()
     self-calibration's spurious k1 on the pinhole street). The error leaves the turn's pairs ~0.5 px of parallax
     after the best rotation, just above ``geometry.rotation_only_parallax_px``: before, the pairs became translations
     and the camera drove 8 m off while turning. Turning on the spot, starting to move now takes twice that
-    parallax."""
+    parallax. The windows measure the lens through the turn: its keyframes' observations reach the backend as
+    observed, not undistorted by the front end's k1, which the window models on top (the turn's windows, once taken,
+    drew the estimate from 0.080 to 0.014 and moved the standing camera 13 mm)."""
     poses = [se3(np.eye(3), np.array([0.0, 0.0, 3.0 * i])) for i in range(3)] + [se3(np.eye(3), [0.0, 0.0, 6.0])] * 3
     poses += [se3(cv2.Rodrigues(np.radians([0.0, 5.0 * j, 0.0]))[0], [0.0, 0.0, 6.0]) for j in range(1, 13)]
     cfg = VOConfig()
@@ -607,7 +609,8 @@ def test_a_camera_turning_where_it_stood_does_not_start_moving_on_a_lens_error()
     assert [e.status for e in out[3:6]] == [TrackingStatus.STATIC] * 3
     standing = out[5].T_world_cam[:3, 3]
     drift = [float(np.linalg.norm(e.T_world_cam[:3, 3] - standing)) for e in out[6:]]
-    assert max(drift) < 0.01, drift  # the windows move the standing keyframe by ~2 mm; before, 8 m
+    assert max(drift) < 0.01, drift  # the windows move the standing keyframe by ~5 mm; before, 8 m
+    assert vo.k1 == pytest.approx(0.08, abs=0.005)
     assert all(e.status == TrackingStatus.TRACKING and e.motion_model == "rotation_only" for e in out[6:])
 
 
@@ -1414,14 +1417,19 @@ def test_a_fast_turn_to_a_plain_wall_is_not_taken_for_blur(frontend):
     assert res.metrics.ate.rmse < 0.03, res.metrics.ate.rmse
 
 
-def test_after_a_stop_and_a_turn_on_the_spot_the_steps_keep_their_scale():
-    """A robot drives 2 m, stops, turns 60 deg on the spot and drives on (SIFT's window: 10 keyframes, 2 held). The
-    turn's keyframes all share one centre, and once the window's two held keyframes were among them it held no scale:
-    the steps after the turn grew to 1.7x the truth within 6 frames (ATE 0.11 m over 4 m). The window now holds a
-    distance then (:func:`kp2d_ros.backend.scale_gauge`)."""
+@pytest.mark.parametrize("frontend", ["sift", pytest.param("kp2d", marks=pytest.mark.slow)])
+def test_after_a_stop_and_a_turn_on_the_spot_the_steps_keep_their_scale(frontend):
+    """A robot drives 2 m, stops, turns 60 deg on the spot and drives on. The turn's keyframes all share one centre,
+    and once SIFT's window's two held keyframes (of 10) were among them it held no scale: the steps after the turn grew
+    to 1.7x the truth within 6 frames (ATE 0.11 m over 4 m); the window holds a distance then
+    (:func:`kp2d_ros.backend.scale_gauge`). The learned frontend's window (8 of 16 held) spans the turn: nothing seen
+    after it was seen before it, so the steps after it could still scale about the turn's centre, and the windows
+    shrank them to 0.91-0.94x (ATE 0.022 m). The turn's keyframes now stay on one centre in the window
+    (:meth:`kp2d_ros.backend.LocalMap.add_same_centre`) and the scale is held where no landmark carries it on
+    (:func:`kp2d_ros.backend.scale_breaks`)."""
     res, steps_est, steps_gt = _replay_shipped(_robot([(10, 0.2, 0, 0), (7, 0, 0, 0), (12, 0, 0, 5), (10, 0.2, 0, 0)]),
-                                               "sift")
+                                               frontend)
     moving = steps_gt > 0
-    assert np.all(np.abs(steps_est[moving] / steps_gt[moving] - 1.0) < 0.1), steps_est[moving] / steps_gt[moving]
+    assert np.all(np.abs(steps_est[moving] / steps_gt[moving] - 1.0) < 0.03), steps_est[moving] / steps_gt[moving]
     assert steps_est[~moving].sum() < 0.01
-    assert res.metrics.ate.rmse < 0.03, res.metrics.ate.rmse
+    assert res.metrics.ate.rmse < 0.01, res.metrics.ate.rmse
