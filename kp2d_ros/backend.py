@@ -835,7 +835,8 @@ def scale_breaks(poses: np.ndarray, num_fixed: int, obs_keyframe: np.ndarray, ob
     ----------
     poses : (K, 4, 4) the window's T_world_cam, oldest first; num_fixed : how many of the oldest are held.
     obs_keyframe, obs_landmark : (M,) each observation's keyframe index and landmark index.
-    same_centres : (C, >= 2) rows whose first two columns are keyframe indices on one centre.
+    same_centres : (C, 3) rows (index a, index b, standard deviation) of keyframes on one centre
+        (:attr:`WindowProblem.same_centres`).
     min_links : landmarks seen from three consecutive centres, below which they do not carry the scale on.
 
     Returns
@@ -844,7 +845,7 @@ def scale_breaks(poses: np.ndarray, num_fixed: int, obs_keyframe: np.ndarray, ob
     """
     k = len(poses)
     group = np.arange(k)  # consecutive keyframes on one centre form one group (a turn's are consecutive)
-    for a, b in sorted((int(min(r[:2])), int(max(r[:2]))) for r in np.asarray(same_centres).reshape(-1, 3)):
+    for a, b in sorted((int(min(r[:2])), int(max(r[:2]))) for r in same_centres):
         group[group == group[b]] = group[a]
     _, group = np.unique(group, return_inverse=True)  # 0..G-1 in keyframe order
     n_groups = int(group.max()) + 1 if k else 0
