@@ -35,6 +35,9 @@ SCENARIOS: dict[str, list[tuple[int, float, float, float]]] = {
     "arc_in_reverse": [(9, 0.2, 0, 0), (3, 0, 0, 0), (12, -0.15, 0, -3)],
     "strafe": [(9, 0.2, 0, 0), (12, 0, 0.15, 0), (10, 0.2, 0, 0)],  # sideways (a holonomic base)
     "start_turning": [(8, 0, 0, 4), (12, 0.2, 0, 0)],  # turn on the spot before the first metre
+    "slow_spin": [(8, 0.2, 0, 0), (45, 0, 0, 2), (8, 0.2, 0, 0)],  # 90 deg on the spot at 2 deg/frame
+    # stop, turn 60 deg on the spot, drive on at half the speed: only landmarks seen across the turn tell
+    "slower_after_turn": [(10, 0.2, 0, 0), (7, 0, 0, 0), (12, 0, 0, 5), (10, 0.1, 0, 0)],
 }
 
 
