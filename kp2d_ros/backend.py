@@ -46,6 +46,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -491,6 +492,21 @@ def _same_centre_rows(pairs: set[tuple[int, int]], where: dict[int, int], poses:
     deviation is ``sigma`` of the window's extent (its camera centres' largest distance from their mean): the front
     end placed the turn's keyframes on one centre, and the window's unit is the trajectory's. (1e-3 of it let a
     window's landmarks part them by their noise.)"""
+    find = _joined(pairs)
+    groups: dict[int, list[int]] = {}
+    for k in sorted(where):
+        groups.setdefault(find(k), []).append(where[k])
+    rows = sorted((a, b) for members in groups.values() for a, b in zip(members, members[1:]))
+    centres = poses[:, :3, 3]
+    extent = float(np.max(np.linalg.norm(centres - centres.mean(0), axis=1))) if len(centres) else 0.0
+    if not rows or extent <= 0:
+        return np.empty((0, 3))
+    return np.array([(a, b, sigma * extent) for a, b in rows], float)
+
+
+def _joined(pairs) -> Callable[[int], int]:
+    """A function giving each item its group's representative, the groups joined by ``pairs`` of items (union-find;
+    an item in no pair is its own group)."""
     root: dict[int, int] = {}
 
     def find(k: int) -> int:
@@ -499,17 +515,8 @@ def _same_centre_rows(pairs: set[tuple[int, int]], where: dict[int, int], poses:
         return k
 
     for a, b in pairs:
-        root[find(a)] = find(b)
-    groups: dict[int, list[int]] = {}
-    for k in sorted(where):
-        if k in root:
-            groups.setdefault(find(k), []).append(where[k])
-    rows = sorted((a, b) for members in groups.values() for a, b in zip(members, members[1:]))
-    centres = poses[:, :3, 3]
-    extent = float(np.max(np.linalg.norm(centres - centres.mean(0), axis=1))) if len(centres) else 0.0
-    if not rows or extent <= 0:
-        return np.empty((0, 3))
-    return np.array([(a, b, sigma * extent) for a, b in rows], float)
+        root[find(int(a))] = find(int(b))
+    return find
 
 
 def _positions_of(rows: np.ndarray, n: int) -> np.ndarray:
@@ -619,7 +626,6 @@ def _bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float) 
                       error_px_before=float(np.median(before[np.isfinite(before)]) * to_px) if np.isfinite(before).any() else float("nan"),
                       error_px_after=float(np.median(err[keep]) * to_px) if keep.any() else float("nan"),
                       iterations=iters, k1=float(k1) if problem.calibrate else None,
-                      k1_sigma=ceres_window.k1_sigma() if ceres_window is not None and problem.calibrate else None,
                       next_landmark_id=problem.next_landmark_id, revision=problem.revision)
     for i, k in enumerate(problem.keyframe_ids):
         result.poses[int(k)] = poses[i].copy() if i >= problem.num_fixed else problem.poses[i].copy()
@@ -628,6 +634,8 @@ def _bundle_adjust(problem: WindowProblem, cfg: BackendConfig, focal_px: float) 
         return BAResult(False, reason, num_keyframes=n_kf, num_landmarks=n_lm, num_observations=int(len(keep)),
                         error_px_before=result.error_px_before, error_px_after=result.error_px_after,
                         iterations=iters, time_ms=(time.perf_counter() - t0) * 1e3)
+    if ceres_window is not None and problem.calibrate:  # (20-50 ms: only for a window that is taken)
+        result.k1_sigma = ceres_window.k1_sigma()
     result.landmark_ids = np.asarray(problem.landmark_ids, np.int64).copy()
     result.positions = np.asarray(points, float).reshape(-1, 3).copy()
     result.rejected = np.stack([problem.landmark_ids[problem.obs_landmark[~keep]],
@@ -844,10 +852,8 @@ def scale_breaks(poses: np.ndarray, num_fixed: int, obs_keyframe: np.ndarray, ob
     (B, 4) distance prior rows (index a, index b, distance, its standard deviation), one per break (none: (0, 4)).
     """
     k = len(poses)
-    group = np.arange(k)  # consecutive keyframes on one centre form one group (a turn's are consecutive)
-    for a, b in sorted((int(min(r[:2])), int(max(r[:2]))) for r in same_centres):
-        group[group == group[b]] = group[a]
-    _, group = np.unique(group, return_inverse=True)  # 0..G-1 in keyframe order
+    find = _joined((a, b) for a, b, _ in same_centres)  # a turn's keyframes are consecutive: groups are runs
+    _, group = np.unique([find(i) for i in range(k)], return_inverse=True)  # 0..G-1 in keyframe order
     n_groups = int(group.max()) + 1 if k else 0
     held_groups = int(group[num_fixed - 1]) + 1 if num_fixed > 0 else 0
     if n_groups - held_groups < 1 or len(obs_landmark) == 0:
@@ -1061,10 +1067,10 @@ def _implausible(problem: WindowProblem, result: BAResult, keep: np.ndarray, cfg
         return f"diverged: radial distortion k1 {result.k1:+.3f}"
     ids = [int(k) for k in problem.keyframe_ids]
     turns = {(int(a), int(b)) for a, b, _ in problem.same_centres}
-    for i, (a, b) in enumerate(zip(ids[1:], ids[2:])):
-        if b not in result.poses or (i + 1, i + 2) in turns:
+    for i, (a, b) in enumerate(zip(ids[1:], ids[2:]), start=1):
+        if b not in result.poses or (i, i + 1) in turns:
             continue
-        before = np.linalg.norm(problem.poses[ids.index(b), :3, 3] - problem.poses[ids.index(a), :3, 3])
+        before = np.linalg.norm(problem.poses[i + 1, :3, 3] - problem.poses[i, :3, 3])
         after = np.linalg.norm(result.poses[b][:3, 3] - result.poses[a][:3, 3])
         if before > 0 and not _plausible_step_change(after / before, cfg):
             return f"diverged: keyframe {b}'s step changed {after / max(before, 1e-12):.2f}x"

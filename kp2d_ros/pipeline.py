@@ -764,8 +764,7 @@ class VOPipeline:
                 kf.inv_depth[idx1[measured.outliers]] = np.nan
                 kf.inv_depth_sigma[idx1[measured.outliers]] = np.inf
             direction = -geom.R.T @ geom.t
-            if self.map is not None and self.k1 != 0.0:  # the backend models the residual distortion itself
-                n0, n1 = normalize_points(kp0[inl], self._raw_camera), normalize_points(kp1[inl], self._raw_camera)
+            n0, n1 = self._observed_rays(n0, n1, feats, matches, inl)
             choice = self._scale_choice
             # the scale's outliers do not extend the backend's tracks either: an aliased match would be a wrong
             # observation of the landmark it continues
@@ -878,6 +877,15 @@ class VOPipeline:
         kp1 = feats.keypoints[matches.idx1[mask]]
         return normalize_points(kp0, camera), normalize_points(kp1, camera)
 
+    def _observed_rays(self, n0: np.ndarray, n1: np.ndarray, feats: Features, matches: Matches,
+                       mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The backend's coordinates of the matches selected by ``mask``, whose undistorted rays are ``n0``, ``n1``:
+        as observed (the raw camera) while the front end undistorts with a self-calibrated k1, which the backend models
+        itself; else those rays."""
+        if self.map is not None and self.k1 != 0.0:
+            return self._rays(self._raw_camera, feats, matches, mask)
+        return n0, n1
+
     def _rotation_cov(self, camera: Camera, R: np.ndarray | None, n0=None, n1=None) -> np.ndarray:
         """(3, 3) covariance of the relative rotation (reference axes): from the inliers' rays, or the
         rotation that ``static_parallax_px`` would show when none was estimated (``R`` None)."""
@@ -952,9 +960,7 @@ class VOPipeline:
         is_kf = self._keyframe_allowed(rotation_angle_deg(geom.R) > pc.rotation_keyframe_deg)
         if is_kf:
             kf = Keyframe(features=feats, T_world_cam=T)
-            t0, t1 = n0, n1
-            if self.map is not None and self.k1 != 0.0:  # the backend models the residual distortion itself, as
-                t0, t1 = self._rays(self._raw_camera, feats, matches, geom.inliers)  # a translation's tracks
+            t0, t1 = self._observed_rays(n0, n1, feats, matches, geom.inliers)
             self._promote(kf, now, cov, None, (matches.idx0[geom.inliers], matches.idx1[geom.inliers], t0, t1),
                           turned=True)
             T = kf.T_world_cam
