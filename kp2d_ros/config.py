@@ -260,6 +260,11 @@ class PipelineConfig:
     min_triangulation_deg: float = 0.5
     # A pure rotation (no observable translation) becomes a keyframe only beyond this angle.
     rotation_keyframe_deg: float = 5.0
+    # A turn on the spot: each of its keyframes searches again for the keypoints of the keyframe the turn started from
+    # (its points have depths and landmarks) within this radius (pixels) of where the turn's rotation puts them (one
+    # centre: no depth needed), so that what the turn still sees of them scales the motion after it. The chain of
+    # pairs alone loses 30-45 % of the tracks per keyframe of a turn. 0: off.
+    turn_search_px: float = 8.0
     # Frames without a valid pose before the tracker declares itself lost and re-initialises.
     max_lost_frames: int = 3
     # A blurred frame (a bump, a fast pan): the variance of its Laplacian (over its squared mean brightness, so that an
@@ -312,6 +317,7 @@ class PipelineConfig:
         _positive("pipeline.max_blurred_frames", self.max_blurred_frames)
         _nonneg("pipeline.min_triangulation_deg", self.min_triangulation_deg)
         _nonneg("pipeline.rotation_keyframe_deg", self.rotation_keyframe_deg)
+        _nonneg("pipeline.turn_search_px", self.turn_search_px)
 
 
 @dataclass

@@ -120,6 +120,59 @@ def match_features(f0: Features, f1: Features, cfg: MatchingConfig) -> Matches:
     return Matches(idx0=idx0, idx1=idx1, distances=d, scores=scores)
 
 
+def match_near(f0: Features, f1: Features, predicted: np.ndarray, points1: np.ndarray, radius: float,
+               cfg: MatchingConfig) -> Matches:
+    """Matches of ``f0``'s keypoints to those of ``f1`` near where a known motion puts them (a projection-guided search).
+
+    Parameters
+    ----------
+    f0, f1 : feature sets with N0 and N1 keypoints.
+    predicted : (N0, 2) where each keypoint of ``f0`` is predicted in ``f1``'s view (NaN: not searched).
+    points1 : (N1, 2) ``f1``'s keypoints in the same units as ``predicted``.
+    radius : search radius, in those units.
+    cfg : ``max_distance`` > 0 drops matches farther than it in descriptor space.
+
+    Returns
+    -------
+    Matches sorted by descending score (as :func:`match_features`): each keypoint of ``f0`` takes the nearest
+    descriptor among ``f1``'s keypoints within ``radius`` of its prediction, kept when it is also the nearest of every
+    ``f0`` keypoint that has that ``f1`` keypoint among its candidates (mutual within the search).
+    """
+    from scipy.spatial import cKDTree
+
+    searched = np.flatnonzero(np.isfinite(predicted).all(axis=1))
+    if searched.size == 0 or len(f1) == 0:
+        return _empty_matches()
+    if f0.binary != f1.binary or f0.descriptors.shape[1] != f1.descriptors.shape[1]:
+        raise DataError(f"matching: incompatible descriptors {f0.descriptors.shape}/{f0.binary} "
+                        f"and {f1.descriptors.shape}/{f1.binary}")
+    near = cKDTree(np.asarray(points1, float)).query_ball_point(predicted[searched], radius)
+    counts = np.fromiter(map(len, near), np.int64, len(near))
+    if counts.sum() == 0:
+        return _empty_matches()
+    i0 = np.repeat(searched, counts)
+    i1 = np.concatenate([np.asarray(c, np.int64) for c in near if c])
+    a, b = f0.descriptors[i0], f1.descriptors[i1]
+    if f0.binary:
+        d = np.unpackbits(np.bitwise_xor(a, b), axis=1).sum(1).astype(np.float32)
+        max_dist = 8.0 * a.shape[1]
+    else:
+        d = np.linalg.norm(a.astype(np.float32) - b.astype(np.float32), axis=1)
+        max_dist = 2.0
+    order = np.argsort(d, kind="stable")
+    i0, i1, d = i0[order], i1[order], d[order]
+    first0 = np.zeros(d.size, bool)
+    first0[np.unique(i0, return_index=True)[1]] = True
+    first1 = np.zeros(d.size, bool)
+    first1[np.unique(i1, return_index=True)[1]] = True
+    keep = first0 & first1
+    if cfg.max_distance > 0:
+        keep &= d <= cfg.max_distance
+    i0, i1, d = i0[keep], i1[keep], d[keep].astype(np.float32)
+    scores = np.clip(1.0 - d / max_dist, 0.0, 1.0).astype(np.float32)
+    return Matches(idx0=i0, idx1=i1, distances=d, scores=scores)
+
+
 def _float_nearest(f0: Features, f1: Features, mutual: bool, want_second: bool):
     """Nearest neighbours of float descriptors without the full (N0, N1) distance matrix.
 

@@ -4,7 +4,7 @@ import pytest
 
 from kp2d_ros.config import MatchingConfig
 from kp2d_ros.errors import DataError
-from kp2d_ros.matching import MatchScorer, filter_matches, hamming_distances, match_features
+from kp2d_ros.matching import MatchScorer, filter_matches, hamming_distances, match_features, match_near
 from kp2d_ros.types import Features
 
 
@@ -44,6 +44,48 @@ def test_mutual_check_drops_one_sided_matches():
     assert sorted(zip(m.idx0.tolist(), m.idx1.tolist())) == [(0, 0), (2, 1)]
     m = match_features(float_features(d0), float_features(d1), MatchingConfig(mutual=False))
     assert len(m) == 3
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_guided_search_matches_near_the_prediction_and_nowhere_else(binary):
+    """:func:`match_near`: each keypoint takes the nearest descriptor among the keypoints within the radius of where it
+    is predicted; a twin of its descriptor farther away is not a candidate, a keypoint without a prediction is not
+    searched, and two keypoints that want the same one leave it to the nearer descriptor."""
+    rng = np.random.default_rng(3)
+    n = 60
+    if binary:
+        d0 = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
+        d1 = d0.copy()
+        d1[:, 0] ^= 1  # one bit off
+    else:
+        d0 = unit(rng.normal(size=(n, 64)))
+        d1 = unit(d0 + 0.05 * rng.normal(size=(n, 64)))
+    make = binary_features if binary else float_features
+    p1 = rng.uniform(0, 600, size=(n, 2))
+    perm = rng.permutation(n)  # keypoint j of f1 is keypoint perm[j] of f0
+    f0, f1 = make(d0), make(d1[perm])
+    pts1 = p1[perm]
+    predicted = p1 + rng.normal(scale=1.0, size=(n, 2))
+    predicted[5] = np.nan  # not searched
+    predicted[7] += 40.0  # predicted far from its keypoint
+    # a twin of keypoint 9's descriptor 100 px from its prediction
+    f1 = make(np.concatenate([f1.descriptors, d0[9:10]]))
+    pts1 = np.concatenate([pts1, predicted[9:10] + [100.0, 0.0]])
+    m = match_near(f0, f1, predicted, pts1, 6.0, MatchingConfig())
+    truth = {int(perm[j]): j for j in range(n)}
+    pairs = dict(zip(m.idx0.tolist(), m.idx1.tolist()))
+    assert 5 not in pairs and 7 not in pairs
+    assert pairs[9] == truth[9]
+    assert all(pairs[i] == truth[i] for i in pairs)
+    assert len(pairs) >= n - 2 - 3  # at most a few lost where two predictions share their candidates
+    assert np.all(np.diff(m.scores) <= 0)
+    # two keypoints predicted at the same place: the one whose descriptor is nearer keeps it
+    twin = predicted.copy()
+    twin[11] = pts1[truth[10]]
+    m = match_near(f0, f1, twin, pts1, 6.0, MatchingConfig())
+    pairs = dict(zip(m.idx0.tolist(), m.idx1.tolist()))
+    assert pairs.get(10) == truth[10] and pairs.get(11, -1) != truth[10]
+    assert len(match_near(f0, f1, np.full((n, 2), np.nan), pts1, 6.0, MatchingConfig())) == 0
 
 
 def test_ratio_test_drops_ambiguous():
