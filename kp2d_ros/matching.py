@@ -8,6 +8,7 @@ import sys
 from functools import lru_cache
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from kp2d_ros.config import MatchingConfig
 from kp2d_ros.errors import DataError
@@ -55,12 +56,17 @@ def descriptor_distances(f0: Features, f1: Features) -> tuple[np.ndarray, float]
     DataError
         the two sets have different descriptor kinds or sizes.
     """
-    if f0.binary != f1.binary or f0.descriptors.shape[1] != f1.descriptors.shape[1]:
-        raise DataError(f"matching: incompatible descriptors {f0.descriptors.shape}/{f0.binary} "
-                        f"and {f1.descriptors.shape}/{f1.binary}")
+    _check_compatible(f0, f1)
     if f0.binary:
         return hamming_distances(f0.descriptors, f1.descriptors), 8.0 * f0.descriptors.shape[1]
     return l2_distances(f0.descriptors, f1.descriptors), 2.0
+
+
+def _check_compatible(f0: Features, f1: Features) -> None:
+    """Raise DataError unless both sets have the same descriptor kind and size."""
+    if f0.binary != f1.binary or f0.descriptors.shape[1] != f1.descriptors.shape[1]:
+        raise DataError(f"matching: incompatible descriptors {f0.descriptors.shape}/{f0.binary} "
+                        f"and {f1.descriptors.shape}/{f1.binary}")
 
 
 def mutual_nearest(dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -138,14 +144,10 @@ def match_near(f0: Features, f1: Features, predicted: np.ndarray, points1: np.nd
     descriptor among ``f1``'s keypoints within ``radius`` of its prediction, kept when it is also the nearest of every
     ``f0`` keypoint that has that ``f1`` keypoint among its candidates (mutual within the search).
     """
-    from scipy.spatial import cKDTree
-
     searched = np.flatnonzero(np.isfinite(predicted).all(axis=1))
     if searched.size == 0 or len(f1) == 0:
         return _empty_matches()
-    if f0.binary != f1.binary or f0.descriptors.shape[1] != f1.descriptors.shape[1]:
-        raise DataError(f"matching: incompatible descriptors {f0.descriptors.shape}/{f0.binary} "
-                        f"and {f1.descriptors.shape}/{f1.binary}")
+    _check_compatible(f0, f1)
     near = cKDTree(np.asarray(points1, float)).query_ball_point(predicted[searched], radius)
     counts = np.fromiter(map(len, near), np.int64, len(near))
     if counts.sum() == 0:

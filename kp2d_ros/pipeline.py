@@ -910,7 +910,7 @@ class VOPipeline:
         fits = rotation_compensated_parallax(n0, n1[found.idx1], R) * f <= self.cfg.geometry.ransac_threshold_px
         if fits.sum() < self.cfg.pipeline.min_scale_points:
             return None
-        found = Matches(found.idx0[fits], found.idx1[fits], found.distances[fits], found.scores[fits])
+        found = found.subset(fits)
         _carry_depths(anchor, kf, found.idx0, found.idx1)
         rays1 = normalize_points(kf.features.keypoints[found.idx1], self._raw_camera if self._observes_raw else camera)
         return anchor, found.idx0, found.idx1, rays1
