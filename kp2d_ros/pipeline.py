@@ -875,26 +875,28 @@ class VOPipeline:
         return self.cfg.pipeline.static_parallax_px * m.distance / m.parallax_px
 
     def _rejoin_turn(self, kf: Keyframe, camera: Camera) -> tuple[Keyframe, np.ndarray, np.ndarray, np.ndarray] | None:
-        """The keypoints of the turn's first keyframe (its anchor: the reference when this turn on the spot began) found
-        again in ``kf``, a keyframe of the same turn: (anchor, its indices, ``kf``'s indices, their backend
-        coordinates), or None. Each anchor keypoint with a depth or a landmark is rotated into ``kf``'s view (one
-        centre: no depth needed) and takes the nearest descriptor within ``pipeline.turn_search_px``
+        """The keypoints of the turn's first keyframe (:attr:`turn_anchor`: the reference when this turn on the spot
+        began) found again in ``kf``, a keyframe of the same turn: (anchor, its indices, ``kf``'s indices, their
+        backend coordinates), or None. Each anchor keypoint with a depth or a landmark is rotated into ``kf``'s view
+        (one centre: no depth needed) and takes the nearest descriptor within ``pipeline.turn_search_px``
         (:func:`~kp2d_ros.matching.match_near`); those the rotation they fit best leaves beyond
-        ``geometry.ransac_threshold_px`` are dropped. Their depths carry over (a rotation about the centre keeps each
-        point's distance) where the chain of pairs gave none; the landmarks are observed in :meth:`_map_keyframe`.
+        ``geometry.ransac_threshold_px`` are dropped. :meth:`_rotation_only` carries their depths over (a rotation about
+        the centre keeps each point's distance) where the chain of pairs gave none; their landmarks are observed in
+        :meth:`_map_keyframe`.
 
         The chain alone loses 30-45 % of the tracks per keyframe of a turn, so after a 60 degree turn of a 65 degree
         view the learned frontend kept 2 of the turn's first keyframe's ~1130 landmarks (SIFT 15), and the speed after
         the turn had nothing to be measured against (docs/results.md: Points through a turn)."""
         radius = self.cfg.pipeline.turn_search_px
-        anchor = self.turn_anchor if self.turn_anchor is not None else self.ref
+        anchor = self.turn_anchor
         if radius <= 0 or anchor is None:
             return None
         known = np.flatnonzero(np.isfinite(anchor.inv_depth) | (anchor.landmarks >= 0))
         if known.size == 0:
             return None
         R = kf.T_world_cam[:3, :3].T @ anchor.T_world_cam[:3, :3]
-        rays = bearings(normalize_points(anchor.features.keypoints[known], camera)) @ R.T
+        n0 = normalize_points(anchor.features.keypoints, camera)
+        rays = bearings(n0[known]) @ R.T
         ahead = rays[:, 2] > 1e-3
         predicted = np.full((len(anchor.features), 2), np.nan)
         predicted[known[ahead]] = rays[ahead, :2] / rays[ahead, 2:]
@@ -905,14 +907,14 @@ class VOPipeline:
             return None
         # the nearest descriptor within the radius is another point for ~10 % of them (SIFT, 8 px): those beyond the
         # RANSAC threshold of the rotation the found points fit best are dropped
-        n0 = normalize_points(anchor.features.keypoints[found.idx0], camera)
-        R, _ = pure_rotation_fit(n0, n1[found.idx1], f, floor_px=self.cfg.geometry.ransac_threshold_px)
-        fits = rotation_compensated_parallax(n0, n1[found.idx1], R) * f <= self.cfg.geometry.ransac_threshold_px
+        R, _ = pure_rotation_fit(n0[found.idx0], n1[found.idx1], f, floor_px=self.cfg.geometry.ransac_threshold_px)
+        fits = (rotation_compensated_parallax(n0[found.idx0], n1[found.idx1], R) * f
+                <= self.cfg.geometry.ransac_threshold_px)
         if fits.sum() < self.cfg.pipeline.min_scale_points:
             return None
         found = found.subset(fits)
-        _carry_depths(anchor, kf, found.idx0, found.idx1)
-        rays1 = normalize_points(kf.features.keypoints[found.idx1], self._raw_camera if self._observes_raw else camera)
+        rays1 = (normalize_points(kf.features.keypoints[found.idx1], self._raw_camera) if self._observes_raw
+                 else n1[found.idx1])
         return anchor, found.idx0, found.idx1, rays1
 
     @property
@@ -1010,8 +1012,12 @@ class VOPipeline:
         if is_kf:
             kf = Keyframe(features=feats, T_world_cam=T)
             inl = geom.inliers
+            if self.turn_anchor is None:  # the turn's first keyframe: its reference is the anchor
+                self.turn_anchor = ref
             _carry_depths(ref, kf, matches.idx0[inl], matches.idx1[inl])
             rejoined = self._rejoin_turn(kf, camera)
+            if rejoined is not None:
+                _carry_depths(rejoined[0], kf, rejoined[1], rejoined[2])
             t0, t1 = self._observed_rays(n0, n1, feats, matches, inl)
             self._promote(kf, now, cov, None, (matches.idx0[inl], matches.idx1[inl], t0, t1), turned=True,
                           rejoined=rejoined)
@@ -1143,8 +1149,6 @@ class VOPipeline:
         old_id = old_ref.id if old_ref is not None else -1
         if not turned:
             self.turn_anchor = None
-        elif self.turn_anchor is None:
-            self.turn_anchor = old_ref
         if self.map is not None:
             kf.id = self.map.add_keyframe(kf.T_world_cam)
             if turned and old_id >= 0:
