@@ -31,16 +31,17 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=5)
     ap.add_argument("--fixed", type=int, default=2, help="backend.fixed_keyframes (held; < --window)")
     ap.add_argument("--every", type=int, default=4)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, as kp2d replay's")
     ap.add_argument("--out", default="out/ba_window_scale.json")
     args = ap.parse_args(argv)
 
     from kp2d_ros.backend import WindowProblem, bundle_adjust
-    from kp2d_ros.config import load_config
+    from kp2d_ros.config import load_config, parse_overrides
     from kp2d_ros.data import open_sequence
     from kp2d_ros.geometry import focal_length
     from kp2d_ros.pipeline import VOPipeline
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, overrides=parse_overrides(args.set))
     cfg.backend.window, cfg.backend.fixed_keyframes, cfg.backend.threaded = args.window, args.fixed, False
     seq = open_sequence(args.sequence, camera=cfg.camera, max_frames=args.frames)
     if seq.ground_truth is None:

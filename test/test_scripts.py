@@ -232,3 +232,27 @@ def test_robot_moves_scores_a_robot_backing_up(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "scripts" / "robot_moves.py"), "--scenarios", "moonwalk"],
                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert bad.returncode == 2 and "unknown scenario" in bad.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/location_head_probe.py (issue 10: the location head alone, trained on this CPU)
+# --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_location_head_probe_trains_only_the_location_head(tmp_path):
+    """Two steps on one pair each: the curve holds the starting weights and the last step, scored by the Oxford
+    protocol; the snapshot differs from the start in the location head only."""
+    import torch
+
+    train, oxford = data_path("train_images"), data_path("homography")
+    out = tmp_path / "probe"
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "location_head_probe.py"), "--data", str(train),
+                          "--homography", str(oxford), "--steps", "2", "--eval-every", "2", "--batch", "1",
+                          "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    curve = json.loads((out / "curve.json").read_text())["curve"]
+    assert [r["step"] for r in curve] == [0, 2]
+    assert all(0.0 < r["localization_error"] < 3.0 and 0.0 < r["repeatability"] <= 1.0 for r in curve)
+    start = torch.load(out / "keypoint_net_step0.pt", weights_only=True)["state_dict"]
+    end = torch.load(out / "keypoint_net_step2.pt", weights_only=True)["state_dict"]
+    changed = {k.split(".")[0] for k in start if not torch.equal(start[k], end[k])}
+    assert changed == {"loc_a", "loc_b"}
