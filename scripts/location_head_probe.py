@@ -71,11 +71,9 @@ def main(argv=None) -> int:
             cells, _ = net.encode(image)
             scores = torch.sigmoid(net.score_b(net.score_a(cells)))
         net.loc_a.train()  # its BatchNorm follows the batches, as in training
-        offsets = torch.tanh(net.loc_b(net.loc_a(cells)))
-        kp = net.cell_centres(cells.shape[-2:], offsets) + offsets * (kc.cross_ratio * kc.cell / 2)
-        hh, ww = batch.shape[-2:]
-        kp = torch.stack([kp[:, 0].clamp(0, ww - 1), kp[:, 1].clamp(0, hh - 1)], dim=1)
-        return KeyPointNetOutput(scores, kp, None, (hh, ww), tuple(image.shape[-2:]))
+        size = tuple(batch.shape[-2:])
+        return KeyPointNetOutput(scores, net.locate(net.loc_b(net.loc_a(cells)), size), None, size,
+                                 tuple(image.shape[-2:]))
 
     curve = []
 

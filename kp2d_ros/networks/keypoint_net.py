@@ -185,18 +185,24 @@ class KeyPointNet(nn.Module):
         KeyPointNetOutput with scores (B, 1, Hc, Wc), keypoints (B, 2, Hc, Wc),
         descriptors (B, D, Hc * 2, Wc * 2), Hc = ceil(H / 8), Wc = ceil(W / 8).
         """
-        cfg = self.config
         h, w = image.shape[-2:]
         image = self.pad(image)
         x, skip = self.encode(image)
         # Heads leave autocast's low precision here: in bf16 a coordinate near x = 300 px is quantised to 2 px.
         scores = torch.sigmoid(self.score_b(self.score_a(x)).float())
-        offsets = torch.tanh(self.loc_b(self.loc_a(x)).float())
-        keypoints = self.cell_centres(x.shape[-2:], offsets) + offsets * (cfg.cross_ratio * cfg.cell / 2)
-        keypoints = torch.stack([keypoints[:, 0].clamp(0, w - 1), keypoints[:, 1].clamp(0, h - 1)], dim=1)
+        keypoints = self.locate(self.loc_b(self.loc_a(x)).float(), (h, w))
         d = self.descriptor_features(x, skip)
         descriptors = F.normalize(self.desc_norm(self.desc_c(d)).float(), p=2, dim=1)
         return KeyPointNetOutput(scores, keypoints, descriptors, (h, w), tuple(image.shape[-2:]))
+
+    def locate(self, logits: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """Keypoints (B, 2, Hc, Wc) in pixels from the location head's raw output (B, 2, Hc, Wc): each cell's centre
+        moved by tanh(logits) * ``cross_ratio`` half-cells, clamped to the unpadded (H, W) image."""
+        cfg = self.config
+        h, w = image_size
+        offsets = torch.tanh(logits)
+        keypoints = self.cell_centres(logits.shape[-2:], offsets) + offsets * (cfg.cross_ratio * cfg.cell / 2)
+        return torch.stack([keypoints[:, 0].clamp(0, w - 1), keypoints[:, 1].clamp(0, h - 1)], dim=1)
 
     def pad(self, image: torch.Tensor) -> torch.Tensor:
         """Pad (B, C, H, W) right/bottom to a multiple of ``cell`` (``pad_mode``)."""

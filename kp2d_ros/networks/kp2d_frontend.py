@@ -331,14 +331,7 @@ class KP2DFrontend(Frontend):
     def _keypoints(self, loc_raw: torch.Tensor, w: int, h: int) -> torch.Tensor:
         """(2, Hc, Wc) fp32 keypoints (working pixels) from the location head's raw (2, Hc, Wc) output,
         rebuilt in fp32 (in bf16/fp16 a coordinate near x = 600 px would be quantised to 0.5-4 px)."""
-        offsets = torch.tanh(loc_raw)
-        cell = self.model.config.cell
-        hc, wc = offsets.shape[-2:]
-        ys = torch.arange(hc, device=offsets.device, dtype=torch.float32) * cell + (cell - 1) / 2
-        xs = torch.arange(wc, device=offsets.device, dtype=torch.float32) * cell + (cell - 1) / 2
-        kx = (xs[None, :] + offsets[0] * self._offset_px).clamp(0, w - 1)
-        ky = (ys[:, None] + offsets[1] * self._offset_px).clamp(0, h - 1)
-        return torch.stack([kx, ky])
+        return self.model.locate(loc_raw[None].float(), (h, w))[0]
 
     def _filter(self, scores: torch.Tensor, kps: torch.Tensor, w: int, h: int) -> torch.Tensor:
         """(Hc * Wc,) bool: score threshold, image border and non-maximum suppression."""
