@@ -57,9 +57,18 @@ def descriptor_distances(f0: Features, f1: Features) -> tuple[np.ndarray, float]
         the two sets have different descriptor kinds or sizes.
     """
     _check_compatible(f0, f1)
-    if f0.binary:
-        return hamming_distances(f0.descriptors, f1.descriptors), 8.0 * f0.descriptors.shape[1]
-    return l2_distances(f0.descriptors, f1.descriptors), 2.0
+    distances = hamming_distances if f0.binary else l2_distances
+    return distances(f0.descriptors, f1.descriptors), _max_distance(f0)
+
+
+def _max_distance(f: Features) -> float:
+    """The largest possible descriptor distance: bits per descriptor (binary) or 2 (unit-norm float descriptors)."""
+    return 8.0 * f.descriptors.shape[1] if f.binary else 2.0
+
+
+def _match_scores(d: np.ndarray, max_dist: float) -> np.ndarray:
+    """Match scores ``1 - distance / max_dist`` in [0, 1], float32."""
+    return np.clip(1.0 - d / max_dist, 0.0, 1.0).astype(np.float32)
 
 
 def _check_compatible(f0: Features, f1: Features) -> None:
@@ -112,7 +121,7 @@ def match_features(f0: Features, f1: Features, cfg: MatchingConfig) -> Matches:
             keep &= best < cfg.ratio * second
     else:
         rows, nn01, best, keep, second = _float_nearest(f0, f1, cfg.mutual, cfg.ratio > 0)
-        max_dist = 2.0
+        max_dist = _max_distance(f0)
         if second is not None:
             keep &= best < cfg.ratio * second
     if cfg.max_distance > 0:
@@ -122,8 +131,7 @@ def match_features(f0: Features, f1: Features, cfg: MatchingConfig) -> Matches:
     d = best[keep].astype(np.float32)
     order = np.argsort(d, kind="stable")
     idx0, idx1, d = idx0[order], idx1[order], d[order]
-    scores = np.clip(1.0 - d / max_dist, 0.0, 1.0).astype(np.float32)
-    return Matches(idx0=idx0, idx1=idx1, distances=d, scores=scores)
+    return Matches(idx0=idx0, idx1=idx1, distances=d, scores=_match_scores(d, max_dist))
 
 
 def match_near(f0: Features, f1: Features, predicted: np.ndarray, points1: np.ndarray, radius: float,
@@ -157,10 +165,8 @@ def match_near(f0: Features, f1: Features, predicted: np.ndarray, points1: np.nd
     a, b = f0.descriptors[i0], f1.descriptors[i1]
     if f0.binary:
         d = np.unpackbits(np.bitwise_xor(a, b), axis=1).sum(1).astype(np.float32)
-        max_dist = 8.0 * a.shape[1]
     else:
         d = np.linalg.norm(a.astype(np.float32) - b.astype(np.float32), axis=1)
-        max_dist = 2.0
     order = np.argsort(d, kind="stable")
     i0, i1, d = i0[order], i1[order], d[order]
     first0 = np.zeros(d.size, bool)
@@ -171,8 +177,7 @@ def match_near(f0: Features, f1: Features, predicted: np.ndarray, points1: np.nd
     if cfg.max_distance > 0:
         keep &= d <= cfg.max_distance
     i0, i1, d = i0[keep], i1[keep], d[keep].astype(np.float32)
-    scores = np.clip(1.0 - d / max_dist, 0.0, 1.0).astype(np.float32)
-    return Matches(idx0=i0, idx1=i1, distances=d, scores=scores)
+    return Matches(idx0=i0, idx1=i1, distances=d, scores=_match_scores(d, _max_distance(f0)))
 
 
 def _float_nearest(f0: Features, f1: Features, mutual: bool, want_second: bool):
@@ -265,8 +270,7 @@ def match_features_torch(f0: Features, f1: Features, cfg: MatchingConfig, device
     """
     import torch
 
-    if f0.descriptors.shape[1] != f1.descriptors.shape[1]:
-        raise DataError(f"matching: incompatible descriptors {f0.descriptors.shape} and {f1.descriptors.shape}")
+    _check_compatible(f0, f1)
     d0 = torch.as_tensor(f0.descriptors, dtype=torch.float32).to(device, non_blocking=True)
     d1 = torch.as_tensor(f1.descriptors, dtype=torch.float32).to(device, non_blocking=True)
     with torch.inference_mode():
@@ -285,9 +289,8 @@ def match_features_torch(f0: Features, f1: Features, cfg: MatchingConfig, device
         idx0, idx1, d = rows[keep], nn01[keep], best[keep]
         order = torch.argsort(d, stable=True)
         idx0, idx1, d = (x[order].cpu().numpy() for x in (idx0, idx1, d))
-    scores = np.clip(1.0 - d / 2.0, 0.0, 1.0).astype(np.float32)
     return Matches(idx0=idx0.astype(np.int64), idx1=idx1.astype(np.int64), distances=d.astype(np.float32),
-                   scores=scores)
+                   scores=_match_scores(d, _max_distance(f0)))
 
 
 class MatchScorer:
