@@ -2,7 +2,7 @@
 time per frame alone, and while a process optimises windows without pause at the worker's priority (issue 13: the
 node's latency with the backend on).
 
-    python scripts/backend_contention.py ../shared/data/vo/kitti07_f0000-0159 [--config config/vo.yaml]
+    python scripts/backend_contention.py ../shared/data/vo/kitti07_f0000-0159 [--config config/vo.yaml] [--set KEY=VALUE ...]
         [--frames 30] [--rounds 4] [--out out/backend_contention.json]
 
 First records the windows of a deterministic replay of the first frames (the default config's backend). Then, in
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     import copy
 
     import kp2d_ros.pipeline as pipeline_module
-    from kp2d_ros.config import load_config
+    from kp2d_ros.config import load_config, parse_overrides
     from kp2d_ros.data import open_sequence
     from kp2d_ros.pipeline import VOPipeline
 
@@ -100,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--threaded-only", action="store_true",
                    help="only the second part: the front end's own thread in the node's mode")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, as kp2d replay's")
     args = p.parse_args(argv)
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, overrides=parse_overrides(args.set))
     frames = list(open_sequence(args.path, max_frames=args.frames))
 
     problems = []  # the windows of a deterministic replay: what the node's worker would optimise
