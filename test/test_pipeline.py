@@ -1400,6 +1400,26 @@ def test_a_robot_that_backs_up_is_seen_backing_up(frontend):
 
 
 @pytest.mark.parametrize("frontend", ["sift", pytest.param("kp2d", marks=pytest.mark.slow)])
+def test_a_robot_pulling_away_from_standing_catches_up_at_its_first_pair(frontend):
+    """A robot stands 4 frames, then speeds up by 0.025 m per frame to 0.2 m/frame and drives on (``pull_away`` of
+    ``scripts/robot_moves.py``). Standing, the estimate does not move; its first 0.075 m are below what the view shows
+    and may be held; the first pair that sees the translation puts the camera where it is (measured against the first
+    frame, not the last one), and from there every step keeps the scale."""
+    steps = [(4, 0, 0, 0)] + [(1, 0.025 * k, 0, 0) for k in range(1, 9)] + [(16, 0.2, 0, 0)]
+    res, steps_est, steps_gt = _replay_shipped(_robot(steps), frontend)
+    assert set(res.statuses[1:5]) == {TrackingStatus.STATIC}, res.statuses[:8]
+    assert steps_est[:4].sum() < 0.005
+    first = int(np.flatnonzero(steps_est > 1e-6)[0])  # the first step the estimate made
+    assert first <= 7  # at the latest once the robot has moved 0.15 m
+    travelled_est, travelled_gt = np.cumsum(steps_est), np.cumsum(steps_gt)
+    assert abs(travelled_est[first] - travelled_gt[first]) < 0.02, (travelled_est[:first + 2], travelled_gt[:first + 2])
+    after = np.arange(first + 1, len(steps_gt))
+    ratio = steps_est[after] / steps_gt[after]
+    assert np.all(np.abs(ratio - 1.0) < 0.05), ratio
+    assert res.metrics.ate.rmse < 0.03, res.metrics.ate.rmse
+
+
+@pytest.mark.parametrize("frontend", ["sift", pytest.param("kp2d", marks=pytest.mark.slow)])
 def test_a_fast_turn_to_a_plain_wall_is_not_taken_for_blur(frontend):
     """A robot spins 90 deg on the spot at 15 deg per frame, to face the street's plain side wall, and drives on.
     The wall's Laplacian variance is 0.3x the street's, and the blur gate (``pipeline.blur_ratio``) compared each
