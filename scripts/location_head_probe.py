@@ -43,7 +43,7 @@ def main(argv=None) -> int:
 
     from kp2d_ros.config import TrainConfig, load_config
     from kp2d_ros.eval.homography import evaluate_homography
-    from kp2d_ros.networks.keypoint_net import KeyPointNet, KeyPointNetOutput
+    from kp2d_ros.networks.keypoint_net import KeyPointNet, KeyPointNetOutput, preprocess
     from kp2d_ros.networks.weights import save_network
     from kp2d_ros.training.dataset import PairSampler, list_images
     from kp2d_ros.training.losses import associate, location_loss
@@ -62,12 +62,11 @@ def main(argv=None) -> int:
     optimizer = torch.optim.Adam(head, lr=args.lr)
     w, h = cfg.resolution
     sampler = PairSampler(list_images(args.data), w, h, cfg.homography, cfg.augmentation, args.seed)
-    kc = net.config
 
     def keypoints(batch: torch.Tensor) -> KeyPointNetOutput:
         """Scores (frozen) and keypoints with the location head's gradient, for (B, 3, H, W) images in [0, 1]."""
         with torch.no_grad():
-            image = net.pad((batch - kc.input_mean) / kc.input_std)
+            image = net.pad(preprocess(batch, net.config))
             cells, _ = net.encode(image)
             scores = torch.sigmoid(net.score_b(net.score_a(cells)))
         net.loc_a.train()  # its BatchNorm follows the batches, as in training
