@@ -444,7 +444,8 @@ def _same_basin(Ra: np.ndarray, ta: np.ndarray, Rb: np.ndarray, tb: np.ndarray,
 
 def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, cfg: GeometryConfig,
                            ordered: bool = False,
-                           prior: tuple[np.ndarray, np.ndarray] | None = None) -> TwoViewGeometry | None:
+                           prior: tuple[np.ndarray, np.ndarray] | None = None,
+                           configured: Camera | None = None) -> TwoViewGeometry | None:
     """Relative pose of view 1 w.r.t. view 0 from matched pixel points.
 
     Steps: undistort and normalise the points, robust essential matrix (OpenCV USAC, threshold
@@ -470,6 +471,11 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
         lower. Forward motion with yaw has a valley of near-equivalent (R, t) (the rotation /
         translation ambiguity); on KITTI 07 the estimator's model sometimes settles 0.8 deg / 38 deg
         away from a pose with lower cost and more inliers, which the previous motion recovers.
+    configured : the camera as configured, when ``camera`` adds the backend's self-calibrated distortion to it.
+        A pure rotation through either lens is a rotation: a window's k1 is an estimate, and one confidently
+        wrong (the learned frontend's windows on a ground-only view of the synthetic street, +0.09 on a pinhole
+        camera) leaves a turn on the spot ~1 px of false parallax, which the essential matrix takes for a
+        translation (docs/results.md: A robot on patrol).
 
     Returns
     -------
@@ -538,6 +544,9 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
     # Translation observability: parallax left after the best pure rotation (model selection; the
     # essential matrix of a pure rotation is degenerate and its R may be the twisted solution).
     R_rot, parallax_px = pure_rotation_fit(n0[inl], n1[inl], f)
+    if parallax_px >= cfg.rotation_only_parallax_px and configured is not None:
+        R_rot, parallax_px = pure_rotation_fit(normalize_points(pts0[inl], configured),
+                                               normalize_points(pts1[inl], configured), focal_length(configured))
     if parallax_px < cfg.rotation_only_parallax_px:
         R = R_rot
         return TwoViewGeometry(R=R, t=np.zeros(3), inliers=inl, points3d=np.zeros((0, 3)),

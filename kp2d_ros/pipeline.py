@@ -699,7 +699,8 @@ class VOPipeline:
         geo = cfg.geometry
         if self.turning:  # turning on the spot: starting to move needs twice the parallax (hysteresis)
             geo = replace(geo, rotation_only_parallax_px=2.0 * geo.rotation_only_parallax_px)
-        geom = estimate_relative_pose(kp0, kp1, camera, geo, ordered=True, prior=prior)
+        geom = estimate_relative_pose(kp0, kp1, camera, geo, ordered=True, prior=prior,
+                                      configured=self._raw_camera if camera is not self._raw_camera else None)
         if geom is None:
             self.last_motion = None
             return self._unposed(frame, camera, feats, matches, now)

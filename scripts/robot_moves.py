@@ -40,6 +40,10 @@ SCENARIOS: dict[str, list[tuple[int, float, float, float]]] = {
     "slower_after_turn": [(10, 0.2, 0, 0), (7, 0, 0, 0), (12, 0, 0, 5), (10, 0.1, 0, 0)],
     # from standing, speeding up to 0.2 m/frame over 8 frames (a robot pulling away; KITTI 07 starts so)
     "pull_away": [(4, 0, 0, 0)] + [(1, 0.025 * k, 0, 0) for k in range(1, 9)] + [(16, 0.2, 0, 0)],
+    # up the street and back, turning 180 deg on the spot at each end: on the way back the view is the ground alone
+    "patrol": [(75, 0.2, 0, 0), (30, 0, 0, 6), (50, 0.2, 0, 0), (30, 0, 0, 6), (10, 0.2, 0, 0)],
+    # three laps of it: 65 m, six turns (506 frames)
+    "long_patrol": [(25, 0.2, 0, 0)] + [(50, 0.2, 0, 0), (30, 0, 0, 6), (50, 0.2, 0, 0), (30, 0, 0, 6)] * 3,
 }
 
 

@@ -144,6 +144,26 @@ def test_a_pure_rotation_with_a_few_gross_mismatches_is_still_a_pure_rotation():
     assert pure_rotation_fit(n0, n1, f)[1] > 5.0
 
 
+def test_a_turn_seen_through_a_wrong_self_calibrated_lens_is_still_a_turn():
+    """A 6 deg turn on the spot by a pinhole camera, undistorted with a self-calibrated k1 of +0.09 (what the
+    learned frontend's windows estimated on a ground-only view of the synthetic street): the wrong lens leaves
+    the best pure rotation ~1 px of parallax and the pair passes for a translation; with the configured camera
+    beside it the turn stays a turn. A real translation is still one through either lens."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(12)
+    R = rot(0.3, 6.0, 0.2)
+    p0, p1 = two_views(rng, R, np.zeros(3), noise=0.15, n=400)
+    wrong = replace(CAM, dist=np.array([0.09, 0.0, 0.0, 0.0, 0.0]))
+    cfg = GeometryConfig()
+    assert np.any(estimate_relative_pose(p0, p1, wrong, cfg).t)  # the wrong lens alone: a translation
+    g = estimate_relative_pose(p0, p1, wrong, cfg, configured=CAM)
+    assert not np.any(g.t) and rot_err(g.R, R) < 0.05
+    p0, p1 = two_views(rng, R, np.array([0.0, 0.0, 1.0]), noise=0.15, n=400)
+    g = estimate_relative_pose(p0, p1, wrong, cfg, configured=CAM)
+    assert np.linalg.norm(g.t) == pytest.approx(1.0)
+
+
 def test_too_few_points_gives_none():
     rng = np.random.default_rng(6)
     p0, p1 = two_views(rng, rot(0, 1, 0), np.array([0, 0, 1.0]), n=10)
