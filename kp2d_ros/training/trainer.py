@@ -21,7 +21,7 @@ import torch
 from kp2d_ros.config import TrainConfig, dump_config, from_dict, to_dict
 from kp2d_ros.errors import ModelError
 from kp2d_ros.networks.io_net import IONet
-from kp2d_ros.networks.keypoint_net import KeyPointNet
+from kp2d_ros.networks.keypoint_net import KeyPointNet, preprocess
 from kp2d_ros.networks.weights import read_weights, save_network
 from kp2d_ros.runtime import cpu_has_native_bf16
 from kp2d_ros.training.dataset import PairSampler, list_images
@@ -51,9 +51,8 @@ def compute_losses(keypoint_net, io_net, batch: dict[str, torch.Tensor], cfg: Tr
     (total loss scalar tensor, {name: float} of every term)
     """
     kcfg, lcfg = keypoint_net_config(keypoint_net), cfg.loss
-    norm = lambda x: (x - kcfg.input_mean) / kcfg.input_std  # noqa: E731
-    source = keypoint_net(norm(batch["source"]))
-    target = keypoint_net(norm(batch["target"]))
+    source = keypoint_net(preprocess(batch["source"], kcfg, batch["source"].device))
+    target = keypoint_net(preprocess(batch["target"], kcfg, batch["target"].device))
     a = associate(source, target, batch["H"], lcfg.border_px)
     terms = {
         "location": location_loss(a, lcfg.match_threshold_px),
