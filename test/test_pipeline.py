@@ -1424,9 +1424,9 @@ def test_a_patrolling_robot_turns_on_the_spot_where_the_view_back_is_the_ground_
     """A robot drives 15 m up the street, turns 180 deg on the spot, drives 10 m back, turns again and drives on
     (``patrol`` of ``scripts/robot_moves.py``; the learned frontend, each window waited for). On the way back the
     view is the ground alone, and there the windows' self-calibrated k1 climbed to +0.09 on this pinhole camera,
-    each window sure of it (standard deviation 0.002-0.003): the second turn, undistorted through that lens, left
-    ~0.9 px of false parallax, passed for a drive (0.9 m and 163.5 deg instead of 180), and the steps after it
-    were 10x short (a 3-lap patrol: 3.3 m ATE). A pure rotation through the configured lens is now a rotation too.
+    the windows that took it there each sure of it (standard deviations 0.002-0.007): the second turn, undistorted
+    through that lens, left ~0.9 px of false parallax, passed for a drive (0.9 m and 163.5 deg instead of 180), and
+    the steps after it were 10x short (a 3-lap patrol: 3.3 m ATE). A pure rotation through the configured lens is now a rotation too.
     (SIFT's windows measured no k1 on that view.)"""
     from kp2d_ros.geometry import rotation_angle_deg
 
