@@ -472,10 +472,11 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
         translation ambiguity); on KITTI 07 the estimator's model sometimes settles 0.8 deg / 38 deg
         away from a pose with lower cost and more inliers, which the previous motion recovers.
     configured : the camera as configured, when ``camera`` adds the backend's self-calibrated distortion to it.
-        A pure rotation through either lens is a rotation: a window's k1 is an estimate, and one confidently
-        wrong (the learned frontend's windows on a ground-only view of the synthetic street, +0.09 on a pinhole
-        camera) leaves a turn on the spot ~1 px of false parallax, which the essential matrix takes for a
-        translation (docs/results.md: A robot on patrol).
+        A pure rotation through either lens is a rotation, and the lens that leaves it less parallax gives its
+        rotation: a window's k1 is an estimate, and one confidently wrong (the learned frontend's windows on a
+        ground-only view of the synthetic street, +0.09 on a pinhole camera) leaves a turn on the spot ~1 px of
+        false parallax, which the essential matrix takes for a translation; one a little wrong scales the turn's
+        rotation (docs/results.md: A robot on patrol).
 
     Returns
     -------
@@ -544,9 +545,11 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
     # Translation observability: parallax left after the best pure rotation (model selection; the
     # essential matrix of a pure rotation is degenerate and its R may be the twisted solution).
     R_rot, parallax_px = pure_rotation_fit(n0[inl], n1[inl], f)
-    if parallax_px >= cfg.rotation_only_parallax_px and configured is not None:
-        R_rot, parallax_px = pure_rotation_fit(normalize_points(pts0[inl], configured),
-                                               normalize_points(pts1[inl], configured), focal_length(configured))
+    if configured is not None:  # the lens that explains the pair better as a pure rotation decides, and turns it
+        R_cfg, parallax_cfg = pure_rotation_fit(normalize_points(pts0[inl], configured),
+                                                normalize_points(pts1[inl], configured), focal_length(configured))
+        if parallax_cfg < parallax_px:
+            R_rot, parallax_px = R_cfg, parallax_cfg
     if parallax_px < cfg.rotation_only_parallax_px:
         R = R_rot
         return TwoViewGeometry(R=R, t=np.zeros(3), inliers=inl, points3d=np.zeros((0, 3)),
