@@ -5,6 +5,7 @@ Conventions: a relative pose (R, t) maps camera-0 coordinates to camera-1 coordi
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -369,6 +370,32 @@ def _robust_levenberg_marquardt(state, residuals, jacobian, weights, cost, retra
 _FD_STEP = float(np.sqrt(np.finfo(np.float64).eps))
 
 
+def pose_from_known_depths(rays0: np.ndarray, rho0: np.ndarray, m1: np.ndarray, threshold: float,
+                           min_inliers: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Pose of view 1 on points of view 0 whose depths are known (PnP in OpenCV's RANSAC), as a hypothesis for the
+    two-view estimate: it needs no motion model, so it holds where the last motion says little (after a gap).
+
+    Parameters
+    ----------
+    rays0 : (M, 3) unit rays in view 0; rho0 : (M,) inverse distances along them (> 0);
+    m1 : (M, 2) the points' normalised observations in view 1; threshold : the reprojection inlier threshold,
+    normalised units; min_inliers : fewer PnP inliers (or fewer points) give None.
+
+    Returns
+    -------
+    (R, t) with ``x1 = R x0 + t`` (t in the depths' units), or None.
+    """
+    if len(rho0) < max(6, min_inliers):
+        return None
+    X = np.ascontiguousarray(rays0 / rho0[:, None], np.float64)
+    ok, rvec, tvec, inliers = cv2.solvePnPRansac(X, np.ascontiguousarray(m1, np.float64), np.eye(3), None,
+                                                 iterationsCount=100, reprojectionError=float(threshold),
+                                                 confidence=0.99)
+    if not ok or inliers is None or len(inliers) < min_inliers:
+        return None
+    return cv2.Rodrigues(rvec)[0], tvec.ravel()
+
+
 def refine_pose_with_structure(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, rays0: np.ndarray,
                                rho0: np.ndarray, rho_std: np.ndarray, m1: np.ndarray, scale: float,
                                iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -444,7 +471,7 @@ def _same_basin(Ra: np.ndarray, ta: np.ndarray, Rb: np.ndarray, tb: np.ndarray,
 
 def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, cfg: GeometryConfig,
                            ordered: bool = False,
-                           prior: tuple[np.ndarray, np.ndarray] | None = None,
+                           priors: Sequence[tuple[np.ndarray, np.ndarray]] = (),
                            configured: Camera | None = None) -> TwoViewGeometry | None:
     """Relative pose of view 1 w.r.t. view 0 from matched pixel points.
 
@@ -466,11 +493,12 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
     cfg : robust estimator settings.
     ordered : the matches are sorted best first; with ``cfg.method == "prosac"`` the PROSAC
         sampler uses that order (otherwise MAGSAC/RANSAC/LMedS as configured).
-    prior : optional (R, t) hypothesis, e.g. the previous frame pair's motion. It is polished like
-        the robust estimator's model and wins when its robust cost over all correspondences is
-        lower. Forward motion with yaw has a valley of near-equivalent (R, t) (the rotation /
-        translation ambiguity); on KITTI 07 the estimator's model sometimes settles 0.8 deg / 38 deg
-        away from a pose with lower cost and more inliers, which the previous motion recovers.
+    priors : (R, t) hypotheses, e.g. the previous frame pair's motion, or the pose of view 1 on view 0's known
+        depths. Each is polished like the robust estimator's model and wins when its robust cost over all
+        correspondences is lower than that of the model so far. Forward motion with yaw has a valley of
+        near-equivalent (R, t) (the rotation / translation ambiguity); on KITTI 07 the estimator's model
+        sometimes settles 0.8 deg / 38 deg away from a pose with lower cost and more inliers, which the previous
+        motion recovers.
     configured : the camera as configured, when ``camera`` adds the backend's self-calibrated distortion to it.
         A pure rotation through either lens is a rotation, and the lens that leaves it less parallax gives its
         rotation: a window's k1 is an estimate, and one confidently wrong (the learned frontend's windows on a
@@ -521,18 +549,20 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
         return R_h, t_h, inl_h, e
 
     R0, t0, inl, e0 = polish(R0, t0, inl, cfg.refine_rounds)
-    if prior is not None and np.linalg.norm(prior[1]) > 0 and cfg.refine_rounds > 0:
-        Rp, tp = np.asarray(prior[0], np.float64), np.asarray(prior[1], np.float64).ravel()
+    for Rp, tp in priors if cfg.refine_rounds > 0 else ():
+        Rp, tp = np.asarray(Rp, np.float64), np.asarray(tp, np.float64).ravel()
+        if not np.linalg.norm(tp) > 0:
+            continue
         tp = tp / np.linalg.norm(tp)
         if not _same_basin(R0, t0, Rp, tp):
-            # The prior only has to show which basin it is in: a short polish (its cost is then, if anything,
-            # too high, which favours the estimator's model), then the full polish when it wins.
+            # A prior only has to show which basin it is in: a short polish (its cost is then, if anything,
+            # too high, which favours the model it competes with), then the full polish when it wins.
             inl_p = np.abs(sampson_errors(skew(tp) @ Rp, n0, n1)) < 3 * thr
             Rp, tp, inl_p, ep = polish(Rp, tp, inl_p, 1, iterations=8)
             e0 = sampson_errors(skew(t0) @ R0, n0, n1) if e0 is None else e0
             ep = sampson_errors(skew(tp) @ Rp, n0, n1) if ep is None else ep
             if cauchy_cost(ep, thr) < cauchy_cost(e0, thr):
-                R0, t0, inl, _ = polish(Rp, tp, inl_p, cfg.refine_rounds)
+                R0, t0, inl, e0 = polish(Rp, tp, inl_p, cfg.refine_rounds)
     E = skew(t0) @ R0
     if inl.sum() < cfg.min_inliers:
         return None

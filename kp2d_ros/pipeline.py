@@ -25,10 +25,10 @@ from kp2d_ros.frontend import build_frontend
 from kp2d_ros.frontend_common import exposed, has_content, to_grey
 from kp2d_ros.geometry import (bearings, cauchy_cost, compose_covariance, compose_relative, estimate_relative_pose,
                                focal_length, invert_se3, inverse_depths, normalize_points, orthonormalize_se3,
-                               patch_warps, pure_rotation_fit, refine_pose, refine_pose_with_structure,
-                               relative_motion_covariance, rotation_angle_deg, rotation_compensated_parallax,
-                               rotation_covariance, sampson_errors, scale_from_inverse_depths, skew,
-                               two_view_covariance, vote_log_scale)
+                               patch_warps, pose_from_known_depths, pure_rotation_fit, refine_pose,
+                               refine_pose_with_structure, relative_motion_covariance, rotation_angle_deg,
+                               rotation_compensated_parallax, rotation_covariance, sampson_errors,
+                               scale_from_inverse_depths, skew, two_view_covariance, vote_log_scale)
 from kp2d_ros.matching import MatchScorer, filter_matches, match_features, match_near
 from kp2d_ros.refine import refine_matches
 from kp2d_ros.scale import GroundPoints, MetricScale, ScaleChoice
@@ -695,11 +695,13 @@ class VOPipeline:
         displacement_px = float(np.median(np.linalg.norm(kp1 - kp0, axis=1)))
         if displacement_px < pc.static_parallax_px:  # neither rotation nor parallax
             return self._untranslated(frame, camera, feats, matches, None, now)
-        prior = self.last_motion if cfg.geometry.motion_prior else None
+        priors = [self.last_motion if cfg.geometry.motion_prior else None,
+                  self._pose_on_known_depths(matches, kp0, kp1, camera) if pc.structure_pose else None]
         geo = cfg.geometry
         if self.turning:  # turning on the spot: starting to move needs twice the parallax (hysteresis)
             geo = replace(geo, rotation_only_parallax_px=2.0 * geo.rotation_only_parallax_px)
-        geom = estimate_relative_pose(kp0, kp1, camera, geo, ordered=True, prior=prior,
+        geom = estimate_relative_pose(kp0, kp1, camera, geo, ordered=True,
+                                      priors=[p for p in priors if p is not None],
                                       configured=self._raw_camera if camera is not self._raw_camera else None)
         if geom is None:
             self.last_motion = None
@@ -805,6 +807,22 @@ class VOPipeline:
                 or abs(np.log(s / measured.scale)) > 0.3):
             return None
         return replace(geom, R=R, t=t / s), s
+
+    def _pose_on_known_depths(self, matches: Matches, kp0: np.ndarray, kp1: np.ndarray, camera: Camera
+                              ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(R, t) of this frame on the reference's points whose depth a window refined (PnP,
+        :func:`~kp2d_ros.geometry.pose_from_known_depths`; the points :meth:`_pose_on_structure` uses): a hypothesis
+        for the essential matrix that needs no motion model. None with fewer than ``min_scale_points`` of them."""
+        pc = self.cfg.pipeline
+        rho, sig = self.ref.inv_depth[matches.idx0], self.ref.inv_depth_sigma[matches.idx0]
+        with np.errstate(invalid="ignore"):
+            use = (self.ref.refined[matches.idx0] & np.isfinite(rho)
+                   & (rho > np.radians(pc.min_triangulation_deg) * sig))
+        if use.sum() < pc.min_scale_points:
+            return None
+        return pose_from_known_depths(bearings(normalize_points(kp0[use], camera)), rho[use],
+                                      normalize_points(kp1[use], camera),
+                                      3.0 * self.cfg.geometry.ransac_threshold_px / self._focal, pc.min_scale_points)
 
     def _gate_direction(self, geom: TwoViewGeometry, kp0: np.ndarray, kp1: np.ndarray, camera: Camera
                         ) -> TwoViewGeometry:

@@ -5,7 +5,7 @@ import pytest
 
 from kp2d_ros.config import GeometryConfig
 from kp2d_ros.geometry import (compose_relative, pure_rotation_fit, estimate_relative_pose, inverse_depths, invert_se3,
-                               normalize_points, scale_from_inverse_depths, rotation_angle_deg, rotation_compensated_parallax, se3,
+                               normalize_points, pose_from_known_depths, scale_from_inverse_depths, rotation_angle_deg, rotation_compensated_parallax, se3,
                                triangulation_angles, undistort_pixels, vote_log_scale)
 from kp2d_ros.types import Camera
 
@@ -285,7 +285,7 @@ def test_motion_prior_recovers_from_a_wrong_robust_model(monkeypatch):
     wrong = estimate_relative_pose(p0, p1, CAM, cfg)
     assert rot_err(wrong.R, R) > 0.5  # polishing stays in the wrong basin
     prior_R, prior_t = rot(0.2, 1.7, 0.0), np.array([0.1, 0.0, 1.0])  # e.g. the previous frame's motion
-    fixed = estimate_relative_pose(p0, p1, CAM, cfg, prior=(prior_R, prior_t))
+    fixed = estimate_relative_pose(p0, p1, CAM, cfg, priors=[(prior_R, prior_t)])
     assert rot_err(fixed.R, R) < 0.05 and angle_between(fixed.t, t) < 2.0
     assert fixed.inliers.sum() > wrong.inliers.sum()
 
@@ -296,9 +296,42 @@ def test_a_bad_motion_prior_is_not_chosen():
     p0, p1 = two_views(rng, R, t, noise=0.3, outliers=0.2)
     cfg = GeometryConfig(ransac_threshold_px=1.0)
     plain = estimate_relative_pose(p0, p1, CAM, cfg)
-    with_bad = estimate_relative_pose(p0, p1, CAM, cfg, prior=(rot(10, -20, 5), np.array([1.0, 0.0, 0.0])))
+    with_bad = estimate_relative_pose(p0, p1, CAM, cfg, priors=[(rot(10, -20, 5), np.array([1.0, 0.0, 0.0]))])
     np.testing.assert_allclose(with_bad.R, plain.R, atol=1e-9)
     np.testing.assert_allclose(with_bad.t, plain.t, atol=1e-9)
+
+
+@pytest.mark.parametrize("order", ["bad_first", "good_first"])
+def test_the_prior_that_fits_best_wins_whatever_the_order(monkeypatch, order):
+    """Two hypotheses, as the pipeline gives them (the last motion, the pose on the reference's known depths): the
+    one in the right basin wins over the estimator's wrong model and over the other, in either order."""
+    rng = np.random.default_rng(5)
+    R, t = rot(0.3, 2.0, 0.1), np.array([0.05, 0.0, 1.0])
+    p0, p1 = two_views(rng, R, t, noise=0.3, near=20.0, far=80.0)
+    _wrong_essential(monkeypatch, rot(0.3, 0.8, 0.1), np.array([-0.6, 0.0, 1.0]))
+    good, bad = (rot(0.2, 1.7, 0.0), np.array([0.1, 0.0, 1.0])), (rot(3, -10, 2), np.array([1.0, 0.0, 0.2]))
+    priors = [bad, good] if order == "bad_first" else [good, bad]
+    geom = estimate_relative_pose(p0, p1, CAM, GeometryConfig(ransac_threshold_px=1.0, refine_rounds=2), priors=priors)
+    assert rot_err(geom.R, R) < 0.05 and angle_between(geom.t, t) < 2.0
+
+
+def test_pose_from_known_depths_takes_the_pose_from_the_depths_despite_outliers():
+    """PnP on view 0's known depths: the pose of view 1 with its translation's length, 30 % of the observations
+    wrong; None with too few points."""
+    rng = np.random.default_rng(3)
+    R, t = rot(1.0, 14.0, -0.5), np.array([0.4, 0.05, -3.0])  # 14 degrees and 3 m: a gap in a curve
+    X = scene(rng, 300)
+    n0 = X[:, :2] / X[:, 2:]
+    X1 = X @ R.T + t
+    m1 = X1[:, :2] / X1[:, 2:] + rng.normal(0, 0.3 / 500.0, (300, 2))
+    m1[:90] = rng.uniform(-0.6, 0.6, (90, 2))
+    rays = np.c_[n0, np.ones(300)]
+    rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+    pose = pose_from_known_depths(rays, 1.0 / np.linalg.norm(X, axis=1), m1, 3.0 / 500.0, 8)
+    assert pose is not None
+    assert rot_err(pose[0], R) < 0.05
+    assert np.linalg.norm(pose[1] - t) < 0.01 * np.linalg.norm(t)
+    assert pose_from_known_depths(rays[:5], np.ones(5), m1[:5], 3.0 / 500.0, 8) is None
 
 
 # --------------------------------------------------------------------------------------------
