@@ -695,8 +695,13 @@ class VOPipeline:
         displacement_px = float(np.median(np.linalg.norm(kp1 - kp0, axis=1)))
         if displacement_px < pc.static_parallax_px:  # neither rotation nor parallax
             return self._untranslated(frame, camera, feats, matches, None, now)
+        # After a gap (more than one interval since the last measured motion: frames dropped, dark or lost, a turn on
+        # the spot) the last motion says little about this pair: the pose on the reference's known depths is a
+        # hypothesis too. Not between consecutive frames: there the two lie in one flat valley of the cost, and which
+        # one polishes lower is the noise's choice (a synthetic drive: one step 0.06 -> 0.17 of its length off).
+        stale = self.motion is not None and _Span.between(self.motion.end, now).ratio(self.motion.span) > 1.5
         priors = [self.last_motion if cfg.geometry.motion_prior else None,
-                  self._pose_on_known_depths(matches, kp0, kp1, camera) if pc.structure_pose else None]
+                  self._pose_on_known_depths(matches, kp0, kp1, camera) if pc.structure_pose and stale else None]
         geo = cfg.geometry
         if self.turning:  # turning on the spot: starting to move needs twice the parallax (hysteresis)
             geo = replace(geo, rotation_only_parallax_px=2.0 * geo.rotation_only_parallax_px)
@@ -791,11 +796,8 @@ class VOPipeline:
         last pair's own pose error into this one, and on the synthetic street without the window that tripled the ATE
         (stop 41)."""
         pc = self.cfg.pipeline
-        idx0 = matches.idx0[geom.inliers]
-        rho, sig = self.ref.inv_depth[idx0], self.ref.inv_depth_sigma[idx0]
-        with np.errstate(invalid="ignore"):
-            use = (self.ref.refined[idx0] & np.isfinite(rho) & (rho > np.radians(pc.min_triangulation_deg) * sig)
-                   & ~measured.outliers)
+        rho, sig, use = self._refined_depths(matches.idx0[geom.inliers])
+        use &= ~measured.outliers
         if use.sum() < pc.min_scale_points:
             return None
         t0 = measured.scale * geom.t
@@ -808,16 +810,22 @@ class VOPipeline:
             return None
         return replace(geom, R=R, t=t / s), s
 
+    def _refined_depths(self, idx0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(inverse depths, their standard deviations, usable) of the reference's keypoints ``idx0``: usable where a
+        window refined the depth and it is triangulated by more than ``min_triangulation_deg`` standard deviations."""
+        rho, sig = self.ref.inv_depth[idx0], self.ref.inv_depth_sigma[idx0]
+        with np.errstate(invalid="ignore"):
+            use = (self.ref.refined[idx0] & np.isfinite(rho)
+                   & (rho > np.radians(self.cfg.pipeline.min_triangulation_deg) * sig))
+        return rho, sig, use
+
     def _pose_on_known_depths(self, matches: Matches, kp0: np.ndarray, kp1: np.ndarray, camera: Camera
                               ) -> tuple[np.ndarray, np.ndarray] | None:
         """(R, t) of this frame on the reference's points whose depth a window refined (PnP,
         :func:`~kp2d_ros.geometry.pose_from_known_depths`; the points :meth:`_pose_on_structure` uses): a hypothesis
         for the essential matrix that needs no motion model. None with fewer than ``min_scale_points`` of them."""
         pc = self.cfg.pipeline
-        rho, sig = self.ref.inv_depth[matches.idx0], self.ref.inv_depth_sigma[matches.idx0]
-        with np.errstate(invalid="ignore"):
-            use = (self.ref.refined[matches.idx0] & np.isfinite(rho)
-                   & (rho > np.radians(pc.min_triangulation_deg) * sig))
+        rho, _, use = self._refined_depths(matches.idx0)
         if use.sum() < pc.min_scale_points:
             return None
         return pose_from_known_depths(bearings(normalize_points(kp0[use], camera)), rho[use],
