@@ -145,6 +145,10 @@ class _Motion:
     def rotation_rad(self) -> float:
         return float(np.radians(rotation_angle_deg(self.rotation)))
 
+    def intervals_since(self, now: _Tick) -> float:
+        """Time from its end to ``now`` in units of its own span (1: the next frame at the same rate)."""
+        return _Span.between(self.end, now).ratio(self.span)
+
 
 @dataclass(frozen=True)
 class _ScaleMeasurement:
@@ -664,7 +668,7 @@ class VOPipeline:
         if m is None:
             return None
         expected = m.distance * _Span.between(self.base, now).ratio(m.span)
-        elapsed = _Span.between(m.end, now).ratio(m.span)
+        elapsed = m.intervals_since(now)
         return max(expected, 1e-12), self.cfg.pipeline.max_scale_change ** float(np.clip(elapsed, 1.0, 20.0))
 
     def _prior_log_std(self, now: _Tick) -> tuple[float, float]:
@@ -674,7 +678,7 @@ class VOPipeline:
         squared and what the last pairs' changes show (robustly: 1.4826 x median |change| / sqrt(interval)).
         """
         m = self.motion
-        elapsed = float(np.clip(_Span.between(m.end, now).ratio(m.span), 1.0, 20.0))
+        elapsed = float(np.clip(m.intervals_since(now), 1.0, 20.0))
         sigma = self.cfg.pipeline.speed_change_sigma
         if len(self.speed_changes) >= 5:
             d, e = np.array(self.speed_changes[-30:]).T
@@ -699,7 +703,7 @@ class VOPipeline:
         # the spot) the last motion says little about this pair: the pose on the reference's known depths is a
         # hypothesis too. Not between consecutive frames: there the two lie in one flat valley of the cost, and which
         # one polishes lower is the noise's choice (a synthetic drive: one 0.72 m step 0.06 -> 0.17 m off).
-        stale = self.motion is not None and _Span.between(self.motion.end, now).ratio(self.motion.span) > 1.5
+        stale = self.motion is not None and self.motion.intervals_since(now) > 1.5
         priors = [self.last_motion if cfg.geometry.motion_prior else None,
                   self._pose_on_known_depths(matches, kp0, kp1, camera) if pc.structure_pose and stale else None]
         geo = cfg.geometry

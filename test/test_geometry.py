@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kp2d_ros.config import GeometryConfig
-from kp2d_ros.geometry import (compose_relative, pure_rotation_fit, estimate_relative_pose, inverse_depths, invert_se3,
+from kp2d_ros.geometry import (bearings, compose_relative, pure_rotation_fit, estimate_relative_pose, inverse_depths, invert_se3,
                                normalize_points, pose_from_known_depths, scale_from_inverse_depths, rotation_angle_deg, rotation_compensated_parallax, se3,
                                triangulation_angles, undistort_pixels, vote_log_scale)
 from kp2d_ros.types import Camera
@@ -325,8 +325,7 @@ def test_pose_from_known_depths_takes_the_pose_from_the_depths_despite_outliers(
     X1 = X @ R.T + t
     m1 = X1[:, :2] / X1[:, 2:] + rng.normal(0, 0.3 / 500.0, (300, 2))
     m1[:90] = rng.uniform(-0.6, 0.6, (90, 2))
-    rays = np.c_[n0, np.ones(300)]
-    rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+    rays = bearings(n0)
     pose = pose_from_known_depths(rays, 1.0 / np.linalg.norm(X, axis=1), m1, 3.0 / 500.0, 8)
     assert pose is not None
     assert rot_err(pose[0], R) < 0.05
