@@ -288,6 +288,24 @@ class LocalMap:
         ids = sorted(self.poses)
         return ids[-self.cfg.window:] if self.cfg.window > 0 else []
 
+    def forget_after(self, keyframe_id: int) -> None:
+        """Drop the keyframes after ``keyframe_id``, their observations and priors, and the landmarks no keyframe
+        observes any more (a restart's keyframes when the tracker rejoins the keyframe before the loss). A window
+        in flight is not applied (the revision changes)."""
+        drop = [k for k in self.poses if k > keyframe_id]
+        if not drop:
+            return
+        for k in drop:
+            del self.poses[k]
+        self.distances = {ab: v for ab, v in self.distances.items() if max(ab) <= keyframe_id}
+        self.same_centres = {ab for ab in self.same_centres if max(ab) <= keyframe_id}
+        self._keep_observations(self.obs_keyframe <= keyframe_id)
+        seen = np.zeros(len(self.landmark_ids), bool)
+        seen[self.obs_row] = True
+        if not seen.all():
+            self._keep_landmarks(seen)
+        self.revision += 1
+
     def _forget_old(self) -> None:
         """Drop the keyframes before the window and the landmarks no keyframe of the window observes any more."""
         window = self.window_ids()

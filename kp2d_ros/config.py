@@ -267,6 +267,10 @@ class PipelineConfig:
     turn_search_px: float = 8.0
     # Frames without a valid pose before the tracker declares itself lost and re-initialises.
     max_lost_frames: int = 3
+    # After such a restart, the next rejoin_frames frames are also matched against the keyframe before the loss: one
+    # that sees it again (keyframe_min_inliers inliers) takes the tracker back to it, and the restart's keyframes, which
+    # followed whatever filled the view (a person walking past), are dropped. 0: off.
+    rejoin_frames: int = 30
     # A blurred frame (a bump, a fast pan): the variance of its Laplacian (over its squared mean brightness, so that an
     # auto-exposure change is not blur) below blur_ratio times the median of the last 5 keyframes'. It is posed
     # against the last sharp keyframe as usual (at the last velocity when fewer than
@@ -312,6 +316,7 @@ class PipelineConfig:
             raise ConfigError(f"pipeline.max_scale_change: must be > 1, got {self.max_scale_change}")
         _positive("pipeline.speed_change_sigma", self.speed_change_sigma)
         _positive("pipeline.max_lost_frames", self.max_lost_frames)
+        _nonneg("pipeline.rejoin_frames", self.rejoin_frames)
         if not 0.0 <= self.blur_ratio < 1.0:
             raise ConfigError(f"pipeline.blur_ratio: 0 (off) or in (0, 1), got {self.blur_ratio}")
         _positive("pipeline.max_blurred_frames", self.max_blurred_frames)

@@ -150,6 +150,20 @@ class _Motion:
         return _Span.between(self.end, now).ratio(self.span)
 
 
+@dataclass
+class _BeforeLoss:
+    """The tracking state when a restart replaced the reference (:meth:`VOPipeline._lost`), kept for
+    ``pipeline.rejoin_frames`` frames so that the views that come back can take the tracker back to it
+    (:meth:`VOPipeline._rejoin`). ``since``: the restart's tick."""
+
+    ref: Keyframe
+    ref_cov: np.ndarray
+    motion: _Motion | None
+    base: _Tick
+    last_motion: tuple[np.ndarray, np.ndarray] | None
+    since: _Tick
+
+
 @dataclass(frozen=True)
 class _ScaleMeasurement:
     """The measured length of a pair's unit translation: ``scale``, the std of its logarithm, whether the
@@ -298,6 +312,7 @@ class VOPipeline:
         self.still = False  # the last frame without translation was judged standing (not too slow to see)
         self.turning = False  # ... and it turned on the spot (a pure rotation once the camera had moved)
         self.turn_anchor: Keyframe | None = None  # the keyframe the current turn on the spot started from
+        self.before_loss: _BeforeLoss | None = None  # the state a restart replaced (pipeline.rejoin_frames)
         self.speed_changes: list[tuple[float, float]] = []  # (log measured / prior length, elapsed), last pairs
         self.ref_cov = np.zeros((6, 6))  # covariance of the reference keyframe's pose (world axes)
         self.last_cov = np.zeros((6, 6))
@@ -391,7 +406,10 @@ class VOPipeline:
             est = self._camera_changed(frame, feats)
         else:
             self.gap += 1
+            held_from = None
             with _timed(timings, "matching"):
+                if self.before_loss is not None and self._rejoin(feats, camera):
+                    held_from = invert_se3(self.T_world_odom) @ self.last_pose  # odom where the lost chain left it
                 matches = match_features(self.ref.features, feats, self.cfg.matching)
             if self.scorer is not None:
                 with _timed(timings, "io_net"):
@@ -403,6 +421,9 @@ class VOPipeline:
             with _timed(timings, "pose"):
                 est = self._track(frame, camera, feats, matches)
             timings["pose"] -= self._backend_ms - before  # a window optimised in this thread is its own stage
+            if held_from is not None and est.status != TrackingStatus.LOST:
+                # odom (REP 105) never jumps: it holds across the rejoin, and map -> odom takes the lost chain's error
+                self.T_world_odom = orthonormalize_se3(est.T_world_cam @ invert_se3(held_from))
         timings["backend"] = self._backend_ms
         timings["total"] = (time.perf_counter() - t_start) * 1e3 + carried
         est.timings_ms = timings
@@ -699,11 +720,12 @@ class VOPipeline:
         displacement_px = float(np.median(np.linalg.norm(kp1 - kp0, axis=1)))
         if displacement_px < pc.static_parallax_px:  # neither rotation nor parallax
             return self._untranslated(frame, camera, feats, matches, None, now)
-        # After a gap (more than one interval since the last measured motion: frames dropped, dark or lost, a turn on
-        # the spot) the last motion says little about this pair: the pose on the reference's known depths is a
-        # hypothesis too. Not between consecutive frames: there the two lie in one flat valley of the cost, and which
-        # one polishes lower is the noise's choice (a synthetic drive: one 0.72 m step 0.06 -> 0.17 m off).
-        stale = self.motion is not None and self.motion.intervals_since(now) > 1.5
+        # After a gap (this pair's moving time more than 1.5 of the last pair's: frames dropped, dark or lost) the last
+        # motion says little about this pair: the pose on the reference's known depths is a hypothesis too. Not
+        # between consecutive frames: there the two lie in one flat valley of the cost, and which one polishes lower is
+        # the noise's choice (a synthetic drive: one 0.72 m step 0.06 -> 0.17 m off). Nor after a stop or a turn on the
+        # spot, which restart the moving time (``self.base``): there the last motion is the robot's speed again.
+        stale = self.motion is not None and _Span.between(self.base, now).ratio(self.motion.span) > 1.5
         priors = [self.last_motion if cfg.geometry.motion_prior else None,
                   self._pose_on_known_depths(matches, kp0, kp1, camera) if pc.structure_pose and stale else None]
         geo = cfg.geometry
@@ -1436,6 +1458,11 @@ class VOPipeline:
         is_kf = False
         if ((restart or self._keyframe_allowed(self.lost_frames >= self.cfg.pipeline.max_lost_frames))
                 and len(feats) >= self.cfg.geometry.min_inliers):
+            if restart:  # another camera: the old reference's pixels cannot be matched again
+                self.before_loss = None
+            elif self.before_loss is None and self.cfg.pipeline.rejoin_frames > 0:
+                self.before_loss = _BeforeLoss(self.ref, self.ref_cov.copy(), self.motion, self.base,
+                                               self.last_motion, now)
             self._promote(Keyframe(features=feats, T_world_cam=self.last_pose.copy()), now, cov, None)
             self.lost_frames = 0
             is_kf = True
@@ -1444,6 +1471,41 @@ class VOPipeline:
                             features=feats, matched=np.zeros(len(feats), bool),
                             ref_keypoints=np.zeros((0, 2), np.float32), cur_keypoints=np.zeros((0, 2), np.float32),
                             quality=0.0, covariance=cov, motion_model="none")
+
+    def _rejoin(self, feats: Features, camera: Camera) -> bool:
+        """Take the tracker back to the reference a restart replaced (``self.before_loss``) when this frame sees it
+        again: an essential matrix with ``keyframe_min_inliers`` inliers between the two.
+
+        A view filled by something that moves on its own (a person walking past, a door, a vehicle alongside)
+        loses the track, and after ``max_lost_frames`` the restart's keyframes follow the occluder: its motion
+        became the robot's (1.3 m and 22 deg across 10 frames of the street). Rejoined, the restart's keyframes
+        leave the window, the state before the loss comes back, and this frame is posed against the old reference
+        across the gap as after dropped frames (the pose on its refined depths is a hypothesis). True when
+        rejoined; the chance ends ``rejoin_frames`` frames after the restart."""
+        lost, pc = self.before_loss, self.cfg.pipeline
+        old = lost.ref
+        if (self.frames_seen + 1 - lost.since.count > pc.rejoin_frames or not _same_camera(old.camera, self._raw_camera)
+                or (self.map is not None and old.id >= 0 and old.id not in self.map.poses)):
+            self.before_loss = None
+            return False
+        matches = match_features(old.features, feats, self.cfg.matching)
+        if len(matches) < pc.keyframe_min_inliers:
+            return False
+        geom = estimate_relative_pose(old.features.keypoints[matches.idx0], feats.keypoints[matches.idx1], camera,
+                                      self.cfg.geometry, ordered=True)
+        if geom is None or int(geom.inliers.sum()) < pc.keyframe_min_inliers:
+            return False
+        log.info("rejoined the keyframe before the loss (%d inliers, %d frames after the restart)",
+                 int(geom.inliers.sum()), self.frames_seen + 1 - lost.since.count)
+        if self.map is not None and old.id >= 0:
+            self.map.forget_after(old.id)
+            old.T_world_cam = self.map.poses[old.id].copy()
+        self.ref, self.ref_cov, self.motion, self.base, self.last_motion = (old, lost.ref_cov, lost.motion, lost.base,
+                                                                            lost.last_motion)
+        self.before_loss = self.turn_anchor = None
+        self.still = self.turning = False
+        self.lost_frames = 0
+        return True
 
     def _estimate(self, frame: Frame, ref_features: Features, feats: Features, matches: Matches,
                   geom: TwoViewGeometry, T_world_cam: np.ndarray, is_keyframe: bool, covariance: np.ndarray,

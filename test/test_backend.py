@@ -457,6 +457,32 @@ def test_followed_keyframes_stay_rotations():
         np.testing.assert_allclose(T[:3, :3].T @ T[:3, :3], np.eye(3), atol=1e-12)
 
 
+def test_forgetting_the_keyframes_after_one_leaves_the_map_as_it_was_before_them():
+    """``forget_after`` (a rejoin after a loss drops the restart's keyframes): the keyframes after the given one go,
+    with their observations, priors and the landmarks only they observed; a landmark an older keyframe also observes
+    stays with its older observations. A window snapshot taken before is refused."""
+    poses = true_poses(7)
+    m = LocalMap(BackendConfig(window=10, fixed_keyframes=2, max_landmarks=10_000))
+    ids = [m.add_keyframe(T) for T in poses[:4]]
+    a = m.add_landmark([0.0, 0.0, 10.0], {ids[2]: [0.0, 0.0], ids[3]: [0.01, 0.0]})
+    m.add_distance(ids[2], ids[3], 1.0, 0.1)
+    before = (m.landmark_ids.copy(), m.obs_keyframe.copy(), dict(m.distances))
+    later = [m.add_keyframe(T) for T in poses[4:]]
+    m.observe(np.array([a]), later[0], np.array([[0.02, 0.0]]))
+    m.add_landmark([1.0, 0.0, 12.0], {later[0]: [0.1, 0.0], later[1]: [0.11, 0.0]})
+    m.add_distance(ids[3], later[0], 1.0, 0.1)
+    m.add_same_centre(later[1], later[2])
+    snapshot_revision = m.revision
+    m.forget_after(ids[3])
+    assert sorted(m.poses) == ids
+    np.testing.assert_array_equal(m.landmark_ids, before[0])
+    np.testing.assert_array_equal(m.obs_keyframe, before[1])
+    np.testing.assert_array_equal(m.landmark_ids[m.obs_row], m.obs_landmark)
+    assert m.distances == before[2] and not m.same_centres
+    assert m.revision != snapshot_revision
+    assert m.add_keyframe(poses[4]) > max(later)  # ids never repeat
+
+
 def test_a_result_older_than_the_last_applied_one_is_refused():
     """Two snapshots of the same map: once the first result is taken, the second (which predates it) would undo
     it, so it is refused."""

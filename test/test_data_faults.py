@@ -1,8 +1,9 @@
-"""``--simulate`` variants of a sequence: stop, dropped frames, every N-th frame, a clip, an exposure change."""
+"""``--simulate`` variants of a sequence: stop, dropped frames, every N-th frame, a clip, an exposure change, an
+occluder."""
 import numpy as np
 import pytest
 
-from kp2d_ros.data.faults import Faults, drop_spec, simulate
+from kp2d_ros.data.faults import Faults, drop_spec, occluder, simulate
 from kp2d_ros.data.sequence import Sequence
 from kp2d_ros.errors import DataError
 from kp2d_ros.types import Camera, Trajectory
@@ -79,7 +80,8 @@ def test_every_and_clip_and_combinations():
     ("pause=3:4", "expected"), ("stop=3", "two integers"), ("every=0", ">= 1"), ("drop=5:2", "ends before"),
     ("stop=a:2", "integers"), ("every=2,every=3", "twice"), ("drop=18:25", "outside"), ("drop=3,drop=20", "outside"),
     ("stop=7:2,drop=6:8", "not part"), ("gain=3:4", "three integers"), ("gain=5:2:50", "ends before"),
-    ("gain=3:25:50", "outside"), ("gain=3:4:-5", "three integers"),
+    ("gain=3:25:50", "outside"), ("gain=3:4:-5", "three integers"), ("occlude=5:2", "ends before"),
+    ("occlude=3:25", "outside"), ("occlude=3", "two integers"), ("occlude=2:3,occlude=5:6", "twice"),
     ("frames=0:3,every=1,drop=0:3", "no frame left")])
 def test_bad_specifications_raise(spec, fragment):
     with pytest.raises(DataError, match=fragment):
@@ -108,3 +110,22 @@ def test_gain_scales_the_frames_intensities_as_an_exposure_step(loader):
 def test_parse_gain():
     f = Faults.parse("gain=60:159:50, gain=70:72:150")
     assert f.gain == ((60, 159, 50), (70, 72, 150)) and f.label() == "+gain60-159x50+gain70-72x150"
+
+
+@pytest.mark.parametrize("loader", [True, False])
+def test_occlude_fills_the_frames_with_one_textured_panel_sliding_sideways(loader):
+    """``occlude=A:B``: frames A..B are the panel (the frame's shape and dtype, textured), the others untouched; the
+    panel of frame A + k is the one of frame A moved left by 2 % of the width per frame, so that what tracks on it is
+    a motion of its own."""
+    seq = simulate(numbered(n=20, loader=loader), "occlude=5:8,drop=7")
+    assert seq.name == "num+drop7+occlude5-8"
+    frames = [f.image for f in seq]
+    assert [int(im[0, 0]) for im in frames[:5]] == [0, 1, 2, 3, 4] and ids(seq)[8:] == list(range(9, 20))
+    assert all(im.shape == (6, 8) and im.dtype == np.uint8 for im in frames)
+    assert [im.std() > 0 for im in frames] == [False] * 5 + [True] * 3 + [False] * 11  # 5, 6, 8: the panel
+    big = np.zeros((120, 400), np.uint8)
+    a, b = occluder(big, 0), occluder(big, 3)  # 3 frames: 3 x 8 px
+    np.testing.assert_array_equal(a[:, 24:], b[:, :-24])
+    assert np.std(a) > 30 and a.min() >= 25 and a.max() <= 230  # textured, within 10-90 % of the range
+    colour = occluder(np.zeros((120, 400, 3), np.uint16), 1)
+    assert colour.shape == (120, 400, 3) and colour.dtype == np.uint16 and colour.max() > 50_000

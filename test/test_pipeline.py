@@ -27,7 +27,8 @@ class PointWorldFrontend(Frontend):
 
     Each world point has its own descriptor, so matching is exact and the test isolates the
     geometry and the state machine. Pose index 255 sees nothing (tracking loss); the second pixel
-    picks a descriptor set (frames with different sets cannot be matched).
+    picks a descriptor set (frames with different sets cannot be matched): a permutation of the points' descriptors,
+    or with 255 descriptors unrelated to any point's (an occluder's own texture).
     """
 
     name = "point-world"
@@ -37,6 +38,8 @@ class PointWorldFrontend(Frontend):
         self.X = np.c_[rng.uniform(-20, 20, n_points), rng.uniform(-4, 4, n_points), rng.uniform(-10, 80, n_points)]
         self.desc = rng.normal(size=(n_points, 32)).astype(np.float32)
         self.desc /= np.linalg.norm(self.desc, axis=1, keepdims=True)
+        self.other = np.random.default_rng(seed + 1).normal(size=(n_points, 32)).astype(np.float32)
+        self.other /= np.linalg.norm(self.other, axis=1, keepdims=True)
         self.poses = poses
         self.noise_px = noise_px
         self.rng = rng
@@ -45,7 +48,10 @@ class PointWorldFrontend(Frontend):
         i = int(image[0, 0])
         if i == 255:
             return Features.empty(dim=32)
-        desc = self.desc[np.random.default_rng(image[0, 1]).permutation(len(self.desc))] if image[0, 1] else self.desc
+        if image[0, 1] == 255:
+            desc = self.other
+        else:
+            desc = self.desc[np.random.default_rng(image[0, 1]).permutation(len(self.desc))] if image[0, 1] else self.desc
         T_cam_world = np.linalg.inv(self.poses[i])
         Xc = self.X @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
         p = Xc @ CAM.K.T
@@ -302,6 +308,53 @@ def test_lost_holds_pose_then_reinitialises_keeping_scale():
     for i in (5, 6):
         step = np.linalg.norm(out[i].T_world_cam[:3, 3] - out[i - 1].T_world_cam[:3, 3])
         assert step == pytest.approx(1.0, rel=0.05)
+
+
+def _occluded_drive(rejoin_frames):
+    """A drive (0.5 per frame) whose frames 10-17 show something else that moves on its own (another descriptor set,
+    seen from a sideways-sliding pose: a person walking past the camera); frames 18-29 see the road again.
+    Returns (estimates, truth of the 30 frames)."""
+    gt = driving_poses(30, step=0.5)
+    occluder = [gt[9] @ se3(np.eye(3), [0.6 * (k + 1), 0.0, 0.0]) for k in range(8)]
+    cfg = VOConfig()
+    cfg.backend.threaded = False
+    cfg.pipeline.rejoin_frames = rejoin_frames
+    cfg.matching.ratio = 0.8  # the occluder's descriptors: no chance matches with the road's
+    vo = VOPipeline(cfg, frontend=PointWorldFrontend(list(gt) + occluder))
+    seq = [frame(i) for i in range(10)] + [frame(30 + k, stamp=10 + k, descriptor_set=255) for k in range(8)]
+    seq += [frame(i) for i in range(18, 30)]
+    out = run(vo, seq)
+    vo.close()
+    return out, gt
+
+
+def test_after_an_occluder_that_moved_the_tracker_rejoins_the_keyframe_before_it():
+    """Frames 10-17 are lost to an occluder with its own motion; after ``max_lost_frames`` the tracker restarts on
+    it and follows the occluder. When the road comes back, the keyframe before the loss is seen again: the tracker
+    goes back to it (the restart's keyframes are dropped), and the frames after are posed in ``map`` as if the
+    occluded frames had been dropped. ``odom`` does not jump: it holds across the rejoin and map -> odom takes the
+    error of the occluder's chain. Without the rejoin (``rejoin_frames`` 0) the road's frames stay lost against the
+    occluder's keyframes, restart again from the occluder's pose, and carry its error on."""
+    errors = {}
+    for rejoin in (30, 0):
+        out, gt = _occluded_drive(rejoin)
+        assert all(e.status == TrackingStatus.TRACKING for e in out[1:10])
+        assert out[10].status == TrackingStatus.LOST and any(e.is_keyframe for e in out[11:18])  # restarted on it
+        scale = 2.0  # the first pair defines the unit: a gt step (0.5) is 1
+        errors[rejoin] = [float(np.linalg.norm(out[i].T_world_cam[:3, 3] - scale * gt[i][:3, 3]))
+                          for i in range(18, 30)]
+        if rejoin:
+            assert out[18].status == TrackingStatus.TRACKING
+            odom = [e.T_odom_cam for e in out]
+            np.testing.assert_allclose(odom[18], odom[17], atol=1e-9)  # held across the rejoin
+            for i in range(19, 30):  # then the road's steps again
+                step = np.linalg.norm(odom[i][:3, 3] - odom[i - 1][:3, 3])
+                assert step == pytest.approx(1.0, rel=0.05)
+            for i in range(18, 30):  # in map: where the road is, and odom + map -> odom agree with it
+                assert rotation_angle_deg(out[i].T_world_cam[:3, :3].T @ gt[i][:3, :3]) < 0.1
+                np.testing.assert_allclose(out[i].T_world_odom @ odom[i], out[i].T_world_cam, atol=1e-9)
+    assert max(errors[30]) < 0.3  # 1 % of the 29 units driven (9 of them across the gap)
+    assert min(errors[0]) > 1.0  # the occluder's chain: its 4.8-unit slide, or more
 
 
 CAM_HALF = Camera.from_intrinsics(250.0, 250.0, 160.0, 120.0, 320, 240)

@@ -38,7 +38,8 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                    help="robustness variant of the input: comma-separated stop=K:R (R copies of frame K, a stop), "
                         "drop=A:B (frames A..B missing; drop=K one frame; drop may repeat), every=N (every N-th "
                         "frame), frames=S:E (a clip), gain=A:B:P (frames A..B at P percent of their brightness: "
-                        "an auto-exposure step); "
+                        "an auto-exposure step), occlude=A:B (frames A..B filled by a textured panel sliding "
+                        "sideways: something moving on its own in front of the camera); "
                         "frame numbers of the original sequence (see kp2d_ros/data/faults.py)")
     return p
 

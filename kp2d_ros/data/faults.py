@@ -1,4 +1,4 @@
-"""Robustness variants of any sequence: a stop, dropped frames, a lower frame rate, an exposure change.
+"""Robustness variants of any sequence: a stop, dropped frames, a lower frame rate, an exposure change, an occluder.
 
 ``kp2d replay PATH --simulate SPEC`` and the tests build them with :func:`simulate`. SPEC is a
 comma-separated list of (each at most once but ``drop`` and ``gain``; frame numbers are those of the original
@@ -15,7 +15,10 @@ sequence):
 ``gain=A:B:P``  multiply the intensities of frames A..B (inclusive) by P percent, clipped to the image's
                 range: an auto-exposure step (``gain=60:159:50`` halves the brightness from frame 60 on, as
                 when a robot drives into shade; ``P`` > 100 brightens and saturates). ``gain`` may be given
-                several times (a later range multiplies on top where they overlap).
+                several times (a later range multiplies on top where they overlap);
+``occlude=A:B``  frames A..B show a textured panel that fills the view and slides sideways by 2 % of the width per
+                frame (:func:`occluder`): something that moves on its own passes right in front of the camera (a
+                person, a door, a vehicle alongside). Nothing of the scene is seen; what tracks is the panel's motion.
 
 Example: ``stop=60:10`` on KITTI (10 Hz) is a 1 s stop at frame 60; ``drop=61:64`` drops 4 frames.
 :func:`drop_spec` writes the SPEC of given dropped frames (``kp2d play --record-drops``: the frames a live node
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from kp2d_ros.data.sequence import Sequence
@@ -44,6 +48,7 @@ class Faults:
     every : keep every N-th frame.
     stop : (K, R) R copies of original frame K.
     gain : (A, B, P) frames A..B with their intensities multiplied by P / 100.
+    occlude : (A, B) frames A..B replaced by a sliding textured panel.
     """
 
     frames: tuple[int, int] | None = None
@@ -51,6 +56,7 @@ class Faults:
     every: int = 1
     stop: tuple[int, int] | None = None
     gain: tuple[tuple[int, int, int], ...] = ()
+    occlude: tuple[int, int] | None = None
 
     @classmethod
     def parse(cls, spec: str) -> "Faults":
@@ -67,9 +73,9 @@ class Faults:
                 continue
             key, sep, value = item.partition("=")
             key = key.strip()
-            if not sep or key not in ("frames", "drop", "every", "stop", "gain"):
-                raise DataError(f"--simulate: expected frames=S:E, drop=A:B, every=N, stop=K:R or gain=A:B:P, "
-                                f"got {item!r}")
+            if not sep or key not in ("frames", "drop", "every", "stop", "gain", "occlude"):
+                raise DataError(f"--simulate: expected frames=S:E, drop=A:B, every=N, stop=K:R, gain=A:B:P or "
+                                f"occlude=A:B, got {item!r}")
             if key in seen and key not in ("drop", "gain"):
                 raise DataError(f"--simulate: {key} given twice")
             seen.add(key)
@@ -93,7 +99,7 @@ class Faults:
                     raise DataError(f"--simulate: every must be >= 1, got {nums[0]}")
                 out.every = nums[0]
                 continue
-            if key in ("frames", "drop") and nums[1] < nums[0]:
+            if key in ("frames", "drop", "occlude") and nums[1] < nums[0]:
                 raise DataError(f"--simulate: {key}={value}: the range ends before it starts")
             if key == "drop":
                 out.drop += ((nums[0], nums[1]),)
@@ -114,6 +120,8 @@ class Faults:
             parts.append(f"stop{self.stop[0]}x{self.stop[1]}")
         for a, b, pct in self.gain:
             parts.append(f"gain{a}-{b}x{pct}")
+        if self.occlude:
+            parts.append(f"occlude{self.occlude[0]}-{self.occlude[1]}")
         return "".join("+" + p for p in parts)
 
 
@@ -156,7 +164,7 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
     n = len(sequence)
     stamps = sequence.stamps
     for key, rng in ([("frames", faults.frames), ("stop", faults.stop)] + [("drop", d) for d in faults.drop]
-                     + [("gain", g[:2]) for g in faults.gain]):
+                     + [("gain", g[:2]) for g in faults.gain] + [("occlude", faults.occlude)]):
         if rng is not None and not (0 <= rng[0] < n and (key == "stop" or rng[1] < n)):
             raise DataError(f"--simulate: {key}={rng[0]}:{rng[1]} is outside the sequence's frames 0..{n - 1}")
     keep = np.ones(n, bool)
@@ -188,6 +196,11 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
     for a, b, pct in faults.gain:
         gains[a:b + 1] *= pct / 100.0
 
+    def faulted(i: int, image: np.ndarray) -> np.ndarray:
+        if faults.occlude and faults.occlude[0] <= i <= faults.occlude[1]:
+            image = occluder(image, i - faults.occlude[0])
+        return exposed(image, gains[i])
+
     def images():
         if sequence._loader is not None:  # random access (folder layouts): read only the frames used
             yield from map(load, range(len(order)))
@@ -196,16 +209,34 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
         nxt = next(want, None)
         for i, frame in enumerate(sequence):
             while nxt == i:
-                yield exposed(frame.image, gains[i])
+                yield faulted(i, frame.image)
                 nxt = next(want, None)
             if nxt is None:
                 return
 
     def load(j: int) -> np.ndarray:
-        return exposed(sequence.frame(order[j]).image, gains[order[j]])
+        return faulted(order[j], sequence.frame(order[j]).image)
 
     return Sequence(sequence.name + faults.label(), sequence.layout, sequence.camera, new_stamps, images,
                     ground_truth=_ground_truth(sequence, idx, new_stamps), loader=load)
+
+
+def occluder(image: np.ndarray, k: int) -> np.ndarray:
+    """The ``k``-th view of ``occlude``'s panel in place of ``image`` (same shape and dtype): smoothed noise at three
+    scales of equal contrast (corners and blobs for any detector; one panel three images wide, seed 0, the same for
+    every ``k``) slid left by 2 % of the width per frame. Its brightness spans 10-90 % of the image's range."""
+    h, w = image.shape[:2]
+    rng = np.random.default_rng(0)
+    panel = sum(cv2.GaussianBlur(rng.random((h, 3 * w)).astype(np.float32), (0, 0), sigma) * sigma  # equal contrast
+                for sigma in (2.0, 6.0, 18.0))
+    lo, hi = np.percentile(panel, (1, 99))
+    panel = np.clip((panel - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
+    start = (max(1, round(0.02 * w)) * k) % (2 * w)
+    top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else float(np.max(image) or 1.0)
+    view = (0.1 + 0.8 * panel[:, start:start + w]) * top
+    if image.ndim == 3:
+        view = np.repeat(view[:, :, None], image.shape[2], axis=2)
+    return view.astype(image.dtype)
 
 
 def _ground_truth(sequence: Sequence, idx: np.ndarray, new_stamps: np.ndarray) -> Trajectory | None:
