@@ -313,6 +313,7 @@ class VOPipeline:
         self.turning = False  # ... and it turned on the spot (a pure rotation once the camera had moved)
         self.turn_anchor: Keyframe | None = None  # the keyframe the current turn on the spot started from
         self.before_loss: _BeforeLoss | None = None  # the state a restart replaced (pipeline.rejoin_frames)
+        self.odom_held: np.ndarray | None = None  # after a rejoin, odom where the lost chain left it, until a pose
         self.speed_changes: list[tuple[float, float]] = []  # (log measured / prior length, elapsed), last pairs
         self.ref_cov = np.zeros((6, 6))  # covariance of the reference keyframe's pose (world axes)
         self.last_cov = np.zeros((6, 6))
@@ -406,10 +407,9 @@ class VOPipeline:
             est = self._camera_changed(frame, feats)
         else:
             self.gap += 1
-            held_from = None
             with _timed(timings, "matching"):
                 if self.before_loss is not None and self._rejoin(feats, camera):
-                    held_from = invert_se3(self.T_world_odom) @ self.last_pose  # odom where the lost chain left it
+                    self.odom_held = invert_se3(self.T_world_odom) @ self.last_pose
                 matches = match_features(self.ref.features, feats, self.cfg.matching)
             if self.scorer is not None:
                 with _timed(timings, "io_net"):
@@ -421,9 +421,10 @@ class VOPipeline:
             with _timed(timings, "pose"):
                 est = self._track(frame, camera, feats, matches)
             timings["pose"] -= self._backend_ms - before  # a window optimised in this thread is its own stage
-            if held_from is not None and est.status != TrackingStatus.LOST:
+            if self.odom_held is not None and est.status != TrackingStatus.LOST:
                 # odom (REP 105) never jumps: it holds across the rejoin, and map -> odom takes the lost chain's error
-                self.T_world_odom = orthonormalize_se3(est.T_world_cam @ invert_se3(held_from))
+                self.T_world_odom = orthonormalize_se3(est.T_world_cam @ invert_se3(self.odom_held))
+                self.odom_held = None
         timings["backend"] = self._backend_ms
         timings["total"] = (time.perf_counter() - t_start) * 1e3 + carried
         est.timings_ms = timings

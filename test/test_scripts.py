@@ -1,5 +1,5 @@
 """scripts/: the GPU check parses and answers --help without a GPU (its --dry-run is run by hand: minutes); the
-bundle-adjustment solver comparison runs on a small window."""
+bundle-adjustment solver comparison runs on a small window; the robot moves and the occlusion run end to end."""
 import importlib.util
 import json
 import os
@@ -235,6 +235,31 @@ def test_robot_moves_scores_a_robot_backing_up(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "scripts" / "robot_moves.py"), "--scenarios", "moonwalk"],
                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert bad.returncode == 2 and "unknown scenario" in bad.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/occlusion.py (something that moves on its own fills the view: the rejoin after a loss)
+# --------------------------------------------------------------------------------------------
+def test_occlusion_splits_the_trajectory_around_an_occluder_with_and_without_the_rejoin(tmp_path):
+    """A 36-frame street with frames 14-21 occluded, SIFT: with the rejoin the frames after it are back where the
+    street is in map (0.003 m here); without it they keep the occluder's error (0.12 m). The JSON has both runs."""
+    from kp2d_ros.data.synthetic import write_synthetic_sequence
+
+    seq = write_synthetic_sequence(tmp_path / "street", n_frames=36)
+    out = tmp_path / "occlusion.json"
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "occlusion.py"), str(seq), "14:21", "--config",
+                          str(REPO / "config" / "vo_classical.yaml"), "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    on, off = json.loads(out.read_text())["rows"]
+    assert (on["rejoin_frames"], off["rejoin_frames"]) == (30, 0) and on["frames"] == 36
+    assert on["lost_frames"] >= 3  # the restart on the occluder happened
+    assert on["map"]["after"] < 0.02 and on["map"]["before"] < 0.02
+    assert off["map"]["after"] > 0.06
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "occlusion.py"), str(seq), "14"],
+                         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert bad.returncode == 2 and "A:B" in bad.stderr
 
 
 # --------------------------------------------------------------------------------------------
