@@ -679,6 +679,10 @@ class VOPipeline:
             self.last_stamp = float(frame.stamp)
         return now
 
+    def _pair_intervals(self, now: _Tick) -> float:
+        """This pair's moving time (``self.base`` to ``now``) in units of the last pair's (``self.motion``)."""
+        return _Span.between(self.base, now).ratio(self.motion.span)
+
     def _prior(self, now: _Tick) -> tuple[float, float] | None:
         """(expected translation length since ``self.base``, allowed change factor) at constant speed.
 
@@ -689,7 +693,7 @@ class VOPipeline:
         m = self.motion
         if m is None:
             return None
-        expected = m.distance * _Span.between(self.base, now).ratio(m.span)
+        expected = m.distance * self._pair_intervals(now)
         elapsed = m.intervals_since(now)
         return max(expected, 1e-12), self.cfg.pipeline.max_scale_change ** float(np.clip(elapsed, 1.0, 20.0))
 
@@ -726,7 +730,7 @@ class VOPipeline:
         # between consecutive frames: there the two lie in one flat valley of the cost, and which one polishes lower is
         # the noise's choice (a synthetic drive: one 0.72 m step 0.06 -> 0.17 m off). Nor after a stop or a turn on the
         # spot, which restart the moving time (``self.base``): there the last motion is the robot's speed again.
-        stale = self.motion is not None and _Span.between(self.base, now).ratio(self.motion.span) > 1.5
+        stale = self.motion is not None and self._pair_intervals(now) > 1.5
         priors = [self.last_motion if cfg.geometry.motion_prior else None,
                   self._pose_on_known_depths(matches, kp0, kp1, camera) if pc.structure_pose and stale else None]
         geo = cfg.geometry
@@ -912,7 +916,7 @@ class VOPipeline:
         expected = self._prior(now)
         m = self.motion
         if expected is not None and not self.still:
-            predicted_px = m.parallax_px * _Span.between(self.base, now).ratio(m.span)
+            predicted_px = m.parallax_px * self._pair_intervals(now)
             if predicted_px < 2.0 * pc.static_parallax_px:
                 return self._constant_velocity(frame, camera, feats, matches, geom, now, expected)
         if geom is None or np.radians(rotation_angle_deg(geom.R)) * f < pc.static_parallax_px:

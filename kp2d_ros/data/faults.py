@@ -27,6 +27,7 @@ dropped, replayed deterministically).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -222,22 +223,30 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
 
 
 def occluder(image: np.ndarray, k: int) -> np.ndarray:
-    """The ``k``-th view of ``occlude``'s panel in place of ``image`` (same shape and dtype): smoothed noise at three
-    scales of equal contrast, half of it thresholded at its median (camouflage: blobs, corners and sharp edges for any
-    detector and the blur gate; one panel three images wide, seed 0, the same for every ``k``) slid left by 2 % of the width per frame. Its brightness spans 10-90 % of the image's range."""
+    """The ``k``-th view of ``occlude``'s panel in place of ``image`` (same shape and dtype), slid left by 2 % of the
+    width per frame (:func:`_panel`). Its brightness spans 10-90 % of the image's range."""
     h, w = image.shape[:2]
+    start = (max(1, round(0.02 * w)) * k) % (2 * w)
+    top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else float(np.max(image) or 1.0)
+    view = (0.1 + 0.8 * _panel(h, w)[:, start:start + w]) * top
+    if image.ndim == 3:
+        view = np.repeat(view[:, :, None], image.shape[2], axis=2)
+    return view.astype(image.dtype)
+
+
+@lru_cache(maxsize=2)
+def _panel(h: int, w: int) -> np.ndarray:
+    """(h, 3 w) values in [0, 1], the same for every frame of a size (seed 0; built once, read only): smoothed noise
+    at three scales of equal contrast, half of it thresholded at its median (camouflage: blobs, corners and sharp
+    edges for any detector, and for the blur gate, which takes smooth noise alone for blur)."""
     rng = np.random.default_rng(0)
     panel = sum(cv2.GaussianBlur(rng.random((h, 3 * w)).astype(np.float32), (0, 0), sigma) * sigma  # equal contrast
                 for sigma in (2.0, 6.0, 18.0))
     lo, hi = np.percentile(panel, (1, 99))
     panel = np.clip((panel - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
-    panel = 0.5 * panel + 0.5 * (panel > np.median(panel))  # sharp edges: smooth noise alone reads as blur
-    start = (max(1, round(0.02 * w)) * k) % (2 * w)
-    top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else float(np.max(image) or 1.0)
-    view = (0.1 + 0.8 * panel[:, start:start + w]) * top
-    if image.ndim == 3:
-        view = np.repeat(view[:, :, None], image.shape[2], axis=2)
-    return view.astype(image.dtype)
+    panel = 0.5 * panel + 0.5 * (panel > np.median(panel))
+    panel.flags.writeable = False
+    return panel
 
 
 def _ground_truth(sequence: Sequence, idx: np.ndarray, new_stamps: np.ndarray) -> Trajectory | None:
