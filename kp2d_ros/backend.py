@@ -283,6 +283,32 @@ class LocalMap:
             positions = _scale_about(poses, positions, c, k)
         return replace(result, poses=poses, positions=positions)
 
+    def inverse_depth_sigma(self, landmark_ids: np.ndarray, keyframe_id: int) -> np.ndarray:
+        """(n,) standard deviation per unit angular noise of each landmark's inverse depth along its ray from keyframe
+        ``keyframe_id``, from the centres of the keyframes that observe it: each adds the information ``|b x r|^2``
+        (``b`` its centre from the keyframe's, ``r`` the unit ray), so that two views give the front end's pair sigma
+        ``1 / (|b| sin angle)``. Inf for a landmark seen from that centre only, or not alive; observations from
+        keyframes that left the window do not count."""
+        lids = np.asarray(landmark_ids, np.int64).reshape(-1)
+        rows, alive = self.rows(lids)
+        if keyframe_id not in self.poses or not alive.any():
+            return np.full(len(lids), np.inf)
+        c = self.poses[keyframe_id][:3, 3]
+        r = self.positions[rows] - c
+        r /= np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
+        which = np.full(len(self.landmark_ids), -1)  # row -> index into lids
+        which[rows[alive]] = np.flatnonzero(alive)
+        ids = np.array(sorted(self.poses), np.int64)
+        centres = np.stack([self.poses[int(k)][:3, 3] for k in ids])
+        obs = np.flatnonzero(which[self.obs_row] >= 0)
+        at = np.minimum(np.searchsorted(ids, self.obs_keyframe[obs]), len(ids) - 1)
+        obs, at = obs[ids[at] == self.obs_keyframe[obs]], at[ids[at] == self.obs_keyframe[obs]]
+        i = which[self.obs_row[obs]]
+        info = np.zeros(len(lids))
+        np.add.at(info, i, np.sum(np.cross(centres[at] - c, r[i]) ** 2, axis=1))
+        with np.errstate(divide="ignore"):
+            return np.where(alive & (info > 0), 1.0 / np.sqrt(info), np.inf)
+
     def window_ids(self) -> list[int]:
         """The ids of the last ``window`` keyframes, oldest first."""
         ids = sorted(self.poses)

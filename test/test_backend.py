@@ -483,6 +483,46 @@ def test_forgetting_the_keyframes_after_one_leaves_the_map_as_it_was_before_them
     assert m.add_keyframe(poses[4]) > max(later)  # ids never repeat
 
 
+def _at(centre, yaw_deg=0.0):
+    T = np.eye(4)
+    c, s = np.cos(np.radians(yaw_deg)), np.sin(np.radians(yaw_deg))
+    T[:3, :3] = [[c, 0, s], [0, 1, 0], [-s, 0, c]]
+    T[:3, 3] = centre
+    return T
+
+
+def test_a_landmarks_inverse_depth_sigma_adds_the_information_of_every_baseline():
+    """``inverse_depth_sigma`` (the ratio scale's triangulation test of a refined depth): from two keyframes, the
+    front end's sigma of their pair (``inverse_depths``: 1 / sin, unit baseline); every other keyframe that
+    observes the landmark adds ``|b x r|^2``, one at the keyframe's own centre nothing; a keyframe that left the
+    window counts no more; a landmark seen from one centre or gone has none (inf)."""
+    from kp2d_ros.geometry import inverse_depths
+    m = LocalMap(BackendConfig(window=4, fixed_keyframes=1, max_landmarks=10_000))
+    X = np.array([2.0, 0.0, 40.0])
+    xy = lambda T: (X - T[:3, 3])[:2] / (X - T[:3, 3])[2]  # noqa: E731 (identity rotations below)
+    k0, k1 = m.add_keyframe(_at([0, 0, 0])), m.add_keyframe(_at([1, 0, 0]))
+    lid = m.add_landmark(X, {k0: xy(_at([0, 0, 0])), k1: xy(_at([1, 0, 0]))})
+    lone = m.add_landmark([0.0, 1.0, 30.0], {k0: [0.0, 1 / 30]})
+    _, _, sin0, _ = inverse_depths(xy(_at([0, 0, 0]))[None], xy(_at([1, 0, 0]))[None], np.eye(3),
+                                   np.array([-1.0, 0.0, 0.0]))
+    two = m.inverse_depth_sigma(np.array([lid, lone, 999]), k0)
+    np.testing.assert_allclose(two[0], 1.0 / sin0[0], rtol=0.005)
+    assert np.isinf(two[1:]).all()
+    r = X / np.linalg.norm(X)
+    k2 = m.add_keyframe(_at([0, 0, -2]))
+    m.observe(np.array([lid]), k2, xy(_at([0, 0, -2]))[None])
+    info = np.sum(np.cross([1.0, 0, 0], r) ** 2) + np.sum(np.cross([0, 0, -2.0], r) ** 2)
+    np.testing.assert_allclose(m.inverse_depth_sigma(np.array([lid]), k0), 1 / np.sqrt(info), rtol=1e-9)
+    k3 = m.add_keyframe(_at([0, 0, 0], 20.0))  # k0's centre, turned
+    m.observe(np.array([lid]), k3, np.array([[0.0, 0.0]]))
+    np.testing.assert_allclose(m.inverse_depth_sigma(np.array([lid]), k0), 1 / np.sqrt(info), rtol=1e-9)
+    m.add_keyframe(_at([0, 5, 0]))  # k0 leaves the window (4); its observation stays with the landmark
+    assert k0 not in m.poses and k0 in m.obs_keyframe
+    r1 = (X - [1, 0, 0]) / np.linalg.norm(X - [1, 0, 0])
+    info1 = np.sum(np.cross([-1.0, 0, -2], r1) ** 2) + np.sum(np.cross([-1.0, 0, 0], r1) ** 2)  # k2, k3: not k0
+    np.testing.assert_allclose(m.inverse_depth_sigma(np.array([lid]), k1), 1 / np.sqrt(info1), rtol=1e-9)
+
+
 def test_a_result_older_than_the_last_applied_one_is_refused():
     """Two snapshots of the same map: once the first result is taken, the second (which predates it) would undo
     it, so it is refused."""
