@@ -300,12 +300,11 @@ class LocalMap:
         which[rows[alive]] = np.flatnonzero(alive)
         ids = np.array(sorted(self.poses), np.int64)
         centres = np.stack([self.poses[int(k)][:3, 3] for k in ids])
-        obs = np.flatnonzero(which[self.obs_row] >= 0)
-        at = np.minimum(np.searchsorted(ids, self.obs_keyframe[obs]), len(ids) - 1)
-        obs, at = obs[ids[at] == self.obs_keyframe[obs]], at[ids[at] == self.obs_keyframe[obs]]
+        obs = np.flatnonzero((which[self.obs_row] >= 0) & np.isin(self.obs_keyframe, ids))
         i = which[self.obs_row[obs]]
         info = np.zeros(len(lids))
-        np.add.at(info, i, np.sum(np.cross(centres[at] - c, r[i]) ** 2, axis=1))
+        b = centres[np.searchsorted(ids, self.obs_keyframe[obs])] - c
+        np.add.at(info, i, np.sum(np.cross(b, r[i]) ** 2, axis=1))
         with np.errstate(divide="ignore"):
             return np.where(alive & (info > 0), 1.0 / np.sqrt(info), np.inf)
 

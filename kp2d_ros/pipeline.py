@@ -89,6 +89,12 @@ class Keyframe:
         if self.landmarks is None:
             self.landmarks = np.full(n, -1, np.int64)
 
+    def rescale_depths(self, k: float) -> None:
+        """The trajectory's unit x ``k``: inverse depths and their standard deviations / ``k``."""
+        self.inv_depth = self.inv_depth / k
+        self.inv_depth_sigma = self.inv_depth_sigma / k
+        self.window_sigma = self.window_sigma / k
+
 
 @contextmanager
 def _timed(timings: dict[str, float], key: str):
@@ -542,9 +548,7 @@ class VOPipeline:
         if not (np.isfinite(k) and k > 0) or k == 1.0:
             return
         self.map.rescale_about(self.ref.T_world_cam[:3, 3], k)
-        self.ref.inv_depth = self.ref.inv_depth / k
-        self.ref.inv_depth_sigma = self.ref.inv_depth_sigma / k
-        self.ref.window_sigma = self.ref.window_sigma / k
+        self.ref.rescale_depths(k)
 
     def _rescale_world(self, k: float) -> None:
         """Change the trajectory's unit: positions x ``k``, the reference's inverse depths / ``k`` (the world
@@ -555,9 +559,7 @@ class VOPipeline:
             self.map.rescale(k)
         D = np.diag([k, k, k, 1.0, 1.0, 1.0])
         self.ref.T_world_cam[:3, 3] *= k
-        self.ref.inv_depth = self.ref.inv_depth / k
-        self.ref.inv_depth_sigma = self.ref.inv_depth_sigma / k
-        self.ref.window_sigma = self.ref.window_sigma / k
+        self.ref.rescale_depths(k)
         self.ref_cov = D @ self.ref_cov @ D
         self.last_cov = D @ self.last_cov @ D
         self.last_pose = self.last_pose.copy()
@@ -1418,8 +1420,8 @@ class VOPipeline:
         # came out 14 % short (stop 52). The smaller of the two: the window holds only its own keyframes' views, and
         # after a turn on the spot those of a point's depth can be fewer than the pairs' that fused it (stop 53); the
         # structure pose keeps the pairs' sigma as its prior (the window's there: learned TUM 0.0072 -> 0.0130 m)
-        rho_ref, sig_ref = self.ref.inv_depth[idx0], self.ref.inv_depth_sigma[idx0]
-        sig_ref = np.where(self.ref.refined[idx0], np.fmin(sig_ref, self.ref.window_sigma[idx0]), sig_ref)
+        rho_ref = self.ref.inv_depth[idx0]
+        sig_ref = np.fmin(self.ref.inv_depth_sigma[idx0], self.ref.window_sigma[idx0])  # (window_sigma: inf unrefined)
         known = np.isfinite(rho_ref)
         if known.sum() < pc.min_scale_points:
             return None
