@@ -4,6 +4,10 @@ Arguments
     params_file   the node's parameters (default: the installed config/vo.yaml)
     image         image topic (sensor_msgs/Image, or CompressedImage with ros.compressed: true)
     camera_info   CameraInfo topic (without one, set camera.fx/fy/cx/cy in the params file)
+    namespace     vo_node's namespace (default: none), e.g. robot1: its topics become /robot1/odom, ...,
+                  its services /robot1/kp2d_vo/reset, ...; image and camera_info, when relative, are
+                  resolved in it too. /tf and /diagnostics stay global (set the ros.*_frame parameters
+                  to tell robots apart in TF). RViz's displays keep the global topic names.
     use_rviz      start RViz with config/vo.rviz (needs rviz2, which this package does not depend on)
     bag           a rosbag2 to play with ``ros2 bag play --clock`` (empty: none)
     bag_delay     seconds ``ros2 bag play`` waits before playing, so that no frame is sent while
@@ -33,6 +37,7 @@ def generate_launch_description():
                               description="vo_node parameters (VOConfig as a ROS params file)"),
         DeclareLaunchArgument("image", default_value="/camera/image_raw", description="image topic"),
         DeclareLaunchArgument("camera_info", default_value="/camera/camera_info", description="CameraInfo topic"),
+        DeclareLaunchArgument("namespace", default_value="", description="vo_node's namespace (empty: none)"),
         DeclareLaunchArgument("use_rviz", default_value="false", description="start RViz (rviz2 must be installed)"),
         DeclareLaunchArgument("bag", default_value="", description="rosbag2 to play (empty: none)"),
         DeclareLaunchArgument("bag_delay", default_value="8.0",
@@ -49,6 +54,7 @@ def generate_launch_description():
             package="kp2d_ros",
             executable="vo_node",
             name="kp2d_vo",
+            namespace=LaunchConfiguration("namespace"),
             output="screen",
             parameters=[LaunchConfiguration("params_file"), {"use_sim_time": LaunchConfiguration("use_sim_time")}],
             remappings=[

@@ -71,7 +71,7 @@ def installed_to(rel: str, data_files) -> str | None:
 def test_generate_launch_description_and_arguments(tree):
     assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
     args = {const(c.args[0]) for c in calls(tree, "DeclareLaunchArgument")}
-    assert {"params_file", "image", "camera_info", "use_rviz", "bag", "bag_delay", "use_sim_time",
+    assert {"params_file", "image", "camera_info", "namespace", "use_rviz", "bag", "bag_delay", "use_sim_time",
             "dds_profile"} <= args
     # every LaunchConfiguration used is declared
     used = {const(c.args[0]) for c in calls(tree, "LaunchConfiguration")}
@@ -202,17 +202,30 @@ def test_vo_node_params_and_remappings_match_node(tree):
         def reset(self):
             pass
 
-    ctx = rclpy.Context()
-    rclpy.init(args=[], context=ctx, domain_id=100 + (os.getpid() + 41) % 100)
-    try:
-        node = VONode(pipeline=NullPipeline(), context=ctx)
-        subscribed = {s.topic_name for s in node.subscriptions}
-        published = {p.topic_name for p in node.publishers}
-        node.destroy_node()
-    finally:
-        rclpy.try_shutdown(context=ctx)
+    assert const(kwarg(vo, "namespace").args[0]) == "namespace" and const(default_of(tree, "namespace")) == ""
+
+    def names(namespace: str) -> tuple[set[str], set[str], set[str]]:
+        ctx = rclpy.Context()
+        rclpy.init(args=[], context=ctx, domain_id=100 + (os.getpid() + 41) % 100)
+        try:
+            node = VONode(pipeline=NullPipeline(), context=ctx, namespace=namespace)
+            subscribed = {s.topic_name for s in node.subscriptions}
+            published = {p.topic_name for p in node.publishers}
+            services = {node.resolve_service_name(s.srv_name) for s in node.services}
+            node.destroy_node()
+        finally:
+            rclpy.try_shutdown(context=ctx)
+        return subscribed, published, services
+
+    subscribed, published, services = names("")
     assert {f"/{t}" for t in remap_from} == subscribed
     assert {"/odom", "/path", "/keypoints", "/debug_image", "/diagnostics"} <= published
+    assert "/kp2d_vo/reset" in services
+    # namespace:=robot1 (a second camera or robot): its own topics and services; the aggregator's /diagnostics
+    subscribed, published, services = names("robot1")
+    assert {f"/robot1/{t}" for t in remap_from} == subscribed
+    assert {"/robot1/odom", "/robot1/path", "/robot1/keypoints", "/robot1/debug_image", "/diagnostics"} <= published
+    assert "/robot1/diagnostics" not in published and "/robot1/kp2d_vo/reset" in services
 
 
 def test_rviz_config():

@@ -121,7 +121,7 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
         pub_img = node.create_publisher(Image, image_topic, q)
         pub_info = node.create_publisher(CameraInfo, camera_info_topic, q)
         node.create_subscription(Odometry, odom_topic, on_odom, QoSProfile(depth=1000))
-        node.create_subscription(DiagnosticArray, "diagnostics", diagnostics.append, QoSProfile(depth=10))
+        node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, QoSProfile(depth=10))
         node.create_subscription(PathMsg, path_topic, lambda msg: None, QoSProfile(depth=1))  # as RViz would
         executor.add_node(node)
         spinner.start()

@@ -103,7 +103,8 @@ class VONode(Node):
         self.pub_path = self.create_publisher(Path, "path", 10)
         self.pub_keypoints = self.create_publisher(PointCloud2, "keypoints", 10)
         self.pub_debug = self.create_publisher(Image, "debug_image", 1)  # reliable: rviz and image_view
-        self.pub_diag = self.create_publisher(DiagnosticArray, "diagnostics", 10)
+        # absolute, as diagnostic_updater publishes it: a namespaced node still reaches the diagnostic aggregator
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.tf: TfOutput | None = None
         self._ensure_tf()
 
