@@ -8,7 +8,8 @@ replayed with a config as ``kp2d replay`` does (each backend window waited for);
 
 Per scenario: ATE (Sim(3)-aligned) and RPE rotation, the path length, how far the estimate moved while the truth
 stood or turned on the spot (``moved_while_still_m``, at the ATE's scale), and the step lengths' ratio to the truth
-(median before and after the first stop or turn, and the worst step); a scenario that raised keeps its error.
+(median before and after the first stop or turn, the worst step, and per driving leg ``leg_step_ratios``: its
+median, and the medians of its first and last fifth); a scenario that raised keeps its error.
 Prints a table and writes JSON.
 """
 from __future__ import annotations
@@ -65,6 +66,17 @@ def score(name: str, steps, cfg) -> dict:
     before, after = ratio[:first_still][moving[:first_still]], ratio[first_still:][moving[first_still:]]
     with np.errstate(divide="ignore"):  # a step the estimate held (ratio 0: too slow to see) is the worst
         worst = float(ratio[moving][np.argmax(np.abs(np.log(ratio[moving])))]) if moving.any() else None
+    # per leg (each (frames, ...) entry that drives): the median step ratio, so that a scale that drifts leg by leg
+    # shows (long_patrol's six 10 m legs), and its first and last fifth within the leg
+    legs, first = [], 0
+    for n, forward, sideways, _ in steps:
+        leg = np.arange(max(first - 1, 0), first + n - 1)  # the steps into this entry's frames
+        leg = leg[(leg < len(ratio)) & moving[np.minimum(leg, len(moving) - 1)]]
+        if (forward or sideways) and leg.size:
+            fifth = max(leg.size // 5, 1)
+            legs.append([float(np.median(ratio[leg])), float(np.median(ratio[leg[:fifth]])),
+                         float(np.median(ratio[leg[-fifth:]]))])
+        first += n
     return {
         "scenario": name, "steps": [list(s) for s in steps], "frames": len(seq.stamps),
         "path_length_m": float(step_gt.sum()), "ate_m": float(res.metrics.ate.rmse),
@@ -73,6 +85,7 @@ def score(name: str, steps, cfg) -> dict:
         "step_ratio_before": float(np.median(before)) if before.size else None,
         "step_ratio_after": float(np.median(after)) if after.size else None,
         "step_ratio_worst": worst,
+        "leg_step_ratios": legs,  # per driving leg: [median, median of its first fifth, of its last fifth]
         "statuses": sorted({s.name for s in res.statuses}), "seconds": round(time.perf_counter() - t0, 1),
     }
 

@@ -232,6 +232,9 @@ def test_robot_moves_scores_a_robot_backing_up(tmp_path):
     assert row["scenario"] == "reverse" and row["frames"] == 31 and row["path_length_m"] == pytest.approx(5.0)
     assert row["ate_m"] < 0.03 and row["moved_while_still_m"] < 0.01
     assert 0.9 < row["step_ratio_before"] < 1.1 and 0.9 < row["step_ratio_after"] < 1.1
+    legs = row["leg_step_ratios"]  # the drive and the reverse (the stop between has no steps of its own)
+    assert len(legs) == 2 and all(0.9 < r < 1.1 for leg in legs for r in leg)
+    assert legs[0][0] == pytest.approx(row["step_ratio_before"], rel=0.05)
     bad = subprocess.run([sys.executable, str(REPO / "scripts" / "robot_moves.py"), "--scenarios", "moonwalk"],
                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert bad.returncode == 2 and "unknown scenario" in bad.stderr
