@@ -43,6 +43,8 @@ SCENARIOS: dict[str, list[tuple[int, float, float, float]]] = {
     "pull_away": [(4, 0, 0, 0)] + [(1, 0.025 * k, 0, 0) for k in range(1, 9)] + [(16, 0.2, 0, 0)],
     # up the street and back, turning 180 deg on the spot at each end: on the way back the view is the ground alone
     "patrol": [(75, 0.2, 0, 0), (30, 0, 0, 6), (50, 0.2, 0, 0), (30, 0, 0, 6), (10, 0.2, 0, 0)],
+    # 30 m straight on: a scale that drifts with no turn at all (leg_step_ratios' first and last fifth; stop 54)
+    "straight": [(150, 0.2, 0, 0)],
     # three laps of it: 65 m, six turns (506 frames)
     "long_patrol": [(25, 0.2, 0, 0)] + [(50, 0.2, 0, 0), (30, 0, 0, 6), (50, 0.2, 0, 0), (30, 0, 0, 6)] * 3,
 }
