@@ -72,8 +72,8 @@ def score(name: str, steps, cfg) -> dict:
     # shows (long_patrol's six 10 m legs), and its first and last fifth within the leg
     legs, first = [], 0
     for n, forward, sideways, _ in steps:
-        leg = np.arange(max(first - 1, 0), first + n - 1)  # the steps into this entry's frames
-        leg = leg[(leg < len(ratio)) & moving[np.minimum(leg, len(moving) - 1)]]
+        leg = np.arange(max(first - 1, 0), min(first + n - 1, len(ratio)))  # the steps into this entry's frames
+        leg = leg[moving[leg]]
         if (forward or sideways) and leg.size:
             fifth = max(leg.size // 5, 1)
             legs.append([float(np.median(ratio[leg])), float(np.median(ratio[leg[:fifth]])),
