@@ -5,8 +5,9 @@ import pytest
 
 from kp2d_ros.config import GeometryConfig
 from kp2d_ros.geometry import (bearings, compose_relative, pure_rotation_fit, estimate_relative_pose, inverse_depths, invert_se3,
-                               normalize_points, pose_from_known_depths, scale_from_inverse_depths, rotation_angle_deg, rotation_compensated_parallax, se3,
+                               normalize_points, pose_from_known_depths, recover_pose, scale_from_inverse_depths, rotation_angle_deg, rotation_compensated_parallax, se3,
                                triangulation_angles, undistort_pixels, vote_log_scale)
+import kp2d_ros.geometry as geometry
 from kp2d_ros.types import Camera
 
 CAM = Camera.from_intrinsics(500.0, 500.0, 320.0, 240.0, 640, 480)
@@ -542,3 +543,43 @@ def test_a_pose_refined_against_noisy_depths_is_not_pulled_short():
     declared, plain = np.mean(errors["declared"]), np.mean(errors["plain"])
     assert plain < -0.04  # the dilution the test is about is there
     assert abs(declared) < 0.03 and abs(declared) < 0.4 * abs(plain)
+
+
+@pytest.mark.parametrize("n, far, masked", [(1500, 20.0, False), (1500, 20.0, True), (300, 20.0, False),
+                                            (1500, 1e5, True)])
+def test_recover_pose_is_opencvs(n, far, masked):
+    """The sampled cheirality vote gives OpenCV's pose, mask and triangulation: many points (the sample decides, then
+    the winner triangulates all), few points (OpenCV itself), points near infinity (an undecided vote: OpenCV)."""
+    rng = np.random.default_rng(n + int(far))
+    p0, p1 = two_views(rng, rot(1.0, -2.0, 0.5), np.array([0.3, 0.0, 1.0]), noise=0.5, n=n, near=3.0, far=far,
+                       outliers=0.1)
+    n0, n1 = normalize_points(p0, CAM), normalize_points(p1, CAM)
+    E, inl = cv2.findEssentialMat(n0, n1, np.eye(3), method=cv2.USAC_MAGSAC, threshold=1.0 / 500.0)
+    mask = inl.ravel().astype(bool) if masked else None
+    kw = {"mask": mask.astype(np.uint8).reshape(-1, 1)} if masked else {}
+    _, R_cv, t_cv, mask_cv, X_cv = cv2.recoverPose(E[:3], n0, n1, np.eye(3), distanceThresh=1000.0, **kw)
+    R, t, front, X = recover_pose(E[:3], n0, n1, 1000.0, mask, points=True)
+    front_cv = mask_cv.ravel().astype(bool) & (mask if masked else True)
+    assert np.array_equal(R, R_cv) and np.array_equal(t, t_cv.ravel())
+    assert np.array_equal(front, front_cv)
+    assert np.array_equal(X[:, front], X_cv[:, front_cv])
+    R2, t2, _, none = recover_pose(E[:3], n0, n1, 1000.0, mask)
+    assert np.array_equal(R2, R) and np.array_equal(t2, t) and none is None
+
+
+def test_recover_pose_falls_back_to_opencv_when_the_sample_is_undecided(monkeypatch):
+    """A vote whose winner leads by less than a quarter of the sample is left to OpenCV's vote of every point."""
+    rng = np.random.default_rng(7)
+    p0, p1 = two_views(rng, rot(0.5, 1.0, 0.0), np.array([0.0, 0.0, 1.0]), noise=0.3, n=1200)
+    n0, n1 = normalize_points(p0, CAM), normalize_points(p1, CAM)
+    E, _ = cv2.findEssentialMat(n0, n1, np.eye(3), method=cv2.USAC_MAGSAC, threshold=1.0 / 500.0)
+    called = []
+    real = cv2.recoverPose
+    monkeypatch.setattr(geometry.cv2, "recoverPose", lambda *a, **k: called.append(1) or real(*a, **k))
+    recover_pose(E[:3], n0, n1, 1000.0)
+    assert not called  # decisive: the sample's vote
+    monkeypatch.setattr(geometry, "_in_front", lambda R, t, a, b, d: (np.ones(len(a), bool), None))  # a tie
+    R, t, _, _ = recover_pose(E[:3], n0, n1, 1000.0)
+    assert called
+    _, R_cv, t_cv, _, _ = real(E[:3], n0, n1, np.eye(3), distanceThresh=1000.0)
+    assert np.array_equal(R, R_cv) and np.array_equal(t, t_cv.ravel())
