@@ -305,3 +305,26 @@ def test_scale_selection_bias_shows_the_each_pair_rule_short_and_the_fused_rule_
     assert abs(rules["fused@6"]["median_log_ratio"]) < 0.0015
     assert abs(rules["fused_summed@6"]["median_log_ratio"]) < 0.0015
     assert rules["fused@6"]["points"] > rules["each@6"]["points"]
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/pose_timing.py (the two-view pose's time on a replay's calls, and a digest of its results)
+# --------------------------------------------------------------------------------------------
+def test_pose_timing_records_times_and_digests_the_calls(tmp_path):
+    """Records the replay's calls once, then times the saved calls again: the same calls, the same digest."""
+    from kp2d_ros.data.synthetic import write_synthetic_sequence
+
+    write_synthetic_sequence(tmp_path / "street", 6, speed=0.2)
+    cmd = [sys.executable, str(REPO / "scripts" / "pose_timing.py"), str(tmp_path / "street"), "--config",
+           "config/vo_classical.yaml", "--rounds", "2", "--inputs", str(tmp_path / "calls.pkl")]
+    runs = []
+    for i in range(2):
+        out = tmp_path / f"t{i}.json"
+        res = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        runs.append(json.loads(out.read_text()))
+    assert (tmp_path / "calls.pkl").exists()
+    assert runs[0]["calls"] == runs[1]["calls"] == 5  # one pose per frame after the first
+    assert runs[0]["digest"] == runs[1]["digest"] and len(runs[0]["digest"]) == 64
+    assert len(runs[0]["per_call_ms"]) == 2 and min(runs[0]["per_call_ms"]) > 0
+    assert runs[0]["code"] == str(REPO)
