@@ -487,9 +487,27 @@ def _same_basin(Ra: np.ndarray, ta: np.ndarray, Rb: np.ndarray, tb: np.ndarray,
 VOTE_POINTS = 256
 
 
+@dataclass
+class RecoveredPose:
+    """The pose :func:`recover_pose` picks among an essential matrix's four.
+
+    Attributes
+    ----------
+    R : (3, 3) rotation view 0 -> view 1. t : (3,) unit translation.
+    in_front : (N,) bool, the voting correspondences in front of both cameras under (R, t) and nearer than the
+        distance threshold (OpenCV's mask; None unless ``points`` was asked for).
+    points : (4, N) homogeneous triangulation under (R, t) of the voting correspondences, zero columns elsewhere
+        (None unless ``points`` was asked for).
+    """
+
+    R: np.ndarray
+    t: np.ndarray
+    in_front: np.ndarray | None = None
+    points: np.ndarray | None = None
+
+
 def recover_pose(E: np.ndarray, n0: np.ndarray, n1: np.ndarray, distance_threshold: float,
-                 mask: np.ndarray | None = None, points: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+                 mask: np.ndarray | None = None, points: bool = False) -> RecoveredPose:
     """``cv2.recoverPose`` on normalised coordinates, its cheirality vote on a sample of the correspondences.
 
     The pose is one of ``cv2.decomposeEssentialMat(E)``'s four, the one in front of which the most correspondences
@@ -503,12 +521,11 @@ def recover_pose(E: np.ndarray, n0: np.ndarray, n1: np.ndarray, distance_thresho
     E : (3, 3) essential matrix. n0, n1 : (N, 2) normalised coordinates.
     distance_threshold : OpenCV's ``distanceThresh`` (in baselines): farther points do not vote.
     mask : (N,) bool, the correspondences that vote (all when None).
-    points : also return the winner's triangulation of the voting correspondences.
+    points : also return which voting correspondences are in front under the winner, and their triangulation.
 
     Returns
     -------
-    (R, unit t, (N,) bool: voting correspondences in front of both cameras under (R, t), (4, N) homogeneous points
-    of the voting correspondences (zero columns elsewhere) or None without ``points``).
+    RecoveredPose.
     """
     n = len(n0)
     vote = np.ones(n, bool) if mask is None else np.asarray(mask, bool)
@@ -522,17 +539,19 @@ def recover_pose(E: np.ndarray, n0: np.ndarray, n1: np.ndarray, distance_thresho
         if counts[order[0]] - counts[order[1]] >= VOTE_POINTS // 4:
             R, t = poses[int(order[0])]
             if not points:
-                return R, t.ravel(), vote, None
+                return RecoveredPose(R, t.ravel())
             front, Q = _in_front(R, t, n0[idx], n1[idx], distance_threshold)
             chiral = np.zeros(n, bool)
             chiral[idx[front]] = True
             X = np.zeros((4, n))
             X[:, idx] = Q
-            return R, t.ravel(), chiral, X
+            return RecoveredPose(R, t.ravel(), chiral, X)
     # Keyword arguments select the overload with distanceThresh (positional ones are ambiguous).
     _, R, t, pose_mask, X = cv2.recoverPose(E, n0, n1, np.eye(3), distanceThresh=distance_threshold,
                                             mask=vote.astype(np.uint8).reshape(-1, 1))
-    return R, t.ravel(), pose_mask.ravel().astype(bool) & vote, X if points else None
+    if not points:
+        return RecoveredPose(R, t.ravel())
+    return RecoveredPose(R, t.ravel(), pose_mask.ravel().astype(bool) & vote, X)
 
 
 def _in_front(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, distance_threshold: float
@@ -558,7 +577,7 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
 
     Steps: undistort and normalise the points, robust essential matrix (OpenCV USAC, threshold
     converted from pixels with the focal length), robust least-squares polishing of (R, t) on the
-    inliers' Sampson errors, cheirality check with ``recoverPose`` using a large
+    inliers' Sampson errors, cheirality check (:func:`recover_pose`, OpenCV's ``recoverPose`` test) using a large
     ``distanceThresh`` (the 4-argument overload rejects every point farther than 50 baselines,
     which picks wrong poses on small baselines), triangulation of the inliers.
     ``inliers`` marks the epipolar inliers (far points included); ``points3d`` holds those that
@@ -615,7 +634,8 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
         return None
     # Polish the minimal-sample model over all inliers, then re-select the inliers.
     thr = cfg.ransac_threshold_px / f
-    R0, t0, _, _ = recover_pose(E, n0[inl], n1[inl], cfg.distance_threshold)
+    first = recover_pose(E, n0[inl], n1[inl], cfg.distance_threshold)
+    R0, t0 = first.R, first.t
 
     def polish(R_h, t_h, inl_h, rounds, iterations=20):
         """(R, t, inliers, Sampson errors of all correspondences; None when no round ran)."""
@@ -646,7 +666,8 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
     E = skew(t0) @ R0
     if inl.sum() < cfg.min_inliers:
         return None
-    R, t, chiral, X = recover_pose(E, n0, n1, cfg.distance_threshold, inl, points=True)
+    chosen = recover_pose(E, n0, n1, cfg.distance_threshold, inl, points=True)
+    R, t, chiral, X = chosen.R, chosen.t, chosen.in_front, chosen.points
 
     # Translation observability: parallax left after the best pure rotation (model selection; the
     # essential matrix of a pure rotation is degenerate and its R may be the twisted solution).

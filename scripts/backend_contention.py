@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
               f"CPU x{summary['cpu_ratio']:.3f}")
     print(f"in the front end's thread (threaded, the node's mode): pose + backend stages "
           f"{on['pose'] + on['backend']:.2f} ms per frame with the window, {off['pose'] + off['backend']:.2f} ms "
-          f"without (+{summary['in_thread_ms']:.2f} ms); before the pose goes out +{summary['before_pose_ms']:.2f} ms")
+          f"without ({summary['in_thread_ms']:+.2f} ms); before the pose goes out {summary['before_pose_ms']:+.2f} ms")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(summary, indent=1))

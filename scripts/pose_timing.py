@@ -102,7 +102,8 @@ def main(argv=None) -> int:
         per_call_ms.append((time.perf_counter() - t0) / len(calls) * 1e3)
     import kp2d_ros
 
-    report = {"code": str(Path(kp2d_ros.__file__).parent.parent), "sequence": args.sequence, "config": args.config, "calls": len(calls),
+    report = {"code": str(Path(kp2d_ros.__file__).parent.parent), "sequence": args.sequence, "config": args.config,
+              "calls": len(calls),
               "points_median": float(np.median([len(a[0]) for a, _ in calls])),
               "per_call_ms": per_call_ms, "per_call_ms_median": float(np.median(per_call_ms)),
               "digest": digest(results)}

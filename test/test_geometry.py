@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from kp2d_ros.config import GeometryConfig
-from kp2d_ros.geometry import (bearings, compose_relative, pure_rotation_fit, estimate_relative_pose, inverse_depths, invert_se3,
-                               normalize_points, pose_from_known_depths, recover_pose, scale_from_inverse_depths, rotation_angle_deg, rotation_compensated_parallax, se3,
+from kp2d_ros.geometry import (bearings, compose_relative, estimate_relative_pose, inverse_depths, invert_se3,
+                               normalize_points, pose_from_known_depths, pure_rotation_fit, recover_pose,
+                               rotation_angle_deg, rotation_compensated_parallax, scale_from_inverse_depths, se3,
                                triangulation_angles, undistort_pixels, vote_log_scale)
 import kp2d_ros.geometry as geometry
 from kp2d_ros.types import Camera
@@ -558,13 +559,14 @@ def test_recover_pose_is_opencvs(n, far, masked):
     mask = inl.ravel().astype(bool) if masked else None
     kw = {"mask": mask.astype(np.uint8).reshape(-1, 1)} if masked else {}
     _, R_cv, t_cv, mask_cv, X_cv = cv2.recoverPose(E[:3], n0, n1, np.eye(3), distanceThresh=1000.0, **kw)
-    R, t, front, X = recover_pose(E[:3], n0, n1, 1000.0, mask, points=True)
+    got = recover_pose(E[:3], n0, n1, 1000.0, mask, points=True)
     front_cv = mask_cv.ravel().astype(bool) & (mask if masked else True)
-    assert np.array_equal(R, R_cv) and np.array_equal(t, t_cv.ravel())
-    assert np.array_equal(front, front_cv)
-    assert np.array_equal(X[:, front], X_cv[:, front_cv])
-    R2, t2, _, none = recover_pose(E[:3], n0, n1, 1000.0, mask)
-    assert np.array_equal(R2, R) and np.array_equal(t2, t) and none is None
+    assert np.array_equal(got.R, R_cv) and np.array_equal(got.t, t_cv.ravel())
+    assert np.array_equal(got.in_front, front_cv)
+    assert np.array_equal(got.points[:, got.in_front], X_cv[:, front_cv])
+    pose_only = recover_pose(E[:3], n0, n1, 1000.0, mask)
+    assert np.array_equal(pose_only.R, got.R) and np.array_equal(pose_only.t, got.t)
+    assert pose_only.in_front is None and pose_only.points is None
 
 
 def test_recover_pose_falls_back_to_opencv_when_the_sample_is_undecided(monkeypatch):
@@ -579,7 +581,7 @@ def test_recover_pose_falls_back_to_opencv_when_the_sample_is_undecided(monkeypa
     recover_pose(E[:3], n0, n1, 1000.0)
     assert not called  # decisive: the sample's vote
     monkeypatch.setattr(geometry, "_in_front", lambda R, t, a, b, d: (np.ones(len(a), bool), None))  # a tie
-    R, t, _, _ = recover_pose(E[:3], n0, n1, 1000.0)
+    got = recover_pose(E[:3], n0, n1, 1000.0)
     assert called
     _, R_cv, t_cv, _, _ = real(E[:3], n0, n1, np.eye(3), distanceThresh=1000.0)
-    assert np.array_equal(R, R_cv) and np.array_equal(t, t_cv.ravel())
+    assert np.array_equal(got.R, R_cv) and np.array_equal(got.t, t_cv.ravel())
