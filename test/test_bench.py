@@ -49,13 +49,14 @@ def test_bench_cli_kp2d_with_io_net(tmp_path):
     assert r["device"] == "cpu" and r["resolution"] == [160, 120] and r["frames"] == 3
     from kp2d_ros.runtime import cpu_has_native_bf16
 
-    # the dtype the network really ran in: half precision is bf16 only on a CPU with native bf16
+    # the dtype the network really ran in: fp32 by default (frontend.half_precision false since stop 56)
     assert r["io_net"] == str(io) and r["model"] == str(kp)
-    assert r["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert r["precision"] == "fp32"
     assert r["stages_ms"]["io_net"] > 0  # the scorer ran
     rc = main(["bench", "--frontend", "kp2d", "--resolution", "160x120", "--device", "cpu", "--model", str(kp),
-               "--io-net", str(io), "--frames", "2", "--warmup", "1", "--repeat", "2", "--out", str(out)])
-    assert rc == 0  # --repeat pools the runs: the dtype must survive the pooling
+               "--io-net", str(io), "--precision", "half", "--frames", "2", "--warmup", "1", "--repeat", "2",
+               "--out", str(out)])
+    assert rc == 0  # --repeat pools the runs: the dtype must survive the pooling (half is bf16 only where native)
     assert json.loads(out.read_text())["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
     rc = main(["bench", "--frontend", "kp2d", "--resolution", "160x120", "--device", "cpu", "--model", str(kp),
                "--io-net", "none", "--precision", "fp32", "--frames", "2", "--warmup", "1", "--out", str(out)])

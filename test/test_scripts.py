@@ -328,3 +328,45 @@ def test_pose_timing_records_times_and_digests_the_calls(tmp_path):
     assert runs[0]["digest"] == runs[1]["digest"] and len(runs[0]["digest"]) == 64
     assert len(runs[0]["per_call_ms"]) == 2 and min(runs[0]["per_call_ms"]) > 0
     assert runs[0]["code"] == str(REPO)
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/precision_parts.py (which parts of KeyPointNet's bf16 move the VO results)
+# --------------------------------------------------------------------------------------------
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_precision_parts_runs_the_named_modules_in_fp32():
+    """A bf16 inference copy with the location head in fp32: its raw location output is fp32 and nearer the fp32
+    network's than the all-bf16 copy's; the other heads' outputs are unchanged; an unknown module name is refused."""
+    import torch
+
+    from kp2d_ros.networks.keypoint_net import KeyPointNet
+    from kp2d_ros.networks.kp2d_frontend import NetworkBody, inference_copy
+
+    pp = _load_script("precision_parts")
+    torch.manual_seed(0)
+    model = KeyPointNet(width_multiplier=0.25).eval()
+    image = torch.rand(1, model.config.in_channels, 32, 48)
+    cpu = torch.device("cpu")
+
+    def run(net, dtype):
+        with torch.inference_mode():
+            return NetworkBody(net)(image.to(dtype).contiguous(memory_format=torch.channels_last))
+
+    ref = run(inference_copy(model, cpu, torch.float32), torch.float32)
+    half = run(inference_copy(model, cpu, torch.bfloat16), torch.bfloat16)
+    mixed_net = pp.with_fp32_parts(inference_copy(model, cpu, torch.bfloat16), ["loc_a", "loc_b"])
+    mixed = run(mixed_net, torch.bfloat16)
+    assert isinstance(mixed_net.loc_a, pp.InFloat32) and next(mixed_net.loc_a.parameters()).dtype == torch.float32
+    assert mixed[1].dtype == torch.float32 and mixed[0].dtype == torch.bfloat16  # location fp32, scores as before
+    assert torch.equal(mixed[0], half[0]) and torch.equal(mixed[2], half[2])
+    err = lambda out: float((out[1].float() - ref[1]).abs().max())  # noqa: E731
+    assert err(mixed) < err(half)
+    with pytest.raises(SystemExit):
+        pp.with_fp32_parts(inference_copy(model, cpu, torch.bfloat16), ["no_such_layer"])
+    assert pp.main(["--fp32", "loc_a"]) == 2  # no "--" and no command
