@@ -1,24 +1,27 @@
 #!/usr/bin/env python3
-"""Run any ``kp2d`` command with chosen parts of KeyPointNet in fp32 and the rest in the configured half precision
-(bf16 on a CPU with native bf16): which part of the network's low precision moves the VO results.
+"""Run any ``kp2d`` command with KeyPointNet in half precision (bf16 on a CPU with native bf16, fp16 on CUDA; whatever
+``frontend.half_precision`` says) except chosen modules in fp32: which part of the network's low precision moves the VO
+results.
 
     python scripts/precision_parts.py --fp32 loc_a,loc_b -- replay ../shared/data/vo/tum_fr2_desk_20f --out out/p/loc
-    python scripts/precision_parts.py --fp32 conv4a,conv4b,loc_a,loc_b -- stress ../shared/data/vo/kitti07_f0000-0159 \
-        --no-progress --out out/p/k07_conv4loc
+    python scripts/precision_parts.py --fp32 conv1a,conv1b,conv2a,conv2b,conv3a,conv3b,conv4a,conv4b -- \
+        stress ../shared/data/vo/kitti07_f0000-0159 --no-progress --out out/p/k07_encoder
+    python scripts/precision_parts.py -- stress ...                     # all of it in half precision
 
 ``--fp32`` names modules of :class:`~kp2d_ros.networks.keypoint_net.KeyPointNet` (``conv1a`` ... ``conv4b``,
 ``score_a``, ``score_b``, ``loc_a``, ``loc_b``, ``desc_a``, ``desc_up``, ``desc_b``, ``desc_c``). Each named module of
 the frontend's inference copy (BatchNorm folded) runs in fp32 on its input cast up, and its output is cast back to
 the network's dtype (the heads' last convolutions, whose outputs are read in fp32, keep it in fp32); the rest is
-unchanged. ``frontend.half_precision=false`` (a ``--set`` of the command) is the
-all-fp32 reference. Prints the command's own output. Stop 56 (AMX Xeon): the location head in fp32 on bf16 features
-gave KITTI 07 ``kp2d stress`` an odometry geometric mean of 0.0946 m against 0.0961 m all-bf16 (docs/results.md,
-*KeyPointNet in bf16*).
+unchanged. On a CPU without native bf16 the whole network runs in fp32 (as ``frontend.half_precision`` does there).
+Stop 56 (AMX Xeon, KITTI 07, ``kp2d stress --variants clean,lag2,drops0,drops2,drops0+lag2,stop``, odometry ATE
+geometric mean): encoder in fp32 0.086 m, descriptor head 0.091 m, score and location heads 0.102 m; all bf16 0.100 m,
+all fp32 0.063 m (docs/results.md, *KeyPointNet in bf16*).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -71,11 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     from kp2d_ros.cli import main as kp2d_main
 
     original = frontend_module.inference_copy
+    original_init = frontend_module.KP2DFrontend.__init__
+
+    def init(self, config=None, model=None):
+        from kp2d_ros.config import FrontendConfig
+
+        original_init(self, replace(config or FrontendConfig(type="kp2d"), half_precision=True), model)
 
     def inference_copy(model, device, dtype):
         return with_fp32_parts(original(model, device, dtype), names)
 
     frontend_module.inference_copy = inference_copy
+    frontend_module.KP2DFrontend.__init__ = init
     sys.argv = ["kp2d"] + argv[split + 1:]
     return kp2d_main()
 
