@@ -223,10 +223,12 @@ def make_match_set(frontend, image: np.ndarray, cfg: EpipolarPairConfig, rng: np
 
 
 def build_match_sets(images: list[Path], keypoint_net_path: str | Path, n_pairs: int, cfg: EpipolarPairConfig,
-                     seed: int = 0, device: str = "auto", half_precision: bool = True,
+                     seed: int = 0, device: str = "auto", half_precision: bool = False,
                      progress: Callable[[int, int], None] | None = None, frontend_type: str = "kp2d") -> list[MatchSet]:
     """Match sets of ``n_pairs`` synthetic pairs (images drawn with replacement) with the frozen KeyPointNet
-    (or, with ``frontend_type="sift"``, RootSIFT: an IO-Net for any unit-norm float descriptor).
+    (or, with ``frontend_type="sift"``, RootSIFT: an IO-Net for any unit-norm float descriptor). ``half_precision``:
+    the network as ``frontend.half_precision`` runs it (off, as the pipeline's default since stop 56: the IO-Net
+    learns the descriptor distances the pipeline will give it).
 
     Raises
     ------
