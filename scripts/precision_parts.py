@@ -7,22 +7,29 @@ results.
     python scripts/precision_parts.py --fp32 conv1a,conv1b,conv2a,conv2b,conv3a,conv3b,conv4a,conv4b -- \
         stress ../shared/data/vo/kitti07_f0000-0159 --no-progress --out out/p/k07_encoder
     python scripts/precision_parts.py -- stress ...                     # all of it in half precision
+    python scripts/precision_parts.py --fp32 all --jitter-px 0.02 --seed 1 -- stress ...   # fp32, keypoints jittered
 
 ``--fp32`` names modules of :class:`~kp2d_ros.networks.keypoint_net.KeyPointNet` (``conv1a`` ... ``conv4b``,
 ``score_a``, ``score_b``, ``loc_a``, ``loc_b``, ``desc_a``, ``desc_up``, ``desc_b``, ``desc_c``). Each named module of
 the frontend's inference copy (BatchNorm folded) runs in fp32 on its input cast up, and its output is cast back to
 the network's dtype (the heads' last convolutions, whose outputs are read in fp32, keep it in fp32); the rest is
 unchanged. On a CPU without native bf16 the whole network runs in fp32 (as ``frontend.half_precision`` does there).
+``--fp32 all`` runs the whole network in fp32. ``--jitter-px SIGMA`` moves every keypoint the network gives by a
+Gaussian offset of SIGMA px per axis, drawn from ``--seed`` and the image (the same offsets for the same image in
+every run): a control for a precision's keypoint shift (bf16 moves the shipped network's by a median 0.02 px).
 Stop 56 (AMX Xeon, KITTI 07, ``kp2d stress --variants clean,lag2,drops0,drops2,drops0+lag2,stop``, odometry ATE
 geometric mean): encoder in fp32 0.086 m, descriptor head 0.091 m, score and location heads 0.102 m; all bf16 0.100 m,
-all fp32 0.063 m (docs/results.md, *KeyPointNet in bf16*).
+all fp32 0.063 m; all fp32 with the keypoints jittered by 0.02 px, seeds 1 and 2: 0.066, 0.066 m (docs/results.md,
+*KeyPointNet in bf16*).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import zlib
 from dataclasses import replace
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -59,6 +66,12 @@ def with_fp32_parts(net: nn.Module, names: list[str]) -> nn.Module:
     return net
 
 
+def jittered(points: torch.Tensor, image: np.ndarray, sigma_px: float, seed: int) -> torch.Tensor:
+    """(N, 2) ``points`` moved by N(0, ``sigma_px``) per axis, drawn from ``seed`` and the image's content."""
+    rng = np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(image[::7, ::7]).tobytes())])
+    return points + torch.from_numpy(rng.normal(0, sigma_px, tuple(points.shape)).astype(np.float32)).to(points.device)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--" not in argv:
@@ -66,9 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     split = argv.index("--")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fp32", default="", help="comma-separated KeyPointNet modules to run in fp32")
+    p.add_argument("--fp32", default="", help="comma-separated KeyPointNet modules to run in fp32, or 'all'")
+    p.add_argument("--jitter-px", type=float, default=0.0, help="Gaussian keypoint jitter per axis (px; 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="the jitter's seed")
     args = p.parse_args(argv[:split])
     names = [n for n in args.fp32.split(",") if n]
+    half = names != ["all"]
 
     import kp2d_ros.networks.kp2d_frontend as frontend_module
     from kp2d_ros.cli import main as kp2d_main
@@ -79,13 +95,21 @@ def main(argv: list[str] | None = None) -> int:
     def init(self, config=None, model=None):
         from kp2d_ros.config import FrontendConfig
 
-        original_init(self, replace(config or FrontendConfig(type="kp2d"), half_precision=True), model)
+        original_init(self, replace(config or FrontendConfig(type="kp2d"), half_precision=half), model)
 
     def inference_copy(model, device, dtype):
-        return with_fp32_parts(original(model, device, dtype), names)
+        return with_fp32_parts(original(model, device, dtype), names if half else [])
+
+    original_detect = frontend_module.KP2DFrontend.detect_tensors
+
+    def detect_tensors(self, image):
+        points, scores, descriptors = original_detect(self, image)
+        return jittered(points, image, args.jitter_px, args.seed), scores, descriptors
 
     frontend_module.inference_copy = inference_copy
     frontend_module.KP2DFrontend.__init__ = init
+    if args.jitter_px > 0:
+        frontend_module.KP2DFrontend.detect_tensors = detect_tensors
     sys.argv = ["kp2d"] + argv[split + 1:]
     return kp2d_main()
 
