@@ -8,6 +8,7 @@ results.
         stress ../shared/data/vo/kitti07_f0000-0159 --no-progress --out out/p/k07_encoder
     python scripts/precision_parts.py -- stress ...                     # all of it in half precision
     python scripts/precision_parts.py --fp32 all --jitter-px 0.02 --seed 1 -- stress ...   # fp32, keypoints jittered
+    python scripts/precision_parts.py --fp32 all --half-outputs scores -- stress ...  # fp32, bf16's scores
 
 ``--fp32`` names modules of :class:`~kp2d_ros.networks.keypoint_net.KeyPointNet` (``conv1a`` ... ``conv4b``,
 ``score_a``, ``score_b``, ``loc_a``, ``loc_b``, ``desc_a``, ``desc_up``, ``desc_b``, ``desc_c``). Each named module of
@@ -17,6 +18,11 @@ unchanged. On a CPU without native bf16 the whole network runs in fp32 (as ``fro
 ``--fp32 all`` runs the whole network in fp32. ``--jitter-px SIGMA`` moves every keypoint the network gives by a
 Gaussian offset of SIGMA px per axis, drawn from ``--seed`` and the image (the same offsets for the same image in
 every run): a control for a precision's keypoint shift (bf16 moves the shipped network's by a median 0.02 px).
+``--half-outputs scores,locations,descriptors`` (with ``--fp32 all``): the network runs twice, in fp32 and in half
+precision, and the named outputs of its dense body (score logits: which keypoints are kept and in which order;
+the location head's raw output: where they are; the descriptor features that the last convolution reads, applied
+in fp32) come from the half-precision run, the others from fp32: which of the network's outputs carries the VO
+cost of the low precision.
 Stop 56 (AMX Xeon, KITTI 07, ``kp2d stress --variants clean,lag2,drops0,drops2,drops0+lag2,stop``, odometry ATE
 geometric mean): encoder in fp32 0.086 m, descriptor head 0.091 m, score and location heads 0.102 m; all bf16 0.100 m,
 all fp32 0.063 m; all fp32 with the keypoints jittered by 0.02 px, seeds 1 and 2: 0.066, 0.066 m (docs/results.md,
@@ -66,6 +72,25 @@ def with_fp32_parts(net: nn.Module, names: list[str]) -> nn.Module:
     return net
 
 
+BODY_OUTPUTS = ("scores", "locations", "descriptors")  # what the frontend's dense body returns, in its order
+
+
+class MixedBody:
+    """A frontend's dense body whose ``outputs`` (names of :data:`BODY_OUTPUTS`) come from a second body (the network
+    in ``other_dtype``, which its input is cast to), cast to the first body's dtypes."""
+
+    def __init__(self, body, other, other_dtype: torch.dtype, outputs: list[str]):
+        if body is None or other is None:
+            raise SystemExit("error: --half-outputs needs the frontend's torchscript or onnxruntime engine")
+        self.body, self.other, self.other_dtype = body, other, other_dtype
+        self.take = [n in outputs for n in BODY_OUTPUTS]
+
+    def __call__(self, image: torch.Tensor):
+        mine = self.body(image)
+        theirs = self.other(image.to(self.other_dtype))
+        return tuple(t.to(m.dtype) if take else m for m, t, take in zip(mine, theirs, self.take))
+
+
 def jittered(points: torch.Tensor, image: np.ndarray, sigma_px: float, seed: int) -> torch.Tensor:
     """(N, 2) ``points`` moved by N(0, ``sigma_px``) per axis, drawn from ``seed`` and the image's content."""
     rng = np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(image[::7, ::7]).tobytes())])
@@ -82,9 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp32", default="", help="comma-separated KeyPointNet modules to run in fp32, or 'all'")
     p.add_argument("--jitter-px", type=float, default=0.0, help="Gaussian keypoint jitter per axis (px; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="the jitter's seed")
+    p.add_argument("--half-outputs", default="",
+                   help="with --fp32 all: comma-separated body outputs (scores, locations, descriptors) taken from "
+                        "the network in half precision")
     args = p.parse_args(argv[:split])
     names = [n for n in args.fp32.split(",") if n]
     half = names != ["all"]
+    outputs = [n for n in args.half_outputs.split(",") if n]
+    if outputs and half:
+        p.error("--half-outputs needs --fp32 all")
+    if set(outputs) - set(BODY_OUTPUTS):
+        p.error(f"--half-outputs: choose from {', '.join(BODY_OUTPUTS)}")
 
     import kp2d_ros.networks.kp2d_frontend as frontend_module
     from kp2d_ros.cli import main as kp2d_main
@@ -106,8 +139,17 @@ def main(argv: list[str] | None = None) -> int:
         points, scores, descriptors = original_detect(self, image)
         return jittered(points, image, args.jitter_px, args.seed), scores, descriptors
 
+    def init_mixed(self, config=None, model=None):
+        from kp2d_ros.config import FrontendConfig
+
+        config = config or FrontendConfig(type="kp2d")
+        original_init(self, replace(config, half_precision=False), model)
+        low = object.__new__(frontend_module.KP2DFrontend)
+        original_init(low, replace(config, half_precision=True), self.model)
+        self._body = MixedBody(self._body, low._body, low.dtype, outputs)
+
     frontend_module.inference_copy = inference_copy
-    frontend_module.KP2DFrontend.__init__ = init
+    frontend_module.KP2DFrontend.__init__ = init_mixed if outputs else init
     if args.jitter_px > 0:
         frontend_module.KP2DFrontend.detect_tensors = detect_tensors
     sys.argv = ["kp2d"] + argv[split + 1:]

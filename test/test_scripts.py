@@ -372,6 +372,31 @@ def test_precision_parts_runs_the_named_modules_in_fp32():
     assert pp.main(["--fp32", "loc_a"]) == 2  # no "--" and no command
 
 
+def test_precision_parts_mixed_body_takes_the_named_outputs_from_the_other_precision():
+    """``--half-outputs``: the fp32 body's outputs, except the named ones, which come from the bf16 body (cast to the
+    fp32 body's dtype); the option needs ``--fp32 all`` and known output names."""
+    import torch
+
+    from kp2d_ros.networks.keypoint_net import KeyPointNet
+    from kp2d_ros.networks.kp2d_frontend import NetworkBody, inference_copy
+
+    pp = _load_script("precision_parts")
+    torch.manual_seed(0)
+    model = KeyPointNet(width_multiplier=0.25).eval()
+    image = torch.rand(1, model.config.in_channels, 32, 48).contiguous(memory_format=torch.channels_last)
+    cpu = torch.device("cpu")
+    fp32, bf16 = (NetworkBody(inference_copy(model, cpu, d)) for d in (torch.float32, torch.bfloat16))
+    with torch.inference_mode():
+        ref, low = fp32(image), bf16(image.to(torch.bfloat16))
+        mixed = pp.MixedBody(fp32, bf16, torch.bfloat16, ["locations"])(image)
+    assert all(m.dtype == torch.float32 for m in mixed)
+    assert torch.equal(mixed[0], ref[0]) and torch.equal(mixed[2], ref[2])
+    assert torch.equal(mixed[1], low[1].float()) and not torch.equal(mixed[1], ref[1])
+    for bad in (["--half-outputs", "scores", "--", "replay"], ["--fp32", "all", "--half-outputs", "loc", "--", "replay"]):
+        with pytest.raises(SystemExit):
+            pp.main(bad)
+
+
 def test_precision_parts_jitter_is_the_same_for_the_same_image_and_seed():
     """The keypoint jitter (a control for a precision's keypoint shift): the same offsets for the same image and
     seed, others for another seed, spread as asked."""
