@@ -11,7 +11,7 @@ from conftest import REPO
 from kp2d_ros.config import FrontendConfig
 from kp2d_ros.networks import kp2d_frontend
 from kp2d_ros.networks.keypoint_net import KeyPointNet, preprocess, select_top_k
-from kp2d_ros.networks.kp2d_frontend import KP2DFrontend, local_maxima, select_device
+from kp2d_ros.networks.kp2d_frontend import KP2DFrontend, cell_scores, local_maxima, select_device
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,16 @@ def test_local_maxima_ties_and_isolated_points():
     keep = local_maxima(scores, kps, radius=5.0, reach_cells=1).view(2, 3)
     # (0,0) and (0,1) tie: the lower index wins; every other point is isolated
     assert keep.tolist() == [[True, False, True], [True, True, True]]
+
+
+def test_half_precision_scores_keep_the_order_of_their_logits():
+    # bf16 logits of the range the best cells have: each distinct logit keeps a distinct score (a sigmoid in bf16
+    # merges them: its outputs near 1 lie 0.002-0.004 apart), so the top-k is chosen by the network, not by the sort
+    logits = torch.linspace(1.0, 6.0, 400).to(torch.bfloat16).unique().reshape(1, 1, 1, -1)
+    scores = cell_scores(logits)
+    assert scores.dtype == torch.float32 and scores.shape == (1, logits.shape[-1])
+    assert bool((scores[0, 1:] > scores[0, :-1]).all())
+    assert torch.sigmoid(logits).unique().numel() < logits.numel() // 2  # what the old bf16 sigmoid gave
 
 
 def test_score_threshold_can_empty_the_set(net):
