@@ -833,6 +833,17 @@ class _CeresWindow:
         return options
 
 
+def combine_k1(estimates: list[float], sigmas: list[float | None], how: str = "median") -> float:
+    """The k1 the front end undistorts with, from the latest windows' ``estimates`` and their standard deviations
+    (``backend.k1_average``): their median, or (``weighted``) their mean weighted by inverse variance, so that a
+    window that sees k1 well (a turn) outweighs one that hardly does (a straight drive, 10x the standard deviation).
+    Windows without a standard deviation (GTSAM) make it the median."""
+    if how == "weighted" and estimates and all(s is not None and s > 0 for s in sigmas):
+        w = 1.0 / np.square(np.asarray(sigmas, float))
+        return float(np.sum(w * np.asarray(estimates, float)) / np.sum(w))
+    return float(np.median(estimates))
+
+
 def scale_gauge(poses: np.ndarray, num_fixed: int, min_spread: float = 0.1, sigma: float = 1e-3
                 ) -> np.ndarray | None:
     """The window's scale, held by a distance when its held keyframes cannot hold it.

@@ -375,6 +375,9 @@ class BackendConfig:
     # around the configured model; both: |k1| > 5x this is a diverged window
     k1_prior_sigma: float = 0.05
     k1_windows: int = 9  # the front end takes the median of this many latest window estimates (from the 3rd on)
+    # how those estimates combine: median | weighted (each by its inverse variance, Ceres' standard deviation; GTSAM
+    # reports none: median)
+    k1_average: str = "median"
     # A keyframe pair's metric length (wheel odometry, the ground plane) is a prior on the distance between the two
     # keyframes in every window that holds both (kp2d_ros/backend.py).
     metric_priors: bool = True
@@ -410,6 +413,7 @@ class BackendConfig:
                               f"({self.min_landmarks})")
         _positive("backend.k1_prior_sigma", self.k1_prior_sigma)
         _positive("backend.k1_windows", self.k1_windows)
+        _choice("backend.k1_average", self.k1_average, ("median", "weighted"))
 
 
 @dataclass

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from kp2d_ros.backend import (BAResult, BackendStatus, BackendWorker, LaggedWorker, LocalMap, WindowProblem,
-                              bundle_adjust, check_solver)
+                              bundle_adjust, check_solver, combine_k1)
 from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend
@@ -225,6 +225,7 @@ class VOPipeline:
         # windows that measured it report one: backend.bundle_adjust), and the one the front end undistorts with (the
         # median of the latest; kept across resets: same camera).
         self.k1_estimates: list[float] = []
+        self.k1_sigmas: list[float | None] = []  # their standard deviations (None: GTSAM's windows report none)
         self.k1 = 0.0
         self._raw_camera: Camera | None = None
         # keyframes whose window found the worker busy (threaded; over the pipeline's life, resets included)
@@ -1358,8 +1359,9 @@ class VOPipeline:
         if result.k1 is not None:
             bc = self.cfg.backend
             self.k1_estimates = (self.k1_estimates + [float(result.k1)])[-bc.k1_windows:]
+            self.k1_sigmas = (self.k1_sigmas + [result.k1_sigma])[-bc.k1_windows:]
             if len(self.k1_estimates) >= min(3, bc.k1_windows):
-                self.k1 = float(np.median(self.k1_estimates))
+                self.k1 = combine_k1(self.k1_estimates, self.k1_sigmas, bc.k1_average)
         ref = self.ref
         if ref is not None and ref.id in self.map.poses:
             # The next frames are posed against the reference's refined pose: in map they jump by its correction.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kp2d_ros.backend import (BAResult, BackendWorker, LaggedWorker, LocalMap, WindowProblem, _bundle_adjust, _CeresWindow,
-                              bundle_adjust, reprojection_errors, run_window)
+                              bundle_adjust, combine_k1, reprojection_errors, run_window)
 from kp2d_ros.config import BackendConfig, ConfigError, VOConfig
 from kp2d_ros.data.synthetic_window import driving_poses, perturb_poses, synthetic_window
 from kp2d_ros.geometry import invert_se3, rotation_angle_deg
@@ -676,7 +676,8 @@ def test_the_worker_process_outlives_ctrl_c_and_ends_quietly_with_the_program():
 
 def test_config_validation():
     for bad in (dict(window=2), dict(window=5, fixed_keyframes=5), dict(fixed_keyframes=1),
-                dict(max_landmarks=10, min_landmarks=20), dict(kernel_px=0), dict(kernel="l2"), dict(max_step_change=1.0)):
+                dict(max_landmarks=10, min_landmarks=20), dict(kernel_px=0), dict(kernel="l2"), dict(max_step_change=1.0),
+                dict(k1_average="mean")):
         with pytest.raises(ConfigError):
             BackendConfig(**bad).validate()
     BackendConfig(window=0).validate()
@@ -926,6 +927,17 @@ def test_the_k1_standard_deviation_is_the_spread_of_the_estimates():
     assert bundle_adjust(m.problem(cfg.noise_px / F, 0.0, False), cfg, F).k1_sigma is None
     gcfg = BackendConfig(window=3, fixed_keyframes=2, max_landmarks=10_000, noise_px=0.25, solver="gtsam")
     assert bundle_adjust(m.problem(cfg.noise_px / F, 0.0, True), gcfg, F).k1_sigma is None
+
+
+def test_k1_estimates_combine_by_their_standard_deviations():
+    """``backend.k1_average``: the median of the latest windows' k1, or their inverse-variance weighted mean, in which
+    one window that measured the lens in a turn outweighs two that hardly saw it on a straight; windows without a
+    standard deviation (GTSAM) fall back to the median."""
+    estimates, sigmas = [0.02, 0.0, 0.001], [0.001, 0.01, 0.01]
+    assert combine_k1(estimates, sigmas, "median") == pytest.approx(0.001)
+    assert combine_k1(estimates, sigmas, "weighted") == pytest.approx((0.02 * 1e6 + 0.001 * 1e4) / (1e6 + 2e4))
+    assert combine_k1(estimates, [0.001, None, 0.01], "weighted") == pytest.approx(0.001)
+    assert combine_k1([0.01, 0.03], [0.002, 0.002], "weighted") == pytest.approx(0.02)
 
 
 def test_a_window_that_hardly_sees_the_lens_holds_the_front_ends():
