@@ -26,7 +26,8 @@ cost of the low precision.
 Stop 56 (AMX Xeon, KITTI 07, ``kp2d stress --variants clean,lag2,drops0,drops2,drops0+lag2,stop``, odometry ATE
 geometric mean): encoder in fp32 0.086 m, descriptor head 0.091 m, score and location heads 0.102 m; all bf16 0.100 m,
 all fp32 0.063 m; all fp32 with the keypoints jittered by 0.02 px, seeds 1 and 2: 0.066, 0.066 m (docs/results.md,
-*KeyPointNet in bf16*).
+*KeyPointNet in bf16*). Stop 57, the same 6 variants, ``--fp32 all --half-outputs NAME``: locations 0.083 m,
+descriptors 0.072 m (*KeyPointNet in bf16, continued*).
 """
 from __future__ import annotations
 
