@@ -18,6 +18,9 @@ unchanged. On a CPU without native bf16 the whole network runs in fp32 (as ``fro
 ``--fp32 all`` runs the whole network in fp32. ``--jitter-px SIGMA`` moves every keypoint the network gives by a
 Gaussian offset of SIGMA px per axis, drawn from ``--seed`` and the image (the same offsets for the same image in
 every run): a control for a precision's keypoint shift (bf16 moves the shipped network's by a median 0.02 px).
+``--jitter-mode descriptor`` draws each keypoint's offset from its descriptor instead (a fixed random linear map
+from descriptors to offsets, from ``--seed``, SIGMA px per axis): the same point moves alike in every frame that
+sees it, as bf16's shift presumably does, while ``image`` (the default) draws it afresh for each image.
 ``--half-outputs scores,locations,descriptors`` (with ``--fp32 all``): the network runs twice, in fp32 and in half
 precision, and the named outputs of its dense body (score logits: which keypoints are kept and in which order;
 the location head's raw output: where they are; the descriptor features that the last convolution reads, applied
@@ -92,6 +95,13 @@ class MixedBody:
         return tuple(t.to(m.dtype) if take else m for m, t, take in zip(mine, theirs, self.take))
 
 
+def descriptor_jittered(points: torch.Tensor, descriptors: torch.Tensor, sigma_px: float, seed: int) -> torch.Tensor:
+    """(N, 2) ``points`` moved by ``descriptors @ W``, W (D, 2) drawn N(0, ``sigma_px``) from ``seed``: for unit
+    descriptors an offset of ``sigma_px`` per axis, the same for the same descriptor in every image."""
+    w = np.random.default_rng(seed).normal(0, sigma_px, (descriptors.shape[1], 2)).astype(np.float32)
+    return points + descriptors.float() @ torch.from_numpy(w).to(descriptors.device)
+
+
 def jittered(points: torch.Tensor, image: np.ndarray, sigma_px: float, seed: int) -> torch.Tensor:
     """(N, 2) ``points`` moved by N(0, ``sigma_px``) per axis, drawn from ``seed`` and the image's content."""
     rng = np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(image[::7, ::7]).tobytes())])
@@ -108,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp32", default="", help="comma-separated KeyPointNet modules to run in fp32, or 'all'")
     p.add_argument("--jitter-px", type=float, default=0.0, help="Gaussian keypoint jitter per axis (px; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="the jitter's seed")
+    p.add_argument("--jitter-mode", choices=("image", "descriptor"), default="image",
+                   help="draw each keypoint's offset afresh per image, or from its descriptor (the same in every frame)")
     p.add_argument("--half-outputs", default="",
                    help="with --fp32 all: comma-separated body outputs (scores, locations, descriptors) taken from "
                         "the network in half precision")
@@ -138,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def detect_tensors(self, image):
         points, scores, descriptors = original_detect(self, image)
+        if args.jitter_mode == "descriptor":
+            return descriptor_jittered(points, descriptors, args.jitter_px, args.seed), scores, descriptors
         return jittered(points, image, args.jitter_px, args.seed), scores, descriptors
 
     def init_mixed(self, config=None, model=None):

@@ -397,6 +397,19 @@ def test_precision_parts_mixed_body_takes_the_named_outputs_from_the_other_preci
             pp.main(bad)
 
 
+def test_precision_parts_descriptor_jitter_moves_a_point_alike_in_every_image():
+    """``--jitter-mode descriptor``: the offset is a function of the keypoint's descriptor (the same point, the same
+    offset in every frame), of the asked size for unit descriptors, another for another seed."""
+    import torch
+
+    pp = _load_script("precision_parts")
+    d = torch.nn.functional.normalize(torch.from_numpy(np.random.default_rng(0).normal(size=(4000, 256))).float(), dim=1)
+    a = pp.descriptor_jittered(torch.zeros(4000, 2), d, 0.02, 1)
+    b = pp.descriptor_jittered(torch.ones(3, 2), d[[5, 5, 7]], 0.02, 1) - 1  # the same descriptors elsewhere
+    assert torch.allclose(b, a[[5, 5, 7]], atol=1e-6)
+    assert 0.017 < float(a.std()) < 0.023 and not torch.equal(a, pp.descriptor_jittered(torch.zeros(4000, 2), d, 0.02, 2))
+
+
 def test_precision_parts_jitter_is_the_same_for_the_same_image_and_seed():
     """The keypoint jitter (a control for a precision's keypoint shift): the same offsets for the same image and
     seed, others for another seed, spread as asked."""
