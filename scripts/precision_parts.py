@@ -141,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     def init(self, config=None, model=None):
         from kp2d_ros.config import FrontendConfig
 
-        original_init(self, replace(config or FrontendConfig(type="kp2d"), half_precision=half), model)
+        config = config or FrontendConfig(type="kp2d")
+        original_init(self, replace(config, half_precision=half), model)
+        if outputs:  # (half is off) the named outputs from a second copy of the network in half precision
+            low = object.__new__(frontend_module.KP2DFrontend)
+            original_init(low, replace(config, half_precision=True), self.model)
+            self._body = MixedBody(self._body, low._body, low.dtype, outputs)
 
     def inference_copy(model, device, dtype):
         return with_fp32_parts(original(model, device, dtype), names if half else [])
@@ -154,17 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             return descriptor_jittered(points, descriptors, args.jitter_px, args.seed), scores, descriptors
         return jittered(points, image, args.jitter_px, args.seed), scores, descriptors
 
-    def init_mixed(self, config=None, model=None):
-        from kp2d_ros.config import FrontendConfig
-
-        config = config or FrontendConfig(type="kp2d")
-        original_init(self, replace(config, half_precision=False), model)
-        low = object.__new__(frontend_module.KP2DFrontend)
-        original_init(low, replace(config, half_precision=True), self.model)
-        self._body = MixedBody(self._body, low._body, low.dtype, outputs)
-
     frontend_module.inference_copy = inference_copy
-    frontend_module.KP2DFrontend.__init__ = init_mixed if outputs else init
+    frontend_module.KP2DFrontend.__init__ = init
     if args.jitter_px > 0:
         frontend_module.KP2DFrontend.detect_tensors = detect_tensors
     sys.argv = ["kp2d"] + argv[split + 1:]
