@@ -286,16 +286,47 @@ def skew(v: np.ndarray) -> np.ndarray:
     return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
 
 
+def skew_stack(v: np.ndarray) -> np.ndarray:
+    """(K, 3, 3) cross-product matrices of (K, 3) vectors."""
+    S = np.zeros((len(v), 3, 3))
+    S[:, 0, 1], S[:, 0, 2], S[:, 1, 2] = -v[:, 2], v[:, 1], -v[:, 0]
+    S[:, 1, 0], S[:, 2, 0], S[:, 2, 1] = v[:, 2], -v[:, 1], v[:, 0]
+    return S
+
+
+class SampsonTerms:
+    """Signed Sampson distances of fixed correspondences to any number of essential matrices.
+
+    The homogeneous coordinates are laid out once, (3, N) each, so that every evaluation is three small matrix
+    products: an iterative solver evaluates the same correspondences ~6 times per iteration (its Jacobian's
+    perturbations), and laying them out again each time had cost as much as the products.
+
+    Parameters
+    ----------
+    n0, n1 : (N, 2) normalised coordinates in views 0 and 1.
+    """
+
+    def __init__(self, n0: np.ndarray, n1: np.ndarray):
+        self.x0 = np.ones((3, n0.shape[0]))
+        self.x0[:2] = n0.T
+        self.x1 = np.ones((3, n1.shape[0]))
+        self.x1[:2] = n1.T
+
+    def __call__(self, E: np.ndarray) -> np.ndarray:
+        """(N,) distances for E (3, 3), (K, N) for a stack of K matrices (K, 3, 3)."""
+        Ex0 = E @ self.x0  # ([K,] 3, N)
+        Etx1 = np.swapaxes(E[..., :2], -1, -2) @ self.x1  # ([K,] 2, N): the first two rows of E^T x1
+        num = np.einsum("...in,in->...n", Ex0, self.x1)
+        Ex0 = Ex0[..., :2, :]
+        den = np.sqrt(np.einsum("...in,...in->...n", Ex0, Ex0) + np.einsum("...in,...in->...n", Etx1, Etx1))
+        return num / np.maximum(den, 1e-15)
+
+
 def sampson_errors(E: np.ndarray, n0: np.ndarray, n1: np.ndarray) -> np.ndarray:
     """Signed Sampson distances (normalised units) of N correspondences to an essential matrix:
-    (N,) for E (3, 3), (K, N) for a stack of K matrices (K, 3, 3), evaluated in one pass."""
-    x0 = np.concatenate([n0, np.ones((n0.shape[0], 1))], axis=1)
-    x1 = np.concatenate([n1, np.ones((n1.shape[0], 1))], axis=1)
-    Ex0 = x0 @ np.swapaxes(E, -1, -2)  # ([K,] N, 3)
-    Etx1 = x1 @ E
-    num = np.sum(x1 * Ex0, axis=-1)
-    den = np.sqrt(Ex0[..., 0] ** 2 + Ex0[..., 1] ** 2 + Etx1[..., 0] ** 2 + Etx1[..., 1] ** 2)
-    return num / np.maximum(den, 1e-15)
+    (N,) for E (3, 3), (K, N) for a stack of K matrices (K, 3, 3), evaluated in one pass
+    (:class:`SampsonTerms`, which also serves repeated evaluations)."""
+    return SampsonTerms(n0, n1)(E)
 
 
 def cauchy_cost(errors: np.ndarray, scale: float) -> float:
@@ -329,8 +360,10 @@ def refine_pose(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, sc
         tx = t + basis @ x[3:]
         return Rx, tx / np.linalg.norm(tx)
 
+    epipolar = SampsonTerms(n0, n1)
+
     def batch_residuals(X):  # (K, 5) parameter vectors -> (K, N) Sampson errors in one numpy pass
-        return sampson_errors(np.stack([skew(tx) @ Rx for Rx, tx in map(unpack, X)]), n0, n1)
+        return epipolar(np.stack([skew(tx) @ Rx for Rx, tx in map(unpack, X)]))
 
     def jacobian(x, r):  # forward differences (scipy's '2-point' steps), all five in one pass
         h = _FD_STEP * np.where(x >= 0, 1.0, -1.0) * np.maximum(1.0, np.abs(x))
@@ -432,19 +465,21 @@ def refine_pose_with_structure(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1:
     R, t refined (``t`` with its length).
     """
     k = n0.shape[0]
+    epipolar = SampsonTerms(n0, n1)
+    rays_t, m1_t = np.ascontiguousarray(rays0.T), np.ascontiguousarray(m1.T)  # (3, M), (2, M)
 
     def residuals(Rs, ts):  # (K, 3, 3), (K, 3) -> (K, N + 2M)
-        samp = sampson_errors(np.stack([skew(tx) @ Rx for Rx, tx in zip(Rs, ts)]), n0, n1)
-        Y = np.einsum("kij,mj->kmi", Rs, rays0) + rho0[None, :, None] * ts[:, None, :]  # ~ the point in camera 1
-        z = Y[..., 2:]
+        samp = epipolar(skew_stack(ts) @ Rs)
+        Y = Rs @ rays_t + rho0 * ts[:, :, None]  # (K, 3, M) ~ the point in camera 1
+        z = Y[:, 2:]
         z = np.where(np.abs(z) > 1e-12, z, 1e-12)
-        r = Y[..., :2] / z - m1[None]
-        d = rho_std[None, :, None] * (ts[:, None, :2] * z - Y[..., :2] * ts[:, None, 2:]) / z ** 2  # d(proj)/d(rho)
-        dn = np.linalg.norm(d, axis=2, keepdims=True)
+        r = Y[:, :2] / z - m1_t
+        d = rho_std * (ts[:, :2, None] * z - Y[:, :2] * ts[:, 2:, None]) / z ** 2  # d(proj)/d(rho), (K, 2, M)
+        dn = np.sqrt(np.einsum("kim,kim->km", d, d))[:, None]
         u = d / np.maximum(dn, 1e-300)
         a = 1.0 - scale / np.sqrt(scale ** 2 + dn ** 2)
-        r = r - a * np.sum(u * r, axis=2, keepdims=True) * u
-        return np.concatenate([samp, r.reshape(len(Rs), -1)], axis=1)
+        r = r - a * np.einsum("kim,kim->km", u, r)[:, None] * u
+        return np.concatenate([samp, np.swapaxes(r, 1, 2).reshape(len(Rs), -1)], axis=1)
 
     def cost(r):
         return cauchy_cost(r[:k], scale) + float(np.sum(np.log1p(np.sum(r[k:].reshape(-1, 2) ** 2, axis=1) / scale ** 2)))

@@ -498,6 +498,24 @@ def test_other_lenses_are_left_to_opencv(dist):
         assert _undistort_radial((_KITTI_PTS - [601, 183]) / 707, np.array([dist[0], dist[1], dist[4]])) is None
 
 
+def test_sampson_distance_splits_a_vertical_disparity_between_the_views():
+    """A sideways baseline (R = I, t = x) makes the epipolar lines rows: the Sampson distance of (x0, y0) <-> (x1, y1)
+    is (y0 - y1) / sqrt(2), whatever x0 and x1. A stack of K matrices gives each matrix's row, in one pass."""
+    rng = np.random.default_rng(11)
+    n0 = rng.uniform(-0.6, 0.6, (50, 2))
+    n1 = np.c_[rng.uniform(-0.6, 0.6, 50), n0[:, 1] + rng.normal(0, 0.01, 50)]
+    E = geometry.skew(np.array([1.0, 0.0, 0.0]))
+    assert np.allclose(geometry.sampson_errors(E, n0, n1), (n0[:, 1] - n1[:, 1]) / np.sqrt(2), atol=1e-15)
+    stack = np.stack([E, -2.0 * E, geometry.skew(np.array([0.2, -0.1, 1.0])) @ rot(1.0, 2.0, 0.5)])
+    terms = geometry.SampsonTerms(n0, n1)
+    rows = terms(stack)
+    assert rows.shape == (3, 50)
+    for Ek, row in zip(stack, rows):
+        assert np.allclose(row, terms(Ek), atol=1e-15)
+    assert np.allclose(rows[1], -rows[0])  # signed; the scale of E drops out
+    assert np.allclose(geometry.skew_stack(stack[:, 0]), [geometry.skew(v) for v in stack[:, 0]])
+
+
 @pytest.mark.parametrize("wrong_depths", [0.0, 0.2])
 def test_a_pose_refined_against_known_points_recovers_rotation_direction_and_length(wrong_depths):
     """Motion-only adjustment (``pipeline.structure_pose``): a pose off by 0.5 deg, 6 deg of direction and 15 % of
