@@ -183,11 +183,15 @@ class LocalMap:
         rows = np.minimum(np.searchsorted(self.landmark_ids, lids), len(self.landmark_ids) - 1)
         return rows, self.landmark_ids[rows] == lids
 
-    def add_keyframe(self, T_world_cam: np.ndarray) -> int:
+    def add_keyframe(self, T_world_cam: np.ndarray, forget: bool = True) -> int:
+        """A new keyframe at ``T_world_cam``; returns its id. With ``forget`` the keyframes it pushes out of the
+        window and their landmarks are dropped now; else the caller calls :meth:`forget_old` when it has time (the
+        node: after the pose has gone out)."""
         kid = self._next_kf
         self._next_kf += 1
         self.poses[kid] = np.array(T_world_cam, float)
-        self._forget_old()
+        if forget:
+            self.forget_old()
         return kid
 
     def add_distance(self, a: int, b: int, distance: float, log_sigma: float) -> None:
@@ -331,7 +335,7 @@ class LocalMap:
             self._keep_landmarks(seen)
         self.revision += 1
 
-    def _forget_old(self) -> None:
+    def forget_old(self) -> None:
         """Drop the keyframes before the window and the landmarks no keyframe of the window observes any more."""
         window = self.window_ids()
         if not window:
