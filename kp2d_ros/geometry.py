@@ -607,7 +607,8 @@ def _in_front(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, dist
 def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, cfg: GeometryConfig,
                            ordered: bool = False,
                            priors: Sequence[tuple[np.ndarray, np.ndarray]] = (),
-                           configured: Camera | None = None) -> TwoViewGeometry | None:
+                           configured: Camera | None = None,
+                           normalized: tuple[np.ndarray, np.ndarray] | None = None) -> TwoViewGeometry | None:
     """Relative pose of view 1 w.r.t. view 0 from matched pixel points.
 
     Steps: undistort and normalise the points, robust essential matrix (OpenCV USAC, threshold
@@ -640,6 +641,8 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
         ground-only view of the synthetic street, +0.09 on a pinhole camera) leaves a turn on the spot ~1 px of
         false parallax, which the essential matrix takes for a translation; one a little wrong scales the turn's
         rotation (docs/results.md: A robot on patrol).
+    normalized : ``(normalize_points(pts0, camera), normalize_points(pts1, camera))`` when the caller has them
+        already (undistorting through a lens is iterative).
 
     Returns
     -------
@@ -653,7 +656,7 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
     m = pts0.shape[0]
     if m < max(5, cfg.min_inliers):
         return None
-    n0, n1 = normalize_points(pts0, camera), normalize_points(pts1, camera)
+    n0, n1 = normalized if normalized is not None else (normalize_points(pts0, camera), normalize_points(pts1, camera))
     f = focal_length(camera)
     method = cfg.method
     if method == "prosac" and not ordered:

@@ -228,6 +228,7 @@ class VOPipeline:
         self.k1_sigmas: list[float | None] = []  # their standard deviations (None: GTSAM's windows report none)
         self.k1 = 0.0
         self._raw_camera: Camera | None = None
+        self._normalized: list[tuple[Features, bytes, np.ndarray]] = []  # _normalized_keypoints' last few
         # keyframes whose window found the worker busy (threaded; over the pipeline's life, resets included)
         self.backend_busy_skips = 0
         self.reset()
@@ -598,6 +599,20 @@ class VOPipeline:
         dist[0] += self.k1
         return replace(camera, dist=dist)
 
+    def _normalized_keypoints(self, feats: Features, camera: Camera) -> np.ndarray:
+        """(N, 2) normalised coordinates of all of ``feats``' keypoints through ``camera``, kept for the last few
+        feature sets (this frame's and the reference's, a keyframe being the next frames' reference, through the
+        front end's lens and the backend's, :meth:`_observed_rays`). Through a lens
+        with distortion (a real one, or the window's self-calibrated k1) each point is undistorted iteratively, and a
+        frame needs its matches' points several times: the essential matrix, the pose's inliers, the patch warps."""
+        key = camera.model.encode() + camera.K.tobytes() + np.asarray(camera.dist, np.float64).tobytes()
+        for f, k, n in self._normalized:
+            if f is feats and k == key:
+                return n
+        n = normalize_points(feats.keypoints, camera)
+        self._normalized = [(feats, key, n)] + self._normalized[:3]  # through two lenses: the window's, as observed
+        return n
+
     def _self_calibrating(self, camera: Camera | None) -> bool:
         """Whether the windows estimate k1 for ``camera``: its model has an r^2 term that k1 adds to."""
         return (self.cfg.backend.self_calibration and camera is not None
@@ -639,7 +654,7 @@ class VOPipeline:
         if not known.any():
             return None
         warps = np.tile(np.eye(2), (len(idx0), 1, 1))
-        X = bearings(normalize_points(kp0[known], camera)) / rho[known, None]
+        X = bearings(self._normalized_keypoints(self.ref.features, camera)[idx0[known]]) / rho[known, None]
         J = patch_warps(X, R, t / np.linalg.norm(t) * expected[0], camera.K)
         det = np.linalg.det(np.nan_to_num(J))
         good = np.isfinite(J).all(axis=(1, 2)) & (det > 0.5) & (det < 2.0)
@@ -747,9 +762,12 @@ class VOPipeline:
         geo = cfg.geometry
         if self.turning:  # turning on the spot: starting to move needs twice the parallax (hysteresis)
             geo = replace(geo, rotation_only_parallax_px=2.0 * geo.rotation_only_parallax_px)
+        m0 = self._normalized_keypoints(ref.features, camera)[matches.idx0]
+        m1 = self._normalized_keypoints(feats, camera)[matches.idx1]
         geom = estimate_relative_pose(kp0, kp1, camera, geo, ordered=True,
                                       priors=[p for p in priors if p is not None],
-                                      configured=self._raw_camera if camera is not self._raw_camera else None)
+                                      configured=self._raw_camera if camera is not self._raw_camera else None,
+                                      normalized=(m0, m1))
         if geom is None:
             self.last_motion = None
             return self._unposed(frame, camera, feats, matches, now)
@@ -765,8 +783,7 @@ class VOPipeline:
         self.still = self.turning = False
         geom = self._gate_direction(geom, kp0, kp1, camera)
         inl = geom.inliers
-        n0 = normalize_points(kp0[inl], camera)
-        n1 = normalize_points(kp1[inl], camera)
+        n0, n1 = m0[inl], m1[inl]
         f = focal_length(camera)
         rho0, rho1, sin0, sin1 = inverse_depths(n0, n1, geom.R, geom.t)
         with np.errstate(divide="ignore"):
@@ -994,9 +1011,8 @@ class VOPipeline:
 
     def _rays(self, camera: Camera, feats: Features, matches: Matches, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised coordinates (reference, current) of the matches selected by ``mask``."""
-        kp0 = self.ref.features.keypoints[matches.idx0[mask]]
-        kp1 = feats.keypoints[matches.idx1[mask]]
-        return normalize_points(kp0, camera), normalize_points(kp1, camera)
+        return (self._normalized_keypoints(self.ref.features, camera)[matches.idx0[mask]],
+                self._normalized_keypoints(feats, camera)[matches.idx1[mask]])
 
     def _observed_rays(self, n0: np.ndarray, n1: np.ndarray, feats: Features, matches: Matches,
                        mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
