@@ -600,11 +600,12 @@ class VOPipeline:
         return replace(camera, dist=dist)
 
     def _normalized_keypoints(self, feats: Features, camera: Camera) -> np.ndarray:
-        """(N, 2) normalised coordinates of all of ``feats``' keypoints through ``camera``, kept for the last few
-        feature sets (this frame's and the reference's, a keyframe being the next frames' reference, through the
-        front end's lens and the backend's, :meth:`_observed_rays`). Through a lens
-        with distortion (a real one, or the window's self-calibrated k1) each point is undistorted iteratively, and a
-        frame needs its matches' points several times: the essential matrix, the pose's inliers, the patch warps."""
+        """(N, 2) normalised coordinates of all of ``feats``' keypoints through ``camera``, kept for the last four
+        (feature set, lens) pairs: this frame's and the reference's (a keyframe is the next frames' reference), each
+        through the front end's lens and the backend's (:meth:`_observed_rays`). Through a lens with distortion (a
+        real one, or the window's self-calibrated k1) each point is undistorted iteratively, and a frame needs its
+        matches' points several times: the essential matrix, the pose's inliers, the patch warps, the backend's
+        observations. Callers index the array (a copy); they never write to it."""
         key = camera.model.encode() + camera.K.tobytes() + np.asarray(camera.dist, np.float64).tobytes()
         for f, k, n in self._normalized:
             if f is feats and k == key:
