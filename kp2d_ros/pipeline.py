@@ -758,13 +758,13 @@ class VOPipeline:
         # the noise's choice (a synthetic drive: one 0.72 m step 0.06 -> 0.17 m off). Nor after a stop or a turn on the
         # spot, which restart the moving time (``self.base``): there the last motion is the robot's speed again.
         stale = self.motion is not None and self._pair_intervals(now) > 1.5
+        m0 = self._normalized_keypoints(ref.features, camera)[matches.idx0]
+        m1 = self._normalized_keypoints(feats, camera)[matches.idx1]
         priors = [self.last_motion if cfg.geometry.motion_prior else None,
-                  self._pose_on_known_depths(matches, kp0, kp1, camera) if pc.structure_pose and stale else None]
+                  self._pose_on_known_depths(matches, m0, m1) if pc.structure_pose and stale else None]
         geo = cfg.geometry
         if self.turning:  # turning on the spot: starting to move needs twice the parallax (hysteresis)
             geo = replace(geo, rotation_only_parallax_px=2.0 * geo.rotation_only_parallax_px)
-        m0 = self._normalized_keypoints(ref.features, camera)[matches.idx0]
-        m1 = self._normalized_keypoints(feats, camera)[matches.idx1]
         geom = estimate_relative_pose(kp0, kp1, camera, geo, ordered=True,
                                       priors=[p for p in priors if p is not None],
                                       configured=self._raw_camera if camera is not self._raw_camera else None,
@@ -782,9 +782,9 @@ class VOPipeline:
             return self._untranslated(frame, camera, feats, matches, geom, now)
 
         self.still = self.turning = False
-        geom = self._gate_direction(geom, kp0, kp1, camera)
         inl = geom.inliers
         n0, n1 = m0[inl], m1[inl]
+        geom = self._gate_direction(geom, n0, n1, camera)  # the same inliers
         f = focal_length(camera)
         rho0, rho1, sin0, sin1 = inverse_depths(n0, n1, geom.R, geom.t)
         with np.errstate(divide="ignore"):
@@ -879,24 +879,25 @@ class VOPipeline:
                    & (rho > np.radians(self.cfg.pipeline.min_triangulation_deg) * sig))
         return rho, sig, use
 
-    def _pose_on_known_depths(self, matches: Matches, kp0: np.ndarray, kp1: np.ndarray, camera: Camera
+    def _pose_on_known_depths(self, matches: Matches, n0: np.ndarray, n1: np.ndarray
                               ) -> tuple[np.ndarray, np.ndarray] | None:
         """(R, t) of this frame on the reference's points whose depth a window refined (PnP,
         :func:`~kp2d_ros.geometry.pose_from_known_depths`; the points :meth:`_pose_on_structure` uses): a hypothesis
-        for the essential matrix that needs no motion model. None with fewer than ``min_scale_points`` of them."""
+        for the essential matrix that needs no motion model. None with fewer than ``min_scale_points`` of them.
+        ``n0``, ``n1``: the matches' normalised coordinates."""
         pc = self.cfg.pipeline
         rho, _, use = self._refined_depths(matches.idx0)
         if use.sum() < pc.min_scale_points:
             return None
-        return pose_from_known_depths(bearings(normalize_points(kp0[use], camera)), rho[use],
-                                      normalize_points(kp1[use], camera),
+        return pose_from_known_depths(bearings(n0[use]), rho[use], n1[use],
                                       3.0 * self.cfg.geometry.ransac_threshold_px / self._focal, pc.min_scale_points)
 
-    def _gate_direction(self, geom: TwoViewGeometry, kp0: np.ndarray, kp1: np.ndarray, camera: Camera
+    def _gate_direction(self, geom: TwoViewGeometry, n0: np.ndarray, n1: np.ndarray, camera: Camera
                         ) -> TwoViewGeometry:
         """``geom``, or the pose polished from the constant-velocity direction when ``geom``'s camera-centre
         direction is more than ``pipeline.direction_gate_deg`` away from it and the polished pose is within
-        the gate and fits the inliers as well (``PipelineConfig.direction_gate_deg``)."""
+        the gate and fits the inliers as well (``PipelineConfig.direction_gate_deg``). ``n0``, ``n1``: the inliers'
+        normalised coordinates."""
         gate = self.cfg.pipeline.direction_gate_deg
         if gate <= 0 or self.motion is None:
             return geom
@@ -909,8 +910,6 @@ class VOPipeline:
         if before <= gate:
             return geom
         thr = self.cfg.geometry.ransac_threshold_px / focal_length(camera)
-        n0 = normalize_points(kp0[geom.inliers], camera)
-        n1 = normalize_points(kp1[geom.inliers], camera)
         R, t = refine_pose(geom.R, -geom.R @ prior, n0, n1, thr)
         t = t / np.linalg.norm(t)
         cost = cauchy_cost(sampson_errors(skew(t) @ R, n0, n1), thr)
@@ -988,7 +987,7 @@ class VOPipeline:
         predicted = np.full((len(anchor.features), 2), np.nan)
         predicted[known[ahead]] = rays[ahead, :2] / rays[ahead, 2:]
         f = focal_length(camera)
-        n1 = normalize_points(kf.features.keypoints, camera)
+        n1 = self._normalized_keypoints(kf.features, camera)
         found = match_near(anchor.features, kf.features, predicted, n1, radius / f, self.cfg.matching)
         if len(found) < self.cfg.pipeline.min_scale_points:
             return None
@@ -1000,7 +999,7 @@ class VOPipeline:
         if fits.sum() < self.cfg.pipeline.min_scale_points:
             return None
         found = found.subset(fits)
-        rays1 = (normalize_points(kf.features.keypoints[found.idx1], self._raw_camera) if self._observes_raw
+        rays1 = (self._normalized_keypoints(kf.features, self._raw_camera)[found.idx1] if self._observes_raw
                  else n1[found.idx1])
         return anchor, found.idx0, found.idx1, rays1
 

@@ -1477,7 +1477,7 @@ def test_direction_gate_takes_the_constant_velocity_basin_only_when_the_data_all
         p0, p1 = _two_views(T_true)
         n0, n1 = (cv2.undistortPoints(p.reshape(-1, 1, 2), CAM.K, None).reshape(-1, 2) for p in (p0, p1))
         R, t = refine_pose(R_start, -R_start @ c_start, n0, n1, thr)
-        return p0, p1, TwoViewGeometry(R=R, t=t / np.linalg.norm(t), inliers=np.ones(len(p0), bool),
+        return n0, n1, TwoViewGeometry(R=R, t=t / np.linalg.norm(t), inliers=np.ones(len(p0), bool),
                                        points3d=np.zeros((0, 3)), point_match_idx=np.zeros(0, np.int64))
 
     def centre_angle(g, c):
@@ -1485,23 +1485,23 @@ def test_direction_gate_takes_the_constant_velocity_basin_only_when_the_data_all
 
     forward = se3(np.eye(3), [0.0, 0.0, -0.05])  # x1 = x0 - c: the camera moved 5 cm along its optical axis
     wrong = np.array([np.sin(np.radians(40)), 0.0, np.cos(np.radians(40))])
-    p0, p1, geom = geom_from(forward, cv2.Rodrigues(np.array([0.0, np.radians(0.3), 0.0]))[0], wrong)
+    n0, n1, geom = geom_from(forward, cv2.Rodrigues(np.array([0.0, np.radians(0.3), 0.0]))[0], wrong)
     assert centre_angle(geom, wrong) < 10.0  # the polish stayed in the wrong basin
-    out = vo._gate_direction(geom, p0, p1, CAM)
+    out = vo._gate_direction(geom, n0, n1, CAM)
     if gate:
         assert centre_angle(out, np.array([0.0, 0.0, 1.0])) < 2.0 and rotation_angle_deg(out.R) < 0.02
     else:
         assert out is geom
 
     sideways = se3(np.eye(3), [-1.0, 0.0, 0.0])
-    p0, p1, geom = geom_from(sideways, np.eye(3), np.array([1.0, 0.0, 0.0]))
-    assert vo._gate_direction(geom, p0, p1, CAM) is geom
+    n0, n1, geom = geom_from(sideways, np.eye(3), np.array([1.0, 0.0, 0.0]))
+    assert vo._gate_direction(geom, n0, n1, CAM) is geom
     # a 1 m step backwards (a robot backing up): 180 deg from the last direction, which fits the Sampson cost as
     # well (t and -t); its points lie in front of both cameras only along its own direction, so it is kept
     backwards = se3(np.eye(3), [0.0, 0.0, 1.0])
-    p0, p1, geom = geom_from(backwards, np.eye(3), np.array([0.0, 0.0, -1.0]))
+    n0, n1, geom = geom_from(backwards, np.eye(3), np.array([0.0, 0.0, -1.0]))
     assert centre_angle(geom, np.array([0.0, 0.0, -1.0])) < 1.0
-    assert vo._gate_direction(geom, p0, p1, CAM) is geom
+    assert vo._gate_direction(geom, n0, n1, CAM) is geom
 
 
 def _robot(steps):
