@@ -281,17 +281,17 @@ def triangulation_angles(points3d: np.ndarray, R: np.ndarray, t: np.ndarray) -> 
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
-def skew(v: np.ndarray) -> np.ndarray:
-    """(3, 3) cross-product matrix of a (3,) vector."""
-    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-
-
 def skew_stack(v: np.ndarray) -> np.ndarray:
     """(K, 3, 3) cross-product matrices of (K, 3) vectors."""
     S = np.zeros((len(v), 3, 3))
     S[:, 0, 1], S[:, 0, 2], S[:, 1, 2] = -v[:, 2], v[:, 1], -v[:, 0]
     S[:, 1, 0], S[:, 2, 0], S[:, 2, 1] = v[:, 2], -v[:, 1], v[:, 0]
     return S
+
+
+def skew(v: np.ndarray) -> np.ndarray:
+    """(3, 3) cross-product matrix of a (3,) vector."""
+    return skew_stack(np.asarray(v, np.float64).reshape(1, 3))[0]
 
 
 class SampsonTerms:
