@@ -605,7 +605,8 @@ class VOPipeline:
         through the front end's lens and the backend's (:meth:`_observed_rays`). Through a lens with distortion (a
         real one, or the window's self-calibrated k1) each point is undistorted iteratively, and a frame needs its
         matches' points several times: the essential matrix, the pose's inliers, the patch warps, the backend's
-        observations. Callers index the array (a copy); they never write to it."""
+        observations, the direction gate, the pose on known depths, the turn search. Callers index the array (a copy)
+        or only read it; they never write to it."""
         key = camera.model.encode() + camera.K.tobytes() + np.asarray(camera.dist, np.float64).tobytes()
         for f, k, n in self._normalized:
             if f is feats and k == key:
