@@ -329,6 +329,9 @@ class VOPipeline:
         self.before_loss: _BeforeLoss | None = None  # the state a restart replaced (pipeline.rejoin_frames)
         self.odom_held: np.ndarray | None = None  # after a rejoin, odom where the lost chain left it, until a pose
         self.speed_changes: list[tuple[float, float]] = []  # (log measured / prior length, elapsed), last pairs
+        # (log measured / predicted length, by the stamps and by the frame count), last pairs: :meth:`_pair_intervals`
+        self.clock_errors: list[tuple[float, float]] = []
+        self.frame_clock: float | None = None  # see :meth:`_record_clock`
         self.ref_cov = np.zeros((6, 6))  # covariance of the reference keyframe's pose (world axes)
         self.last_cov = np.zeros((6, 6))
         self.metric.reset()
@@ -708,8 +711,41 @@ class VOPipeline:
         return now
 
     def _pair_intervals(self, now: _Tick) -> float:
-        """This pair's moving time (``self.base`` to ``now``) in units of the last pair's (``self.motion``)."""
-        return _Span.between(self.base, now).ratio(self.motion.span)
+        """This pair's moving time (``self.base`` to ``now``) in units of the last pair's (``self.motion``).
+
+        By the stamps, unless they are jittered (a driver that stamps each image when the host receives it): when
+        the frame count has predicted the last pairs' lengths clearly better than the stamps (:meth:`_record_clock`),
+        it counts frames, except across a gap that the stamps show beyond their jitter (dropped frames). The speed
+        prior's length, the patch warps' zoom and the gap test all read it. Stamps jittered by +-30 % of the frame
+        interval cost the learned frontend's KITTI 07 0.057 -> 0.095 m through the patch warps alone (the wrong
+        zoom biases the LK refinement); SIFT, without the refinement, hardly moved (docs/results.md: Jittered
+        stamps)."""
+        span = _Span.between(self.base, now)
+        by_time = span.ratio(self.motion.span)
+        spread = self.frame_clock
+        if spread is None:
+            return by_time
+        by_frames = span.frames / max(self.motion.span.frames, 1)
+        # a pair across dropped frames (or after them) is 2x (0.5x) the frames' ratio: seen where the jitter is small
+        return by_time if abs(np.log(by_time / by_frames)) > 4.0 * spread else by_frames
+
+    def _record_clock(self, length: float, now: _Tick) -> None:
+        """Remember how well each clock predicted this pair's measured ``length``, and choose the clock
+        (:meth:`_pair_intervals`): :attr:`frame_clock` is the stamps' robust spread of log length errors when the
+        frame count predicted the last pairs' lengths with less than half of it (at least 10 pairs measured), else
+        None (the stamps)."""
+        m = self.motion
+        span = _Span.between(self.base, now)
+        if span.seconds is None or m.span.seconds is None or not m.distance > 0 or not length > 0:
+            return  # no stamps to judge: both clocks count frames
+        by_time, by_frames = span.seconds / m.span.seconds, span.frames / max(m.span.frames, 1)
+        errors = (float(np.log(length / (m.distance * by_time))), float(np.log(length / (m.distance * by_frames))))
+        self.clock_errors = self.clock_errors[-29:] + [errors]
+        self.frame_clock = None
+        if len(self.clock_errors) >= 10:
+            e = np.array(self.clock_errors)
+            by_time, by_frames = 1.4826 * np.median(np.abs(e - np.median(e, axis=0)), axis=0)
+            self.frame_clock = float(by_time) if by_frames < 0.5 * by_time else None
 
     def _prior(self, now: _Tick) -> tuple[float, float] | None:
         """(expected translation length since ``self.base``, allowed change factor) at constant speed.
@@ -813,6 +849,7 @@ class VOPipeline:
             scale, log_sigma = measured.scale, measured.log_sigma
             if expected is not None and not measured.clamped:
                 self.speed_changes = self.speed_changes[-29:] + [(float(np.log(scale / expected[0])), elapsed)]
+                self._record_clock(scale, now)
         elif expected is not None:  # no shared structure: the length from the speed prior
             scale, log_sigma, model = expected[0], np.log(expected[1]) / 2.0, "constant_speed"
         elif is_kf:  # the first pair: unit baseline (defines the trajectory's unit), or a metric length

@@ -82,10 +82,25 @@ def test_every_and_clip_and_combinations():
     ("stop=7:2,drop=6:8", "not part"), ("gain=3:4", "three integers"), ("gain=5:2:50", "ends before"),
     ("gain=3:25:50", "outside"), ("gain=3:4:-5", "three integers"), ("occlude=5:2", "ends before"),
     ("occlude=3:25", "outside"), ("occlude=3", "two integers"), ("occlude=2:3,occlude=5:6", "twice"),
+    ("jitter=50", "0..49"), ("jitter=-1", "0..49"), ("jitter=1:2", "one integer"), ("jitter=5,jitter=6", "twice"),
     ("frames=0:3,every=1,drop=0:3", "no frame left")])
 def test_bad_specifications_raise(spec, fragment):
     with pytest.raises(DataError, match=fragment):
         simulate(numbered(), spec)
+
+
+def test_jitter_moves_the_stamps_within_the_bound_and_keeps_images_order_and_ground_truth():
+    base = numbered()
+    seq = simulate(base, "jitter=30,drop=6:7")
+    assert seq.name == "num+drop6-7+jitter30" and ids(seq) == [i for i in range(20) if i not in (6, 7)]
+    moved = seq.stamps - base.stamps[ids(seq)]
+    assert np.all(np.abs(moved) <= 0.3 * 0.1 + 1e-12) and np.abs(moved).max() > 0.1 * 0.1  # within +-30 %, not zero
+    assert np.all(np.diff(seq.stamps) > 0)
+    np.testing.assert_allclose(seq.ground_truth.poses[:, 0, 3], ids(seq))  # each image keeps its own pose
+    np.testing.assert_array_equal(seq.ground_truth.stamps, seq.stamps)
+    # the same offsets in every run, and each frame's own whatever else is removed: a comparison across variants
+    np.testing.assert_array_equal(simulate(base, "jitter=30").stamps[ids(seq)], seq.stamps)
+    assert np.all(simulate(base, "jitter=0").stamps == base.stamps)
 
 
 def test_parse():

@@ -1270,6 +1270,37 @@ def test_a_gap_in_slow_motion_is_timed_even_after_a_first_stamp_from_another_clo
     assert ratio[across] == pytest.approx(1.0, abs=0.1)
 
 
+@pytest.mark.parametrize("stamps", ["jittered", "exact", "irregular"])
+def test_the_speed_prior_counts_frames_only_when_the_stamps_are_jittered(stamps):
+    """Constant speed, 0.5 m per camera frame (0.1 s). Jittered: every stamp moved by up to +-30 % of the interval
+    (a driver that stamps each image when the host receives it); the stamps' ratio of this pair's time to the
+    last's is then up to ~3x off, and once the frame count has predicted the pairs' lengths better the prior counts
+    frames. Exact stamps keep the stamps' clock. Irregular: each processed frame 1-3 camera frames after the last,
+    with exact stamps, as a node that keeps only the newest image processes them: the frame count is wrong there,
+    and the stamps' clock stays. Checked on what the prior reads before each frame (``_pair_intervals``) against
+    the true ratio of camera intervals."""
+    rng = np.random.default_rng(3)
+    n = 40
+    cam = np.concatenate([[0], np.cumsum(rng.integers(1, 4, n - 1))]) if stamps == "irregular" else np.arange(n)
+    stamp = 0.1 * cam + (rng.uniform(-0.03, 0.03, n) if stamps == "jittered" else 0.0)
+    truth = driving_poses(int(cam[-1]) + 1, step=0.5, yaw_deg=0.5)
+    vo = VOPipeline(default_config(window=0), frontend=PointWorldFrontend([truth[k] for k in cam]))
+    errors, by_stamps = [], []
+    for i in range(n):
+        f = frame(i, stamp=stamp[i])
+        if vo.motion is not None:
+            now, m = vo._next_tick(f), vo.motion
+            true = (cam[now.count - 1] - cam[vo.base.count - 1]) / (cam[m.end.count - 1] - cam[m.end.count - 1 - m.span.frames])
+            errors.append(abs(np.log(vo._pair_intervals(now) / true)))
+            by_stamps.append(abs(np.log((stamp[i] - stamp[vo.base.count - 1]) / m.span.seconds / true)))
+        vo.process(f)
+    assert len(errors) >= n - 3
+    assert (vo.frame_clock is not None) == (stamps == "jittered")
+    assert np.mean(errors[-20:]) < 0.01, errors  # the last 20 pairs: exact (the first 10 judge the clocks)
+    if stamps == "jittered":
+        assert np.mean(by_stamps[-20:]) > 0.15  # what the stamps alone said: off by ~20 % on average
+
+
 def _position_sigma(e):
     return float(np.sqrt(np.trace(e.covariance[:3, :3])))
 

@@ -39,7 +39,8 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                         "drop=A:B (frames A..B missing; drop=K one frame; drop may repeat), every=N (every N-th "
                         "frame), frames=S:E (a clip), gain=A:B:P (frames A..B at P percent of their brightness: "
                         "an auto-exposure step), occlude=A:B (frames A..B filled by a textured panel sliding "
-                        "sideways: something moving on its own in front of the camera); "
+                        "sideways: something moving on its own in front of the camera), jitter=P (every stamp moved by up "
+                        "to +-P percent of the frame interval: a driver stamping on receipt); "
                         "frame numbers of the original sequence (see kp2d_ros/data/faults.py)")
     return p
 

@@ -29,7 +29,7 @@ def add_parser(sub, name: str):
     add_common_arguments(p)
     p.add_argument("--out", default="out/stress", help="output directory (default: out/stress)")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                   help="comma-separated: clean, lagN, dropsS, dropsS+lagN, everyN, stop, shade, glare "
+                   help="comma-separated: clean, lagN, dropsS, dropsS+lagN, everyN, stop, shade, glare, jitterP "
                         "(default: %(default)s)")
     p.add_argument("--drop-rate", type=float, default=0.1,
                    help="share of frames a dropsS variant drops (default: 0.1, as the live node on KITTI 07 at 4 Hz "

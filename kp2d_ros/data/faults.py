@@ -16,6 +16,10 @@ sequence):
                 range: an auto-exposure step (``gain=60:159:50`` halves the brightness from frame 60 on, as
                 when a robot drives into shade; ``P`` > 100 brightens and saturates). ``gain`` may be given
                 several times (a later range multiplies on top where they overlap);
+``jitter=P``    move every stamp by a random offset within +-P percent of the median frame interval (seeded, the
+                same offsets in every run; P < 50 keeps the order): a camera driver that stamps each image when the
+                host receives it, not when it was exposed. The images and their ground truth stay; only the times the
+                pipeline sees change;
 ``occlude=A:B``  frames A..B show a textured panel that fills the view and slides sideways by 2 % of the width per
                 frame (:func:`occluder`): something that moves on its own passes right in front of the camera (a
                 person, a door, a vehicle alongside). Nothing of the scene is seen; what tracks is the panel's motion.
@@ -50,6 +54,7 @@ class Faults:
     stop : (K, R) R copies of original frame K.
     gain : (A, B, P) frames A..B with their intensities multiplied by P / 100.
     occlude : (A, B) frames A..B replaced by a sliding textured panel.
+    jitter : stamps moved by up to +-P percent of the median frame interval (0: not).
     """
 
     frames: tuple[int, int] | None = None
@@ -58,6 +63,7 @@ class Faults:
     stop: tuple[int, int] | None = None
     gain: tuple[tuple[int, int, int], ...] = ()
     occlude: tuple[int, int] | None = None
+    jitter: int = 0
 
     @classmethod
     def parse(cls, spec: str) -> "Faults":
@@ -74,9 +80,9 @@ class Faults:
                 continue
             key, sep, value = item.partition("=")
             key = key.strip()
-            if not sep or key not in ("frames", "drop", "every", "stop", "gain", "occlude"):
-                raise DataError(f"--simulate: expected frames=S:E, drop=A:B, every=N, stop=K:R, gain=A:B:P or "
-                                f"occlude=A:B, got {item!r}")
+            if not sep or key not in ("frames", "drop", "every", "stop", "gain", "occlude", "jitter"):
+                raise DataError(f"--simulate: expected frames=S:E, drop=A:B, every=N, stop=K:R, gain=A:B:P, "
+                                f"occlude=A:B or jitter=P, got {item!r}")
             if key in seen and key not in ("drop", "gain"):
                 raise DataError(f"--simulate: {key} given twice")
             seen.add(key)
@@ -92,6 +98,12 @@ class Faults:
                 if nums[1] < nums[0]:
                     raise DataError(f"--simulate: gain={value}: the range ends before it starts")
                 out.gain += ((nums[0], nums[1], nums[2]),)
+                continue
+            if key == "jitter":
+                if len(nums) != 1 or not 0 <= nums[0] < 50:
+                    raise DataError(f"--simulate: jitter={value} is not one integer P in 0..49 (percent of the frame "
+                                    "interval; 50 and more could reorder the stamps)")
+                out.jitter = nums[0]
                 continue
             if any(n < 0 for n in nums) or len(nums) != (1 if key == "every" else 2):
                 raise DataError(f"--simulate: {key}={value} is not {'N' if key == 'every' else 'two integers A:B'} >= 0")
@@ -123,6 +135,8 @@ class Faults:
             parts.append(f"gain{a}-{b}x{pct}")
         if self.occlude:
             parts.append(f"occlude{self.occlude[0]}-{self.occlude[1]}")
+        if self.jitter:
+            parts.append(f"jitter{self.jitter}")
         return "".join("+" + p for p in parts)
 
 
@@ -192,6 +206,11 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
         idx = np.concatenate([idx[:p + 1], np.full(r, k), idx[p + 1:]])
     if idx.size == 0:
         raise DataError("--simulate: no frame left")
+    if faults.jitter:
+        dt = float(np.median(np.diff(stamps))) if n > 1 else 1.0
+        dt = dt if np.isfinite(dt) and dt > 0 else 1.0
+        offsets = np.random.default_rng(0).uniform(-1.0, 1.0, n)  # one offset per original frame, in every variant
+        new_stamps = new_stamps + offsets[idx] * faults.jitter / 100.0 * dt
     order = [int(i) for i in idx]
     gains = np.ones(n)
     for a, b, pct in faults.gain:

@@ -18,9 +18,11 @@ The variants (names as ``--variants`` takes them):
 ``stop``         the middle frame repeated for ``stop_frames`` intervals (a robot that stops);
 ``shade``        from the middle frame on, the images at half their brightness (an auto-exposure step as a
                  robot drives into shade: ``--simulate gain=M:E:50``);
-``glare``        from the middle frame on, at 1.8x their brightness, saturating (``gain=M:E:180``).
+``glare``        from the middle frame on, at 1.8x their brightness, saturating (``gain=M:E:180``);
+``jitterP``      every stamp moved by up to +-P % of the frame interval, the images and their order unchanged (a
+                 driver that stamps each image when the host receives it: ``--simulate jitter=P``, P < 50).
 
-``shade`` and ``glare`` are not among the defaults (:data:`DEFAULT_VARIANTS`, which earlier runs were compared
+``shade``, ``glare`` and ``jitterP`` are not among the defaults (:data:`DEFAULT_VARIANTS`, which earlier runs were compared
 over); name them with ``--variants``.
 
 Everything here is deterministic: the same sequence, configuration and variants give the same numbers.
@@ -36,7 +38,7 @@ import numpy as np
 from kp2d_ros.data.faults import drop_spec
 from kp2d_ros.errors import ConfigError
 
-_NAME = re.compile(r"^(clean|stop|shade|glare|lag(\d+)|every(\d+)|drops(\d+)(\+lag(\d+))?)$")
+_NAME = re.compile(r"^(clean|stop|shade|glare|lag(\d+)|every(\d+)|drops(\d+)(\+lag(\d+))?|jitter(\d+))$")
 _EXPOSURE = {"shade": 50, "glare": 180}  # percent of the brightness from the middle frame on
 
 
@@ -117,7 +119,7 @@ def stress_variants(n_frames: int, names=DEFAULT_VARIANTS, *, drop_rate: float =
         m = _NAME.match(name)
         if m is None:
             raise ConfigError(f"unknown stress variant {name!r}: expected clean, lagN, dropsS, dropsS+lagN, "
-                              f"everyN, stop, shade or glare")
+                              f"everyN, stop, shade, glare or jitterP")
         if name in seen:
             raise ConfigError(f"stress variant {name!r} given twice")
         seen.add(name)
@@ -132,6 +134,10 @@ def stress_variants(n_frames: int, names=DEFAULT_VARIANTS, *, drop_rate: float =
             out.append(StressVariant(name, simulate=f"gain={n_frames // 2}:{n_frames - 1}:{_EXPOSURE[name]}"))
         elif m.group(2):
             out.append(StressVariant(name, backend_lag=lag))
+        elif m.group(7):
+            if not 0 < int(m.group(7)) < 50:
+                raise ConfigError(f"stress variant {name!r}: jitter needs 0 < P < 50 (percent of the frame interval)")
+            out.append(StressVariant(name, simulate=f"jitter={int(m.group(7))}"))
         elif m.group(3):
             step = int(m.group(3))
             if step < 2:
