@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What a ground robot does and a car does not, on the synthetic street: turns on the spot, backs up, stops and
-turns, strafes. Each scenario is rendered from a known path (``kp2d_ros.data.synthetic.robot_trajectory``) and
-replayed with a config as ``kp2d replay`` does (each backend window waited for); the published odometry is scored.
+turns, strafes, shakes on rough ground. Each scenario is rendered from a known path
+(``kp2d_ros.data.synthetic.robot_trajectory``, ``SHAKE`` for the rough ground) and replayed with a config as
+``kp2d replay`` does (each backend window waited for); the published odometry is scored.
 
     python scripts/robot_moves.py [--config config/vo.yaml] [--scenarios turn_in_place,reverse] [--set KEY=VALUE ...]
         [--out out/robot_moves.json]
@@ -47,14 +48,20 @@ SCENARIOS: dict[str, list[tuple[int, float, float, float]]] = {
     "straight": [(150, 0.2, 0, 0)],
     # three laps of it: 65 m, six turns (506 frames)
     "long_patrol": [(25, 0.2, 0, 0)] + [(50, 0.2, 0, 0), (30, 0, 0, 6), (50, 0.2, 0, 0), (30, 0, 0, 6)] * 3,
+    # rough ground (SHAKE): down the street and through a curve while the camera shakes about its mount
+    "shaky_drive": [(30, 0.2, 0, 0), (20, 0.2, 0, 1), (30, 0.2, 0, 0)],
+    "shaky_turn": [(10, 0.2, 0, 0), (15, 0, 0, 6), (15, 0.2, 0, 0)],  # a turn on the spot on rough ground
 }
+# (pitch and roll standard deviation in degrees, vertical in metres) per frame, independent frame to frame
+SHAKE: dict[str, tuple[float, float]] = {"shaky_drive": (1.0, 0.01), "shaky_turn": (1.0, 0.01)}
 
 
 def score(name: str, steps, cfg) -> dict:
     from kp2d_ros.data.synthetic import robot_sequence
     from kp2d_ros.eval.replay import replay
 
-    seq = robot_sequence(steps)
+    shake_deg, shake_m = SHAKE.get(name, (0.0, 0.0))
+    seq = robot_sequence(steps, shake_deg=shake_deg, shake_m=shake_m)
     t0 = time.perf_counter()
     res = replay(seq, cfg, progress=False)
     est = np.array([T[:3, 3] for T in res.estimate.poses])

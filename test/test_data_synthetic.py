@@ -74,3 +74,28 @@ def test_slow_street_follows_the_same_path():
     # frame 4k of the slow camera is where frame k of the fast one is (the turn happens at the same place)
     np.testing.assert_allclose(slow.poses[::4, :3, :3], fast.poses[:, :3, :3], atol=1e-9)
     np.testing.assert_allclose(slow.poses[::4, :3, 3], fast.poses[:, :3, 3], atol=0.1)
+
+
+def test_a_robot_on_rough_ground_shakes_about_its_path_frame_by_frame():
+    """``robot_trajectory``'s shake: the nominal path's centres lifted or lowered only (the optical y axis), the
+    attitudes tilted about the camera's x and z axes by the given standard deviation, independently per frame,
+    the first frame untouched; without shake the path is the nominal one, bit for bit."""
+    from scipy.spatial.transform import Rotation
+
+    from kp2d_ros.data.synthetic import robot_trajectory
+
+    steps = [(300, 0.2, 0, 0), (100, 0.2, 0, 1)]
+    plain = robot_trajectory(steps)
+    np.testing.assert_array_equal(robot_trajectory(steps, 0.0, 0.0, seed=5).poses, plain.poses)
+    shaky = robot_trajectory(steps, shake_deg=1.0, shake_m=0.01, seed=5)
+    np.testing.assert_array_equal(shaky.poses[0], plain.poses[0])
+    np.testing.assert_array_equal(shaky.stamps, plain.stamps)
+    d = shaky.poses[:, :3, 3] - plain.poses[:, :3, 3]
+    np.testing.assert_array_equal(d[:, [0, 2]], 0.0)
+    assert 0.008 < np.std(d[1:, 1]) < 0.012
+    tilt = Rotation.from_matrix(np.einsum("nji,njk->nik", plain.poses[1:, :3, :3], shaky.poses[1:, :3, :3]))
+    pitch, yaw, roll = tilt.as_euler("XYZ", degrees=True).T
+    assert np.abs(yaw).max() < 0.05  # no turn: only pitch and roll (to first order)
+    assert 0.9 < np.std(pitch) < 1.1 and 0.9 < np.std(roll) < 1.1
+    assert abs(np.corrcoef(pitch[:-1], pitch[1:])[0, 1]) < 0.15  # frame to frame independent
+    assert not np.array_equal(shaky.poses, robot_trajectory(steps, 1.0, 0.01, seed=6).poses)

@@ -164,7 +164,8 @@ def synthetic_trajectory(n_frames: int, speed: float = SPEED) -> Trajectory:
     return Trajectory(stamps=T0 + np.arange(n_frames) / FPS, poses=poses)
 
 
-def robot_trajectory(steps: list[tuple[int, float, float, float]]) -> Trajectory:
+def robot_trajectory(steps: list[tuple[int, float, float, float]], shake_deg: float = 0.0, shake_m: float = 0.0,
+                     seed: int = 0) -> Trajectory:
     """Ground truth T_world_cam of a ground robot's moves on the street, for what a robot does that a car does not.
 
     The camera starts at the street's first pose; each ``(n, forward, sideways, yaw_deg)`` adds ``n`` frames, each
@@ -172,6 +173,11 @@ def robot_trajectory(steps: list[tuple[int, float, float, float]]) -> Trajectory
     ``sideways`` m to its right (negative: backwards / to the left). Render each pose with :func:`render`.
     Examples: a turn in place ``[(11, 0.2, 0, 0), (15, 0, 0, 6), (12, 0.2, 0, 0)]`` (the 90 deg turn faces the side
     wall, 7 m away); a reversal ``[(11, 0.2, 0, 0), (14, -0.2, 0, 0)]``; a stop is ``(n, 0, 0, 0)``.
+
+    ``shake_deg`` / ``shake_m``: rough ground. Every frame after the first is tilted about the camera's own x and z
+    axes (pitch and roll, each Gaussian with that standard deviation in degrees) and lifted or lowered by a Gaussian
+    of ``shake_m`` metres, independently from frame to frame (seeded by ``seed``): a camera that shakes about its
+    mount's attitude, so that no motion between two frames predicts the next.
     """
     yaw, pos = [0.0], [np.zeros(3)]
     for n, forward, sideways, yaw_deg in steps:
@@ -183,6 +189,13 @@ def robot_trajectory(steps: list[tuple[int, float, float, float]]) -> Trajectory
     poses = np.tile(np.eye(4), (len(yaw), 1, 1))
     poses[:, :3, :3] = Rotation.from_euler("Y", np.array(yaw)[:, None]).as_matrix()
     poses[:, :3, 3] = np.array(pos)
+    if shake_deg > 0 or shake_m > 0:
+        rng = np.random.default_rng(seed)
+        tilt = rng.normal(0.0, shake_deg, (len(yaw), 2))
+        lift = rng.normal(0.0, shake_m, len(yaw))
+        tilt[0], lift[0] = 0.0, 0.0  # the first frame defines the world frame
+        poses[:, :3, :3] = poses[:, :3, :3] @ Rotation.from_euler("XZ", tilt, degrees=True).as_matrix()
+        poses[:, 1, 3] += lift  # the optical frame's y points down: the street's vertical
     return Trajectory(stamps=T0 + np.arange(len(yaw)) / FPS, poses=poses)
 
 
@@ -291,10 +304,12 @@ def _rendered(name: str, gt: Trajectory, camera: Camera, seed: int) -> Sequence:
 
 
 def robot_sequence(steps: list[tuple[int, float, float, float]], seed: int = 0, width: int = 640,
-                   height: int = 480) -> Sequence:
+                   height: int = 480, shake_deg: float = 0.0, shake_m: float = 0.0) -> Sequence:
     """:func:`robot_trajectory` rendered on the street as a sequence (frames rendered on access, as
-    :func:`synthetic_sequence`'s)."""
-    return _rendered("robot_moves", robot_trajectory(steps), synthetic_camera(width, height), seed)
+    :func:`synthetic_sequence`'s); ``shake_deg`` / ``shake_m``: the camera shaking on rough ground (seeded by
+    ``seed``)."""
+    return _rendered("robot_moves", robot_trajectory(steps, shake_deg, shake_m, seed), synthetic_camera(width, height),
+                     seed)
 
 
 def texture_source() -> str:
