@@ -331,7 +331,7 @@ class VOPipeline:
         self.speed_changes: list[tuple[float, float]] = []  # (log measured / prior length, elapsed), last pairs
         # (log measured / predicted length, by the stamps and by the frame count), last pairs: :meth:`_pair_intervals`
         self.clock_errors: list[tuple[float, float]] = []
-        self.frame_clock: float | None = None  # see :meth:`_record_clock`
+        self.frame_clock: float | None = None  # while the frame count is the clock: the stamps' spread (_record_clock)
         self.ref_cov = np.zeros((6, 6))  # covariance of the reference keyframe's pose (world axes)
         self.last_cov = np.zeros((6, 6))
         self.metric.reset()
@@ -744,8 +744,8 @@ class VOPipeline:
         self.frame_clock = None
         if len(self.clock_errors) >= 10:
             e = np.array(self.clock_errors)
-            by_time, by_frames = 1.4826 * np.median(np.abs(e - np.median(e, axis=0)), axis=0)
-            self.frame_clock = float(by_time) if by_frames < 0.5 * by_time else None
+            spread_time, spread_frames = 1.4826 * np.median(np.abs(e - np.median(e, axis=0)), axis=0)
+            self.frame_clock = float(spread_time) if spread_frames < 0.5 * spread_time else None
 
     def _prior(self, now: _Tick) -> tuple[float, float] | None:
         """(expected translation length since ``self.base``, allowed change factor) at constant speed.

@@ -1290,7 +1290,8 @@ def test_the_speed_prior_counts_frames_only_when_the_stamps_are_jittered(stamps)
         f = frame(i, stamp=stamp[i])
         if vo.motion is not None:
             now, m = vo._next_tick(f), vo.motion
-            true = (cam[now.count - 1] - cam[vo.base.count - 1]) / (cam[m.end.count - 1] - cam[m.end.count - 1 - m.span.frames])
+            last = cam[m.end.count - 1] - cam[m.end.count - 1 - m.span.frames]  # camera intervals (counts are 1-based)
+            true = (cam[now.count - 1] - cam[vo.base.count - 1]) / last
             errors.append(abs(np.log(vo._pair_intervals(now) / true)))
             by_stamps.append(abs(np.log((stamp[i] - stamp[vo.base.count - 1]) / m.span.seconds / true)))
         vo.process(f)

@@ -22,8 +22,8 @@ The variants (names as ``--variants`` takes them):
 ``jitterP``      every stamp moved by up to +-P % of the frame interval, the images and their order unchanged (a
                  driver that stamps each image when the host receives it: ``--simulate jitter=P``, P < 50).
 
-``shade``, ``glare`` and ``jitterP`` are not among the defaults (:data:`DEFAULT_VARIANTS`, which earlier runs were compared
-over); name them with ``--variants``.
+``shade``, ``glare`` and ``jitterP`` are not among the defaults (:data:`DEFAULT_VARIANTS`, which earlier runs were
+compared over); name them with ``--variants``.
 
 Everything here is deterministic: the same sequence, configuration and variants give the same numbers.
 """
