@@ -209,6 +209,10 @@ class PoseEstimate:
         in metres (``kp2d replay`` applies it; the node logs it, the poses it published stay as they were).
     scale_notes : why a configured metric source was not used at this frame ("" when it was, or none is
         configured), e.g. ``ground plane rejected: ...``.
+    interval_s : seconds since the previous frame by the pipeline's clock: the stamps' difference, or where the
+        stamps are jittered (the frame count predicts the pairs' lengths better) the stamps' median interval, except
+        across a gap beyond their jitter. None for a first frame or a stamp not after the last. ``vo_node``'s
+        twist divides each step by it.
     """
 
     stamp: float
@@ -234,6 +238,7 @@ class PoseEstimate:
     scale_metric: bool = False
     scale_rescaled: float = 1.0
     scale_notes: str = ""
+    interval_s: float | None = None
 
     def odometry(self) -> tuple[np.ndarray, np.ndarray]:
         """(``T_world_odom``, ``T_odom_cam``); without the split (not computed) odom is the world: the identity and

@@ -1285,7 +1285,7 @@ def test_the_speed_prior_counts_frames_only_when_the_stamps_are_jittered(stamps)
     stamp = 0.1 * cam + (rng.uniform(-0.03, 0.03, n) if stamps == "jittered" else 0.0)
     truth = driving_poses(int(cam[-1]) + 1, step=0.5, yaw_deg=0.5)
     vo = VOPipeline(default_config(window=0), frontend=PointWorldFrontend([truth[k] for k in cam]))
-    errors, by_stamps = [], []
+    errors, by_stamps, intervals = [], [], []
     for i in range(n):
         f = frame(i, stamp=stamp[i])
         if vo.motion is not None:
@@ -1294,12 +1294,18 @@ def test_the_speed_prior_counts_frames_only_when_the_stamps_are_jittered(stamps)
             true = (cam[now.count - 1] - cam[vo.base.count - 1]) / last
             errors.append(abs(np.log(vo._pair_intervals(now) / true)))
             by_stamps.append(abs(np.log((stamp[i] - stamp[vo.base.count - 1]) / m.span.seconds / true)))
-        vo.process(f)
+        intervals.append(vo.process(f).interval_s)
     assert len(errors) >= n - 3
     assert (vo.frame_clock is not None) == (stamps == "jittered")
     assert np.mean(errors[-20:]) < 0.01, errors  # the last 20 pairs: exact (the first 10 judge the clocks)
+    # the time since the last frame (vo_node's twist divides by it): the stamps', or one typical interval
+    assert intervals[0] is None
     if stamps == "jittered":
         assert np.mean(by_stamps[-20:]) > 0.15  # what the stamps alone said: off by ~20 % on average
+        np.testing.assert_allclose(intervals[-20:], 0.1, rtol=0.03)
+        assert np.abs(np.diff(stamp[-20:]) / 0.1 - 1).mean() > 0.15
+    else:
+        np.testing.assert_allclose(intervals[1:], np.diff(stamp), rtol=1e-12)
 
 
 def _position_sigma(e):

@@ -58,6 +58,18 @@ def test_tracker_flags_unknown_and_static():
     assert not tr.update(0.6, T, TRACKING, None, fallback).known
 
 
+def test_the_step_takes_the_pipelines_interval_where_it_gives_one():
+    """With jittered stamps the pipeline's clock gives each step its typical duration (``PoseEstimate.interval_s``):
+    a 0.1 m step stamped 0.13 s after the last is 1 m/s by that clock, not 0.77 m/s; without it the stamps."""
+    fallback = np.eye(6) * 1e-4
+    for interval, v in ((0.1, 1.0), (None, 0.1 / 0.13)):
+        tr = TwistTracker()
+        tr.update(1.0, pose(), TRACKING, None, fallback)
+        tw = tr.update(1.13, pose(t=(0, 0, 0.1)), TRACKING, None, fallback, interval)
+        np.testing.assert_allclose(tw.linear, [0, 0, v], atol=1e-12)
+        np.testing.assert_allclose(tw.covariance, fallback / (0.1 if interval else 0.13) ** 2)
+
+
 def test_twist_covariance_from_accumulated_pose_covariances():
     """The growth of the pose covariance between two frames, in the current body axes, / dt^2."""
     tr = TwistTracker()

@@ -462,7 +462,7 @@ class VONode(Node):
         # is not a measurement, so it keeps the fallback's 1e3 std ("ignore me" for an EKF)
         cov_odom = conv.odom_covariance(est, T_ext) if est.status != TrackingStatus.LOST else None
         odom.pose.covariance = (fallback if cov_odom is None else cov_odom).ravel().tolist()
-        tw = self.twist.update(frame.stamp, T_odom_base, est.status, cov_odom, fallback)
+        tw = self.twist.update(frame.stamp, T_odom_base, est.status, cov_odom, fallback, est.interval_s)
         v, w = odom.twist.twist.linear, odom.twist.twist.angular
         v.x, v.y, v.z = (float(x) for x in tw.linear)
         w.x, w.y, w.z = (float(x) for x in tw.angular)

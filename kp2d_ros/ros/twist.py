@@ -81,7 +81,7 @@ class TwistTracker:
         self._prev: tuple[float, np.ndarray, np.ndarray | None, TrackingStatus] | None = None
 
     def update(self, stamp: float, T_odom_base: np.ndarray, status: TrackingStatus,
-               pose_cov: np.ndarray | None, fallback_cov: np.ndarray) -> Twist:
+               pose_cov: np.ndarray | None, fallback_cov: np.ndarray, interval: float | None = None) -> Twist:
         """Twist of the step from the previous pose to this one.
 
         Parameters
@@ -91,11 +91,13 @@ class TwistTracker:
         status : tracking status of this frame.
         pose_cov : (6, 6) accumulated pose covariance in odometry axes, or None.
         fallback_cov : (6, 6) per-frame pose covariance used when ``pose_cov`` is None.
+        interval : the step's duration (s) when the caller's clock knows it better than the stamps
+            (``PoseEstimate.interval_s``: jittered stamps); None: the stamps' difference.
         """
         prev, self._prev = self._prev, (stamp, T_odom_base, pose_cov, TrackingStatus(status))
         if prev is None or status not in _VALID or prev[3] not in _VALID_PREV:
             return unknown_twist()
-        dt = stamp - prev[0]
+        dt = stamp - prev[0] if interval is None else interval
         if not dt > 0:
             return unknown_twist()
         if pose_cov is not None and prev[2] is not None:
