@@ -107,24 +107,31 @@ def _timed(timings: dict[str, float], key: str):
 
 @dataclass(frozen=True)
 class _Tick:
-    """When a frame was processed: its stamp (None when unusable: not after the last usable one) and
-    its running number."""
+    """When a frame was processed: its stamp (None when unusable: not after the last usable one), its running
+    number, and the camera intervals counted up to it (:meth:`VOPipeline._camera_intervals`)."""
 
     stamp: float | None
     count: int
+    cameras: int = 0
 
 
 @dataclass(frozen=True)
 class _Span:
-    """Time between two frames: seconds (None unless both stamps are usable) and processed frames."""
+    """Time between two frames: seconds (None unless both stamps are usable), processed frames, and camera
+    intervals (0: not counted; then the processed frames)."""
 
     seconds: float | None
     frames: int
+    cameras: int = 0
 
     @classmethod
     def between(cls, a: _Tick, b: _Tick) -> "_Span":
         ok = a.stamp is not None and b.stamp is not None and b.stamp > a.stamp
-        return cls(b.stamp - a.stamp if ok else None, b.count - a.count)
+        return cls(b.stamp - a.stamp if ok else None, b.count - a.count, b.cameras - a.cameras)
+
+    def camera_ratio(self, other: "_Span") -> float:
+        """``self / other`` in camera intervals (processed frames where they were not counted)."""
+        return (self.cameras or self.frames) / max(other.cameras or other.frames, 1)
 
     def ratio(self, other: "_Span") -> float:
         """``self / other``, in seconds when both have them, else in frames."""
@@ -321,6 +328,8 @@ class VOPipeline:
         # the camera was seen not to translate: a stop does not count as motion).
         self.motion: _Motion | None = None  # set once the first pair has fixed the trajectory's scale
         self.frames_seen = 0
+        self.cameras_seen = 0  # camera intervals counted (_camera_intervals)
+        self.typical_interval: float | None = None  # between consecutive frames (_interval)
         self.last_stamp: float | None = None
         self.base = _Tick(None, 0)
         self.still = False  # the last frame without translation was judged standing (not too slow to see)
@@ -461,20 +470,21 @@ class VOPipeline:
 
     def _interval(self, last_stamp: float | None, stamp: float) -> float | None:
         """``PoseEstimate.interval_s``: this frame's time since the last one (``last_stamp``) by the clock of
-        :meth:`_pair_intervals`. While the frame count is the clock one frame is the mean of the last 30 stamp
-        intervals, gaps beyond the stamps' jitter left out: consecutive intervals share their stamps, so their mean is
-        the span over the count and a stamp's jitter enters it once (their median kept ~5 % of a +-30 % jitter).
-        An interval beyond the jitter (a gap) is its own."""
+        :meth:`_pair_intervals` (the stamps, or its camera intervals times the typical interval), and the typical
+        interval updated: the mean of the last 30 intervals within +-50 % of their median. Consecutive intervals
+        share their stamps, so their mean is the span over the count and a stamp's jitter enters it once (their median
+        kept ~5 % of a +-30 % jitter)."""
         stamp = float(stamp)
         if last_stamp is None or not stamp > last_stamp:
             return None
         raw = stamp - last_stamp
+        out = raw if self.frame_clock is None else self._camera_intervals(raw) * self.typical_interval
         self.intervals = self.intervals[-29:] + [raw]
-        if self.frame_clock is None:
-            return raw
         d = np.array(self.intervals)
-        regular = np.abs(np.log(d / np.median(d))) <= 4.0 * self.frame_clock
-        return float(d[regular].mean()) if regular[-1] else raw
+        median = float(np.median(d))
+        regular = d[np.abs(d / median - 1.0) <= 0.5]
+        self.typical_interval = float(regular.mean()) if regular.size else median
+        return out
 
     def _judge_blur(self, grey: np.ndarray | None) -> None:
         """``self.blurred``: this frame (``grey``) is much less sharp than the last keyframes (``pipeline.blur_ratio``;
@@ -720,12 +730,21 @@ class VOPipeline:
         prior counted frames, not time, for the rest of the run (a 5-interval gap in slow motion: a 0.2x step)."""
         stamp = float(frame.stamp)
         usable = np.isfinite(stamp) and (self.last_stamp is None or stamp > self.last_stamp)
-        return _Tick(stamp if usable else None, self.frames_seen + 1)
+        cameras = self._camera_intervals(stamp - self.last_stamp) if usable and self.last_stamp is not None else 1
+        return _Tick(stamp if usable else None, self.frames_seen + 1, self.cameras_seen + cameras)
+
+    def _camera_intervals(self, interval: float) -> int:
+        """Camera intervals in one ``interval`` (s) between consecutive frames: 1, or more where it is at least 1.7
+        typical intervals (:attr:`typical_interval`): a dropped frame (2) is counted where the stamps' jitter is
+        below +-15 % of the interval, and no jitter below +-35 % makes one interval two."""
+        if self.typical_interval is None:
+            return 1
+        return max(1, int(np.floor(interval / self.typical_interval + 0.3)))
 
     def _tick(self, frame: Frame) -> _Tick:
         """Count ``frame`` (:meth:`_next_tick`)."""
         now = self._next_tick(frame)
-        self.frames_seen = now.count
+        self.frames_seen, self.cameras_seen = now.count, now.cameras
         if np.isfinite(frame.stamp):
             self.last_stamp = float(frame.stamp)
         return now
@@ -734,31 +753,25 @@ class VOPipeline:
         """This pair's moving time (``self.base`` to ``now``) in units of the last pair's (``self.motion``).
 
         By the stamps, unless they are jittered (a driver that stamps each image when the host receives it): when
-        the frame count has predicted the last pairs' lengths clearly better than the stamps (:meth:`_record_clock`),
-        it counts frames, except across a gap that the stamps show beyond their jitter (dropped frames). The speed
-        prior's length, the patch warps' zoom and the gap test all read it. Stamps jittered by +-30 % of the frame
+        counting camera intervals has predicted the last pairs' lengths clearly better than the stamps
+        (:meth:`_record_clock`), it counts them (:meth:`_camera_intervals`: one per frame, more across a dropped
+        frame). The speed prior's length, the patch warps' zoom and the gap test all read it. Stamps jittered by +-30 % of the frame
         interval cost the learned frontend's KITTI 07 0.057 -> 0.095 m through the patch warps alone (the wrong
         zoom biases the LK refinement); SIFT, without the refinement, hardly moved (docs/results.md: Jittered
         stamps)."""
         span = _Span.between(self.base, now)
-        by_time = span.ratio(self.motion.span)
-        spread = self.frame_clock
-        if spread is None:
-            return by_time
-        by_frames = span.frames / max(self.motion.span.frames, 1)
-        # a pair across dropped frames (or after them) is 2x (0.5x) the frames' ratio: seen where the jitter is small
-        return by_time if abs(np.log(by_time / by_frames)) > 4.0 * spread else by_frames
+        return span.ratio(self.motion.span) if self.frame_clock is None else span.camera_ratio(self.motion.span)
 
     def _record_clock(self, length: float, now: _Tick) -> None:
         """Remember how well each clock predicted this pair's measured ``length``, and choose the clock
         (:meth:`_pair_intervals`): :attr:`frame_clock` is the stamps' robust spread of log length errors when the
-        frame count predicted the last pairs' lengths with less than half of it (at least 10 pairs measured), else
-        None (the stamps)."""
+        count of camera intervals predicted the last pairs' lengths with less than half of it (at least 10 pairs
+        measured), else None (the stamps)."""
         m = self.motion
         span = _Span.between(self.base, now)
         if span.seconds is None or m.span.seconds is None or not m.distance > 0 or not length > 0:
             return  # no stamps to judge: both clocks count frames
-        by_time, by_frames = span.seconds / m.span.seconds, span.frames / max(m.span.frames, 1)
+        by_time, by_frames = span.seconds / m.span.seconds, span.camera_ratio(m.span)
         errors = (float(np.log(length / (m.distance * by_time))), float(np.log(length / (m.distance * by_frames))))
         self.clock_errors = self.clock_errors[-29:] + [errors]
         self.frame_clock = None

@@ -1270,19 +1270,22 @@ def test_a_gap_in_slow_motion_is_timed_even_after_a_first_stamp_from_another_clo
     assert ratio[across] == pytest.approx(1.0, abs=0.1)
 
 
-@pytest.mark.parametrize("stamps", ["jittered", "exact", "irregular"])
-def test_the_speed_prior_counts_frames_only_when_the_stamps_are_jittered(stamps):
+@pytest.mark.parametrize("stamps", ["jittered", "exact", "irregular", "jittered with drops"])
+def test_the_speed_prior_counts_camera_intervals_only_when_the_stamps_are_jittered(stamps):
     """Constant speed, 0.5 m per camera frame (0.1 s). Jittered: every stamp moved by up to +-30 % of the interval
     (a driver that stamps each image when the host receives it); the stamps' ratio of this pair's time to the
-    last's is then up to ~3x off, and once the frame count has predicted the pairs' lengths better the prior counts
-    frames. Exact stamps keep the stamps' clock. Irregular: each processed frame 1-3 camera frames after the last,
-    with exact stamps, as a node that keeps only the newest image processes them: the frame count is wrong there,
-    and the stamps' clock stays. Checked on what the prior reads before each frame (``_pair_intervals``) against
-    the true ratio of camera intervals."""
+    last's is then up to ~3x off, and once counting camera intervals has predicted the pairs' lengths better the
+    prior counts them. With drops: 15 % of the frames dropped and +-10 % jitter; a dropped frame is an interval of
+    two. Exact stamps keep the stamps' clock. Irregular: each processed frame 1-3 camera frames after the last, with
+    exact stamps, as a node that keeps only the newest image processes them: the stamps stay. Checked on what the
+    prior reads before each frame (``_pair_intervals``) against the true ratio of camera intervals, and on each
+    frame's ``interval_s``."""
     rng = np.random.default_rng(3)
     n = 40
-    cam = np.concatenate([[0], np.cumsum(rng.integers(1, 4, n - 1))]) if stamps == "irregular" else np.arange(n)
-    stamp = 0.1 * cam + (rng.uniform(-0.03, 0.03, n) if stamps == "jittered" else 0.0)
+    steps = {"irregular": rng.integers(1, 4, n - 1), "jittered with drops": 1 + (rng.random(n - 1) < 0.15)}
+    cam = np.concatenate([[0], np.cumsum(steps[stamps])]) if stamps in steps else np.arange(n)
+    jitter = {"jittered": 0.03, "jittered with drops": 0.01}.get(stamps, 0.0)
+    stamp = 0.1 * cam + rng.uniform(-jitter, jitter, n)
     truth = driving_poses(int(cam[-1]) + 1, step=0.5, yaw_deg=0.5)
     vo = VOPipeline(default_config(window=0), frontend=PointWorldFrontend([truth[k] for k in cam]))
     errors, by_stamps, intervals = [], [], []
@@ -1296,14 +1299,15 @@ def test_the_speed_prior_counts_frames_only_when_the_stamps_are_jittered(stamps)
             by_stamps.append(abs(np.log((stamp[i] - stamp[vo.base.count - 1]) / m.span.seconds / true)))
         intervals.append(vo.process(f).interval_s)
     assert len(errors) >= n - 3
-    assert (vo.frame_clock is not None) == (stamps == "jittered")
+    assert (vo.frame_clock is not None) == bool(jitter)
     assert np.mean(errors[-20:]) < 0.01, errors  # the last 20 pairs: exact (the first 10 judge the clocks)
-    # the time since the last frame (vo_node's twist divides by it): the stamps', or one typical interval
+    # the time since the last frame (vo_node's twist divides by it): the stamps', or the camera intervals' count
+    # times the typical interval
     assert intervals[0] is None
-    if stamps == "jittered":
-        assert np.mean(by_stamps[-20:]) > 0.15  # what the stamps alone said: off by ~20 % on average
-        np.testing.assert_allclose(intervals[-20:], 0.1, rtol=0.03)
-        assert np.abs(np.diff(stamp[-20:]) / 0.1 - 1).mean() > 0.15
+    if jitter:
+        assert np.mean(by_stamps[-20:]) > {"jittered": 0.15, "jittered with drops": 0.04}[stamps]  # the stamps alone
+        np.testing.assert_allclose(intervals[-20:], 0.1 * np.diff(cam)[-20:], rtol=0.03)
+        assert np.abs(np.diff(stamp)[-20:] / (0.1 * np.diff(cam)[-20:]) - 1).mean() > 2 * jitter
     else:
         np.testing.assert_allclose(intervals[1:], np.diff(stamp), rtol=1e-12)
 
