@@ -734,12 +734,13 @@ class VOPipeline:
         return _Tick(stamp if usable else None, self.frames_seen + 1, self.cameras_seen + cameras)
 
     def _camera_intervals(self, interval: float) -> int:
-        """Camera intervals in one ``interval`` (s) between consecutive frames: 1, or more where it is at least 1.7
-        typical intervals (:attr:`typical_interval`): a dropped frame (2) is counted where the stamps' jitter is
-        below +-15 % of the interval, and no jitter below +-35 % makes one interval two."""
+        """Camera intervals in one ``interval`` (s) between consecutive frames: 1, or where it is at least 1.7 typical
+        intervals (:attr:`typical_interval`) their rounded number: a dropped frame (2) is counted where the stamps'
+        jitter is below +-15 % of the interval, and no jitter below +-35 % makes one interval two."""
         if self.typical_interval is None:
             return 1
-        return max(1, int(np.floor(interval / self.typical_interval + 0.3)))
+        x = interval / self.typical_interval
+        return int(round(x)) if x >= 1.7 else 1
 
     def _tick(self, frame: Frame) -> _Tick:
         """Count ``frame`` (:meth:`_next_tick`)."""
