@@ -107,31 +107,24 @@ def _timed(timings: dict[str, float], key: str):
 
 @dataclass(frozen=True)
 class _Tick:
-    """When a frame was processed: its stamp (None when unusable: not after the last usable one), its running
-    number, and the camera intervals counted up to it (:meth:`VOPipeline._camera_intervals`)."""
+    """When a frame was processed: its stamp (None when unusable: not after the last usable one) and
+    its running number."""
 
     stamp: float | None
     count: int
-    cameras: int = 0
 
 
 @dataclass(frozen=True)
 class _Span:
-    """Time between two frames: seconds (None unless both stamps are usable), processed frames, and camera
-    intervals (0: not counted; then the processed frames)."""
+    """Time between two frames: seconds (None unless both stamps are usable) and processed frames."""
 
     seconds: float | None
     frames: int
-    cameras: int = 0
 
     @classmethod
     def between(cls, a: _Tick, b: _Tick) -> "_Span":
         ok = a.stamp is not None and b.stamp is not None and b.stamp > a.stamp
-        return cls(b.stamp - a.stamp if ok else None, b.count - a.count, b.cameras - a.cameras)
-
-    def camera_ratio(self, other: "_Span") -> float:
-        """``self / other`` in camera intervals (processed frames where they were not counted)."""
-        return (self.cameras or self.frames) / max(other.cameras or other.frames, 1)
+        return cls(b.stamp - a.stamp if ok else None, b.count - a.count)
 
     def ratio(self, other: "_Span") -> float:
         """``self / other``, in seconds when both have them, else in frames."""
@@ -328,7 +321,6 @@ class VOPipeline:
         # the camera was seen not to translate: a stop does not count as motion).
         self.motion: _Motion | None = None  # set once the first pair has fixed the trajectory's scale
         self.frames_seen = 0
-        self.cameras_seen = 0  # camera intervals counted (_camera_intervals)
         self.typical_interval: float | None = None  # between consecutive frames (_interval)
         self.last_stamp: float | None = None
         self.base = _Tick(None, 0)
@@ -478,7 +470,7 @@ class VOPipeline:
         if last_stamp is None or not stamp > last_stamp:
             return None
         raw = stamp - last_stamp
-        out = raw if self.frame_clock is None else self._camera_intervals(raw) * self.typical_interval
+        out = raw if self.frame_clock is None else self._camera_intervals(_Span(raw, 1)) * self.typical_interval
         self.intervals = self.intervals[-29:] + [raw]
         d = np.array(self.intervals)
         median = float(np.median(d))
@@ -730,22 +722,22 @@ class VOPipeline:
         prior counted frames, not time, for the rest of the run (a 5-interval gap in slow motion: a 0.2x step)."""
         stamp = float(frame.stamp)
         usable = np.isfinite(stamp) and (self.last_stamp is None or stamp > self.last_stamp)
-        cameras = self._camera_intervals(stamp - self.last_stamp) if usable and self.last_stamp is not None else 1
-        return _Tick(stamp if usable else None, self.frames_seen + 1, self.cameras_seen + cameras)
+        return _Tick(stamp if usable else None, self.frames_seen + 1)
 
-    def _camera_intervals(self, interval: float) -> int:
-        """Camera intervals in one ``interval`` (s) between consecutive frames: 1, or where it is at least 1.7 typical
-        intervals (:attr:`typical_interval`) their rounded number: a dropped frame (2) is counted where the stamps'
-        jitter is below +-15 % of the interval, and no jitter below +-35 % makes one interval two."""
-        if self.typical_interval is None:
-            return 1
-        x = interval / self.typical_interval
-        return int(round(x)) if x >= 1.7 else 1
+    def _camera_intervals(self, span: _Span) -> int:
+        """Camera intervals in ``span``: its processed frames, or where its seconds are at least 0.7 typical intervals
+        (:attr:`typical_interval`, the one now: two spans compared are counted in one unit) more, their rounded
+        number. A dropped frame is counted where the stamps' jitter is below +-15 % of the interval, and no jitter
+        below +-35 % adds one."""
+        if span.seconds is None or self.typical_interval is None:
+            return span.frames
+        x = span.seconds / self.typical_interval
+        return int(round(x)) if x >= span.frames + 0.7 else span.frames
 
     def _tick(self, frame: Frame) -> _Tick:
         """Count ``frame`` (:meth:`_next_tick`)."""
         now = self._next_tick(frame)
-        self.frames_seen, self.cameras_seen = now.count, now.cameras
+        self.frames_seen = now.count
         if np.isfinite(frame.stamp):
             self.last_stamp = float(frame.stamp)
         return now
@@ -761,7 +753,9 @@ class VOPipeline:
         zoom biases the LK refinement); SIFT, without the refinement, hardly moved (docs/results.md: Jittered
         stamps)."""
         span = _Span.between(self.base, now)
-        return span.ratio(self.motion.span) if self.frame_clock is None else span.camera_ratio(self.motion.span)
+        if self.frame_clock is None:
+            return span.ratio(self.motion.span)
+        return self._camera_intervals(span) / max(self._camera_intervals(self.motion.span), 1)
 
     def _record_clock(self, length: float, now: _Tick) -> None:
         """Remember how well each clock predicted this pair's measured ``length``, and choose the clock
@@ -772,7 +766,8 @@ class VOPipeline:
         span = _Span.between(self.base, now)
         if span.seconds is None or m.span.seconds is None or not m.distance > 0 or not length > 0:
             return  # no stamps to judge: both clocks count frames
-        by_time, by_frames = span.seconds / m.span.seconds, span.camera_ratio(m.span)
+        by_time = span.seconds / m.span.seconds
+        by_frames = self._camera_intervals(span) / max(self._camera_intervals(m.span), 1)
         errors = (float(np.log(length / (m.distance * by_time))), float(np.log(length / (m.distance * by_frames))))
         self.clock_errors = self.clock_errors[-29:] + [errors]
         self.frame_clock = None
