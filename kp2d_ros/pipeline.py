@@ -330,9 +330,9 @@ class VOPipeline:
         self.before_loss: _BeforeLoss | None = None  # the state a restart replaced (pipeline.rejoin_frames)
         self.odom_held: np.ndarray | None = None  # after a rejoin, odom where the lost chain left it, until a pose
         self.speed_changes: list[tuple[float, float]] = []  # (log measured / prior length, elapsed), last pairs
-        # (log measured / predicted length, by the stamps and by the frame count), last pairs: :meth:`_pair_intervals`
+        # (log measured / predicted length, by the stamps and by counting camera intervals), last pairs (_record_clock)
         self.clock_errors: list[tuple[float, float]] = []
-        self.frame_clock: float | None = None  # while the frame count is the clock: the stamps' spread (_record_clock)
+        self.frame_clock: float | None = None  # while camera intervals are counted: the stamps' spread (_record_clock)
         self.intervals: list[float] = []  # the last stamp intervals between consecutive frames (_interval)
         self.ref_cov = np.zeros((6, 6))  # covariance of the reference keyframe's pose (world axes)
         self.last_cov = np.zeros((6, 6))
@@ -470,7 +470,8 @@ class VOPipeline:
         if last_stamp is None or not stamp > last_stamp:
             return None
         raw = stamp - last_stamp
-        out = raw if self.frame_clock is None else self._camera_intervals(_Span(raw, 1)) * self.typical_interval
+        counted = self.frame_clock is not None and self.typical_interval is not None
+        out = self._camera_intervals(_Span(raw, 1)) * self.typical_interval if counted else raw
         self.intervals = self.intervals[-29:] + [raw]
         d = np.array(self.intervals)
         median = float(np.median(d))
@@ -748,10 +749,10 @@ class VOPipeline:
         By the stamps, unless they are jittered (a driver that stamps each image when the host receives it): when
         counting camera intervals has predicted the last pairs' lengths clearly better than the stamps
         (:meth:`_record_clock`), it counts them (:meth:`_camera_intervals`: one per frame, more across a dropped
-        frame). The speed prior's length, the patch warps' zoom and the gap test all read it. Stamps jittered by +-30 % of the frame
-        interval cost the learned frontend's KITTI 07 0.057 -> 0.095 m through the patch warps alone (the wrong
-        zoom biases the LK refinement); SIFT, without the refinement, hardly moved (docs/results.md: Jittered
-        stamps)."""
+        frame). The speed prior's length, the patch warps' zoom and the gap test all read it. Stamps jittered by
+        +-30 % of the frame interval cost the learned frontend's KITTI 07 0.057 -> 0.095 m through the patch warps
+        alone (the wrong zoom biases the LK refinement); SIFT, without the refinement, hardly moved
+        (docs/results.md: Jittered stamps)."""
         span = _Span.between(self.base, now)
         if self.frame_clock is None:
             return span.ratio(self.motion.span)
