@@ -210,9 +210,9 @@ class PoseEstimate:
     scale_notes : why a configured metric source was not used at this frame ("" when it was, or none is
         configured), e.g. ``ground plane rejected: ...``.
     interval_s : seconds since the previous frame by the pipeline's clock: the stamps' difference, or where the
-        stamps are jittered (the frame count predicts the pairs' lengths better) the stamps' median interval, except
-        across a gap beyond their jitter. None for a first frame or a stamp not after the last. ``vo_node``'s
-        twist divides each step by it.
+        stamps are jittered (counting camera intervals predicts the pairs' lengths better) the camera intervals
+        counted (one, more across a dropped frame) times the typical interval. None for a first frame or a stamp not
+        after the last. ``vo_node``'s twist divides each step by it.
     """
 
     stamp: float
