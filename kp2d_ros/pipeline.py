@@ -754,8 +754,10 @@ class VOPipeline:
         alone (the wrong zoom biases the LK refinement); SIFT, without the refinement, hardly moved
         (docs/results.md: Jittered stamps)."""
         span = _Span.between(self.base, now)
-        if self.frame_clock is None:
-            return span.ratio(self.motion.span)
+        return span.ratio(self.motion.span) if self.frame_clock is None else self._camera_ratio(span)
+
+    def _camera_ratio(self, span: _Span) -> float:
+        """``span`` over the last pair's (``self.motion.span``) in camera intervals (:meth:`_camera_intervals`)."""
         return self._camera_intervals(span) / max(self._camera_intervals(self.motion.span), 1)
 
     def _record_clock(self, length: float, now: _Tick) -> None:
@@ -767,8 +769,7 @@ class VOPipeline:
         span = _Span.between(self.base, now)
         if span.seconds is None or m.span.seconds is None or not m.distance > 0 or not length > 0:
             return  # no stamps to judge: both clocks count frames
-        by_time = span.seconds / m.span.seconds
-        by_frames = self._camera_intervals(span) / max(self._camera_intervals(m.span), 1)
+        by_time, by_frames = span.ratio(m.span), self._camera_ratio(span)
         errors = (float(np.log(length / (m.distance * by_time))), float(np.log(length / (m.distance * by_frames))))
         self.clock_errors = self.clock_errors[-29:] + [errors]
         self.frame_clock = None

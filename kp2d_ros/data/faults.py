@@ -193,13 +193,13 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
         first = int(idx[0])
         idx = idx[(idx - first) % faults.every == 0]
     new_stamps = stamps[idx].astype(np.float64)
+    dt = float(np.median(np.diff(stamps))) if n > 1 else 1.0  # the median frame interval: a stop's, the jitter's unit
+    dt = dt if np.isfinite(dt) and dt > 0 else 1.0
     if faults.stop and faults.stop[1] > 0:
         k, r = faults.stop
         pos = np.flatnonzero(idx == k)
         if pos.size == 0:
             raise DataError(f"--simulate: stop at frame {k}, which is not part of the simulated sequence")
-        dt = float(np.median(np.diff(stamps))) if n > 1 else 1.0
-        dt = dt if np.isfinite(dt) and dt > 0 else 1.0
         p = int(pos[0])
         new_stamps = np.concatenate([new_stamps[:p + 1], new_stamps[p] + dt * np.arange(1, r + 1),
                                      new_stamps[p + 1:] + r * dt])
@@ -207,8 +207,6 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
     if idx.size == 0:
         raise DataError("--simulate: no frame left")
     if faults.jitter:
-        dt = float(np.median(np.diff(stamps))) if n > 1 else 1.0
-        dt = dt if np.isfinite(dt) and dt > 0 else 1.0
         offsets = np.random.default_rng(0).uniform(-1.0, 1.0, n)  # one offset per original frame, in every variant
         new_stamps = new_stamps + offsets[idx] * faults.jitter / 100.0 * dt
     order = [int(i) for i in idx]
