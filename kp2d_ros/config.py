@@ -275,6 +275,14 @@ class PipelineConfig:
     # that sees it again (keyframe_min_inliers inliers) takes the tracker back to it, and the restart's keyframes, which
     # followed whatever filled the view (a person walking past), are dropped. 0: off.
     rejoin_frames: int = 30
+    # A frame whose image is byte for byte the last one's is a stale image sent again (a stalled USB camera, a
+    # driver or synchroniser that publishes its last image twice with a new stamp): a real camera's noise never
+    # repeats. It carries nothing new, so the tracker skips it as it would a dropped frame (no network, no state
+    # change: the next image's pair spans its time too) and its pose is held, flagged ``repeated``. Taking it for a
+    # stop, as before, restarted the speed prior's moving time, so the next pair's prior and patch warps expected one
+    # interval of motion where the camera had moved on for several. After this many in a row the images are taken as
+    # they come (a noiseless simulator's camera standing still gives identical images too). 0: off.
+    max_repeated_frames: int = 3
     # A blurred frame (a bump, a fast pan): the variance of its Laplacian (over its squared mean brightness, so that an
     # auto-exposure change is not blur) below blur_ratio times the median of the last 5 keyframes'. It is posed
     # against the last sharp keyframe as usual (at the last velocity when fewer than
@@ -321,6 +329,7 @@ class PipelineConfig:
         _positive("pipeline.speed_change_sigma", self.speed_change_sigma)
         _positive("pipeline.max_lost_frames", self.max_lost_frames)
         _nonneg("pipeline.rejoin_frames", self.rejoin_frames)
+        _nonneg("pipeline.max_repeated_frames", self.max_repeated_frames)
         if not 0.0 <= self.blur_ratio < 1.0:
             raise ConfigError(f"pipeline.blur_ratio: 0 (off) or in (0, 1), got {self.blur_ratio}")
         _positive("pipeline.max_blurred_frames", self.max_blurred_frames)

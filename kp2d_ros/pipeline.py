@@ -336,6 +336,12 @@ class VOPipeline:
         self.intervals: list[float] = []  # the last stamp intervals between consecutive frames (_interval)
         self.ref_cov = np.zeros((6, 6))  # covariance of the reference keyframe's pose (world axes)
         self.last_cov = np.zeros((6, 6))
+        # Repeated images (pipeline.max_repeated_frames): the last image (a copy), the last estimate, how many frames
+        # in a row showed that image since, and the seconds those skipped since the last frame processed
+        self._last_image: np.ndarray | None = None
+        self._last_est: PoseEstimate | None = None
+        self.repeated_run = 0
+        self._repeated_s: float | None = 0.0
         self.metric.reset()
         self._travel: tuple[int, float | None] | None = None  # (id of its reference, metres travelled since)
         self._scale_choice: ScaleChoice | None = None  # this frame's, when the metric hook ran
@@ -408,6 +414,12 @@ class VOPipeline:
         self._backend_ms, self._finished_ms = carried + self._finished_ms, 0.0
         camera = self._camera(frame)  # with the k1 of a window just taken
         self._focal = focal_length(camera)
+        est = self._repeated(frame, travelled_m, last_stamp)
+        if est is not None:
+            timings["backend"] = self._backend_ms
+            timings["total"] = (time.perf_counter() - t_start) * 1e3 + carried
+            est.timings_ms = timings
+            return est
         with _timed(timings, "network"):
             feats = features if features is not None else self.detect(frame)
         if self._take_window_after_network():
@@ -458,6 +470,64 @@ class VOPipeline:
         est.T_world_odom = self.T_world_odom.copy()
         est.T_odom_cam = invert_se3(self.T_world_odom) @ est.T_world_cam
         est.interval_s = self._interval(last_stamp, frame.stamp)
+        if est.interval_s is not None and self._repeated_s is not None:
+            est.interval_s += self._repeated_s  # the frames skipped since the last one processed
+        elif self._repeated_s != 0.0:
+            est.interval_s = None
+        self._repeated_s = 0.0
+        self._last_est = est
+        return est
+
+    def _repeated(self, frame: Frame, travelled_m: float | None, last_stamp: float | None) -> PoseEstimate | None:
+        """The estimate of a frame that shows the last frame's image again, byte for byte, or None to process it.
+
+        A real camera's noise never repeats an image, so a repeated one is stale: a stalled camera or a driver that
+        sent its last image twice with a new stamp (``pipeline.max_repeated_frames``). It carries nothing new: the
+        tracker skips it as it would a dropped frame (no network, no matching, no state change, so the next image's
+        pair spans its time as well), and the last pose is held in odom: STATIC, as the image shows no motion, with
+        ``motion_model`` ``repeated``. Its covariance grows
+        by the last pair's length per camera interval while the camera was moving (it may have moved on unseen).
+        Before, such a frame was a stop: the speed prior's moving time restarted, and the next pair's prior and patch
+        warps expected one interval of motion. Only up to ``max_repeated_frames`` in a row, and only while tracking
+        or standing: after that the images are taken as they come (a noiseless simulator's camera standing still
+        repeats its image too, and its stop must restart the moving time)."""
+        n = self.cfg.pipeline.max_repeated_frames
+        image = np.asarray(frame.image)
+        last = self._last_image
+        if not (n > 0 and last is not None and last.shape == image.shape and last.dtype == image.dtype
+                and np.array_equal(last, image)):
+            self.repeated_run = 0
+            self._last_image = image.copy() if n > 0 else None  # a copy: a caller may reuse its buffer
+            return None
+        self.repeated_run += 1
+        prev = self._last_est
+        if (self.repeated_run > n or prev is None or prev.T_odom_cam is None or self.ref is None
+                or prev.status not in (TrackingStatus.TRACKING, TrackingStatus.STATIC)
+                or not _same_camera(self.ref.camera, self._raw_camera)):
+            return None
+        self._tick(frame)
+        self._accumulate_travel(travelled_m)
+        cov = None if prev.covariance is None else prev.covariance.copy()
+        m = self.motion
+        if cov is not None and prev.status == TrackingStatus.TRACKING and m is not None:
+            step = m.distance / max(self._camera_intervals(m.span), 1)  # the last pair's length per camera interval
+            cov[np.diag_indices(3)] += step ** 2
+        T_world_cam = self.T_world_odom @ prev.T_odom_cam  # odom held; map -> odom as the backend has it now
+        empty = np.zeros((0, 2))
+        est = PoseEstimate(stamp=frame.stamp, T_world_cam=T_world_cam, status=TrackingStatus.STATIC,
+                           num_features=prev.num_features, features=prev.features,
+                           matched=np.zeros(prev.num_features, bool), ref_keypoints=empty, cur_keypoints=empty,
+                           quality=prev.quality, covariance=cov, motion_model="repeated",
+                           keyframe_id=prev.keyframe_id,
+                           T_keyframe_cam=None if self.ref.id < 0 or prev.keyframe_id != self.ref.id
+                           else invert_se3(self.ref.T_world_cam) @ T_world_cam,
+                           T_odom_cam=prev.T_odom_cam.copy(), T_world_odom=self.T_world_odom.copy(),
+                           scale_source="none", scale_metric=self.metric.metric)
+        self.last_pose = est.T_world_cam
+        est.interval_s = self._interval(last_stamp, frame.stamp)
+        self._repeated_s = (self._repeated_s + est.interval_s
+                            if est.interval_s is not None and self._repeated_s is not None else None)
+        self._last_est = est
         return est
 
     def _interval(self, last_stamp: float | None, stamp: float) -> float | None:

@@ -188,7 +188,8 @@ class PoseEstimate:
         direction and length from the views), ``constant_speed`` (length from the speed prior: no shared
         structure), ``rotation_only`` (the camera turned without translating), ``constant_velocity``
         (too slow to see: translation continues the last pair's at its speed), ``static``, ``none``
-        (initialising, lost).
+        (initialising, lost), ``repeated`` (the image is byte for byte the last one's, a stale image sent again: the
+        last pose held, status STATIC, nothing measured; ``pipeline.max_repeated_frames``).
     keyframe_id, T_keyframe_cam : the backend keyframe this pose was estimated against and the pose relative to
         it (-1 / None without a backend or while lost): ``T_world_cam = T_world_keyframe @ T_keyframe_cam``, so
         a path can follow the keyframes the backend refines later.
@@ -211,8 +212,9 @@ class PoseEstimate:
         configured), e.g. ``ground plane rejected: ...``.
     interval_s : seconds since the previous frame by the pipeline's clock: the stamps' difference, or where the
         stamps are jittered (counting camera intervals predicts the pairs' lengths better) the camera intervals
-        counted (one, more across a dropped frame) times the typical interval. None for a first frame or a stamp not
-        after the last. ``vo_node``'s twist divides each step by it.
+        counted (one, more across a dropped frame) times the typical interval; after ``repeated`` frames, since the
+        last frame before them (their time too). None for a first frame or a stamp not after the last. ``vo_node``'s
+        twist divides each step by it.
     """
 
     stamp: float

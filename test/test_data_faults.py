@@ -144,3 +144,24 @@ def test_occlude_fills_the_frames_with_one_textured_panel_sliding_sideways(loade
     assert np.std(a) > 30 and a.min() >= 25 and a.max() <= 230  # textured, within 10-90 % of the range
     colour = occluder(np.zeros((120, 400, 3), np.uint16), 1)
     assert colour.shape == (120, 400, 3) and colour.dtype == np.uint16 and colour.max() > 50_000
+
+
+@pytest.mark.parametrize("loader", [True, False])
+def test_repeat_shows_the_last_image_again_while_time_and_ground_truth_go_on(loader):
+    base = numbered(loader=loader)
+    seq = simulate(base, "repeat=5:6,repeat=12,drop=14")
+    assert ids(seq) == [0, 1, 2, 3, 4, 4, 4, 7, 8, 9, 10, 11, 11, 13, 15, 16, 17, 18, 19]
+    assert seq.name == "num+drop14+repeat5-6+repeat12" and len(seq) == 19
+    kept = [i for i in range(20) if i != 14]
+    np.testing.assert_allclose(seq.stamps, base.stamps[kept])  # each frame keeps its own stamp
+    np.testing.assert_allclose(seq.ground_truth.poses[:, 0, 3], kept)  # and its own pose: the robot moved on
+    assert int(seq.frame(6).image[0, 0]) == 4
+
+
+def test_repeat_needs_an_image_before_it():
+    with pytest.raises(DataError, match="frame 0 has no image"):
+        Faults.parse("repeat=0:2")
+    with pytest.raises(DataError, match="removed"):
+        simulate(numbered(), "drop=4,repeat=5")
+    with pytest.raises(DataError, match="outside"):
+        simulate(numbered(), "repeat=18:25")

@@ -62,9 +62,12 @@ class PointWorldFrontend(Frontend):
         return Features(kp.astype(np.float32), desc[vis], np.ones(int(vis.sum()), np.float32))
 
 
-def frame(i, stamp=None, descriptor_set=0):
+def frame(i, stamp=None, descriptor_set=0, shot=0):
+    """Frame ``i`` of the point world; ``shot`` (0-255) changes a byte that the frontend ignores: another exposure of
+    the same view, as a real camera's noise makes every image differ (identical bytes are a repeated, stale image)."""
     image = np.full((480, 640), i, np.uint8)
     image[0, 1] = descriptor_set
+    image[0, 2] = shot
     return Frame(image=image, camera=CAM, stamp=float(i if stamp is None else stamp), index=i)
 
 
@@ -923,7 +926,7 @@ def test_stop_inside_motion_keeps_every_step(n_static, stamps, config):
     next steps: measured 2.0-2.5 %)."""
     gt = driving_poses(8, step=0.5, speed_change=0.2)
     ids = [0, 1, 2, 3] + [3] * n_static + [4, 5, 6, 7]
-    frames = [frame(i, stamp=0.1 * k if stamps == "time" else 0.0) for k, i in enumerate(ids)]
+    frames = [frame(i, stamp=0.1 * k if stamps == "time" else 0.0, shot=k) for k, i in enumerate(ids)]  # a real camera
     out = run(robustness_pipeline(config, PointWorldFrontend(gt)), frames)
     moving = [0, 1, 2, 3 + n_static] + list(range(4 + n_static, len(ids)))  # last frame of the stop -> frame 4
     est, true = _steps(out, [gt[i] for i in ids], moving)
@@ -933,6 +936,51 @@ def test_stop_inside_motion_keeps_every_step(n_static, stamps, config):
     for e in stop:  # held (a late window landing meanwhile only moves map -> odom: rounding)
         np.testing.assert_allclose(e.T_odom_cam, out[3].T_odom_cam, rtol=0, atol=1e-12)
     assert all(e.status == TrackingStatus.TRACKING for e in out[4 + n_static:])
+
+
+@pytest.mark.parametrize("max_repeated", [3, 0])
+def test_a_repeated_image_is_skipped_as_a_stale_frame(max_repeated):
+    """Frames 4 and 5 show frame 3's image again, byte for byte, with their own stamps, while the camera moves on (a
+    stalled camera, a driver sending its last image twice). Their pose is held (STATIC, ``repeated``) and the
+    tracker skips them as dropped frames: every later pose equals the run without them, and the next frame's
+    interval spans theirs. ``pipeline.max_repeated_frames: 0`` takes them for a stop, as before (its moving time
+    restarts there, so the next pair's prior expects one interval of motion for three; the step came out at ~1/3 of
+    its length)."""
+    gt = driving_poses(10, step=0.5, speed_change=0.2)
+    cfg = default_config()
+    cfg.pipeline.max_repeated_frames = max_repeated
+    stale = [frame(i, stamp=0.1 * i) for i in range(4)]
+    stale += [Frame(image=stale[3].image.copy(), camera=CAM, stamp=0.1 * i, index=i) for i in (4, 5)]
+    stale += [frame(i, stamp=0.1 * i) for i in range(6, 10)]
+    out = run(VOPipeline(cfg, frontend=PointWorldFrontend(gt)), stale)
+    dropped = run(VOPipeline(cfg, frontend=PointWorldFrontend(gt)), [frame(i, stamp=0.1 * i) for i in (0, 1, 2, 3, 6, 7, 8, 9)])
+    for e in out[4:6]:
+        assert e.status == TrackingStatus.STATIC
+        np.testing.assert_array_equal(e.T_odom_cam, out[3].T_odom_cam)
+    if max_repeated:
+        assert [e.motion_model for e in out[4:6]] == ["repeated"] * 2
+        assert out[4].timings_ms["network"] == 0.0 and out[4].num_inliers == 0
+        assert np.trace(out[5].covariance[:3, :3]) > np.trace(out[3].covariance[:3, :3])  # it may have moved on
+        for a, b in zip(out[6:], dropped[4:]):
+            np.testing.assert_allclose(a.T_odom_cam, b.T_odom_cam, rtol=0, atol=1e-9)
+        assert out[6].interval_s == pytest.approx(0.3) and dropped[4].interval_s == pytest.approx(0.3)
+        est, true = _steps(out, gt, [3, 6, 7, 8, 9])
+        np.testing.assert_allclose(est / est[0], true / true[0], rtol=0.02)
+    else:  # (the step after them comes out ~1/3 of its length there: the prior's one interval)
+        assert [e.motion_model for e in out[4:6]] == ["static"] * 2
+        assert out[6].interval_s == pytest.approx(0.1)
+
+
+def test_only_the_first_repeats_in_a_row_are_skipped():
+    """Six frames with frame 3's image (a noiseless simulator's camera standing still): the first
+    ``max_repeated_frames`` (3) are skipped, the rest are taken as they come, a stop; a new image ends the run."""
+    gt = driving_poses(6, step=0.5)
+    frames = [frame(i, stamp=0.1 * i) for i in range(4)] + [frame(3, stamp=0.1 * k) for k in range(4, 10)]
+    frames += [frame(4, stamp=1.0), frame(3, stamp=1.1)]
+    out = run(VOPipeline(default_config(), frontend=PointWorldFrontend(gt)), frames)
+    assert [e.motion_model for e in out[4:10]] == ["repeated"] * 3 + ["static"] * 3
+    assert all(e.status == TrackingStatus.STATIC for e in out[4:10])
+    assert out[10].status == TrackingStatus.TRACKING and out[11].motion_model != "repeated"
 
 
 def test_dropped_frames_leave_a_longer_interval():
@@ -1319,7 +1367,8 @@ def _position_sigma(e):
 def test_covariance_grows_with_distance_never_zero():
     gt = driving_poses(12, step=0.5)
     ids = [0, 1, 2, 3, 4, 5, 5, 5, 5, 6, 7, 8, 9, 10, 11]
-    out = run(VOPipeline(VOConfig(), frontend=PointWorldFrontend(gt)), [frame(i, stamp=0.1 * k) for k, i in enumerate(ids)])
+    out = run(VOPipeline(VOConfig(), frontend=PointWorldFrontend(gt)),
+              [frame(i, stamp=0.1 * k, shot=k) for k, i in enumerate(ids)])  # a real camera: no image repeats
     for e in out:
         assert e.covariance.shape == (6, 6)
         np.testing.assert_allclose(e.covariance, e.covariance.T, atol=1e-15)

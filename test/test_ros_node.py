@@ -507,6 +507,32 @@ def test_tracking_loss_with_real_pipeline(rig):
                                            TrackingStatus.INITIALIZING)
 
 
+def test_a_repeated_image_holds_the_pose_and_leaves_the_velocity_unknown(rig):
+    """A driver sends frame 3's image again with a new stamp (a stalled camera) while the camera moves on: that
+    odometry holds the pose with the twist unknown (1e6 variance: an EKF ignores it), and the next image's twist
+    spans both intervals, so it is not twice the speed."""
+    folder = data_path("vo", "tum_fr2_desk_20f")
+    from kp2d_ros.data import open_sequence
+
+    frames = list(open_sequence(folder, max_frames=7))
+    r = rig(params={"frontend.num_features": 500})
+    r.send_info(camera_info_of(frames[0].camera))
+    for f in frames[:4]:
+        r.send_image(image_msg(f.stamp, f.image))
+    r.send_image(image_msg(frames[4].stamp, frames[3].image))  # stale: frame 3's bytes, frame 4's stamp
+    for f in frames[5:]:
+        r.send_image(image_msg(f.stamp, f.image))
+    wait_until(lambda: len(r.odom) == 7, "odom")
+    assert r.node.stats["errors"] == 0
+    held, before, after = r.odom[4], r.odom[3], r.odom[5]
+    assert (held.pose.pose.position.x, held.pose.pose.position.y, held.pose.pose.position.z) == \
+        (before.pose.pose.position.x, before.pose.pose.position.y, before.pose.pose.position.z)
+    assert held.twist.covariance[0] == pytest.approx(1e6) and before.twist.covariance[0] < 1.0
+    speed = [math.dist((o.twist.twist.linear.x, o.twist.twist.linear.y, o.twist.twist.linear.z), (0, 0, 0))
+             for o in (before, after, r.odom[6])]
+    assert after.twist.covariance[0] < 1.0 and speed[1] < 1.5 * max(speed[0], speed[2])
+
+
 def test_a_stream_that_switches_resolution_restarts_tracking(rig):
     """The driver switches the stream to half resolution mid-run, CameraInfo still the full-size one (a new one
     often comes later): the node scales the camera to the images, the pipeline restarts from the last pose at the

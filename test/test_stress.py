@@ -23,7 +23,7 @@ def test_random_drops_are_reproducible_spare_the_first_frame_and_follow_the_rate
 
 def test_variants_are_the_replay_options_they_name():
     by_name = {v.name: v for v in stress_variants(160, ["clean", "lag3", "drops1", "drops1+lag2", "every2", "stop",
-                                                         "shade", "glare", "jitter20"])}
+                                                         "shade", "glare", "jitter20", "repeat2"])}
     assert (by_name["clean"].simulate, by_name["clean"].backend_lag) == (None, 0)
     assert (by_name["lag3"].simulate, by_name["lag3"].backend_lag) == (None, 3)
     spec = by_name["drops1"].simulate
@@ -34,8 +34,11 @@ def test_variants_are_the_replay_options_they_name():
     assert by_name["shade"].simulate == "gain=80:159:50" and by_name["glare"].simulate == "gain=80:159:180"
     assert Faults.parse(by_name["shade"].simulate).gain == ((80, 159, 50),)
     assert (by_name["jitter20"].simulate, by_name["jitter20"].backend_lag) == ("jitter=20", 0)
+    assert by_name["repeat2"].simulate == "repeat=81:82" and Faults.parse("repeat=81:82").repeat == ((81, 82),)
     assert "shade" not in DEFAULT_VARIANTS and "jitter20" not in DEFAULT_VARIANTS  # earlier runs: the defaults
-    for bad in (["clean", "clean"], ["lag0"], ["every1"], ["drops"], ["fast"], ["jitter0"], ["jitter50"]):
+    assert "repeat2" not in DEFAULT_VARIANTS
+    for bad in (["clean", "clean"], ["lag0"], ["every1"], ["drops"], ["fast"], ["jitter0"], ["jitter50"], ["repeat0"],
+                ["repeat80"]):
         with pytest.raises(ConfigError):
             stress_variants(160, bad)
     with pytest.raises(ConfigError, match="at least 3 frames"):

@@ -20,6 +20,11 @@ sequence):
                 same offsets in every run; P < 50 keeps the order): a camera driver that stamps each image when the
                 host receives it, not when it was exposed. The images and their ground truth stay; only the times the
                 pipeline sees change;
+``repeat=A:B``   frames A..B show frame A-1's image again (the same bytes), with their own stamps and ground truth:
+                a camera or driver that republishes its last image while the robot moves on (a stalled USB
+                camera, a throttle or synchroniser that pairs the same image twice). ``repeat=K`` repeats it once;
+                ``repeat`` may be given several times. The repeated frames' true motion is not in their images, so
+                their poses cannot follow it; what matters is the frame after, whose image has moved by all of it;
 ``occlude=A:B``  frames A..B show a textured panel that fills the view and slides sideways by 2 % of the width per
                 frame (:func:`occluder`): something that moves on its own passes right in front of the camera (a
                 person, a door, a vehicle alongside). Nothing of the scene is seen; what tracks is the panel's motion.
@@ -55,6 +60,7 @@ class Faults:
     gain : (A, B, P) frames A..B with their intensities multiplied by P / 100.
     occlude : (A, B) frames A..B replaced by a sliding textured panel.
     jitter : stamps moved by up to +-P percent of the median frame interval (0: not).
+    repeat : (A, B) inclusive ranges of original frames that show frame A-1's image.
     """
 
     frames: tuple[int, int] | None = None
@@ -64,6 +70,7 @@ class Faults:
     gain: tuple[tuple[int, int, int], ...] = ()
     occlude: tuple[int, int] | None = None
     jitter: int = 0
+    repeat: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def parse(cls, spec: str) -> "Faults":
@@ -80,17 +87,18 @@ class Faults:
                 continue
             key, sep, value = item.partition("=")
             key = key.strip()
-            if not sep or key not in ("frames", "drop", "every", "stop", "gain", "occlude", "jitter"):
+            if not sep or key not in ("frames", "drop", "every", "stop", "gain", "occlude", "jitter",
+                                                  "repeat"):
                 raise DataError(f"--simulate: expected frames=S:E, drop=A:B, every=N, stop=K:R, gain=A:B:P, "
-                                f"occlude=A:B or jitter=P, got {item!r}")
-            if key in seen and key not in ("drop", "gain"):
+                                f"occlude=A:B, jitter=P or repeat=A:B, got {item!r}")
+            if key in seen and key not in ("drop", "gain", "repeat"):
                 raise DataError(f"--simulate: {key} given twice")
             seen.add(key)
             try:
                 nums = [int(v) for v in value.split(":")]
             except ValueError:
                 raise DataError(f"--simulate: {key} needs integers, got {value!r}") from None
-            if key == "drop" and len(nums) == 1:
+            if key in ("drop", "repeat") and len(nums) == 1:
                 nums = nums * 2
             if key == "gain":
                 if len(nums) != 3 or any(n < 0 for n in nums):
@@ -112,10 +120,14 @@ class Faults:
                     raise DataError(f"--simulate: every must be >= 1, got {nums[0]}")
                 out.every = nums[0]
                 continue
-            if key in ("frames", "drop", "occlude") and nums[1] < nums[0]:
+            if key in ("frames", "drop", "occlude", "repeat") and nums[1] < nums[0]:
                 raise DataError(f"--simulate: {key}={value}: the range ends before it starts")
+            if key == "repeat" and nums[0] < 1:
+                raise DataError(f"--simulate: repeat={value}: frame 0 has no image before it to repeat")
             if key == "drop":
                 out.drop += ((nums[0], nums[1]),)
+            elif key == "repeat":
+                out.repeat += ((nums[0], nums[1]),)
             else:
                 setattr(out, key, (nums[0], nums[1]))
         return out
@@ -137,6 +149,8 @@ class Faults:
             parts.append(f"occlude{self.occlude[0]}-{self.occlude[1]}")
         if self.jitter:
             parts.append(f"jitter{self.jitter}")
+        for a, b in self.repeat:
+            parts.append(f"repeat{a}" if a == b else f"repeat{a}-{b}")
         return "".join("+" + p for p in parts)
 
 
@@ -179,7 +193,8 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
     n = len(sequence)
     stamps = sequence.stamps
     for key, rng in ([("frames", faults.frames), ("stop", faults.stop)] + [("drop", d) for d in faults.drop]
-                     + [("gain", g[:2]) for g in faults.gain] + [("occlude", faults.occlude)]):
+                     + [("gain", g[:2]) for g in faults.gain] + [("occlude", faults.occlude)]
+                     + [("repeat", r) for r in faults.repeat]):
         if rng is not None and not (0 <= rng[0] < n and (key == "stop" or rng[1] < n)):
             raise DataError(f"--simulate: {key}={rng[0]}:{rng[1]} is outside the sequence's frames 0..{n - 1}")
     keep = np.ones(n, bool)
@@ -210,6 +225,12 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
         offsets = np.random.default_rng(0).uniform(-1.0, 1.0, n)  # one offset per original frame, in every variant
         new_stamps = new_stamps + offsets[idx] * faults.jitter / 100.0 * dt
     order = [int(i) for i in idx]
+    source = np.arange(n)  # whose image each original frame shows
+    for a, b in faults.repeat:
+        source[a:b + 1] = source[a - 1]
+    for i in order:
+        if source[i] != i and not keep[source[i]]:
+            raise DataError(f"--simulate: frame {i} repeats frame {source[i]}'s image, which is removed")
     gains = np.ones(n)
     for a, b, pct in faults.gain:
         gains[a:b + 1] *= pct / 100.0
@@ -225,15 +246,20 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
             return
         want = iter(order)
         nxt = next(want, None)
+        shown: dict[int, np.ndarray] = {}  # the last image a repeat shows again, by its original frame
+        sources = {int(source[i]) for i in order}
         for i, frame in enumerate(sequence):
+            if i in sources:
+                shown = {i: faulted(i, frame.image)} if i in order else {}
             while nxt == i:
-                yield faulted(i, frame.image)
+                yield shown[source[i]] if source[i] in shown else faulted(i, frame.image)
                 nxt = next(want, None)
             if nxt is None:
                 return
 
     def load(j: int) -> np.ndarray:
-        return faulted(order[j], sequence.frame(order[j]).image)
+        i = int(source[order[j]])
+        return faulted(i, sequence.frame(i).image)
 
     return Sequence(sequence.name + faults.label(), sequence.layout, sequence.camera, new_stamps, images,
                     ground_truth=_ground_truth(sequence, idx, new_stamps), loader=load)

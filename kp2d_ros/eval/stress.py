@@ -20,9 +20,12 @@ The variants (names as ``--variants`` takes them):
                  robot drives into shade: ``--simulate gain=M:E:50``);
 ``glare``        from the middle frame on, at 1.8x their brightness, saturating (``gain=M:E:180``);
 ``jitterP``      every stamp moved by up to +-P % of the frame interval, the images and their order unchanged (a
-                 driver that stamps each image when the host receives it: ``--simulate jitter=P``, P < 50).
+                 driver that stamps each image when the host receives it: ``--simulate jitter=P``, P < 50);
+``repeatN``      the N frames after the middle one show its image again, byte for byte, with their own stamps and
+                 ground truth (a stalled camera or a driver that sends its last image again while the robot moves
+                 on: ``--simulate repeat=A:B``). Their poses cannot follow the motion, so compare the frames after.
 
-``shade``, ``glare`` and ``jitterP`` are not among the defaults (:data:`DEFAULT_VARIANTS`, which earlier runs were
+``shade``, ``glare``, ``jitterP`` and ``repeatN`` are not among the defaults (:data:`DEFAULT_VARIANTS`, which earlier runs were
 compared over); name them with ``--variants``.
 
 Everything here is deterministic: the same sequence, configuration and variants give the same numbers.
@@ -38,7 +41,7 @@ import numpy as np
 from kp2d_ros.data.faults import drop_spec
 from kp2d_ros.errors import ConfigError
 
-_NAME = re.compile(r"^(clean|stop|shade|glare|lag(\d+)|every(\d+)|drops(\d+)(\+lag(\d+))?|jitter(\d+))$")
+_NAME = re.compile(r"^(clean|stop|shade|glare|lag(\d+)|every(\d+)|drops(\d+)(\+lag(\d+))?|jitter(\d+)|repeat(\d+))$")
 _EXPOSURE = {"shade": 50, "glare": 180}  # percent of the brightness from the middle frame on
 
 
@@ -119,7 +122,7 @@ def stress_variants(n_frames: int, names=DEFAULT_VARIANTS, *, drop_rate: float =
         m = _NAME.match(name)
         if m is None:
             raise ConfigError(f"unknown stress variant {name!r}: expected clean, lagN, dropsS, dropsS+lagN, "
-                              f"everyN, stop, shade, glare or jitterP")
+                              f"everyN, stop, shade, glare, jitterP or repeatN")
         if name in seen:
             raise ConfigError(f"stress variant {name!r} given twice")
         seen.add(name)
@@ -134,6 +137,12 @@ def stress_variants(n_frames: int, names=DEFAULT_VARIANTS, *, drop_rate: float =
             out.append(StressVariant(name, simulate=f"gain={n_frames // 2}:{n_frames - 1}:{_EXPOSURE[name]}"))
         elif m.group(2):
             out.append(StressVariant(name, backend_lag=lag))
+        elif m.group(8):
+            count = int(m.group(8))
+            mid = n_frames // 2
+            if not 0 < count < n_frames - mid:
+                raise ConfigError(f"stress variant {name!r}: repeat needs 0 < N < {n_frames - mid} (frames after the middle)")
+            out.append(StressVariant(name, simulate=f"repeat={mid + 1}:{mid + count}"))
         elif m.group(7):
             if not 0 < int(m.group(7)) < 50:
                 raise ConfigError(f"stress variant {name!r}: jitter needs 0 < P < 50 (percent of the frame interval)")

@@ -51,7 +51,7 @@ from kp2d_ros.ros import conversions as conv
 from kp2d_ros.ros.outputs import PathBuffer, TrajectoryRecorder
 from kp2d_ros.ros.params import apply_changes, check_changes, declare_parameters, read_config, refresh_frontend
 from kp2d_ros.ros.tf_output import TfOutput
-from kp2d_ros.ros.twist import TwistTracker
+from kp2d_ros.ros.twist import TwistTracker, unknown_twist
 from kp2d_ros.scale import WheelOdometry
 from kp2d_ros.types import Frame, PoseEstimate, TrackingStatus
 
@@ -462,7 +462,10 @@ class VONode(Node):
         # is not a measurement, so it keeps the fallback's 1e3 std ("ignore me" for an EKF)
         cov_odom = conv.odom_covariance(est, T_ext) if est.status != TrackingStatus.LOST else None
         odom.pose.covariance = (fallback if cov_odom is None else cov_odom).ravel().tolist()
-        tw = self.twist.update(frame.stamp, T_odom_base, est.status, cov_odom, fallback, est.interval_s)
+        if est.motion_model == "repeated":  # a stale image: nothing new about the velocity (an EKF ignores it); the
+            tw = unknown_twist()  # tracker keeps the last image's pose, and the next step spans this frame's time
+        else:
+            tw = self.twist.update(frame.stamp, T_odom_base, est.status, cov_odom, fallback, est.interval_s)
         v, w = odom.twist.twist.linear, odom.twist.twist.angular
         v.x, v.y, v.z = (float(x) for x in tw.linear)
         w.x, w.y, w.z = (float(x) for x in tw.angular)

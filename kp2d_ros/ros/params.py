@@ -40,7 +40,7 @@ LIVE_PARAMETERS = frozenset({
     "pipeline.min_scale_points", "pipeline.max_scale_change", "pipeline.speed_change_sigma",
     "pipeline.min_triangulation_deg",
     "pipeline.rotation_keyframe_deg", "pipeline.turn_search_px", "pipeline.max_lost_frames",
-    "pipeline.rejoin_frames",
+    "pipeline.rejoin_frames", "pipeline.max_repeated_frames",
     "ros.publish_tf", "ros.publish_map_tf", "ros.publish_keypoints", "ros.publish_path", "ros.max_path_length", "ros.path_period_s",
     "ros.trajectory_file",
 })
