@@ -485,8 +485,8 @@ class VOPipeline:
         sent its last image twice with a new stamp (``pipeline.max_repeated_frames``). It carries nothing new: the
         tracker skips it as it would a dropped frame (no network, no matching, no state change, so the next image's
         pair spans its time as well), and the last pose is held in odom: STATIC, as the image shows no motion, with
-        ``motion_model`` ``repeated``. Its covariance grows
-        by the last pair's length per camera interval while the camera was moving (it may have moved on unseen).
+        ``motion_model`` ``repeated``. Its covariance grows by the last pair's length per camera interval while the
+        camera was moving (it may have moved on unseen).
         Before, such a frame was a stop: the speed prior's moving time restarted, and the next pair's prior and patch
         warps expected one interval of motion. Only up to ``max_repeated_frames`` in a row, and only while tracking
         or standing: after that the images are taken as they come (a noiseless simulator's camera standing still
@@ -518,11 +518,11 @@ class VOPipeline:
                            num_features=prev.num_features, features=prev.features,
                            matched=np.zeros(prev.num_features, bool), ref_keypoints=empty, cur_keypoints=empty,
                            quality=prev.quality, covariance=cov, motion_model="repeated",
-                           keyframe_id=prev.keyframe_id,
-                           T_keyframe_cam=None if self.ref.id < 0 or prev.keyframe_id != self.ref.id
-                           else invert_se3(self.ref.T_world_cam) @ T_world_cam,
                            T_odom_cam=prev.T_odom_cam.copy(), T_world_odom=self.T_world_odom.copy(),
                            scale_source="none", scale_metric=self.metric.metric)
+        if self.map is not None and self.ref.id >= 0:  # as process() gives every tracked frame
+            est.keyframe_id = self.ref.id
+            est.T_keyframe_cam = invert_se3(self.ref.T_world_cam) @ T_world_cam
         self.last_pose = est.T_world_cam
         est.interval_s = self._interval(last_stamp, frame.stamp)
         self._repeated_s = (self._repeated_s + est.interval_s

@@ -87,8 +87,7 @@ class Faults:
                 continue
             key, sep, value = item.partition("=")
             key = key.strip()
-            if not sep or key not in ("frames", "drop", "every", "stop", "gain", "occlude", "jitter",
-                                                  "repeat"):
+            if not sep or key not in ("frames", "drop", "every", "stop", "gain", "occlude", "jitter", "repeat"):
                 raise DataError(f"--simulate: expected frames=S:E, drop=A:B, every=N, stop=K:R, gain=A:B:P, "
                                 f"occlude=A:B, jitter=P or repeat=A:B, got {item!r}")
             if key in seen and key not in ("drop", "gain", "repeat"):
@@ -249,8 +248,8 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
         shown: dict[int, np.ndarray] = {}  # the last image a repeat shows again, by its original frame
         sources = {int(source[i]) for i in order}
         for i, frame in enumerate(sequence):
-            if i in sources:
-                shown = {i: faulted(i, frame.image)} if i in order else {}
+            if i in sources:  # a kept frame (a repeat's image is checked to be kept above)
+                shown = {i: faulted(i, frame.image)}
             while nxt == i:
                 yield shown[source[i]] if source[i] in shown else faulted(i, frame.image)
                 nxt = next(want, None)
