@@ -463,9 +463,7 @@ class VOPipeline:
         self._label_scale(est)
         if est.is_keyframe and self.metric.active:
             self._ground_images["ref"] = (id(self.ref), self._ground_images.get("cur"))
-        if self.map is not None and est.status != TrackingStatus.LOST and self.ref is not None and self.ref.id >= 0:
-            est.keyframe_id = self.ref.id
-            est.T_keyframe_cam = invert_se3(self.ref.T_world_cam) @ est.T_world_cam
+        self._name_keyframe(est)
         self.last_pose = est.T_world_cam
         est.T_world_odom = self.T_world_odom.copy()
         est.T_odom_cam = invert_se3(self.T_world_odom) @ est.T_world_cam
@@ -501,7 +499,7 @@ class VOPipeline:
             return None
         self.repeated_run += 1
         prev = self._last_est
-        if (self.repeated_run > n or prev is None or prev.T_odom_cam is None or self.ref is None
+        if (self.repeated_run > n or prev is None or self.ref is None
                 or prev.status not in (TrackingStatus.TRACKING, TrackingStatus.STATIC)
                 or not _same_camera(self.ref.camera, self._raw_camera)):
             return None
@@ -520,15 +518,20 @@ class VOPipeline:
                            quality=prev.quality, covariance=cov, motion_model="repeated",
                            T_odom_cam=prev.T_odom_cam.copy(), T_world_odom=self.T_world_odom.copy(),
                            scale_source="none", scale_metric=self.metric.metric)
-        if self.map is not None and self.ref.id >= 0:  # as process() gives every tracked frame
-            est.keyframe_id = self.ref.id
-            est.T_keyframe_cam = invert_se3(self.ref.T_world_cam) @ T_world_cam
+        self._name_keyframe(est)
         self.last_pose = est.T_world_cam
         est.interval_s = self._interval(last_stamp, frame.stamp)
         self._repeated_s = (self._repeated_s + est.interval_s
                             if est.interval_s is not None and self._repeated_s is not None else None)
         self._last_est = est
         return est
+
+    def _name_keyframe(self, est: PoseEstimate) -> None:
+        """``est.keyframe_id`` / ``T_keyframe_cam``: the backend keyframe it was posed against (the reference) and
+        its pose relative to it, when there is a backend and ``est`` is not lost."""
+        if self.map is not None and est.status != TrackingStatus.LOST and self.ref is not None and self.ref.id >= 0:
+            est.keyframe_id = self.ref.id
+            est.T_keyframe_cam = invert_se3(self.ref.T_world_cam) @ est.T_world_cam
 
     def _interval(self, last_stamp: float | None, stamp: float) -> float | None:
         """``PoseEstimate.interval_s``: this frame's time since the last one (``last_stamp``) by the clock of
