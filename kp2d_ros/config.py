@@ -69,6 +69,23 @@ class FrontendConfig:
     # slightly worse: demo ATE 0.0073 -> 0.0076 m, TUM 0.0107 -> 0.0118 m), or auto = onnxruntime when installed
     # and the network runs fp32, else torchscript. On CUDA torchscript means eager torch.
     engine: str = "torchscript"  # torchscript | torch | onnxruntime | auto
+    # Where no keypoint is detected: what moves with the camera (the robot's own body in view: a bonnet, a bumper, a
+    # gripper, a mount; an overlay burned into the image; a vignetted corner). Its points stay at the same pixels
+    # whatever the camera does, and with a fifth of the view such a body the odometry read a stop where the car drove
+    # (KITTI 07 with `--simulate body=20`: 25-29 m ATE against 0.06 m; docs/results.md: The robot's own body in view).
+    # mask_ratios: the fractions of the image's width (left, right) and height (top, bottom) cut off at each side,
+    # e.g. [0.0, 0.0, 0.0, 0.2] for a bonnet in the bottom fifth (rtabmap's Vis/RoiRatios order).
+    mask_ratios: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    # An image file (absolute, or relative to the working directory) whose black (zero) pixels get no keypoint, any
+    # shape the ratios cannot draw; it is resized to each image's size. "" = none. Both may be given.
+    mask_image: str = ""
+    # The same found from the images (kp2d_ros.frontend_common.StillBlocks): a region of at least 6 blocks of 16x16 px
+    # that reaches the image's border and has moved by less than 1 px through this many judgements in a row (one each
+    # time the view has moved by a median 4 px) gets no keypoints until it moves. In the scene of KITTI 07, TUM
+    # fr2/desk, the demo street (also at 1/4 of its speed) and every scenario of scripts/robot_moves.py such a region
+    # stayed still through at most 2 judgements; a body in view through all of them (KITTI 07: about one a frame).
+    # 0: off.
+    still_mask_frames: int = 10
 
     def validate(self) -> None:
         _choice("frontend.type", self.type, ("orb", "sift", "kp2d"))
@@ -86,6 +103,14 @@ class FrontendConfig:
         _nonneg("frontend.nms_radius", self.nms_radius)
         _nonneg("frontend.grid_cols", self.grid_cols)
         _nonneg("frontend.grid_rows", self.grid_rows)
+        r = self.mask_ratios
+        if (len(r) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) and 0.0 <= v < 1.0 for v in r)
+                or r[0] + r[1] >= 1.0 or r[2] + r[3] >= 1.0):
+            raise ConfigError(f"frontend.mask_ratios: expected [left, right, top, bottom] fractions in [0, 1) that leave "
+                              f"part of the image (left + right < 1, top + bottom < 1), got {r}")
+        _nonneg("frontend.still_mask_frames", self.still_mask_frames)
+        if self.mask_image and not Path(self.mask_image).expanduser().is_file():
+            raise ConfigError(f"frontend.mask_image: no such file: {self.mask_image}")
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np
 
 from kp2d_ros.config import FrontendConfig
 from kp2d_ros.errors import ConfigError, ModelError
-from kp2d_ros.frontend_common import grid_select, resize_to_working, to_grey, to_input_pixels
+from kp2d_ros.frontend_common import DetectionMask, grid_select, resize_to_working, to_grey, to_input_pixels
 from kp2d_ros.types import Features, Frontend
 
 
@@ -37,6 +37,7 @@ class OpenCVFrontend(Frontend):
             self.binary = False
         else:
             raise ConfigError(f"frontend.type: {cfg.type!r} is not an OpenCV frontend")
+        self.mask = DetectionMask(cfg.mask_ratios, cfg.mask_image)
 
     def detect(self, image: np.ndarray) -> Features:
         """Keypoints, descriptors and scores of one image.
@@ -51,7 +52,8 @@ class OpenCVFrontend(Frontend):
         """
         grey = to_grey(image)
         work, scale = resize_to_working(grey, self.cfg.resolution, self.cfg.scale)
-        kps, desc = self.detector.detectAndCompute(work, None)
+        mask = self.mask.at((grey.shape[1], grey.shape[0]), (work.shape[1], work.shape[0]))
+        kps, desc = self.detector.detectAndCompute(work, mask)
         dim = 32 if self.binary else 128
         if desc is None or len(kps) == 0:
             return Features.empty(dim=dim, binary=self.binary)

@@ -3,6 +3,8 @@ on the way in, and the keypoint selection and the map back to input pixels on th
 frontends import it, and it imports none of them."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -65,6 +67,157 @@ def resize_to_working(grey: np.ndarray, resolution: list[int], scale: float = 1.
         return grey, np.ones(2)
     interp = cv2.INTER_AREA if w * h < w_in * h_in else cv2.INTER_LINEAR
     return cv2.resize(grey, (w, h), interpolation=interp), np.array([w_in / w, h_in / h])
+
+
+class DetectionMask:
+    """Where keypoints may be detected (``frontend.mask_ratios`` and ``frontend.mask_image``): a (h, w) uint8 mask per
+    working size, 255 where detection is allowed, built once per input and working size.
+
+    Raises
+    ------
+    DataError
+        a mask image that cannot be read, or one that allows nothing.
+    """
+
+    def __init__(self, ratios=(0.0, 0.0, 0.0, 0.0), image_path: str = ""):
+        self.ratios = tuple(float(r) for r in ratios)
+        self.image = None
+        if image_path:
+            self.image = cv2.imread(str(Path(image_path).expanduser()), cv2.IMREAD_GRAYSCALE)
+            if self.image is None or self.image.size == 0:
+                raise DataError(f"frontend.mask_image: cannot read {image_path} as an image")
+            if not self.image.any():
+                raise DataError(f"frontend.mask_image: {image_path} is black everywhere: no keypoint could be detected")
+        self.active = any(self.ratios) or self.image is not None
+        self._cache: dict[tuple[int, int, int, int], np.ndarray] = {}
+        # (H, W) uint8 of the next input image, 255 where allowed, set from frame to frame (:class:`StillBlocks`)
+        self.dynamic: np.ndarray | None = None
+
+    def at(self, input_size: tuple[int, int], working_size: tuple[int, int]) -> np.ndarray | None:
+        """(h, w) uint8 mask of the working image (255: keypoints allowed) for an input image of ``input_size``
+        (w, h) seen at ``working_size`` (w, h); None when nothing is masked."""
+        fixed = self._fixed(input_size, working_size)
+        dynamic = self.dynamic
+        if dynamic is None or dynamic.shape != (input_size[1], input_size[0]):
+            return fixed
+        if tuple(working_size) != tuple(input_size):
+            dynamic = cv2.resize(dynamic, tuple(working_size), interpolation=cv2.INTER_NEAREST)
+        return dynamic if fixed is None else np.minimum(fixed, dynamic)
+
+    def _fixed(self, input_size: tuple[int, int], working_size: tuple[int, int]) -> np.ndarray | None:
+        """The configured part of :meth:`at` (ratios and image), built once per sizes."""
+        if not self.active:
+            return None
+        key = (*input_size, *working_size)
+        if key not in self._cache:
+            (w_in, h_in), (w, h) = input_size, working_size
+            mask = np.full((h_in, w_in), 255, np.uint8)
+            left, right, top, bottom = self.ratios
+            mask[:, :int(round(left * w_in))] = 0
+            mask[:, w_in - int(round(right * w_in)):] = 0
+            mask[:int(round(top * h_in))] = 0
+            mask[h_in - int(round(bottom * h_in)):] = 0
+            if self.image is not None:
+                mask[cv2.resize(self.image, (w_in, h_in), interpolation=cv2.INTER_NEAREST) == 0] = 0
+            if (w, h) != (w_in, h_in):
+                mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+            mask.flags.writeable = False
+            self._cache[key] = mask
+        return self._cache[key]
+
+
+class StillBlocks:
+    """Blocks of the image that stay still while the view moves: the robot's own body in view (a bonnet, a bumper, a
+    mount) or an overlay burned into the image, found from the images alone (``frontend.still_mask_frames``).
+
+    Images are compared at quarter resolution in blocks of 16 x 16 input pixels. A block's mean absolute change over
+    its mean gradient is the displacement that change implies (in quarter-resolution pixels). Each time the view has
+    moved by :attr:`VIEW_MOVE` since the last such time (the median textured block's implied displacement), every
+    textured block is judged: still when it has moved by less than :attr:`STILL` since its run of still judgements
+    began (so that a slow drift adds up), else its run restarts. Blocks still in ``frames`` judgements in a row are
+    masked where they reach the image's border (a body comes into the view from outside it; points far ahead, near
+    the focus of expansion of a straight drive, hardly move either, but they lie inside the view), with their 8
+    neighbours (keypoints near a body's edge see it too), until a judgement finds them moved. A
+    stop, a covered lens or a slow creep judge nothing. A mask that would cover more than :attr:`MAX_FRACTION` of
+    the textured blocks is not applied: a body does not fill most of the view, and what stands still then is the
+    scene (a stopped robot before something large that moves).
+    """
+
+    BLOCK = 4  # quarter-resolution pixels per block side (16 input pixels)
+    VIEW_MOVE = 1.0  # median implied displacement between two judgements (quarter-resolution px: 4 input px)
+    STILL = 0.25  # a block's implied displacement since its run began below which it is still (1 input px)
+    TEXTURE = 1.0  # mean absolute x and y gradients (grey levels per quarter-resolution px) of a textured block
+    MAX_FRACTION = 0.4
+    MIN_BLOCKS = 6  # the smallest region masked (6 blocks: 1536 px^2)
+
+    def __init__(self, frames: int):
+        self.frames = int(frames)
+        self._ref: np.ndarray | None = None  # the image at the last judgement (quarter resolution)
+        self._anchor: np.ndarray | None = None  # each block as it was when its run began
+        self._run: np.ndarray | None = None  # still judgements in a row, per block
+        self.judgements = 0
+        self.masked_blocks = 0  # blocks masked after the last image
+        self.mask: np.ndarray | None = None  # (H, W) uint8 of the last image, 255 where keypoints are allowed
+
+    @property
+    def masked_fraction(self) -> float:
+        """The fraction of the last image without keypoints (0 when nothing is masked)."""
+        return 0.0 if self.mask is None else float(np.count_nonzero(self.mask == 0)) / self.mask.size
+
+    def update(self, grey: np.ndarray) -> np.ndarray | None:
+        """Take the next (H, W) uint8 grey image; returns its (H, W) uint8 mask (255: keypoints allowed), or None
+        when no block is masked."""
+        h, w = grey.shape[:2]
+        b = self.BLOCK
+        q = cv2.resize(grey, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA).astype(np.float32)
+        hb, wb = q.shape[0] // b, q.shape[1] // b
+        if hb == 0 or wb == 0:
+            return None
+        q = q[:hb * b, :wb * b]
+        if self._ref is None or self._ref.shape != q.shape:  # the first image, or another size: start again
+            self._ref, self._anchor, self._run = q, q.copy(), np.zeros((hb, wb), np.int32)
+            self.mask, self.masked_blocks = None, 0
+            return None
+        gx = cv2.Sobel(q, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+        gy = cv2.Sobel(q, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+        gradient = cv2.magnitude(gx, gy).reshape(hb, b, wb, b).mean(axis=(1, 3))
+        # texture in both directions: an edge alone (a roof line against the sky) shows motion along it as none
+        textured = np.minimum(np.abs(gx).reshape(hb, b, wb, b).mean(axis=(1, 3)),
+                              np.abs(gy).reshape(hb, b, wb, b).mean(axis=(1, 3))) >= self.TEXTURE
+        if not textured.any():
+            return self.mask
+        scale = 1.0 / np.maximum(gradient, 1e-6)
+        view = np.abs(q - self._ref).reshape(hb, b, wb, b).mean(axis=(1, 3)) * scale
+        if float(np.median(view[textured])) < self.VIEW_MOVE:
+            return self.mask
+        self._ref = q
+        self.judgements += 1
+        drift = np.abs(q - self._anchor).reshape(hb, b, wb, b).mean(axis=(1, 3)) * scale
+        still_now = textured & (drift < self.STILL)
+        self._run = np.where(still_now, self._run + 1, 0)
+        restart = np.repeat(np.repeat(~still_now, b, axis=0), b, axis=1)
+        self._anchor[restart] = q[restart]
+        still = (self._run >= self.frames).astype(np.uint8)
+        if still.any():  # only regions that reach the image's border (a body comes into the view from outside it)
+            n, labels = cv2.connectedComponents(still, connectivity=8)  # and are not a corner or an edge's end
+            edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+            sizes = np.bincount(labels.ravel(), minlength=n)
+            keep = [k for k in edge if k > 0 and sizes[k] >= self.MIN_BLOCKS]
+            still = np.isin(labels, keep).astype(np.uint8)
+        if not still.any() or still.sum() > self.MAX_FRACTION * textured.sum():
+            self.mask, self.masked_blocks = None, 0
+            return None
+        still = cv2.dilate(still, np.ones((3, 3), np.uint8))
+        self.masked_blocks = int(still.sum())
+        allowed = cv2.resize(np.where(still > 0, 0, 255).astype(np.uint8), (wb * b * 4, hb * b * 4),
+                             interpolation=cv2.INTER_NEAREST)
+        self.mask = np.full((h, w), 255, np.uint8)
+        self.mask[:allowed.shape[0], :allowed.shape[1]] = allowed
+        if allowed.shape[0] < h:  # the rows below the last whole block follow it
+            self.mask[allowed.shape[0]:, :allowed.shape[1]] = allowed[-1]
+        if allowed.shape[1] < w:  # and the columns right of it
+            self.mask[:, allowed.shape[1]:] = self.mask[:, allowed.shape[1] - 1:allowed.shape[1]]
+        return self.mask
 
 
 def to_input_pixels(xy: np.ndarray, scale: np.ndarray) -> np.ndarray:

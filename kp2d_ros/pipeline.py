@@ -22,7 +22,7 @@ from kp2d_ros.backend import (BAResult, BackendStatus, BackendWorker, LaggedWork
 from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend
-from kp2d_ros.frontend_common import exposed, has_content, to_grey
+from kp2d_ros.frontend_common import StillBlocks, exposed, has_content, to_grey
 from kp2d_ros.geometry import (bearings, cauchy_cost, compose_covariance, compose_relative, estimate_relative_pose,
                                focal_length, invert_se3, inverse_depths, normalize_points, orthonormalize_se3,
                                patch_warps, pose_from_known_depths, pure_rotation_fit, refine_pose,
@@ -217,6 +217,9 @@ class VOPipeline:
                 log.info("matching.io_net: IO-Net scores KeyPointNet matches; not used with frontend %s",
                          getattr(self.frontend, "name", type(self.frontend).__name__))
         self.scorer = scorer
+        # blocks of the view that stay still while it moves (the robot's own body): no keypoints there. Kept over
+        # resets: the camera and what it sees of the robot stay
+        self.still_blocks = StillBlocks(cfg.frontend.still_mask_frames) if cfg.frontend.still_mask_frames > 0 else None
         self.metric = MetricScale(cfg)  # metric scale: ground plane / wheel odometry (kp2d_ros/scale.py)
         self.ground_points = GroundPoints(cfg)
         self.worker = worker  # the backend's worker (BackendWorker when backend.threaded, built at reset)
@@ -373,11 +376,31 @@ class VOPipeline:
         with respect to the tracking stages, so :func:`run_pipelined` overlaps it with them; frames in order). A dim
         scene's image is brightened first (``frontend.min_brightness``). With ``backend.worker_core``, on one CPU
         thread fewer while the worker optimises a window."""
+        self._mask_still_blocks(frame.image)
         image = self._brightened(frame.image)
         if self.cfg.backend.worker_core and isinstance(self.worker, BackendWorker) and not self.worker.idle():
             with one_thread_fewer(getattr(self.frontend, "name", None) == "kp2d"):
                 return self.frontend.detect(image)
         return self.frontend.detect(image)
+
+    def _mask_still_blocks(self, image: np.ndarray) -> None:
+        """Hand the frontend the blocks that have stayed still while the view moved (``frontend.still_mask_frames``,
+        :class:`StillBlocks`) as a mask for this image's keypoints; logged when they first appear or all go."""
+        mask = getattr(self.frontend, "mask", None)
+        still = self.still_blocks
+        if still is None or mask is None:
+            return
+        before = still.masked_blocks
+        mask.dynamic = still.update(to_grey(image))
+        if (before == 0) != (still.masked_blocks == 0):
+            if still.masked_blocks:
+                log.warning("%d blocks of 16x16 px (%.0f %% of the image) at its border have not moved while the view "
+                            "moved %d times by a median 4 px: no keypoints there until they move (the robot's own body "
+                            "in view?). "
+                            "frontend.mask_ratios or frontend.mask_image masks it from the first frame",
+                            still.masked_blocks, 100.0 * still.masked_fraction, still.frames)
+            else:
+                log.info("no block of the image is still any more: keypoints everywhere again")
 
     def _brightened(self, image: np.ndarray) -> np.ndarray:
         """``image`` as the frontend should see it: brightened to ``frontend.min_brightness`` while the running mean

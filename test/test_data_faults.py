@@ -3,7 +3,7 @@ occluder."""
 import numpy as np
 import pytest
 
-from kp2d_ros.data.faults import Faults, drop_spec, occluder, simulate
+from kp2d_ros.data.faults import Faults, body_panel, drop_spec, occluder, simulate
 from kp2d_ros.data.sequence import Sequence
 from kp2d_ros.errors import DataError
 from kp2d_ros.types import Camera, Trajectory
@@ -83,6 +83,7 @@ def test_every_and_clip_and_combinations():
     ("gain=3:25:50", "outside"), ("gain=3:4:-5", "three integers"), ("occlude=5:2", "ends before"),
     ("occlude=3:25", "outside"), ("occlude=3", "two integers"), ("occlude=2:3,occlude=5:6", "twice"),
     ("jitter=50", "0..49"), ("jitter=-1", "0..49"), ("jitter=1:2", "one integer"), ("jitter=5,jitter=6", "twice"),
+    ("body=0", "1..99"), ("body=100", "1..99"), ("body=1:2", "1..99"), ("body=5,body=6", "twice"),
     ("frames=0:3,every=1,drop=0:3", "no frame left")])
 def test_bad_specifications_raise(spec, fragment):
     with pytest.raises(DataError, match=fragment):
@@ -165,3 +166,26 @@ def test_repeat_needs_an_image_before_it():
         simulate(numbered(), "drop=4,repeat=5")
     with pytest.raises(DataError, match="outside"):
         simulate(numbered(), "repeat=18:25")
+
+
+@pytest.mark.parametrize("loader", [True, False])
+def test_body_shows_one_panel_at_the_bottom_of_every_frame(loader):
+    """``body=P``: the bottom P % of the rows (in the middle; 3/4 of that at the sides) show the same textured panel in
+    every frame, only the camera's noise differs; the rows above are the frame's own."""
+    big = np.zeros((100, 200), np.uint8)
+
+    def load(i):
+        return big + np.uint8(10 * i)
+
+    seq = Sequence("flat", "synthetic", Camera.from_intrinsics(100.0, 100.0, 100.0, 50.0, 200, 100),
+                   5.0 + 0.1 * np.arange(4), lambda: (load(i) for i in range(4)), None, loader=load if loader else None)
+    frames = [f.image for f in simulate(seq, "body=20,drop=2")]
+    assert simulate(seq, "body=20").name == "flat+body20" and Faults.parse("body=20").body == 20
+    assert len(frames) == 3 and all(im.shape == (100, 200) and im.dtype == np.uint8 for im in frames)
+    for k, im in zip([0, 1, 3], frames):
+        assert np.all(im[:80] == 10 * k)  # above the panel: the frame itself
+    assert np.all(frames[0][80:, 100] != 0) and np.all(frames[0][:85, 0] == 0)  # 20 rows in the middle, 15 at the side
+    a, b = frames[0][85:].astype(int), frames[2][85:].astype(int)
+    assert a.std() > 15 and 0 < np.abs(a - b).mean() < 5  # textured; the same panel but for the noise
+    colour = body_panel(np.zeros((100, 200, 3), np.uint16), 30, seed=1)
+    assert colour.dtype == np.uint16 and colour[99].min() > 0 and np.all(colour[:69] == 0)

@@ -140,3 +140,132 @@ def test_working_scale_resizes_relative_to_the_input():
     work, scale = resize_to_working(img, [640, 192], 1.5)  # a fixed size wins
     assert work.shape == (192, 640)
     assert resize_to_working(img, [0, 0])[0] is img
+
+
+@pytest.mark.parametrize("name", FRONTENDS)
+@pytest.mark.parametrize("scale", [1.0, 0.7])
+def test_masked_regions_get_no_keypoints(name, scale, tmp_path):
+    """``frontend.mask_ratios`` [left, right, top, bottom] and ``frontend.mask_image`` (black: none) keep keypoints out,
+    at any working scale, and the keypoint budget goes to the rest of the image."""
+    img = textured_image(400, 300)
+    free = frontend(name, num_features=300, scale=scale).detect(img)
+    assert (free.keypoints[:, 1] > 240).sum() > 10 and (free.keypoints[:, 0] < 100).sum() > 10
+    cut = frontend(name, num_features=300, scale=scale, mask_ratios=[0.25, 0.0, 0.0, 0.2]).detect(img)
+    assert len(cut) > 0.8 * len(free)  # the budget is spent above the cut, not lost
+    assert cut.keypoints[:, 1].max() < 240 + 2 and cut.keypoints[:, 0].min() > 100 - 2
+    mask = np.full((150, 200), 255, np.uint8)  # any size: resized to the image's
+    mask[:, 100:] = 0  # the right half
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    half = frontend(name, num_features=300, scale=scale, mask_image=str(tmp_path / "mask.png"),
+                    mask_ratios=[0.0, 0.0, 0.5, 0.0]).detect(img)  # with the top half cut off too
+    assert len(half) > 0 and half.keypoints[:, 0].max() < 200 + 2 and half.keypoints[:, 1].min() > 150 - 2
+
+
+@pytest.mark.parametrize("ratios, fragment", [([0.1, 0.0, 0.0], "left, right"), ([0.6, 0.5, 0.0, 0.0], "leave part"),
+                                              ([0.0, 0.0, -0.1, 0.0], "fractions"), ([0.0, 0.0, 0.5, 0.5], "top")])
+def test_mask_ratios_are_checked(ratios, fragment):
+    from kp2d_ros.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=fragment):
+        FrontendConfig(mask_ratios=ratios).validate()
+
+
+def test_mask_image_must_exist_and_allow_something(tmp_path):
+    from kp2d_ros.errors import ConfigError
+    from kp2d_ros.frontend_common import DetectionMask
+
+    with pytest.raises(ConfigError, match="no such file"):
+        FrontendConfig(mask_image=str(tmp_path / "none.png")).validate()
+    cv2.imwrite(str(tmp_path / "black.png"), np.zeros((10, 10), np.uint8))
+    with pytest.raises(DataError, match="black everywhere"):
+        DetectionMask(image_path=str(tmp_path / "black.png"))
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(DataError, match="cannot read"):
+        DetectionMask(image_path=str(tmp_path / "text.png"))
+    assert DetectionMask().at((100, 80), (100, 80)) is None  # nothing masked: no mask at all
+
+
+def moving_view_with_a_body(n, step_px=3, body_rows=60, seed=0, still_from=None):
+    """(240, 320) grey frames of a textured scene that slides ``step_px`` to the left per frame (the view moves; from
+    frame ``still_from`` on it stands), with a fixed textured band in the bottom ``body_rows`` rows, as a body in view,
+    with fresh camera noise in every frame."""
+    scene = textured_image(320 + step_px * n + 8, 240, seed=seed)[:, :, 0]
+    body = textured_image(320, body_rows, seed=seed + 1)[:, :, 0]
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        x = step_px * (k if still_from is None else min(k, still_from))
+        im = scene[:, x:x + 320].copy()
+        im[240 - body_rows:] = body
+        yield np.clip(im + rng.normal(0.0, 2.0, im.shape), 0, 255).astype(np.uint8)
+
+
+def test_still_blocks_mask_a_body_in_view_and_nothing_of_a_moving_scene():
+    """:class:`StillBlocks`: a band that never moves while the view slides is masked after ``frames`` judgements (one
+    each time the view has moved by a median 4 px), with a block's margin; the scene is never masked."""
+    from kp2d_ros.frontend_common import StillBlocks
+
+    still = StillBlocks(frames=10)
+    masks = [still.update(im) for im in moving_view_with_a_body(30)]  # 3 px a frame: a judgement every 2nd frame
+    assert still.judgements == 14
+    first = next(k for k, m in enumerate(masks) if m is not None)
+    assert first == 20  # the 10th judgement
+    m = masks[-1]
+    assert m.shape == (240, 320) and m.dtype == np.uint8
+    assert np.all(m[180:] == 0) and np.all(m[:160] == 255)  # the band, and one block above it, masked
+    assert 4 * 20 <= still.masked_blocks <= 5 * 20  # 4 rows of blocks and most of the margin row, 20 blocks wide
+
+
+def test_still_blocks_judge_nothing_while_the_view_stands_and_give_a_moved_block_back():
+    from kp2d_ros.frontend_common import StillBlocks
+
+    still = StillBlocks(frames=5)
+    frames = list(moving_view_with_a_body(40, still_from=14))  # moves for 14 frames: 7 judgements, then stands
+    masks = [still.update(im) for im in frames]
+    assert still.judgements == 7 and masks[-1] is not None and np.all(masks[-1][180:] == 0)
+    body_gone = frames[0][:, ::-1].copy()  # everything moves, the band too
+    assert still.update(body_gone) is None and still.masked_blocks == 0
+
+
+def test_still_blocks_leave_a_view_that_stands_still_mostly_alone():
+    """Where more than 40 % of the textured view stands still while the rest moves (a stopped robot before something
+    large that moves), it is the scene that stands: nothing is masked."""
+    from kp2d_ros.frontend_common import StillBlocks
+
+    still = StillBlocks(frames=3)
+    masks = [still.update(im) for im in moving_view_with_a_body(40, body_rows=112)]  # 7 of 15 rows of blocks
+    assert still.judgements > 3 and int(still._run.max()) > 3 and all(m is None for m in masks)
+
+
+@pytest.mark.parametrize("frames, masked", [(10, True), (0, False)])
+def test_the_pipeline_detects_no_keypoints_on_a_body_that_stays_in_view(frames, masked):
+    """``VOPipeline.detect`` hands the frontend the blocks that stayed still (``frontend.still_mask_frames``; 0: off):
+    after 10 judgements (20 frames of a view sliding by 3 px) no keypoint lies on the band at the bottom."""
+    from kp2d_ros.config import VOConfig
+    from kp2d_ros.pipeline import VOPipeline
+    from kp2d_ros.types import Camera, Frame
+
+    cfg = VOConfig()
+    cfg.frontend.type, cfg.frontend.still_mask_frames, cfg.backend.window = "sift", frames, 0
+    vo = VOPipeline(cfg)
+    cam = Camera.from_intrinsics(300.0, 300.0, 160.0, 120.0, 320, 240)
+    feats = [vo.detect(Frame(image=im, camera=cam, stamp=0.1 * k, index=k))
+             for k, im in enumerate(moving_view_with_a_body(24))]
+    on_body = [int((f.keypoints[:, 1] > 180).sum()) for f in feats]
+    assert min(on_body[:20]) > 10  # the band has keypoints until it is found
+    assert (max(on_body[21:]) == 0) == masked
+
+
+def test_still_blocks_mask_only_regions_at_the_border_and_not_the_smallest():
+    """A still patch inside the view (points far ahead hardly move in a straight drive) or one of a few blocks at the
+    border (a roof's corner against the sky) stays; a body comes into the view from outside it and is larger."""
+    from kp2d_ros.frontend_common import StillBlocks
+
+    scene = textured_image(320 + 3 * 30 + 8, 240, seed=4)[:, :, 0]
+    patch = textured_image(48, 48, seed=5)[:, :, 0]
+    for y, x, size, masked in [(96, 128, 48, False), (96, 0, 32, False), (96, 0, 48, True)]:
+        still = StillBlocks(frames=5)
+        for k in range(30):
+            im = scene[:, 3 * k:3 * k + 320].copy()
+            im[y:y + size, x:x + size] = patch[:size, :size]
+            still.update(im)
+        assert still.judgements > 5 and (still.mask is not None) == masked, (y, x, size)

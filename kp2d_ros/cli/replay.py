@@ -40,7 +40,9 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                         "frame), frames=S:E (a clip), gain=A:B:P (frames A..B at P percent of their brightness: "
                         "an auto-exposure step), occlude=A:B (frames A..B filled by a textured panel sliding "
                         "sideways: something moving on its own in front of the camera), jitter=P (every stamp moved by up "
-                        "to +-P percent of the frame interval: a driver stamping on receipt); "
+                        "to +-P percent of the frame interval: a driver stamping on receipt), repeat=A:B (frames A..B "
+                        "show frame A-1's image again: a stalled camera), body=P (the bottom P percent of every frame "
+                        "show one fixed textured panel: the robot's own body in view); "
                         "frame numbers of the original sequence (see kp2d_ros/data/faults.py)")
     return p
 

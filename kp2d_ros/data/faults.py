@@ -27,7 +27,11 @@ sequence):
                 their poses cannot follow it; what matters is the frame after, whose image has moved by all of it;
 ``occlude=A:B``  frames A..B show a textured panel that fills the view and slides sideways by 2 % of the width per
                 frame (:func:`occluder`): something that moves on its own passes right in front of the camera (a
-                person, a door, a vehicle alongside). Nothing of the scene is seen; what tracks is the panel's motion.
+                person, a door, a vehicle alongside). Nothing of the scene is seen; what tracks is the panel's motion;
+``body=P``       the bottom P percent of every frame's rows show one fixed textured panel (:func:`body_panel`), the same
+                pixels in every frame: the robot's own body in view (a car's bonnet, a bumper, a gripper or a sensor
+                mount), or anything else that moves with the camera. Its points stay where they are in the image
+                whatever the camera does.
 
 Example: ``stop=60:10`` on KITTI (10 Hz) is a 1 s stop at frame 60; ``drop=61:64`` drops 4 frames.
 :func:`drop_spec` writes the SPEC of given dropped frames (``kp2d play --record-drops``: the frames a live node
@@ -61,6 +65,7 @@ class Faults:
     occlude : (A, B) frames A..B replaced by a sliding textured panel.
     jitter : stamps moved by up to +-P percent of the median frame interval (0: not).
     repeat : (A, B) inclusive ranges of original frames that show frame A-1's image.
+    body : percent of the rows, from the bottom, that show a fixed panel in every frame (0: none).
     """
 
     frames: tuple[int, int] | None = None
@@ -71,6 +76,7 @@ class Faults:
     occlude: tuple[int, int] | None = None
     jitter: int = 0
     repeat: tuple[tuple[int, int], ...] = ()
+    body: int = 0
 
     @classmethod
     def parse(cls, spec: str) -> "Faults":
@@ -87,9 +93,9 @@ class Faults:
                 continue
             key, sep, value = item.partition("=")
             key = key.strip()
-            if not sep or key not in ("frames", "drop", "every", "stop", "gain", "occlude", "jitter", "repeat"):
+            if not sep or key not in ("frames", "drop", "every", "stop", "gain", "occlude", "jitter", "repeat", "body"):
                 raise DataError(f"--simulate: expected frames=S:E, drop=A:B, every=N, stop=K:R, gain=A:B:P, "
-                                f"occlude=A:B, jitter=P or repeat=A:B, got {item!r}")
+                                f"occlude=A:B, jitter=P, repeat=A:B or body=P, got {item!r}")
             if key in seen and key not in ("drop", "gain", "repeat"):
                 raise DataError(f"--simulate: {key} given twice")
             seen.add(key)
@@ -111,6 +117,11 @@ class Faults:
                     raise DataError(f"--simulate: jitter={value} is not one integer P in 0..49 (percent of the frame "
                                     "interval; 50 and more could reorder the stamps)")
                 out.jitter = nums[0]
+                continue
+            if key == "body":
+                if len(nums) != 1 or not 0 < nums[0] < 100:
+                    raise DataError(f"--simulate: body={value} is not one integer P in 1..99 (percent of the rows)")
+                out.body = nums[0]
                 continue
             if any(n < 0 for n in nums) or len(nums) != (1 if key == "every" else 2):
                 raise DataError(f"--simulate: {key}={value} is not {'N' if key == 'every' else 'two integers A:B'} >= 0")
@@ -150,6 +161,8 @@ class Faults:
             parts.append(f"jitter{self.jitter}")
         for a, b in self.repeat:
             parts.append(f"repeat{a}" if a == b else f"repeat{a}-{b}")
+        if self.body:
+            parts.append(f"body{self.body}")
         return "".join("+" + p for p in parts)
 
 
@@ -237,7 +250,8 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
     def faulted(i: int, image: np.ndarray) -> np.ndarray:
         if faults.occlude and faults.occlude[0] <= i <= faults.occlude[1]:
             image = occluder(image, i - faults.occlude[0])
-        return exposed(image, gains[i])
+        image = exposed(image, gains[i])
+        return body_panel(image, faults.body, seed=i) if faults.body else image
 
     def images():
         if sequence._loader is not None:  # random access (folder layouts): read only the frames used
@@ -274,6 +288,26 @@ def occluder(image: np.ndarray, k: int) -> np.ndarray:
     if image.ndim == 3:
         view = np.repeat(view[:, :, None], image.shape[2], axis=2)
     return view.astype(image.dtype)
+
+
+def body_panel(image: np.ndarray, percent: int, seed: int = 0) -> np.ndarray:
+    """``image`` with its bottom ``percent`` % of rows replaced by one fixed textured panel (``body``), brightness
+    10-60 % of the image's range (a darker body below the scene), with a curved top edge (a bonnet's outline):
+    ``percent`` % of the rows in the middle, 3/4 of that at the sides. A camera's noise (Gaussian, 1 % of the range)
+    is drawn afresh for each ``seed`` (the frame): the panel itself never moves, its pixels are never quite equal."""
+    h, w = image.shape[:2]
+    rows = max(1, round(h * percent / 100.0))
+    top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else float(np.max(image) or 1.0)
+    out = image.copy()
+    panel = _panel(h, w)[:, w:2 * w]  # the panel's middle third: not occlude's first view
+    edge = h - rows + np.round(0.25 * rows * (1.0 - np.sin(np.linspace(0.0, np.pi, w)))).astype(int)  # P % in the middle
+    below = np.arange(h)[:, None] >= np.minimum(edge, h - 1)[None, :]
+    view = (0.1 + 0.5 * panel + np.random.default_rng(seed).normal(0.0, 0.01, panel.shape)) * top
+    view = np.clip(view, 0.0, top)
+    if image.ndim == 3:
+        below, view = below[:, :, None].repeat(image.shape[2], 2), view[:, :, None].repeat(image.shape[2], 2)
+    out[below] = view[below].astype(image.dtype)
+    return out
 
 
 @lru_cache(maxsize=2)

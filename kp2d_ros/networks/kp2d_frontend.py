@@ -34,7 +34,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from kp2d_ros.config import FrontendConfig
 from kp2d_ros.errors import DataError
-from kp2d_ros.frontend_common import has_content, resize_to_working
+from kp2d_ros.frontend_common import DetectionMask, has_content, resize_to_working
 from kp2d_ros.networks.keypoint_net import KeyPointNet, sample_conv_descriptors
 from kp2d_ros.runtime import cpu_has_native_bf16
 from kp2d_ros.types import Features, Frontend
@@ -262,6 +262,7 @@ class KP2DFrontend(Frontend):
         self._offset_px = cfg.cross_ratio * cfg.cell / 2  # largest keypoint offset from its cell centre
         self._mean = torch.tensor(cfg.input_mean, device=self.device)
         self._std = torch.tensor(cfg.input_std, device=self.device)
+        self.mask = DetectionMask(self.config.mask_ratios, self.config.mask_image)
 
     # ----------------------------------------------------------------------------------------
     def detect(self, image: np.ndarray) -> Features:
@@ -299,6 +300,12 @@ class KP2DFrontend(Frontend):
             scores = cell_scores(score_logits)
             kps = self._keypoints(loc_raw[0].float(), rw, rh)
             keep = self._filter(scores, kps, rw, rh)
+            mask = self.mask.at((w, h), (rw, rh))
+            if mask is not None:  # frontend.mask_*: no keypoint where the mask is black
+                allowed = torch.from_numpy(mask > 0).to(kps.device)
+                xi = kps[0].reshape(-1).round().long().clamp_(0, rw - 1)
+                yi = kps[1].reshape(-1).round().long().clamp_(0, rh - 1)
+                keep &= allowed[yi, xi]
             s = scores.reshape(-1)[keep]
             p = kps.reshape(2, -1)[:, keep].T.contiguous()
             order = torch.argsort(s, descending=True)[: self.config.num_features]

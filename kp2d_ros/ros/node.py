@@ -550,11 +550,18 @@ class VONode(Node):
             "scale_notes": getattr(est, "scale_notes", "") if est is not None else "",
             "wheel_odometry": str(self.stats["wheel_odometry"]) if self.wheel is not None else "off",
             **self._backend_diagnostics(),
+            "still_masked": self._still_masked(),
             **{f"publish_ms_{k}": f"{np.median(v):.3f}" if v else "nan" for k, v in self._publish_ms.items()},
             "last_warning": self.last_warning,
         }
         st.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         return st
+
+    def _still_masked(self) -> str:
+        """How much of the image gets no keypoints because it stays still while the view moves (the robot's own body
+        in view: ``frontend.still_mask_frames``), in percent; ``off`` without that mask."""
+        still = getattr(self.pipeline, "still_blocks", None)
+        return "off" if still is None else f"{100.0 * still.masked_fraction:.0f}%"
 
     def _backend_diagnostics(self) -> dict[str, str]:
         """The local bundle adjustment's keys: windows taken, how many keyframes late the last one landed (late
