@@ -72,7 +72,7 @@ class FrontendConfig:
     # Where no keypoint is detected: what moves with the camera (the robot's own body in view: a bonnet, a bumper, a
     # gripper, a mount; an overlay burned into the image; a vignetted corner). Its points stay at the same pixels
     # whatever the camera does, and with a fifth of the view such a body the odometry read a stop where the car drove
-    # (KITTI 07 with `--simulate body=20`: 25-29 m ATE against 0.06 m; docs/results.md: The robot's own body in view).
+    # (KITTI 07 with `--simulate body=20`: 23-29 m ATE against 0.06-0.07 m; docs/results.md: The robot's own body in view).
     # mask_ratios: the fractions of the image's width (left, right) and height (top, bottom) cut off at each side,
     # e.g. [0.0, 0.0, 0.0, 0.2] for a bonnet in the bottom fifth (rtabmap's Vis/RoiRatios order).
     mask_ratios: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])

@@ -137,10 +137,11 @@ class StillBlocks:
     began (so that a slow drift adds up), else its run restarts. Blocks still in ``frames`` judgements in a row are
     masked where they reach the image's border (a body comes into the view from outside it; points far ahead, near
     the focus of expansion of a straight drive, hardly move either, but they lie inside the view), with their 8
-    neighbours (keypoints near a body's edge see it too), until a judgement finds them moved. A
-    stop, a covered lens or a slow creep judge nothing. A mask that would cover more than :attr:`MAX_FRACTION` of
-    the textured blocks is not applied: a body does not fill most of the view, and what stands still then is the
-    scene (a stopped robot before something large that moves).
+    neighbours (keypoints near a body's edge see it too), until a judgement finds them moved. Regions of fewer than
+    :attr:`MIN_BLOCKS` blocks are left (a roof's corner against the sky at the border). A stop or a covered lens
+    judges nothing; a slow creep judges once it has moved the view by :attr:`VIEW_MOVE`. A mask that would cover more
+    than :attr:`MAX_FRACTION` of the textured blocks is not applied: a body does not fill most of the view, and what
+    stands still then is the scene (a stopped robot before something large that moves).
     """
 
     BLOCK = 4  # quarter-resolution pixels per block side (16 input pixels)

@@ -297,6 +297,7 @@ def test_good_frames_publish_odom_path_keypoints_diagnostics(rig):
     values = {kv.key: kv.value for kv in r.diag[-1].status[0].values}
     assert values["processed"] == "3" and values["num_inliers"] == "1" and "latency_ms_median" in values
     assert values["backend"] == "off"  # a pipeline without a backend
+    assert values["still_masked"] == "off"  # nor a mask of what stays still in the view (the robot's own body)
     assert not r.debug  # no subscriber: no debug image
 
 
