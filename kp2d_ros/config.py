@@ -83,9 +83,9 @@ class FrontendConfig:
     # that reaches the image's border and has moved by less than 1 px through this many judgements in a row (one each
     # time the view has moved by a median 4 px) gets no keypoints until it moves. In the scene of KITTI 07, TUM
     # fr2/desk, the demo street (also at 1/4 of its speed) and every scenario of scripts/robot_moves.py such a region
-    # stayed still through at most 2 judgements; a body in view through all of them (KITTI 07: about one a frame).
-    # 0: off.
-    still_mask_frames: int = 10
+    # stayed still through at most 2 judgements; a body in view through all of them (KITTI 07: about one a frame, so
+    # found at frame 7). 0: off.
+    still_mask_frames: int = 5
 
     def validate(self) -> None:
         _choice("frontend.type", self.type, ("orb", "sift", "kp2d"))
