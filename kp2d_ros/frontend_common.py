@@ -210,14 +210,10 @@ class StillBlocks:
             return None
         still = cv2.dilate(still, np.ones((3, 3), np.uint8))
         self.masked_blocks = int(still.sum())
-        allowed = cv2.resize(np.where(still > 0, 0, 255).astype(np.uint8), (wb * b * 4, hb * b * 4),
-                             interpolation=cv2.INTER_NEAREST)
-        self.mask = np.full((h, w), 255, np.uint8)
-        self.mask[:allowed.shape[0], :allowed.shape[1]] = allowed
-        if allowed.shape[0] < h:  # the rows below the last whole block follow it
-            self.mask[allowed.shape[0]:, :allowed.shape[1]] = allowed[-1]
-        if allowed.shape[1] < w:  # and the columns right of it
-            self.mask[:, allowed.shape[1]:] = self.mask[:, allowed.shape[1] - 1:allowed.shape[1]]
+        side = b * 4  # input pixels per block side
+        allowed = np.where(still > 0, 0, 255).astype(np.uint8).repeat(side, axis=0).repeat(side, axis=1)
+        # the rows and columns past the last whole block follow it
+        self.mask = np.pad(allowed, ((0, h - allowed.shape[0]), (0, w - allowed.shape[1])), mode="edge")
         return self.mask
 
 

@@ -283,11 +283,16 @@ def occluder(image: np.ndarray, k: int) -> np.ndarray:
     width per frame (:func:`_panel`). Its brightness spans 10-90 % of the image's range."""
     h, w = image.shape[:2]
     start = (max(1, round(0.02 * w)) * k) % (2 * w)
-    top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else float(np.max(image) or 1.0)
+    top = _full_scale(image)
     view = (0.1 + 0.8 * _panel(h, w)[:, start:start + w]) * top
     if image.ndim == 3:
         view = np.repeat(view[:, :, None], image.shape[2], axis=2)
     return view.astype(image.dtype)
+
+
+def _full_scale(image: np.ndarray) -> float:
+    """The top of ``image``'s range: its dtype's maximum for integers, else its largest value (1 if none)."""
+    return float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else float(np.max(image) or 1.0)
 
 
 def body_panel(image: np.ndarray, percent: int, seed: int = 0) -> np.ndarray:
@@ -297,7 +302,7 @@ def body_panel(image: np.ndarray, percent: int, seed: int = 0) -> np.ndarray:
     is drawn afresh for each ``seed`` (the frame): the panel itself never moves, its pixels are never quite equal."""
     h, w = image.shape[:2]
     rows = max(1, round(h * percent / 100.0))
-    top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else float(np.max(image) or 1.0)
+    top = _full_scale(image)
     out = image.copy()
     panel = _panel(h, w)[:, w:2 * w]  # the panel's middle third: not occlude's first view
     edge = h - rows + np.round(0.25 * rows * (1.0 - np.sin(np.linspace(0.0, np.pi, w)))).astype(int)  # P % in the middle
