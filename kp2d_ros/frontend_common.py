@@ -141,7 +141,9 @@ class StillBlocks:
     :attr:`MIN_BLOCKS` blocks are left (a roof's corner against the sky at the border). A stop or a covered lens
     judges nothing; a slow creep judges once it has moved the view by :attr:`VIEW_MOVE`. A mask that would cover more
     than :attr:`MAX_FRACTION` of the textured blocks is not applied: a body does not fill most of the view, and what
-    stands still then is the scene (a stopped robot before something large that moves).
+    stands still then is the scene (a stopped robot before something large that moves). Where that something fills
+    more of the textured view than the scene, only the pipeline can tell: ``update(..., judge=False)`` while it finds
+    the camera standing (:meth:`kp2d_ros.pipeline.VOPipeline.detect`).
     """
 
     BLOCK = 4  # quarter-resolution pixels per block side (16 input pixels)
@@ -165,9 +167,10 @@ class StillBlocks:
         """The fraction of the last image without keypoints (0 when nothing is masked)."""
         return 0.0 if self.mask is None else float(np.count_nonzero(self.mask == 0)) / self.mask.size
 
-    def update(self, grey: np.ndarray) -> np.ndarray | None:
+    def update(self, grey: np.ndarray, judge: bool = True) -> np.ndarray | None:
         """Take the next (H, W) uint8 grey image; returns its (H, W) uint8 mask (255: keypoints allowed), or None
-        when no block is masked."""
+        when no block is masked. ``judge`` False: the camera is known to stand, so a moving view is something else's
+        motion: nothing is judged and the mask stays as it is."""
         h, w = grey.shape[:2]
         b = self.BLOCK
         q = cv2.resize(grey, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA).astype(np.float32)
@@ -189,7 +192,7 @@ class StillBlocks:
             return self.mask
         scale = 1.0 / np.maximum(gradient, 1e-6)
         view = np.abs(q - self._ref).reshape(hb, b, wb, b).mean(axis=(1, 3)) * scale
-        if float(np.median(view[textured])) < self.VIEW_MOVE:
+        if not judge or float(np.median(view[textured])) < self.VIEW_MOVE:
             return self.mask
         self._ref = q
         self.judgements += 1

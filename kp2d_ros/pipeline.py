@@ -7,6 +7,7 @@ shares one unknown scale). World frame = first camera frame, optical convention.
 """
 from __future__ import annotations
 
+from collections import deque
 import logging
 import time
 import weakref
@@ -328,6 +329,9 @@ class VOPipeline:
         self.last_stamp: float | None = None
         self.base = _Tick(None, 0)
         self.still = False  # the last frame without translation was judged standing (not too slow to see)
+        # whether each of the last two frames processed found the camera standing (detect: the search for still blocks)
+        self._stood: deque[bool] = deque([False, False], maxlen=2)
+        self._moved_together = False  # in the last frame found standing, the matches that moved agreed on one motion
         self.turning = False  # ... and it turned on the spot (a pure rotation once the camera had moved)
         self.turn_anchor: Keyframe | None = None  # the keyframe the current turn on the spot started from
         self.before_loss: _BeforeLoss | None = None  # the state a restart replaced (pipeline.rejoin_frames)
@@ -371,27 +375,34 @@ class VOPipeline:
         self._finished_ms = 0.0  # time in finish() not yet counted in a frame's stages
 
     # ----------------------------------------------------------------------------------------
-    def detect(self, frame: Frame) -> Features:
+    def detect(self, frame: Frame, stood: bool | None = None) -> Features:
         """The frontend's features of ``frame`` (the first stage of :meth:`process`; thread-safe
         with respect to the tracking stages, so :func:`run_pipelined` overlaps it with them; frames in order). A dim
         scene's image is brightened first (``frontend.min_brightness``). With ``backend.worker_core``, on one CPU
-        thread fewer while the worker optimises a window."""
-        self._mask_still_blocks(frame.image)
+        thread fewer while the worker optimises a window.
+
+        ``stood``: whether the frame two before this one found the camera standing (``static``, and the matches
+        that moved did not move together: :meth:`_move_together`), which stops the search for still blocks
+        (:class:`StillBlocks`); None: from the frames processed so far. Two frames, not one: :func:`run_pipelined`
+        detects a frame while the one before is still being processed."""
+        self._mask_still_blocks(frame.image, self._stood[0] if stood is None else stood)
         image = self._brightened(frame.image)
         if self.cfg.backend.worker_core and isinstance(self.worker, BackendWorker) and not self.worker.idle():
             with one_thread_fewer(getattr(self.frontend, "name", None) == "kp2d"):
                 return self.frontend.detect(image)
         return self.frontend.detect(image)
 
-    def _mask_still_blocks(self, image: np.ndarray) -> None:
+    def _mask_still_blocks(self, image: np.ndarray, stood: bool) -> None:
         """Hand the frontend the blocks that have stayed still while the view moved (``frontend.still_mask_frames``,
-        :class:`StillBlocks`) as a mask for this image's keypoints; logged when they first appear or all go."""
+        :class:`StillBlocks`) as a mask for this image's keypoints; logged when they first appear or all go. While the
+        camera stands (``stood``) nothing is judged: what moves in the view then is not the camera's motion (a
+        vehicle passing a robot that waits), and what stays still is the scene."""
         mask = getattr(self.frontend, "mask", None)
         still = self.still_blocks
         if still is None or mask is None:
             return
         before = still.masked_blocks
-        mask.dynamic = still.update(to_grey(image))
+        mask.dynamic = still.update(to_grey(image), judge=not stood)
         if (before == 0) != (still.masked_blocks == 0):
             if still.masked_blocks:
                 log.warning("%d blocks of 16x16 px (%.0f %% of the image) at its border have not moved while the view "
@@ -442,6 +453,7 @@ class VOPipeline:
             timings["backend"] = self._backend_ms
             timings["total"] = (time.perf_counter() - t_start) * 1e3 + carried
             est.timings_ms = timings
+            self._stood.append(False)
             return est
         with _timed(timings, "network"):
             feats = features if features is not None else self.detect(frame)
@@ -497,6 +509,7 @@ class VOPipeline:
             est.interval_s = None
         self._repeated_s = 0.0
         self._last_est = est
+        self._stood.append(est.motion_model == "static" and not self._moved_together)
         return est
 
     def _repeated(self, frame: Frame, travelled_m: float | None, last_stamp: float | None) -> PoseEstimate | None:
@@ -1210,12 +1223,30 @@ class VOPipeline:
         self.still = True
         self.turning = False
         still = self._still(feats, matches)
+        self._moved_together = self._move_together(camera, feats, matches, ~still)
         cov_rel = np.zeros((6, 6))
         cov_rel[:3, :3] = self._zero_translation_cov(camera, feats, matches, still)
         cov_rel[3:, 3:] = self._rotation_cov(camera, None)
         T = self.ref.T_world_cam.copy()
         cov = self._accumulate(T, cov_rel, moving=False)
         return self._result(frame, feats, matches, still, T, TrackingStatus.STATIC, False, cov, "static")
+
+    def _move_together(self, camera: Camera, feats: Features, matches: Matches, moved: np.ndarray) -> bool:
+        """Whether the matches that moved in a frame found standing agree on one motion of the view: an essential
+        matrix holds at least half of them, and ``geometry.min_inliers``. So they do where the scene moves and
+        something that stays in view holds most matches still (the robot's own body: the camera does not stand, and
+        the search for still blocks goes on). Something that passes a robot that waits was not in the reference
+        image: its matches are mismatches and agree on nothing (it stops the search)."""
+        geo = self.cfg.geometry
+        n = int(moved.sum())
+        if n < max(5, geo.min_inliers):
+            return False
+        m0 = self._normalized_keypoints(self.ref.features, camera)[matches.idx0[moved]]
+        m1 = self._normalized_keypoints(feats, camera)[matches.idx1[moved]]
+        E, mask = cv2.findEssentialMat(m0, m1, np.eye(3), method=cv2.USAC_MAGSAC, prob=geo.confidence,
+                                       threshold=geo.ransac_threshold_px / focal_length(camera), maxIters=geo.max_iters)
+        agree = 0 if E is None or mask is None else int(np.count_nonzero(mask))
+        return agree >= max(geo.min_inliers, 0.5 * n)
 
     def _zero_translation_cov(self, camera: Camera, feats: Features, matches: Matches, mask: np.ndarray,
                               R: np.ndarray | None = None) -> np.ndarray:
@@ -1791,19 +1822,20 @@ def run_pipelined(pipeline: VOPipeline, frames) -> Iterator[PoseEstimate]:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    def detect(frame):
+    def detect(frame, stood):
         t0 = time.perf_counter()
-        feats = pipeline.detect(frame)
+        feats = pipeline.detect(frame, stood)
         return feats, (time.perf_counter() - t0) * 1e3
 
     it = iter(frames)
     with ThreadPoolExecutor(1, thread_name_prefix="vo_detect") as pool:
         frame = next(it, None)
-        pending = pool.submit(detect, frame) if frame is not None else None
+        pending = pool.submit(detect, frame, None) if frame is not None else None
         while frame is not None:
             feats, net_ms = pending.result()
             nxt = next(it, None)
-            pending = pool.submit(detect, nxt) if nxt is not None else None
+            # whether the frame before ``frame`` stood, as process() would tell detect() for ``nxt``
+            pending = pool.submit(detect, nxt, pipeline._stood[-1]) if nxt is not None else None
             est = pipeline.process(frame, feats)
             est.timings_ms["network"] = net_ms
             est.timings_ms["total"] += net_ms

@@ -3,7 +3,7 @@ occluder."""
 import numpy as np
 import pytest
 
-from kp2d_ros.data.faults import Faults, body_panel, drop_spec, occluder, simulate
+from kp2d_ros.data.faults import Faults, body_panel, drop_spec, occluder, passer_panel, simulate
 from kp2d_ros.data.sequence import Sequence
 from kp2d_ros.errors import DataError
 from kp2d_ros.types import Camera, Trajectory
@@ -84,6 +84,7 @@ def test_every_and_clip_and_combinations():
     ("occlude=3:25", "outside"), ("occlude=3", "two integers"), ("occlude=2:3,occlude=5:6", "twice"),
     ("jitter=50", "0..49"), ("jitter=-1", "0..49"), ("jitter=1:2", "one integer"), ("jitter=5,jitter=6", "twice"),
     ("body=0", "1..99"), ("body=100", "1..99"), ("body=1:2", "1..99"), ("body=5,body=6", "twice"),
+    ("passer=50", "needs stop"), ("stop=3:1,passer=50", "R >= 2"), ("stop=3:4,passer=100", "1..99"),
     ("frames=0:3,every=1,drop=0:3", "no frame left")])
 def test_bad_specifications_raise(spec, fragment):
     with pytest.raises(DataError, match=fragment):
@@ -189,3 +190,32 @@ def test_body_shows_one_panel_at_the_bottom_of_every_frame(loader):
     assert a.std() > 15 and 0 < np.abs(a - b).mean() < 5  # textured; the same panel but for the noise
     colour = body_panel(np.zeros((100, 200, 3), np.uint16), 30, seed=1)
     assert colour.dtype == np.uint16 and colour[99].min() > 0 and np.all(colour[:69] == 0)
+
+
+@pytest.mark.parametrize("loader", [False, True])
+def test_passer_crosses_the_view_during_the_stop_from_right_to_left(loader):
+    """``stop=K:R,passer=W``: the stop's R copies show a textured panel W % of the width wide (rows 15-85 %) that
+    enters at the right, crosses and leaves at the left, over fresh camera noise; the other frames are their own and
+    the ground truth is held through the stop."""
+    flat = np.full((100, 200), 128, np.uint8)
+
+    def load(i):
+        return flat
+
+    seq = Sequence("flat", "synthetic", Camera.from_intrinsics(100.0, 100.0, 100.0, 50.0, 200, 100),
+                   5.0 + 0.1 * np.arange(4), lambda: (load(i) for i in range(4)), None, loader=load if loader else None)
+    out = simulate(seq, "stop=1:9,passer=30")
+    frames = [f.image for f in out]
+    assert out.name == "flat+stop1x9+passer30" and len(frames) == 13
+    assert np.all(frames[0] == 128) and np.all(frames[1] == 128) and np.all(frames[11] == 128)  # before and after
+    centres = []
+    for im in frames[2:11]:  # the nine copies
+        assert im.shape == (100, 200) and im.dtype == np.uint8
+        cols = np.flatnonzero(np.abs(im[15:85].astype(int) - 128).max(axis=0) > 20)  # the panel's columns
+        assert np.abs(im[:15].astype(int) - 128).max() <= 15 and 1 < np.abs(im[:15].astype(int) - 128).mean() < 3
+        centres.append(cols.mean() if cols.size else np.nan)
+        assert cols.size <= 60 and (cols.size == 0 or cols.max() - cols.min() < 60)
+    assert np.all(np.diff(centres) < 0) and centres[0] > 150 and centres[-1] < 50  # right to left, in view throughout
+    assert not np.array_equal(frames[2][:15], frames[3][:15])  # fresh noise in every copy
+    colour = passer_panel(np.zeros((100, 200, 3), np.uint16), 5, 9, 30, seed=1)
+    assert colour.dtype == np.uint16 and colour[50, 100].min() > 0.1 * 65535 * 0.9

@@ -185,11 +185,13 @@ def test_mask_image_must_exist_and_allow_something(tmp_path):
     assert DetectionMask().at((100, 80), (100, 80)) is None  # nothing masked: no mask at all
 
 
-def moving_view_with_a_body(n, step_px=3, body_rows=60, seed=0, still_from=None):
+def moving_view_with_a_body(n, step_px=3, body_rows=60, seed=0, still_from=None, scene_contrast=1.0):
     """(240, 320) grey frames of a textured scene that slides ``step_px`` to the left per frame (the view moves; from
     frame ``still_from`` on it stands), with a fixed textured band in the bottom ``body_rows`` rows, as a body in view,
-    with fresh camera noise in every frame."""
+    with fresh camera noise in every frame. ``scene_contrast`` < 1: a duller scene (fewer keypoints than the band)."""
     scene = textured_image(320 + step_px * n + 8, 240, seed=seed)[:, :, 0]
+    if scene_contrast != 1.0:
+        scene = scene * scene_contrast + 60.0
     body = textured_image(320, body_rows, seed=seed + 1)[:, :, 0]
     rng = np.random.default_rng(seed)
     for k in range(n):
@@ -269,3 +271,69 @@ def test_still_blocks_mask_only_regions_at_the_border_and_not_the_smallest():
             im[y:y + size, x:x + size] = patch[:size, :size]
             still.update(im)
         assert still.judgements > 5 and (still.mask is not None) == masked, (y, x, size)
+
+
+def standing_view_with_a_passer(n, width=280, step_px=12, seed=0):
+    """(240, 320) grey frames of a textured scene that stands (fresh camera noise in every frame) while a textured
+    panel ``width`` px wide, rows 30-210, crosses it from the right by ``step_px`` per frame: a vehicle passing a robot
+    that waits. The panel fills most of the textured view, so the scene is what stands still at the border."""
+    scene = textured_image(320, 240, seed=seed)[:, :, 0]
+    panel = textured_image(width, 180, seed=seed + 2)[:, :, 0]
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        im = scene.copy()
+        left = 320 - step_px * k
+        a, b = max(left, 0), min(left + width, 320)
+        if b > a:
+            im[30:210, a:b] = panel[:, a - left:b - left]
+        yield np.clip(im + rng.normal(0.0, 2.0, im.shape), 0, 255).astype(np.uint8)
+
+
+def test_still_blocks_judge_nothing_while_the_camera_is_known_to_stand():
+    """A panel that crosses a standing view moves the median block, so the image alone takes the standing scene at
+    the border for a body (``judge=True``); told that the camera stands (``judge=False``), nothing is judged."""
+    from kp2d_ros.frontend_common import StillBlocks
+
+    frames = list(standing_view_with_a_passer(40))
+    alone, told = StillBlocks(frames=5), StillBlocks(frames=5)
+    assert any(alone.update(im) is not None for im in frames) and alone.judgements >= 5  # the scene masked
+    assert all(told.update(im, judge=k == 0) is None for k, im in enumerate(frames)) and told.judgements == 0
+
+
+def test_the_pipeline_keeps_the_scene_of_a_standing_camera_while_something_passes():
+    """``VOPipeline``: once a frame finds the camera standing (``static``), the still-block search stops, so that a
+    vehicle passing a robot that waits leaves the scene its keypoints and the pose stays put; the same in
+    :func:`run_pipelined`, which detects each frame while the one before is processed."""
+    from kp2d_ros.config import VOConfig
+    from kp2d_ros.pipeline import VOPipeline, run_pipelined
+    from kp2d_ros.types import Camera, Frame, TrackingStatus
+
+    cfg = VOConfig()
+    cfg.frontend.type, cfg.backend.window = "sift", 0
+    cam = Camera.from_intrinsics(300.0, 300.0, 160.0, 120.0, 320, 240)
+    frames = [Frame(image=im, camera=cam, stamp=0.1 * k, index=k) for k, im in enumerate(standing_view_with_a_passer(40))]
+    for run in (lambda vo: [vo.process(f) for f in frames], lambda vo: list(run_pipelined(vo, iter(frames)))):
+        vo = VOPipeline(cfg)
+        estimates = run(vo)
+        assert vo.still_blocks.judgements == 0 and vo.still_blocks.mask is None
+        assert all(e.status == TrackingStatus.STATIC for e in estimates[1:])
+        assert all(np.allclose(e.T_world_cam, np.eye(4)) for e in estimates)
+
+
+def test_a_body_that_holds_the_pipeline_still_is_found_while_the_scene_moves_together():
+    """A textured body that holds most keypoints makes the pipeline find the camera standing while a duller scene
+    slides past. The scene's matches move together (one essential matrix holds them), so this is not a stop: the
+    still-block search goes on, masks the body, and the pipeline leaves ``static``."""
+    from kp2d_ros.config import VOConfig
+    from kp2d_ros.pipeline import VOPipeline
+    from kp2d_ros.types import Camera, Frame
+
+    cfg = VOConfig()
+    cfg.frontend.type, cfg.backend.window = "sift", 0
+    vo = VOPipeline(cfg)
+    cam = Camera.from_intrinsics(300.0, 300.0, 160.0, 120.0, 320, 240)
+    models = [vo.process(Frame(image=im, camera=cam, stamp=0.1 * k, index=k)).motion_model
+              for k, im in enumerate(moving_view_with_a_body(30, scene_contrast=0.3))]
+    assert models[1:6] == ["static"] * 5  # the body holds the pose
+    assert vo.still_blocks.judgements > 10 and vo.still_blocks.mask is not None and np.all(vo.still_blocks.mask[190:] == 0)
+    assert "static" not in models[-10:]

@@ -42,7 +42,9 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                         "sideways: something moving on its own in front of the camera), jitter=P (every stamp moved by up "
                         "to +-P percent of the frame interval: a driver stamping on receipt), repeat=A:B (frames A..B "
                         "show frame A-1's image again: a stalled camera), body=P (the bottom P percent of every frame "
-                        "show one fixed textured panel: the robot's own body in view); "
+                        "show one fixed textured panel: the robot's own body in view), passer=W (with stop: a textured "
+                        "panel W percent of the width wide crosses the view during the stop: a vehicle passing a robot "
+                        "that waits); "
                         "frame numbers of the original sequence (see kp2d_ros/data/faults.py)")
     return p
 

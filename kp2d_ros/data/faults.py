@@ -31,7 +31,11 @@ sequence):
 ``body=P``       the bottom P percent of every frame's rows show one fixed textured panel (:func:`body_panel`), the same
                 pixels in every frame: the robot's own body in view (a car's bonnet, a bumper, a gripper or a sensor
                 mount), or anything else that moves with the camera. Its points stay where they are in the image
-                whatever the camera does.
+                whatever the camera does;
+``passer=W``     during the stop (needs ``stop=K:R``, R >= 2) a textured panel W percent of the width wide and 70 % of the
+                height tall crosses the view from right to left (:func:`passer_panel`): a vehicle or a crowd passing a
+                robot that waits. Each of the stop's images gets fresh camera noise (1 % of the range), so the
+                standing view is never quite the same image twice.
 
 Example: ``stop=60:10`` on KITTI (10 Hz) is a 1 s stop at frame 60; ``drop=61:64`` drops 4 frames.
 :func:`drop_spec` writes the SPEC of given dropped frames (``kp2d play --record-drops``: the frames a live node
@@ -66,6 +70,7 @@ class Faults:
     jitter : stamps moved by up to +-P percent of the median frame interval (0: not).
     repeat : (A, B) inclusive ranges of original frames that show frame A-1's image.
     body : percent of the rows, from the bottom, that show a fixed panel in every frame (0: none).
+    passer : percent of the width of a panel that crosses the view during the stop (0: none).
     """
 
     frames: tuple[int, int] | None = None
@@ -77,6 +82,7 @@ class Faults:
     jitter: int = 0
     repeat: tuple[tuple[int, int], ...] = ()
     body: int = 0
+    passer: int = 0
 
     @classmethod
     def parse(cls, spec: str) -> "Faults":
@@ -93,9 +99,10 @@ class Faults:
                 continue
             key, sep, value = item.partition("=")
             key = key.strip()
-            if not sep or key not in ("frames", "drop", "every", "stop", "gain", "occlude", "jitter", "repeat", "body"):
+            if not sep or key not in ("frames", "drop", "every", "stop", "gain", "occlude", "jitter", "repeat", "body",
+                                                   "passer"):
                 raise DataError(f"--simulate: expected frames=S:E, drop=A:B, every=N, stop=K:R, gain=A:B:P, "
-                                f"occlude=A:B, jitter=P, repeat=A:B or body=P, got {item!r}")
+                                f"occlude=A:B, jitter=P, repeat=A:B, body=P or passer=W, got {item!r}")
             if key in seen and key not in ("drop", "gain", "repeat"):
                 raise DataError(f"--simulate: {key} given twice")
             seen.add(key)
@@ -118,10 +125,11 @@ class Faults:
                                     "interval; 50 and more could reorder the stamps)")
                 out.jitter = nums[0]
                 continue
-            if key == "body":
+            if key in ("body", "passer"):
                 if len(nums) != 1 or not 0 < nums[0] < 100:
-                    raise DataError(f"--simulate: body={value} is not one integer P in 1..99 (percent of the rows)")
-                out.body = nums[0]
+                    raise DataError(f"--simulate: {key}={value} is not one integer in 1..99 (percent of the "
+                                    f"{'rows' if key == 'body' else 'width'})")
+                setattr(out, key, nums[0])
                 continue
             if any(n < 0 for n in nums) or len(nums) != (1 if key == "every" else 2):
                 raise DataError(f"--simulate: {key}={value} is not {'N' if key == 'every' else 'two integers A:B'} >= 0")
@@ -140,6 +148,8 @@ class Faults:
                 out.repeat += ((nums[0], nums[1]),)
             else:
                 setattr(out, key, (nums[0], nums[1]))
+        if out.passer and (out.stop is None or out.stop[1] < 2):
+            raise DataError("--simulate: passer=W crosses the view during a stop: it needs stop=K:R with R >= 2")
         return out
 
     def label(self) -> str:
@@ -163,6 +173,8 @@ class Faults:
             parts.append(f"repeat{a}" if a == b else f"repeat{a}-{b}")
         if self.body:
             parts.append(f"body{self.body}")
+        if self.passer:
+            parts.append(f"passer{self.passer}")
         return "".join("+" + p for p in parts)
 
 
@@ -220,6 +232,7 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
         first = int(idx[0])
         idx = idx[(idx - first) % faults.every == 0]
     new_stamps = stamps[idx].astype(np.float64)
+    copy = np.zeros(idx.size + (faults.stop[1] if faults.stop else 0), int)  # the stop's copy each image is (0: none)
     dt = float(np.median(np.diff(stamps))) if n > 1 else 1.0  # the median frame interval: a stop's, the jitter's unit
     dt = dt if np.isfinite(dt) and dt > 0 else 1.0
     if faults.stop and faults.stop[1] > 0:
@@ -231,6 +244,7 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
         new_stamps = np.concatenate([new_stamps[:p + 1], new_stamps[p] + dt * np.arange(1, r + 1),
                                      new_stamps[p + 1:] + r * dt])
         idx = np.concatenate([idx[:p + 1], np.full(r, k), idx[p + 1:]])
+        copy[p + 1:p + r + 1] = np.arange(1, r + 1)
     if idx.size == 0:
         raise DataError("--simulate: no frame left")
     if faults.jitter:
@@ -253,6 +267,11 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
         image = exposed(image, gains[i])
         return body_panel(image, faults.body, seed=i) if faults.body else image
 
+    def passing(j: int, image: np.ndarray) -> np.ndarray:
+        if not faults.passer or copy[j] == 0:
+            return image
+        return passer_panel(image, int(copy[j]), faults.stop[1], faults.passer, seed=j)
+
     def images():
         if sequence._loader is not None:  # random access (folder layouts): read only the frames used
             yield from map(load, range(len(order)))
@@ -261,18 +280,20 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
         nxt = next(want, None)
         shown: dict[int, np.ndarray] = {}  # the last image a repeat shows again, by its original frame
         sources = {int(source[i]) for i in order}
+        j = 0  # the output position
         for i, frame in enumerate(sequence):
             if i in sources:  # a kept frame (a repeat's image is checked to be kept above)
                 shown = {i: faulted(i, frame.image)}
             while nxt == i:
-                yield shown[source[i]] if source[i] in shown else faulted(i, frame.image)
+                yield passing(j, shown[source[i]] if source[i] in shown else faulted(i, frame.image))
+                j += 1
                 nxt = next(want, None)
             if nxt is None:
                 return
 
     def load(j: int) -> np.ndarray:
         i = int(source[order[j]])
-        return faulted(i, sequence.frame(i).image)
+        return passing(j, faulted(i, sequence.frame(i).image))
 
     return Sequence(sequence.name + faults.label(), sequence.layout, sequence.camera, new_stamps, images,
                     ground_truth=_ground_truth(sequence, idx, new_stamps), loader=load)
@@ -313,6 +334,27 @@ def body_panel(image: np.ndarray, percent: int, seed: int = 0) -> np.ndarray:
         below, view = below[:, :, None].repeat(image.shape[2], 2), view[:, :, None].repeat(image.shape[2], 2)
     out[below] = view[below].astype(image.dtype)
     return out
+
+
+def passer_panel(image: np.ndarray, k: int, copies: int, percent: int, seed: int = 0) -> np.ndarray:
+    """The ``k``-th of a stop's ``copies`` images (1-based) with ``passer``'s panel in front of it: ``percent`` % of
+    the width wide, rows 15-85 %, brightness 10-90 % of the range. Its left edge moves at a constant speed from the
+    right border (before the first copy) to ``percent`` % of the width beyond the left one (after the last), so
+    it enters, crosses and leaves the view during the stop; the panel's texture moves with it (the third third of
+    :func:`_panel`: neither ``occlude``'s first view nor ``body``'s). Fresh Gaussian noise (1 % of the range, seeded
+    by ``seed``) over the whole image: a standing camera whose images are never equal."""
+    h, w = image.shape[:2]
+    width = max(1, round(w * percent / 100.0))
+    top = _full_scale(image)
+    out = image.astype(np.float32)
+    left = round(w - k * (w + width) / (copies + 1))
+    r0, r1 = round(0.15 * h), round(0.85 * h)
+    a, b = max(left, 0), min(left + width, w)  # the panel's columns in view
+    if b > a:
+        view = (0.1 + 0.8 * _panel(h, w)[r0:r1, 2 * w + a - left:2 * w + b - left]) * top
+        out[r0:r1, a:b] = view[:, :, None] if image.ndim == 3 else view
+    out += np.random.default_rng(seed).normal(0.0, 0.01 * top, out.shape[:2])[(...,) + (None,) * (image.ndim - 2)]
+    return np.clip(out, 0.0, top).astype(image.dtype)
 
 
 @lru_cache(maxsize=2)
