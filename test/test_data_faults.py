@@ -84,7 +84,8 @@ def test_every_and_clip_and_combinations():
     ("occlude=3:25", "outside"), ("occlude=3", "two integers"), ("occlude=2:3,occlude=5:6", "twice"),
     ("jitter=50", "0..49"), ("jitter=-1", "0..49"), ("jitter=1:2", "one integer"), ("jitter=5,jitter=6", "twice"),
     ("body=0", "1..99"), ("body=100", "1..99"), ("body=1:2", "1..99"), ("body=5,body=6", "twice"),
-    ("passer=50", "needs stop"), ("stop=3:1,passer=50", "R >= 2"), ("stop=3:4,passer=100", "1..99"),
+    ("passer=50", "needs stop"), ("stop=3:1,passer=50", "R >= 2"), ("stop=3:4,passer=100", "1..99"), ("passer=50:4", "W:A:B"), ("passer=50:6:4", "A < B"),
+    ("passer=50:3:25", "outside"),
     ("frames=0:3,every=1,drop=0:3", "no frame left")])
 def test_bad_specifications_raise(spec, fragment):
     with pytest.raises(DataError, match=fragment):
@@ -217,5 +218,11 @@ def test_passer_crosses_the_view_during_the_stop_from_right_to_left(loader):
         assert cols.size <= 60 and (cols.size == 0 or cols.max() - cols.min() < 60)
     assert np.all(np.diff(centres) < 0) and centres[0] > 150 and centres[-1] < 50  # right to left, in view throughout
     assert not np.array_equal(frames[2][:15], frames[3][:15])  # fresh noise in every copy
+    # passer=W:A:B: across frames A..B whatever the camera does (no stop, no noise added)
+    out = simulate(seq, "passer=30:1:3")
+    frames = [f.image for f in out]
+    assert out.name == "flat+passer30f1-3" and len(frames) == 4 and np.all(frames[0] == 128)
+    for im in frames[1:]:
+        assert np.all(im[:15] == 128) and np.abs(im[15:85].astype(int) - 128).max() > 20
     colour = passer_panel(np.zeros((100, 200, 3), np.uint16), 5, 9, 30, seed=1)
     assert colour.dtype == np.uint16 and colour[50, 100].min() > 0.1 * 65535 * 0.9

@@ -44,7 +44,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                         "show frame A-1's image again: a stalled camera), body=P (the bottom P percent of every frame "
                         "show one fixed textured panel: the robot's own body in view), passer=W (with stop: a textured "
                         "panel W percent of the width wide crosses the view during the stop: a vehicle passing a robot "
-                        "that waits); "
+                        "that waits; passer=W:A:B during frames A..B instead); "
                         "frame numbers of the original sequence (see kp2d_ros/data/faults.py)")
     return p
 

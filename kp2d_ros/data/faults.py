@@ -35,7 +35,8 @@ sequence):
 ``passer=W``     during the stop (needs ``stop=K:R``, R >= 2) a textured panel W percent of the width wide and 70 % of the
                 height tall crosses the view from right to left (:func:`passer_panel`): a vehicle or a crowd passing a
                 robot that waits. Each of the stop's images gets fresh camera noise (1 % of the range), so the
-                standing view is never quite the same image twice.
+                standing view is never quite the same image twice. ``passer=W:A:B``: it crosses during frames A..B
+                instead, whatever the camera does (a vehicle overtaking a robot that drives), without added noise.
 
 Example: ``stop=60:10`` on KITTI (10 Hz) is a 1 s stop at frame 60; ``drop=61:64`` drops 4 frames.
 :func:`drop_spec` writes the SPEC of given dropped frames (``kp2d play --record-drops``: the frames a live node
@@ -71,6 +72,7 @@ class Faults:
     repeat : (A, B) inclusive ranges of original frames that show frame A-1's image.
     body : percent of the rows, from the bottom, that show a fixed panel in every frame (0: none).
     passer : percent of the width of a panel that crosses the view during the stop (0: none).
+    passer_frames : (A, B) the frames it crosses in instead of the stop's (None: the stop's).
     """
 
     frames: tuple[int, int] | None = None
@@ -83,6 +85,7 @@ class Faults:
     repeat: tuple[tuple[int, int], ...] = ()
     body: int = 0
     passer: int = 0
+    passer_frames: tuple[int, int] | None = None
 
     @classmethod
     def parse(cls, spec: str) -> "Faults":
@@ -102,7 +105,7 @@ class Faults:
             if not sep or key not in ("frames", "drop", "every", "stop", "gain", "occlude", "jitter", "repeat", "body",
                                                    "passer"):
                 raise DataError(f"--simulate: expected frames=S:E, drop=A:B, every=N, stop=K:R, gain=A:B:P, "
-                                f"occlude=A:B, jitter=P, repeat=A:B, body=P or passer=W, got {item!r}")
+                                f"occlude=A:B, jitter=P, repeat=A:B, body=P or passer=W[:A:B], got {item!r}")
             if key in seen and key not in ("drop", "gain", "repeat"):
                 raise DataError(f"--simulate: {key} given twice")
             seen.add(key)
@@ -125,10 +128,16 @@ class Faults:
                                     "interval; 50 and more could reorder the stamps)")
                 out.jitter = nums[0]
                 continue
+            if key == "passer" and len(nums) == 3:
+                if not 0 < nums[0] < 100 or nums[1] < 0 or nums[2] <= nums[1]:
+                    raise DataError(f"--simulate: passer={value} is not W:A:B with W in 1..99 (percent of the width) "
+                                    "and frames A < B")
+                out.passer, out.passer_frames = nums[0], (nums[1], nums[2])
+                continue
             if key in ("body", "passer"):
                 if len(nums) != 1 or not 0 < nums[0] < 100:
-                    raise DataError(f"--simulate: {key}={value} is not one integer in 1..99 (percent of the "
-                                    f"{'rows' if key == 'body' else 'width'})")
+                    raise DataError(f"--simulate: {key}={value} is not " + ("one integer P in 1..99 (percent of the "
+                                    "rows)" if key == "body" else "W or W:A:B with W in 1..99 (percent of the width)"))
                 setattr(out, key, nums[0])
                 continue
             if any(n < 0 for n in nums) or len(nums) != (1 if key == "every" else 2):
@@ -148,8 +157,9 @@ class Faults:
                 out.repeat += ((nums[0], nums[1]),)
             else:
                 setattr(out, key, (nums[0], nums[1]))
-        if out.passer and (out.stop is None or out.stop[1] < 2):
-            raise DataError("--simulate: passer=W crosses the view during a stop: it needs stop=K:R with R >= 2")
+        if out.passer and out.passer_frames is None and (out.stop is None or out.stop[1] < 2):
+            raise DataError("--simulate: passer=W crosses the view during a stop: it needs stop=K:R with R >= 2 "
+                            "(or passer=W:A:B, frames A..B)")
         return out
 
     def label(self) -> str:
@@ -174,7 +184,8 @@ class Faults:
         if self.body:
             parts.append(f"body{self.body}")
         if self.passer:
-            parts.append(f"passer{self.passer}")
+            parts.append(f"passer{self.passer}" + (f"f{self.passer_frames[0]}-{self.passer_frames[1]}"
+                                                   if self.passer_frames else ""))
         return "".join("+" + p for p in parts)
 
 
@@ -218,7 +229,7 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
     stamps = sequence.stamps
     for key, rng in ([("frames", faults.frames), ("stop", faults.stop)] + [("drop", d) for d in faults.drop]
                      + [("gain", g[:2]) for g in faults.gain] + [("occlude", faults.occlude)]
-                     + [("repeat", r) for r in faults.repeat]):
+                     + [("repeat", r) for r in faults.repeat] + [("passer", faults.passer_frames)]):
         if rng is not None and not (0 <= rng[0] < n and (key == "stop" or rng[1] < n)):
             raise DataError(f"--simulate: {key}={rng[0]}:{rng[1]} is outside the sequence's frames 0..{n - 1}")
     keep = np.ones(n, bool)
@@ -268,6 +279,10 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
         return body_panel(image, faults.body, seed=i) if faults.body else image
 
     def passing(j: int, image: np.ndarray) -> np.ndarray:
+        if faults.passer_frames:
+            a, b = faults.passer_frames
+            i = int(order[j])
+            return passer_panel(image, i - a + 1, b - a + 1, faults.passer, noise=False) if a <= i <= b else image
         if not faults.passer or copy[j] == 0:
             return image
         return passer_panel(image, int(copy[j]), faults.stop[1], faults.passer, seed=j)
@@ -336,13 +351,13 @@ def body_panel(image: np.ndarray, percent: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def passer_panel(image: np.ndarray, k: int, copies: int, percent: int, seed: int = 0) -> np.ndarray:
-    """The ``k``-th of a stop's ``copies`` images (1-based) with ``passer``'s panel in front of it: ``percent`` % of
+def passer_panel(image: np.ndarray, k: int, copies: int, percent: int, seed: int = 0, noise: bool = True) -> np.ndarray:
+    """The ``k``-th of ``copies`` images (1-based; a stop's) with ``passer``'s panel in front of it: ``percent`` % of
     the width wide, rows 15-85 %, brightness 10-90 % of the range. Its left edge moves at a constant speed from the
     right border (before the first copy) to ``percent`` % of the width beyond the left one (after the last), so
     it enters, crosses and leaves the view during the stop; the panel's texture moves with it (the third third of
-    :func:`_panel`: neither ``occlude``'s first view nor ``body``'s). Fresh Gaussian noise (1 % of the range, seeded
-    by ``seed``) over the whole image: a standing camera whose images are never equal."""
+    :func:`_panel`: neither ``occlude``'s first view nor ``body``'s). With ``noise``, fresh Gaussian noise (1 % of the
+    range, seeded by ``seed``) over the whole image: a standing camera whose images are never equal."""
     h, w = image.shape[:2]
     width = max(1, round(w * percent / 100.0))
     top = _full_scale(image)
@@ -353,7 +368,8 @@ def passer_panel(image: np.ndarray, k: int, copies: int, percent: int, seed: int
     if b > a:
         view = (0.1 + 0.8 * _panel(h, w)[r0:r1, 2 * w + a - left:2 * w + b - left]) * top
         out[r0:r1, a:b] = view[:, :, None] if image.ndim == 3 else view
-    out += np.random.default_rng(seed).normal(0.0, 0.01 * top, out.shape[:2])[(...,) + (None,) * (image.ndim - 2)]
+    if noise:
+        out += np.random.default_rng(seed).normal(0.0, 0.01 * top, out.shape[:2])[(...,) + (None,) * (image.ndim - 2)]
     return np.clip(out, 0.0, top).astype(image.dtype)
 
 
