@@ -103,7 +103,7 @@ class Faults:
             key, sep, value = item.partition("=")
             key = key.strip()
             if not sep or key not in ("frames", "drop", "every", "stop", "gain", "occlude", "jitter", "repeat", "body",
-                                                   "passer"):
+                                      "passer"):
                 raise DataError(f"--simulate: expected frames=S:E, drop=A:B, every=N, stop=K:R, gain=A:B:P, "
                                 f"occlude=A:B, jitter=P, repeat=A:B, body=P or passer=W[:A:B], got {item!r}")
             if key in seen and key not in ("drop", "gain", "repeat"):
@@ -243,7 +243,7 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
         first = int(idx[0])
         idx = idx[(idx - first) % faults.every == 0]
     new_stamps = stamps[idx].astype(np.float64)
-    copy = np.zeros(idx.size + (faults.stop[1] if faults.stop else 0), int)  # the stop's copy each image is (0: none)
+    copy = np.zeros(idx.size, int)  # which of the stop's copies each image is (0: none)
     dt = float(np.median(np.diff(stamps))) if n > 1 else 1.0  # the median frame interval: a stop's, the jitter's unit
     dt = dt if np.isfinite(dt) and dt > 0 else 1.0
     if faults.stop and faults.stop[1] > 0:
@@ -255,7 +255,7 @@ def simulate(sequence: Sequence, faults: Faults | str) -> Sequence:
         new_stamps = np.concatenate([new_stamps[:p + 1], new_stamps[p] + dt * np.arange(1, r + 1),
                                      new_stamps[p + 1:] + r * dt])
         idx = np.concatenate([idx[:p + 1], np.full(r, k), idx[p + 1:]])
-        copy[p + 1:p + r + 1] = np.arange(1, r + 1)
+        copy = np.concatenate([copy[:p + 1], np.arange(1, r + 1), copy[p + 1:]])
     if idx.size == 0:
         raise DataError("--simulate: no frame left")
     if faults.jitter:
