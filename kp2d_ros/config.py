@@ -285,6 +285,13 @@ class PipelineConfig:
     # before it lands: a single pair's depths carry its own pose error into the next pair. false: the two-view pose
     # and the voted scale alone (docs/results.md: Structure pose, stop 41).
     structure_pose: bool = True
+    # Something that moves on its own across the view (a vehicle crossing) can take the essential matrix's largest
+    # consensus: its sideways flow reads as a turn, the scene fits a shifted translation. When a pair's rotation departs
+    # from the last pair's by more than this (degrees), it is checked against the pose on the reference's points that
+    # a window refined (PnP); where those disagree by more than this too, the pair is estimated again on the matches
+    # that pose explains. Needs the backend's refined depths. 0: off (docs/results.md: A vehicle passing a robot that
+    # waits).
+    motion_guard_deg: float = 0.5
     # ratio method: only points seen under at least this triangulation angle (degrees) in both pairs vote.
     min_triangulation_deg: float = 0.5
     # A pure rotation (no observable translation) becomes a keyframe only beyond this angle.
@@ -340,6 +347,7 @@ class PipelineConfig:
         _nonneg("pipeline.torch_threads", self.torch_threads)
         _nonneg("pipeline.library_threads", self.library_threads)
         _nonneg("pipeline.min_parallax_px", self.min_parallax_px)
+        _nonneg("pipeline.motion_guard_deg", self.motion_guard_deg)
         _nonneg("pipeline.static_parallax_px", self.static_parallax_px)
         _positive("pipeline.covariance_noise_floor_px", self.covariance_noise_floor_px)
         _nonneg("pipeline.covariance_rotation_floor_deg", self.covariance_rotation_floor_deg)

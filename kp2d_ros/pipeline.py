@@ -946,6 +946,8 @@ class VOPipeline:
                                       priors=[p for p in priors if p is not None],
                                       configured=self._raw_camera if camera is not self._raw_camera else None,
                                       normalized=(m0, m1))
+        if geom is not None:
+            geom = self._guard_motion(geom, kp0, kp1, camera, geo, matches, m0, m1)
         if geom is None:
             self.last_motion = None
             return self._unposed(frame, camera, feats, matches, now)
@@ -1023,6 +1025,41 @@ class VOPipeline:
                           choice.measured if choice is not None else None)
             T = kf.T_world_cam  # refined by the backend when it ran in this thread
         return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf, cov, model)
+
+    def _guard_motion(self, geom: TwoViewGeometry, kp0: np.ndarray, kp1: np.ndarray, camera: Camera,
+                      geo, matches: Matches, m0: np.ndarray, m1: np.ndarray) -> TwoViewGeometry:
+        """The pair's motion, checked against the reference's known depths where its rotation departs from the last
+        pair's by more than ``pipeline.motion_guard_deg``: something that moves on its own across the view (a
+        vehicle crossing) can hold the essential matrix's largest consensus, its sideways flow read as a turn, the
+        scene fitted by a shifted translation. The pose on the points a window refined (PnP) does not see the
+        crossing's points (they have no depths). Where the two disagree by more than the guard too, the essential
+        matrix is estimated again on the matches that the known-depth pose explains."""
+        limit = self.cfg.pipeline.motion_guard_deg
+        if limit <= 0 or self.last_motion is None or not np.any(geom.t):
+            return geom
+        if rotation_angle_deg(geom.R @ self.last_motion[0].T) < limit:
+            return geom
+        known = self._pose_on_known_depths(matches, m0, m1)
+        if known is None or rotation_angle_deg(geom.R @ known[0].T) < limit:
+            return geom  # nothing to check against, or the structure agrees: the motion did change
+        R_k, t_k = known
+        if not np.linalg.norm(t_k) > 0:
+            return geom
+        thr = geo.ransac_threshold_px / focal_length(camera)
+        keep = np.abs(sampson_errors(skew(t_k / np.linalg.norm(t_k)) @ R_k, m0, m1)) < 3.0 * thr
+        if keep.sum() < max(geo.min_inliers, 0.25 * len(m0)):
+            return geom
+        sel = np.flatnonzero(keep)
+        again = estimate_relative_pose(kp0[sel], kp1[sel], camera, geo, ordered=True, priors=[known],
+                                       configured=self._raw_camera if camera is not self._raw_camera else None,
+                                       normalized=(m0[sel], m1[sel]))
+        if again is None or rotation_angle_deg(again.R @ R_k.T) >= limit:
+            return geom
+        log.debug("motion guard: the pair's rotation %.2f deg off the known depths' pose; %d of %d matches kept",
+                  rotation_angle_deg(geom.R @ R_k.T), sel.size, len(m0))
+        inliers = np.zeros(len(m0), bool)
+        inliers[sel[again.inliers]] = True
+        return replace(again, inliers=inliers, point_match_idx=sel[again.point_match_idx])
 
     def _pose_on_structure(self, geom: TwoViewGeometry, n0: np.ndarray, n1: np.ndarray, matches: Matches,
                            measured: "_ScaleMeasurement", noise: float) -> tuple[TwoViewGeometry, float] | None:
