@@ -1031,9 +1031,10 @@ class VOPipeline:
         """The pair's motion, checked against the reference's known depths where its rotation departs from the last
         pair's by more than ``pipeline.motion_guard_deg``: something that moves on its own across the view (a
         vehicle crossing) can hold the essential matrix's largest consensus, its sideways flow read as a turn, the
-        scene fitted by a shifted translation. The pose on the points a window refined (PnP) does not see the
-        crossing's points (they have no depths). Where the two disagree by more than the guard too, the essential
-        matrix is estimated again on the matches that the known-depth pose explains."""
+        scene fitted by a shifted translation. The pose on the points a window refined (PnP) hardly sees the
+        crossing's points: a depth there needs a window's refinement, and they come and go too fast for most to get
+        one. Where the two disagree by more than the guard too, the essential matrix is estimated again on the matches
+        that the known-depth pose explains, and taken where it agrees with that pose."""
         limit = self.cfg.pipeline.motion_guard_deg
         if limit <= 0 or self.last_motion is None or not np.any(geom.t):
             return geom
