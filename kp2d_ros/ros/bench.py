@@ -88,6 +88,7 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
     from sensor_msgs.msg import CameraInfo, Image
 
     from kp2d_ros.ros import conversions as conv
+    from kp2d_ros.ros.spinning import Spinner
     from kp2d_ros.ros.player import wait_for_stamp
 
     if not frames:
@@ -111,7 +112,7 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
     ctx = rclpy.Context()
     rclpy.init(args=[], context=ctx)
     executor = SingleThreadedExecutor(context=ctx)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner = Spinner(executor)
     sent: dict[int, float] = {}
     rss: list[float] = []
     stamp_ns = time.time_ns()
@@ -183,8 +184,7 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
         while len(diagnostics) == n_diag and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
-        executor.shutdown(timeout_sec=5.0)  # let a callback in progress finish before the context goes
-        spinner.join(timeout=5.0)
+        spinner.stop()  # the last turn and a callback in progress finish before the context goes
         rclpy.try_shutdown(context=ctx)
 
     with cond:
@@ -244,6 +244,7 @@ def bench_path_publication(n_poses: int = 10000, repeats: int = 5) -> dict:
     from rclpy.serialization import serialize_message
 
     from kp2d_ros.ros.outputs import PathBuffer
+    from kp2d_ros.ros.spinning import Spinner
 
     buf = PathBuffer(n_poses)
     appends = []
@@ -257,7 +258,7 @@ def bench_path_publication(n_poses: int = 10000, repeats: int = 5) -> dict:
     ctx = rclpy.Context()
     rclpy.init(args=[], context=ctx)
     executor = SingleThreadedExecutor(context=ctx)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner = Spinner(executor)
     times = []
     try:
         node = rclpy.create_node("kp2d_bench_path", context=ctx)
@@ -280,8 +281,7 @@ def bench_path_publication(n_poses: int = 10000, repeats: int = 5) -> dict:
         while len(got) < repeats and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
-        executor.shutdown(timeout_sec=5.0)  # let a callback in progress finish before the context goes
-        spinner.join(timeout=5.0)
+        spinner.stop()  # the last turn and a callback in progress finish before the context goes
         rclpy.try_shutdown(context=ctx)
     if not got or len(got[-1].poses) != n_poses:
         raise DataError(f"bench_path_publication: the {n_poses}-pose path did not arrive")

@@ -109,6 +109,7 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, lockstep: bool = False, imag
     from kp2d_ros.config import RosConfig
     from kp2d_ros.data.bags import bag_path
     from kp2d_ros.ros import conversions as conv
+    from kp2d_ros.ros.spinning import Spinner
 
     if record_frame not in ("camera", "base"):
         raise DataError(f"record_frame must be 'camera' or 'base', got '{record_frame}'")
@@ -131,7 +132,7 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, lockstep: bool = False, imag
     ctx = rclpy.Context()
     rclpy.init(args=[], context=ctx, **({"domain_id": domain_id} if domain_id is not None else {}))
     executor = SingleThreadedExecutor(context=ctx)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner = Spinner(executor)
     published = 0
     sent: list[int] = []
     dropped: list[int] | None = []
@@ -212,9 +213,8 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, lockstep: bool = False, imag
         finally:
             reader.close()
     finally:
-        executor.shutdown(timeout_sec=1.0)
+        spinner.stop(timeout_s=2.0)
         rclpy.try_shutdown(context=ctx)
-        spinner.join(timeout=2.0)
 
     with cond:
         keys = sorted(odom)
