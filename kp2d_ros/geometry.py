@@ -604,6 +604,18 @@ def _in_front(R: np.ndarray, t: np.ndarray, n0: np.ndarray, n1: np.ndarray, dist
     return front, Q
 
 
+def essential_inliers(n0: np.ndarray, n1: np.ndarray, f: float, cfg: GeometryConfig, method: str | None = None
+                      ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(E (3, 3), inliers (M,) bool) of the robust essential matrix between normalised points ``n0``, ``n1``
+    (OpenCV USAC with ``cfg.method`` or ``method``, the threshold ``cfg.ransac_threshold_px`` converted with the
+    focal length ``f``), or None when the estimator finds none."""
+    E, mask = cv2.findEssentialMat(n0, n1, np.eye(3), method=_METHODS[method or cfg.method], prob=cfg.confidence,
+                                   threshold=cfg.ransac_threshold_px / f, maxIters=cfg.max_iters)
+    if E is None or E.shape[0] < 3 or mask is None:
+        return None
+    return E[:3], mask.ravel().astype(bool)
+
+
 def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, cfg: GeometryConfig,
                            ordered: bool = False,
                            priors: Sequence[tuple[np.ndarray, np.ndarray]] = (),
@@ -661,13 +673,10 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
     method = cfg.method
     if method == "prosac" and not ordered:
         method = "magsac"
-    I3 = np.eye(3)
-    E, mask = cv2.findEssentialMat(n0, n1, I3, method=_METHODS[method], prob=cfg.confidence,
-                                   threshold=cfg.ransac_threshold_px / f, maxIters=cfg.max_iters)
-    if E is None or E.shape[0] < 3 or mask is None:
+    found = essential_inliers(n0, n1, f, cfg, method)
+    if found is None:
         return None
-    E = E[:3]
-    inl = mask.ravel().astype(bool)
+    E, inl = found
     if inl.sum() < cfg.min_inliers:
         return None
     # Polish the minimal-sample model over all inliers, then re-select the inliers.

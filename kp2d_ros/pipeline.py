@@ -24,8 +24,8 @@ from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend
 from kp2d_ros.frontend_common import StillBlocks, exposed, has_content, to_grey
-from kp2d_ros.geometry import (bearings, cauchy_cost, compose_covariance, compose_relative, estimate_relative_pose,
-                               focal_length, invert_se3, inverse_depths, normalize_points, orthonormalize_se3,
+from kp2d_ros.geometry import (bearings, cauchy_cost, compose_covariance, compose_relative, essential_inliers,
+                               estimate_relative_pose, focal_length, invert_se3, inverse_depths, normalize_points, orthonormalize_se3,
                                patch_warps, pose_from_known_depths, pure_rotation_fit, refine_pose,
                                refine_pose_with_structure, relative_motion_covariance, rotation_angle_deg,
                                rotation_compensated_parallax, rotation_covariance, sampson_errors,
@@ -937,17 +937,17 @@ class VOPipeline:
         stale = self.motion is not None and self._pair_intervals(now) > 1.5
         m0 = self._normalized_keypoints(ref.features, camera)[matches.idx0]
         m1 = self._normalized_keypoints(feats, camera)[matches.idx1]
-        priors = [self.last_motion if cfg.geometry.motion_prior else None,
-                  self._pose_on_known_depths(matches, m0, m1) if pc.structure_pose and stale else None]
+        known = self._pose_on_known_depths(matches, m0, m1) if pc.structure_pose and stale else None
+        priors = [self.last_motion if cfg.geometry.motion_prior else None, known]
         geo = cfg.geometry
         if self.turning:  # turning on the spot: starting to move needs twice the parallax (hysteresis)
             geo = replace(geo, rotation_only_parallax_px=2.0 * geo.rotation_only_parallax_px)
+        configured = self._raw_camera if camera is not self._raw_camera else None
         geom = estimate_relative_pose(kp0, kp1, camera, geo, ordered=True,
-                                      priors=[p for p in priors if p is not None],
-                                      configured=self._raw_camera if camera is not self._raw_camera else None,
+                                      priors=[p for p in priors if p is not None], configured=configured,
                                       normalized=(m0, m1))
         if geom is not None:
-            geom = self._guard_motion(geom, kp0, kp1, camera, geo, matches, m0, m1)
+            geom = self._guard_motion(geom, kp0, kp1, camera, configured, geo, matches, m0, m1, known)
         if geom is None:
             self.last_motion = None
             return self._unposed(frame, camera, feats, matches, now)
@@ -1027,21 +1027,24 @@ class VOPipeline:
         return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf, cov, model)
 
     def _guard_motion(self, geom: TwoViewGeometry, kp0: np.ndarray, kp1: np.ndarray, camera: Camera,
-                      geo, matches: Matches, m0: np.ndarray, m1: np.ndarray) -> TwoViewGeometry:
+                      configured: Camera | None, geo, matches: Matches, m0: np.ndarray, m1: np.ndarray,
+                      known: tuple[np.ndarray, np.ndarray] | None) -> TwoViewGeometry:
         """The pair's motion, checked against the reference's known depths where its rotation departs from the last
         pair's by more than ``pipeline.motion_guard_deg``: something that moves on its own across the view (a
         vehicle crossing) can hold the essential matrix's largest consensus, its sideways flow read as a turn, the
         scene fitted by a shifted translation. The pose on the points a window refined (PnP) hardly sees the
         crossing's points: a depth there needs a window's refinement, and they come and go too fast for most to get
         one. Where the two disagree by more than the guard too, the essential matrix is estimated again on the matches
-        that the known-depth pose explains, and taken where it agrees with that pose."""
+        that the known-depth pose explains, and taken where it agrees with that pose. ``known``: that pose when the
+        caller has it already (after a gap), ``configured`` as for :func:`~kp2d_ros.geometry.estimate_relative_pose`."""
         limit = self.cfg.pipeline.motion_guard_deg
         if limit <= 0 or self.last_motion is None or not np.any(geom.t):
             return geom
         if rotation_angle_deg(geom.R @ self.last_motion[0].T) < limit:
             return geom
-        known = self._pose_on_known_depths(matches, m0, m1)
-        if known is None or rotation_angle_deg(geom.R @ known[0].T) < limit:
+        known = known if known is not None else self._pose_on_known_depths(matches, m0, m1)
+        off = None if known is None else rotation_angle_deg(geom.R @ known[0].T)
+        if off is None or off < limit:
             return geom  # nothing to check against, or the structure agrees: the motion did change
         R_k, t_k = known
         if not np.linalg.norm(t_k) > 0:
@@ -1052,12 +1055,11 @@ class VOPipeline:
             return geom
         sel = np.flatnonzero(keep)
         again = estimate_relative_pose(kp0[sel], kp1[sel], camera, geo, ordered=True, priors=[known],
-                                       configured=self._raw_camera if camera is not self._raw_camera else None,
-                                       normalized=(m0[sel], m1[sel]))
+                                       configured=configured, normalized=(m0[sel], m1[sel]))
         if again is None or rotation_angle_deg(again.R @ R_k.T) >= limit:
             return geom
         log.debug("motion guard: the pair's rotation %.2f deg off the known depths' pose; %d of %d matches kept",
-                  rotation_angle_deg(geom.R @ R_k.T), sel.size, len(m0))
+                  off, sel.size, len(m0))
         inliers = np.zeros(len(m0), bool)
         inliers[sel[again.inliers]] = True
         return replace(again, inliers=inliers, point_match_idx=sel[again.point_match_idx])
@@ -1281,9 +1283,8 @@ class VOPipeline:
             return False
         m0 = self._normalized_keypoints(self.ref.features, camera)[matches.idx0[moved]]
         m1 = self._normalized_keypoints(feats, camera)[matches.idx1[moved]]
-        E, mask = cv2.findEssentialMat(m0, m1, np.eye(3), method=cv2.USAC_MAGSAC, prob=geo.confidence,
-                                       threshold=geo.ransac_threshold_px / focal_length(camera), maxIters=geo.max_iters)
-        agree = 0 if E is None or mask is None else int(np.count_nonzero(mask))
+        found = essential_inliers(m0, m1, focal_length(camera), geo, method="magsac")
+        agree = 0 if found is None else int(np.count_nonzero(found[1]))
         return agree >= max(geo.min_inliers, 0.5 * n)
 
     def _zero_translation_cov(self, camera: Camera, feats: Features, matches: Matches, mask: np.ndarray,
