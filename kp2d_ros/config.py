@@ -286,12 +286,17 @@ class PipelineConfig:
     # and the voted scale alone (docs/results.md: Structure pose, stop 41).
     structure_pose: bool = True
     # Something that moves on its own across the view (a vehicle crossing) can take the essential matrix's largest
-    # consensus: its sideways flow reads as a turn, the scene fits a shifted translation. When a pair's rotation departs
-    # from the last pair's by more than this (degrees), it is checked against the pose on the reference's points that
-    # a window refined (PnP); where those disagree by more than this too, the pair is estimated again on the matches
-    # that pose explains. Needs the backend's refined depths. 0: off (docs/results.md: A vehicle passing a robot that
-    # waits).
+    # consensus: its sideways flow reads as a turn (or as a turn alone: no translation), the scene fits a shifted
+    # translation. When a pair's rotation departs from the last pair's by more than this (degrees), it is checked
+    # against the pose on the reference's points that a window refined (PnP); where those disagree by more than this
+    # too, the pair is estimated again on the matches that pose explains. Needs the backend's refined depths. 0: off
+    # (docs/results.md: A vehicle passing a robot that waits; Something crossing the view while the robot drives).
     motion_guard_deg: float = 0.5
+    # The same check on the direction of travel (degrees): a crossing that holds most matches can keep the rotation
+    # within the guard and turn the translation sideways instead, its points read as near ones passed sideways
+    # (KITTI 07: 90-98 deg off the last pair's, whose direction changes by at most 2 deg a frame there, and by up to
+    # 72 on TUM fr2/desk's hand-held camera). 0: rotation only.
+    motion_guard_direction_deg: float = 45.0
     # ratio method: only points seen under at least this triangulation angle (degrees) in both pairs vote.
     min_triangulation_deg: float = 0.5
     # A pure rotation (no observable translation) becomes a keyframe only beyond this angle.
@@ -348,6 +353,7 @@ class PipelineConfig:
         _nonneg("pipeline.library_threads", self.library_threads)
         _nonneg("pipeline.min_parallax_px", self.min_parallax_px)
         _nonneg("pipeline.motion_guard_deg", self.motion_guard_deg)
+        _nonneg("pipeline.motion_guard_direction_deg", self.motion_guard_direction_deg)
         _nonneg("pipeline.static_parallax_px", self.static_parallax_px)
         _positive("pipeline.covariance_noise_floor_px", self.covariance_noise_floor_px)
         _nonneg("pipeline.covariance_rotation_floor_deg", self.covariance_rotation_floor_deg)

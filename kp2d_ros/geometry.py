@@ -182,6 +182,16 @@ def rotation_angle_deg(R: np.ndarray) -> float:
     return float(np.degrees(np.arccos(c)))
 
 
+def travel_angle_deg(Ra: np.ndarray, ta: np.ndarray, Rb: np.ndarray, tb: np.ndarray) -> float:
+    """Angle in degrees between the directions of travel (camera-centre displacements ``-R^T t``) of two relative
+    poses; NaN when either translation is zero."""
+    ca, cb = -Ra.T @ np.ravel(ta), -Rb.T @ np.ravel(tb)
+    norm = float(np.linalg.norm(ca) * np.linalg.norm(cb))
+    if not norm > 0:
+        return float("nan")
+    return float(np.degrees(np.arccos(np.clip(ca @ cb / norm, -1.0, 1.0))))
+
+
 # --------------------------------------------------------------------------------------------
 # Two-view
 # --------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from kp2d_ros.geometry import (bearings, cauchy_cost, compose_covariance, compos
                                patch_warps, pose_from_known_depths, pure_rotation_fit, refine_pose,
                                refine_pose_with_structure, relative_motion_covariance, rotation_angle_deg,
                                rotation_compensated_parallax, rotation_covariance, sampson_errors,
-                               scale_from_inverse_depths, skew, two_view_covariance, vote_log_scale)
+                               scale_from_inverse_depths, skew, travel_angle_deg, two_view_covariance, vote_log_scale)
 from kp2d_ros.matching import MatchScorer, filter_matches, match_features, match_near
 from kp2d_ros.refine import refine_matches
 from kp2d_ros.scale import GroundPoints, MetricScale, ScaleChoice
@@ -1030,36 +1030,48 @@ class VOPipeline:
                       configured: Camera | None, geo, matches: Matches, m0: np.ndarray, m1: np.ndarray,
                       known: tuple[np.ndarray, np.ndarray] | None) -> TwoViewGeometry:
         """The pair's motion, checked against the reference's known depths where its rotation departs from the last
-        pair's by more than ``pipeline.motion_guard_deg``: something that moves on its own across the view (a
-        vehicle crossing) can hold the essential matrix's largest consensus, its sideways flow read as a turn, the
-        scene fitted by a shifted translation. The pose on the points a window refined (PnP) hardly sees the
+        pair's by more than ``pipeline.motion_guard_deg``, or its direction of travel by more than
+        ``pipeline.motion_guard_direction_deg``: something that moves on its own across the view (a vehicle crossing)
+        can hold the essential matrix's largest consensus, its sideways flow read as a turn (the scene fitted by a
+        shifted translation, or no translation at all), or read as near points passed sideways, the rotation kept and
+        the translation turned across the road. The pose on the points a window refined (PnP) hardly sees the
         crossing's points: a depth there needs a window's refinement, and they come and go too fast for most to get
-        one. Where the two disagree by more than the guard too, the essential matrix is estimated again on the matches
-        that the known-depth pose explains, and taken where it agrees with that pose. ``known``: that pose when the
-        caller has it already (after a gap), ``configured`` as for :func:`~kp2d_ros.geometry.estimate_relative_pose`."""
-        limit = self.cfg.pipeline.motion_guard_deg
-        if limit <= 0 or self.last_motion is None or not np.any(geom.t):
+        one, unless a pair takes them for the scene. Where the two disagree by more than the guard too, the essential
+        matrix is estimated again on the matches that the known-depth pose explains at the pose's threshold, however
+        few (a crossing that fills the view leaves the scene a tenth of them; a wider margin lets the crossing's
+        matches near the epipolar lines hold a sideways model again), and taken where it agrees with that pose.
+        ``known``: that pose when the caller has it already (after a gap), ``configured`` as for
+        :func:`~kp2d_ros.geometry.estimate_relative_pose`."""
+        pc = self.cfg.pipeline
+        limit, direction = pc.motion_guard_deg, pc.motion_guard_direction_deg
+        if limit <= 0 or self.last_motion is None:
             return geom
-        if rotation_angle_deg(geom.R @ self.last_motion[0].T) < limit:
+
+        def departs(R: np.ndarray, t: np.ndarray, R_ref: np.ndarray, t_ref: np.ndarray) -> bool:
+            # a zero translation has no direction (NaN: not beyond the guard)
+            return (rotation_angle_deg(R @ R_ref.T) >= limit
+                    or (direction > 0 and travel_angle_deg(R, t, R_ref, t_ref) >= direction))
+
+        if not departs(geom.R, geom.t, *self.last_motion):
             return geom
         known = known if known is not None else self._pose_on_known_depths(matches, m0, m1)
-        off = None if known is None else rotation_angle_deg(geom.R @ known[0].T)
-        if off is None or off < limit:
+        if known is None or not departs(geom.R, geom.t, *known):
             return geom  # nothing to check against, or the structure agrees: the motion did change
         R_k, t_k = known
         if not np.linalg.norm(t_k) > 0:
             return geom
         thr = geo.ransac_threshold_px / focal_length(camera)
-        keep = np.abs(sampson_errors(skew(t_k / np.linalg.norm(t_k)) @ R_k, m0, m1)) < 3.0 * thr
-        if keep.sum() < max(geo.min_inliers, 0.25 * len(m0)):
+        keep = np.abs(sampson_errors(skew(t_k / np.linalg.norm(t_k)) @ R_k, m0, m1)) < thr
+        if keep.sum() < max(5, geo.min_inliers):
             return geom
         sel = np.flatnonzero(keep)
         again = estimate_relative_pose(kp0[sel], kp1[sel], camera, geo, ordered=True, priors=[known],
                                        configured=configured, normalized=(m0[sel], m1[sel]))
-        if again is None or rotation_angle_deg(again.R @ R_k.T) >= limit:
+        if again is None or departs(again.R, again.t, R_k, t_k):
             return geom
-        log.debug("motion guard: the pair's rotation %.2f deg off the known depths' pose; %d of %d matches kept",
-                  off, sel.size, len(m0))
+        log.debug("motion guard: the pair %.2f deg / %.1f deg (rotation / travel) off the known depths' pose; %d of "
+                  "%d matches kept", rotation_angle_deg(geom.R @ R_k.T), travel_angle_deg(geom.R, geom.t, R_k, t_k),
+                  sel.size, len(m0))
         inliers = np.zeros(len(m0), bool)
         inliers[sel[again.inliers]] = True
         return replace(again, inliers=inliers, point_match_idx=sel[again.point_match_idx])

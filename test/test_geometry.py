@@ -7,7 +7,7 @@ from kp2d_ros.config import GeometryConfig
 from kp2d_ros.geometry import (bearings, compose_relative, estimate_relative_pose, inverse_depths, invert_se3,
                                normalize_points, pose_from_known_depths, pure_rotation_fit, recover_pose,
                                rotation_angle_deg, rotation_compensated_parallax, scale_from_inverse_depths, se3,
-                               triangulation_angles, undistort_pixels, vote_log_scale)
+                               travel_angle_deg, triangulation_angles, undistort_pixels, vote_log_scale)
 import kp2d_ros.geometry as geometry
 from kp2d_ros.types import Camera
 
@@ -603,3 +603,14 @@ def test_recover_pose_falls_back_to_opencv_when_the_sample_is_undecided(monkeypa
     assert called
     _, R_cv, t_cv, _, _ = real(E[:3], n0, n1, np.eye(3), distanceThresh=1000.0)
     assert np.array_equal(got.R, R_cv) and np.array_equal(got.t, t_cv.ravel())
+
+
+def test_travel_angle_is_between_the_camera_centres_steps():
+    """Relative poses (R, t) map view 0 into view 1 (x1 = R x0 + t): the centre steps by -R^T t. A turn with the same
+    step is no change of travel; a sideways step is 90 deg; a zero translation has no direction (NaN)."""
+    yaw = cv2.Rodrigues(np.radians([0.0, 20.0, 0.0]))[0]
+    forward = np.array([0.0, 0.0, 1.0])
+    assert travel_angle_deg(np.eye(3), -forward, yaw, -yaw @ forward) < 1e-6
+    assert abs(travel_angle_deg(np.eye(3), -forward, np.eye(3), [-1.0, 0.0, 0.0]) - 90.0) < 1e-6
+    assert abs(travel_angle_deg(np.eye(3), -forward, np.eye(3), forward) - 180.0) < 1e-6
+    assert np.isnan(travel_angle_deg(np.eye(3), -forward, yaw, np.zeros(3)))
