@@ -25,8 +25,8 @@ from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend
 from kp2d_ros.frontend_common import StillBlocks, exposed, has_content, to_grey
 from kp2d_ros.geometry import (bearings, cauchy_cost, compose_covariance, compose_relative, essential_inliers,
-                               estimate_relative_pose, focal_length, invert_se3, inverse_depths, normalize_points, orthonormalize_se3,
-                               patch_warps, pose_from_known_depths, pure_rotation_fit, refine_pose,
+                               estimate_relative_pose, focal_length, invert_se3, inverse_depths, normalize_points,
+                               orthonormalize_se3, patch_warps, pose_from_known_depths, pure_rotation_fit, refine_pose,
                                refine_pose_with_structure, relative_motion_covariance, rotation_angle_deg,
                                rotation_compensated_parallax, rotation_covariance, sampson_errors,
                                scale_from_inverse_depths, skew, travel_angle_deg, two_view_covariance, vote_log_scale)
