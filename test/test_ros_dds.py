@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 
 from kp2d_ros.config import dump_config, load_config  # noqa: E402
 from kp2d_ros.ros import conversions as conv  # noqa: E402
+from kp2d_ros.ros.spinning import Spinner  # noqa: E402
 
 from conftest import data_path  # noqa: E402
 
@@ -85,8 +85,8 @@ class Listener:
         self.pub_bad = self.node.create_publisher(Image, "/camera/image_raw", 10)
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spinner = Spinner(self.executor)
+        self.spinner.start()
 
     def diagnostic(self, key: str) -> str | None:
         if not self.diag:
@@ -94,9 +94,8 @@ class Listener:
         return {kv.key: kv.value for kv in self.diag[-1].status[0].values}.get(key)
 
     def close(self):
-        self.executor.shutdown(timeout_sec=1.0)
+        self.spinner.stop(timeout_s=2.0)
         rclpy.try_shutdown(context=self.ctx)
-        self.thread.join(timeout=2.0)
 
 
 def wait_until(pred, what, timeout=60.0):

@@ -5,7 +5,6 @@ The node and a driver node share one rclpy context; messages go through the midd
 """
 import math
 import os
-import threading
 import time
 
 import cv2
@@ -23,6 +22,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2  # n
 
 from kp2d_ros.ros import conversions as conv  # noqa: E402
 from kp2d_ros.ros.node import VONode  # noqa: E402
+from kp2d_ros.ros.spinning import Spinner  # noqa: E402
 from kp2d_ros.types import Features, PoseEstimate, TrackingStatus  # noqa: E402
 
 from conftest import data_path  # noqa: E402
@@ -85,8 +85,8 @@ class Rig:
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
         self.executor.add_node(self.driver)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spinner = Spinner(self.executor)
+        self.spinner.start()
         wait_until(lambda: self.pub_image.get_subscription_count() > 0 and self.pub_info.get_subscription_count() > 0
                    and self.driver.count_publishers("odom") > 0, "discovery")
 
@@ -114,8 +114,7 @@ class Rig:
         self.closed = True
         # the spin thread ends before the nodes and the context go: a callback still running (a 10 000-pose path on
         # a loaded CI machine takes over a second) would otherwise raise in it when the context is shut down
-        self.executor.shutdown(timeout_sec=10.0)
-        self.thread.join(timeout=10.0)
+        self.spinner.stop(timeout_s=10.0)
         self.node.destroy_node()
         self.driver.destroy_node()
         rclpy.try_shutdown(context=self.ctx)

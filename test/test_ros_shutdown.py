@@ -11,7 +11,6 @@ the old behaviour still would.
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from rclpy.qos import QoSProfile  # noqa: E402
 
 from kp2d_ros.data import read_tum  # noqa: E402
 from kp2d_ros.ros import conversions as conv  # noqa: E402
+from kp2d_ros.ros.spinning import Spinner  # noqa: E402
 
 from test_ros_dds import stop_node  # noqa: E402
 from test_ros_runtime import Client  # noqa: E402
@@ -64,7 +64,7 @@ def test_sigint_during_a_large_frame(tmp_path):
     sender = Client(DOMAIN, FASTDDS_DEFAULT_PROFILES_FILE=ENV["FASTDDS_DEFAULT_PROFILES_FILE"])  # big SHM segments
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner = Spinner(executor)
     spinner.start()
 
     def received() -> int:
@@ -89,9 +89,8 @@ def test_sigint_during_a_large_frame(tmp_path):
         signalled = time.monotonic()
         elapsed, err = stop_node(proc, timeout=30)
         sender.close()
-        executor.shutdown(timeout_sec=1.0)
+        spinner.stop(timeout_s=2.0)
         rclpy.try_shutdown(context=ctx)
-        spinner.join(timeout=2.0)
 
     big_odom = [at for at, m in odom if conv.stamp_to_sec(m.header.stamp) == BIG_STAMP]
     assert sent is not None and not [at for at in big_odom if at < signalled], "the large frame was done before SIGINT"
