@@ -149,7 +149,9 @@ class LocalMap:
     (ids grow with creation and never repeat) and ``positions`` (N, 3) world coordinates; every observation is a
     row of ``obs_landmark`` (M,) landmark id, ``obs_keyframe`` (M,) keyframe id and ``obs_xy`` (M, 2) normalised
     image coordinates, in the order they were made; ``obs_row`` (M,) is each observation's row into ``positions``,
-    kept up to date on every change (a lookup of all of them cost the node's thread ~1 ms per use).
+    kept up to date on every change (a lookup of all of them cost the node's thread ~1 ms per use). ``optimised``
+    (N,) marks the landmarks whose position an applied window refined (the others are a pair's triangulation, or
+    were moved with the keyframes made after a window's snapshot).
     """
 
     def __init__(self, cfg: BackendConfig, first_keyframe_id: int = 0):
@@ -157,6 +159,7 @@ class LocalMap:
         self.poses: dict[int, np.ndarray] = {}
         self.landmark_ids = np.empty(0, np.int64)
         self.positions = np.empty((0, 3))
+        self.optimised = np.empty(0, bool)
         self.obs_landmark = np.empty(0, np.int64)
         self.obs_keyframe = np.empty(0, np.int64)
         self.obs_xy = np.empty((0, 2))
@@ -220,6 +223,7 @@ class LocalMap:
         rows = np.arange(len(self.landmark_ids), len(self.landmark_ids) + n)  # the newest ids: appended at the end
         self.landmark_ids = np.concatenate([self.landmark_ids, lids])
         self.positions = np.concatenate([self.positions, positions])
+        self.optimised = np.concatenate([self.optimised, np.zeros(n, bool)])
         for k, xy in observations.items():
             self._append(lids, rows, np.full(n, k, np.int64), np.asarray(xy, float).reshape(n, 2))
         return lids
@@ -257,6 +261,7 @@ class LocalMap:
     def _keep_landmarks(self, keep: np.ndarray) -> None:
         """Keep the landmark rows ``keep`` (N,) bool, and only their observations."""
         self.landmark_ids, self.positions = self.landmark_ids[keep], self.positions[keep]
+        self.optimised = self.optimised[keep]
         new_row = np.cumsum(keep) - 1  # old row -> new row (kept rows only)
         kept = keep[self.obs_row]
         self._keep_observations(kept)
@@ -442,6 +447,7 @@ class LocalMap:
             elif k > newest:
                 self.poses[k] = orthonormalize_se3(follow(self.poses[k]))
         self.positions[rows[alive]] = result.positions[alive]
+        self.optimised[rows[alive]] = True
         # landmarks made since the snapshot follow the newest keyframe: those the pair (newest, newest + 1) made
         # too, triangulated from the newest keyframe's old pose (every landmark made before it has a smaller id).
         # Both rules: the id watermark names every landmark made since; a first view after the newest keyframe also

@@ -182,14 +182,19 @@ def rotation_angle_deg(R: np.ndarray) -> float:
     return float(np.degrees(np.arccos(c)))
 
 
+def angle_between_deg(a: np.ndarray, b: np.ndarray) -> float:
+    """Angle in degrees between two vectors; NaN when either is zero."""
+    a, b = np.ravel(a), np.ravel(b)
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if not norm > 0:
+        return float("nan")
+    return float(np.degrees(np.arccos(np.clip(a @ b / norm, -1.0, 1.0))))
+
+
 def travel_angle_deg(Ra: np.ndarray, ta: np.ndarray, Rb: np.ndarray, tb: np.ndarray) -> float:
     """Angle in degrees between the directions of travel (camera-centre displacements ``-R^T t``) of two relative
     poses; NaN when either translation is zero."""
-    ca, cb = -Ra.T @ np.ravel(ta), -Rb.T @ np.ravel(tb)
-    norm = float(np.linalg.norm(ca) * np.linalg.norm(cb))
-    if not norm > 0:
-        return float("nan")
-    return float(np.degrees(np.arccos(np.clip(ca @ cb / norm, -1.0, 1.0))))
+    return angle_between_deg(-Ra.T @ np.ravel(ta), -Rb.T @ np.ravel(tb))
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,11 +24,11 @@ from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend
 from kp2d_ros.frontend_common import StillBlocks, exposed, has_content, to_grey
-from kp2d_ros.geometry import (bearings, cauchy_cost, compose_covariance, compose_relative, essential_inliers,
-                               estimate_relative_pose, focal_length, invert_se3, inverse_depths, normalize_points,
-                               orthonormalize_se3, patch_warps, pose_from_known_depths, pure_rotation_fit, refine_pose,
-                               refine_pose_with_structure, relative_motion_covariance, rotation_angle_deg,
-                               rotation_compensated_parallax, rotation_covariance, sampson_errors,
+from kp2d_ros.geometry import (angle_between_deg, bearings, cauchy_cost, compose_covariance, compose_relative,
+                               essential_inliers, estimate_relative_pose, focal_length, invert_se3, inverse_depths,
+                               normalize_points, orthonormalize_se3, patch_warps, pose_from_known_depths,
+                               pure_rotation_fit, refine_pose, refine_pose_with_structure, relative_motion_covariance,
+                               rotation_angle_deg, rotation_compensated_parallax, rotation_covariance, sampson_errors,
                                scale_from_inverse_depths, skew, travel_angle_deg, two_view_covariance, vote_log_scale)
 from kp2d_ros.matching import MatchScorer, filter_matches, match_features, match_near
 from kp2d_ros.refine import refine_matches
@@ -62,6 +62,18 @@ class Keyframe:
     window_sigma : (N,) standard deviation per unit angular noise of the refined ``inv_depth``, from the baselines of
         the window's keyframes that observe it (:meth:`~kp2d_ros.backend.LocalMap.inverse_depth_sigma`); inf where
         not refined. ``inv_depth_sigma`` keeps the pairs' sigma.
+    window_depth : (N,) inverse distance of the landmark each feature observes where a window refined its position,
+        through this keyframe's pose (that window's, or the front end's chain from the window's keyframes when the
+        window did not hold this one: the node's windows land after their keyframe stopped being the reference);
+        NaN where none. Only for checking a pair's motion (:meth:`VOPipeline._pose_on_known_depths`) until a window
+        that holds this keyframe lands (``held``), not its scale: a depth through the chain's pose carries that pose's
+        error.
+    held : a window that optimised this keyframe has been taken (its ``refined`` depths are that window's).
+    checked : (N,) bool, ``inv_depth`` is the pair's triangulation under a pose the motion guard estimated again on
+        the matches a window's points explain (a crossing in view): those depths count in ``window_depth`` too until
+        a window refines them. The crossing's matches are not among the pair's inliers then, and without them a
+        crossing that fills half the view left too few of the scene's points with a window's depth for the
+        known-depth pose within two or three keyframes (KITTI 07 with the windows two frames late).
     local_sharpness : (N,) the image's mean squared Laplacian around each keypoint over its squared mean brightness
         there (``pipeline.blur_ratio`` > 0), for telling a blurred frame from a view of smoother content.
     """
@@ -77,6 +89,9 @@ class Keyframe:
     refined: np.ndarray | None = None
     window_sigma: np.ndarray | None = None
     local_sharpness: np.ndarray | None = None
+    window_depth: np.ndarray | None = None
+    held: bool = False
+    checked: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.features)
@@ -84,6 +99,10 @@ class Keyframe:
             self.refined = np.zeros(n, bool)
         if self.window_sigma is None:
             self.window_sigma = np.full(n, np.inf)
+        if self.window_depth is None:
+            self.window_depth = np.full(n, np.nan)
+        if self.checked is None:
+            self.checked = np.zeros(n, bool)
         if self.inv_depth is None:
             self.inv_depth = np.full(n, np.nan)
             self.inv_depth_sigma = np.full(n, np.inf)
@@ -95,6 +114,7 @@ class Keyframe:
         self.inv_depth = self.inv_depth / k
         self.inv_depth_sigma = self.inv_depth_sigma / k
         self.window_sigma = self.window_sigma / k
+        self.window_depth = self.window_depth / k
 
 
 @contextmanager
@@ -946,8 +966,10 @@ class VOPipeline:
         geom = estimate_relative_pose(kp0, kp1, camera, geo, ordered=True,
                                       priors=[p for p in priors if p is not None], configured=configured,
                                       normalized=(m0, m1))
+        guarded = False
         if geom is not None:
-            geom = self._guard_motion(geom, kp0, kp1, camera, configured, geo, matches, m0, m1, known)
+            checked = self._guard_motion(geom, kp0, kp1, camera, configured, geo, matches, m0, m1, known)
+            geom, guarded = checked, checked is not geom
         if geom is None:
             self.last_motion = None
             return self._unposed(frame, camera, feats, matches, now)
@@ -1014,6 +1036,8 @@ class VOPipeline:
             if measured is not None:  # points whose depth contradicts the scale (mismatched, moving) carry none
                 kf.inv_depth[idx1[measured.outliers]] = np.nan
                 kf.inv_depth_sigma[idx1[measured.outliers]] = np.inf
+            if guarded:  # the pair's pose is the one the guard estimated again on a window's points
+                kf.checked[idx1] = True
             direction = -geom.R.T @ geom.t
             n0, n1 = self._observed_rays(n0, n1, feats, matches, inl)
             choice = self._scale_choice
@@ -1068,13 +1092,30 @@ class VOPipeline:
         again = estimate_relative_pose(kp0[sel], kp1[sel], camera, geo, ordered=True, priors=[known],
                                        configured=configured, normalized=(m0[sel], m1[sel]))
         if again is None or departs(again.R, again.t, R_k, t_k):
-            return geom
-        log.debug("motion guard: the pair %.2f deg / %.1f deg (rotation / travel) off the known depths' pose; %d of "
-                  "%d matches kept", rotation_angle_deg(geom.R @ R_k.T), travel_angle_deg(geom.R, geom.t, R_k, t_k),
-                  sel.size, len(m0))
+            return self._polish_known(geom, m0[sel], m1[sel], sel, len(m0), known, departs, thr, geo.min_inliers)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("motion guard: the pair %.2f deg / %.1f deg (rotation / travel) off the known depths' pose; %d "
+                      "of %d matches kept", rotation_angle_deg(geom.R @ R_k.T),
+                      travel_angle_deg(geom.R, geom.t, R_k, t_k), sel.size, len(m0))
         inliers = np.zeros(len(m0), bool)
         inliers[sel[again.inliers]] = True
         return replace(again, inliers=inliers, point_match_idx=sel[again.point_match_idx])
+
+    def _polish_known(self, geom: TwoViewGeometry, n0: np.ndarray, n1: np.ndarray, sel: np.ndarray, n: int,
+                      known: tuple[np.ndarray, np.ndarray], departs, thr: float, min_inliers: int) -> TwoViewGeometry:
+        """Where the matches the known-depth pose explains hold the crossing's model again (its flow near the pose's
+        epipolar lines), that pose itself, polished on them (Sampson, Cauchy) from where it is, with the matches within
+        ``thr`` of it as inliers; ``geom`` where the polish leaves it or keeps fewer than ``min_inliers``."""
+        R_k, t_k = known
+        R, t = refine_pose(R_k, t_k / np.linalg.norm(t_k), n0, n1, thr)
+        t = t / np.linalg.norm(t)
+        ok = np.abs(sampson_errors(skew(t) @ R, n0, n1)) < thr
+        if departs(R, t, R_k, t_k) or ok.sum() < max(5, min_inliers):
+            return geom
+        inliers = np.zeros(n, bool)
+        inliers[sel[ok]] = True
+        return TwoViewGeometry(R=R, t=t, inliers=inliers, points3d=np.zeros((0, 3)),
+                               point_match_idx=np.zeros(0, np.int64))
 
     def _pose_on_structure(self, geom: TwoViewGeometry, n0: np.ndarray, n1: np.ndarray, matches: Matches,
                            measured: "_ScaleMeasurement", noise: float) -> tuple[TwoViewGeometry, float] | None:
@@ -1113,10 +1154,16 @@ class VOPipeline:
                               ) -> tuple[np.ndarray, np.ndarray] | None:
         """(R, t) of this frame on the reference's points whose depth a window refined (PnP,
         :func:`~kp2d_ros.geometry.pose_from_known_depths`; the points :meth:`_pose_on_structure` uses): a hypothesis
-        for the essential matrix that needs no motion model. None with fewer than ``min_scale_points`` of them.
+        for the essential matrix that needs no motion model. Until a window that holds the reference lands (the node's
+        land after their keyframe stopped being the reference), the landmarks that earlier windows refined, through
+        the reference's pose (``Keyframe.window_depth``). None with fewer than ``min_scale_points`` of them matched.
         ``n0``, ``n1``: the matches' normalised coordinates."""
         pc = self.cfg.pipeline
-        rho, _, use = self._refined_depths(matches.idx0)
+        if self.ref.held:
+            rho, _, use = self._refined_depths(matches.idx0)
+        else:
+            rho = self.ref.window_depth[matches.idx0]
+            use = np.isfinite(rho)
         if use.sum() < pc.min_scale_points:
             return None
         return pose_from_known_depths(bearings(n0[use]), rho[use], n1[use],
@@ -1134,7 +1181,7 @@ class VOPipeline:
         prior = self.motion.direction  # unit centre displacement of the last pair, in its earlier camera's axes
 
         def angle(R, t):
-            return float(np.degrees(np.arccos(np.clip(-(R.T @ t) @ prior / np.linalg.norm(t), -1.0, 1.0))))
+            return angle_between_deg(-R.T @ t, prior)
 
         before = angle(geom.R, geom.t)
         if before <= gate:
@@ -1545,6 +1592,7 @@ class VOPipeline:
         self._add_landmarks(ref, kf, tracks, create=not turned)
         if rejoined is not None:
             self._observe_again(kf, *rejoined)
+        self._window_depths(kf)
         if metric_length is not None and ref is not None and ref.id >= 0 and self.cfg.backend.metric_priors:
             self.map.add_distance(ref.id, kf.id, *metric_length)
         self._run_backend()
@@ -1659,11 +1707,32 @@ class VOPipeline:
                 ref.refined[idx[ok]] = ref.id in result.poses
                 if ref.id in result.poses:
                     ref.window_sigma[idx[ok]] = self.map.inverse_depth_sigma(ref.landmarks[idx[ok]], ref.id)
+            self._window_depths(ref)
+            ref.held |= ref.id in result.poses
         m = self.motion
         if m is not None and all(k in self.map.poses for k in m.keyframes):
             a, b = (self.map.poses[k][:3, 3] for k in m.keyframes)
             if np.linalg.norm(b - a) > 0:
                 m.distance = float(np.linalg.norm(b - a))
+
+    def _window_depths(self, kf: Keyframe) -> None:
+        """``kf.window_depth``: the inverse distances of its landmarks that a window refined, through its pose now,
+        else its ``checked`` depths."""
+        kf.window_depth[:] = np.nan
+        with np.errstate(invalid="ignore"):
+            checked = kf.checked & (kf.inv_depth > 0)
+        kf.window_depth[checked] = kf.inv_depth[checked]
+        idx = np.flatnonzero(kf.landmarks >= 0)
+        rows, alive = self.map.rows(kf.landmarks[idx])
+        alive &= self.map.optimised[rows] if len(rows) else alive
+        if not alive.any():
+            return
+        idx, P = idx[alive], self.map.positions[rows[alive]]
+        T_cam_world = invert_se3(kf.T_world_cam)
+        xc = P @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
+        d = np.linalg.norm(xc, axis=1)
+        ok = (d > 0) & (xc[:, 2] > 0)
+        kf.window_depth[idx[ok]] = 1.0 / d[ok]
 
     def _scale(self, geom: TwoViewGeometry, rho: np.ndarray, sigma: np.ndarray, matches: Matches,
                angular_noise: float, expected: tuple[float, float] | None,

@@ -36,7 +36,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from kp2d_ros.config import VOConfig
-from kp2d_ros.geometry import bearings, focal_length, inverse_depths, normalize_points
+from kp2d_ros.geometry import angle_between_deg, bearings, focal_length, inverse_depths, normalize_points
 from kp2d_ros.types import Camera
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,6 @@ def _inverse_variance_mean(values: list[tuple[float, float]]) -> tuple[float, fl
         return math.nan, math.inf
     w = np.array([1.0 / max(sig, 1e-9) ** 2 for _, sig in values])
     return float(np.dot(w, [v for v, _ in values]) / w.sum()), float(1.0 / math.sqrt(w.sum()))
-
-
-def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
-    c = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-    return math.degrees(math.acos(min(1.0, max(-1.0, c))))
 
 
 @dataclass(frozen=True)
@@ -246,7 +241,7 @@ def _fit_points(points: np.ndarray, cfg: VOConfig, down: np.ndarray | None = Non
             return PlaneResult(None, "the fitted plane passes through or above the camera")
         inl = np.abs(P @ n - h) <= g.ground_inlier_ratio * h
     count = int(inl.sum())
-    tilt = _angle_deg(n, down)
+    tilt = angle_between_deg(n, down)
     if count < g.ground_min_inliers:
         return PlaneResult(None, f"plane with {count} inliers (need {g.ground_min_inliers})")
     if count < MIN_INLIER_FRACTION * n_cand:
@@ -337,7 +332,7 @@ def _refit_in_image(obs: GroundObservation, plane: PlaneFit, down: np.ndarray, c
         return "image-space plane: singular fit"
     g = -m / norm ** 2  # d log(h) / dm
     log_sigma = float(math.sqrt(max(float(g @ C @ g), 0.0)))
-    return PlaneFit(normal=n, height=h, inliers=sel, log_sigma=log_sigma, tilt_deg=_angle_deg(n, down))
+    return PlaneFit(normal=n, height=h, inliers=sel, log_sigma=log_sigma, tilt_deg=angle_between_deg(n, down))
 
 
 def fit_ground_plane(obs: GroundObservation, cfg: VOConfig, down: np.ndarray | None = None,
@@ -671,7 +666,7 @@ class MetricScale:
             return f"ground plane rejected: {res.reason}"
         p = res.plane
         if self.last_normal is not None and self.since_plane < MAX_INCONSISTENT:
-            change = _angle_deg(p.normal, self.last_normal)
+            change = angle_between_deg(p.normal, self.last_normal)
             if change > self.cfg.geometry.ground_max_normal_change_deg:
                 return (f"ground plane rejected: normal flipped {change:.1f} deg since the last accepted plane "
                         f"(geometry.ground_max_normal_change_deg {self.cfg.geometry.ground_max_normal_change_deg:g})")

@@ -435,10 +435,17 @@ def test_the_observation_rows_follow_every_change_of_the_map():
         lookup_agrees()
     problem = m.problem(1.0 / F)
     assert isinstance(problem, WindowProblem)
+    assert len(m.optimised) == len(m.landmark_ids) and not m.optimised.any()  # no window applied yet
     result = bundle_adjust(problem, m.cfg, F)  # the outliers are culled, and landmarks left with one view dropped
+    X = np.column_stack([rng.uniform(-4, 4, 10), rng.uniform(-2, 2, 10), rng.uniform(5, 30, 10)])
+    late = m.add_landmarks(X, {prev: seen(prev, X)})  # made after the snapshot
     n_before = len(m.landmark_ids)
     assert m.apply(result) and len(result.rejected) > 0 and len(m.landmark_ids) < n_before
     lookup_agrees()
+    # the window's landmarks that it kept are marked refined, those made since its snapshot are not
+    assert len(m.optimised) == len(m.landmark_ids)
+    np.testing.assert_array_equal(m.optimised, np.isin(m.landmark_ids, result.landmark_ids))
+    assert np.isin(late, m.landmark_ids).all() and not m.optimised[m.rows(late)[0]].any()
     m.add_keyframe(poses[0])
     lookup_agrees()
 

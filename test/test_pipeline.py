@@ -1861,3 +1861,26 @@ def test_something_filling_the_view_while_driving_does_not_turn_the_travel_sidew
         assert max(rotation) < 0.05 and max(travel) < 1.0, (rotation, travel)
     else:
         assert max(travel) > 45.0, travel
+
+
+def test_something_filling_the_view_is_caught_when_the_windows_land_late():
+    """The node's timing: each window lands two frames after its keyframe, when a newer keyframe is the reference,
+    so the reference's own depths are never a window's. The guard's known-depth pose then stands on the landmarks the
+    earlier windows refined, through the reference's pose (``Keyframe.window_depth``); before, it had no pose to
+    check against and the travel turned sideways as without the direction check."""
+    gt = driving_poses(30, step=1.0, yaw_deg=0.0)
+    cfg = VOConfig()
+    cfg.backend.threaded = False
+    vo = VOPipeline(cfg, frontend=CrossingPointWorldFrontend(gt, first=12, last=24, n_object=1500, keep_distance=True),
+                    worker=LaggedWorker(cfg.backend, lag=2))
+    try:
+        out = run(vo, [frame(i) for i in range(30)])
+    finally:
+        vo.close()
+    rel = [np.linalg.inv(out[i].T_world_cam) @ out[i + 1].T_world_cam for i in range(29)]
+    truth = [np.linalg.inv(gt[i]) @ gt[i + 1] for i in range(29)]
+    rotation = [rotation_angle_deg(e[:3, :3].T @ g[:3, :3]) for e, g in zip(rel, truth)]
+    travel = [np.degrees(np.arccos(np.clip(e[:3, 3] @ g[:3, 3] / np.linalg.norm(e[:3, 3]) / np.linalg.norm(g[:3, 3]),
+                                           -1.0, 1.0))) for e, g in zip(rel, truth)]
+    assert not vo.ref.held  # the reference is not its own window's
+    assert max(rotation) < 0.05 and max(travel) < 1.0, (rotation, travel)
