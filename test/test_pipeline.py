@@ -1835,18 +1835,13 @@ def test_something_crossing_the_view_while_driving_is_left_out_of_the_pose(guard
     assert (max(errors) < 0.05) == (guard > 0)  # without the guard 1.5-2.5 deg off while it crosses
 
 
-@pytest.mark.parametrize("direction", [45.0, 0.0])
-def test_something_filling_the_view_while_driving_does_not_turn_the_travel_sideways(direction):
-    """An object that keeps its distance ahead and crosses the view with five times the scene's points (the scene
-    keeps 15-20 % of the matches). The essential matrix's consensus is then the object's: near points passed sideways,
-    the rotation within the guard and the direction of travel 90 deg off, and the window refines the object's points
-    as the scene. ``pipeline.motion_guard_direction_deg`` checks the direction of travel too, and the re-estimate
-    keeps the matches the known-depth pose explains however few they are. Without the direction check (0) the
-    travel turns sideways."""
+def _drive_past_a_filling_crossing(cfg: VOConfig, worker=None):
+    """30 frames driving straight at 1 m a frame while an object that keeps its distance ahead crosses the view during
+    frames 12-24 with five times the scene's points. Returns (pipeline, each pair's rotation error in degrees, the angle
+    between its camera-centre step and the truth's in degrees)."""
     gt = driving_poses(30, step=1.0, yaw_deg=0.0)
-    cfg = VOConfig()
-    cfg.backend.threaded, cfg.pipeline.motion_guard_direction_deg = False, direction
-    vo = VOPipeline(cfg, frontend=CrossingPointWorldFrontend(gt, first=12, last=24, n_object=1500, keep_distance=True))
+    vo = VOPipeline(cfg, frontend=CrossingPointWorldFrontend(gt, first=12, last=24, n_object=1500, keep_distance=True),
+                    worker=worker)
     try:
         out = run(vo, [frame(i) for i in range(30)])
     finally:
@@ -1856,6 +1851,20 @@ def test_something_filling_the_view_while_driving_does_not_turn_the_travel_sidew
     rotation = [rotation_angle_deg(e[:3, :3].T @ g[:3, :3]) for e, g in zip(rel, truth)]
     travel = [np.degrees(np.arccos(np.clip(e[:3, 3] @ g[:3, 3] / np.linalg.norm(e[:3, 3]) / np.linalg.norm(g[:3, 3]),
                                            -1.0, 1.0))) for e, g in zip(rel, truth)]  # the camera centres' steps
+    return vo, rotation, travel
+
+
+@pytest.mark.parametrize("direction", [45.0, 0.0])
+def test_something_filling_the_view_while_driving_does_not_turn_the_travel_sideways(direction):
+    """An object that keeps its distance ahead and crosses the view with five times the scene's points (the scene
+    keeps 15-20 % of the matches). The essential matrix's consensus is then the object's: near points passed sideways,
+    the rotation within the guard and the direction of travel 90 deg off, and the window refines the object's points
+    as the scene. ``pipeline.motion_guard_direction_deg`` checks the direction of travel too, and the re-estimate
+    keeps the matches the known-depth pose explains however few they are. Without the direction check (0) the
+    travel turns sideways."""
+    cfg = VOConfig()
+    cfg.backend.threaded, cfg.pipeline.motion_guard_direction_deg = False, direction
+    _, rotation, travel = _drive_past_a_filling_crossing(cfg)
     assert max(rotation[:12]) < 0.05 and max(travel[:12]) < 1.0  # before the object comes into view
     if direction > 0:
         assert max(rotation) < 0.05 and max(travel) < 1.0, (rotation, travel)
@@ -1868,19 +1877,8 @@ def test_something_filling_the_view_is_caught_when_the_windows_land_late():
     so the reference's own depths are never a window's. The guard's known-depth pose then stands on the landmarks the
     earlier windows refined, through the reference's pose (``Keyframe.window_depth``); before, it had no pose to
     check against and the travel turned sideways as without the direction check."""
-    gt = driving_poses(30, step=1.0, yaw_deg=0.0)
     cfg = VOConfig()
     cfg.backend.threaded = False
-    vo = VOPipeline(cfg, frontend=CrossingPointWorldFrontend(gt, first=12, last=24, n_object=1500, keep_distance=True),
-                    worker=LaggedWorker(cfg.backend, lag=2))
-    try:
-        out = run(vo, [frame(i) for i in range(30)])
-    finally:
-        vo.close()
-    rel = [np.linalg.inv(out[i].T_world_cam) @ out[i + 1].T_world_cam for i in range(29)]
-    truth = [np.linalg.inv(gt[i]) @ gt[i + 1] for i in range(29)]
-    rotation = [rotation_angle_deg(e[:3, :3].T @ g[:3, :3]) for e, g in zip(rel, truth)]
-    travel = [np.degrees(np.arccos(np.clip(e[:3, 3] @ g[:3, 3] / np.linalg.norm(e[:3, 3]) / np.linalg.norm(g[:3, 3]),
-                                           -1.0, 1.0))) for e, g in zip(rel, truth)]
+    vo, rotation, travel = _drive_past_a_filling_crossing(cfg, LaggedWorker(cfg.backend, lag=2))
     assert not vo.ref.held  # the reference is not its own window's
     assert max(rotation) < 0.05 and max(travel) < 1.0, (rotation, travel)
