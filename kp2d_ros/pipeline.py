@@ -968,8 +968,8 @@ class VOPipeline:
                                       normalized=(m0, m1))
         guarded = False
         if geom is not None:
-            checked = self._guard_motion(geom, kp0, kp1, camera, configured, geo, matches, m0, m1, known)
-            geom, guarded = checked, checked is not geom
+            guarded_geom = self._guard_motion(geom, kp0, kp1, camera, configured, geo, matches, m0, m1, known)
+            geom, guarded = guarded_geom, guarded_geom is not geom
         if geom is None:
             self.last_motion = None
             return self._unposed(frame, camera, feats, matches, now)
@@ -1063,8 +1063,8 @@ class VOPipeline:
         one, unless a pair takes them for the scene. Where the two disagree by more than the guard too, the essential
         matrix is estimated again on the matches that the known-depth pose explains at the pose's threshold, however
         few (a crossing that fills the view leaves the scene a tenth of them; a wider margin lets the crossing's
-        matches near the epipolar lines hold a sideways model again), and taken where it agrees with that pose.
-        ``known``: that pose when the caller has it already (after a gap), ``configured`` as for
+        matches near the epipolar lines hold a sideways model again), and taken where it agrees with that pose; where
+        it does not, the known-depth pose itself, polished on those matches (:meth:`_polish_known`). ``known``: that pose when the caller has it already (after a gap), ``configured`` as for
         :func:`~kp2d_ros.geometry.estimate_relative_pose`."""
         pc = self.cfg.pipeline
         limit, direction = pc.motion_guard_deg, pc.motion_guard_direction_deg
@@ -1724,7 +1724,9 @@ class VOPipeline:
         kf.window_depth[checked] = kf.inv_depth[checked]
         idx = np.flatnonzero(kf.landmarks >= 0)
         rows, alive = self.map.rows(kf.landmarks[idx])
-        alive &= self.map.optimised[rows] if len(rows) else alive
+        if not alive.any():  # (no landmark left in the map: rows are meaningless)
+            return
+        alive &= self.map.optimised[rows]
         if not alive.any():
             return
         idx, P = idx[alive], self.map.positions[rows[alive]]
