@@ -1686,7 +1686,6 @@ class VOPipeline:
             # (threaded: the last frame was posed against the reference)
             self.last_pose = orthonormalize_se3(correction @ self.last_pose)
             ref.T_world_cam = self.map.poses[ref.id].copy()
-            T_cam_world = invert_se3(ref.T_world_cam)
             idx = np.flatnonzero(ref.landmarks >= 0)
             rows, alive = self.map.rows(ref.landmarks[idx])
             ref.landmarks[idx[~alive]] = -1  # culled
@@ -1694,11 +1693,9 @@ class VOPipeline:
             ref.window_sigma[:] = np.inf
             if alive.any():
                 idx = idx[alive]
-                P = self.map.positions[rows[alive]]
-                xc = P @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
-                d = np.linalg.norm(xc, axis=1)
-                ok = d > 0
-                ref.inv_depth[idx[ok]] = np.sign(xc[ok, 2]) / d[ok]
+                rho = _inverse_distances(ref.T_world_cam, self.map.positions[rows[alive]])
+                ok = np.isfinite(rho)
+                ref.inv_depth[idx[ok]] = rho[ok]
                 sig = ref.inv_depth_sigma[idx[ok]]
                 ref.inv_depth_sigma[idx[ok]] = np.where(np.isfinite(sig), sig, 1.0)
                 # only a reference the window optimised: a follower's pose is the window's guess (moved by its newest
@@ -1729,12 +1726,10 @@ class VOPipeline:
         alive &= self.map.optimised[rows]
         if not alive.any():
             return
-        idx, P = idx[alive], self.map.positions[rows[alive]]
-        T_cam_world = invert_se3(kf.T_world_cam)
-        xc = P @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
-        d = np.linalg.norm(xc, axis=1)
-        ok = (d > 0) & (xc[:, 2] > 0)
-        kf.window_depth[idx[ok]] = 1.0 / d[ok]
+        idx, rho = idx[alive], _inverse_distances(kf.T_world_cam, self.map.positions[rows[alive]])
+        with np.errstate(invalid="ignore"):
+            ok = rho > 0  # in front of the camera
+        kf.window_depth[idx[ok]] = rho[ok]
 
     def _scale(self, geom: TwoViewGeometry, rho: np.ndarray, sigma: np.ndarray, matches: Matches,
                angular_noise: float, expected: tuple[float, float] | None,
@@ -1897,6 +1892,16 @@ class VOPipeline:
         ratio = n_inliers / n_matches
         count = min(1.0, n_inliers / (10.0 * self.cfg.geometry.min_inliers))
         return float(ratio * count)
+
+
+def _inverse_distances(T_world_cam: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(n,) signed inverse distances (the sign of the depth along the optical axis over the distance) of world points
+    (n, 3) from the camera at ``T_world_cam``: ``Keyframe.inv_depth``'s convention; NaN at the camera centre."""
+    T_cam_world = invert_se3(T_world_cam)
+    xc = points @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
+    d = np.linalg.norm(xc, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(d > 0, np.sign(xc[:, 2]) / d, np.nan)
 
 
 def _carry_depths(src: Keyframe, dst: Keyframe, idx_src: np.ndarray, idx_dst: np.ndarray) -> None:
