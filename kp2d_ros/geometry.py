@@ -67,27 +67,51 @@ def normalize_points(pts: np.ndarray, camera: Camera) -> np.ndarray:
 
 def _undistort_radial(xd: np.ndarray, k: np.ndarray, iterations: int = 10) -> np.ndarray | None:
     """(N, 2) distorted normalised points of a radial-only lens ``x_d = x (1 + k1 r^2 + k2 r^4 + k3 r^6)`` ->
-    (N, 2) undistorted, by Newton's method on the radius from ``r = r_d``: the root cv2.undistortPoints' fixed-point
-    iteration converges to (equal to 1e-15 for the self-calibrated k1), in 3-4 steps instead of 20. None where no
-    root is found to 1e-13 or the lens folds back (``d r_d / d r <= 0``: beyond a barrel lens's largest radius):
-    the caller falls back to OpenCV."""
+    (N, 2) undistorted, the radius solved directly: a k1-only lens (the backend's self-calibrated one on a rectified
+    camera) in closed form (:func:`_radius_k1`), others by Newton's method from ``r = r_d``. Both give the root
+    cv2.undistortPoints' fixed-point iteration converges to (equal to 1e-15 for the self-calibrated k1); Newton's
+    takes 3-4 steps instead of 20. None where no root is found to 1e-13 or the lens folds back (``d r_d / d r <= 0``:
+    beyond a barrel lens's largest radius): the caller falls back to OpenCV."""
     k1, k2, k3 = (float(v) for v in k)
     rd = np.hypot(xd[:, 0], xd[:, 1])
+    r = _radius_k1(rd, k1) if k2 == 0.0 and k3 == 0.0 else _radius_newton(rd, k1, k2, k3, iterations)
+    if r is None:
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(rd > 0, r / rd, 1.0)
+    return xd * ratio[:, None]
+
+
+def _radius_newton(rd: np.ndarray, k1: float, k2: float, k3: float, iterations: int) -> np.ndarray | None:
+    """(N,) undistorted radii of distorted radii ``rd`` by Newton's method (see :func:`_undistort_radial`)."""
     r = rd.copy()
     for _ in range(iterations):
         r2 = r * r
         g = r * (1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))) - rd
         if np.abs(g).max() <= 1e-13:
-            break
+            return r
         dg = 1.0 + r2 * (3.0 * k1 + r2 * (5.0 * k2 + r2 * 7.0 * k3))
         if np.any(dg <= 0):
             return None
         r = r - g / dg
-    else:
+    return None
+
+
+def _radius_k1(rd: np.ndarray, k1: float) -> np.ndarray | None:
+    """(N,) undistorted radii r of distorted radii ``rd`` through ``r_d = r (1 + k1 r^2)`` (a k1-only lens: the
+    backend's self-calibrated one on a rectified camera), in closed form: with ``a = sqrt(3 |k1|)`` and
+    ``s = 1.5 a r_d``, ``r = (2 / a) sinh(asinh(s) / 3)`` for k1 > 0 and ``(2 / a) sin(asin(s) / 3)`` for k1 < 0 (the
+    triple-angle identities; the root on the monotone branch, exact to rounding however small k1 is). None where a
+    barrel lens folds back (s > 1: beyond its largest radius), as Newton's method."""
+    if k1 == 0.0:
+        return rd.copy()
+    a = np.sqrt(3.0 * abs(k1))
+    s = 1.5 * a * rd
+    if k1 > 0:
+        return (2.0 / a) * np.sinh(np.arcsinh(s) / 3.0)
+    if s.size and s.max() > 1.0:
         return None
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(rd > 0, r / rd, 1.0)
-    return xd * ratio[:, None]
+    return (2.0 / a) * np.sin(np.arcsin(s) / 3.0)
 
 
 def undistort_pixels(pts: np.ndarray, camera: Camera) -> np.ndarray:
@@ -631,6 +655,19 @@ def essential_inliers(n0: np.ndarray, n1: np.ndarray, f: float, cfg: GeometryCon
     return E[:3], mask.ravel().astype(bool)
 
 
+# How far the two lenses' median shift of a pair's points (px, both views) may move the best pure rotation's median
+# parallax, for the configured lens's fit to run (``estimate_relative_pose``). Moving each ray by d_i moves each
+# residual by at most d_i; on KITTI 07 the two fits' parallaxes differed by at most 0.53 px at a median shift of
+# 0.82 px (stop 65). Beyond it the configured lens cannot show a pure rotation, and its fit (~0.5 ms) is skipped.
+LENS_PARALLAX_MARGIN = 2.0
+
+
+def _lens_shift_px(n0: np.ndarray, n1: np.ndarray, c0: np.ndarray, c1: np.ndarray, f: float) -> float:
+    """Median over correspondences of how far two lenses put them apart (px, the two views' shifts added): (N, 2)
+    normalised points ``n0``, ``n1`` through one lens and ``c0``, ``c1`` through the other."""
+    return float(np.median(np.hypot(*(n0 - c0).T) + np.hypot(*(n1 - c1).T))) * f
+
+
 def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, cfg: GeometryConfig,
                            ordered: bool = False,
                            priors: Sequence[tuple[np.ndarray, np.ndarray]] = (),
@@ -667,7 +704,9 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
         rotation: a window's k1 is an estimate, and one confidently wrong (the learned frontend's windows on a
         ground-only view of the synthetic street, +0.09 on a pinhole camera) leaves a turn on the spot ~1 px of
         false parallax, which the essential matrix takes for a translation; one a little wrong scales the turn's
-        rotation (docs/results.md: A robot on patrol).
+        rotation (docs/results.md: A robot on patrol). The configured lens's fit runs only where it can show a
+        pure rotation: where ``camera``'s leaves less parallax than ``rotation_only_parallax_px`` and
+        ``LENS_PARALLAX_MARGIN`` times the median shift between the two lenses.
     normalized : ``(normalize_points(pts0, camera), normalize_points(pts1, camera))`` when the caller has them
         already (undistorting through a lens is iterative).
 
@@ -735,10 +774,12 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
     # essential matrix of a pure rotation is degenerate and its R may be the twisted solution).
     R_rot, parallax_px = pure_rotation_fit(n0[inl], n1[inl], f)
     if configured is not None:  # the lens that explains the pair better as a pure rotation decides, and turns it
-        R_cfg, parallax_cfg = pure_rotation_fit(normalize_points(pts0[inl], configured),
-                                                normalize_points(pts1[inl], configured), focal_length(configured))
-        if parallax_cfg < parallax_px:
-            R_rot, parallax_px = R_cfg, parallax_cfg
+        c0, c1 = normalize_points(pts0[inl], configured), normalize_points(pts1[inl], configured)
+        fc = focal_length(configured)
+        if parallax_px < cfg.rotation_only_parallax_px + LENS_PARALLAX_MARGIN * _lens_shift_px(n0[inl], n1[inl], c0, c1, fc):
+            R_cfg, parallax_cfg = pure_rotation_fit(c0, c1, fc)
+            if parallax_cfg < parallax_px:
+                R_rot, parallax_px = R_cfg, parallax_cfg
     if parallax_px < cfg.rotation_only_parallax_px:
         R = R_rot
         return TwoViewGeometry(R=R, t=np.zeros(3), inliers=inl, points3d=np.zeros((0, 3)),

@@ -173,6 +173,30 @@ def test_a_turn_seen_through_a_wrong_self_calibrated_lens_is_still_a_turn():
     assert np.linalg.norm(g.t) == pytest.approx(1.0)
 
 
+def test_the_configured_lens_is_fitted_only_where_it_can_show_a_turn(monkeypatch):
+    """The second pure-rotation fit (through the configured lens) runs where the self-calibrated lens's parallax is
+    within reach of the threshold (the lenses' median shift, times LENS_PARALLAX_MARGIN), not on a pair that moved
+    far: it costs ~0.5 ms per frame in the node before the pose goes out (issue 13). The turn stays a turn."""
+    from dataclasses import replace
+
+    import kp2d_ros.geometry as geometry
+
+    calls = []
+    fit = geometry.pure_rotation_fit
+    monkeypatch.setattr(geometry, "pure_rotation_fit", lambda *a, **k: calls.append(1) or fit(*a, **k))
+    rng = np.random.default_rng(12)
+    R = rot(0.3, 6.0, 0.2)
+    wrong = replace(CAM, dist=np.array([0.09, 0.0, 0.0, 0.0, 0.0]))
+    cfg = GeometryConfig()
+    p0, p1 = two_views(rng, R, np.zeros(3), noise=0.15, n=400)
+    g = estimate_relative_pose(p0, p1, wrong, cfg, configured=CAM)
+    assert not np.any(g.t) and len(calls) == 2
+    calls.clear()
+    p0, p1 = two_views(rng, R, np.array([0.3, 0.0, 1.0]), noise=0.15, n=400)
+    g = estimate_relative_pose(p0, p1, wrong, cfg, configured=CAM)
+    assert np.linalg.norm(g.t) == pytest.approx(1.0) and len(calls) == 1
+
+
 def test_too_few_points_gives_none():
     rng = np.random.default_rng(6)
     p0, p1 = two_views(rng, rot(0, 1, 0), np.array([0, 0, 1.0]), n=10)
@@ -451,7 +475,7 @@ def test_patch_warps_are_the_jacobians_of_the_plane_mapping():
 
 
 # --------------------------------------------------------------------------------------------
-# Radial-only lenses (the backend's self-calibrated k1): undistorted by Newton's method on the radius
+# Radial-only lenses (the backend's self-calibrated k1): the radius solved in closed form or by Newton's method
 # --------------------------------------------------------------------------------------------
 def _radial(x: np.ndarray, d) -> np.ndarray:
     r2 = (x ** 2).sum(1)
@@ -461,10 +485,11 @@ def _radial(x: np.ndarray, d) -> np.ndarray:
 _KITTI_PTS = np.random.default_rng(3).uniform([0, 0], [1226, 370], (500, 2))
 
 
-@pytest.mark.parametrize("dist", [[0.0112, 0, 0, 0, 0], [-0.039, 0, 0, 0, 0], [-0.2, 0.05, 0, 0, 0.01]])
+@pytest.mark.parametrize("dist", [[0.0112, 0, 0, 0, 0], [-0.039, 0, 0, 0, 0], [1e-7, 0, 0, 0, 0], [-0.2, 0.05, 0, 0, 0.01]])
 def test_a_radial_lens_is_undistorted_as_opencv_does(dist):
-    """The self-calibrated k1 (KITTI 07: +0.011; TUM with SIFT: -0.039) and a moderate barrel lens: the same points
-    as cv2.undistortPoints to 1e-12, and the forward model gives the input back."""
+    """The self-calibrated k1 (KITTI 07: +0.011; TUM with SIFT: -0.039; a first window's 1e-7), solved in closed form,
+    and a moderate barrel lens, by Newton's method: the same points as cv2.undistortPoints to 1e-12, and the forward
+    model gives the input back."""
     from kp2d_ros.geometry import UNDISTORT_CRITERIA, normalize_points
 
     cam = Camera.from_intrinsics(707, 707, 601, 183, 1226, 370, dist=dist)
