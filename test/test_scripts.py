@@ -165,6 +165,30 @@ def test_backend_contention_times_both_kinds_of_round(tmp_path):
     assert report["before_pose_ms"] == pytest.approx(on["before_pose"] - off["before_pose"])
 
 
+def test_lens_gate_check_records_both_fits_of_each_pair(tmp_path):
+    """On 16 frames of the synthetic street with SIFT, every fit run: the pairs that had both lenses are recorded with
+    the threshold of their pair, the rule's skips are counted from them, and on this straight drive it skips them
+    all without changing a decision (no pair is a turn)."""
+    from kp2d_ros.data.synthetic import write_synthetic_sequence
+
+    seq = write_synthetic_sequence(tmp_path / "seq", n_frames=16)
+    out = tmp_path / "gate.json"
+    cmd = [sys.executable, str(REPO / "scripts" / "lens_gate_check.py"), "--out", str(out), "--", "replay", str(seq),
+           "--config", str(REPO / "config" / "vo_classical.yaml"), "--out", str(tmp_path / "replay"), "--no-progress"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = report["pair_rows"]
+    assert report["pairs"] == len(rows) > 0 and report["margin"] == 2.0
+    assert all(r["threshold_px"] == 0.5 and r["shift_px"] > 0 for r in rows)
+    assert report["skipped"] == sum(r["calibrated_px"] >= 0.5 + 2.0 * r["shift_px"] for r in rows) == len(rows)
+    assert report["changed"] == 0 and report["configured_decides"] == 0
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "lens_gate_check.py"), "replay"],
+                         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert bad.returncode == 2 and "usage" in bad.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # scripts/window_ties.py (issue 13: the landmarks that tie a window's held keyframes to its free ones)
 # --------------------------------------------------------------------------------------------
