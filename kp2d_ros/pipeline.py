@@ -1691,9 +1691,11 @@ class VOPipeline:
             ref.landmarks[idx[~alive]] = -1  # culled
             ref.refined[:] = False  # set again below for the depths this window gives
             ref.window_sigma[:] = np.inf
+            live = None
             if alive.any():
                 idx = idx[alive]
                 rho = _inverse_distances(ref.T_world_cam, self.map.positions[rows[alive]])
+                live = (idx, rows[alive], rho)
                 ok = np.isfinite(rho)
                 ref.inv_depth[idx[ok]] = rho[ok]
                 sig = ref.inv_depth_sigma[idx[ok]]
@@ -1704,7 +1706,7 @@ class VOPipeline:
                 ref.refined[idx[ok]] = ref.id in result.poses
                 if ref.id in result.poses:
                     ref.window_sigma[idx[ok]] = self.map.inverse_depth_sigma(ref.landmarks[idx[ok]], ref.id)
-            self._window_depths(ref)
+            self._window_depths(ref, live)
             ref.held |= ref.id in result.poses
         m = self.motion
         if m is not None and all(k in self.map.poses for k in m.keyframes):
@@ -1712,21 +1714,28 @@ class VOPipeline:
             if np.linalg.norm(b - a) > 0:
                 m.distance = float(np.linalg.norm(b - a))
 
-    def _window_depths(self, kf: Keyframe) -> None:
+    def _window_depths(self, kf: Keyframe,
+                       live: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
         """``kf.window_depth``: the inverse distances of its landmarks that a window refined, through its pose now,
-        else its ``checked`` depths."""
+        else its ``checked`` depths. ``live``: (keypoint indices, map rows, inverse distances through its pose now)
+        of its landmarks alive in the map, when the caller has them (:meth:`_after_backend`)."""
         kf.window_depth[:] = np.nan
         with np.errstate(invalid="ignore"):
             checked = kf.checked & (kf.inv_depth > 0)
         kf.window_depth[checked] = kf.inv_depth[checked]
-        idx = np.flatnonzero(kf.landmarks >= 0)
-        rows, alive = self.map.rows(kf.landmarks[idx])
-        if not alive.any():  # (no landmark left in the map: rows are meaningless)
+        if live is None:
+            idx = np.flatnonzero(kf.landmarks >= 0)
+            rows, alive = self.map.rows(kf.landmarks[idx])
+            if not alive.any():  # (no landmark left in the map: rows are meaningless)
+                return
+            idx, rows, rho = idx[alive], rows[alive], None
+        else:
+            idx, rows, rho = live
+        refined = self.map.optimised[rows]
+        if not refined.any():
             return
-        alive &= self.map.optimised[rows]
-        if not alive.any():
-            return
-        idx, rho = idx[alive], _inverse_distances(kf.T_world_cam, self.map.positions[rows[alive]])
+        idx = idx[refined]
+        rho = _inverse_distances(kf.T_world_cam, self.map.positions[rows[refined]]) if rho is None else rho[refined]
         with np.errstate(invalid="ignore"):
             ok = rho > 0  # in front of the camera
         kf.window_depth[idx[ok]] = rho[ok]
