@@ -674,7 +674,9 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
                            ordered: bool = False,
                            priors: Sequence[tuple[np.ndarray, np.ndarray]] = (),
                            configured: Camera | None = None,
-                           normalized: tuple[np.ndarray, np.ndarray] | None = None) -> TwoViewGeometry | None:
+                           normalized: tuple[np.ndarray, np.ndarray] | None = None,
+                           configured_normalized: tuple[np.ndarray, np.ndarray] | None = None
+                           ) -> TwoViewGeometry | None:
     """Relative pose of view 1 w.r.t. view 0 from matched pixel points.
 
     Steps: undistort and normalise the points, robust essential matrix (OpenCV USAC, threshold
@@ -711,6 +713,7 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
         ``LENS_PARALLAX_MARGIN`` times the median shift between the two lenses.
     normalized : ``(normalize_points(pts0, camera), normalize_points(pts1, camera))`` when the caller has them
         already (undistorting through a lens is iterative).
+    configured_normalized : the same through ``configured``, when the caller has them.
 
     Returns
     -------
@@ -776,7 +779,10 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
     # essential matrix of a pure rotation is degenerate and its R may be the twisted solution).
     R_rot, parallax_px = pure_rotation_fit(n0[inl], n1[inl], f)
     if configured is not None:  # the lens that explains the pair better as a pure rotation decides, and turns it
-        c0, c1 = normalize_points(pts0[inl], configured), normalize_points(pts1[inl], configured)
+        if configured_normalized is not None:
+            c0, c1 = configured_normalized[0][inl], configured_normalized[1][inl]
+        else:
+            c0, c1 = normalize_points(pts0[inl], configured), normalize_points(pts1[inl], configured)
         fc = focal_length(configured)
         reach = LENS_PARALLAX_MARGIN * _lens_shift_px(n0[inl], n1[inl], c0, c1, fc)
         if parallax_px < cfg.rotation_only_parallax_px + reach:

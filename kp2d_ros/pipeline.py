@@ -963,12 +963,15 @@ class VOPipeline:
         if self.turning:  # turning on the spot: starting to move needs twice the parallax (hysteresis)
             geo = replace(geo, rotation_only_parallax_px=2.0 * geo.rotation_only_parallax_px)
         configured = self._raw_camera if camera is not self._raw_camera else None
+        # through the configured lens: the same arrays the backend observes a keyframe's matches in (_observed_rays)
+        c01 = None if configured is None else (self._normalized_keypoints(ref.features, configured)[matches.idx0],
+                                               self._normalized_keypoints(feats, configured)[matches.idx1])
         geom = estimate_relative_pose(kp0, kp1, camera, geo, ordered=True,
                                       priors=[p for p in priors if p is not None], configured=configured,
-                                      normalized=(m0, m1))
+                                      normalized=(m0, m1), configured_normalized=c01)
         guarded = False
         if geom is not None:
-            guarded_geom = self._guard_motion(geom, kp0, kp1, camera, configured, geo, matches, m0, m1, known)
+            guarded_geom = self._guard_motion(geom, kp0, kp1, camera, configured, c01, geo, matches, m0, m1, known)
             geom, guarded = guarded_geom, guarded_geom is not geom
         if geom is None:
             self.last_motion = None
@@ -1051,7 +1054,8 @@ class VOPipeline:
         return self._estimate(frame, ref.features, feats, matches, geom, T, is_kf, cov, model)
 
     def _guard_motion(self, geom: TwoViewGeometry, kp0: np.ndarray, kp1: np.ndarray, camera: Camera,
-                      configured: Camera | None, geo, matches: Matches, m0: np.ndarray, m1: np.ndarray,
+                      configured: Camera | None, c01: tuple[np.ndarray, np.ndarray] | None, geo,
+                      matches: Matches, m0: np.ndarray, m1: np.ndarray,
                       known: tuple[np.ndarray, np.ndarray] | None) -> TwoViewGeometry:
         """The pair's motion, checked against the reference's known depths where its rotation departs from the last
         pair's by more than ``pipeline.motion_guard_deg``, or its direction of travel by more than
@@ -1064,8 +1068,8 @@ class VOPipeline:
         matrix is estimated again on the matches that the known-depth pose explains at the pose's threshold, however
         few (a crossing that fills the view leaves the scene a tenth of them; a wider margin lets the crossing's
         matches near the epipolar lines hold a sideways model again), and taken where it agrees with that pose; where
-        it does not, the known-depth pose itself, polished on those matches (:meth:`_polish_known`). ``known``: that pose when the caller has it already (after a gap), ``configured`` as for
-        :func:`~kp2d_ros.geometry.estimate_relative_pose`."""
+        it does not, the known-depth pose itself, polished on those matches (:meth:`_polish_known`). ``known``: that pose when the caller has it already (after a gap), ``configured`` (and ``c01``, the
+        matches' normalised coordinates through it) as for :func:`~kp2d_ros.geometry.estimate_relative_pose`."""
         pc = self.cfg.pipeline
         limit, direction = pc.motion_guard_deg, pc.motion_guard_direction_deg
         if limit <= 0 or self.last_motion is None:
@@ -1090,7 +1094,8 @@ class VOPipeline:
             return geom
         sel = np.flatnonzero(keep)
         again = estimate_relative_pose(kp0[sel], kp1[sel], camera, geo, ordered=True, priors=[known],
-                                       configured=configured, normalized=(m0[sel], m1[sel]))
+                                       configured=configured, normalized=(m0[sel], m1[sel]),
+                                       configured_normalized=None if c01 is None else (c01[0][sel], c01[1][sel]))
         if again is None or departs(again.R, again.t, R_k, t_k):
             return self._polish_known(geom, m0[sel], m1[sel], sel, len(m0), known, departs, thr, geo.min_inliers)
         if log.isEnabledFor(logging.DEBUG):
