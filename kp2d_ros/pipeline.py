@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from kp2d_ros.backend import (BAResult, BackendStatus, BackendWorker, LaggedWorker, LocalMap, WindowProblem,
-                              bundle_adjust, check_solver, combine_k1)
+                              bundle_adjust, check_solver, combine_k1, take_rows)
 from kp2d_ros.config import VOConfig
 from kp2d_ros.errors import DataError
 from kp2d_ros.frontend import build_frontend
@@ -1607,8 +1607,9 @@ class VOPipeline:
             return
         idx0, idx1, n0, n1 = tracks
         lids = ref.landmarks[idx0]
-        self.map.observe(lids[lids >= 0], kf.id, n1[lids >= 0])
-        kf.landmarks[idx1[lids >= 0]] = lids[lids >= 0]
+        known = np.flatnonzero(lids >= 0)
+        self.map.observe(lids[known], kf.id, take_rows(n1, known))
+        kf.landmarks[idx1[known]] = lids[known]
         if not create:
             return
         rho, sig = kf.inv_depth[idx1], kf.inv_depth_sigma[idx1]
@@ -1618,9 +1619,11 @@ class VOPipeline:
                 new &= rho >= np.radians(self.cfg.backend.min_parallax_deg) * sig
         if not new.any():
             return
-        Xc = bearings(n1[new]) / rho[new, None]
+        new = np.flatnonzero(new)
+        n1_new = take_rows(n1, new)
+        Xc = bearings(n1_new) / rho[new, None]
         Xw = Xc @ kf.T_world_cam[:3, :3].T + kf.T_world_cam[:3, 3]
-        kf.landmarks[idx1[new]] = self.map.add_landmarks(Xw, {ref.id: n0[new], kf.id: n1[new]})
+        kf.landmarks[idx1[new]] = self.map.add_landmarks(Xw, {ref.id: take_rows(n0, new), kf.id: n1_new})
 
     def _observe_again(self, kf: Keyframe, anchor: Keyframe, idx_anchor: np.ndarray, idx_kf: np.ndarray,
                        rays: np.ndarray) -> None:
@@ -1699,7 +1702,7 @@ class VOPipeline:
             live = None
             if alive.any():
                 idx = idx[alive]
-                rho = _inverse_distances(ref.T_world_cam, self.map.positions[rows[alive]])
+                rho = _inverse_distances(ref.T_world_cam, take_rows(self.map.positions, rows[alive]))
                 live = (idx, rows[alive], rho)
                 ok = np.isfinite(rho)
                 ref.inv_depth[idx[ok]] = rho[ok]
@@ -1740,7 +1743,8 @@ class VOPipeline:
         if not refined.any():
             return
         idx = idx[refined]
-        rho = _inverse_distances(kf.T_world_cam, self.map.positions[rows[refined]]) if rho is None else rho[refined]
+        rho = (_inverse_distances(kf.T_world_cam, take_rows(self.map.positions, rows[refined])) if rho is None
+               else rho[refined])
         with np.errstate(invalid="ignore"):
             ok = rho > 0  # in front of the camera
         kf.window_depth[idx[ok]] = rho[ok]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kp2d_ros.backend import (BAResult, BackendWorker, LaggedWorker, LocalMap, WindowProblem, _bundle_adjust, _CeresWindow,
-                              bundle_adjust, combine_k1, reprojection_errors, run_window)
+                              bundle_adjust, combine_k1, reprojection_errors, run_window, take_rows)
 from kp2d_ros.config import BackendConfig, ConfigError, VOConfig
 from kp2d_ros.data.synthetic_window import driving_poses, perturb_poses, synthetic_window
 from kp2d_ros.geometry import invert_se3, rotation_angle_deg
@@ -1035,3 +1035,36 @@ def test_a_missing_solver_package_is_a_config_error(monkeypatch):
     VOPipeline(cfg, frontend=PointWorldFrontend(true_poses(3))).close()
     cfg.backend.solver, cfg.backend.window = "ceres", 0
     VOPipeline(cfg, frontend=PointWorldFrontend(true_poses(3))).close()
+
+
+def test_a_result_culls_exactly_its_rejected_observations():
+    """``LocalMap.apply`` removes the observations a window rejected, (landmark, keyframe) pairs, and no other: the
+    same landmark's observations by other keyframes stay, a pair naming a landmark no longer in the map or a
+    keyframe that does not observe it changes nothing, and a landmark left with one observation goes."""
+    m = LocalMap(BackendConfig(window=5, fixed_keyframes=2, max_landmarks=10_000))
+    ks = [m.add_keyframe(T) for T in true_poses(3)]
+    rng = np.random.default_rng(0)
+    lids = m.add_landmarks(rng.normal(size=(6, 3)), {k: rng.normal(size=(6, 2)) for k in ks})
+    gone = m.add_landmarks(rng.normal(size=(1, 3)), {ks[0]: rng.normal(size=(1, 2))})[0]
+    m._keep_landmarks(m.landmark_ids != gone)  # (a landmark that left the map)
+    before = set(zip(m.obs_landmark.tolist(), m.obs_keyframe.tolist()))
+    rejected = np.array([[lids[0], ks[1]],  # one of three views: two stay
+                         [lids[1], ks[0]], [lids[1], ks[2]],  # two of three: the landmark goes
+                         [gone, ks[0]], [lids[2], 999]], np.int64)  # nothing to remove
+    result = BAResult(True, poses={k: m.poses[k].copy() for k in ks}, landmark_ids=lids[:1],
+                      positions=m.positions[:1].copy(), rejected=rejected, revision=m.revision)
+    assert m.apply(result)
+    after = set(zip(m.obs_landmark.tolist(), m.obs_keyframe.tolist()))
+    assert after == before - {(lids[0], ks[1]), (lids[1], ks[0]), (lids[1], ks[2]), (lids[1], ks[1])}
+    assert lids[1] not in m.landmark_ids and lids[0] in m.landmark_ids
+    np.testing.assert_array_equal(m.landmark_ids[m.obs_row], m.obs_landmark)
+
+
+def test_take_rows_is_indexing():
+    """``take_rows`` gives what numpy's indexing gives, by a bool mask or by row positions, empty ones included."""
+    a = np.arange(30.0).reshape(10, 3)
+    mask = np.arange(10) % 3 == 1
+    for index in (mask, np.flatnonzero(mask), np.array([7, 2, 2]), np.zeros(10, bool), np.empty(0, np.int64)):
+        got = take_rows(a, index)
+        np.testing.assert_array_equal(got, a[index])
+        assert got.shape == a[index].shape and not np.shares_memory(got, a)
