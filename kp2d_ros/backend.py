@@ -404,8 +404,8 @@ class LocalMap:
             gauge = scale_breaks(poses, num_fixed, obs_kf, obs_lm, same)
         distances = np.vstack([distances, gauge])
         return WindowProblem(np.array(ids), poses, num_fixed, self.landmark_ids[rows].copy(),
-                             take_rows(self.positions, rows), obs_kf, obs_lm, take_rows(xy, sel), float(sigma), float(k1),
-                             bool(calibrate), distances, same, self._next_lm, self.revision)
+                             take_rows(self.positions, rows), obs_kf, obs_lm, take_rows(xy, sel), float(sigma),
+                             float(k1), bool(calibrate), distances, same, self._next_lm, self.revision)
 
     def apply(self, result: BAResult) -> bool:
         """Take an optimisation's poses and positions; culled observations are removed, and landmarks left with
@@ -467,7 +467,7 @@ class LocalMap:
         rejected = np.asarray(result.rejected, np.int64).reshape(-1, 2)
         if len(rejected):
             base = int(max(self.obs_keyframe.max(initial=0), rejected[:, 1].max())) + 1  # one int64 per (landmark, keyframe)
-            # the observations of the rejected landmarks first (a few of the map's), then those by the rejected keyframe
+            # a rejected (landmark, keyframe) pair is among the rejected landmarks' observations (a few of the map's)
             rrows, ralive = self.rows(rejected[:, 0])
             hit = np.zeros(len(self.landmark_ids), bool)
             hit[rrows[ralive]] = True
