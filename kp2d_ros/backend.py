@@ -1328,6 +1328,8 @@ class BackendWorker:
     def __init__(self, cfg: BackendConfig, focal_px: float = 1.0):
         self.cfg = cfg
         self.focal_px = focal_px
+        # called (from the worker's thread, without arguments) each time a result is ready for poll()
+        self.on_done: Callable[[], None] | None = None
         self._cond = threading.Condition()
         self._pending: WindowProblem | None = None
         self._done: BAResult | None = None
@@ -1444,3 +1446,9 @@ class BackendWorker:
                 self._done = result
                 self._busy = False
                 self._cond.notify_all()
+            callback = self.on_done
+            if callback is not None:
+                try:
+                    callback()
+                except Exception as e:  # noqa: BLE001 - a listener's failure must not end the worker
+                    log.warning("backend: on_done callback failed: %s: %s", type(e).__name__, e)

@@ -8,12 +8,12 @@ shares one unknown scale). World frame = first camera frame, optical convention.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterator
 import logging
 import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -244,6 +244,7 @@ class VOPipeline:
         self.metric = MetricScale(cfg)  # metric scale: ground plane / wheel odometry (kp2d_ros/scale.py)
         self.ground_points = GroundPoints(cfg)
         self.worker = worker  # the backend's worker (BackendWorker when backend.threaded, built at reset)
+        self._window_listener: Callable[[], None] | None = None  # on_window_done's callback
         self.map: LocalMap | None = None
         # Self-calibration (backend.self_calibration): the residual radial distortion k1 the windows estimate (only
         # windows that measured it report one: backend.bundle_adjust), and the one the front end undistorts with (the
@@ -278,11 +279,35 @@ class VOPipeline:
         if self.worker is None:
             return
         t0 = time.perf_counter()
-        outer = self._backend_ms
         if self._keyframe_work is not None:
             work, self._keyframe_work = self._keyframe_work, None
+            outer = self._backend_ms
             self._map_keyframe(*work)
-        result = self.worker.poll()  # a window finished on the worker: taken before the next frame
+            self._backend_ms = outer
+        self._take_result()  # a window finished on the worker: taken before the next frame
+        self._finished_ms += (time.perf_counter() - t0) * 1e3
+
+    def on_window_done(self, callback: Callable[[], None] | None) -> None:
+        """Have ``callback`` called, from the worker's thread, each time the threaded backend (:class:`BackendWorker`)
+        has finished a window: a caller that waits for its next frame (the node between images) can then take it at
+        once with :meth:`take_window`, off the next frame's path and with the refined keyframes out as soon as they
+        exist. None: no callback."""
+        self._window_listener = callback
+        if isinstance(self.worker, BackendWorker):
+            self.worker.on_done = callback
+
+    def take_window(self) -> bool:
+        """Between frames: take a window the worker has finished, as :meth:`finish` would at the next frame (and hand
+        the worker the next one when it is the bottleneck). Not counted in any frame's stages: no frame waits for it.
+        Only after :meth:`finish` has done the last keyframe's work. True when a window was taken."""
+        if self.worker is None or self._keyframe_work is not None:
+            return False
+        return self._take_result()
+
+    def _take_result(self) -> bool:
+        """A window finished on the worker into the map; True when there was one."""
+        outer = self._backend_ms
+        result = self.worker.poll()
         if result is not None:
             self._after_backend(result)
             # the worker is the bottleneck (its window landed 2+ keyframes late): a keyframe that found it busy gets
@@ -291,7 +316,7 @@ class VOPipeline:
             if self._backend_due and self.backend_lag >= 2 and self.map is not None:
                 self._run_backend()
         self._backend_ms = outer
-        self._finished_ms += (time.perf_counter() - t0) * 1e3
+        return result is not None
 
     def _take_window_after_network(self) -> bool:
         """A window the worker finished while this frame's network ran, taken before its features are matched.
@@ -383,6 +408,7 @@ class VOPipeline:
             self.map = LocalMap(self.cfg.backend, first_keyframe_id=first_id)
             if self.cfg.backend.threaded and self.worker is None:
                 self.worker = BackendWorker(self.cfg.backend)
+                self.worker.on_done = self._window_listener
                 # a pipeline dropped without close() must not leave its worker thread and process behind
                 weakref.finalize(self, self.worker.close)
         self.last_backend: BAResult | None = None

@@ -574,6 +574,22 @@ def test_a_rescale_about_a_centre_moves_the_window_and_a_late_result_with_it():
     assert m.distances[(3, 4)] == (1.0, 0.02)
 
 
+def test_the_worker_calls_back_when_a_window_is_done():
+    """``BackendWorker.on_done`` is called, from the worker's thread, once a result is ready for ``poll``: the node
+    takes a window that lands between images then, not at the next image."""
+    m, _ = make_map(true_poses())
+    perturb(m, np.random.default_rng(4))
+    calls = []
+    done = threading.Event()
+    worker = BackendWorker(m.cfg)
+    worker.on_done = lambda: (calls.append(worker.poll()), done.set())
+    try:
+        worker.submit(m.problem(1.0 / F), F)
+        assert done.wait(timeout=60)
+    finally:
+        worker.close()
+    assert len(calls) == 1 and calls[0] is not None and calls[0].optimised
+
 def test_worker_thread_gives_the_same_result():
     poses = true_poses()
     m1, _ = make_map(poses)

@@ -235,6 +235,41 @@ def test_a_window_done_during_the_network_poses_the_next_pair(monkeypatch):
     np.testing.assert_allclose(threaded, deterministic, rtol=0, atol=1e-9)  # corrections composed in another order
 
 
+
+def _between_frames(take: bool):
+    """The odometry, map poses and windows taken between frames of a worker whose window, handed over after a
+    keyframe's frame, finishes before the next frame arrives (the node below its capacity), with ``take``: taken
+    at once (:meth:`VOPipeline.take_window`, the node between images), else by the next frame's ``finish()``."""
+    gt = driving_poses(12)
+    cfg = default_config(threaded=True)
+    worker = DuringNetworkWorker(cfg.backend)
+    vo = VOPipeline(cfg, frontend=PointWorldFrontend(gt), worker=worker)
+    odom, taken = [], 0
+    try:
+        for i in range(len(gt)):
+            odom.append(vo.process(frame(i)).T_odom_cam)
+            vo.finish()  # the node, after publishing
+            worker.network_ran()  # the window is done before the next image
+            if take:
+                taken += vo.take_window()
+                assert not vo.take_window()  # taken once
+        if not take:
+            vo.finish()  # the last window, as a next frame would take it
+        poses = vo.keyframe_poses()
+    finally:
+        vo.close()
+    return odom, poses, taken
+
+
+def test_a_window_taken_between_frames_changes_nothing_but_when():
+    """``take_window`` between frames (the node while it waits for an image) takes the window the next frame's
+    ``finish()`` would have taken, with the same result: the odometry and the refined keyframes are the same."""
+    odom, poses, taken = _between_frames(take=True)
+    odom0, poses0, _ = _between_frames(take=False)
+    assert taken >= 8
+    np.testing.assert_array_equal(np.array(odom), np.array(odom0))
+    assert poses.keys() == poses0.keys() and all(np.array_equal(poses[k], poses0[k]) for k in poses)
+
 def test_every_field_is_filled():
     gt = driving_poses(3)
     vo = VOPipeline(VOConfig(), frontend=PointWorldFrontend(gt))

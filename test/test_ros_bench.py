@@ -43,8 +43,11 @@ def test_bench_node_smoke(tmp_path):
     assert report["publish_ms"]["odom"] > 0 and report["publish_ms"]["keypoints"] > 0
     assert 1 <= report["path_poses"] <= 10 and set(report["publish_ms"]) == {"odom", "keypoints", "tf", "path"}
     # the backend's windows in the measured phase, from the node's diagnostics
-    assert set(report["backend"]) == {"windows", "lag_keyframes_median", "lag_keyframes_max", "samples"}
+    assert set(report["backend"]) == {"windows", "lag_keyframes_median", "lag_keyframes_max", "samples",
+                                      "before_pose_ms", "after_pose_ms"}
     assert report["backend"]["samples"] >= 1 and report["backend"]["windows"] >= 0
+    # and its work in the node's image thread, before and after the pose (ms per frame)
+    assert report["backend"]["before_pose_ms"] >= 0 and report["backend"]["after_pose_ms"] > 0
     path = report["path_at_length"]
     assert path["poses"] == 300 and path["received"] >= 1 and path["publish_ms"] > 0 and path["append_us"] > 0
     assert path["message_bytes"] > 300 * 60  # a PoseStamped is > 60 bytes serialised

@@ -5,6 +5,7 @@ The node and a driver node share one rclpy context; messages go through the midd
 """
 import math
 import os
+import threading
 import time
 
 import cv2
@@ -20,6 +21,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2  # noqa: E402
 
+from kp2d_ros.backend import BackendStatus  # noqa: E402
 from kp2d_ros.ros import conversions as conv  # noqa: E402
 from kp2d_ros.ros.node import VONode  # noqa: E402
 from kp2d_ros.ros.spinning import Spinner  # noqa: E402
@@ -243,6 +245,87 @@ def test_the_backends_work_comes_after_the_frames_odometry(rig):
     assert fake.published_at_finish == [1, 2, 3]
     assert [o.pose.pose.position.x for o in r.odom] == pytest.approx([0.0, 0.1, 0.2])  # odom: the front end's
     assert [p.pose.position.x for p in r.paths[-1].poses] == pytest.approx([1.0, 1.1, 1.2])  # map: refined keyframe
+
+
+class TimedBackendPipeline(FinishingPipeline):
+    """FinishingPipeline whose backend works 30 ms after each pose (``finish``) and 5 ms before it: each frame's
+    ``backend`` stage counts both, as :meth:`VOPipeline.process` counts the last ``finish()`` in it."""
+
+    def __init__(self):
+        super().__init__()
+        self.carried = 0.0
+
+    def process(self, frame):
+        est = super().process(frame)
+        est.timings_ms = {"total": 1.0, "backend": self.carried + 5.0}
+        self.carried = 0.0
+        return est
+
+    def finish(self):
+        super().finish()
+        t0 = time.perf_counter()
+        time.sleep(0.03)
+        self.carried = (time.perf_counter() - t0) * 1e3
+
+    def backend_status(self):
+        return BackendStatus(self.backend_revision, 0, 1.0, "ok")
+
+
+def test_diagnostics_give_the_backends_work_before_and_after_the_pose(rig):
+    """What the backend costs the node's latency, in its diagnostics: its work in the image thread per frame before
+    the pose goes out (the frame's backend stage less the last ``finish()`` it carries) and after it."""
+    fake = TimedBackendPipeline()
+    r = rig(pipeline=fake)
+    fake.node = r.node
+    r.send_info(info_msg())
+    for i in range(3):
+        r.send_image(image_msg(1.0 + 0.1 * i))
+    wait_until(lambda: len(r.odom) == 3 and len(fake.published_at_finish) == 3, "outputs")
+    values = {kv.key: kv.value for kv in r.node.diagnostics().values}
+    assert values["backend"] == "ok"
+    assert float(values["backend_before_pose_ms"]) == pytest.approx(5.0, abs=0.5)
+    assert 30.0 <= float(values["backend_after_pose_ms"]) < 60.0
+
+
+class ListeningPipeline(FinishingPipeline):
+    """FinishingPipeline whose backend's worker tells the node when a window is done (``on_window_done``); the node
+    takes it with ``take_window``, which refines keyframe 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.listener, self.ready, self.taken = None, False, 0
+
+    def on_window_done(self, callback):
+        self.listener = callback
+
+    def finish(self):
+        self.published_at_finish.append(self.node.stats["processed"])
+
+    def take_window(self):
+        if not self.ready:
+            return False
+        self.ready, self.taken = False, self.taken + 1
+        self.backend_revision += 1
+        return True
+
+
+def test_a_window_that_lands_between_images_is_taken_then(rig):
+    """A window the backend finishes while the node waits for its next image is taken at once, not at the next
+    image: off that image's path, and the path follows the refined keyframes without another image."""
+    fake = ListeningPipeline()
+    r = rig(pipeline=fake)
+    fake.node = r.node
+    assert fake.listener is not None  # the node listens from the start
+    r.send_info(info_msg())
+    for i in range(2):
+        r.send_image(image_msg(1.0 + 0.1 * i))
+    wait_until(lambda: len(r.odom) == 2 and r.paths and len(r.paths[-1].poses) == 2, "outputs")
+    assert [p.pose.position.x for p in r.paths[-1].poses] == pytest.approx([0.0, 0.1])
+    fake.ready = True
+    threading.Thread(target=fake.listener).start()  # the worker's thread
+    wait_until(lambda: r.paths and r.paths[-1].poses[0].pose.position.x == pytest.approx(1.0), "refined path")
+    assert fake.taken == 1 and len(fake.frames) == 2 and r.node.stats["windows_between_images"] == 1
+    assert [p.pose.position.x for p in r.paths[-1].poses] == pytest.approx([1.0, 1.1])
 
 
 class LatePipeline(FinishingPipeline):

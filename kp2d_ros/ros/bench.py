@@ -49,7 +49,10 @@ class NodeBenchResult:
     publish_ms: dict = field(default_factory=dict)
     path_poses: int = 0  # path length the node reached
     # the backend's windows during the measured phase, from the node's diagnostics (1 Hz samples of the last landed
-    # window): {"windows": taken, "lag_keyframes_median", "lag_keyframes_max", "samples"}; {} with the backend off
+    # window): {"windows": taken, "lag_keyframes_median", "lag_keyframes_max", "samples"}, and its work in the node's
+    # image thread, ms per frame (the mean over its last 200 frames): "before_pose_ms" (before the odometry goes out)
+    # and "after_pose_ms" (VOPipeline.finish(), which the next image waits for when the node is saturated); {} with
+    # the backend off
     backend: dict = field(default_factory=dict)
 
 
@@ -223,8 +226,10 @@ def _backend_during(diagnostics: list, start: int) -> dict:
     windows = int(samples[-1]["backend_windows"]) - int(before.get("backend_windows", 0))
     if windows < 0:  # the node's tracking was reset (a new map counts from 0)
         windows = int(samples[-1]["backend_windows"])
+    last = samples[-1]
     return {"windows": windows,
-            "lag_keyframes_median": float(np.median(lags)), "lag_keyframes_max": max(lags), "samples": len(lags)}
+            "lag_keyframes_median": float(np.median(lags)), "lag_keyframes_max": max(lags), "samples": len(lags),
+            **{f"{k}_ms": float(last.get(f"backend_{k}_ms", "nan")) for k in ("before_pose", "after_pose")}}
 
 
 def bench_path_publication(n_poses: int = 10000, repeats: int = 5) -> dict:

@@ -72,6 +72,7 @@ class VONode(Node):
         # __init__ raised, and that must not hide the real error behind an AttributeError.
         self._cond = threading.Condition()
         self._stop = False
+        self._window_done = False  # the backend's worker finished a window since the image thread last looked
         self._worker: threading.Thread | None = None
         kwargs.setdefault("automatically_declare_parameters_from_overrides", True)
         super().__init__(kwargs.pop("node_name", "kp2d_vo"), **kwargs)
@@ -84,6 +85,8 @@ class VONode(Node):
         self.pipeline = pipeline
         if hasattr(pipeline, "start_backend"):
             pipeline.start_backend()  # its process starts now, not with the first frames
+        if hasattr(pipeline, "on_window_done"):
+            pipeline.on_window_done(self._on_window_done)  # a window that lands between images is taken then
         self._backend_revision = 0
         self._late_windows = 0  # windows in a row that landed LATE_WINDOW_KEYFRAMES+ keyframes late
         self._log_models()
@@ -116,6 +119,10 @@ class VONode(Node):
         self.last_estimate: PoseEstimate | None = None
         self._latency_ms: collections.deque = collections.deque(maxlen=200)
         self._publish_ms = {k: collections.deque(maxlen=200) for k in ("odom", "tf", "keypoints", "path")}
+        # the backend's work in this thread per frame (ms): before the pose goes out (the frame's ``backend`` stage less
+        # the last finish(), which the pipeline counts in it) and after it (finish(): the next image waits for it)
+        self._backend_thread_ms = {k: collections.deque(maxlen=200) for k in ("before_pose", "after_pose")}
+        self._finish_ms = 0.0  # the last finish(), not yet counted in a frame's backend stage
         self._warned_at: dict[str, float] = {}  # keyed on the kind of event: a fixed, small set
         self._camera_info = None
         self._last_stamp: float | None = None  # the stamp the last processed frame was given
@@ -297,22 +304,35 @@ class VONode(Node):
     def _have_intrinsics(self) -> bool:
         return self._camera_info is not None or self.cfg.camera.is_set
 
+    def _on_window_done(self) -> None:
+        """The backend's worker finished a window (called from its thread): wake the image thread."""
+        with self._cond:
+            self._window_done = True
+            self._cond.notify_all()
+
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._stop and (self._pending is None or not self._have_intrinsics()):
+                while not self._stop and (self._pending is None or not self._have_intrinsics()) \
+                        and not self._window_done:
                     if self._pending is not None:
                         self._warn("no_camera", "waiting for camera_info (or camera.fx/fy parameters) "
                                                 "before processing images")
                     self._cond.wait(timeout=1.0)
                 if self._stop:
                     return
-                (msg, t_recv), self._pending = self._pending, None
-                camera_info = self._camera_info
+                self._window_done = False
+                job = None
+                if self._pending is not None and self._have_intrinsics():
+                    (msg, t_recv), self._pending = self._pending, None
+                    job = (msg, t_recv, self._camera_info)
             try:
                 with self._frame_lock:
                     self._apply_pending()
-                    self._process(msg, t_recv, camera_info)
+                    if job is None:  # no image waits: a window that landed meanwhile is taken now, not at the next
+                        self._take_window()  # image (the path follows it at once)
+                    else:
+                        self._process(*job)
             except Exception as e:  # noqa: BLE001 - the node outlives any single bad frame
                 if self._stop:  # shutting down: publishers may be gone already
                     return
@@ -338,6 +358,10 @@ class VONode(Node):
             estimate = self.pipeline.process(frame)
         if self._stop:
             return
+        backend_ms = (getattr(estimate, "timings_ms", None) or {}).get("backend")
+        if backend_ms is not None:
+            self._backend_thread_ms["before_pose"].append(max(backend_ms - self._finish_ms, 0.0))
+        self._finish_ms = 0.0
         self._follow_backend(estimate)
         self._last_stamp, self._last_receipt = frame.stamp, t_recv
         if from_header:
@@ -349,8 +373,19 @@ class VONode(Node):
         self._publish(estimate, frame, stamp, t_recv)
         finish = getattr(self.pipeline, "finish", None)
         if finish is not None:  # the backend's work that this frame's pose did not need, after it went out
+            t0 = time.perf_counter()
             finish()
+            self._finish_ms = (time.perf_counter() - t0) * 1e3
+            self._backend_thread_ms["after_pose"].append(self._finish_ms)
             self._follow_backend(estimate)
+
+    def _take_window(self) -> None:
+        """Between images: the window the backend's worker finished, into the map (:meth:`VOPipeline.take_window`),
+        off the next image's path; the path follows it."""
+        take = getattr(self.pipeline, "take_window", None)
+        if take is not None and take():
+            self.stats["windows_between_images"] += 1
+            self._follow_backend(self.last_estimate)
 
     def _follow_backend(self, estimate) -> None:
         """The path (in map) follows the backend's refined keyframes when it took a window."""
@@ -565,13 +600,19 @@ class VONode(Node):
 
     def _backend_diagnostics(self) -> dict[str, str]:
         """The local bundle adjustment's keys: windows taken, how many keyframes late the last one landed (late
-        windows cost accuracy: ``backend.worker_idle``), its time and outcome; ``backend: off`` without it."""
+        windows cost accuracy: ``backend.worker_idle``), its time and outcome; ``backend: off`` without it. And what
+        it costs this node's latency: its work in the image thread per frame, the mean over the last 200 frames,
+        before the pose goes out (``backend_before_pose_ms``) and after it (``backend_after_pose_ms``, the map's
+        upkeep in ``finish()``, which the next image waits for when the node is saturated); and the windows taken
+        between images, off any image's path (``backend_windows_between_images``)."""
         status_of = getattr(self.pipeline, "backend_status", None)
         status = status_of() if status_of is not None else None
         if status is None:
             return {"backend": "off"}
         return {"backend": status.last, "backend_windows": str(status.windows),
-                "backend_lag_keyframes": str(status.lag_keyframes), "backend_ms": f"{status.time_ms:.1f}"}
+                "backend_lag_keyframes": str(status.lag_keyframes), "backend_ms": f"{status.time_ms:.1f}",
+                **{f"backend_{k}_ms": f"{np.mean(v):.3f}" if v else "nan" for k, v in self._backend_thread_ms.items()},
+                "backend_windows_between_images": str(self.stats["windows_between_images"])}
 
     def _publish_diagnostics(self) -> None:
         arr = DiagnosticArray(status=[self.diagnostics()])
