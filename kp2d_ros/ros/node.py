@@ -611,7 +611,8 @@ class VONode(Node):
             return {"backend": "off"}
         return {"backend": status.last, "backend_windows": str(status.windows),
                 "backend_lag_keyframes": str(status.lag_keyframes), "backend_ms": f"{status.time_ms:.1f}",
-                **{f"backend_{k}_ms": f"{np.mean(v):.3f}" if v else "nan" for k, v in self._backend_thread_ms.items()},
+                **{f"backend_{k}_ms": f"{np.mean(v):.3f}" if v else "nan"
+                   for k, v in self._backend_thread_ms.items()},
                 "backend_windows_between_images": str(self.stats["windows_between_images"])}
 
     def _publish_diagnostics(self) -> None:
