@@ -209,6 +209,16 @@ def test_map_to_odom_can_be_left_to_another_node(rig):
     assert tf.sent == [[("odom", "base_link", pytest.approx(0.0))], [("odom", "base_link", pytest.approx(0.1))]]
 
 
+def fed(rig, fake, n, params=None):
+    """A rig around the fake pipeline ``fake`` (told its node), after camera info and ``n`` images 0.1 s apart."""
+    r = rig(pipeline=fake, params=params)
+    fake.node = r.node
+    r.send_info(info_msg())
+    for i in range(n):
+        r.send_image(image_msg(1.0 + 0.1 * i))
+    return r
+
+
 class FinishingPipeline(FakePipeline):
     """FakePipeline with the backend's after-the-pose work (:meth:`VOPipeline.finish`): records how many frames the
     node had published when it was called, and refines keyframe 0 (the path follows a new backend revision)."""
@@ -236,11 +246,7 @@ def test_the_backends_work_comes_after_the_frames_odometry(rig):
     """The node publishes a frame's odometry first, then lets the pipeline do the backend's work that the pose did
     not need (the new keyframe's landmarks and window, a finished window taken); the path follows what it took."""
     fake = FinishingPipeline()
-    r = rig(pipeline=fake)
-    fake.node = r.node
-    r.send_info(info_msg())
-    for i in range(3):
-        r.send_image(image_msg(1.0 + 0.1 * i))
+    r = fed(rig, fake, 3)
     wait_until(lambda: len(r.odom) == 3 and r.paths and len(r.paths[-1].poses) == 3, "outputs")
     assert fake.published_at_finish == [1, 2, 3]
     assert [o.pose.pose.position.x for o in r.odom] == pytest.approx([0.0, 0.1, 0.2])  # odom: the front end's
@@ -275,11 +281,7 @@ def test_diagnostics_give_the_backends_work_before_and_after_the_pose(rig):
     """What the backend costs the node's latency, in its diagnostics: its work in the image thread per frame before
     the pose goes out (the frame's backend stage less the last ``finish()`` it carries) and after it."""
     fake = TimedBackendPipeline()
-    r = rig(pipeline=fake)
-    fake.node = r.node
-    r.send_info(info_msg())
-    for i in range(3):
-        r.send_image(image_msg(1.0 + 0.1 * i))
+    r = fed(rig, fake, 3)
     wait_until(lambda: len(r.odom) == 3 and len(fake.published_at_finish) == 3, "outputs")
     values = {kv.key: kv.value for kv in r.node.diagnostics().values}
     assert values["backend"] == "ok"
@@ -313,12 +315,8 @@ def test_a_window_that_lands_between_images_is_taken_then(rig):
     """A window the backend finishes while the node waits for its next image is taken at once, not at the next
     image: off that image's path, and the path follows the refined keyframes without another image."""
     fake = ListeningPipeline()
-    r = rig(pipeline=fake)
-    fake.node = r.node
+    r = fed(rig, fake, 2)
     assert fake.listener is not None  # the node listens from the start
-    r.send_info(info_msg())
-    for i in range(2):
-        r.send_image(image_msg(1.0 + 0.1 * i))
     wait_until(lambda: len(r.odom) == 2 and r.paths and len(r.paths[-1].poses) == 2, "outputs")
     assert [p.pose.position.x for p in r.paths[-1].poses] == pytest.approx([0.0, 0.1])
     fake.ready = True
@@ -344,11 +342,7 @@ def test_windows_that_keep_landing_late_name_the_setting_that_helps(rig, lag, wo
     ``backend.worker_core`` trades frame rate for it; not when they keep up. With the core given and the windows
     still late, other processes hold the CPU: it names ``backend.worker_idle`` (not when that is off already)."""
     fake = LatePipeline(lag)
-    r = rig(pipeline=fake, params={"backend.worker_core": worker_core, "backend.worker_idle": idle})
-    fake.node = r.node
-    r.send_info(info_msg())
-    for i in range(6):
-        r.send_image(image_msg(1.0 + 0.1 * i))
+    r = fed(rig, fake, 6, params={"backend.worker_core": worker_core, "backend.worker_idle": idle})
     wait_until(lambda: len(r.odom) == 6 and fake.backend_revision == 6, "outputs")
     said = r.node.last_warning or ""
     assert ("backend.worker_" in said) == bool(hinted) and hinted in said, said
