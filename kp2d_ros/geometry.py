@@ -709,7 +709,7 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
         ground-only view of the synthetic street, +0.09 on a pinhole camera) leaves a turn on the spot ~1 px of
         false parallax, which the essential matrix takes for a translation; one a little wrong scales the turn's
         rotation (docs/results.md: A robot on patrol). The configured lens's fit runs only where it can show a
-        pure rotation: where ``camera``'s leaves less parallax than ``rotation_only_parallax_px`` and
+        pure rotation: where ``camera``'s leaves less parallax than ``rotation_only_parallax_px`` plus
         ``LENS_PARALLAX_MARGIN`` times the median shift between the two lenses.
     normalized : ``(normalize_points(pts0, camera), normalize_points(pts1, camera))`` when the caller has them
         already (undistorting through a lens is iterative).
@@ -777,14 +777,15 @@ def estimate_relative_pose(pts0: np.ndarray, pts1: np.ndarray, camera: Camera, c
 
     # Translation observability: parallax left after the best pure rotation (model selection; the
     # essential matrix of a pure rotation is degenerate and its R may be the twisted solution).
-    R_rot, parallax_px = pure_rotation_fit(n0[inl], n1[inl], f)
+    i0, i1 = n0[inl], n1[inl]
+    R_rot, parallax_px = pure_rotation_fit(i0, i1, f)
     if configured is not None:  # the lens that explains the pair better as a pure rotation decides, and turns it
         if configured_normalized is not None:
             c0, c1 = configured_normalized[0][inl], configured_normalized[1][inl]
         else:
             c0, c1 = normalize_points(pts0[inl], configured), normalize_points(pts1[inl], configured)
         fc = focal_length(configured)
-        reach = LENS_PARALLAX_MARGIN * _lens_shift_px(n0[inl], n1[inl], c0, c1, fc)
+        reach = LENS_PARALLAX_MARGIN * _lens_shift_px(i0, i1, c0, c1, fc)
         if parallax_px < cfg.rotation_only_parallax_px + reach:
             R_cfg, parallax_cfg = pure_rotation_fit(c0, c1, fc)
             if parallax_cfg < parallax_px:
