@@ -1681,8 +1681,15 @@ class VOPipeline:
             return
         self._backend_due = False
         t0 = time.perf_counter()
-        problem = self.map.problem(self.cfg.backend.noise_px / self._focal, self.k1,
-                                   self._self_calibrating(self._raw_camera))
+        snapshot = self.map.snapshot(self.cfg.backend.noise_px / self._focal, self.k1,
+                                     self._self_calibrating(self._raw_camera))
+        if isinstance(self.worker, BackendWorker):
+            # the worker's process builds the problem (selecting and ordering the window's tracks, ~2 ms), off this
+            # thread; a window it skips comes back as a result saying why
+            self.worker.submit(snapshot, self._focal)
+            self._backend_ms += (time.perf_counter() - t0) * 1e3
+            return
+        problem = snapshot.problem()
         if not isinstance(problem, WindowProblem):
             self.last_backend = problem
         elif self.worker is not None:

@@ -574,6 +574,35 @@ def test_a_rescale_about_a_centre_moves_the_window_and_a_late_result_with_it():
     assert m.distances[(3, 4)] == (1.0, 0.02)
 
 
+def _assert_same_problem(a, b):
+    assert type(a) is type(b)
+    for name, value in vars(a).items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, getattr(b, name), err_msg=name)
+        else:
+            assert value == getattr(b, name), name
+
+
+def test_a_snapshot_is_the_window_as_it_was_taken():
+    """``LocalMap.snapshot`` (what the node's worker process builds the window's problem from) gives the problem of
+    the map as it stood, whatever the map does while the snapshot waits to be solved: a metric correction that
+    moves the keyframes in place, a new keyframe with its landmarks and observations, an applied window that
+    writes the landmarks' positions in place."""
+    m, _ = make_map(true_poses())
+    perturb(m, np.random.default_rng(6))
+    sigma = 1.0 / F
+    before = m.problem(sigma, k1=0.01, calibrate=True)
+    snapshot = m.snapshot(sigma, k1=0.01, calibrate=True)
+    m.rescale_about(m.poses[5][:3, 3].copy(), 1.2)
+    assert m.apply(bundle_adjust(before, m.cfg, F))
+    k = m.add_keyframe(_at([0, 0, 11.0]))
+    lids = m.add_landmarks(np.array([[0.0, 0.0, 20.0], [1.0, 0.0, 20.0]]), {k: np.zeros((2, 2)), k - 1: np.ones((2, 2))})
+    m.observe(lids, k - 2, np.full((2, 2), 0.5))
+    after = m.problem(sigma, k1=0.01, calibrate=True)
+    assert not np.array_equal(after.poses, before.poses)
+    _assert_same_problem(snapshot.problem(), before)
+
+
 def test_the_worker_calls_back_when_a_window_is_done():
     """``BackendWorker.on_done`` is called, from the worker's thread, once a result is ready for ``poll``: the node
     takes a window that lands between images then, not at the next image."""
@@ -597,10 +626,16 @@ def test_worker_thread_gives_the_same_result():
     m2, _ = make_map(poses)
     perturb(m2, np.random.default_rng(4))
     run_window(m1, 1.0 / F, F)
+    young = LocalMap(m2.cfg)
+    for T in poses[:2]:
+        young.add_keyframe(T)
     worker = BackendWorker(m2.cfg)
     try:
-        worker.submit(m2.problem(1.0 / F), F)
+        # a snapshot, as the pipeline hands the node's worker: the problem is built in the worker's process
+        worker.submit(m2.snapshot(1.0 / F), F)
         result = worker.wait(timeout=60)
+        worker.submit(young.snapshot(1.0 / F), F)  # a window the snapshot skips comes back as that skip
+        skipped = worker.wait(timeout=60)
         # the optimisation's process runs backend.worker_nice below the caller (it must yield the CPU to the front end)
         pids = [worker.pid]
         assert pids[0] and all(os.getpriority(os.PRIO_PROCESS, pid) == min(os.nice(0) + m2.cfg.worker_nice, 19)
@@ -609,6 +644,7 @@ def test_worker_thread_gives_the_same_result():
     finally:
         worker.close()
     assert result is not None and result.optimised
+    assert skipped is not None and not skipped.optimised and skipped.reason == young.problem(1.0 / F).reason
     m2.apply(result)
     for k in m1.poses:
         np.testing.assert_allclose(m2.poses[k], m1.poses[k], atol=1e-12)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import data_path
-from kp2d_ros.backend import BackendWorker, LaggedWorker, bundle_adjust
+from kp2d_ros.backend import BackendWorker, LaggedWorker, bundle_adjust, solve_window
 from kp2d_ros.config import VOConfig
 from kp2d_ros.geometry import invert_se3, rotation_angle_deg, se3
 from kp2d_ros.matching import MatchScorer
@@ -189,8 +189,8 @@ class DuringNetworkWorker(BackendWorker):
         super().__init__(cfg)
         self.running = self.done = None
 
-    def submit(self, problem, focal_px):
-        self.running = bundle_adjust(problem, self.cfg, focal_px)
+    def submit(self, window, focal_px):
+        self.running = solve_window(window, self.cfg, focal_px)  # what the child process runs
 
     def network_ran(self):
         if self.running is not None:
