@@ -170,6 +170,22 @@ class MapSnapshot:
     k1: float = 0.0
     calibrate: bool = False
 
+    @property
+    def num_fixed(self) -> int:
+        """How many of the window's oldest keyframes are held: the newest ``window - held`` are free, the others, at
+        least two (the gauge), are held. A window not yet full holds only what the full one would: a start-up
+        keyframe is refined before it is frozen."""
+        free = self.cfg.window - self.cfg.held
+        return min(max(len(self.window_ids) - free, 2), len(self.window_ids))
+
+    def too_few_keyframes(self) -> BAResult | None:
+        """The skipped result of a window with no keyframe to optimise beyond the held ones (the first keyframes),
+        else None: the one reason to skip that needs no look at the landmarks (the caller checks it at once)."""
+        if len(self.window_ids) - self.num_fixed < 1:
+            return BAResult(False, f"{len(self.window_ids)} keyframes in the window: none to optimise beyond the "
+                                   f"{self.num_fixed} fixed")
+        return None
+
     def problem(self) -> WindowProblem | BAResult:
         """A snapshot of the window for :func:`bundle_adjust`, or a skipped :class:`BAResult` saying why.
 
@@ -177,12 +193,10 @@ class MapSnapshot:
         :func:`_select_tracks`), in id order, and their observations in the order they were made."""
         cfg = self.cfg
         ids = list(self.window_ids)
-        # the newest window - fixed_keyframes are free; the others, at least two (the gauge), are held. A window not
-        # yet full holds only what the full one would: a start-up keyframe is refined before it is frozen.
-        free = cfg.window - cfg.held
-        num_fixed = min(max(len(ids) - free, 2), len(ids))
-        if len(ids) - num_fixed < 1:
-            return BAResult(False, f"{len(ids)} keyframes in the window: none to optimise beyond the {num_fixed} fixed")
+        num_fixed = self.num_fixed
+        too_few = self.too_few_keyframes()
+        if too_few is not None:
+            return too_few
         n = len(self.landmark_ids)
         inside = np.flatnonzero(np.isin(self.obs_keyframe, ids))
         inside = inside[np.argsort(self.obs_row[inside], kind="stable")]  # by landmark, then as made

@@ -1683,9 +1683,9 @@ class VOPipeline:
         t0 = time.perf_counter()
         snapshot = self.map.snapshot(self.cfg.backend.noise_px / self._focal, self.k1,
                                      self._self_calibrating(self._raw_camera))
-        if isinstance(self.worker, BackendWorker):
+        if isinstance(self.worker, BackendWorker) and snapshot.too_few_keyframes() is None:
             # the worker's process builds the problem (selecting and ordering the window's tracks, ~2 ms), off this
-            # thread; a window it skips comes back as a result saying why
+            # thread; a window it skips for its landmarks comes back as a result saying why
             self.worker.submit(snapshot, self._focal)
             self._backend_ms += (time.perf_counter() - t0) * 1e3
             return

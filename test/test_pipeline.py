@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import data_path
-from kp2d_ros.backend import BackendWorker, LaggedWorker, bundle_adjust, solve_window
+from kp2d_ros.backend import BackendWorker, LaggedWorker, MapSnapshot, bundle_adjust, solve_window
 from kp2d_ros.config import VOConfig
 from kp2d_ros.geometry import invert_se3, rotation_angle_deg, se3
 from kp2d_ros.matching import MatchScorer
@@ -188,8 +188,10 @@ class DuringNetworkWorker(BackendWorker):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.running = self.done = None
+        self.windows = []  # what it was handed
 
     def submit(self, window, focal_px):
+        self.windows.append(window)
         self.running = solve_window(window, self.cfg, focal_px)  # what the child process runs
 
     def network_ran(self):
@@ -258,6 +260,10 @@ def _between_frames(take: bool):
         poses = vo.keyframe_poses()
     finally:
         vo.close()
+    # the worker's process builds each window's problem from a snapshot of the map; a window of the first
+    # keyframes, which has none to optimise beyond the held ones, is skipped at once instead
+    assert worker.windows and all(isinstance(w, MapSnapshot) and w.too_few_keyframes() is None
+                                  for w in worker.windows)
     return odom, poses, taken
 
 
