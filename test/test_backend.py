@@ -626,15 +626,15 @@ def test_worker_thread_gives_the_same_result():
     m2, _ = make_map(poses)
     perturb(m2, np.random.default_rng(4))
     run_window(m1, 1.0 / F, F)
-    young = LocalMap(m2.cfg)
-    for T in poses[:2]:
-        young.add_keyframe(T)
+    bare = LocalMap(m2.cfg)  # keyframes to optimise, but no landmarks: skipped in the worker's process
+    for T in poses[:4]:
+        bare.add_keyframe(T)
     worker = BackendWorker(m2.cfg)
     try:
         # a snapshot, as the pipeline hands the node's worker: the problem is built in the worker's process
         worker.submit(m2.snapshot(1.0 / F), F)
         result = worker.wait(timeout=60)
-        worker.submit(young.snapshot(1.0 / F), F)  # a window the snapshot skips comes back as that skip
+        worker.submit(bare.snapshot(1.0 / F), F)  # a window the snapshot skips comes back as that skip
         skipped = worker.wait(timeout=60)
         # the optimisation's process runs backend.worker_nice below the caller (it must yield the CPU to the front end)
         pids = [worker.pid]
@@ -644,7 +644,8 @@ def test_worker_thread_gives_the_same_result():
     finally:
         worker.close()
     assert result is not None and result.optimised
-    assert skipped is not None and not skipped.optimised and skipped.reason == young.problem(1.0 / F).reason
+    assert bare.snapshot(1.0 / F).too_few_keyframes() is None
+    assert skipped is not None and not skipped.optimised and skipped.reason == bare.problem(1.0 / F).reason != ""
     m2.apply(result)
     for k in m1.poses:
         np.testing.assert_allclose(m2.poses[k], m1.poses[k], atol=1e-12)
