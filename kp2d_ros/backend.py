@@ -181,9 +181,10 @@ class MapSnapshot:
     def too_few_keyframes(self) -> BAResult | None:
         """The skipped result of a window with no keyframe to optimise beyond the held ones (the first keyframes),
         else None: the one reason to skip that needs no look at the landmarks (the caller checks it at once)."""
-        if len(self.window_ids) - self.num_fixed < 1:
+        num_fixed = self.num_fixed
+        if len(self.window_ids) - num_fixed < 1:
             return BAResult(False, f"{len(self.window_ids)} keyframes in the window: none to optimise beyond the "
-                                   f"{self.num_fixed} fixed")
+                                   f"{num_fixed} fixed")
         return None
 
     def problem(self) -> WindowProblem | BAResult:
@@ -191,12 +192,10 @@ class MapSnapshot:
 
         Its landmarks are those observed at least twice in the window (at most ``backend.max_landmarks``:
         :func:`_select_tracks`), in id order, and their observations in the order they were made."""
-        cfg = self.cfg
-        ids = list(self.window_ids)
-        num_fixed = self.num_fixed
         too_few = self.too_few_keyframes()
         if too_few is not None:
             return too_few
+        cfg, ids, num_fixed = self.cfg, self.window_ids, self.num_fixed
         n = len(self.landmark_ids)
         inside = np.flatnonzero(np.isin(self.obs_keyframe, ids))
         inside = inside[np.argsort(self.obs_row[inside], kind="stable")]  # by landmark, then as made
