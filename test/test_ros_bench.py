@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 KEYS = {"frames", "received", "drop_rate", "publish_rate_hz", "node_rate_hz", "latency_ms_median",
         "latency_ms_p95", "latency_ms_mean", "latency_ms_max", "rss_mb_start", "rss_mb_max", "rss_mb_end",
         "image_width", "image_height", "encoding", "wall_s", "frontend", "sequence", "unique_frames", "rate_factor", "rate_hz",
-        "publish_ms", "path_poses", "path_at_length", "backend"}
+        "publish_ms", "path_poses", "path_at_length", "backend", "node_latency"}
 
 
 def test_bench_node_smoke(tmp_path):
@@ -48,18 +48,23 @@ def test_bench_node_smoke(tmp_path):
     assert report["backend"]["samples"] >= 1 and report["backend"]["windows"] >= 0
     # and its work in the node's image thread, before and after the pose (ms per frame)
     assert report["backend"]["before_pose_ms"] >= 0 and report["backend"]["after_pose_ms"] > 0
+    # the node's own split of its latency: the image's wait for the image thread, and the frame's work
+    lat = report["node_latency"]
+    assert set(lat) == {"median_ms", "wait_median_ms", "work_median_ms"}
+    assert lat["median_ms"] > 0 and lat["work_median_ms"] > 0 and lat["wait_median_ms"] >= 0
     path = report["path_at_length"]
     assert path["poses"] == 300 and path["received"] >= 1 and path["publish_ms"] > 0 and path["append_us"] > 0
     assert path["message_bytes"] > 300 * 60  # a PoseStamped is > 60 bytes serialised
 
 
-def _result(median: float, p95: float):
+def _result(median: float, p95: float, work: float | None = None):
     from kp2d_ros.ros.bench import NodeBenchResult
 
     return NodeBenchResult(frames=10, received=10, drop_rate=0.0, publish_rate_hz=2.0, node_rate_hz=3.0,
                            latency_ms_median=median, latency_ms_p95=p95, latency_ms_mean=median,
                            latency_ms_max=p95, rss_mb_start=1.0, rss_mb_max=1.0, rss_mb_end=1.0, image_width=8,
-                           image_height=8, encoding="mono8", wall_s=1.0)
+                           image_height=8, encoding="mono8", wall_s=1.0,
+                           node_latency={} if work is None else {"work_median_ms": work})
 
 
 def test_paired_difference_is_b_minus_a_round_by_round():
@@ -74,6 +79,13 @@ def test_paired_difference_is_b_minus_a_round_by_round():
     # the pairing matters: the rounds' medians differ by less than the spread between rounds
     s = summarize_rounds(a)
     assert s["latency_ms_median"] == 100 and s["latency_ms_p95"] == 150 and len(s["runs"]) == 3
+    assert d["work_ms"] is None and s["work_ms_median"] is None  # the nodes did not report their work
+    # the nodes' own work per frame (latency less the image's wait), B - A round by round
+    a = [_result(100, 150, 60), _result(130, 170, 70), _result(90, 120, 65)]
+    b = [_result(104, 160, 61), _result(125, 180, 69.5), _result(99, 121, 66)]
+    d = paired_difference(a, b)
+    assert d["work_ms_per_round"] == pytest.approx([1, -0.5, 1]) and d["work_ms"] == pytest.approx(1)
+    assert d["b_slower_work_rounds"] == 2 and summarize_rounds(a)["work_ms_median"] == 65
     with pytest.raises(DataError):
         paired_difference(a, b[:2])
     with pytest.raises(DataError):
@@ -106,4 +118,5 @@ def test_bench_node_against_runs_both_configurations_in_alternating_rounds(tmp_p
     assert report["a"]["runs"][0]["backend"] and not report["b"]["runs"][0]["backend"]  # window 0: no backend
     diff = report["difference"]
     assert diff["median_ms"] == pytest.approx(report["b"]["latency_ms_median"] - report["a"]["latency_ms_median"])
+    assert diff["work_ms"] == pytest.approx(report["b"]["work_ms_median"] - report["a"]["work_ms_median"])
     assert "path_at_length" not in report

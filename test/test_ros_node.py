@@ -289,6 +289,33 @@ def test_diagnostics_give_the_backends_work_before_and_after_the_pose(rig):
     assert 30.0 <= float(values["backend_after_pose_ms"]) < 60.0
 
 
+class SlowFinishPipeline(FakePipeline):
+    """FakePipeline whose frames take 20 ms and whose work after each pose (``finish``) takes 300 ms."""
+
+    def __init__(self):
+        super().__init__(delay=0.02)
+
+    def finish(self):
+        time.sleep(0.3)
+
+
+def test_diagnostics_split_the_latency_into_the_images_wait_and_the_frames_work(rig):
+    """An image that arrives while the image thread is still busy (here with the last frame's ``finish()``) waits for
+    it: the diagnostics give that wait and the frame's own work (its latency less the wait) apart."""
+    r = rig(pipeline=SlowFinishPipeline())
+    r.send_info(info_msg())
+    r.send_image(image_msg(1.0))
+    wait_until(lambda: len(r.odom) == 1, "first odometry")
+    r.send_image(image_msg(1.1))  # during the first frame's 300 ms finish()
+    wait_until(lambda: len(r.odom) == 2, "second odometry")
+    values = {kv.key: kv.value for kv in r.node.diagnostics().values}
+    wait_max, work = float(values["latency_wait_ms_max"]), float(values["latency_work_ms_median"])
+    assert 150.0 <= wait_max < 400.0  # the second image waited for the first frame's finish()
+    assert 20.0 <= work < 150.0  # each frame's own work: 20 ms and its messages, without the wait
+    assert float(values["latency_ms_max"]) >= wait_max + 20.0
+    assert float(values["latency_wait_ms_median"]) == pytest.approx(wait_max / 2, abs=20.0)  # of [~0, wait_max]
+
+
 class ListeningPipeline(FinishingPipeline):
     """FinishingPipeline whose backend's worker tells the node when a window is done (``on_window_done``); the node
     takes it with ``take_window``, which refines keyframe 0."""

@@ -51,9 +51,13 @@ class NodeBenchResult:
     # the backend's windows during the measured phase, from the node's diagnostics (1 Hz samples of the last landed
     # window): {"windows": taken, "lag_keyframes_median", "lag_keyframes_max", "samples"}, and its work in the node's
     # image thread, ms per frame (the mean over its last 200 frames): "before_pose_ms" (before the odometry goes out)
-    # and "after_pose_ms" (VOPipeline.finish(), which the next image waits for when the node is saturated); {} with
+    # and "after_pose_ms" (VOPipeline.finish(): on a saturated node it costs frames processed, not latency); {} with
     # the backend off
     backend: dict = field(default_factory=dict)
+    # the node's own split of its latency (receipt -> odometry out, ms), over its last 200 frames (the warm-up's among
+    # them), from its diagnostics: {"median_ms", "wait_median_ms" (the image waiting for the image thread: about half
+    # the publishing period when saturated), "work_median_ms" (each frame's latency less its wait)}; {} when not sent
+    node_latency: dict = field(default_factory=dict)
 
 
 def rss_mb(pid: int) -> float:
@@ -200,6 +204,10 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
         v = float(values.get(f"publish_ms_{k}", "nan"))
         publish_ms[k] = None if np.isnan(v) else v
     backend = _backend_during(diagnostics, diag_start)
+    node_latency = {name: float(values[key]) for name, key in (("median_ms", "latency_ms_median"),
+                                                               ("wait_median_ms", "latency_wait_ms_median"),
+                                                               ("work_median_ms", "latency_work_ms_median"))
+                    if key in values}
     return NodeBenchResult(
         frames=len(sent), received=int(lat.size), drop_rate=1.0 - lat.size / len(sent),
         publish_rate_hz=len(sent) / t_pub if t_pub > 0 else 0.0, node_rate_hz=node_rate,
@@ -207,7 +215,8 @@ def bench_node(frames: list[Frame], node_pid: int, *, n_frames: int = 1000, rate
         latency_ms_mean=float(lat.mean()), latency_ms_max=float(lat.max()),
         rss_mb_start=rss[0], rss_mb_max=max(rss), rss_mb_end=rss[-1],
         image_width=int(images[0].width), image_height=int(images[0].height), encoding=images[0].encoding,
-        wall_s=wall, publish_ms=publish_ms, path_poses=int(values.get("path_poses", 0)), backend=backend)
+        wall_s=wall, publish_ms=publish_ms, path_poses=int(values.get("path_poses", 0)), backend=backend,
+        node_latency=node_latency)
 
 
 def _values(diagnostics) -> dict[str, str]:
@@ -296,12 +305,21 @@ def bench_path_publication(n_poses: int = 10000, repeats: int = 5) -> dict:
 
 def summarize_rounds(runs: list[NodeBenchResult]) -> dict:
     """Several node runs of one configuration: each run's report and the medians over runs of its latency
-    median and p95, node rate and drop rate."""
+    median and p95, node rate, drop rate and the node's own work per frame (``work_ms_median``: its latency less the
+    image's wait, None when a node did not report it)."""
     if not runs:
         raise DataError("summarize_rounds: no runs")
     med = lambda key: float(np.median([getattr(r, key) for r in runs]))  # noqa: E731
+    work = _work_ms(runs)
     return {"latency_ms_median": med("latency_ms_median"), "latency_ms_p95": med("latency_ms_p95"),
-            "node_rate_hz": med("node_rate_hz"), "drop_rate": med("drop_rate"), "runs": [asdict(r) for r in runs]}
+            "node_rate_hz": med("node_rate_hz"), "drop_rate": med("drop_rate"),
+            "work_ms_median": float(np.median(work)) if work is not None else None, "runs": [asdict(r) for r in runs]}
+
+
+def _work_ms(runs: list[NodeBenchResult]) -> list[float] | None:
+    """Each run's ``node_latency["work_median_ms"]``; None when a run lacks it."""
+    work = [r.node_latency.get("work_median_ms") for r in runs]
+    return None if any(w is None for w in work) else work
 
 
 def paired_difference(a: list[NodeBenchResult], b: list[NodeBenchResult]) -> dict:
@@ -310,14 +328,21 @@ def paired_difference(a: list[NodeBenchResult], b: list[NodeBenchResult]) -> dic
     Returns
     -------
     dict: ``median_ms_per_round`` and ``p95_ms_per_round`` (B - A of each round's median and p95),
-    ``median_ms`` (their median), ``b_slower_rounds`` (rounds whose median B > A), ``rounds``.
+    ``median_ms`` (their median), ``b_slower_rounds`` (rounds whose median B > A), ``rounds``; and the same for
+    the nodes' own work per frame (``work_ms_per_round``, ``work_ms``, ``b_slower_work_rounds``: the latency less
+    the image's wait, which at a saturating rate spreads each round's latency by up to the publishing period;
+    None when a node did not report it).
     """
     if len(a) != len(b) or not a:
         raise DataError(f"paired_difference: {len(a)} and {len(b)} runs; need as many of each, at least one")
     diff = [rb.latency_ms_median - ra.latency_ms_median for ra, rb in zip(a, b)]
     p95 = [rb.latency_ms_p95 - ra.latency_ms_p95 for ra, rb in zip(a, b)]
+    wa, wb = _work_ms(a), _work_ms(b)
+    work = [y - x for x, y in zip(wa, wb)] if wa is not None and wb is not None else None
     return {"median_ms_per_round": diff, "p95_ms_per_round": p95, "median_ms": float(np.median(diff)),
-            "p95_ms": float(np.median(p95)), "b_slower_rounds": int(sum(d > 0 for d in diff)), "rounds": len(diff)}
+            "p95_ms": float(np.median(p95)), "b_slower_rounds": int(sum(d > 0 for d in diff)), "rounds": len(diff),
+            "work_ms_per_round": work, "work_ms": float(np.median(work)) if work is not None else None,
+            "b_slower_work_rounds": int(sum(d > 0 for d in work)) if work is not None else None}
 
 
 def report(result: NodeBenchResult, **extra) -> dict:

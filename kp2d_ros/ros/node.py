@@ -117,10 +117,16 @@ class VONode(Node):
         self.stats = collections.Counter()  # received, processed, dropped, rejected, errors, paused_dropped, resets
         self.last_warning = ""
         self.last_estimate: PoseEstimate | None = None
+        # per published frame (ms): receipt -> odometry out, and the part of it the image waited for the image thread
+        # (busy with an earlier frame or its finish(): when saturated, about half the images' period on average, since
+        # the newest image wins); latency less wait is the frame's own work
         self._latency_ms: collections.deque = collections.deque(maxlen=200)
+        self._wait_ms: collections.deque = collections.deque(maxlen=200)
+        self._taken_at: float | None = None  # monotonic time the image thread took the frame in progress
         self._publish_ms = {k: collections.deque(maxlen=200) for k in ("odom", "tf", "keypoints", "path")}
         # the backend's work in this thread per frame (ms): before the pose goes out (the frame's ``backend`` stage less
-        # the last finish(), which the pipeline counts in it) and after it (finish(): the next image waits for it)
+        # the last finish(), which the pipeline counts in it) and after it (finish(): when saturated it delays the next
+        # frame's start, which costs frames processed; the newest image's wait is set by when images arrive)
         self._backend_thread_ms = {k: collections.deque(maxlen=200) for k in ("before_pose", "after_pose")}
         self._finish_ms = 0.0  # the last finish(), not yet counted in a frame's backend stage
         self._warned_at: dict[str, float] = {}  # keyed on the kind of event: a fixed, small set
@@ -342,6 +348,7 @@ class VONode(Node):
                            error=True)
 
     def _process(self, msg, t_recv: float, camera_info) -> None:
+        self._taken_at = time.monotonic()
         try:
             frame, from_header = self._to_frame(msg, camera_info, t_recv)
         except _StampOrderError as e:
@@ -533,6 +540,8 @@ class VONode(Node):
         self.stats["processed"] += 1
         self.last_estimate = est
         self._latency_ms.append((time.monotonic() - t_recv) * 1e3)
+        taken = self._taken_at if self._taken_at is not None else t_recv
+        self._wait_ms.append(max(taken - t_recv, 0.0) * 1e3)
 
     def _odom_base(self, T_world_cam: np.ndarray, metric: bool) -> np.ndarray:
         """The base pose in odom that odometry, TF and the path publish for a camera pose (the lever arm only
@@ -564,6 +573,7 @@ class VONode(Node):
         """Tracking state, counts, latency and publication costs as one DiagnosticStatus."""
         est = self.last_estimate
         lat = np.asarray(self._latency_ms) if self._latency_ms else np.zeros(1)
+        wait = np.asarray(self._wait_ms) if self._wait_ms else np.zeros(1)
         st = DiagnosticStatus(name="kp2d_ros: visual odometry", hardware_id=self.cfg.ros.camera_frame)
         st.level = _LEVELS[est.status] if est is not None else DiagnosticStatus.WARN
         st.message = "paused" if self._paused else (est.status.value if est is not None else "waiting for images")
@@ -578,6 +588,11 @@ class VONode(Node):
             "quality": f"{est.quality:.3f}" if est else "0",
             "latency_ms_median": f"{np.median(lat):.1f}",
             "latency_ms_max": f"{np.max(lat):.1f}",
+            # the latency's two parts: the image waiting for the image thread, and the frame's own work (receipt ->
+            # odometry out, less the wait); a saturated node waits about half the images' period
+            "latency_wait_ms_median": f"{np.median(wait):.1f}",
+            "latency_wait_ms_max": f"{np.max(wait):.1f}",
+            "latency_work_ms_median": f"{np.median(lat - wait):.1f}",
             "processing_ms": f"{est.timings_ms.get('total', 0.0):.1f}" if est else "0",
             "path_poses": str(len(self.path)),
             "scale": ("metric" if est is not None and getattr(est, "scale_metric", False) else "unknown"),
@@ -603,7 +618,8 @@ class VONode(Node):
         windows cost accuracy: ``backend.worker_idle``), its time and outcome; ``backend: off`` without it. And what
         it costs this node's latency: its work in the image thread per frame, the mean over the last 200 frames,
         before the pose goes out (``backend_before_pose_ms``) and after it (``backend_after_pose_ms``, the map's
-        upkeep in ``finish()``, which the next image waits for when the node is saturated); and the windows taken
+        upkeep in ``finish()``: on a saturated node it costs frames processed, not latency, since the newest image's
+        wait is set by when images arrive, ``latency_wait_ms_median``); and the windows taken
         between images, off any image's path (``backend_windows_between_images``)."""
         status_of = getattr(self.pipeline, "backend_status", None)
         status = status_of() if status_of is not None else None
