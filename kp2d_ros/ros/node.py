@@ -118,8 +118,8 @@ class VONode(Node):
         self.last_warning = ""
         self.last_estimate: PoseEstimate | None = None
         # per published frame (ms): receipt -> odometry out, and the part of it the image waited for the image thread
-        # (busy with an earlier frame or its finish(): when saturated, about half the images' period on average, since
-        # the newest image wins); latency less wait is the frame's own work
+        # (busy with an earlier frame, its finish() or a parameter change: when saturated, about half the images'
+        # period on average, since the newest image wins); latency less wait is the frame's own work
         self._latency_ms: collections.deque = collections.deque(maxlen=200)
         self._wait_ms: collections.deque = collections.deque(maxlen=200)
         self._taken_at: float | None = None  # monotonic time the image thread took the frame in progress
