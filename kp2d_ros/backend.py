@@ -1253,11 +1253,9 @@ def solve_window(window: WindowProblem | MapSnapshot, cfg: BackendConfig, focal_
 
 
 def run_window(local_map: LocalMap, sigma: float, focal_px: float) -> BAResult:
-    """Snapshot, optimise and apply in the calling thread (the deterministic mode)."""
-    problem = local_map.problem(sigma)
-    if isinstance(problem, BAResult):
-        return problem
-    result = bundle_adjust(problem, local_map.cfg, focal_px)
+    """Snapshot, optimise and apply in the calling thread (the deterministic mode); a skipped window is returned
+    as it is (:meth:`LocalMap.apply` takes nothing from it)."""
+    result = solve_window(local_map.snapshot(sigma), local_map.cfg, focal_px)
     local_map.apply(result)
     return result
 
