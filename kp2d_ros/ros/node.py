@@ -122,7 +122,6 @@ class VONode(Node):
         # period on average, since the newest image wins); latency less wait is the frame's own work
         self._latency_ms: collections.deque = collections.deque(maxlen=200)
         self._wait_ms: collections.deque = collections.deque(maxlen=200)
-        self._taken_at: float | None = None  # monotonic time the image thread took the frame in progress
         self._publish_ms = {k: collections.deque(maxlen=200) for k in ("odom", "tf", "keypoints", "path")}
         # the backend's work in this thread per frame (ms): before the pose goes out (the frame's ``backend`` stage less
         # the last finish(), which the pipeline counts in it) and after it (finish(): when saturated it delays the next
@@ -348,7 +347,7 @@ class VONode(Node):
                            error=True)
 
     def _process(self, msg, t_recv: float, camera_info) -> None:
-        self._taken_at = time.monotonic()
+        t_taken = time.monotonic()  # the image's wait ends here
         try:
             frame, from_header = self._to_frame(msg, camera_info, t_recv)
         except _StampOrderError as e:
@@ -377,7 +376,7 @@ class VONode(Node):
             self._last_header_stamp = frame.stamp
         # the header's own stamp when it has one (bit-exact for listeners matching stamps), else the estimate
         stamp = msg.header.stamp if from_header else conv.sec_to_stamp(frame.stamp, Time)
-        self._publish(estimate, frame, stamp, t_recv)
+        self._publish(estimate, frame, stamp, t_recv, t_taken)
         finish = getattr(self.pipeline, "finish", None)
         if finish is not None:  # the backend's work that this frame's pose did not need, after it went out
             t0 = time.perf_counter()
@@ -477,7 +476,7 @@ class VONode(Node):
         return stamp, True
 
     # ---------------------------------------------------------------- output
-    def _publish(self, est: PoseEstimate, frame: Frame, stamp, t_recv: float) -> None:
+    def _publish(self, est: PoseEstimate, frame: Frame, stamp, t_recv: float, t_taken: float) -> None:
         rc = self.cfg.ros
         t0 = time.perf_counter()
         metric = bool(getattr(est, "scale_metric", False))
@@ -540,8 +539,7 @@ class VONode(Node):
         self.stats["processed"] += 1
         self.last_estimate = est
         self._latency_ms.append((time.monotonic() - t_recv) * 1e3)
-        taken = self._taken_at if self._taken_at is not None else t_recv
-        self._wait_ms.append(max(taken - t_recv, 0.0) * 1e3)
+        self._wait_ms.append(max(t_taken - t_recv, 0.0) * 1e3)
 
     def _odom_base(self, T_world_cam: np.ndarray, metric: bool) -> np.ndarray:
         """The base pose in odom that odometry, TF and the path publish for a camera pose (the lever arm only
