@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -637,8 +637,25 @@ class HomographyConfig:
     # masked by the losses). False: redraw until the patch fits, which in practice keeps rotations small
     # (|angle| median ~9 deg for max_angle pi/4 at 0.7) and zooms in only.
     allow_artifacts: bool = False
+    # The share of pairs drawn as small motion: every amplitude above (and the patch's margin 1 - patch_ratio)
+    # multiplied by ``small_motion_scale``: two views at about one scale and turn, as consecutive video frames and
+    # illumination-only pairs are (with patch_ratio 0.7 and stage 3's amplitudes ~2 % of the pairs are within 15 %
+    # of one scale and 10 deg of no turn).
+    small_motion_prob: float = 0.0
+    small_motion_scale: float = 0.1
+
+    def small_motion(self) -> "HomographyConfig":
+        """This sampler with every amplitude scaled by ``small_motion_scale`` (and no further small motion)."""
+        k = self.small_motion_scale
+        return replace(self, patch_ratio=1.0 - (1.0 - self.patch_ratio) * k,
+                       scaling_amplitude=self.scaling_amplitude * k, max_angle=self.max_angle * k,
+                       perspective_amplitude=self.perspective_amplitude * k, small_motion_prob=0.0)
 
     def validate(self) -> None:
+        if not 0.0 <= self.small_motion_prob <= 1.0:
+            raise ConfigError(f"homography.small_motion_prob: must be in [0, 1], got {self.small_motion_prob}")
+        if not 0.0 <= self.small_motion_scale <= 1.0:
+            raise ConfigError(f"homography.small_motion_scale: must be in [0, 1], got {self.small_motion_scale}")
         if not 0.0 < self.patch_ratio <= 1.0:
             raise ConfigError(f"homography.patch_ratio: must be in (0, 1], got {self.patch_ratio}")
         _nonneg("homography.scaling_amplitude", self.scaling_amplitude)
@@ -661,11 +678,15 @@ class AugmentationConfig:
     noise_prob: float = 0.5
     blur_prob: float = 0.2
     blur_max_sigma: float = 1.5
+    jpeg_prob: float = 0.0  # JPEG compression at a random quality in [jpeg_min_quality, 95], last
+    jpeg_min_quality: int = 20
 
     def validate(self) -> None:
         for name in ("brightness", "contrast", "saturation", "hue", "noise_std", "blur_max_sigma"):
             _nonneg(f"augmentation.{name}", getattr(self, name))
-        for name in ("channel_shuffle_prob", "greyscale_prob", "noise_prob", "blur_prob"):
+        if not 1 <= self.jpeg_min_quality <= 95:
+            raise ConfigError(f"augmentation.jpeg_min_quality: must be in [1, 95], got {self.jpeg_min_quality}")
+        for name in ("channel_shuffle_prob", "greyscale_prob", "noise_prob", "blur_prob", "jpeg_prob"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"augmentation.{name}: must be in [0, 1], got {v}")

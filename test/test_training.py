@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kp2d_ros.config import AugmentationConfig, HomographyConfig, TrainConfig
-from kp2d_ros.errors import DataError, ModelError
+from kp2d_ros.errors import ConfigError, DataError, ModelError
 from kp2d_ros.networks.io_net import IONet
 from kp2d_ros.networks.keypoint_net import KeyPointNet, KeyPointNetOutput
 from kp2d_ros.training import losses as L
@@ -91,6 +91,62 @@ def test_make_pair_homography_maps_source_to_target():
     mask = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     err = np.abs(recon.astype(float) - tgt.astype(float)).mean(axis=2)[mask]
     assert mask.sum() > 500 and err.mean() < 12
+
+
+def _magnification(H: np.ndarray, w: int, h: int) -> float:
+    """sqrt(|det|) of H's Jacobian at the image centre: how much the pair zooms there."""
+    c, e = np.array([[(w - 1) / 2, (h - 1) / 2]]), 1e-3
+    J = np.stack([(warp_points(c + [e, 0], H) - warp_points(c - [e, 0], H))[0],
+                  (warp_points(c + [0, e], H) - warp_points(c - [0, e], H))[0]], 1) / (2 * e)
+    return float(np.sqrt(abs(np.linalg.det(J))))
+
+
+def test_small_motion_pairs_keep_one_scale_and_the_rest_magnify():
+    no_aug = AugmentationConfig(brightness=0, contrast=0, saturation=0, hue=0, channel_shuffle_prob=0,
+                                greyscale_prob=0, noise_prob=0, blur_prob=0)
+    stage3 = HomographyConfig(scaling_amplitude=0.6, max_angle=np.pi / 2, allow_artifacts=True)
+    rng, img = np.random.default_rng(7), texture(96, 128)
+
+    def near_identity(cfg, n=200):
+        """Per pair: within 15 % of one scale and 10 deg of no turn."""
+        out = []
+        for _ in range(n):
+            H = make_pair(img, 80, 64, cfg, no_aug, rng)[2]
+            angle = np.degrees(abs(np.arctan2(H[1, 0] - H[0, 1], H[0, 0] + H[1, 1])))
+            out.append(abs(np.log(_magnification(H, 80, 64))) < np.log(1.15) and angle < 10)
+        return np.array(out)
+
+    assert near_identity(stage3).mean() < 0.06  # patch_ratio 0.7, turns up to 90 deg: ~2 % of the pairs
+    assert 0.35 < near_identity(HomographyConfig(**{**vars(stage3), "small_motion_prob": 0.5})).mean() < 0.65
+    assert near_identity(HomographyConfig(**{**vars(stage3), "small_motion_prob": 1.0})).all()
+
+
+def test_jpeg_augmentation_compresses_and_is_off_by_default():
+    img = texture()
+    nothing = dict(brightness=0, contrast=0, saturation=0, hue=0, channel_shuffle_prob=0, greyscale_prob=0,
+                   noise_prob=0, blur_prob=0)
+    assert np.array_equal(photometric_augment(img, AugmentationConfig(**nothing), np.random.default_rng(0)), img)
+    out = photometric_augment(img, AugmentationConfig(**nothing, jpeg_prob=1.0, jpeg_min_quality=20),
+                              np.random.default_rng(0))
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    diff = np.abs(out.astype(float) - img.astype(float))
+    assert 0.5 < diff.mean() < 20  # compressed, not replaced
+    red = np.zeros_like(img)
+    red[..., 0] = 200
+    out = photometric_augment(red, AugmentationConfig(**nothing, jpeg_prob=1.0), np.random.default_rng(1))
+    assert out[..., 0].mean() > 150 and out[..., 2].mean() < 50  # RGB stays RGB through OpenCV's BGR codec
+
+
+@pytest.mark.parametrize("key, value", [("small_motion_prob", 1.5), ("small_motion_scale", -0.1)])
+def test_small_motion_settings_are_validated(key, value):
+    with pytest.raises(ConfigError, match=key):
+        HomographyConfig(**{key: value}).validate()
+
+
+@pytest.mark.parametrize("key, value", [("jpeg_prob", 2.0), ("jpeg_min_quality", 0), ("jpeg_min_quality", 100)])
+def test_jpeg_settings_are_validated(key, value):
+    with pytest.raises(ConfigError, match=key):
+        AugmentationConfig(**{key: value}).validate()
 
 
 def test_photometric_augment_changes_image_keeps_dtype():

@@ -1,4 +1,4 @@
-"""Photometric augmentation (colour jitter, channel shuffle, greyscale, noise, blur) on uint8 RGB."""
+"""Photometric augmentation (colour jitter, channel shuffle, greyscale, noise, blur, JPEG) on uint8 RGB."""
 from __future__ import annotations
 
 import cv2
@@ -33,4 +33,9 @@ def photometric_augment(image: np.ndarray, config: AugmentationConfig, rng: np.r
         x = cv2.GaussianBlur(np.ascontiguousarray(x), (0, 0), rng.uniform(0.1, config.blur_max_sigma))
     if config.noise_std > 0 and rng.random() < config.noise_prob:
         x = x + rng.normal(0.0, rng.uniform(0, config.noise_std), x.shape).astype(np.float32)
-    return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    out = (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if config.jpeg_prob > 0 and rng.random() < config.jpeg_prob:
+        quality = int(rng.integers(config.jpeg_min_quality, 96))
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(out[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        out = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+    return out
