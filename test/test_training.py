@@ -137,6 +137,18 @@ def test_jpeg_augmentation_compresses_and_is_off_by_default():
     assert out[..., 0].mean() > 150 and out[..., 2].mean() < 50  # RGB stays RGB through OpenCV's BGR codec
 
 
+@pytest.mark.parametrize("name", ["train", "train_finetune", "train_finetune_320", "train_finetune_small_motion"])
+def test_shipped_training_recipes_load_and_validate(name):
+    from pathlib import Path
+
+    from kp2d_ros.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / f"{name}.yaml", cls=TrainConfig)
+    cfg.validate()
+    small = name == "train_finetune_small_motion"
+    assert (cfg.homography.small_motion_prob > 0) == small and (cfg.augmentation.jpeg_prob > 0) == small
+
+
 @pytest.mark.parametrize("key, value", [("small_motion_prob", 1.5), ("small_motion_scale", -0.1)])
 def test_small_motion_settings_are_validated(key, value):
     with pytest.raises(ConfigError, match=key):
