@@ -101,7 +101,7 @@ def _magnification(H: np.ndarray, w: int, h: int) -> float:
     return float(np.sqrt(abs(np.linalg.det(J))))
 
 
-def test_small_motion_pairs_keep_one_scale_and_the_rest_magnify():
+def test_small_motion_pairs_are_near_identity_in_their_share():
     no_aug = AugmentationConfig(brightness=0, contrast=0, saturation=0, hue=0, channel_shuffle_prob=0,
                                 greyscale_prob=0, noise_prob=0, blur_prob=0)
     stage3 = HomographyConfig(scaling_amplitude=0.6, max_angle=np.pi / 2, allow_artifacts=True)

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 
 from kp2d_ros.config import AugmentationConfig
+from kp2d_ros.errors import DataError
 
 
 def photometric_augment(image: np.ndarray, config: AugmentationConfig, rng: np.random.Generator) -> np.ndarray:
@@ -37,5 +38,7 @@ def photometric_augment(image: np.ndarray, config: AugmentationConfig, rng: np.r
     if config.jpeg_prob > 0 and rng.random() < config.jpeg_prob:
         quality = int(rng.integers(config.jpeg_min_quality, 96))
         ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(out[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise DataError(f"JPEG augmentation: OpenCV could not encode a {out.shape} image")
         out = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
     return out
