@@ -666,7 +666,7 @@ class HomographyConfig:
 
 @dataclass
 class AugmentationConfig:
-    """Photometric augmentation of the warped (source) image."""
+    """Photometric augmentation, drawn independently for each image of a training pair."""
 
     brightness: float = 0.5
     contrast: float = 0.5
