@@ -62,8 +62,6 @@ def make_pair(image: np.ndarray, width: int, height: int, homography: Homography
     H (3, 3) float64 mapping source pixels to target pixels.
     """
     target = random_crop(image, width, height, rng)
-    if homography.small_motion_prob > 0 and rng.random() < homography.small_motion_prob:
-        homography = homography.small_motion()
     H_warp = sample_homography(width, height, homography, rng)  # target -> source
     source = warp_image(target, H_warp)
     source = photometric_augment(source, augmentation, rng)

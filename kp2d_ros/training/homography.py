@@ -29,8 +29,10 @@ def sample_homography(width: int, height: int, config: HomographyConfig, rng: np
     Returns
     -------
     (3, 3) float64 H with [x_t, y_t, 1]^T ~ H [x_s, y_s, 1]^T; the target corners map back
-    inside the source image.
+    inside the source image. A share ``small_motion_prob`` of the draws uses ``config.small_motion()``.
     """
+    if config.small_motion_prob > 0 and rng.random() < config.small_motion_prob:
+        config = config.small_motion()
     m = (1.0 - config.patch_ratio) / 2.0
     # Patch corners in normalised [0, 1] coordinates: tl, bl, br, tr.
     patch = np.array([[m, m], [m, 1 - m], [1 - m, 1 - m], [1 - m, m]], dtype=np.float64)
