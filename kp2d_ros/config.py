@@ -726,6 +726,10 @@ class OptimConfig:
     lr_decay_steps: int = 0  # StepLR step size in optimiser steps, 0 = constant
     lr_decay_gamma: float = 0.5
     grad_clip: float = 0.0  # max grad norm, 0 = off
+    # exponential moving average of both networks' weights (and BatchNorm statistics), updated after every step:
+    # avg <- ema_decay * avg + (1 - ema_decay) * weights; 0 = off. When on, the run's keypoint_net.pt / io_net.pt
+    # hold the averages (the raw weights stay in checkpoint.pt)
+    ema_decay: float = 0.0
 
     def validate(self) -> None:
         _positive("optim.lr", self.lr)
@@ -733,6 +737,8 @@ class OptimConfig:
         _nonneg("optim.lr_decay_steps", self.lr_decay_steps)
         _positive("optim.lr_decay_gamma", self.lr_decay_gamma)
         _nonneg("optim.grad_clip", self.grad_clip)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
 @dataclass

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from kp2d_ros.config import AugmentationConfig, HomographyConfig, TrainConfig
+from kp2d_ros.config import AugmentationConfig, HomographyConfig, OptimConfig, TrainConfig
 from kp2d_ros.errors import ConfigError, DataError, ModelError
 from kp2d_ros.networks.io_net import IONet
 from kp2d_ros.networks.keypoint_net import KeyPointNet, KeyPointNetOutput
+from kp2d_ros.networks.weights import read_weights
 from kp2d_ros.training import losses as L
 from kp2d_ros.training.augment import photometric_augment
 from kp2d_ros.training.dataset import PairSampler, list_images, make_pair
@@ -315,6 +316,38 @@ def test_fine_tuning_starts_from_given_weights(tmp_path, image_dir):
     wide.keypoint_net.width_multiplier = 0.5
     with pytest.raises(ModelError, match="does not fit KeyPointNet"):
         Trainer(wide, image_dir, tmp_path / "wide")
+
+
+def test_weight_averages_follow_the_steps_and_survive_a_resume(tmp_path, image_dir):
+    """optim.ema_decay: keypoint_net.pt holds avg_t = d * avg_(t-1) + (1 - d) * w_t from the start weights, the raw
+    weights train as without it, and a resume continues the averages bit for bit."""
+    d = 0.5
+    plain = Trainer(tiny_config(), image_dir, tmp_path / "plain")
+    plain.train(3)  # one trainer at a time: they share torch's global RNG (dropout)
+    ema = Trainer(tiny_config(optim=OptimConfig(ema_decay=d)), image_dir, tmp_path / "ema")
+    expected = {k: v.clone() for k, v in _weights(ema).items() if v.is_floating_point()}
+    for _ in range(3):
+        ema.train_step()
+        for k, w in _weights(ema).items():
+            if k in expected:
+                expected[k] = d * expected[k] + (1 - d) * w
+    wa, wb = _weights(plain), _weights(ema)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the averages do not touch the training
+    ema.save_checkpoint()
+    got, meta = read_weights(tmp_path / "ema" / "keypoint_net.pt")  # builds no network: draws nothing from the RNG
+    assert meta["ema_decay"] == d
+    assert all(torch.allclose(got[k], v, atol=1e-6) for k, v in expected.items())
+    assert not all(torch.allclose(got[k], wb[k]) for k in expected)  # the averages, not the last weights
+    ema.train(5)
+    resumed = Trainer(tiny_config(optim=OptimConfig(ema_decay=d)), image_dir, tmp_path / "ema_resumed")
+    resumed.train(3)
+    resumed.save_checkpoint()
+    resumed = Trainer(tiny_config(optim=OptimConfig(ema_decay=d)), image_dir, tmp_path / "ema_resumed", resume=True)
+    resumed.train(5)
+    a, b = ema.ema["keypoint_net"].state_dict(), resumed.ema["keypoint_net"].state_dict()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    with pytest.raises(ConfigError, match="ema_decay"):
+        OptimConfig(ema_decay=1.0).validate()
 
 
 def test_corrupt_or_missing_checkpoint_raises(tmp_path, image_dir):

@@ -2,7 +2,8 @@
 
 Runs on CPU or CUDA (AMP on CUDA), and under ``torchrun`` (DDP when ``WORLD_SIZE > 1``; rank 0
 logs and checkpoints). Checkpoints are written atomically (tmp file + ``os.replace``) and hold
-everything a resume needs: both networks, optimiser, scheduler, step and every RNG state.
+everything a resume needs: both networks, their weight averages (``optim.ema_decay``), optimiser, scheduler, step
+and every RNG state.
 """
 from __future__ import annotations
 
@@ -153,10 +154,21 @@ class Trainer:
             self.kp_model, self.io_model = self.keypoint_net, self.io_net
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
+        self._ema_state: dict | None = None
         if resume:
             self.load_checkpoint(self.out / CHECKPOINT)
         else:
             self.load_init_weights()
+        # weight averages (optim.ema_decay), started from the weights the run starts from
+        self.ema: dict[str, torch.optim.swa_utils.AveragedModel] = {}
+        if cfg.optim.ema_decay > 0:
+            avg = torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.optim.ema_decay)
+            for name, net in (("keypoint_net", self.keypoint_net), ("io_net", self.io_net)):
+                self.ema[name] = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=avg, use_buffers=True)
+                if self._ema_state and name in self._ema_state:
+                    self.ema[name].load_state_dict(self._ema_state[name])
+                else:
+                    self.ema[name].update_parameters(net)  # the first update copies
         if self.rank == 0:  # the effective config (a resume may override e.g. augmentation)
             dump_config(cfg, self.out / ("config.yaml" if not resume else f"config.resume{self.step}.yaml"), ros=False)
 
@@ -179,6 +191,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        for name, avg in self.ema.items():
+            avg.update_parameters(getattr(self, name))
         self.step += 1
         if not math.isfinite(logs["total"]):
             raise ModelError(f"training diverged at step {self.step}: loss {logs['total']}")
@@ -239,6 +253,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "ema": {name: avg.state_dict() for name, avg in self.ema.items()},
             "config": to_dict(self.cfg),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -252,8 +267,11 @@ class Trainer:
         torch.save(state, tmp)
         os.replace(tmp, path)
         meta = {"step": self.step, "train_resolution": list(self.cfg.resolution), "seed": self.cfg.seed}
-        save_network(self.keypoint_net, self.out / "keypoint_net.pt", **meta)
-        save_network(self.io_net, self.out / "io_net.pt", **meta)
+        if self.ema:
+            meta["ema_decay"] = self.cfg.optim.ema_decay
+        for name in ("keypoint_net", "io_net"):  # the averages when optim.ema_decay is on
+            net = self.ema[name].module if name in self.ema else getattr(self, name)
+            save_network(net, self.out / f"{name}.pt", **meta)
         self.plot()
         return path
 
@@ -292,6 +310,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
+            self._ema_state = state.get("ema") or None  # a run without averages resumed with them starts them here
             rng = state["rng"]
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] and torch.cuda.is_available():
