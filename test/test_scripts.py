@@ -445,3 +445,30 @@ def test_precision_parts_jitter_is_the_same_for_the_same_image_and_seed():
     a, b = pp.jittered(points, image, 0.02, 1), pp.jittered(points, image, 0.02, 1)
     assert torch.equal(a, b) and not torch.equal(a, pp.jittered(points, image, 0.02, 2))
     assert 0.018 < float(a.std()) < 0.022 and abs(float(a.mean())) < 0.002
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/two_view_errors.py (issue 10: keypoints judged for VO pair by pair)
+# --------------------------------------------------------------------------------------------
+def test_two_view_errors_scores_every_pair_against_the_truth(tmp_path):
+    """On 7 frames of the synthetic street (SIFT, pinhole): a row per pair, the poses within a tenth of a degree in
+    rotation and a few degrees in direction, the caller's config untouched; the CLI writes every pair and answers a
+    missing sequence with exit code 2."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from two_view_errors import main, two_view_errors
+
+    from kp2d_ros.config import load_config
+    from kp2d_ros.data import open_sequence
+    from kp2d_ros.data.synthetic import write_synthetic_sequence
+
+    path = write_synthetic_sequence(tmp_path / "street", 7, speed=0.3)
+    cfg = load_config(REPO / "config" / "vo_classical.yaml")
+    r = two_view_errors(open_sequence(path, camera=cfg.camera), cfg, gap=2, stride=2)
+    assert [p["first"] for p in r["pairs"]] == [0, 2, 4]
+    assert r["rot_err_deg_median"] < 0.1 and r["t_dir_err_deg_median"] < 3.0, r
+    assert cfg.backend.window > 0  # the caller's config is left as it was
+    out = tmp_path / "tv.json"
+    assert main(["--config", str(REPO / "config" / "vo_classical.yaml"), "--pairs", f"{path}:3:3",
+                 "--out", str(out)]) == 0
+    assert len(json.loads(out.read_text())["runs"][f"{path}:3:3"]["pairs"]) == 2
+    assert main(["--pairs", f"{tmp_path / 'missing'}:1:1"]) == 2
