@@ -43,7 +43,7 @@ def two_view_errors(sequence, cfg, gap: int = 1, stride: int = 1) -> dict:
     """
     import copy
 
-    from kp2d_ros.geometry import rotation_angle_deg
+    from kp2d_ros.geometry import angle_between_deg, rotation_angle_deg
     from kp2d_ros.pipeline import VOPipeline
 
     truth = sequence.ground_truth
@@ -71,11 +71,9 @@ def two_view_errors(sequence, cfg, gap: int = 1, stride: int = 1) -> dict:
             est = vo.process(b)
             truth_ab = np.linalg.inv(pose_at(a)) @ pose_at(b)
             rot = rotation_angle_deg(truth_ab[:3, :3].T @ est.T_world_cam[:3, :3])
-            t_true, t_est = truth_ab[:3, 3], est.T_world_cam[:3, 3]
-            norms = np.linalg.norm(t_true) * np.linalg.norm(t_est)
-            t_dir = (float(np.degrees(np.arccos(np.clip(t_true @ t_est / norms, -1.0, 1.0)))) if norms > 1e-12
-                     else None)
-            rows.append({"first": a.index, "status": est.status.value, "rot_err_deg": float(rot), "t_dir_err_deg": t_dir})
+            t_dir = angle_between_deg(truth_ab[:3, 3], est.T_world_cam[:3, 3])  # NaN when either is zero
+            rows.append({"first": a.index, "status": est.status.value, "rot_err_deg": float(rot),
+                         "t_dir_err_deg": None if np.isnan(t_dir) else t_dir})
     finally:
         vo.close()
     rot = np.array([r["rot_err_deg"] for r in rows])
