@@ -18,41 +18,26 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from kp2d_ros.config import load_config, parse_overrides
 from kp2d_ros.data import open_sequence
 from kp2d_ros.data.synthetic import write_synthetic_sequence
 from kp2d_ros.eval.replay import replay
-from kp2d_ros.geometry import rotation_angle_deg
-from kp2d_ros.pipeline import VOPipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from two_view_errors import two_view_errors  # noqa: E402  (a script beside this one)
 
 KITTI06_PAIRS = ((12, 13), (435, 436), (1, 12))
 
 
 def kitti06_two_view(path: Path, cfg) -> dict:
-    """Relative pose of each frame pair against the ground truth: rotation error (deg) and
-    translation-direction error (deg)."""
-    seq = open_sequence(path, camera=cfg.camera)
-    frames = {f.index: f for f in seq}
+    """Relative pose of each of ``KITTI06_PAIRS`` (KITTI frame numbers) against the ground truth: rotation error (deg)
+    and translation-direction error (deg), by ``two_view_errors.py``."""
     numbers = [int(p.stem) for p in sorted((path / "image_0").glob("*.png"))]
-    poses = np.loadtxt(path / "poses_06.txt").reshape(-1, 3, 4)
-    rows = []
-    for a, b in KITTI06_PAIRS:
-        vo = VOPipeline(cfg)
-        vo.process(frames[numbers.index(a)])
-        est = vo.process(frames[numbers.index(b)])
-        Ta, Tb = np.eye(4), np.eye(4)
-        Ta[:3], Tb[:3] = poses[a], poses[b]
-        gt = np.linalg.inv(Ta) @ Tb
-        rel = est.T_world_cam  # the first frame is the world
-        rot = rotation_angle_deg(gt[:3, :3].T @ rel[:3, :3])
-        t_gt, t_est = gt[:3, 3], rel[:3, 3]
-        ok = np.linalg.norm(t_est) > 0
-        cos = float(t_gt @ t_est / (np.linalg.norm(t_gt) * np.linalg.norm(t_est))) if ok else float("nan")
-        rows.append({"pair": [a, b], "status": est.status.value, "rot_err_deg": float(rot),
-                     "t_dir_err_deg": float(np.degrees(np.arccos(np.clip(cos, -1, 1)))) if ok else None})
-    return {"pairs": rows, "rot_err_deg_mean": float(np.mean([r["rot_err_deg"] for r in rows]))}
+    r = two_view_errors(open_sequence(path, camera=cfg.camera), cfg,
+                        pairs=[(numbers.index(a), numbers.index(b)) for a, b in KITTI06_PAIRS])
+    rows = [{"pair": [a, b], **{k: row[k] for k in ("status", "rot_err_deg", "t_dir_err_deg")}}
+            for (a, b), row in zip(KITTI06_PAIRS, r["pairs"])]
+    return {"pairs": rows, "rot_err_deg_mean": r["rot_err_deg_mean"]}
 
 
 def main() -> int:

@@ -28,13 +28,14 @@ from pathlib import Path
 import numpy as np
 
 
-def two_view_errors(sequence, cfg, gap: int = 1, stride: int = 1) -> dict:
+def two_view_errors(sequence, cfg, gap: int = 1, stride: int = 1, pairs=None) -> dict:
     """Pose each pair (i, i + gap), i = 0, stride, ..., of ``sequence`` (a :class:`kp2d_ros.data.sequence.Sequence`
     with ground truth at its frames' stamps) with a reset pipeline of ``cfg`` (its backend is turned off here).
+    ``pairs``: explicit (i, j) positions in the sequence's frame list instead of ``gap`` and ``stride``.
 
-    Returns {"pairs": [{"first", "status", "rot_err_deg", "t_dir_err_deg"}], "rot_err_deg_median", "rot_err_deg_mean",
-    "t_dir_err_deg_median", "t_dir_err_deg_mean"}; ``t_dir_err_deg`` is None where either translation is zero
-    (a static or rotation-only estimate).
+    Returns {"pairs": [{"first", "second", "status", "rot_err_deg", "t_dir_err_deg"}] (``first``/``second``: the
+    frames' indices), "rot_err_deg_median", "rot_err_deg_mean", "t_dir_err_deg_median", "t_dir_err_deg_mean"};
+    ``t_dir_err_deg`` is None where either translation is zero (a static or rotation-only estimate).
 
     Raises
     ------
@@ -50,8 +51,13 @@ def two_view_errors(sequence, cfg, gap: int = 1, stride: int = 1) -> dict:
     if truth is None:
         raise ValueError("the sequence has no ground truth")
     frames = list(sequence)
-    if gap < 1 or stride < 1 or len(frames) <= gap:
-        raise ValueError(f"no pair: {len(frames)} frames, gap {gap}, stride {stride}")
+    if pairs is None:
+        if gap < 1 or stride < 1 or len(frames) <= gap:
+            raise ValueError(f"no pair: {len(frames)} frames, gap {gap}, stride {stride}")
+        pairs = [(i, i + gap) for i in range(0, len(frames) - gap, stride)]
+    pairs = list(pairs)
+    if not pairs or any(not 0 <= k < len(frames) for pair in pairs for k in pair):
+        raise ValueError(f"no pair, or a pair outside the {len(frames)} frames: {pairs}")
 
     def pose_at(frame) -> np.ndarray:
         j = int(np.argmin(np.abs(truth.stamps - frame.stamp)))
@@ -64,15 +70,15 @@ def two_view_errors(sequence, cfg, gap: int = 1, stride: int = 1) -> dict:
     vo = VOPipeline(cfg)
     rows = []
     try:
-        for i in range(0, len(frames) - gap, stride):
-            a, b = frames[i], frames[i + gap]
+        for i, j in pairs:
+            a, b = frames[i], frames[j]
             vo.reset()
             vo.process(a)  # the world frame
             est = vo.process(b)
             truth_ab = np.linalg.inv(pose_at(a)) @ pose_at(b)
             rot = rotation_angle_deg(truth_ab[:3, :3].T @ est.T_world_cam[:3, :3])
             t_dir = angle_between_deg(truth_ab[:3, 3], est.T_world_cam[:3, 3])  # NaN when either is zero
-            rows.append({"first": a.index, "status": est.status.value, "rot_err_deg": float(rot),
+            rows.append({"first": a.index, "second": b.index, "status": est.status.value, "rot_err_deg": float(rot),
                          "t_dir_err_deg": None if np.isnan(t_dir) else t_dir})
     finally:
         vo.close()

@@ -451,9 +451,9 @@ def test_precision_parts_jitter_is_the_same_for_the_same_image_and_seed():
 # scripts/two_view_errors.py (issue 10: keypoints judged for VO pair by pair)
 # --------------------------------------------------------------------------------------------
 def test_two_view_errors_scores_every_pair_against_the_truth(tmp_path):
-    """On 7 frames of the synthetic street (SIFT, pinhole): a row per pair, the poses within a tenth of a degree in
-    rotation and a few degrees in direction, the caller's config untouched; the CLI writes every pair and answers a
-    missing sequence with exit code 2."""
+    """On 7 frames of the synthetic street (SIFT, pinhole): a row per pair (by gap and stride, or named), the poses
+    within a tenth of a degree in rotation and a few degrees in direction, the caller's config untouched; the CLI
+    writes every pair and answers a missing sequence with exit code 2."""
     sys.path.insert(0, str(REPO / "scripts"))
     from two_view_errors import main, two_view_errors
 
@@ -464,8 +464,13 @@ def test_two_view_errors_scores_every_pair_against_the_truth(tmp_path):
     path = write_synthetic_sequence(tmp_path / "street", 7, speed=0.3)
     cfg = load_config(REPO / "config" / "vo_classical.yaml")
     r = two_view_errors(open_sequence(path, camera=cfg.camera), cfg, gap=2, stride=2)
-    assert [p["first"] for p in r["pairs"]] == [0, 2, 4]
+    assert [p["first"] for p in r["pairs"]] == [0, 2, 4] and [p["second"] for p in r["pairs"]] == [2, 4, 6]
     assert r["rot_err_deg_median"] < 0.1 and r["t_dir_err_deg_median"] < 3.0, r
+    chosen = two_view_errors(open_sequence(path, camera=cfg.camera), cfg, pairs=[(2, 4), (1, 6)])
+    assert [(p["first"], p["second"]) for p in chosen["pairs"]] == [(2, 4), (1, 6)]
+    assert chosen["pairs"][0] == r["pairs"][1]  # a pair scores the same whichever way it is named
+    with pytest.raises(ValueError):
+        two_view_errors(open_sequence(path, camera=cfg.camera), cfg, pairs=[(0, 7)])
     assert cfg.backend.window > 0  # the caller's config is left as it was
     out = tmp_path / "tv.json"
     assert main(["--config", str(REPO / "config" / "vo_classical.yaml"), "--pairs", f"{path}:3:3",

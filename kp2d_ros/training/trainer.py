@@ -169,6 +169,7 @@ class Trainer:
                     self.ema[name].load_state_dict(self._ema_state[name])
                 else:
                     self.ema[name].update_parameters(net)  # the first update copies
+        self._ema_state = None  # loaded into the averages (or unused): not kept beside them
         if self.rank == 0:  # the effective config (a resume may override e.g. augmentation)
             dump_config(cfg, self.out / ("config.yaml" if not resume else f"config.resume{self.step}.yaml"), ros=False)
 
