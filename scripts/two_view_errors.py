@@ -8,8 +8,9 @@ backend off) poses frame i + gap against frame i, and the pose is compared with 
 - rotation error (degrees), the angle of R_gt^T R_est;
 - translation-direction error (degrees), the angle between the two translations (a monocular pair has no length).
 
-Prints the median and mean of both per ``SEQUENCE:GAP:STRIDE`` and writes JSON with every pair. ``street`` is the
-demo's synthetic street (80 frames, seed 0), written to a temporary folder.
+Prints the median and mean of both per ``SEQUENCE:GAP:STRIDE`` (with ``--ranges A:B ...`` also the medians of the
+pairs whose first frame index is in each [A, B), e.g. KITTI 07's turns 10:45 118:152) and writes JSON with every pair.
+``street`` is the demo's synthetic street (80 frames, seed 0), written to a temporary folder.
 
 Example (models/README.md, *Stage 4*: the shipped weights against stage 4's)::
 
@@ -90,14 +91,36 @@ def two_view_errors(sequence, cfg, gap: int = 1, stride: int = 1, pairs=None) ->
             "t_dir_err_deg_mean": float(np.mean(t_dir)) if len(t_dir) else None}
 
 
+def by_range(result: dict, ranges: list[tuple[int, int]]) -> dict:
+    """Median rotation and direction errors of the pairs of ``result`` (:func:`two_view_errors`) whose first frame
+    index lies in each [a, b) of ``ranges`` (e.g. a clip's turns), keyed "a:b"; None where a range has no pair."""
+    out = {}
+    for a, b in ranges:
+        rows = [r for r in result["pairs"] if a <= r["first"] < b]
+        t_dir = [r["t_dir_err_deg"] for r in rows if r["t_dir_err_deg"] is not None]
+        out[f"{a}:{b}"] = {"pairs": len(rows),
+                           "rot_err_deg_median": float(np.median([r["rot_err_deg"] for r in rows])) if rows else None,
+                           "t_dir_err_deg_median": float(np.median(t_dir)) if t_dir else None}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", nargs="+", required=True, metavar="SEQUENCE:GAP:STRIDE",
                     help="a sequence folder or bag with ground truth (or 'street'), the frame gap and the stride")
     ap.add_argument("--config", default="config/vo.yaml")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted config overrides")
+    ap.add_argument("--ranges", nargs="*", default=[], metavar="A:B",
+                    help="also the medians of the pairs whose first frame index is in [A, B), e.g. a clip's turns")
     ap.add_argument("--out", default=None, help="JSON file")
     args = ap.parse_args(argv)
+    try:
+        ranges = [tuple(int(v) for v in r.split(":")) for r in args.ranges]
+        if any(len(r) != 2 for r in ranges):
+            raise ValueError
+    except ValueError:
+        print(f"two_view_errors: --ranges takes A:B, got {args.ranges}", file=sys.stderr)
+        return 2
 
     from kp2d_ros.config import load_config, parse_overrides
     from kp2d_ros.data import open_sequence
@@ -118,6 +141,13 @@ def main(argv=None) -> int:
                 print(f"{spec:<50} pairs {len(r['pairs']):>4}  rotation error median {r['rot_err_deg_median']:.4f} "
                       f"mean {r['rot_err_deg_mean']:.4f} deg  direction error median "
                       f"{float('nan') if t_med is None else t_med:.3f} deg", flush=True)
+                if ranges:
+                    r["ranges"] = by_range(r, ranges)
+                    for key, g in r["ranges"].items():
+                        rot_med, dir_med = (float("nan") if v is None else v
+                                            for v in (g["rot_err_deg_median"], g["t_dir_err_deg_median"]))
+                        print(f"  first frame in [{key}): pairs {g['pairs']:>4}  rotation error median {rot_med:.4f} "
+                              f"deg  direction error median {dir_med:.3f} deg", flush=True)
     except (Kp2dError, ValueError, OSError) as e:
         print(f"two_view_errors: {e}", file=sys.stderr)
         return 2

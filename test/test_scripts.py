@@ -453,7 +453,8 @@ def test_precision_parts_jitter_is_the_same_for_the_same_image_and_seed():
 def test_two_view_errors_scores_every_pair_against_the_truth(tmp_path):
     """On 7 frames of the synthetic street (SIFT, pinhole): a row per pair (by gap and stride, or named), the poses
     within a tenth of a degree in rotation and a few degrees in direction, the caller's config untouched; the CLI
-    writes every pair and answers a missing sequence with exit code 2."""
+    writes every pair and the medians by frame range, and answers a malformed range or a missing sequence with exit
+    code 2."""
     sys.path.insert(0, str(REPO / "scripts"))
     from two_view_errors import main, two_view_errors
 
@@ -474,6 +475,11 @@ def test_two_view_errors_scores_every_pair_against_the_truth(tmp_path):
     assert cfg.backend.window > 0  # the caller's config is left as it was
     out = tmp_path / "tv.json"
     assert main(["--config", str(REPO / "config" / "vo_classical.yaml"), "--pairs", f"{path}:3:3",
-                 "--out", str(out)]) == 0
-    assert len(json.loads(out.read_text())["runs"][f"{path}:3:3"]["pairs"]) == 2
+                 "--ranges", "0:3", "3:9", "7:9", "--out", str(out)]) == 0
+    run = json.loads(out.read_text())["runs"][f"{path}:3:3"]
+    assert len(run["pairs"]) == 2
+    assert {k: g["pairs"] for k, g in run["ranges"].items()} == {"0:3": 1, "3:9": 1, "7:9": 0}
+    assert run["ranges"]["3:9"]["rot_err_deg_median"] == run["pairs"][1]["rot_err_deg"]
+    assert run["ranges"]["7:9"]["rot_err_deg_median"] is None
+    assert main(["--pairs", f"{path}:3:3", "--ranges", "5"]) == 2
     assert main(["--pairs", f"{tmp_path / 'missing'}:1:1"]) == 2
