@@ -1,34 +1,81 @@
 #!/usr/bin/env python3
-"""Diagnostic: KITTI 07 with the residual radial distortion k1 held fixed, in the front end and in every window
-(the windows do not estimate it), to see whether the kp2d/SIFT gap is the self-calibration.
+"""Diagnostic: a replay with the residual radial distortion k1 held fixed, in the front end and in every window
+(the windows do not estimate it), to see how much of a result is the lens self-calibration's.
 
-    python scripts/fixed_k1_probe.py CONFIG K1 OUT_DIR     # e.g. config/vo.yaml 0.015 out/k1fix_kp2d
+    python scripts/fixed_k1_probe.py CONFIG K1 OUT_DIR [--sequence PATH] [--set KEY=VALUE ...]
+    # e.g. config/vo.yaml 0.015 out/k1fix_kp2d; --set frontend.model_path=OTHER.pt for other weights
 
-Patches the pipeline for this process only (the product has no such setting); deterministic replay; writes
-kp2d replay's outputs to OUT_DIR and prints ATE, RPE rot, RPE trans.
+Patches the pipeline and the backend's map for this process only (the product has no such setting): each window's
+snapshot is built without k1 among its unknowns and with K1 as its lens, and the front end undistorts with K1 from
+the first frame on. Deterministic replay (``kp2d replay``'s, default sequence KITTI 07); writes its outputs to
+OUT_DIR and prints ATE, RPE rot, RPE trans. ``backend.self_calibration`` must be on (the default), or the front end
+does not take a k1 at all.
 """
-import sys
-from pathlib import Path
-from kp2d_ros.cli.replay import write_outputs
-from kp2d_ros.config import load_config
-from kp2d_ros.data import open_sequence
-from kp2d_ros.eval.replay import replay
-from kp2d_ros import pipeline as P, backend as B
+from __future__ import annotations
 
-cfgfile, k1, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-cfg = load_config(cfgfile)
-cfg.backend.threaded = False
-orig_problem = B.LocalMap.problem
-B.LocalMap.problem = lambda self, sigma, k1_=0.0, calibrate=False: orig_problem(self, sigma, k1, False)
-orig_after = P.VOPipeline._after_backend
-def after(self, r):
-    orig_after(self, r); self.k1 = k1
-P.VOPipeline._after_backend = after
-orig_reset = P.VOPipeline.reset
-def reset(self):
-    orig_reset(self); self.k1 = k1
-P.VOPipeline.reset = reset
-seq = open_sequence("../shared/data/vo/kitti07_f0000-0159", camera=cfg.camera)
-res = replay(seq, cfg, progress=False)
-rep = write_outputs(res, seq, cfg, Path(out))
-print(out, k1, rep["ate_rmse_m"], rep["rpe_rot_deg"], rep["rpe_trans_m"])
+import argparse
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def hold_k1(k1: float):
+    """Within the block, :class:`~kp2d_ros.pipeline.VOPipeline` and :class:`~kp2d_ros.backend.LocalMap` use ``k1``
+    in the front end and in every window, and no window estimates it; restored on leaving."""
+    from kp2d_ros import backend as B
+    from kp2d_ros import pipeline as P
+
+    snapshot, after, reset = B.LocalMap.snapshot, P.VOPipeline._after_backend, P.VOPipeline.reset
+
+    def fixed_snapshot(self, sigma, k1_=0.0, calibrate=False):
+        return snapshot(self, sigma, k1, False)
+
+    def fixed_after(self, result):
+        after(self, result)
+        self.k1 = k1
+
+    def fixed_reset(self):
+        reset(self)
+        self.k1 = k1
+
+    B.LocalMap.snapshot, P.VOPipeline._after_backend, P.VOPipeline.reset = fixed_snapshot, fixed_after, fixed_reset
+    try:
+        yield
+    finally:
+        B.LocalMap.snapshot, P.VOPipeline._after_backend, P.VOPipeline.reset = snapshot, after, reset
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config")
+    ap.add_argument("k1", type=float)
+    ap.add_argument("out")
+    ap.add_argument("--sequence", default="../shared/data/vo/kitti07_f0000-0159")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted config overrides")
+    args = ap.parse_args(argv)
+
+    from kp2d_ros.cli.replay import write_outputs
+    from kp2d_ros.config import load_config, parse_overrides
+    from kp2d_ros.data import open_sequence
+    from kp2d_ros.errors import Kp2dError
+    from kp2d_ros.eval.replay import replay
+
+    try:
+        cfg = load_config(args.config, overrides=parse_overrides(args.set))
+        if not cfg.backend.self_calibration:
+            raise ValueError("backend.self_calibration is off: the front end would not take a k1")
+        cfg.backend.threaded = False
+        seq = open_sequence(args.sequence, camera=cfg.camera)
+        with hold_k1(args.k1):
+            result = replay(seq, cfg, progress=False)
+        rep = write_outputs(result, seq, cfg, Path(args.out))
+    except (Kp2dError, ValueError, OSError) as e:
+        print(f"fixed_k1_probe: {e}", file=sys.stderr)
+        return 2
+    print(args.out, args.k1, rep["ate_rmse_m"], rep["rpe_rot_deg"], rep["rpe_trans_m"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

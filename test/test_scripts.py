@@ -483,3 +483,42 @@ def test_two_view_errors_scores_every_pair_against_the_truth(tmp_path):
     assert run["ranges"]["7:9"]["rot_err_deg_median"] is None
     assert main(["--pairs", f"{path}:3:3", "--ranges", "5"]) == 2
     assert main(["--pairs", f"{tmp_path / 'missing'}:1:1"]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/fixed_k1_probe.py (diagnostic: a replay with the lens's k1 held in the front end and every window)
+# --------------------------------------------------------------------------------------------
+def test_fixed_k1_probe_holds_k1_in_every_window_and_restores_the_pipeline(tmp_path, monkeypatch):
+    """Within ``hold_k1`` every window is solved with the given k1 and without estimating it; outside it the windows
+    calibrate again. The CLI writes a replay's report and refuses a config without self-calibration (exit 2)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from fixed_k1_probe import hold_k1, main
+
+    import kp2d_ros.pipeline as P
+    from kp2d_ros.config import load_config
+    from kp2d_ros.data import open_sequence
+    from kp2d_ros.data.synthetic import write_synthetic_sequence
+    from kp2d_ros.eval.replay import replay
+
+    calls = []
+    solve = P.bundle_adjust
+
+    def spy(problem, cfg, focal):
+        calls.append((problem.calibrate, problem.k1))
+        return solve(problem, cfg, focal)
+
+    monkeypatch.setattr(P, "bundle_adjust", spy)
+    path = write_synthetic_sequence(tmp_path / "street", 12, speed=0.3)
+    cfg = load_config(REPO / "config" / "vo_classical.yaml",
+                      overrides={"backend.window": 6, "backend.fixed_keyframes": 2, "backend.threaded": False})
+    with hold_k1(0.01):
+        replay(open_sequence(path, camera=cfg.camera), cfg, progress=False)
+    assert calls and all(c == (False, 0.01) for c in calls), calls
+    calls.clear()
+    replay(open_sequence(path, camera=cfg.camera), cfg, progress=False)
+    assert calls and all(k1 != 0.01 for _, k1 in calls), calls  # restored: the windows' own lens again
+    sets = ["--sequence", str(path), "--set", "backend.window=6", "backend.fixed_keyframes=2"]
+    assert main([str(REPO / "config" / "vo_classical.yaml"), "0.01", str(tmp_path / "out"), *sets]) == 0
+    assert "ate_rmse_m" in json.loads((tmp_path / "out" / "report.json").read_text())
+    assert main([str(REPO / "config" / "vo_classical.yaml"), "0.01", str(tmp_path / "off"), *sets,
+                 "backend.self_calibration=false"]) == 2
