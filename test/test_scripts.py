@@ -489,8 +489,9 @@ def test_two_view_errors_scores_every_pair_against_the_truth(tmp_path):
 # scripts/fixed_k1_probe.py (diagnostic: a replay with the lens's k1 held in the front end and every window)
 # --------------------------------------------------------------------------------------------
 def test_fixed_k1_probe_holds_k1_in_every_window_and_restores_the_pipeline(tmp_path, monkeypatch):
-    """Within ``hold_k1`` every window is solved with the given k1 and without estimating it; outside it the windows
-    calibrate again. The CLI writes a replay's report and refuses a config without self-calibration (exit 2)."""
+    """Within ``hold_k1`` every window is solved with the given k1 and without estimating it; after it the windows
+    take the pipeline's own lens again, not the held k1 (the patches are undone). The CLI writes a replay's report and
+    refuses a config without self-calibration (exit 2)."""
     sys.path.insert(0, str(REPO / "scripts"))
     from fixed_k1_probe import hold_k1, main
 
