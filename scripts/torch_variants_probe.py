@@ -6,7 +6,8 @@
 Counts the body's multiply-adds (forward hooks on every convolution), then times (``time.thread_time``, median
 of 3 after one) the frontend's inference copy (BatchNorm folded, channels-last), the same in NCHW,
 ``torch.jit.freeze`` of a trace, and ``jit.freeze`` + ``optimize_for_inference`` (NCHW), and prints the largest
-output difference of the last one against the eager copy.
+output difference of the last one against the eager copy. ``--compile`` (stop 72) also times ``torch.compile``
+(inductor, channels-last; compiled once for the input's shape first, ~30 s) and its largest output difference.
 """
 import sys
 from pathlib import Path
@@ -54,3 +55,9 @@ with torch.inference_mode():
     print("jit freeze+optimize NCHW", timeit(lambda: tro(xc)), flush=True)
     ref = body(x)
     for a, b in zip(ref, tro(xc)): print("  maxdiff", (a - b).abs().max().item())
+if "--compile" in sys.argv:
+    compiled = torch.compile(body)
+    with torch.no_grad():
+        compiled(x)  # compiles for this shape
+        print("torch.compile (inductor) CL", timeit(lambda: compiled(x)), flush=True)
+        for a, b in zip(body(x), compiled(x)): print("  maxdiff", (a - b).abs().max().item())

@@ -523,3 +523,80 @@ def test_fixed_k1_probe_holds_k1_in_every_window_and_restores_the_pipeline(tmp_p
     assert "ate_rmse_m" in json.loads((tmp_path / "out" / "report.json").read_text())
     assert main([str(REPO / "config" / "vo_classical.yaml"), "0.01", str(tmp_path / "off"), *sets,
                  "backend.self_calibration=false"]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/k1_trace.py (the self-calibrated lens window by window) and scripts/interpolate_weights.py
+# --------------------------------------------------------------------------------------------
+def test_k1_trace_records_each_window_and_the_prior_holds_the_windows_at_the_front_ends_lens(tmp_path):
+    """The trace has a row for every window that estimated k1. With a tight prior (1e-6) every window from the
+    front end's first estimate on (the third) reports the front end's k1 and none is left without an estimate;
+    without it the windows' own k1s differ. Both patches are undone after their blocks; the CLI writes the trace
+    and refuses a config without self-calibration."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from k1_trace import main, trace_k1, window_prior
+
+    import kp2d_ros.backend as B
+    import kp2d_ros.pipeline as P
+    from kp2d_ros.config import load_config
+    from kp2d_ros.data import open_sequence
+    from kp2d_ros.data.synthetic import write_synthetic_sequence
+    from kp2d_ros.eval.replay import replay
+
+    path = write_synthetic_sequence(tmp_path / "street", 16, speed=0.3)
+    cfg = load_config(REPO / "config" / "vo_classical.yaml",
+                      overrides={"backend.window": 6, "backend.fixed_keyframes": 2, "backend.threaded": False})
+    after, add = P.VOPipeline._after_backend, B._add_centre_priors
+    free: list[dict] = []
+    with trace_k1(free):
+        replay(open_sequence(path, camera=cfg.camera), cfg, progress=False)
+    held: list[dict] = []
+    with trace_k1(held), window_prior(1e-6, held):
+        replay(open_sequence(path, camera=cfg.camera), cfg, progress=False)
+    assert P.VOPipeline._after_backend is after and B._add_centre_priors is add
+    assert len(free) >= 3 and all(r["k1_sigma"] is not None for r in free)
+    assert len(held) > len(free) + 3  # held windows are sure of their k1: every one reports it
+    lens = held[2]["front_k1"]
+    assert lens != 0.0 and all(abs(r["k1"] - lens) < 1e-6 for r in held[3:]), held
+    assert max(abs(r["k1"] - free[2]["front_k1"]) for r in free) > 1e-4
+    sets = ["--sequence", str(path), "--set", "backend.window=6", "backend.fixed_keyframes=2"]
+    assert main([str(REPO / "config" / "vo_classical.yaml"), str(tmp_path / "out"), *sets]) == 0
+    trace = json.loads((tmp_path / "out" / "k1_trace.json").read_text())
+    assert trace["window_prior"] == 0.0 and len(trace["windows"]) == len(free)
+    assert main([str(REPO / "config" / "vo_classical.yaml"), str(tmp_path / "off"), *sets,
+                 "backend.self_calibration=false"]) == 2
+
+
+def test_interpolate_weights_mixes_two_files_of_one_architecture(tmp_path):
+    """ALPHA 0 and 1 give the two files' tensors, 0.5 their mean (BatchNorm statistics included, batch counters
+    the first file's); files of different architectures are refused (exit 2)."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from interpolate_weights import main
+
+    from kp2d_ros.networks.keypoint_net import KeyPointNet
+    from kp2d_ros.networks.weights import read_weights, save_network
+
+    torch.manual_seed(0)
+    a, b = KeyPointNet(width_multiplier=0.25), KeyPointNet(width_multiplier=0.25)
+    with torch.no_grad():
+        for m in b.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.add_(2.0)
+                m.num_batches_tracked.add_(7)
+    pa, pb = save_network(a.eval(), tmp_path / "a.pt"), save_network(b.eval(), tmp_path / "b.pt")
+    sa, sb = read_weights(pa)[0], read_weights(pb)[0]
+    for alpha in (0.0, 0.5, 1.0):
+        assert main([str(pa), str(pb), str(alpha), str(tmp_path / f"m{alpha}.pt")]) == 0
+        sm, meta = read_weights(tmp_path / f"m{alpha}.pt")
+        assert meta["interpolated"]["alpha"] == alpha
+        for k, t in sm.items():
+            if torch.is_floating_point(t):
+                assert torch.allclose(t, (1 - alpha) * sa[k] + alpha * sb[k], atol=1e-6), k
+            else:
+                assert torch.equal(t, sa[k]), k
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa if torch.is_floating_point(sa[k]))
+    KeyPointNet.from_file(tmp_path / "m0.5.pt")
+    wide = save_network(KeyPointNet(width_multiplier=0.5).eval(), tmp_path / "wide.pt")
+    assert main([str(pa), str(wide), "0.5", str(tmp_path / "x.pt")]) == 2
