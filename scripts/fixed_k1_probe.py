@@ -46,6 +46,35 @@ def hold_k1(k1: float):
         B.LocalMap.snapshot, P.VOPipeline._after_backend, P.VOPipeline.reset = snapshot, after, reset
 
 
+def calibrating_config(config: str, sets: list[str]):
+    """CONFIG with the dotted overrides ``sets``, for a deterministic replay (``backend.threaded`` off); raises
+    ValueError when ``backend.self_calibration`` is off (the front end would not take a k1)."""
+    from kp2d_ros.config import load_config, parse_overrides
+
+    cfg = load_config(config, overrides=parse_overrides(sets))
+    if not cfg.backend.self_calibration:
+        raise ValueError("backend.self_calibration is off: the front end would not take a k1")
+    cfg.backend.threaded = False
+    return cfg
+
+
+def replay_within(cfg, sequence: str, out: Path, *patches) -> dict:
+    """Replay ``sequence`` with ``cfg`` while the context managers ``patches`` (not yet entered) are entered, write
+    ``kp2d replay``'s outputs to ``out`` and return its report."""
+    from contextlib import ExitStack
+
+    from kp2d_ros.cli.replay import write_outputs
+    from kp2d_ros.data import open_sequence
+    from kp2d_ros.eval.replay import replay
+
+    seq = open_sequence(sequence, camera=cfg.camera)
+    with ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(patch)
+        result = replay(seq, cfg, progress=False)
+    return write_outputs(result, seq, cfg, Path(out))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")
@@ -55,21 +84,11 @@ def main(argv=None) -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted config overrides")
     args = ap.parse_args(argv)
 
-    from kp2d_ros.cli.replay import write_outputs
-    from kp2d_ros.config import load_config, parse_overrides
-    from kp2d_ros.data import open_sequence
     from kp2d_ros.errors import Kp2dError
-    from kp2d_ros.eval.replay import replay
 
     try:
-        cfg = load_config(args.config, overrides=parse_overrides(args.set))
-        if not cfg.backend.self_calibration:
-            raise ValueError("backend.self_calibration is off: the front end would not take a k1")
-        cfg.backend.threaded = False
-        seq = open_sequence(args.sequence, camera=cfg.camera)
-        with hold_k1(args.k1):
-            result = replay(seq, cfg, progress=False)
-        rep = write_outputs(result, seq, cfg, Path(args.out))
+        cfg = calibrating_config(args.config, args.set)
+        rep = replay_within(cfg, args.sequence, Path(args.out), hold_k1(args.k1))
     except (Kp2dError, ValueError, OSError) as e:
         print(f"fixed_k1_probe: {e}", file=sys.stderr)
         return 2

@@ -94,30 +94,21 @@ def main(argv=None) -> int:
                     help="prior on each window's k1 around the front end's (0: none, the product's behaviour)")
     args = ap.parse_args(argv)
 
-    from contextlib import nullcontext
-
     import numpy as np
+    from fixed_k1_probe import calibrating_config, replay_within  # (scripts/, beside this one)
 
-    from kp2d_ros.cli.replay import write_outputs
-    from kp2d_ros.config import load_config, parse_overrides
-    from kp2d_ros.data import open_sequence
     from kp2d_ros.errors import Kp2dError
-    from kp2d_ros.eval.replay import replay
 
     try:
         if args.window_prior < 0:
             raise ValueError("--window-prior must be >= 0")
-        cfg = load_config(args.config, overrides=parse_overrides(args.set))
-        if not cfg.backend.self_calibration or cfg.backend.solver != "ceres":
-            raise ValueError("needs backend.self_calibration on and backend.solver ceres")
-        cfg.backend.threaded = False
-        seq = open_sequence(args.sequence, camera=cfg.camera)
+        cfg = calibrating_config(args.config, args.set)
+        if cfg.backend.solver != "ceres":
+            raise ValueError("needs backend.solver ceres (the window prior and k1's standard deviation are Ceres')")
         rows: list[dict] = []
-        prior = window_prior(args.window_prior, rows) if args.window_prior > 0 else nullcontext()
-        with trace_k1(rows), prior:
-            result = replay(seq, cfg, progress=False)
+        prior = [window_prior(args.window_prior, rows)] if args.window_prior > 0 else []
         out = Path(args.out)
-        rep = write_outputs(result, seq, cfg, out)
+        rep = replay_within(cfg, args.sequence, out, trace_k1(rows), *prior)
     except (Kp2dError, ValueError, OSError) as e:
         print(f"k1_trace: {e}", file=sys.stderr)
         return 2
